@@ -1,0 +1,392 @@
+"""LLMService: what to serve (model, quality floor, latency SLOs) and the levers the operator may pull."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from .common import (
+    CONDITIONS_FIELD_EXTRA,
+    AcceleratorType,
+    ApiModel,
+    Architecture,
+    Condition,
+    ObjectMeta,
+    Precision,
+    Quantity,
+    StatusModel,
+)
+
+
+class ModelVariant(ApiModel):
+    """A pre-quantized copy of the model, served when the plan picks its precision."""
+
+    precision: Precision = Field(description="Precision of this copy's weights.")
+    source: str = Field(
+        description="Where the copy's weights live: a Hugging Face id (org/name) or a URI (hf://, s3://, pvc://).",
+        min_length=1,
+        max_length=512,
+    )
+
+
+class ModelSpec(ApiModel):
+    """The model to serve."""
+
+    name: str = Field(
+        description="Served model name, as clients pass it in the OpenAI API `model` field.",
+        min_length=1,
+        max_length=253,
+    )
+    source: str | None = Field(
+        default=None,
+        description="Where the weights live (Hugging Face id or hf://, s3://, pvc:// URI). Defaults to `name`.",
+        max_length=512,
+    )
+    parameters_billions: float = Field(
+        description="Total parameters, in billions (8 for an 8B model). Sizes the weights in GPU memory.",
+        gt=0,
+        le=10000,
+    )
+    active_parameters_billions: float | None = Field(
+        default=None,
+        description="Parameters active per token, in billions, for mixture-of-experts models. Defaults to total.",
+        gt=0,
+        le=10000,
+    )
+    architecture: Architecture = Field(default=Architecture.DENSE, description="dense or moe (mixture of experts).")
+    layers: int | None = Field(default=None, description="Transformer layers, where known.", ge=1, le=1000)
+    kv_heads: int | None = Field(default=None, description="Key/value heads per layer, where known.", ge=1, le=1024)
+    head_dim: int | None = Field(default=None, description="Dimension of one attention head, where known.", ge=1, le=4096)
+    variants: list[ModelVariant] = Field(
+        default_factory=list,
+        description="Pre-quantized copies of the model, one per precision. Precisions without a copy are "
+        "quantized on load by vLLM where it can (fp8).",
+        max_length=16,
+    )
+
+    def source_for(self, precision: str) -> str:
+        """The weights to load for a precision: its pre-quantized variant, else the base source."""
+        for variant in self.variants:
+            if variant.precision == precision:
+                return variant.source
+        return self.source or self.name
+
+
+class QualitySpec(ApiModel):
+    """The quality floor."""
+
+    allowed_precisions: list[Precision] = Field(
+        default_factory=lambda: [Precision.BF16],
+        description="Precisions the operator may serve. It never picks one outside this list.",
+        min_length=1,
+        max_length=7,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+
+class SLOSpec(ApiModel):
+    """Latency objectives, at the 95th percentile."""
+
+    ttft_p95_seconds: float = Field(
+        description="Time to first token, 95th percentile, in seconds.", gt=0, le=3600
+    )
+    itl_p95_seconds: float = Field(
+        description="Inter-token latency (time per output token after the first), 95th percentile, in seconds.",
+        gt=0,
+        le=60,
+    )
+
+
+class ScalingSpec(ApiModel):
+    """Bounds on the replica count."""
+
+    min_replicas: int = Field(default=1, description="Fewest replicas, also when idle.", ge=0, le=1000)
+    max_replicas: int = Field(default=4, description="Most replicas.", ge=1, le=1000)
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "self.minReplicas <= self.maxReplicas",
+                 "message": "minReplicas must be less than or equal to maxReplicas",
+                 "fieldPath": ".minReplicas", "reason": "FieldValueInvalid"},
+            ]
+        }
+    }
+
+
+class AcceleratorSpec(ApiModel):
+    """Where the replicas run."""
+
+    type: AcceleratorType = Field(default=AcceleratorType.H100, description="GPU model of the nodes.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the pods must match, on top of the GPU request."
+    )
+    max_tensor_parallel: int = Field(
+        default=8,
+        description="Highest tensor-parallel degree (GPUs per replica) the operator may choose.",
+        json_schema_extra={"enum": [1, 2, 4, 8]},
+    )
+    memory: Quantity | None = Field(
+        default=None,
+        description="Memory of one GPU, as a quantity (80Gi). Defaults to the catalog's figure for the type.",
+    )
+    max_gpus: int | None = Field(
+        default=None, description="Most GPUs the service may use in all, over all replicas.", ge=1, le=100000
+    )
+
+
+class EnvVar(ApiModel):
+    """An environment variable of the engine container."""
+
+    name: str = Field(description="Variable name.", min_length=1, max_length=256)
+    value: str = Field(default="", description="Variable value.")
+
+
+class ResourceList(ApiModel):
+    """CPU and memory of the engine container (the GPU count comes from the plan)."""
+
+    cpu: Quantity | None = Field(default=None, description="CPU, as a quantity (8, 500m).")
+    memory: Quantity | None = Field(default=None, description="Memory, as a quantity (64Gi).")
+
+
+class EngineResources(ApiModel):
+    requests: ResourceList = Field(default_factory=ResourceList, description="Requested CPU and memory.")
+    limits: ResourceList = Field(default_factory=ResourceList, description="CPU and memory limits.")
+
+
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.1"
+
+
+class EngineSpec(ApiModel):
+    """The vLLM engine."""
+
+    image: str = Field(default=DEFAULT_VLLM_IMAGE, description="vLLM OpenAI server image.", min_length=1)
+    extra_args: list[str] = Field(
+        default_factory=list,
+        description="Arguments appended to `vllm serve`. Flags that the plan sets are rejected by the operator.",
+        max_length=64,
+    )
+    env: list[EnvVar] = Field(default_factory=list, description="Environment of the engine container.")
+    resources: EngineResources = Field(default_factory=EngineResources, description="CPU and memory.")
+    gpu_memory_utilization: float = Field(
+        default=0.9, description="Share of GPU memory vLLM may take (--gpu-memory-utilization).", gt=0.1, le=0.98
+    )
+    port: int = Field(default=8000, description="Port of the OpenAI-compatible server.", ge=1, le=65535)
+
+
+class ReconfigurationSpec(ApiModel):
+    """How eagerly the operator changes a running configuration."""
+
+    cooldown_seconds: int = Field(
+        default=300, description="Least time between two changes of the configuration, in seconds.", ge=0, le=86400
+    )
+    allow_disruptive: bool = Field(
+        default=True,
+        description="Whether precision and tensor-parallel degree may change while serving (a model reload).",
+    )
+    horizon_seconds: int = Field(
+        default=3600,
+        description="Time over which a change must pay back its cost (reload energy, lost capacity), in seconds.",
+        ge=60,
+        le=604800,
+    )
+
+
+class ServiceMode(StrEnum):
+    AUTO = "Auto"
+    PINNED = "Pinned"
+
+
+class Fallback(StrEnum):
+    PROTECT_BUDGET = "ProtectBudget"
+    PROTECT_SLO = "ProtectSLO"
+
+
+class ServingConfig(ApiModel):
+    """A serving configuration: what a plan chooses, or what a user pins."""
+
+    precision: Precision = Field(description="Precision to serve.")
+    tensor_parallel: int = Field(
+        default=1, description="Tensor-parallel degree: GPUs per replica.", json_schema_extra={"enum": [1, 2, 4, 8]}
+    )
+    max_num_seqs: int = Field(
+        default=256, description="vLLM --max-num-seqs: most sequences in one batch.", ge=1, le=4096
+    )
+    max_num_batched_tokens: int = Field(
+        default=8192, description="vLLM --max-num-batched-tokens: most tokens in one scheduler step.",
+        ge=16, le=1048576,
+    )
+    replicas: int = Field(default=1, description="Replica count.", ge=0, le=1000)
+    kv_cache_dtype: str | None = Field(
+        default=None, description="vLLM --kv-cache-dtype, for example fp8; engine default when unset.",
+        json_schema_extra={"enum": ["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]},
+    )
+    gpu_power_limit_watts: float | None = Field(
+        default=None, description="Power limit to set on each GPU, in watts. Not set when unset.", gt=0, le=2000
+    )
+
+
+class WorkloadSpec(ApiModel):
+    """The load to plan for before any is measured."""
+
+    requests_per_second: float = Field(default=1.0, description="Expected request rate.", ge=0, le=1e6)
+    input_tokens: int = Field(default=1024, description="Mean prompt length, in tokens.", ge=1, le=10_000_000)
+    output_tokens: int = Field(default=256, description="Mean completion length, in tokens.", ge=1, le=10_000_000)
+
+
+class LLMServiceSpec(ApiModel):
+    """The user's intent for one served model. The operator never writes it."""
+
+    model: ModelSpec = Field(description="The model to serve.")
+    quality: QualitySpec = Field(default_factory=QualitySpec, description="The quality floor.")
+    slo: SLOSpec = Field(description="Latency objectives.")
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Replica bounds.")
+    accelerator: AcceleratorSpec = Field(default_factory=AcceleratorSpec, description="GPU type and placement.")
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="The vLLM engine.")
+    workload: WorkloadSpec = Field(default_factory=WorkloadSpec, description="Load to plan for until load is measured.")
+    priority: int = Field(
+        default=100, description="Priority under a budget: higher keeps its SLO longer when watts run short.",
+        ge=0, le=1000,
+    )
+    reconfiguration: ReconfigurationSpec = Field(
+        default_factory=ReconfigurationSpec, description="How eagerly the configuration may change."
+    )
+    fallback: Fallback = Field(
+        default=Fallback.PROTECT_BUDGET,
+        description="When no configuration meets both the SLOs and the power allocation: ProtectBudget stays "
+        "within the watts and misses the SLO; ProtectSLO meets the SLO and exceeds the watts.",
+    )
+    mode: ServiceMode = Field(
+        default=ServiceMode.AUTO,
+        description="Auto: the operator plans and re-plans. Pinned: serve `pinned` as written and only measure.",
+    )
+    pinned: ServingConfig | None = Field(default=None, description="The configuration to serve in Pinned mode.")
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "self.mode != 'Pinned' || has(self.pinned)",
+                 "message": "mode Pinned needs spec.pinned", "fieldPath": ".pinned", "reason": "FieldValueRequired"},
+                {"rule": "!has(self.pinned) || self.pinned.precision in self.quality.allowedPrecisions",
+                 "message": "pinned.precision must be one of quality.allowedPrecisions",
+                 "fieldPath": ".pinned.precision", "reason": "FieldValueInvalid"},
+                {"rule": "!has(self.pinned) || self.pinned.tensorParallel <= self.accelerator.maxTensorParallel",
+                 "message": "pinned.tensorParallel must not exceed accelerator.maxTensorParallel",
+                 "fieldPath": ".pinned.tensorParallel", "reason": "FieldValueInvalid"},
+                {"rule": "!has(self.pinned) || (self.pinned.replicas >= self.scaling.minReplicas && "
+                         "self.pinned.replicas <= self.scaling.maxReplicas)",
+                 "message": "pinned.replicas must lie within scaling.minReplicas and scaling.maxReplicas",
+                 "fieldPath": ".pinned.replicas", "reason": "FieldValueInvalid"},
+            ]
+        }
+    }
+
+
+class PredictedFigures(StatusModel):
+    """What the energy model predicts for a plan at the planned-for load."""
+
+    joules_per_token: float | None = Field(default=None, description="Energy per output token, J.")
+    watts: float | None = Field(default=None, description="GPU power of all replicas together, W.")
+    tokens_per_second: float | None = Field(default=None, description="Output tokens per second, all replicas.")
+    ttft_p95_seconds: float | None = Field(default=None, description="Time to first token, p95, s.")
+    itl_p95_seconds: float | None = Field(default=None, description="Inter-token latency, p95, s.")
+    source: str | None = Field(default=None, description="profile (measured points) or model (analytical).")
+
+
+class PlanStatus(StatusModel):
+    """The configuration the operator chose and why."""
+
+    precision: str | None = Field(default=None, description="Chosen precision.")
+    tensor_parallel: int | None = Field(default=None, description="Chosen tensor-parallel degree.")
+    max_num_seqs: int | None = Field(default=None, description="Chosen --max-num-seqs.")
+    max_num_batched_tokens: int | None = Field(default=None, description="Chosen --max-num-batched-tokens.")
+    replicas: int | None = Field(default=None, description="Chosen replica count.")
+    kv_cache_dtype: str | None = Field(default=None, description="Chosen --kv-cache-dtype.")
+    gpu_power_limit_watts: float | None = Field(default=None, description="Chosen GPU power limit, W.")
+    reason: str | None = Field(default=None, description="Why this configuration: what binds and the runner-up.")
+    binding: str | None = Field(default=None, description="What limits the choice: slo-ttft, slo-itl, power, memory.")
+    feasible: bool | None = Field(default=None, description="Whether the plan meets both SLOs within the watts.")
+    predicted: PredictedFigures = Field(default_factory=PredictedFigures, description="Predicted figures.")
+    runner_up: str | None = Field(default=None, description="The next best configuration and its J/token.")
+    planned_load_rps: float | None = Field(default=None, description="Request rate the plan was made for.")
+    decided_at: datetime | None = Field(default=None, description="When the plan was decided.")
+
+
+class ObservedFigures(StatusModel):
+    """What telemetry measured over the last interval."""
+
+    watts: float | None = Field(default=None, description="Measured GPU power of all replicas, W.")
+    joules_per_token: float | None = Field(default=None, description="Measured energy per output token, J.")
+    tokens_per_second: float | None = Field(default=None, description="Measured output tokens per second.")
+    requests_per_second: float | None = Field(default=None, description="Measured finished requests per second.")
+    ttft_p95_seconds: float | None = Field(default=None, description="Measured time to first token, p95, s.")
+    itl_p95_seconds: float | None = Field(default=None, description="Measured inter-token latency, p95, s.")
+    running_requests: float | None = Field(default=None, description="Requests in the running batch, all replicas.")
+    waiting_requests: float | None = Field(default=None, description="Requests queued, all replicas.")
+    power_correction: float | None = Field(default=None, description="Measured over predicted power, smoothed.")
+    at: datetime | None = Field(default=None, description="When these were measured.")
+
+
+class AllocationStatus(StatusModel):
+    """The watts this service may draw, from the budgets that select it."""
+
+    watts: float | None = Field(default=None, description="Allocated watts (the tightest over budgets).")
+    budget: str | None = Field(default=None, description="The budget whose allocation binds.")
+    budgets: list[str] = Field(default_factory=list, description="Every budget that selects this service.")
+    enforced: bool | None = Field(default=None, description="False when the binding budget only advises.")
+
+
+class Decision(StatusModel):
+    """One decision of the control loop."""
+
+    time: datetime = Field(description="When it was decided.")
+    action: str = Field(description="Applied, Held, Advised or Rejected.")
+    reason: str = Field(description="Why.")
+    configuration: str | None = Field(default=None, description="The configuration decided on, in short.")
+
+
+class LLMServiceStatus(StatusModel):
+    """What the operator decided and measured. Written only by the operator."""
+
+    observed_generation: int | None = Field(default=None, description="The spec generation last acted on.")
+    plan: PlanStatus | None = Field(default=None, description="The current plan.")
+    observed: ObservedFigures | None = Field(default=None, description="Measured figures.")
+    allocation: AllocationStatus | None = Field(default=None, description="Power allocation from budgets.")
+    replicas: int | None = Field(default=None, description="Replicas the Deployment has.")
+    ready_replicas: int | None = Field(default=None, description="Replicas ready to serve.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Progressing, SLOMet, WithinBudget, TelemetryAvailable, Degraded.",
+        json_schema_extra=CONDITIONS_FIELD_EXTRA,
+    )
+    decisions: list[Decision] = Field(default_factory=list, description="The last decisions, newest last.")
+    last_applied_at: datetime | None = Field(default=None, description="When a configuration was last applied.")
+
+
+class LLMService(ApiModel):
+    """An LLM served by vLLM within its SLOs with the least energy, inside any budget that selects it."""
+
+    kind: ClassVar[str] = "LLMService"
+    plural: ClassVar[str] = "llmservices"
+    singular: ClassVar[str] = "llmservice"
+    short_names: ClassVar[list[str]] = ["llms", "llmsvc"]
+    printer_columns: ClassVar[list[dict[str, Any]]] = [
+        {"name": "Precision", "type": "string", "jsonPath": ".status.plan.precision"},
+        {"name": "TP", "type": "integer", "jsonPath": ".status.plan.tensorParallel"},
+        {"name": "MaxSeqs", "type": "integer", "jsonPath": ".status.plan.maxNumSeqs"},
+        {"name": "Replicas", "type": "integer", "jsonPath": ".status.plan.replicas"},
+        {"name": "Watts", "type": "number", "jsonPath": ".status.observed.watts"},
+        {"name": "J/token", "type": "number", "jsonPath": ".status.observed.joulesPerToken"},
+        {"name": "SLO", "type": "string", "jsonPath": '.status.conditions[?(@.type=="SLOMet")].status'},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+    api_version: str = Field(default="wattkeeper.io/v1alpha1", alias="apiVersion")
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: LLMServiceSpec
+    status: LLMServiceStatus = Field(default_factory=LLMServiceStatus)
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}

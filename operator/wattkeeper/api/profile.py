@@ -1,0 +1,75 @@
+"""EnergyProfile: measured serving points of one model on one accelerator (namespaced).
+
+Written by the profiler job or imported from ML.ENERGY-format data; read by the planner, which prefers measured
+points to the analytical model wherever a configuration was measured.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from .common import CONDITIONS_FIELD_EXTRA, AcceleratorType, ApiModel, Condition, ObjectMeta, Precision, StatusModel
+
+
+class ProfilePoint(ApiModel):
+    """One measured configuration in the steady state."""
+
+    precision: Precision = Field(description="Served precision.")
+    tensor_parallel: int = Field(default=1, description="Tensor-parallel degree.", json_schema_extra={"enum": [1, 2, 4, 8]})
+    max_num_seqs: int = Field(description="vLLM --max-num-seqs of the run.", ge=1, le=4096)
+    max_num_batched_tokens: int | None = Field(default=None, description="vLLM --max-num-batched-tokens.", ge=16)
+    batch_size: float = Field(description="Average running batch measured.", gt=0)
+    output_tokens_per_second: float = Field(description="Output tokens per second of the replica.", gt=0)
+    watts: float = Field(description="Average GPU power, summed over the replica's GPUs, W.", gt=0)
+    joules_per_token: float = Field(description="GPU energy per output token, J.", gt=0)
+    itl_p50_seconds: float | None = Field(default=None, description="Median inter-token latency, s.", gt=0)
+    itl_p90_seconds: float | None = Field(default=None, description="p90 inter-token latency, s.", gt=0)
+    ttft_p95_seconds: float | None = Field(default=None, description="p95 time to first token, s.", gt=0)
+    mean_output_tokens: float | None = Field(default=None, description="Mean completion length, tokens.", gt=0)
+
+
+class EnergyProfileSpec(ApiModel):
+    """Measured points for one model on one accelerator."""
+
+    model_name: str = Field(description="The model, as LLMService.spec.model.name names it.", min_length=1)
+    accelerator: AcceleratorType = Field(description="GPU model the points were measured on.")
+    source: str = Field(
+        default="profiler",
+        description="Where the points come from: profiler, mlenergy or manual.",
+        json_schema_extra={"enum": ["profiler", "mlenergy", "manual"]},
+    )
+    engine_version: str | None = Field(default=None, description="vLLM version measured, for example 0.11.1.")
+    points: list[ProfilePoint] = Field(description="The measured points.", min_length=1, max_length=2000)
+
+
+class EnergyProfileStatus(StatusModel):
+    observed_generation: int | None = Field(default=None, description="The spec generation last read.")
+    point_count: int | None = Field(default=None, description="Points accepted by the planner.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready.", json_schema_extra=CONDITIONS_FIELD_EXTRA
+    )
+
+
+class EnergyProfile(ApiModel):
+    """Measured energy and latency of one model on one accelerator, by serving configuration."""
+
+    kind: ClassVar[str] = "EnergyProfile"
+    plural: ClassVar[str] = "energyprofiles"
+    singular: ClassVar[str] = "energyprofile"
+    short_names: ClassVar[list[str]] = ["eprofile", "ep"]
+    printer_columns: ClassVar[list[dict[str, Any]]] = [
+        {"name": "Model", "type": "string", "jsonPath": ".spec.modelName"},
+        {"name": "GPU", "type": "string", "jsonPath": ".spec.accelerator"},
+        {"name": "Source", "type": "string", "jsonPath": ".spec.source"},
+        {"name": "Points", "type": "integer", "jsonPath": ".status.pointCount"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+    api_version: str = Field(default="wattkeeper.io/v1alpha1", alias="apiVersion")
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: EnergyProfileSpec
+    status: EnergyProfileStatus = Field(default_factory=EnergyProfileStatus)
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
