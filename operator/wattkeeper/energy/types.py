@@ -20,6 +20,9 @@ class ModelShape:
     layers: int | None = None
     kv_heads: int | None = None
     head_dim: int | None = None
+    hidden_size: int | None = None
+    # KV bytes relative to full attention in every layer (sliding-window or Mamba layers hold less); None = guess.
+    kv_fraction: float | None = None
 
     @property
     def active_b(self) -> float:
