@@ -199,7 +199,7 @@ def up_control_plane() -> None:
             f"--authentication-kubeconfig={KUBECONFIG}", f"--authorization-kubeconfig={KUBECONFIG}",
             f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
             "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0",
-            "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service,-route",
+            "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service,-route",
             "--concurrent-gc-syncs=10", "--v=1",
         ])
     _link_tools()
@@ -214,8 +214,9 @@ def up_simulated_nodes(gpu_nodes: int = GPU_NODES) -> None:
             "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0", "--v=1",
         ])
     if not _alive("kwok"):
+        stages = kwok_stages_file()
         _start("kwok", [
-            str(binary("kwok")), f"--kubeconfig={KUBECONFIG}", "--manage-all-nodes=false",
+            str(binary("kwok")), f"--kubeconfig={KUBECONFIG}", f"--config={stages}", "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             "--node-ip=127.0.0.1", "--node-lease-duration-seconds=40", "--cidr=10.244.0.0/16",
             "--enable-crds=", "--server-address=",
@@ -223,6 +224,23 @@ def up_simulated_nodes(gpu_nodes: int = GPU_NODES) -> None:
     for i in range(gpu_nodes):
         kubectl("apply", "--server-side", "--field-manager=localcluster", "-f", "-", input_text=json.dumps(
             gpu_node(f"gpu-h100-{i}")))
+
+
+# KWOK's own "fast" stages: nodes become Ready with heartbeats, pods become Running and Ready at once.
+KWOK_STAGES = ("node/fast/node-initialize.yaml", "node/heartbeat/node-heartbeat.yaml", "pod/fast/pod-ready.yaml",
+               "pod/fast/pod-complete.yaml", "pod/fast/pod-delete.yaml")
+
+
+def kwok_stages_file() -> Path:
+    """Concatenate KWOK's stage definitions from the module that built the binary (the Go module cache)."""
+    modcache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True).stdout.strip()
+    folder = Path(modcache) / f"sigs.k8s.io/kwok@{versions()['KWOK_VERSION']}" / "kustomize" / "stage"
+    if not folder.exists():
+        subprocess.run(["go", "mod", "download", f"sigs.k8s.io/kwok@{versions()['KWOK_VERSION']}"], check=True,
+                       cwd=ROOT / "hack" / "k8s", env={**os.environ, "GOFLAGS": "-mod=mod"})
+    target = STATE / "kwok-stages.yaml"
+    target.write_text("\n---\n".join((folder / name).read_text() for name in KWOK_STAGES))
+    return target
 
 
 def gpu_node(name: str, gpu_type: str = "H100", gpus: int = GPUS_PER_NODE) -> dict[str, object]:

@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 from pydantic import ValidationError
-
-from wattkeeper.api import EnergyBudget, EnergyProfile, LLMService, duration_seconds, quantity_value
-from wattkeeper.api import crdgen
+from wattkeeper.api import EnergyBudget, EnergyProfile, LLMService, crdgen, duration_seconds, quantity_value
 from wattkeeper.api.common import LabelSelector
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,7 +63,7 @@ def test_quantities(text: str, value: float) -> None:
 def test_model_rejects_what_the_schema_rejects() -> None:
     doc = yaml.safe_load((ROOT / "examples" / "llmservice-llama-8b.yaml").read_text())
     doc["spec"]["slo"]["ttftP95Seconds"] = 0
-    with pytest.raises(ValidationError, match="ttft_p95_seconds|ttftP95Seconds"):
+    with pytest.raises(ValidationError, match=r"ttft_p95_seconds|ttftP95Seconds"):
         LLMService.model_validate(doc)
 
 

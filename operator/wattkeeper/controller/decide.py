@@ -1,0 +1,459 @@
+"""The control loop's decision for one service, as a pure function of what was read.
+
+Inputs: the service (spec and the status the operator wrote before), its power allocation, the telemetry
+observation (or why there is none), the Deployment's state and the clock. Output: the configuration to apply (or
+none), the new status, and the events to post. No I/O here: `services.py` reads and writes around it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from wattkeeper.api import LLMService, ProfilePoint, ServiceMode, ServingConfig
+from wattkeeper.energy.catalog import get_accelerator
+from wattkeeper.energy.model import EnergyModel
+from wattkeeper.energy.types import Workload
+from wattkeeper.planner import Candidate, PlanResult, plan, should_switch
+from wattkeeper.render import RenderError, config_hash
+from wattkeeper.render.objects import vllm_argv
+from wattkeeper.telemetry import ServiceObservation
+
+from .conditions import set_condition
+from .planning import (
+    evaluate_config,
+    model_shape,
+    plan_request,
+    predicted_figures,
+    significant,
+    to_api_config,
+    to_engine_config,
+)
+from .settings import OperatorSettings
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The watts a service may draw: the tightest over the budgets that select it."""
+
+    watts: float | None = None
+    budget: str | None = None
+    budgets: tuple[str, ...] = ()
+    enforced: bool = True
+    advised_watts: float | None = None  # from an Advise budget: recorded, not enforced
+    advised_budget: str | None = None
+
+    def to_status(self) -> dict[str, Any] | None:
+        if not self.budgets:
+            return None
+        out: dict[str, Any] = {"budgets": list(self.budgets), "enforced": self.enforced}
+        if self.watts is not None:
+            out["watts"] = round(self.watts, 1)
+            out["budget"] = self.budget
+        elif self.advised_watts is not None:
+            out["watts"] = round(self.advised_watts, 1)
+            out["budget"] = self.advised_budget
+            out["enforced"] = False
+        return out
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    exists: bool = False
+    config_hash: str | None = None
+    replicas: int = 0
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+
+
+@dataclass
+class ServiceInputs:
+    service: LLMService
+    status: dict[str, Any]  # the raw status as read, to diff against
+    allocation: Allocation
+    observation: ServiceObservation | None
+    telemetry_error: str | None
+    deployment: DeploymentState
+    now: datetime
+    profile: list[ProfilePoint] = field(default_factory=list)
+    trigger: str = "tick"
+
+
+@dataclass
+class ServiceDecision:
+    apply: ServingConfig | None  # the configuration to render and apply, None to leave the Deployment alone
+    surge: bool
+    status: dict[str, Any]
+    events: list[tuple[str, str, str]]  # (type, reason, message)
+    action: str  # Applied, Held, Unchanged, Advised, Rejected
+
+
+def _current_config(status: dict[str, Any]) -> ServingConfig | None:
+    plan_status = status.get("plan") or {}
+    if not plan_status.get("precision"):
+        return None
+    return ServingConfig(
+        precision=plan_status["precision"],
+        tensor_parallel=plan_status.get("tensorParallel", 1),
+        max_num_seqs=plan_status.get("maxNumSeqs", 256),
+        max_num_batched_tokens=plan_status.get("maxNumBatchedTokens", 8192),
+        replicas=plan_status.get("replicas", 1),
+        kv_cache_dtype=plan_status.get("kvCacheDtype"),
+        gpu_power_limit_watts=plan_status.get("gpuPowerLimitWatts"),
+    )
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _workload(inputs: ServiceInputs) -> tuple[Workload, str]:
+    """The load to plan for: measured when telemetry has it, else the last planned-for load, else the spec's."""
+    spec = inputs.service.spec
+    obs = inputs.observation
+    plan_status = inputs.status.get("plan") or {}
+    if obs is not None and obs.requests_per_second is not None:
+        # Requests still in the batch count too: a long-output workload finishes few requests per window.
+        rate = max(obs.requests_per_second, 0.0)
+        return Workload(
+            requests_per_second=significant(rate) or 0.0,
+            input_tokens=significant(obs.mean_input_tokens) or float(spec.workload.input_tokens),
+            output_tokens=significant(obs.mean_output_tokens) or float(spec.workload.output_tokens),
+        ), "measured"
+    if plan_status.get("plannedLoadRps") is not None and inputs.observation is None and _current_config(inputs.status):
+        return Workload(
+            requests_per_second=float(plan_status["plannedLoadRps"]),
+            input_tokens=float(plan_status.get("plannedInputTokens") or spec.workload.input_tokens),
+            output_tokens=float(plan_status.get("plannedOutputTokens") or spec.workload.output_tokens),
+        ), "held"
+    return Workload(
+        requests_per_second=spec.workload.requests_per_second,
+        input_tokens=float(spec.workload.input_tokens),
+        output_tokens=float(spec.workload.output_tokens),
+    ), "spec"
+
+
+def _power_correction(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorSettings,
+                      current: ServingConfig | None, workload: Workload) -> float:
+    """Measured over predicted power for the running configuration, smoothed (EWMA) and bounded."""
+    observed = inputs.status.get("observed") or {}
+    previous = float(observed.get("powerCorrection") or 1.0)
+    obs = inputs.observation
+    dep = inputs.deployment
+    if obs is None or current is None or dep.ready_replicas <= 0 or dep.updated_replicas < dep.replicas:
+        return previous  # only a settled fleet says something about the model's error
+    accelerator = get_accelerator(str(inputs.service.spec.accelerator.type))
+    per_replica = Workload(workload.requests_per_second / max(dep.ready_replicas, 1), workload.input_tokens,
+                           workload.output_tokens)
+    predicted = energy_model.predict(model_shape(inputs.service), accelerator, to_engine_config(current),
+                                     per_replica).watts * dep.ready_replicas
+    if predicted <= 0 or obs.watts <= 0:
+        return previous
+    low, high = settings.power_correction_bounds
+    ratio = min(max(obs.watts / predicted, low), high)
+    alpha = settings.power_correction_smoothing
+    return significant(min(max((1 - alpha) * previous + alpha * ratio, low), high), 3) or 1.0
+
+
+def _plan_status(candidate: Candidate | None, config: ServingConfig, result: PlanResult | None,
+                 workload: Workload, now: datetime, reason: str) -> dict[str, Any]:
+    out: dict[str, Any] = {k: v for k, v in config.to_wire().items()}
+    out.update({
+        "reason": reason,
+        "plannedLoadRps": significant(workload.requests_per_second),
+        "plannedInputTokens": significant(workload.input_tokens),
+        "plannedOutputTokens": significant(workload.output_tokens),
+        "decidedAt": _iso(now),
+    })
+    if candidate is not None:
+        out["predicted"] = {k: v for k, v in predicted_figures(candidate).items() if v is not None}
+    if result is not None:
+        out["binding"] = result.binding
+        out["feasible"] = result.feasible
+        if result.runner_up is not None:
+            r = result.runner_up
+            out["runnerUp"] = f"{r.config.short()} x{r.replicas}: {r.joules_per_token:.3f} J/token, {r.total_watts:.0f} W"
+    return out
+
+
+def _short(config: ServingConfig) -> str:
+    text = f"{config.precision} tp{config.tensor_parallel} seqs{config.max_num_seqs} tokens{config.max_num_batched_tokens}"
+    return f"{text} x{config.replicas}"
+
+
+def _append_decision(status: dict[str, Any], now: datetime, action: str, reason: str, configuration: str | None,
+                     kept: int) -> None:
+    decisions = list(status.get("decisions") or [])
+    last = decisions[-1] if decisions else None
+    if last and last.get("action") == action and last.get("configuration") == configuration \
+            and last.get("reason") == reason:
+        return  # the same decision again: no new entry, so a held service stays quiet
+    decisions.append({"time": _iso(now), "action": action, "reason": reason, "configuration": configuration})
+    status["decisions"] = decisions[-kept:]
+
+
+def _run_planner(inputs: ServiceInputs, energy_model: EnergyModel, workload: Workload, cap: float | None,
+                 correction: float, only: ServingConfig | None) -> PlanResult:
+    request = plan_request(inputs.service, workload, cap, correction, inputs.profile, only=only)
+    return plan(request, energy_model)
+
+
+def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorSettings) -> ServiceDecision:
+    svc = inputs.service
+    spec = svc.spec
+    now = inputs.now
+    generation = svc.metadata.generation
+    old = inputs.status
+    status: dict[str, Any] = {k: v for k, v in old.items()}
+    conditions: list[dict[str, Any]] = list(old.get("conditions") or [])
+    events: list[tuple[str, str, str]] = []
+    current = _current_config(old)
+    spec_changed = old.get("observedGeneration") != generation
+    dep = inputs.deployment
+
+    def cond(type_: str, ok: bool | None, reason: str, message: str) -> None:
+        nonlocal conditions
+        conditions = set_condition(conditions, type_, ok, reason, message, now, generation)
+
+    # Telemetry: silence is not zero.
+    obs = inputs.observation
+    if obs is not None:
+        cond("TelemetryAvailable", True, "Measured", f"{obs.pods_reporting} pods reporting ({obs.power_source})")
+    elif dep.ready_replicas > 0:
+        cond("TelemetryAvailable", False, "TelemetryUnavailable",
+             f"{inputs.telemetry_error or 'no measurements'}; holding the last configuration")
+    else:
+        cond("TelemetryAvailable", None, "NoPods", "no ready replicas to measure yet")
+
+    workload, load_source = _workload(inputs)
+    correction = _power_correction(inputs, energy_model, settings, current, workload)
+    alloc = inputs.allocation
+    cap = alloc.watts if alloc.enforced else None
+
+    # The plan: pinned as written, or searched.
+    result: PlanResult | None = None
+    candidate: Candidate | None = None
+    try:
+        if spec.mode == ServiceMode.PINNED and spec.pinned is not None:
+            proposed = spec.pinned
+            candidate = evaluate_config(svc, proposed, workload, correction, inputs.profile, energy_model)
+            reason = "pinned in spec; the operator only measures"
+        else:
+            only = current if (current is not None and not spec.reconfiguration.allow_disruptive) else None
+            result = _run_planner(inputs, energy_model, workload, cap, correction, only)
+            if result.chosen is None:
+                message = f"no configuration can serve {spec.model.name} on {spec.accelerator.type}: {result.reason}"
+                cond("Degraded", True, "NoFeasibleConfiguration", message)
+                cond("Ready", dep.ready_replicas > 0, "NoFeasibleConfiguration" if dep.ready_replicas == 0 else
+                     "HoldingLastConfiguration", message)
+                if old.get("observedGeneration") != generation or not any(
+                        c.get("reason") == "NoFeasibleConfiguration" for c in old.get("conditions") or []):
+                    events.append(("Warning", "NoFeasibleConfiguration", message))
+                _append_decision(status, now, "Rejected", message, None, settings.decisions_kept)
+                status["conditions"] = conditions
+                status["observedGeneration"] = generation
+                return ServiceDecision(None, True, _clean(status), events, "Rejected")
+            candidate = result.chosen
+            proposed = to_api_config(candidate)
+            reason = result.reason
+    except (ValueError, RenderError) as err:
+        message = f"cannot plan: {err}"
+        cond("Degraded", True, "InvalidSpec", message)
+        events.append(("Warning", "InvalidSpec", message))
+        status["conditions"] = conditions
+        status["observedGeneration"] = generation
+        return ServiceDecision(None, True, _clean(status), events, "Rejected")
+
+    # Render once to reject specs that cannot become a command line (extra args overriding planned flags).
+    try:
+        vllm_argv(svc, proposed)
+    except RenderError as err:
+        message = f"cannot render the vLLM command: {err}"
+        cond("Degraded", True, "InvalidSpec", message)
+        if spec_changed:
+            events.append(("Warning", "InvalidSpec", message))
+        status["conditions"] = conditions
+        status["observedGeneration"] = generation
+        return ServiceDecision(None, True, _clean(status), events, "Rejected")
+
+    # The switching rule.
+    apply_config: ServingConfig | None = None
+    action = "Unchanged"
+    why = ""
+    current_hash_matches = dep.exists and current is not None and dep.config_hash == config_hash(svc, current)
+    if current is None or not dep.exists:
+        apply_config, action, why = proposed, "Applied", f"initial plan: {reason}"
+    elif spec_changed and proposed != current:
+        apply_config, action, why = proposed, "Applied", f"spec changed: {reason}"
+    elif not current_hash_matches and proposed == current:
+        apply_config, action, why = proposed, "Applied", "Deployment drifted from the plan; re-applied"
+    elif proposed == current:
+        action = "Unchanged"
+    elif obs is None and load_source != "spec":
+        action, why = "Held", f"telemetry unavailable, holding {_short(current)} (would move to {_short(proposed)})"
+    else:
+        over_budget = cap is not None and _current_watts(inputs, result, current, correction) > cap * 1.02
+        needs_capacity = proposed.replicas > current.replicas and (obs is None or (obs.waiting_requests or 0) > 0
+                                                                   or _slo_missed(inputs))
+        forced = over_budget or needs_capacity or spec_changed
+        last_applied = _parse_time(old.get("lastAppliedAt"))
+        cooldown = timedelta(seconds=spec.reconfiguration.cooldown_seconds)
+        if not forced and last_applied is not None and now - last_applied < cooldown:
+            left = (last_applied + cooldown - now).total_seconds()
+            action, why = "Held", f"cooldown: {left:.0f}s left before moving to {_short(proposed)}"
+        else:
+            verdict = None
+            if not forced and result is not None and candidate is not None:
+                current_candidate = evaluate_config(svc, current, workload, correction, inputs.profile,
+                                                    energy_model)
+                accelerator = get_accelerator(str(spec.accelerator.type))
+                verdict = should_switch(current_candidate, candidate, float(spec.reconfiguration.horizon_seconds),
+                                        model_shape(svc), accelerator)
+            if verdict is not None and not verdict.switch:
+                action, why = "Held", f"keeping {_short(current)}: {verdict.reason}"
+            else:
+                cause = "over the power allocation" if over_budget else (
+                    "more capacity needed" if needs_capacity else (verdict.reason if verdict else reason))
+                apply_config, action, why = proposed, "Applied", f"{cause}: {reason}"
+
+    # Advise-mode budgets: say what would change, change nothing.
+    if alloc.advised_watts is not None and spec.mode != ServiceMode.PINNED and current is not None:
+        advised = _run_planner(inputs, energy_model, workload, alloc.advised_watts, correction, None)
+        if advised.chosen is not None:
+            advised_config = to_api_config(advised.chosen)
+            if advised_config != (apply_config or current):
+                text = (f"budget {alloc.advised_budget} (Advise) would move to {_short(advised_config)} to fit "
+                        f"{alloc.advised_watts:.0f} W")
+                before = len(status.get("decisions") or [])
+                _append_decision(status, now, "Advised", text, _short(advised_config), settings.decisions_kept)
+                if len(status.get("decisions") or []) != before:
+                    events.append(("Normal", "Advised", text))
+
+    effective = apply_config or current or proposed
+    if apply_config is not None:
+        status["plan"] = _plan_status(candidate, apply_config, result, workload, now, why)
+        status["lastAppliedAt"] = _iso(now)
+        _append_decision(status, now, "Applied", why, _short(apply_config), settings.decisions_kept)
+        events.append(("Normal", "Reconfigured" if current is not None else "Planned",
+                       f"{_short(apply_config)}: {why}"))
+    elif action == "Held":
+        before = len(status.get("decisions") or [])
+        _append_decision(status, now, "Held", why, _short(proposed), settings.decisions_kept)
+        if len(status.get("decisions") or []) != before:
+            events.append(("Normal", "Held", why))
+
+    # Observed figures, rounded so that noise does not cause writes.
+    if obs is not None:
+        status["observed"] = {k: v for k, v in {
+            "watts": significant(obs.watts), "joulesPerToken": significant(obs.joules_per_token),
+            "tokensPerSecond": significant(obs.output_tokens_per_second), "requestsPerSecond": significant(obs.requests_per_second),
+            "ttftP95Seconds": significant(obs.ttft_p95_seconds), "itlP95Seconds": significant(obs.itl_p95_seconds),
+            "runningRequests": significant(obs.running_requests), "waitingRequests": significant(obs.waiting_requests),
+            "powerCorrection": correction,
+        }.items() if v is not None}
+    elif correction != 1.0:
+        status.setdefault("observed", {})["powerCorrection"] = correction
+    alloc_status = alloc.to_status()
+    if alloc_status is None:
+        status.pop("allocation", None)
+    else:
+        status["allocation"] = alloc_status
+
+    # Conditions.
+    desired = effective.replicas
+    ready = dep.ready_replicas >= desired and (desired == 0 or dep.ready_replicas > 0)
+    rolling = apply_config is not None or (dep.exists and (dep.updated_replicas < desired or dep.ready_replicas < desired))
+    cond("Ready", ready and apply_config is None, "AllReplicasReady" if ready else "ReplicasNotReady",
+         f"{dep.ready_replicas}/{desired} replicas ready")
+    cond("Progressing", rolling, "RollingOut" if rolling else "Stable",
+         f"rolling out {_short(effective)}" if rolling else f"serving {_short(effective)}")
+    slo_state, slo_reason, slo_message = _slo_condition(inputs, status)
+    cond("SLOMet", slo_state, slo_reason, slo_message)
+    within, within_reason, within_message = _budget_condition(inputs, status, cap, alloc)
+    cond("WithinBudget", within, within_reason, within_message)
+    feasible = result.feasible if result is not None else True
+    if feasible:
+        cond("Degraded", False, "AsPlanned", "the plan meets both SLOs within the allocation")
+    else:
+        cond("Degraded", True, "Fallback", f"{spec.fallback}: {result.reason if result else ''}")
+
+    status["conditions"] = conditions
+    status["observedGeneration"] = generation
+    status["replicas"] = dep.replicas
+    status["readyReplicas"] = dep.ready_replicas
+    surge = cap is None or _headroom(inputs, candidate, cap)
+    return ServiceDecision(apply_config, surge, _clean(status), events, action)
+
+
+def _current_watts(inputs: ServiceInputs, result: PlanResult | None, current: ServingConfig, correction: float) -> float:
+    if inputs.observation is not None and inputs.observation.watts > 0:
+        return inputs.observation.watts
+    predicted = ((inputs.status.get("plan") or {}).get("predicted") or {}).get("watts")
+    return float(predicted or 0.0) * correction
+
+
+def _slo_missed(inputs: ServiceInputs) -> bool:
+    obs = inputs.observation
+    slo = inputs.service.spec.slo
+    if obs is None:
+        return False
+    return bool((obs.ttft_p95_seconds and obs.ttft_p95_seconds > slo.ttft_p95_seconds)
+                or (obs.itl_p95_seconds and obs.itl_p95_seconds > slo.itl_p95_seconds))
+
+
+def _slo_condition(inputs: ServiceInputs, status: dict[str, Any]) -> tuple[bool | None, str, str]:
+    slo = inputs.service.spec.slo
+    obs = inputs.observation
+    if obs is not None and (obs.ttft_p95_seconds is not None or obs.itl_p95_seconds is not None):
+        missed = _slo_missed(inputs)
+        text = (f"measured TTFT p95 {_fmt(obs.ttft_p95_seconds)} (SLO {slo.ttft_p95_seconds}s), "
+                f"ITL p95 {_fmt(obs.itl_p95_seconds)} (SLO {slo.itl_p95_seconds}s)")
+        return (not missed), ("SLOMissed" if missed else "Measured"), text
+    predicted = ((status.get("plan") or {}).get("predicted") or {})
+    if predicted.get("ttftP95Seconds") is not None:
+        ok = predicted["ttftP95Seconds"] <= slo.ttft_p95_seconds and predicted.get("itlP95Seconds", 0) <= slo.itl_p95_seconds
+        return ok, "Predicted", (f"no latency measured yet; predicted TTFT p95 {_fmt(predicted['ttftP95Seconds'])}, "
+                                 f"ITL p95 {_fmt(predicted.get('itlP95Seconds'))}")
+    return None, "NoMeasurement", "no latency measured yet"
+
+
+def _budget_condition(inputs: ServiceInputs, status: dict[str, Any], cap: float | None,
+                      alloc: Allocation) -> tuple[bool | None, str, str]:
+    if not alloc.budgets:
+        return True, "NoBudget", "no EnergyBudget selects this service"
+    limit = cap if cap is not None else alloc.advised_watts
+    if limit is None:
+        return None, "NoAllocation", f"budgets {', '.join(alloc.budgets)} have not allocated watts yet"
+    source = "measured" if inputs.observation is not None else "predicted"
+    watts = inputs.observation.watts if inputs.observation is not None else \
+        ((status.get("plan") or {}).get("predicted") or {}).get("watts")
+    bound = f"allocation {limit:.0f} W from budget {alloc.budget or alloc.advised_budget}"
+    if len(alloc.budgets) > 1:
+        bound += f" (the tightest of {', '.join(alloc.budgets)})"
+    if watts is None:
+        return None, "NoMeasurement", bound
+    ok = watts <= limit * 1.02
+    return ok, ("WithinAllocation" if ok else "OverAllocation"), f"{source} {watts:.0f} W against {bound}"
+
+
+def _headroom(inputs: ServiceInputs, candidate: Candidate | None, cap: float) -> bool:
+    """Roll with surge only when one more replica fits under the allocation."""
+    if candidate is None or candidate.replicas <= 0:
+        return True
+    per_replica = candidate.total_watts / candidate.replicas
+    return candidate.total_watts + per_replica <= cap
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}s"
+
+
+def _clean(status: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in status.items() if v is not None}

@@ -1,0 +1,74 @@
+"""kopf handlers: each a few lines that hand the object to a reconciler with the injected dependencies."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import kopf
+
+from wattkeeper.api import GROUP, VERSION
+
+from .budgets import reconcile_budget, release_services
+from .services import Dependencies, reconcile_service
+from .settings import OperatorSettings
+
+SERVICES = (GROUP, VERSION, "llmservices")
+BUDGETS = (GROUP, VERSION, "energybudgets")
+
+
+def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    """A fresh registry, so tests can run an operator without global state."""
+    registry = kopf.OperatorRegistry()
+    interval = settings.interval_seconds
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The official client's config loading: in-cluster ServiceAccount, else KUBECONFIG.
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # The CRD status schemas have no `kopf` field: keep kopf's bookkeeping in annotations.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="wattkeeper.io")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="wattkeeper.io", key="last-handled-configuration")
+        # Our own events say what was decided and why; kopf's per-handler ones would be noise on every tick.
+        settings.posting.level = logging.WARNING
+        settings.execution.max_workers = 8
+        settings.watching.server_timeout = 300
+        settings.networking.request_timeout = 30
+        # Two replicas with peering: the one with the higher priority runs, the other waits.
+        settings.peering.priority = random.randint(1, 10_000)
+        settings.peering.stealth = True
+
+    def deps(memo: kopf.Memo) -> Dependencies:
+        return memo["deps"]  # type: ignore[no-any-return]
+
+    @kopf.on.resume(*SERVICES, registry=registry)
+    @kopf.on.create(*SERVICES, registry=registry, backoff=10)
+    @kopf.on.update(*SERVICES, field="spec", registry=registry, backoff=10)
+    def service_changed(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> None:
+        reconcile_service(deps(memo), dict(body), str(reason))
+
+    @kopf.timer(*SERVICES, interval=interval, initial_delay=interval / 2, registry=registry)
+    def service_tick(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        reconcile_service(deps(memo), dict(body), "tick")
+
+    @kopf.on.resume(*BUDGETS, registry=registry)
+    @kopf.on.create(*BUDGETS, registry=registry, backoff=10)
+    @kopf.on.update(*BUDGETS, field="spec", registry=registry, backoff=10)
+    def budget_changed(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> None:
+        reconcile_budget(deps(memo), dict(body), str(reason))
+
+    @kopf.timer(*BUDGETS, interval=interval, registry=registry)
+    def budget_tick(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        reconcile_budget(deps(memo), dict(body), "tick")
+
+    # optional=True: no finalizer. Services re-read budgets every tick anyway; this only makes it immediate.
+    @kopf.on.delete(*BUDGETS, registry=registry, optional=True)
+    def budget_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        release_services(deps(memo), dict(body))
+
+    return registry

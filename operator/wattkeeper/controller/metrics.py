@@ -1,0 +1,32 @@
+"""The operator's own Prometheus metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass
+class OperatorMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.reconciles = Counter("wattkeeper_reconciles_total", "Reconciles by kind and trigger",
+                                  ["kind", "trigger"], registry=r)
+        self.errors = Counter("wattkeeper_reconcile_errors_total", "Reconciles that failed", ["kind"], registry=r)
+        self.decisions = Counter("wattkeeper_decisions_total", "Control-loop decisions by action", ["action"],
+                                 registry=r)
+        self.api_writes = Counter("wattkeeper_api_writes_total", "Writes to the API server by verb and kind",
+                                  ["verb", "kind"], registry=r)
+        self.predicted_watts = Gauge("wattkeeper_service_predicted_watts", "Predicted GPU power of a service",
+                                     ["namespace", "service"], registry=r)
+        self.measured_watts = Gauge("wattkeeper_service_measured_watts", "Measured GPU power of a service",
+                                    ["namespace", "service"], registry=r)
+        self.budget_watts = Gauge("wattkeeper_budget_measured_watts", "Measured GPU power under a budget",
+                                  ["namespace", "budget"], registry=r)
+        self.budget_limit_watts = Gauge("wattkeeper_budget_limit_watts", "Power limit of a budget",
+                                        ["namespace", "budget"], registry=r)
+        self.plan_seconds = Histogram("wattkeeper_plan_seconds", "Time to plan one service", registry=r,
+                                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))

@@ -1,0 +1,100 @@
+"""Assemble the dependencies and run kopf: from `wattkeeper run` or in-process from tests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from wattkeeper.energy.model import EnergyModel
+from wattkeeper.telemetry import DirectScrapeSource, PrometheusSource, TelemetrySource
+
+from .handlers import build_registry
+from .kube import Kube
+from .metrics import OperatorMetrics
+from .services import Dependencies, pods_selector
+from .settings import OperatorSettings
+
+
+def kubernetes_client(kubeconfig: str | None = None) -> client.ApiClient:
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+def telemetry_source(settings: OperatorSettings, kube: Kube) -> TelemetrySource:
+    if settings.telemetry == "scrape":
+        def list_pods(namespace: str, service: str) -> Iterable[tuple[str, str]]:
+            for pod in kube.running_pods(namespace, pods_selector(service)):
+                ip = (pod.get("status") or {}).get("podIP")
+                if ip:
+                    yield pod["metadata"]["name"], f"http://{ip}:{settings.scrape_port}/metrics"
+        return DirectScrapeSource(list_pods)
+    return PrometheusSource(settings.prometheus_url)
+
+
+def build_dependencies(settings: OperatorSettings, api_client: client.ApiClient,
+                       telemetry: TelemetrySource | None = None, metrics: OperatorMetrics | None = None) -> Dependencies:
+    metrics = metrics or OperatorMetrics()
+    kube = Kube(api_client, settings.field_manager, metrics)
+    return Dependencies(
+        kube=kube,
+        telemetry=telemetry or telemetry_source(settings, kube),
+        energy_model=EnergyModel.default(),
+        settings=settings,
+        metrics=metrics,
+    )
+
+
+def run_operator(deps: Dependencies, stop_flag: Any = None, ready_flag: Any = None,
+                 liveness_endpoint: str | None = None) -> None:
+    """Run kopf until stop_flag is set (or forever). Blocking."""
+    settings = deps.settings
+    registry = build_registry(settings)
+    namespaces = settings.namespaces
+    asyncio.run(kopf.operator(
+        registry=registry,
+        memo=kopf.Memo(deps=deps),
+        standalone=settings.peering is None,
+        peering_name=settings.peering,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+        liveness_endpoint=liveness_endpoint,
+    ))
+
+
+class OperatorThread:
+    """The operator in a background thread, for tests and the demo. Stops cleanly."""
+
+    def __init__(self, deps: Dependencies) -> None:
+        self.deps = deps
+        self.stop_flag = threading.Event()
+        self.ready_flag = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="wattkeeper-operator", daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            run_operator(self.deps, self.stop_flag, self.ready_flag)
+        except BaseException as err:
+            self.error = err
+
+    def __enter__(self) -> OperatorThread:
+        self.thread.start()
+        if not self.ready_flag.wait(60):
+            raise RuntimeError(f"operator did not start: {self.error}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_flag.set()
+        self.thread.join(30)

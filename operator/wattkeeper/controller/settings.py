@@ -1,0 +1,24 @@
+"""Operator settings: from `wattkeeper run` flags or WATTKEEPER_* environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WATTKEEPER_", extra="ignore")
+
+    interval_seconds: float = Field(default=30.0, gt=0, description="Control-loop interval.")
+    telemetry: str = Field(default="prometheus", description="prometheus or scrape.")
+    prometheus_url: str = Field(default="http://prometheus-operated.monitoring:9090")
+    telemetry_window_seconds: float = Field(default=60.0, gt=0, description="Window of rates and averages.")
+    field_manager: str = Field(default="wattkeeper", description="Server-side apply field manager.")
+    namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty: all.")
+    peering: str | None = Field(default=None, description="kopf peering name; None runs standalone.")
+    metrics_port: int = Field(default=8080, description="Port of /metrics; 0 disables.")
+    health_port: int = Field(default=8081, description="Port of /healthz; 0 disables.")
+    power_correction_smoothing: float = Field(default=0.3, gt=0, le=1, description="EWMA weight of a new ratio.")
+    power_correction_bounds: tuple[float, float] = (0.5, 2.0)
+    decisions_kept: int = 10
+    scrape_port: int = 8000

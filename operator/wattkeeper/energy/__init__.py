@@ -1,0 +1,1 @@
+"""Energy model: hardware catalog, calibrated analytical model, profile interpolation, calibration."""

@@ -1,0 +1,479 @@
+"""Configuration search: the least-energy serving plan that meets the SLOs and the power allocation.
+
+The search space is precision x TP x max-num-seqs x max-num-batched-tokens (x GPU power limit) x replicas. All
+candidates are evaluated at once by the energy model's vectorised evaluator, so a decision takes milliseconds.
+At a fixed offered load every candidate serves the same tokens, so least power is least energy per token.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from ..energy.catalog import get_accelerator, get_precision
+from ..energy.model import EnergyModel, Features, ProfilePointLike, build_features
+from ..energy.types import ModelShape, ReplicaPrediction, ServingConfig, Workload
+
+FloatArray = npt.NDArray[np.float64]
+Binding = Literal["slo-ttft", "slo-itl", "power", "memory", "none"]
+Fallback = Literal["ProtectBudget", "ProtectSLO"]
+
+TENSOR_PARALLEL_OPTIONS = (1, 2, 4, 8)
+MAX_NUM_SEQS_OPTIONS = (8, 16, 32, 64, 128, 256, 512)
+MAX_NUM_BATCHED_TOKENS_OPTIONS = (2048, 8192)
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What the service asks for and under what load and power allocation."""
+
+    model: ModelShape
+    accelerator: str
+    workload: Workload
+    allowed_precisions: tuple[str, ...] = ("bf16",)
+    slo_ttft_p95_seconds: float = 2.0
+    slo_itl_p95_seconds: float = 0.1
+    min_replicas: int = 1
+    max_replicas: int = 64
+    max_tensor_parallel: int = 8
+    # Restrict the search to these TP degrees (the operator pins the running one when disruptive changes are off).
+    tensor_parallel_options: tuple[int, ...] = TENSOR_PARALLEL_OPTIONS
+    max_gpus: int | None = None
+    power_cap_watts: float | None = None
+    fallback: Fallback = "ProtectSLO"
+    power_correction: float = 1.0  # measured / predicted watts of the running plan, applied to predictions
+    throughput_correction: float = 1.0  # measured / predicted tokens per second
+    profile: Sequence[ProfilePointLike] | None = None
+    gpu_memory_utilization: float = 0.9
+    max_num_seqs_options: tuple[int, ...] = MAX_NUM_SEQS_OPTIONS
+    max_num_batched_tokens_options: tuple[int, ...] = MAX_NUM_BATCHED_TOKENS_OPTIONS
+    # GPU power limits to try besides the default (None); e.g. (None, 500.0) on H100.
+    gpu_power_limits_watts: tuple[float | None, ...] = (None,)
+    # Plan replicas so that each runs at most this fraction of its capacity: headroom for bursts.
+    target_utilisation: float = 0.85
+
+
+@dataclass(frozen=True)
+class Candidate:
+    config: ServingConfig
+    replicas: int
+    prediction: ReplicaPrediction  # per replica
+    total_watts: float
+    joules_per_token: float
+    ttft_p95_seconds: float
+    itl_p95_seconds: float
+    meets_ttft: bool
+    meets_itl: bool
+    fits_memory: bool
+    within_power: bool
+    within_gpus: bool
+
+    @property
+    def gpus(self) -> int:
+        return self.replicas * self.config.tensor_parallel
+
+    @property
+    def meets_slo(self) -> bool:
+        return self.meets_ttft and self.meets_itl
+
+    @property
+    def feasible(self) -> bool:
+        return self.meets_slo and self.fits_memory and self.within_power and self.within_gpus
+
+    def describe(self) -> str:
+        return (
+            f"{self.config.short()} x{self.replicas} ({self.gpus} GPUs): {self.total_watts:.0f} W, "
+            f"{self.joules_per_token:.3f} J/token, TTFT p95 {self.ttft_p95_seconds:.2f} s, "
+            f"ITL p95 {self.itl_p95_seconds * 1000:.0f} ms"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "precision": self.config.precision,
+            "tensorParallel": self.config.tensor_parallel,
+            "maxNumSeqs": self.config.max_num_seqs,
+            "maxNumBatchedTokens": self.config.max_num_batched_tokens,
+            "gpuPowerLimitWatts": self.config.gpu_power_limit_watts,
+            "replicas": self.replicas,
+            "gpus": self.gpus,
+            "totalWatts": round(self.total_watts, 1),
+            "joulesPerToken": round(self.joules_per_token, 5),
+            "ttftP95Seconds": _finite_or_none(self.ttft_p95_seconds, 4),
+            "itlP95Seconds": _finite_or_none(self.itl_p95_seconds, 5),
+            "batchSize": round(self.prediction.batch_size, 2),
+            "utilisation": round(self.prediction.utilisation, 3),
+            "feasible": self.feasible,
+        }
+
+
+def _finite_or_none(value: float, digits: int) -> float | None:
+    return round(value, digits) if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    chosen: Candidate | None
+    runner_up: Candidate | None
+    binding: Binding
+    feasible: bool
+    reason: str
+    candidates: tuple[Candidate, ...] = field(default_factory=tuple)  # the Pareto frontier (J/token vs ITL p95)
+    evaluated: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "feasible": self.feasible,
+            "binding": self.binding,
+            "reason": self.reason,
+            "chosen": self.chosen.to_dict() if self.chosen else None,
+            "runnerUp": self.runner_up.to_dict() if self.runner_up else None,
+            "frontier": [c.to_dict() for c in self.candidates],
+            "evaluated": self.evaluated,
+        }
+
+
+@lru_cache(maxsize=64)
+def _base_features(
+    model: ModelShape,
+    accelerator_name: str,
+    keys: tuple[tuple[str, int, float | None], ...],
+    gpu_memory_utilization: float,
+    energy_model: EnergyModel,
+) -> Features:
+    accelerator = get_accelerator(accelerator_name)
+    rows = [
+        (model, accelerator, ServingConfig(precision=p, tensor_parallel=tp, gpu_power_limit_watts=cap))
+        for p, tp, cap in keys
+    ]
+    return build_features(rows, energy_model.coefficients, None, gpu_memory_utilization)
+
+
+@dataclass
+class _Grid:
+    """All candidates as parallel arrays."""
+
+    base_index: npt.NDArray[np.int64]
+    seqs: FloatArray
+    batched: FloatArray
+    replicas: FloatArray
+    features: Features
+    result: dict[str, FloatArray]
+
+
+def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, list[tuple[str, int, float | None]]]:
+    accelerator = get_accelerator(request.accelerator)
+    precisions = []
+    for name in request.allowed_precisions:
+        spec = get_precision(name)  # raises ValueError for an unknown precision
+        if spec.name not in precisions:
+            precisions.append(spec.name)
+    tps = [tp for tp in request.tensor_parallel_options if tp <= request.max_tensor_parallel]
+    if request.max_gpus is not None:
+        tps = [tp for tp in tps if tp <= request.max_gpus] or [1]
+    keys = tuple((p, tp, cap) for p in precisions for tp in tps for cap in request.gpu_power_limits_watts)
+    base = _base_features(request.model, accelerator.name, keys, request.gpu_memory_utilization, energy_model)
+    wl = request.workload
+
+    # Expand each base row over max-num-seqs x max-num-batched-tokens.
+    seqs_opts = np.asarray(request.max_num_seqs_options, dtype=float)
+    tok_opts = np.asarray(request.max_num_batched_tokens_options, dtype=float)
+    n_base, n_seq, n_tok = len(keys), seqs_opts.size, tok_opts.size
+    base_index = np.repeat(np.arange(n_base), n_seq * n_tok)
+    seqs = np.tile(np.repeat(seqs_opts, n_tok), n_base)
+    batched = np.tile(tok_opts, n_base * n_seq)
+    f = base.take(base_index)
+    f.max_num_seqs = seqs
+    f.max_num_batched_tokens = batched
+    evaluator = energy_model.evaluator
+    n = len(f)
+    inp = np.full(n, wl.input_tokens)
+    out = np.full(n, wl.output_tokens)
+
+    # Replicas: the fewest that keep each under the target utilisation, and a few more (fewer, fuller replicas
+    # usually win, but a smaller batch per replica can be what meets the ITL SLO).
+    sat = evaluator.saturated(f, inp, out)
+    capacity_rps = sat["tokens_per_second"] / out * request.throughput_correction
+    needed = np.ceil(wl.requests_per_second / np.maximum(capacity_rps * request.target_utilisation, 1e-12))
+    needed = np.clip(needed, request.min_replicas, request.max_replicas)
+    options = [needed, needed + 1, needed + 2, np.ceil(needed * 1.5), needed * 2, needed * 4]
+    replicas = np.clip(np.concatenate(options), request.min_replicas, request.max_replicas)
+    expand = np.tile(np.arange(n), len(options))
+    g = f.take(expand)
+    rate = wl.requests_per_second / replicas / request.throughput_correction
+    result = evaluator.under_load(g, rate, inp[expand], out[expand])
+    grid = _Grid(base_index[expand], seqs[expand], batched[expand], replicas, g, result)
+    return grid, list(keys)
+
+
+def _pareto(indices: Sequence[int], energy: FloatArray, latency: FloatArray) -> list[int]:
+    ordered = sorted(indices, key=lambda i: (latency[i], energy[i]))
+    front: list[int] = []
+    best = math.inf
+    for i in ordered:
+        if energy[i] < best - 1e-12:
+            front.append(i)
+            best = energy[i]
+    return front
+
+
+def plan(request: PlanRequest, energy_model: EnergyModel | None = None) -> PlanResult:
+    """The least-energy candidate meeting the SLOs and the cap; the fallback when none does."""
+    em = energy_model or EnergyModel.default()
+    if request.workload.requests_per_second < 0:
+        raise ValueError("request rate must be >= 0")
+    grid, keys = _evaluate(request, em)
+    r = grid.result
+    tc = request.throughput_correction
+    replicas = grid.replicas
+    watts = r["watts"] * replicas * request.power_correction
+    offered_tokens = max(request.workload.requests_per_second * request.workload.output_tokens, 1e-9)
+    jpt = watts / offered_tokens
+    itl = r["itl_p95"] / tc
+    ttft = r["ttft_p95"] / tc
+    tp = grid.features.tensor_parallel
+    fits = r["max_batch"] >= 1.0
+    # A replica set that cannot carry the load queues without bound: count it as a TTFT miss.
+    has_capacity = r["utilisation"] < 1.0
+    meets_ttft = (ttft <= request.slo_ttft_p95_seconds) & has_capacity
+    meets_itl = itl <= request.slo_itl_p95_seconds
+    within_gpus = np.ones_like(fits) if request.max_gpus is None else (replicas * tp <= request.max_gpus)
+    within_power = np.ones_like(fits) if request.power_cap_watts is None else (watts <= request.power_cap_watts)
+    base_ok = fits & within_gpus & has_capacity
+    slo_ok = meets_ttft & meets_itl
+    feasible = base_ok & slo_ok & within_power
+
+    # Ties (max-num-seqs above the steady batch changes nothing): prefer fewer GPUs, then lower latency.
+    def best(mask: npt.NDArray[np.bool_]) -> int | None:
+        idx = np.flatnonzero(mask)
+        if idx.size == 0:
+            return None
+        order = np.lexsort((itl[idx], grid.seqs[idx], replicas[idx] * tp[idx], np.round(watts[idx], 6)))
+        return int(idx[order[0]])
+
+    def candidate(i: int) -> Candidate:
+        p, tpi, cap = keys[int(grid.base_index[i])]
+        config = ServingConfig(
+            precision=p,
+            tensor_parallel=tpi,
+            max_num_seqs=int(grid.seqs[i]),
+            max_num_batched_tokens=int(grid.batched[i]),
+            gpu_power_limit_watts=cap,
+        )
+        return Candidate(
+            config=config,
+            replicas=int(replicas[i]),
+            prediction=_prediction(grid, i, request),
+            total_watts=float(watts[i]),
+            joules_per_token=float(jpt[i]),
+            ttft_p95_seconds=float(ttft[i]),
+            itl_p95_seconds=float(itl[i]),
+            meets_ttft=bool(meets_ttft[i]),
+            meets_itl=bool(meets_itl[i]),
+            fits_memory=bool(fits[i]),
+            within_power=bool(within_power[i]),
+            within_gpus=bool(within_gpus[i]),
+        )
+
+    chosen_i = best(feasible)
+    binding: Binding
+    chosen: Candidate | None
+    runner: Candidate | None
+    if chosen_i is not None:
+        binding = _binding(best, chosen_i, fits, within_gpus, has_capacity, slo_ok, meets_itl, within_power)
+        chosen = candidate(chosen_i)
+        if request.profile:
+            chosen = _with_profile(chosen, request, em)
+        runner_i = _runner_up(best, feasible, grid, chosen_i, keys, replicas)
+        runner = candidate(runner_i) if runner_i is not None else None
+        reason = _explain(chosen, runner, binding, request)
+        is_feasible = True
+    else:
+        chosen_i, binding, reason = _fallback(request, best, base_ok, slo_ok, within_power, meets_itl, ttft, itl)
+        chosen = candidate(chosen_i) if chosen_i is not None else None
+        runner = None
+        is_feasible = False
+        if chosen is not None:
+            reason += f" Chosen instead: {chosen.describe()}."
+    front_pool = [int(i) for i in np.flatnonzero(base_ok & meets_ttft)]
+    frontier = tuple(candidate(i) for i in _pareto(front_pool, jpt, itl))
+    return PlanResult(
+        chosen=chosen,
+        runner_up=runner,
+        binding=binding,
+        feasible=is_feasible,
+        reason=reason,
+        candidates=frontier,
+        evaluated=len(replicas),
+    )
+
+
+def _prediction(grid: _Grid, i: int, request: PlanRequest) -> ReplicaPrediction:
+    r = grid.result
+    tc = request.throughput_correction
+    wl = request.workload
+    tokens = float(r["tokens_per_second"][i])
+    w = float(r["watts"][i]) * request.power_correction
+    return ReplicaPrediction(
+        batch_size=float(r["batch"][i]),
+        output_tokens_per_second=tokens,
+        watts=w,
+        joules_per_token=w / max(tokens, 1e-12),
+        joules_per_request=w / max(tokens, 1e-12) * wl.output_tokens,
+        itl_p50_seconds=float(r["itl_p50"][i]) / tc,
+        itl_p90_seconds=float(r["itl_p90"][i]) / tc,
+        itl_p95_seconds=float(r["itl_p95"][i]) / tc,
+        ttft_p95_seconds=float(r["ttft_p95"][i]) / tc,
+        fits_memory=bool(r["max_batch"][i] >= 1.0),
+        kv_cache_tokens=int(r["kv_capacity_tokens"][i]),
+        utilisation=float(r["utilisation"][i]),
+    )
+
+
+def _with_profile(c: Candidate, request: PlanRequest, em: EnergyModel) -> Candidate:
+    """Re-predict the chosen plan with measured profile points where they cover it."""
+    accelerator = get_accelerator(request.accelerator)
+    wl = request.workload
+    rate = Workload(wl.requests_per_second / c.replicas, wl.input_tokens, wl.output_tokens)
+    pred = em.predict(request.model, accelerator, c.config, rate, profile=request.profile)
+    if pred.source != "profile":
+        return c
+    total = pred.watts * c.replicas * request.power_correction
+    return Candidate(
+        config=c.config,
+        replicas=c.replicas,
+        prediction=pred,
+        total_watts=total,
+        joules_per_token=total / max(wl.requests_per_second * wl.output_tokens, 1e-9),
+        ttft_p95_seconds=c.ttft_p95_seconds,
+        itl_p95_seconds=pred.itl_p95_seconds,
+        meets_ttft=c.meets_ttft,
+        meets_itl=pred.itl_p95_seconds <= request.slo_itl_p95_seconds,
+        fits_memory=c.fits_memory,
+        within_power=c.within_power,
+        within_gpus=c.within_gpus,
+    )
+
+
+def _binding(
+    best: Any,
+    chosen_i: int,
+    fits: npt.NDArray[np.bool_],
+    within_gpus: npt.NDArray[np.bool_],
+    has_capacity: npt.NDArray[np.bool_],
+    slo_ok: npt.NDArray[np.bool_],
+    meets_itl: npt.NDArray[np.bool_],
+    within_power: npt.NDArray[np.bool_],
+) -> Binding:
+    """Which constraint moved the optimum: compare the best plan as constraints are added one by one."""
+    any_size = best(has_capacity & within_gpus)
+    with_memory = best(has_capacity & within_gpus & fits)
+    with_slo = best(has_capacity & within_gpus & fits & slo_ok)
+    if with_slo is not None and with_slo != chosen_i and not within_power[with_slo]:
+        return "power"
+    if with_memory is not None and with_memory != with_slo and not slo_ok[with_memory]:
+        return "slo-itl" if not meets_itl[with_memory] else "slo-ttft"
+    if any_size is not None and any_size != with_memory and not fits[any_size]:
+        return "memory"
+    return "none"
+
+
+def _runner_up(
+    best: Any,
+    feasible: npt.NDArray[np.bool_],
+    grid: _Grid,
+    chosen_i: int,
+    keys: list[tuple[str, int, float | None]],
+    replicas: FloatArray,
+) -> int | None:
+    """The best feasible plan that differs in precision, TP or replicas (max-num-seqs alone often ties)."""
+    p, tp, cap = keys[int(grid.base_index[chosen_i])]
+    same = np.array(
+        [keys[int(b)][0] == p and keys[int(b)][1] == tp and keys[int(b)][2] == cap for b in grid.base_index]
+    )
+    other = feasible & ~(same & (replicas == replicas[chosen_i]))
+    return best(other)
+
+
+def _explain(chosen: Candidate, runner: Candidate | None, binding: Binding, request: PlanRequest) -> str:
+    text = f"Least energy meeting the SLOs: {chosen.describe()}."
+    limits = {
+        "slo-ttft": f"the TTFT SLO ({request.slo_ttft_p95_seconds:g} s p95) rules out cheaper plans",
+        "slo-itl": f"the ITL SLO ({request.slo_itl_p95_seconds * 1000:g} ms p95) rules out cheaper plans",
+        "power": f"the power allocation ({request.power_cap_watts or 0:.0f} W) rules out cheaper-per-token plans",
+        "memory": "GPU memory rules out plans on fewer GPUs",
+        "none": "no constraint binds",
+    }
+    text += f" Binding: {limits[binding]}."
+    if runner is not None:
+        extra = runner.total_watts - chosen.total_watts
+        pct = extra / max(chosen.total_watts, 1e-9) * 100
+        text += f" Runner-up: {runner.describe()} (+{extra:.0f} W, +{pct:.1f}%)."
+    return text
+
+
+def _fallback(
+    request: PlanRequest,
+    best: Any,
+    base_ok: npt.NDArray[np.bool_],
+    slo_ok: npt.NDArray[np.bool_],
+    within_power: npt.NDArray[np.bool_],
+    meets_itl: npt.NDArray[np.bool_],
+    ttft: FloatArray,
+    itl: FloatArray,
+) -> tuple[int | None, Binding, str]:
+    """Nothing meets everything: protect the SLO (exceed the cap) or the budget (miss the SLO), as declared."""
+    violation = np.maximum(ttft / request.slo_ttft_p95_seconds, itl / request.slo_itl_p95_seconds)
+    slo_possible = base_ok & slo_ok
+    if request.fallback == "ProtectSLO" and slo_possible.any():
+        i = best(slo_possible)
+        return (
+            i,
+            "power",
+            (
+                f"No plan meets the SLOs within {request.power_cap_watts or 0:.0f} W; fallback ProtectSLO exceeds the "
+                "power allocation with the least-energy plan that meets the SLOs."
+            ),
+        )
+    if not base_ok.any():
+        return (
+            None,
+            "memory",
+            (
+                "No plan fits: the model does not fit in GPU memory, or the load exceeds what the allowed GPUs and "
+                "replicas can carry."
+            ),
+        )
+    if request.fallback == "ProtectBudget" and not (base_ok & within_power).any():
+        # Even the cheapest plan exceeds the cap: come as close to the budget as possible.
+        i = best(base_ok)
+        return (
+            i,
+            "power",
+            (
+                f"No plan fits within {request.power_cap_watts or 0:.0f} W; fallback ProtectBudget runs the plan with "
+                "the least power."
+            ),
+        )
+    pool = base_ok & within_power if request.fallback == "ProtectBudget" else base_ok
+    idx = np.flatnonzero(pool)
+    i = int(idx[np.argmin(violation[idx])])
+    binding: Binding = "slo-itl" if not meets_itl[i] else "slo-ttft"
+    if request.fallback == "ProtectBudget" and request.power_cap_watts is not None and slo_possible.any():
+        binding = "power"
+        why = f"No plan meets the SLOs within {request.power_cap_watts:.0f} W; fallback ProtectBudget keeps the cap"
+    else:
+        why = "No plan meets the SLOs with the allowed precisions, GPUs and replicas"
+    return i, binding, why + f" and misses the SLO by the least ({violation[i]:.2f}x the target)."
+
+
+def minimum_watts_for_slo(request: PlanRequest, energy_model: EnergyModel | None = None) -> float | None:
+    """The least watts with which the service meets its SLOs (no power cap); None when no plan meets them."""
+    uncapped = PlanRequest(**{**request.__dict__, "power_cap_watts": None})
+    result = plan(uncapped, energy_model)
+    return result.chosen.total_watts if result.feasible and result.chosen else None

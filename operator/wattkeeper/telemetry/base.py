@@ -1,0 +1,62 @@
+"""The telemetry interface the control loop reads through."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class TelemetryUnavailable(Exception):
+    """No usable measurement for a service. Silence is not zero: the caller holds its configuration."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ServiceObservation:
+    """What was measured for one service over the last window, summed over its pods."""
+
+    watts: float  # GPU power, all GPUs of all replicas
+    output_tokens_per_second: float | None = None
+    requests_per_second: float | None = None
+    prompt_tokens_per_second: float | None = None
+    ttft_p95_seconds: float | None = None
+    itl_p95_seconds: float | None = None
+    running_requests: float | None = None
+    waiting_requests: float | None = None
+    pods_reporting: int = 0
+    power_source: str = ""  # which metric gave the watts
+
+    @property
+    def joules_per_token(self) -> float | None:
+        if not self.output_tokens_per_second or self.output_tokens_per_second <= 0:
+            return None
+        return self.watts / self.output_tokens_per_second
+
+    @property
+    def mean_output_tokens(self) -> float | None:
+        if not self.requests_per_second or not self.output_tokens_per_second:
+            return None
+        return self.output_tokens_per_second / self.requests_per_second
+
+    @property
+    def mean_input_tokens(self) -> float | None:
+        if not self.requests_per_second or not self.prompt_tokens_per_second:
+            return None
+        return self.prompt_tokens_per_second / self.requests_per_second
+
+
+class TelemetrySource(Protocol):
+    def observe_service(self, namespace: str, service: str, window_seconds: float) -> ServiceObservation:
+        """Measure one service's pods over the window; raise TelemetryUnavailable when nothing usable comes."""
+        ...
+
+
+def pod_name_pattern(service: str) -> str:
+    """Regex of the pod names of a service's Deployment (<name>-<replicaset hash>-<pod suffix>).
+
+    dcgm-exporter labels power with namespace and pod only, so pods are matched by name, the way
+    kube-prometheus attributes container metrics to workloads."""
+    return f"{service}-[a-z0-9]+-[a-z0-9]+"

@@ -1,0 +1,71 @@
+"""Telemetry from Prometheus: dcgm-exporter or our NVML exporter for power, vLLM's own metrics for load.
+
+Queries are instant queries over a window (rate / avg_over_time), per service by namespace and pod name.
+"""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+
+from .base import ServiceObservation, TelemetryUnavailable, pod_name_pattern
+
+# Power, in order of preference: the energy counter is exact over the window; the gauge is a 1 s sample.
+POWER_QUERIES = (
+    ("dcgm-energy", "sum(rate(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{sel}}}[{w}])) / 1000"),
+    ("dcgm-power", "sum(avg_over_time(DCGM_FI_DEV_POWER_USAGE{{{sel}}}[{w}]))"),
+    ("nvml-energy", "sum(rate(wattkeeper_gpu_energy_joules_total{{{sel}}}[{w}]))"),
+    ("nvml-power", "sum(avg_over_time(wattkeeper_gpu_power_watts{{{sel}}}[{w}]))"),
+)
+LOAD_QUERIES = {
+    "output_tokens_per_second": "sum(rate(vllm:generation_tokens_total{{{sel}}}[{w}]))",
+    "prompt_tokens_per_second": "sum(rate(vllm:prompt_tokens_total{{{sel}}}[{w}]))",
+    "requests_per_second": "sum(rate(vllm:request_success_total{{{sel}}}[{w}]))",
+    "ttft_p95_seconds": "histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{{sel}}}[{w}])))",
+    # vLLM 0.11 names it inter_token_latency; older releases time_per_output_token.
+    "itl_p95_seconds": "histogram_quantile(0.95, sum by (le) (rate(vllm:inter_token_latency_seconds_bucket{{{sel}}}[{w}]) "
+    "or rate(vllm:time_per_output_token_seconds_bucket{{{sel}}}[{w}])))",
+    "running_requests": "sum(avg_over_time(vllm:num_requests_running{{{sel}}}[{w}]))",
+    "waiting_requests": "sum(avg_over_time(vllm:num_requests_waiting{{{sel}}}[{w}]))",
+}
+PODS_QUERY = "count(count by (pod) (vllm:num_requests_running{{{sel}}}))"
+
+
+class PrometheusSource:
+    """TelemetrySource over the Prometheus HTTP API."""
+
+    def __init__(self, url: str, timeout_seconds: float = 5.0, client: httpx.Client | None = None) -> None:
+        self.url = url.rstrip("/")
+        self._client = client or httpx.Client(timeout=timeout_seconds)
+
+    def _query(self, promql: str) -> float | None:
+        try:
+            response = self._client.get(f"{self.url}/api/v1/query", params={"query": promql})
+        except httpx.HTTPError as err:
+            raise TelemetryUnavailable(f"Prometheus at {self.url} unreachable: {err}") from err
+        if response.status_code != 200:
+            raise TelemetryUnavailable(f"Prometheus answered {response.status_code}: {response.text[:200]}")
+        result = response.json().get("data", {}).get("result", [])
+        if not result:
+            return None
+        value = float(result[0]["value"][1])
+        return None if math.isnan(value) or math.isinf(value) else value
+
+    def observe_service(self, namespace: str, service: str, window_seconds: float) -> ServiceObservation:
+        sel = f'namespace="{namespace}",pod=~"{pod_name_pattern(service)}"'
+        window = f"{max(int(window_seconds), 15)}s"
+        watts, source = None, ""
+        for name, template in POWER_QUERIES:
+            watts = self._query(template.format(sel=sel, w=window))
+            if watts is not None:
+                source = name
+                break
+        if watts is None:
+            raise TelemetryUnavailable(
+                f"no GPU power series for pods {namespace}/{pod_name_pattern(service)} in Prometheus "
+                "(DCGM_FI_DEV_* or wattkeeper_gpu_*) over the last " + window
+            )
+        load = {key: self._query(template.format(sel=sel, w=window)) for key, template in LOAD_QUERIES.items()}
+        pods = self._query(PODS_QUERY.format(sel=sel))
+        return ServiceObservation(watts=watts, pods_reporting=int(pods or 0), power_source=source, **load)

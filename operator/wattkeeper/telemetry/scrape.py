@@ -1,0 +1,151 @@
+"""Telemetry without Prometheus: scrape each pod's /metrics directly and difference the counters.
+
+The first scrape of a pod gives gauges only (power, queue); rates come from the second on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from .base import ServiceObservation, TelemetryUnavailable
+
+# (pod name, metrics URL) of a service's running pods.
+PodLister = Callable[[str, str], Iterable[tuple[str, str]]]
+
+COUNTERS = {
+    "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": 1e-3,  # mJ -> J
+    "wattkeeper_gpu_energy_joules_total": 1.0,
+    "vllm:generation_tokens_total": 1.0,
+    "vllm:prompt_tokens_total": 1.0,
+    "vllm:request_success_total": 1.0,
+}
+POWER_GAUGES = ("DCGM_FI_DEV_POWER_USAGE", "wattkeeper_gpu_power_watts")
+HISTOGRAMS = {"ttft": "vllm:time_to_first_token_seconds", "itl": "vllm:inter_token_latency_seconds"}
+
+
+@dataclass
+class PodSample:
+    at: float
+    counters: dict[str, float] = field(default_factory=dict)
+    gauges: dict[str, float] = field(default_factory=dict)
+    buckets: dict[str, dict[float, float]] = field(default_factory=dict)
+
+
+def parse_sample(text: str, at: float) -> PodSample:
+    """Sum each metric of interest over its series (GPUs of a pod, models of a server)."""
+    sample = PodSample(at=at)
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            name = s.name
+            if name in COUNTERS:
+                sample.counters[name] = sample.counters.get(name, 0.0) + s.value * COUNTERS[name]
+            elif name in POWER_GAUGES or name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
+                sample.gauges[name] = sample.gauges.get(name, 0.0) + s.value
+            else:
+                for key, hist in HISTOGRAMS.items():
+                    if name in (f"{hist}_bucket", "vllm:time_per_output_token_seconds_bucket" if key == "itl" else ""):
+                        le = float(s.labels.get("le", "inf"))
+                        buckets = sample.buckets.setdefault(key, {})
+                        buckets[le] = buckets.get(le, 0.0) + s.value
+    return sample
+
+
+def quantile_from_buckets(q: float, cumulative: dict[float, float]) -> float | None:
+    """Prometheus' histogram_quantile over cumulative bucket counts (linear within a bucket)."""
+    if not cumulative:
+        return None
+    bounds = sorted(cumulative)
+    total = cumulative[bounds[-1]]
+    if total <= 0:
+        return None
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for le in bounds:
+        count = cumulative[le]
+        if count >= rank:
+            if le == float("inf"):
+                return lower_bound
+            width = count - lower_count
+            return lower_bound + (le - lower_bound) * ((rank - lower_count) / width if width > 0 else 1.0)
+        lower_bound, lower_count = le, count
+    return bounds[-1]
+
+
+class DirectScrapeSource:
+    """TelemetrySource that scrapes pods itself, for clusters without Prometheus."""
+
+    def __init__(self, list_pods: PodLister, timeout_seconds: float = 3.0, client: httpx.Client | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._list_pods = list_pods
+        self._client = client or httpx.Client(timeout=timeout_seconds)
+        self._clock = clock
+        self._previous: dict[str, PodSample] = {}
+
+    def _scrape(self, url: str) -> PodSample | None:
+        try:
+            response = self._client.get(url)
+        except httpx.HTTPError:
+            return None
+        return parse_sample(response.text, self._clock()) if response.status_code == 200 else None
+
+    def observe_service(self, namespace: str, service: str, window_seconds: float) -> ServiceObservation:
+        pods = list(self._list_pods(namespace, service))
+        if not pods:
+            raise TelemetryUnavailable(f"no running pods of {namespace}/{service} to scrape")
+        watts = 0.0
+        have_power = False
+        rates: dict[str, float] = {}
+        gauges: dict[str, float] = {}
+        deltas: dict[str, dict[float, float]] = {}
+        reporting = 0
+        for pod, url in pods:
+            key = f"{namespace}/{pod}"
+            current = self._scrape(url)
+            if current is None:
+                continue
+            reporting += 1
+            previous = self._previous.get(key)
+            self._previous[key] = current
+            dt = current.at - previous.at if previous else 0.0
+            energy_name = next((n for n in ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "wattkeeper_gpu_energy_joules_total")
+                                if n in current.counters), None)
+            if previous and dt > 0 and energy_name and energy_name in previous.counters \
+                    and current.counters[energy_name] >= previous.counters[energy_name]:
+                watts += (current.counters[energy_name] - previous.counters[energy_name]) / dt
+                have_power = True
+            else:
+                gauge = next((current.gauges[n] for n in POWER_GAUGES if n in current.gauges), None)
+                if gauge is not None:
+                    watts += gauge
+                    have_power = True
+            for name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
+                gauges[name] = gauges.get(name, 0.0) + current.gauges.get(name, 0.0)
+            if previous and dt > 0:
+                for name, value in current.counters.items():
+                    before = previous.counters.get(name)
+                    if before is not None and value >= before:  # a restarted pod resets its counters
+                        rates[name] = rates.get(name, 0.0) + (value - before) / dt
+                for hist, buckets in current.buckets.items():
+                    before_buckets = previous.buckets.get(hist, {})
+                    acc = deltas.setdefault(hist, {})
+                    for le, count in buckets.items():
+                        acc[le] = acc.get(le, 0.0) + max(0.0, count - before_buckets.get(le, 0.0))
+        if not have_power:
+            raise TelemetryUnavailable(f"none of {len(pods)} pods of {namespace}/{service} reported GPU power")
+        return ServiceObservation(
+            watts=watts,
+            output_tokens_per_second=rates.get("vllm:generation_tokens_total"),
+            prompt_tokens_per_second=rates.get("vllm:prompt_tokens_total"),
+            requests_per_second=rates.get("vllm:request_success_total"),
+            ttft_p95_seconds=quantile_from_buckets(0.95, deltas.get("ttft", {})),
+            itl_p95_seconds=quantile_from_buckets(0.95, deltas.get("itl", {})),
+            running_requests=gauges.get("vllm:num_requests_running"),
+            waiting_requests=gauges.get("vllm:num_requests_waiting"),
+            pods_reporting=reporting,
+            power_source="scrape",
+        )

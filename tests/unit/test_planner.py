@@ -1,0 +1,137 @@
+"""Planner: choices, explanations, fallbacks, the switching rule, budget allocation and decision time."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+from wattkeeper.energy.catalog import get_accelerator, model_from_name
+from wattkeeper.energy.types import Workload
+from wattkeeper.planner import (
+    PlanRequest,
+    ServiceDemand,
+    allocate_watts,
+    minimum_watts_for_slo,
+    plan,
+    should_switch,
+)
+
+LLAMA_8B = model_from_name("meta-llama/Llama-3.1-8B-Instruct", 8.0)
+LLAMA_70B = model_from_name("meta-llama/Llama-3.1-70B-Instruct", 70.0)
+
+
+def request(model=LLAMA_8B, rps: float = 10.0, **kw: object) -> PlanRequest:
+    base = PlanRequest(
+        model=model,
+        accelerator="H100",
+        workload=Workload(rps, 1024, 256),
+        allowed_precisions=("bf16", "fp8"),
+        slo_ttft_p95_seconds=2.0,
+        slo_itl_p95_seconds=0.1,
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def test_plan_meets_slos_and_explains() -> None:
+    result = plan(request())
+    assert result.feasible and result.chosen is not None
+    c = result.chosen
+    assert c.itl_p95_seconds <= 0.1 and c.ttft_p95_seconds <= 2.0 and c.fits_memory
+    assert c.config.precision in ("bf16", "fp8")
+    assert "Least energy" in result.reason and result.binding in ("slo-ttft", "slo-itl", "power", "memory", "none")
+    assert result.runner_up is not None and result.runner_up.total_watts >= c.total_watts
+    assert result.candidates, "the frontier is not empty"
+    assert result.to_dict()["chosen"]["replicas"] == c.replicas
+
+
+def test_70b_needs_more_than_one_gpu_per_replica() -> None:
+    result = plan(request(LLAMA_70B, allowed_precisions=("bf16",)))
+    assert result.chosen is not None and result.chosen.config.tensor_parallel >= 2
+
+
+def test_tight_itl_slo_binds() -> None:
+    result = plan(request(rps=40.0, slo_itl_p95_seconds=0.02))
+    assert result.binding == "slo-itl" or not result.feasible
+
+
+def test_power_cap_fallbacks() -> None:
+    free = plan(request(rps=20.0, slo_itl_p95_seconds=0.04))
+    assert free.chosen is not None
+    cap = free.chosen.total_watts * 0.8
+    protect_budget = plan(request(rps=20.0, slo_itl_p95_seconds=0.04, power_cap_watts=cap, fallback="ProtectBudget"))
+    assert not protect_budget.feasible and protect_budget.binding == "power"
+    assert protect_budget.chosen is not None and protect_budget.chosen.total_watts <= cap
+    assert not protect_budget.chosen.meets_slo and "ProtectBudget" in protect_budget.reason
+    protect_slo = plan(request(power_cap_watts=300.0, fallback="ProtectSLO"))
+    assert not protect_slo.feasible and protect_slo.chosen is not None
+    assert protect_slo.chosen.meets_slo and protect_slo.chosen.total_watts > 300.0
+    assert "ProtectSLO" in protect_slo.reason
+
+
+def test_nothing_fits() -> None:
+    result = plan(request(model_from_name("big", 2000.0), max_tensor_parallel=1))
+    assert not result.feasible and result.chosen is None and result.binding == "memory"
+
+
+def test_corrections_scale_predictions() -> None:
+    base = plan(request())
+    hot = plan(request(power_correction=1.2))
+    assert base.chosen is not None and hot.chosen is not None
+    assert hot.chosen.total_watts == pytest.approx(base.chosen.total_watts * 1.2, rel=0.02) or (
+        hot.chosen.config != base.chosen.config
+    )
+
+
+def test_minimum_watts_for_slo_ignores_the_cap() -> None:
+    needed = minimum_watts_for_slo(request(power_cap_watts=100.0))
+    assert needed is not None and needed > 100.0
+
+
+def test_planner_decides_within_ten_milliseconds() -> None:
+    req = request(LLAMA_70B, rps=10.0)
+    plan(req)  # warm the feature cache, as the running operator would be
+    runs = 20
+    started = time.perf_counter()
+    for _ in range(runs):
+        plan(req)
+    per_decision_ms = (time.perf_counter() - started) / runs * 1000
+    # The target is 10 ms on the 2-core dev machine; allow slack for a loaded CI runner.
+    assert per_decision_ms < 30, per_decision_ms
+
+
+def test_switching_rule() -> None:
+    acc = get_accelerator("H100")
+    low = plan(request(rps=2.0)).chosen
+    high = plan(request(rps=40.0)).chosen
+    assert low is not None and high is not None
+    assert should_switch(None, low, 600, LLAMA_8B, acc).switch
+    assert not should_switch(low, low, 600, LLAMA_8B, acc).switch
+    # Load rose: the running small plan misses its SLO at 40 rps only if re-evaluated; compare energy instead.
+    cheaper = replace(high, total_watts=high.total_watts * 0.9, config=replace(high.config, precision="fp8"))
+    short = should_switch(high, cheaper, 10, LLAMA_8B, acc)
+    assert not short.switch and short.cost_joules > short.saving_joules
+    long = should_switch(high, cheaper, 24 * 3600, LLAMA_8B, acc)
+    assert long.switch and long.saving_joules > long.cost_joules
+    tiny = replace(high, total_watts=high.total_watts * 0.99, config=replace(high.config, precision="fp8"))
+    assert not should_switch(high, tiny, 24 * 3600, LLAMA_8B, acc).switch  # hysteresis
+    broken = replace(high, meets_itl=False)
+    assert should_switch(broken, cheaper, 1, LLAMA_8B, acc).switch
+
+
+def test_allocation_degrades_lowest_priority_first() -> None:
+    demands = [
+        ServiceDemand("chat", priority=10, minimum_watts=600, desired_watts=700, floor_watts=100, joules_per_token=0.2),
+        ServiceDemand(
+            "batch", priority=1, minimum_watts=900, desired_watts=1000, floor_watts=100, joules_per_token=0.1
+        ),
+    ]
+    plenty = {a.name: a for a in allocate_watts(3000, demands)}
+    assert not plenty["chat"].degraded and not plenty["batch"].degraded
+    assert plenty["chat"].watts == 700 and plenty["batch"].watts == 1000
+    tight = {a.name: a for a in allocate_watts(1000, demands)}
+    assert not tight["chat"].degraded and tight["batch"].degraded
+    assert sum(a.watts for a in tight.values()) == pytest.approx(1000)
+    assert "chat" in tight["batch"].reason
+    starved = allocate_watts(100, demands)
+    assert all(a.degraded for a in starved) and sum(a.watts for a in starved) == pytest.approx(100)

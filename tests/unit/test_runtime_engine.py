@@ -1,0 +1,117 @@
+"""BatchingEngine: limits, latencies and energy on a virtual clock, with a deterministic stub and the real model."""
+
+from __future__ import annotations
+
+import pytest
+from wattkeeper_runtime.engine import BatchingEngine, EngineRequest, run_to_completion
+from wattkeeper_runtime.timing import LinearStubTiming, SimSpec, make_timing
+
+
+def requests(n: int, prompt: int = 100, output: int = 20) -> list[EngineRequest]:
+    return [EngineRequest(f"r{i}", prompt_tokens=prompt, max_output_tokens=output) for i in range(n)]
+
+
+def test_max_num_seqs_is_respected() -> None:
+    engine = BatchingEngine(LinearStubTiming(), max_num_seqs=4, max_num_batched_tokens=100_000)
+    for r in requests(10):
+        engine.submit(r, 0.0)
+    results = run_to_completion(engine)
+    assert max(r.running for r in results) == 4
+    assert engine.finished_total == 10
+    assert engine.generation_tokens_total == 10 * 20
+    assert engine.prompt_tokens_total == 10 * 100
+
+
+def test_token_budget_chunks_long_prompts() -> None:
+    engine = BatchingEngine(LinearStubTiming(), max_num_seqs=64, max_num_batched_tokens=256)
+    for r in requests(3, prompt=600, output=5):
+        engine.submit(r, 0.0)
+    results = run_to_completion(engine)
+    assert all(r.prefill_tokens + r.decode_sequences <= 256 for r in results)
+    assert results[0].prefill_tokens == 256 and not results[0].emitted  # a chunk: no token yet
+    assert engine.prompt_tokens_total == 1800
+    assert engine.finished_total == 3
+
+
+def test_ttft_and_itl_follow_the_virtual_clock() -> None:
+    timing = LinearStubTiming()
+    engine = BatchingEngine(timing, max_num_seqs=8, max_num_batched_tokens=8192)
+    request = EngineRequest("one", prompt_tokens=1000, max_output_tokens=4)
+    engine.submit(request, 5.0)
+    results = run_to_completion(engine)
+    assert results[0].start_s == 5.0
+    assert results[0].ttft_samples_s == [pytest.approx(timing.prefill_seconds(1000))]
+    itls = [s for r in results for s in r.itl_samples_s]
+    assert len(itls) == 3
+    assert itls[0] == pytest.approx(timing.decode_step_seconds(1, 1001))
+    assert request.finished_s == pytest.approx(results[-1].end_s)
+
+
+def test_decoding_requests_go_first_and_new_ones_join_running_batch() -> None:
+    engine = BatchingEngine(LinearStubTiming(), max_num_seqs=8, max_num_batched_tokens=8192)
+    first = EngineRequest("a", prompt_tokens=10, max_output_tokens=50)
+    engine.submit(first, 0.0)
+    engine.step(0.0)
+    engine.step(engine.clock_s)
+    late = EngineRequest("b", prompt_tokens=10, max_output_tokens=5)
+    engine.submit(late, engine.clock_s)
+    result = engine.step(engine.clock_s)
+    assert result.decode_sequences == 1 and result.prefill_tokens == 10 and result.running == 2
+
+
+def steady_state(max_num_seqs: int) -> tuple[float, float]:
+    """Mean step seconds and watts of a full batch."""
+    engine = BatchingEngine(LinearStubTiming(), max_num_seqs=max_num_seqs, max_num_batched_tokens=1_000_000)
+    for r in requests(max_num_seqs, prompt=50, output=30):
+        engine.submit(r, 0.0)
+    decode = [r for r in run_to_completion(engine) if r.decode_sequences == max_num_seqs]
+    return sum(r.duration_s for r in decode) / len(decode), sum(r.power_watts for r in decode) / len(decode)
+
+
+def test_more_batch_means_more_power_and_longer_steps_but_less_energy_per_token() -> None:
+    small_s, small_w = steady_state(8)
+    big_s, big_w = steady_state(256)
+    assert big_s > small_s
+    assert big_w > small_w
+    assert big_w * big_s / 256 < small_w * small_s / 8  # joules per output token
+
+
+def test_energy_integrates_busy_and_idle_power() -> None:
+    timing = LinearStubTiming()
+    engine = BatchingEngine(timing, max_num_seqs=8, max_num_batched_tokens=8192)
+    idle = timing.power_watts(0, 0.0)
+    assert engine.energy_joules_at(10.0) == pytest.approx(idle * 10.0)
+    engine.submit(EngineRequest("x", 100, 3), 10.0)
+    results = run_to_completion(engine)
+    busy_energy = sum(r.energy_joules for r in results)
+    end = results[-1].end_s
+    assert engine.energy_joules_at(end) == pytest.approx(idle * 10.0 + busy_energy)
+    assert engine.energy_joules_at(end + 2.0) == pytest.approx(idle * 12.0 + busy_energy)
+    # Mid-step readings interpolate and never decrease.
+    readings = [engine.energy_joules_at(end - 0.001 * k) for k in range(5)]
+    assert readings == sorted(readings, reverse=True)
+    assert engine.power_watts_at(end - 1e-6) == results[-1].power_watts
+    assert engine.power_watts_at(end + 1.0) == idle
+
+
+def test_kv_cache_limits_admission() -> None:
+    engine = BatchingEngine(LinearStubTiming(), max_num_seqs=64, max_num_batched_tokens=8192, kv_cache_tokens=1000)
+    for r in requests(5, prompt=300, output=100):  # 400 tokens each: two fit
+        engine.submit(r, 0.0)
+    first = engine.step(0.0)
+    assert first.running == 2 and len(engine.waiting) == 3
+    assert 0.0 < engine.kv_cache_usage() <= 1.0
+    run_to_completion(engine)
+    assert engine.finished_total == 5
+
+
+def test_with_the_energy_model_when_available() -> None:
+    spec = SimSpec("meta-llama/Llama-3.1-8B-Instruct", 8.0, None, "bf16", "H100", 1, 256, 8192, None, 0.9)
+    timing = make_timing(spec)
+    engine = BatchingEngine(timing, max_num_seqs=64, max_num_batched_tokens=8192)
+    for r in requests(64, prompt=200, output=10):
+        engine.submit(r, 0.0)
+    results = run_to_completion(engine)
+    assert engine.finished_total == 64
+    assert all(0 < r.duration_s < 5.0 for r in results)
+    assert timing.power_watts(64, 1.0) > timing.power_watts(1, 1.0) > timing.power_watts(0, 0.0) > 0

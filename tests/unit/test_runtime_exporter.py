@@ -1,0 +1,93 @@
+"""The NVML exporter's collector, driven by fake GPUs; the pod-resources decoding."""
+
+from __future__ import annotations
+
+import itertools
+
+from prometheus_client import CollectorRegistry, generate_latest
+from wattkeeper_runtime.exporter import EnergyCounter, GpuCollector
+from wattkeeper_runtime.nvml import FakeGpuDevices
+from wattkeeper_runtime.podresources import PodRef, decode_list_response, sidecar_mapper
+
+
+def scrape(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+    """(metric name, gpu label) -> value."""
+    values: dict[tuple[str, str], float] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            values[(sample.name, sample.labels.get("gpu", ""))] = sample.value
+    return values
+
+
+def make(count: int = 2) -> tuple[FakeGpuDevices, CollectorRegistry]:
+    devices = FakeGpuDevices(count)
+    registry = CollectorRegistry()
+    registry.register(GpuCollector(devices, sidecar_mapper({"POD_NAMESPACE": "ns", "POD_NAME": "p-0"})))
+    return devices, registry
+
+
+def test_metric_names_units_and_labels() -> None:
+    devices, registry = make(2)
+    devices.gpus[1].power_milliwatts = 512_500
+    devices.gpus[1].utilisation_percent = 87
+    devices.gpus[1].memory_used_bytes = 70 * 2**30
+    devices.gpus[1].power_limit_milliwatts = 500_000
+    values = scrape(registry)
+    assert values[("wattkeeper_gpu_power_watts", "1")] == 512.5
+    assert values[("wattkeeper_gpu_utilization_ratio", "1")] == 0.87
+    assert values[("wattkeeper_gpu_memory_used_bytes", "1")] == 70 * 2**30
+    assert values[("wattkeeper_gpu_memory_total_bytes", "1")] == 80 * 2**30
+    assert values[("wattkeeper_gpu_power_limit_watts", "1")] == 500.0
+    assert ("wattkeeper_gpu_energy_joules_total", "0") in values
+    text = generate_latest(registry).decode()
+    assert "# TYPE wattkeeper_gpu_energy_joules_total counter" in text
+    assert 'namespace="ns"' in text and 'pod="p-0"' in text and 'model="NVIDIA H100 80GB HBM3"' in text
+    assert f'uuid="{devices.gpus[0].uuid}"' in text
+
+
+def test_energy_follows_driver_counter_and_survives_reset() -> None:
+    devices, registry = make(1)
+    devices.gpus[0].power_milliwatts = 400_000
+    devices.advance(10.0)  # 4000 J since the driver loaded
+    assert scrape(registry)[("wattkeeper_gpu_energy_joules_total", "0")] == 4000.0
+    devices.advance(5.0)
+    assert scrape(registry)[("wattkeeper_gpu_energy_joules_total", "0")] == 6000.0
+    devices.reload_driver()  # the driver's counter starts again from zero
+    devices.advance(1.0)  # 400 J after the reload
+    assert scrape(registry)[("wattkeeper_gpu_energy_joules_total", "0")] == 6400.0
+    devices.advance(1.0)
+    assert scrape(registry)[("wattkeeper_gpu_energy_joules_total", "0")] == 6800.0
+
+
+def test_energy_counter_is_monotonic() -> None:
+    counter = EnergyCounter()
+    readings = [1000, 1500, 1500, 200, 900, 50, 60]
+    totals = [counter.update(r) for r in readings]
+    assert totals == [1000, 1500, 1500, 1700, 2400, 2450, 2460]
+    assert all(b >= a for a, b in itertools.pairwise(totals))
+
+
+def test_no_mapper_means_empty_pod_labels() -> None:
+    devices = FakeGpuDevices(1)
+    registry = CollectorRegistry()
+    registry.register(GpuCollector(devices))
+    text = generate_latest(registry).decode()
+    assert 'pod=""' in text
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    assert len(payload) < 128
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+def test_decode_pod_resources_list_response() -> None:
+    gpu_devices = _field(1, b"nvidia.com/gpu") + _field(2, b"GPU-aaa") + _field(2, b"GPU-bbb")
+    other = _field(1, b"example.com/nic") + _field(2, b"nic0")
+    container = _field(1, b"vllm") + _field(2, gpu_devices) + _field(2, other)
+    pod = _field(1, b"llama-7d9f") + _field(2, b"team-a") + _field(3, container)
+    response = _field(1, pod)
+    owners = decode_list_response(response)
+    assert owners == {
+        "GPU-aaa": PodRef("team-a", "llama-7d9f", "vllm"),
+        "GPU-bbb": PodRef("team-a", "llama-7d9f", "vllm"),
+    }
