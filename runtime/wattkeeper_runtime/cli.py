@@ -58,7 +58,9 @@ def _exporter(options: argparse.Namespace) -> int:
         try:
             devices = NvmlGpuDevices()
         except Exception as error:  # no driver, no libnvidia-ml.so: say so instead of a traceback
-            print(f"wattkeeper-runtime exporter: cannot open NVML ({error}); use --fake N without GPUs", file=sys.stderr)
+            print(
+                f"wattkeeper-runtime exporter: cannot open NVML ({error}); use --fake N without GPUs", file=sys.stderr
+            )
             return 1
     mapper: PodMapper | None = None
     if options.pod_mapping == "kubelet":

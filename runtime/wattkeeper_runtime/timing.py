@@ -128,7 +128,8 @@ class EnergyModelTiming:
         default = EnergyModel.default()
         self._energy: Any = EnergyModel(default.coefficients, gpu_memory_utilization=spec.gpu_memory_utilization)
         self._accelerator = catalog.get_accelerator(spec.gpu_type)
-        self._model = catalog.model_from_name(spec.model_name, spec.params_b, spec.active_params_b)
+        architecture = "moe" if spec.active_params_b and spec.active_params_b < spec.params_b else "dense"
+        self._model = catalog.model_from_name(spec.model_name, spec.params_b, spec.active_params_b, architecture)
         self._config = ServingConfig(
             precision=spec.precision,
             tensor_parallel=spec.tensor_parallel,
