@@ -159,7 +159,11 @@ def _power_correction(inputs: ServiceInputs, energy_model: EnergyModel, settings
     low, high = settings.power_correction_bounds
     ratio = min(max(obs.watts / predicted, low), high)
     alpha = settings.power_correction_smoothing
-    return significant(min(max((1 - alpha) * previous + alpha * ratio, low), high), 3) or 1.0
+    updated = min(max((1 - alpha) * previous + alpha * ratio, low), high)
+    # Hysteresis: move only on a change worth acting on, so a settled service stops rewriting its status.
+    if abs(updated - previous) < 0.02 * previous:
+        return previous
+    return significant(updated, 3) or 1.0
 
 
 def _plan_status(candidate: Candidate | None, config: ServingConfig, result: PlanResult | None,
@@ -306,8 +310,8 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
         last_applied = _parse_time(old.get("lastAppliedAt"))
         cooldown = timedelta(seconds=spec.reconfiguration.cooldown_seconds)
         if not forced and last_applied is not None and now - last_applied < cooldown:
-            left = (last_applied + cooldown - now).total_seconds()
-            action, why = "Held", f"cooldown: {left:.0f}s left before moving to {_short(proposed)}"
+            # An absolute time, not "N s left": the reason must not change every tick, or every tick would write.
+            action, why = "Held", f"cooldown until {_iso(last_applied + cooldown)} before moving to {_short(proposed)}"
         else:
             verdict = None
             if not forced and result is not None and candidate is not None:

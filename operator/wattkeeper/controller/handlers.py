@@ -18,15 +18,35 @@ SERVICES = (GROUP, VERSION, "llmservices")
 BUDGETS = (GROUP, VERSION, "energybudgets")
 
 
+def connection_info(cfg: Any) -> kopf.ConnectionInfo:
+    """kopf's connection from a kubernetes.client.Configuration (kubeconfig or in-cluster)."""
+    if cfg.refresh_api_key_hook is not None:  # in-cluster: the projected token rotates; read the current one
+        cfg.refresh_api_key_hook(cfg)
+    keys = cfg.api_key or {}
+    auth = keys.get("BearerToken") or keys.get("authorization")
+    token = auth.removeprefix("Bearer ").strip() if auth else None
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        username=cfg.username or None,
+        password=cfg.password or None,
+        token=token,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        default_namespace=None,
+    )
+
+
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     """A fresh registry, so tests can run an operator without global state."""
     registry = kopf.OperatorRegistry()
     interval = settings.interval_seconds
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # The official client's config loading: in-cluster ServiceAccount, else KUBECONFIG.
-        return kopf.login_via_client(**kwargs)
+    def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+        # kopf watches with exactly the credentials of the injected client, so both act as one identity.
+        return connection_info(deps(memo).kube.api_client.configuration)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:

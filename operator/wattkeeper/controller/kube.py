@@ -7,6 +7,7 @@ service writes nothing.
 from __future__ import annotations
 
 import contextlib
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,8 @@ from kubernetes.client.exceptions import ApiException
 from wattkeeper.api import GROUP, VERSION
 
 from .metrics import OperatorMetrics
+
+log = logging.getLogger("wattkeeper.kube")
 
 def merge_patch(old: Any, new: Any) -> Any:
     """The RFC 7386 merge patch that turns `old` into `new` (None where a key goes)."""
@@ -84,6 +87,7 @@ class Kube:
         if not patch:
             return False
         self.metrics.api_writes.labels("patch-status", plural).inc()
+        log.debug("status patch %s %s/%s: %s", plural, namespace, name, patch)
         self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, {"status": patch})
         return True
 

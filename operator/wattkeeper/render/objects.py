@@ -18,6 +18,9 @@ LABEL_SERVICE = "wattkeeper.io/service"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_CONFIG = "wattkeeper.io/config"
 ANNOTATION_CONFIG_HASH = "wattkeeper.io/config-hash"
+ANNOTATION_PARAMS = "wattkeeper.io/model-params-b"
+ANNOTATION_ACTIVE_PARAMS = "wattkeeper.io/active-params-b"
+LABEL_ACCELERATOR = "wattkeeper.io/accelerator"
 GPU_RESOURCE = "nvidia.com/gpu"
 CONTAINER_NAME = "vllm"
 
@@ -110,14 +113,12 @@ def render_deployment(
     pod_env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        # Read by the simulator and the NVML exporter; vLLM ignores them.
-        {"name": "WATTKEEPER_SERVICE", "value": name},
-        {"name": "WATTKEEPER_GPU_TYPE", "value": str(spec.accelerator.type)},
-        {"name": "WATTKEEPER_MODEL_PARAMS_B", "value": f"{spec.model.parameters_billions:g}"},
     ]
-    if spec.model.active_parameters_billions:
-        pod_env.append({"name": "WATTKEEPER_ACTIVE_PARAMS_B", "value": f"{spec.model.active_parameters_billions:g}"})
     pod_env += [{"name": e.name, "value": e.value} for e in spec.engine.env]
+    # The model's size and GPU type travel with the pod: the NVML exporter and the GPU-less simulator read them.
+    sizing = {ANNOTATION_PARAMS: f"{spec.model.parameters_billions:g}"}
+    if spec.model.active_parameters_billions:
+        sizing[ANNOTATION_ACTIVE_PARAMS] = f"{spec.model.active_parameters_billions:g}"
     strategy = (
         {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
         if surge
@@ -140,8 +141,9 @@ def render_deployment(
             "strategy": strategy,
             "template": {
                 "metadata": {
-                    "labels": labels,
+                    "labels": {**labels, LABEL_ACCELERATOR: str(spec.accelerator.type)},
                     "annotations": {
+                        **sizing,
                         ANNOTATION_CONFIG: short,
                         ANNOTATION_CONFIG_HASH: digest,
                         "prometheus.io/scrape": "true",

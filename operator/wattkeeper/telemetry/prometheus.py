@@ -54,7 +54,7 @@ class PrometheusSource:
 
     def observe_service(self, namespace: str, service: str, window_seconds: float) -> ServiceObservation:
         sel = f'namespace="{namespace}",pod=~"{pod_name_pattern(service)}"'
-        window = f"{max(int(window_seconds), 15)}s"
+        window = f"{max(int(window_seconds), 5)}s"
         watts, source = None, ""
         for name, template in POWER_QUERIES:
             watts = self._query(template.format(sel=sel, w=window))

@@ -1,0 +1,459 @@
+"""The fleet simulator: a trace replayed through replicas of the runtime's `BatchingEngine` behind a router.
+
+Replicas go LOADING -> SERVING -> DRAINING -> STOPPED. A loading replica draws its GPUs' idle power for
+`model_load_seconds` and serves nothing; a serving one takes new requests from the router (least outstanding
+requests first); a draining one finishes what it holds and then releases its GPUs. A new target of the same
+configuration adds loading replicas or drains surplus ones; a target with another configuration starts a whole
+new set (surge, blue/green) and drains the old set once every new replica serves, so capacity never dips.
+
+Time advances arrival by arrival: before routing a request every serving engine is stepped up to its arrival
+(engines only step while they hold work). Every `sample_s` the fleet's cumulative energy is read from the
+engines' own energy counters (power integrated over virtual time), so the power series is exactly the
+derivative of the energy total. Every `policy.interval_s` the policy sees an `Observation` of the trailing
+window, built only from what a real operator could measure, and may return a new `FleetTarget`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+from wattkeeper_runtime.engine import BatchingEngine, EngineRequest
+
+from ..energy.types import ServingConfig
+from .groundtruth import GroundTruth
+from .trace import Trace
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class FleetTarget:
+    config: ServingConfig
+    replicas: int
+    reason: str = ""
+
+    def same_shape(self, other: FleetTarget | None) -> bool:
+        return other is not None and other.config == self.config and other.replicas == self.replicas
+
+    def describe(self) -> str:
+        return f"{self.config.short()} x{self.replicas}"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What an operator measures over the trailing window (Prometheus rates and histograms, DCGM power)."""
+
+    now_s: float
+    window_s: float
+    requests_per_second: float  # arrivals
+    mean_input_tokens: float | None
+    mean_output_tokens: float | None  # of requests completed in the window
+    watts: float  # all provisioned GPUs, averaged over the window
+    ttft_p95_seconds: float | None
+    itl_p95_seconds: float | None
+    running_requests: int
+    waiting_requests: int
+    serving_replicas: int
+    loading_replicas: int
+    draining_replicas: int
+    active_per_replica_mean: float  # (running + waiting) per serving replica, averaged over the window
+
+    @property
+    def settled(self) -> bool:
+        return self.loading_replicas == 0 and self.draining_replicas == 0 and self.serving_replicas > 0
+
+
+class Policy(Protocol):
+    name: str
+    interval_s: float
+
+    def initial(self) -> FleetTarget: ...
+
+    def decide(self, obs: Observation, current: FleetTarget) -> FleetTarget | None: ...
+
+
+class State(Enum):
+    LOADING = "loading"
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass
+class Replica:
+    index: int
+    config: ServingConfig
+    engine: BatchingEngine
+    provisioned_s: float
+    ready_s: float
+    loading_watts: float
+    state: State
+    stopped_s: float | None = None
+    outstanding: int = 0
+
+    @property
+    def gpus(self) -> int:
+        return self.config.tensor_parallel
+
+    def energy_joules_at(self, t_s: float) -> float:
+        """Loading energy, then the engine's own integral of power; frozen once stopped."""
+        if self.stopped_s is not None:
+            t_s = min(t_s, self.stopped_s)
+        loading = self.loading_watts * max(0.0, min(t_s, self.ready_s) - self.provisioned_s)
+        if t_s <= self.ready_s:
+            return loading
+        return loading + self.engine.energy_joules_at(t_s)
+
+
+@dataclass
+class Change:
+    time_s: float
+    target: str
+    kind: str  # "restart" (new configuration) or "scale"
+    reason: str
+
+
+@dataclass
+class FleetRun:
+    """Everything a run produced, for the report."""
+
+    policy: str
+    horizon_s: float
+    sample_s: float
+    energy_joules: FloatArray  # cumulative at each sample time (index i is time i * sample_s)
+    gpus: FloatArray  # provisioned GPUs during each sample interval (time-averaged)
+    ttft_s: FloatArray  # per request, in trace order (nan if unfinished)
+    mean_itl_s: FloatArray  # per request: (finish - first token) / (output - 1); 0 for one-token outputs
+    itl_values_s: FloatArray  # token-level inter-token latencies, as (value, count) pairs
+    itl_counts: npt.NDArray[np.int64]
+    output_tokens: int
+    changes: list[Change]
+    configs_used: list[str]
+    initial: str
+    wall_seconds: float = 0.0
+    steps: int = 0
+
+
+@dataclass
+class _Window:
+    """Per-sample buffers of what telemetry would have seen, kept for the trailing window."""
+
+    ttft: list[float] = field(default_factory=list)
+    itl_values: list[float] = field(default_factory=list)
+    itl_counts: list[int] = field(default_factory=list)
+    completed: int = 0
+    completed_output_tokens: int = 0
+    active_total: float = 0.0  # running + waiting summed over serving replicas, at the sample time
+    serving: int = 0
+
+
+class FleetSimulator:
+    def __init__(
+        self,
+        trace: Trace,
+        ground_truth: GroundTruth,
+        load_seconds: dict[tuple[str, int], float] | None = None,
+        sample_s: float = 5.0,
+        telemetry_window_s: float = 60.0,
+        tail_s: float = 120.0,
+    ) -> None:
+        self.trace = trace
+        self.gt = ground_truth
+        self.sample_s = sample_s
+        self.telemetry_window_s = telemetry_window_s
+        self.tail_s = tail_s
+        self._load_seconds = load_seconds or {}
+
+    def load_seconds(self, config: ServingConfig) -> float:
+        from ..planner import model_load_seconds
+
+        key = (config.precision, config.tensor_parallel)
+        if key not in self._load_seconds:
+            self._load_seconds[key] = model_load_seconds(
+                self.gt.model, self.gt.accelerator, config.precision, config.tensor_parallel
+            )
+        return self._load_seconds[key]
+
+    # ------------------------------------------------------------------------------------------------------------
+    def run(self, policy: Policy) -> FleetRun:
+        import time
+
+        wall0 = time.perf_counter()
+        trace = self.trace
+        n = len(trace)
+        arrivals = trace.arrival_s.tolist()
+        inputs = trace.input_tokens.tolist()
+        outputs = trace.output_tokens.tolist()
+        ttft = np.full(n, np.nan)
+        mean_itl = np.full(n, np.nan)
+        itl_values: list[float] = []
+        itl_counts: list[int] = []
+        replicas: list[Replica] = []
+        changes: list[Change] = []
+        configs_used: list[str] = []
+        pending: deque[int] = deque()  # arrived while nothing served (only possible while everything loads)
+        steps = 0
+
+        def start_replica(config: ServingConfig, now_s: float, warm: bool) -> Replica:
+            load_s = 0.0 if warm else self.load_seconds(config)
+            engine = BatchingEngine(
+                self.gt.timing(config),
+                max_num_seqs=config.max_num_seqs,
+                max_num_batched_tokens=config.max_num_batched_tokens,
+                start_s=now_s + load_s,
+            )
+            r = Replica(
+                index=len(replicas),
+                config=config,
+                engine=engine,
+                provisioned_s=now_s,
+                ready_s=now_s + load_s,
+                loading_watts=self.gt.idle_watts(config),
+                state=State.SERVING if warm else State.LOADING,
+            )
+            replicas.append(r)
+            if config.short() not in configs_used:
+                configs_used.append(config.short())
+            return r
+
+        window: deque[_Window] = deque()
+        current = _Window()
+        window_len = max(1, round(self.telemetry_window_s / self.sample_s))
+
+        def advance(r: Replica, t_s: float) -> None:
+            nonlocal steps
+            e = r.engine
+            while (e.running or e.waiting) and e.clock_s < t_s:
+                res = e.step(e.clock_s)
+                steps += 1
+                s = res.itl_samples_s
+                if s:
+                    if s[0] == s[-1]:
+                        itl_values.append(s[0])
+                        itl_counts.append(len(s))
+                        current.itl_values.append(s[0])
+                        current.itl_counts.append(len(s))
+                    else:
+                        for x in s:
+                            itl_values.append(x)
+                            itl_counts.append(1)
+                            current.itl_values.append(x)
+                            current.itl_counts.append(1)
+                for req in res.finished:
+                    i = int(req.request_id)
+                    first = req.first_token_s if req.first_token_s is not None else res.end_s
+                    ttft[i] = first - req.arrival_s
+                    mean_itl[i] = (res.end_s - first) / (req.output_tokens - 1) if req.output_tokens > 1 else 0.0
+                    current.ttft.append(ttft[i])
+                    current.completed += 1
+                    current.completed_output_tokens += req.output_tokens
+                    r.outstanding -= 1
+            if r.state is State.DRAINING and not (e.running or e.waiting):
+                r.state = State.STOPPED
+                r.stopped_s = max(e.clock_s, r.ready_s)
+
+        def route(i: int, t_s: float) -> None:
+            best: Replica | None = None
+            for r in replicas:
+                if r.state is State.SERVING and (best is None or r.outstanding < best.outstanding):
+                    best = r
+            if best is None:
+                pending.append(i)
+                return
+            best.engine.submit(EngineRequest(str(i), inputs[i], outputs[i]), t_s)
+            best.outstanding += 1
+
+        def activate(t_s: float) -> None:
+            """Loading replicas whose model is loaded start serving; a finished rollout drains the old set."""
+            changed = False
+            for r in replicas:
+                if r.state is State.LOADING and r.ready_s <= t_s:
+                    r.state = State.SERVING
+                    changed = True
+            if not changed:
+                return
+            target_cfg = target.config
+            new_serving = [r for r in replicas if r.state is State.SERVING and r.config == target_cfg]
+            loading_new = any(r.state is State.LOADING and r.config == target_cfg for r in replicas)
+            if not loading_new and len(new_serving) >= 1:
+                for r in replicas:
+                    if r.state is State.SERVING and r.config != target_cfg:
+                        drain(r)
+            while pending and any(r.state is State.SERVING for r in replicas):
+                j = pending.popleft()
+                route(j, max(t_s, arrivals[j]))
+
+        def drain(r: Replica) -> None:
+            if r.state is State.LOADING:
+                r.state = State.STOPPED  # cancelled while loading: only its loading energy counts
+                r.stopped_s = now
+                return
+            r.state = State.DRAINING
+            if not (r.engine.running or r.engine.waiting):
+                r.state = State.STOPPED
+                r.stopped_s = max(now, r.ready_s)
+
+        def apply(new: FleetTarget, t_s: float) -> None:
+            nonlocal target
+            same_config = new.config == target.config
+            kind = "scale" if same_config else "restart"
+            changes.append(Change(t_s, new.describe(), kind, new.reason))
+            target = new
+            for r in replicas:  # a rollout superseded before it finished: its loading replicas are cancelled
+                if r.state is State.LOADING and r.config != new.config:
+                    drain(r)
+            live = [r for r in replicas if r.state in (State.LOADING, State.SERVING) and r.config == new.config]
+            if len(live) < new.replicas:
+                for _ in range(new.replicas - len(live)):
+                    start_replica(new.config, t_s, warm=False)
+            elif len(live) > new.replicas:
+                # Cancel loading ones first, then drain the least busy.
+                surplus = sorted(live, key=lambda r: (r.state is not State.LOADING, r.outstanding))
+                for r in surplus[: len(live) - new.replicas]:
+                    drain(r)
+            if same_config:
+                return
+            # A rollout: old replicas keep serving until the new set serves (see activate); if the new set is
+            # already serving (a rollback to a configuration still running), drain the others now.
+            if not any(r.state is State.LOADING and r.config == new.config for r in replicas):
+                for r in replicas:
+                    if r.state is State.SERVING and r.config != new.config:
+                        drain(r)
+
+        # --- the run ---------------------------------------------------------------------------------------------
+        now = 0.0
+        target = policy.initial()
+        for _ in range(target.replicas):
+            start_replica(target.config, 0.0, warm=True)  # the fleet was deployed before the trace starts
+        initial = target.describe()
+        horizon = math.ceil((trace.duration_s + self.tail_s) / self.sample_s) * self.sample_s
+        energy_samples = [0.0]
+        gpu_samples: list[float] = []
+        next_policy_s = policy.interval_s
+        arrival_i = 0
+        k = 0
+        while True:
+            k += 1
+            t_sample = k * self.sample_s
+            # Arrivals of this sample interval.
+            while arrival_i < n and arrivals[arrival_i] < t_sample:
+                t = arrivals[arrival_i]
+                now = t
+                activate(t)
+                for r in replicas:
+                    if r.state is State.SERVING:
+                        advance(r, t)
+                route(arrival_i, t)
+                arrival_i += 1
+            now = t_sample
+            activate(t_sample)
+            for r in replicas:
+                if r.state in (State.SERVING, State.DRAINING):
+                    advance(r, t_sample)
+            # GPUs provisioned over the interval, pro rata for replicas that started or stopped inside it.
+            t0 = t_sample - self.sample_s
+            gpu_seconds = 0.0
+            for r in replicas:
+                end = r.stopped_s if r.stopped_s is not None else t_sample
+                overlap = min(end, t_sample) - max(r.provisioned_s, t0)
+                if overlap > 0:
+                    gpu_seconds += overlap * r.gpus
+            gpu_samples.append(gpu_seconds / self.sample_s)
+            energy_samples.append(sum(r.energy_joules_at(t_sample) for r in replicas))
+            serving = [r for r in replicas if r.state is State.SERVING]
+            current.serving = len(serving)
+            current.active_total = float(sum(len(r.engine.running) + len(r.engine.waiting) for r in serving))
+            window.append(current)
+            if len(window) > window_len:
+                window.popleft()
+            current = _Window()
+            done = arrival_i >= n and not pending and all(
+                not (r.engine.running or r.engine.waiting) for r in replicas if r.state is not State.STOPPED
+            )
+            if t_sample >= horizon and done:
+                break
+            if t_sample + 1e-9 >= next_policy_s:
+                next_policy_s += policy.interval_s
+                obs = self._observe(t_sample, window, energy_samples, replicas, arrivals, inputs, arrival_i)
+                proposal = policy.decide(obs, target)
+                if proposal is not None and not proposal.same_shape(target):
+                    apply(proposal, t_sample)
+        return FleetRun(
+            policy=policy.name,
+            horizon_s=k * self.sample_s,
+            sample_s=self.sample_s,
+            energy_joules=np.asarray(energy_samples, dtype=float),
+            gpus=np.asarray(gpu_samples, dtype=float),
+            ttft_s=ttft,
+            mean_itl_s=mean_itl,
+            itl_values_s=np.asarray(itl_values, dtype=float),
+            itl_counts=np.asarray(itl_counts, dtype=np.int64),
+            output_tokens=int(trace.output_tokens.sum()),
+            changes=changes,
+            configs_used=configs_used,
+            initial=initial,
+            wall_seconds=time.perf_counter() - wall0,
+            steps=steps,
+        )
+
+    def _observe(
+        self,
+        t_s: float,
+        window: deque[_Window],
+        energy_samples: list[float],
+        replicas: list[Replica],
+        arrivals: list[float],
+        inputs: list[int],
+        arrived: int,
+    ) -> Observation:
+        span_s = len(window) * self.sample_s
+        lo = _bisect_left(arrivals, t_s - span_s, 0, arrived)
+        count = arrived - lo
+        completed = sum(w.completed for w in window)
+        out_tokens = sum(w.completed_output_tokens for w in window)
+        ttfts = [x for w in window for x in w.ttft]
+        itl_v = [x for w in window for x in w.itl_values]
+        itl_c = [c for w in window for c in w.itl_counts]
+        watts = (energy_samples[-1] - energy_samples[-1 - len(window)]) / span_s if span_s > 0 else 0.0
+        serving = [r for r in replicas if r.state is State.SERVING]
+        active = [w.active_total / w.serving for w in window if w.serving]
+        return Observation(
+            now_s=t_s,
+            window_s=span_s,
+            requests_per_second=count / span_s if span_s > 0 else 0.0,
+            mean_input_tokens=(sum(inputs[lo:arrived]) / count) if count else None,
+            mean_output_tokens=(out_tokens / completed) if completed else None,
+            watts=watts,
+            ttft_p95_seconds=float(np.percentile(ttfts, 95)) if ttfts else None,
+            itl_p95_seconds=weighted_percentile(np.asarray(itl_v), np.asarray(itl_c), 95.0) if itl_v else None,
+            running_requests=sum(len(r.engine.running) for r in serving),
+            waiting_requests=sum(len(r.engine.waiting) for r in serving),
+            serving_replicas=len(serving),
+            loading_replicas=sum(1 for r in replicas if r.state is State.LOADING),
+            draining_replicas=sum(1 for r in replicas if r.state is State.DRAINING),
+            active_per_replica_mean=float(np.mean(active)) if active else 0.0,
+        )
+
+
+def _bisect_left(values: list[float], x: float, lo: int, hi: int) -> int:
+    import bisect
+
+    return bisect.bisect_left(values, x, lo, hi)
+
+
+def weighted_percentile(values: FloatArray, counts: npt.NDArray[np.int64], q: float) -> float:
+    """The q-th percentile of values repeated counts times (the lower value at a boundary, like a histogram)."""
+    if values.size == 0:
+        return math.nan
+    order = np.argsort(values, kind="stable")
+    v = values[order]
+    c = np.cumsum(counts[order])
+    rank = q / 100.0 * c[-1]
+    i = int(np.searchsorted(c, rank, side="left"))
+    return float(v[min(i, v.size - 1)])

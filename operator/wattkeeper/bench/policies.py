@@ -1,0 +1,415 @@
+"""The policies compared: what users run today, Wattkeeper's control loop, and an oracle.
+
+- `StaticPolicy`: bf16 replicas with vLLM's default batch limits, as many as the trace's peak minute needs to
+  meet the SLOs by the planner's own capacity model; never changes.
+- `AutoscalerPolicy`: the same fixed configuration, replicas scaled on active (running + waiting) requests per
+  replica like KEDA/KServe/KubeAI: scale up at once, scale down only to the highest recommendation of the
+  stabilisation window.
+- `WattkeeperPolicy`: the operator's control loop (controller/decide.py) reduced to its decisions: every
+  interval it plans with the planner at the load measured over the trailing telemetry window, corrects the
+  model's power by measured/predicted (EWMA), and moves only when forced (over the power allocation, or more
+  capacity needed while requests wait or the SLO is missed) or when the cooldown has passed and the switching
+  rule says the saving beats the cost.
+- `OraclePolicy`: knows the trace ahead; per window it plans with the true coming load (its busiest minute),
+  switches early enough that new replicas are ready when the window starts, and pays the same costs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..energy.catalog import Accelerator, get_accelerator
+from ..energy.model import EnergyModel
+from ..energy.types import ModelShape, ServingConfig, Workload
+from ..planner import Candidate, PlanRequest, PlanResult, model_load_seconds, plan, should_switch
+from .fleet import FleetTarget, Observation
+from .trace import Trace
+
+_GIB = float(2**30)
+
+
+def vllm_default_limits(accelerator: Accelerator) -> tuple[int, int]:
+    """(max_num_seqs, max_num_batched_tokens) that `vllm serve` 0.11 picks when the user sets neither.
+
+    vLLM's EngineArgs.get_batch_defaults: GPUs with at least 70 GiB that are not A100s (H100, H200, B200, MI300)
+    get 1024 sequences and 8192 tokens for the OpenAI server; other GPUs 256 and 2048 (vllm-project/vllm#16158
+    reverted 1024 to 256 everywhere except H100/H200-class GPUs).
+    """
+    if accelerator.memory_bytes >= 70 * _GIB and accelerator.name.upper() != "A100":
+        return 1024, 8192
+    return 256, 2048
+
+
+def significant(value: float, digits: int = 3) -> float:
+    """Round to significant digits, as the operator does, so that noise does not look like a new load."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    return round(value, -math.floor(math.log10(abs(value))) + (digits - 1))
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """What every policy serves: the same model, GPU type, SLOs; Wattkeeper's quality floor and cap."""
+
+    model: ModelShape
+    gpu: str
+    slo_ttft_p95_seconds: float
+    slo_itl_p95_seconds: float
+    allowed_precisions: tuple[str, ...] = ("bf16", "fp8")
+    baseline_precision: str = "bf16"
+    max_replicas: int = 64
+    max_tensor_parallel: int = 8
+    power_cap_watts: float | None = None
+    baseline_tensor_parallel: int | None = None  # None: the smallest TP whose KV cache holds 64 mean requests
+
+    @property
+    def accelerator(self) -> Accelerator:
+        return get_accelerator(self.gpu)
+
+
+def plan_request(
+    spec: BenchSpec,
+    workload: Workload,
+    power_cap_watts: float | None = None,
+    power_correction: float = 1.0,
+    **overrides: object,
+) -> PlanRequest:
+    base = PlanRequest(
+        model=spec.model,
+        accelerator=spec.accelerator.name,
+        workload=workload,
+        allowed_precisions=spec.allowed_precisions,
+        slo_ttft_p95_seconds=spec.slo_ttft_p95_seconds,
+        slo_itl_p95_seconds=spec.slo_itl_p95_seconds,
+        min_replicas=1,
+        max_replicas=spec.max_replicas,
+        max_tensor_parallel=spec.max_tensor_parallel,
+        power_cap_watts=power_cap_watts,
+        fallback="ProtectBudget",
+        power_correction=power_correction,
+    )
+    return replace(base, **overrides) if overrides else base  # type: ignore[arg-type]
+
+
+def evaluate(
+    spec: BenchSpec,
+    config: ServingConfig,
+    replicas: int,
+    workload: Workload,
+    energy_model: EnergyModel,
+    power_correction: float = 1.0,
+) -> Candidate | None:
+    """The planner's figures for exactly one configuration and replica count (as controller.evaluate_config)."""
+    request = plan_request(
+        spec,
+        workload,
+        None,
+        power_correction,
+        allowed_precisions=(config.precision,),
+        tensor_parallel_options=(config.tensor_parallel,),
+        max_num_seqs_options=(config.max_num_seqs,),
+        max_num_batched_tokens_options=(config.max_num_batched_tokens,),
+        gpu_power_limits_watts=(config.gpu_power_limit_watts,),
+        min_replicas=replicas,
+        max_replicas=replicas,
+        fallback="ProtectSLO",
+    )
+    return plan(request, energy_model).chosen
+
+
+def baseline_config(spec: BenchSpec, trace: Trace, energy_model: EnergyModel) -> ServingConfig:
+    """bf16 at the smallest TP that leaves KV cache for 64 mean-sized requests, with vLLM's default limits."""
+    acc = spec.accelerator
+    seqs, tokens = vllm_default_limits(acc)
+    mean_tokens = float(trace.input_tokens.mean() + trace.output_tokens.mean()) if len(trace) else 2048.0
+    options = [spec.baseline_tensor_parallel] if spec.baseline_tensor_parallel else [1, 2, 4, 8]
+    for tp in options:
+        config = ServingConfig(spec.baseline_precision, tp, seqs, tokens)
+        if energy_model.kv_cache_capacity_tokens(spec.model, acc, config) >= 64 * mean_tokens:
+            return config
+    return ServingConfig(spec.baseline_precision, options[-1], seqs, tokens)
+
+
+def size_for_load(
+    spec: BenchSpec, config: ServingConfig, workload: Workload, energy_model: EnergyModel
+) -> tuple[int, str]:
+    """The fewest replicas of `config` that the planner predicts meet both SLOs at `workload`."""
+    best: tuple[float, int] | None = None
+    for n in range(1, spec.max_replicas + 1):
+        c = evaluate(spec, config, n, workload, energy_model)
+        if c is None:
+            continue
+        if c.meets_slo:
+            return n, f"{n} replicas meet the SLOs at {workload.requests_per_second:.2f} req/s (planner prediction)"
+        violation = max(
+            c.ttft_p95_seconds / spec.slo_ttft_p95_seconds, c.itl_p95_seconds / spec.slo_itl_p95_seconds
+        )
+        if best is None or violation < best[0] - 1e-6:
+            best = (violation, n)
+    n = best[1] if best else spec.max_replicas
+    return n, f"no replica count meets the SLOs by prediction; {n} misses them least"
+
+
+def trace_workload(trace: Trace, start_s: float, end_s: float, peak_bin_s: float = 60.0) -> Workload:
+    """The true load of a stretch of the trace: its busiest `peak_bin_s` rate and its mean token counts."""
+    w = trace.window(start_s, end_s)
+    if not len(w):
+        return Workload(0.0, 512.0, 128.0)
+    bins = np.bincount(((w.arrival_s - start_s) // peak_bin_s).astype(np.int64))
+    full = max(1, int((end_s - start_s) // peak_bin_s))
+    rate = float(bins[:full].max() if bins[:full].size else bins.max()) / peak_bin_s
+    return Workload(rate, float(w.input_tokens.mean()), float(w.output_tokens.mean()))
+
+
+# --- static and autoscaler -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class StaticPolicy:
+    spec: BenchSpec
+    trace: Trace
+    energy_model: EnergyModel
+    name: str = "static"
+    interval_s: float = 3600.0 * 24
+    note: str = ""
+
+    def initial(self) -> FleetTarget:
+        config = baseline_config(self.spec, self.trace, self.energy_model)
+        rate, inp, out = self.trace.peak_minute()
+        n, why = size_for_load(self.spec, config, Workload(rate, inp, out), self.energy_model)
+        self.note = f"sized for the peak minute: {why}"
+        return FleetTarget(config, n, self.note)
+
+    def decide(self, obs: Observation, current: FleetTarget) -> FleetTarget | None:
+        return None
+
+
+@dataclass
+class AutoscalerPolicy:
+    """KEDA/HPA on vLLM's running + waiting requests per replica (KubeAI's default target: 100 per replica)."""
+
+    spec: BenchSpec
+    trace: Trace
+    energy_model: EnergyModel
+    target_active_per_replica: float = 100.0
+    interval_s: float = 15.0
+    scale_down_stabilisation_s: float = 300.0
+    tolerance: float = 0.1  # HPA's default: no change within 10% of the target
+    min_replicas: int = 1
+    name: str = "autoscaler"
+    _history: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def initial(self) -> FleetTarget:
+        config = baseline_config(self.spec, self.trace, self.energy_model)
+        # Warm start: the replicas its own rule would hold at the first minute's load.
+        first = trace_workload(self.trace, 0.0, 60.0)
+        n = max(self.min_replicas, 1)
+        wl = Workload(first.requests_per_second, first.input_tokens, first.output_tokens)
+        c = evaluate(self.spec, config, n, wl, self.energy_model)
+        if c is not None:
+            active = c.prediction.batch_size * n
+            n = max(n, math.ceil(active / self.target_active_per_replica))
+        return FleetTarget(config, n, "warm start")
+
+    def decide(self, obs: Observation, current: FleetTarget) -> FleetTarget | None:
+        ready = max(obs.serving_replicas, 1)
+        ratio = obs.active_per_replica_mean / self.target_active_per_replica
+        desired = current.replicas
+        if abs(ratio - 1.0) > self.tolerance:
+            desired = max(self.min_replicas, min(self.spec.max_replicas, math.ceil(ratio * ready)))
+        self._history.append((obs.now_s, desired))
+        while self._history and self._history[0][0] < obs.now_s - self.scale_down_stabilisation_s:
+            self._history.popleft()
+        if desired > current.replicas:
+            return replace(current, replicas=desired, reason=f"active/replica {obs.active_per_replica_mean:.0f}")
+        stabilised = max(d for _, d in self._history)
+        if stabilised < current.replicas:
+            return replace(
+                current, replicas=stabilised, reason=f"active/replica {obs.active_per_replica_mean:.0f} for 300 s"
+            )
+        return None
+
+
+# --- Wattkeeper and the oracle -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Decision:
+    time_s: float
+    action: str  # Applied, Held, Unchanged, Rejected
+    reason: str
+    plan_ms: float
+
+
+@dataclass
+class _PlannerPolicy:
+    spec: BenchSpec
+    trace: Trace
+    energy_model: EnergyModel
+    interval_s: float = 30.0
+    cooldown_s: float = 300.0
+    horizon_s: float = 3600.0
+    correction_smoothing: float = 0.3
+    correction_bounds: tuple[float, float] = (0.5, 2.0)
+    power_correction: float = 1.0
+    last_applied_s: float = -math.inf
+    decisions: list[Decision] = field(default_factory=list)
+    _planned: Workload | None = None
+
+    def _plan(self, workload: Workload) -> tuple[PlanResult, float]:
+        import time
+
+        t0 = time.perf_counter()
+        result = plan(
+            plan_request(self.spec, workload, self.spec.power_cap_watts, self.power_correction), self.energy_model
+        )
+        return result, (time.perf_counter() - t0) * 1000.0
+
+    def _update_correction(self, obs: Observation, current: FleetTarget, workload: Workload) -> None:
+        """Measured over predicted power of the running plan, only when the fleet has settled (as the operator)."""
+        if not obs.settled or obs.watts <= 0:
+            return
+        per_replica = Workload(
+            workload.requests_per_second / obs.serving_replicas, workload.input_tokens, workload.output_tokens
+        )
+        predicted = (
+            self.energy_model.predict(self.spec.model, self.spec.accelerator, current.config, per_replica).watts
+            * obs.serving_replicas
+        )
+        if predicted <= 0:
+            return
+        low, high = self.correction_bounds
+        ratio = min(max(obs.watts / predicted, low), high)
+        alpha = self.correction_smoothing
+        self.power_correction = significant(min(max((1 - alpha) * self.power_correction + alpha * ratio, low), high))
+
+    def _target(self, candidate: Candidate, reason: str) -> FleetTarget:
+        return FleetTarget(candidate.config, candidate.replicas, reason)
+
+
+@dataclass
+class WattkeeperPolicy(_PlannerPolicy):
+    name: str = "wattkeeper"
+    warmup_s: float = 60.0
+
+    def initial(self) -> FleetTarget:
+        # The service ran before the trace starts: its telemetry saw the load of the first minute.
+        wl = trace_workload(self.trace, 0.0, self.warmup_s, peak_bin_s=self.warmup_s)
+        self._planned = wl
+        result, ms = self._plan(wl)
+        if result.chosen is None:
+            raise RuntimeError(f"the planner finds no configuration: {result.reason}")
+        self.decisions.append(Decision(0.0, "Applied", f"initial plan: {result.reason}", ms))
+        return self._target(result.chosen, "initial plan")
+
+    def _workload(self, obs: Observation) -> Workload:
+        if obs.requests_per_second <= 0 or obs.mean_input_tokens is None or obs.mean_output_tokens is None:
+            return self._planned or Workload(0.0)
+        return Workload(
+            significant(obs.requests_per_second),
+            significant(obs.mean_input_tokens),
+            significant(obs.mean_output_tokens),
+        )
+
+    def decide(self, obs: Observation, current: FleetTarget) -> FleetTarget | None:
+        workload = self._workload(obs)
+        self._update_correction(obs, current, workload)
+        result, ms = self._plan(workload)
+        now = obs.now_s
+        if result.chosen is None:
+            self.decisions.append(Decision(now, "Rejected", result.reason, ms))
+            return None
+        proposed = result.chosen
+        if proposed.config == current.config and proposed.replicas == current.replicas:
+            self.decisions.append(Decision(now, "Unchanged", "", ms))
+            return None
+        cap = self.spec.power_cap_watts
+        over_budget = cap is not None and obs.watts > cap * 1.02
+        slo_missed = (obs.ttft_p95_seconds or 0.0) > self.spec.slo_ttft_p95_seconds or (
+            obs.itl_p95_seconds or 0.0
+        ) > self.spec.slo_itl_p95_seconds
+        needs_capacity = proposed.replicas > current.replicas and (obs.waiting_requests > 0 or slo_missed)
+        forced = over_budget or needs_capacity
+        if not forced and now - self.last_applied_s < self.cooldown_s:
+            self.decisions.append(Decision(now, "Held", f"cooldown before {proposed.describe()}", ms))
+            return None
+        if not forced:
+            running = evaluate(
+                self.spec, current.config, current.replicas, workload, self.energy_model, self.power_correction
+            )
+            verdict = should_switch(running, proposed, self.horizon_s, self.spec.model, self.spec.accelerator)
+            if not verdict.switch:
+                self.decisions.append(Decision(now, "Held", verdict.reason, ms))
+                return None
+            why = verdict.reason
+        else:
+            why = "over the power allocation" if over_budget else "more capacity needed"
+        self.last_applied_s = now
+        self._planned = workload
+        self.decisions.append(Decision(now, "Applied", f"{why}: {proposed.describe()}", ms))
+        return self._target(proposed, why)
+
+
+@dataclass
+class OraclePolicy(_PlannerPolicy):
+    """Plans each window with the load that will come; acts `lead_s` early so replicas are loaded in time."""
+
+    name: str = "oracle"
+    window_s: float = 300.0
+    lead_s: float = 0.0  # 0: the slowest model load of the allowed configurations, rounded up to the interval
+    _next_window: int = 1
+
+    def __post_init__(self) -> None:
+        if self.lead_s <= 0:
+            slowest = max(
+                model_load_seconds(self.spec.model, self.spec.accelerator, p, tp)
+                for p in self.spec.allowed_precisions
+                for tp in (1, 2, 4, 8)
+                if tp <= self.spec.max_tensor_parallel
+            )
+            self.lead_s = math.ceil(slowest / self.interval_s) * self.interval_s
+
+    def _window_load(self, k: int) -> Workload:
+        start = k * self.window_s
+        return trace_workload(self.trace, max(0.0, start - self.lead_s), start + self.window_s)
+
+    def initial(self) -> FleetTarget:
+        result, ms = self._plan(self._window_load(0))
+        if result.chosen is None:
+            raise RuntimeError(f"the planner finds no configuration: {result.reason}")
+        self.decisions.append(Decision(0.0, "Applied", f"initial plan: {result.reason}", ms))
+        return self._target(result.chosen, "initial plan (true load of the first window)")
+
+    def decide(self, obs: Observation, current: FleetTarget) -> FleetTarget | None:
+        now = obs.now_s
+        self._update_correction(obs, current, self._planned or self._window_load(0))
+        k = self._next_window
+        if now + self.lead_s < k * self.window_s or k * self.window_s > self.trace.duration_s:
+            return None
+        self._next_window += 1
+        workload = self._window_load(k)
+        self._planned = workload
+        result, ms = self._plan(workload)
+        if result.chosen is None:
+            self.decisions.append(Decision(now, "Rejected", result.reason, ms))
+            return None
+        proposed = result.chosen
+        if proposed.config == current.config and proposed.replicas == current.replicas:
+            self.decisions.append(Decision(now, "Unchanged", "", ms))
+            return None
+        running = evaluate(
+            self.spec, current.config, current.replicas, workload, self.energy_model, self.power_correction
+        )
+        # It knows how long the plan will matter: the rest of the trace, at most the operator's horizon.
+        horizon = min(self.horizon_s, max(self.trace.duration_s - now, self.window_s))
+        verdict = should_switch(running, proposed, horizon, self.spec.model, self.spec.accelerator)
+        if not verdict.switch:
+            self.decisions.append(Decision(now, "Held", verdict.reason, ms))
+            return None
+        self.last_applied_s = now
+        self.decisions.append(Decision(now, "Applied", f"{verdict.reason}: {proposed.describe()}", ms))
+        return self._target(proposed, verdict.reason)
