@@ -61,7 +61,7 @@ run: venv ## run the operator against the current kubeconfig
 	$(BIN)/wattkeeper run
 
 demo: deps ## the whole story on a simulated GPU cluster: load rises, the budget tightens, the operator adapts
-	$(BIN)/python -m wattkeeper_runtime.demo
+	$(BIN)/python hack/demo.py
 
 bench: venv ## trace-driven energy benchmark against the baselines; planner timing
 	$(BIN)/wattkeeper bench standard --out out/bench

@@ -11,8 +11,9 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 
@@ -86,6 +87,19 @@ def _fleet(options: argparse.Namespace) -> int:
     )
 
 
+def _registry_reader(registry: Path, service: str, model: str | None) -> Callable[[], list[Any]]:
+    from .loadgen import Endpoint, load_endpoints
+
+    def read() -> list[Any]:
+        try:
+            endpoints = load_endpoints(registry, service)
+        except (OSError, ValueError, KeyError):
+            return []  # the fleet is rewriting the file; keep the endpoints we have
+        return [Endpoint(e.url, model, e.pod) for e in endpoints] if model else endpoints
+
+    return read
+
+
 def _loadgen(options: argparse.Namespace) -> int:
     from .loadgen import (
         Endpoint,
@@ -123,6 +137,7 @@ def _loadgen(options: argparse.Namespace) -> int:
             max_duration_s=options.duration,
             policy=options.policy,
             stream=not options.no_stream,
+            refresh=None if options.url else _registry_reader(Path(options.registry), options.service, options.model),
         )
     )
     print(json.dumps(summary.to_dict(), indent=2))

@@ -22,7 +22,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -139,20 +139,31 @@ class Balancer:
         self.endpoints = list(endpoints)
         self.policy = policy
         self.outstanding = dict.fromkeys(range(len(self.endpoints)), 0)
-        self._turn = itertools.cycle(range(len(self.endpoints)))
+        self.live = {e.url for e in self.endpoints}
+        self._turn = itertools.count()
 
     def acquire(self) -> int:
+        live = [i for i, e in enumerate(self.endpoints) if e.url in self.live] or list(range(len(self.endpoints)))
+        start = next(self._turn)
         if self.policy == "round-robin":
-            index = next(self._turn)
+            index = live[start % len(live)]
         else:
-            start = next(self._turn)
-            order = [(start + i) % len(self.endpoints) for i in range(len(self.endpoints))]
+            order = [live[(start + i) % len(live)] for i in range(len(live))]
             index = min(order, key=lambda i: self.outstanding[i])
         self.outstanding[index] += 1
         return index
 
     def release(self, index: int) -> None:
         self.outstanding[index] -= 1
+
+    def update(self, endpoints: Sequence[Endpoint]) -> None:
+        """Follow the fleet as replicas come and go; indexes of requests in flight stay valid."""
+        known = {e.url for e in self.endpoints}
+        for endpoint in endpoints:
+            if endpoint.url not in known:
+                self.endpoints.append(endpoint)
+                self.outstanding[len(self.endpoints) - 1] = 0
+        self.live = {e.url for e in endpoints}
 
 
 @dataclass
@@ -287,8 +298,13 @@ async def replay(
     policy: str = "least-outstanding",
     timeout_s: float = 600.0,
     stream: bool = True,
+    refresh: Callable[[], Sequence[Endpoint]] | None = None,
+    refresh_every_s: float = 2.0,
 ) -> Summary:
-    """Send the trace's requests at their (scaled) times; wait for the ones in flight at the end."""
+    """Send the trace's requests at their (scaled) times; wait for the ones in flight at the end.
+
+    `refresh` re-reads the endpoints (the fleet registry) every `refresh_every_s`, so scaling and rollouts
+    get traffic."""
     check_loopback(endpoints)
     if speedup <= 0 or rate_scale <= 0:
         raise ValueError("speedup and rate_scale must be > 0")
@@ -302,15 +318,24 @@ async def replay(
 
         async def run(request: TraceRequest) -> None:
             index = balancer.acquire()
-            per_endpoint[endpoints[index].url] += 1
+            per_endpoint[balancer.endpoints[index].url] += 1
             try:
-                results.append(await send_one(client, endpoints[index], request, stream))
+                results.append(await send_one(client, balancer.endpoints[index], request, stream))
             finally:
                 balancer.release(index)
 
+        refreshed_at = time.monotonic()
         for count, request in enumerate(trace):
             if max_requests is not None and count >= max_requests:
                 break
+            if refresh is not None and time.monotonic() - refreshed_at >= refresh_every_s:
+                refreshed_at = time.monotonic()
+                fresh = list(refresh())
+                if fresh:
+                    check_loopback(fresh)
+                    balancer.update(fresh)
+                    for e in fresh:
+                        per_endpoint.setdefault(e.url, 0)
             due = request.offset_s / (speedup * rate_scale)
             if max_duration_s is not None and due > max_duration_s:
                 break

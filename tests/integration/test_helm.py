@@ -111,7 +111,11 @@ def test_install_upgrade_uninstall(cluster, kubectl, namespace, api_client) -> N
         out = helm(cluster, "install", release, str(CHART), "--namespace", namespace, "--take-ownership").stdout
         assert "STATUS: deployed" in out
         assert f"kubectl -n {namespace} rollout status deployment/{release}-wattkeeper" in out
-        assert "kind: EnergyBudget" in out and "kubectl explain llmservice.spec" in out
+        assert "kubectl explain llmservice.spec" in out
+        # The budget the notes tell the user to apply is valid as printed.
+        budget = out[out.index("cat <<'YAML'"):].split("\n", 1)[1].split("\nYAML\n", 1)[0]
+        assert yaml.safe_load(budget)["kind"] == "EnergyBudget"
+        kubectl("apply", "--server-side", "--dry-run=server", "-n", namespace, "-f", "-", input_text=budget)
 
         deployment = apps.read_namespaced_deployment(f"{release}-wattkeeper", namespace)
         assert deployment.spec.replicas == 2
@@ -155,6 +159,11 @@ def test_install_upgrade_uninstall(cluster, kubectl, namespace, api_client) -> N
     finally:
         if release:
             helm(cluster, "uninstall", release, "--namespace", namespace, check=False)
+        # Leave the shared CRDs as the fixtures made them, owned by no release.
+        for crd in OUR_CRDS:
+            kubectl("annotate", "crd", crd, "meta.helm.sh/release-name-", "meta.helm.sh/release-namespace-",
+                    check=False)
+            kubectl("label", "crd", crd, "app.kubernetes.io/managed-by-", check=False)
 
 
 def test_helm_test_pod_reads_the_metrics_service(cluster) -> None:  # type: ignore[no-untyped-def]
@@ -163,3 +172,24 @@ def test_helm_test_pod_reads_the_metrics_service(cluster) -> None:  # type: igno
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert "http://wk-wattkeeper-metrics.ops.svc:8080/metrics" in pod["spec"]["containers"][0]["args"][0]
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_operator_pods_pass_restricted_pod_security_admission(cluster, api_client, namespace) -> None:  # type: ignore[no-untyped-def]
+    """The API server's PodSecurity admission, enforcing `restricted`, admits the operator's pod and the test pod."""
+    core = client.CoreV1Api(api_client)
+    core.patch_namespace(namespace, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted",
+                                                             "pod-security.kubernetes.io/enforce-version": "latest"}}})
+    docs = template(cluster, "wk", namespace)
+    core.create_namespaced_service_account(namespace, next(d for d in docs if d["kind"] == "ServiceAccount"))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pods = [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "operator", "namespace": namespace},
+             "spec": deployment["spec"]["template"]["spec"]},
+            next(d for d in docs if d["kind"] == "Pod")]
+    for pod in pods:
+        core.create_namespaced_pod(namespace, pod, dry_run="All")
+    # And the admission really enforces here: a root pod is refused.
+    root = {**pods[0], "spec": {**pods[0]["spec"], "securityContext": {"runAsUser": 0}}}
+    root["spec"]["containers"] = [{**root["spec"]["containers"][0], "securityContext": {}}]
+    with pytest.raises(client.ApiException) as refused:
+        core.create_namespaced_pod(namespace, root, dry_run="All")
+    assert refused.value.status == 403 and "restricted" in refused.value.body

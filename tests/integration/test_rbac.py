@@ -175,6 +175,18 @@ def test_operator_reconciles_with_exactly_the_charts_permissions(  # type: ignor
     assert denials == [], denials
     assert logs.forbidden() == [], "\n".join(logs.forbidden())
 
+    # The kubectl experience of what it did: printer columns with live values, events with reasons.
+    table = kubectl("get", "llmservices", "-n", namespace, "-o", "wide").stdout.splitlines()
+    print("\n".join(table))
+    header, row = table[0].split(), table[1].split()
+    assert header[:5] == ["NAME", "PRECISION", "TP", "MAXSEQS", "REPLICAS"]
+    assert row[0] == "llama-8b" and row[1] in ("bf16", "fp8") and row[2].isdigit() and row[4].isdigit()
+    describe = kubectl("describe", "llmservice", "llama-8b", "-n", namespace).stdout
+    print(describe[describe.index("Events:"):])
+    events = describe[describe.index("Events:"):]
+    assert "wattkeeper" in events and "<none>" not in events
+    print(kubectl("get", "energybudgets", "-n", namespace).stdout)
+
 
 def test_service_account_cannot_read_secrets(cluster, api_client, namespace, chart_release, tmp_path) -> None:  # type: ignore[no-untyped-def]
     kubeconfig = service_account_kubeconfig(cluster, api_client, namespace, chart_release, tmp_path / "sa.kubeconfig")

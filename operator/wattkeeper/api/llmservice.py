@@ -327,6 +327,8 @@ class ObservedFigures(StatusModel):
     running_requests: float | None = Field(default=None, description="Requests in the running batch, all replicas.")
     waiting_requests: float | None = Field(default=None, description="Requests queued, all replicas.")
     power_correction: float | None = Field(default=None, description="Measured over predicted power, smoothed.")
+    ttft_correction: float | None = Field(default=None, description="Measured over predicted TTFT p95, smoothed.")
+    itl_correction: float | None = Field(default=None, description="Measured over predicted ITL p95, smoothed.")
     at: datetime | None = Field(default=None, description="When these were measured.")
 
 

@@ -199,6 +199,8 @@ class FleetSimulator:
         configs_used: list[str] = []
         pending: deque[int] = deque()  # arrived while nothing served (only possible while everything loads)
         steps = 0
+        now = 0.0
+        target = policy.initial()
 
         def start_replica(config: ServingConfig, now_s: float, warm: bool) -> Replica:
             load_s = 0.0 if warm else self.load_seconds(config)
@@ -327,8 +329,6 @@ class FleetSimulator:
                         drain(r)
 
         # --- the run ---------------------------------------------------------------------------------------------
-        now = 0.0
-        target = policy.initial()
         for _ in range(target.replicas):
             start_replica(target.config, 0.0, warm=True)  # the fleet was deployed before the trace starts
         initial = target.describe()
@@ -373,8 +373,10 @@ class FleetSimulator:
             if len(window) > window_len:
                 window.popleft()
             current = _Window()
-            done = arrival_i >= n and not pending and all(
-                not (r.engine.running or r.engine.waiting) for r in replicas if r.state is not State.STOPPED
+            done = (
+                arrival_i >= n
+                and not pending
+                and all(not (r.engine.running or r.engine.waiting) for r in replicas if r.state is not State.STOPPED)
             )
             if t_sample >= horizon and done:
                 break

@@ -97,7 +97,9 @@ def find_measured(
     tasks = {r.task for r in matching}
     task = next((t for t in _TASK_PREFERENCE if t in tasks), sorted(tasks)[0])
     model_ids = sorted({r.model_id for r in matching if r.task == task})
-    chosen = sorted((r for r in matching if r.task == task and r.model_id == model_ids[0]), key=lambda r: r.avg_batch_size or 0)
+    chosen = sorted(
+        (r for r in matching if r.task == task and r.model_id == model_ids[0]), key=lambda r: r.avg_batch_size or 0
+    )
     batch = np.array([r.avg_batch_size for r in chosen], dtype=float)
     step = batch / np.array([r.output_tok_per_s for r in chosen], dtype=float)
     watts = np.array([r.avg_power_watts for r in chosen], dtype=float)

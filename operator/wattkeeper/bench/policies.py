@@ -145,9 +145,7 @@ def size_for_load(
             continue
         if c.meets_slo:
             return n, f"{n} replicas meet the SLOs at {workload.requests_per_second:.2f} req/s (planner prediction)"
-        violation = max(
-            c.ttft_p95_seconds / spec.slo_ttft_p95_seconds, c.itl_p95_seconds / spec.slo_itl_p95_seconds
-        )
+        violation = max(c.ttft_p95_seconds / spec.slo_ttft_p95_seconds, c.itl_p95_seconds / spec.slo_itl_p95_seconds)
         if best is None or violation < best[0] - 1e-6:
             best = (violation, n)
     n = best[1] if best else spec.max_replicas
@@ -190,34 +188,63 @@ class StaticPolicy:
 
 @dataclass
 class AutoscalerPolicy:
-    """KEDA/HPA on vLLM's running + waiting requests per replica (KubeAI's default target: 100 per replica)."""
+    """KEDA/HPA on vLLM's running + waiting requests per replica, as KubeAI and KServe set it up.
+
+    The target concurrency is tuned the way a careful user would after a load test: the planner's running batch
+    of one replica at the highest rate at which it still meets both SLOs (KubeAI's untuned default, 100, lets
+    this 70B configuration fall behind its prefill load and oscillate). Scale-up is immediate, scale-down
+    follows the highest recommendation of the last 300 s (HPA's stabilisation window).
+    """
 
     spec: BenchSpec
     trace: Trace
     energy_model: EnergyModel
-    target_active_per_replica: float = 100.0
+    target_active_per_replica: float | None = None  # None: tuned as above
     interval_s: float = 15.0
     scale_down_stabilisation_s: float = 300.0
     tolerance: float = 0.1  # HPA's default: no change within 10% of the target
     min_replicas: int = 1
     name: str = "autoscaler"
+    note: str = ""
     _history: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def _tuned_target(self, config: ServingConfig) -> float:
+        mean = Workload(1.0, float(self.trace.input_tokens.mean()), float(self.trace.output_tokens.mean()))
+        lo, hi = 0.0, 200.0
+        best = 8.0
+        for _ in range(12):  # bisection on the per-replica rate that still meets both SLOs
+            mid = (lo + hi) / 2
+            c = evaluate(self.spec, config, 1, replace(mean, requests_per_second=mid), self.energy_model)
+            if c is not None and c.meets_slo and c.prediction.utilisation < 1.0:
+                lo, best = mid, max(c.prediction.batch_size, 8.0)
+            else:
+                hi = mid
+        return round(best)
 
     def initial(self) -> FleetTarget:
         config = baseline_config(self.spec, self.trace, self.energy_model)
-        # Warm start: the replicas its own rule would hold at the first minute's load.
+        if self.target_active_per_replica is None:
+            self.target_active_per_replica = self._tuned_target(config)
+        self.note = f"target {self.target_active_per_replica:.0f} active requests per replica"
+        # Warm start: the replicas its own rule holds at the first minute's load (predicted running batch).
         first = trace_workload(self.trace, 0.0, 60.0)
-        n = max(self.min_replicas, 1)
-        wl = Workload(first.requests_per_second, first.input_tokens, first.output_tokens)
-        c = evaluate(self.spec, config, n, wl, self.energy_model)
-        if c is not None:
-            active = c.prediction.batch_size * n
-            n = max(n, math.ceil(active / self.target_active_per_replica))
+        n = self.min_replicas
+        while n < self.spec.max_replicas:
+            c = evaluate(self.spec, config, n, first, self.energy_model)
+            if (
+                c is not None
+                and c.prediction.utilisation < 1.0
+                and c.prediction.batch_size <= self.target_active_per_replica
+            ):
+                break
+            n += 1
+        self._history.append((0.0, n))  # the running count is a recommendation of the stabilisation window too
         return FleetTarget(config, n, "warm start")
 
     def decide(self, obs: Observation, current: FleetTarget) -> FleetTarget | None:
         ready = max(obs.serving_replicas, 1)
-        ratio = obs.active_per_replica_mean / self.target_active_per_replica
+        target = self.target_active_per_replica or 100.0
+        ratio = obs.active_per_replica_mean / target
         desired = current.replicas
         if abs(ratio - 1.0) > self.tolerance:
             desired = max(self.min_replicas, min(self.spec.max_replicas, math.ceil(ratio * ready)))
@@ -225,6 +252,8 @@ class AutoscalerPolicy:
         while self._history and self._history[0][0] < obs.now_s - self.scale_down_stabilisation_s:
             self._history.popleft()
         if desired > current.replicas:
+            # HPA's default scale-up policy: at most double, or four pods more, per period.
+            desired = min(desired, max(2 * current.replicas, current.replicas + 4))
             return replace(current, replicas=desired, reason=f"active/replica {obs.active_per_replica_mean:.0f}")
         stabilised = max(d for _, d in self._history)
         if stabilised < current.replicas:
@@ -295,6 +324,15 @@ class _PlannerPolicy:
 class WattkeeperPolicy(_PlannerPolicy):
     name: str = "wattkeeper"
     warmup_s: float = 60.0
+    # Plan for the highest request rate measured over this trailing period (0: the last telemetry window only,
+    # as controller/decide.py does today). Like an autoscaler's scale-down stabilisation: a one-minute lull in a
+    # Poisson stream is noise, and planning for it makes the fleet shrink and grow back (see bench/README.md).
+    load_stabilisation_s: float = 300.0
+    # When requests wait or the SLO is missed, a proposal with more capacity skips the cooldown. "replicas" is
+    # controller/decide.py's test today (more replicas); "capacity" compares the planner's capacity of the two
+    # plans, which also catches a switch to fewer but larger replicas (e.g. 1 x TP2 -> 1 x TP8).
+    capacity_rule: str = "capacity"
+    _recent: deque[tuple[float, Workload]] = field(default_factory=deque)
 
     def initial(self) -> FleetTarget:
         # The service ran before the trace starts: its telemetry saw the load of the first minute.
@@ -304,16 +342,22 @@ class WattkeeperPolicy(_PlannerPolicy):
         if result.chosen is None:
             raise RuntimeError(f"the planner finds no configuration: {result.reason}")
         self.decisions.append(Decision(0.0, "Applied", f"initial plan: {result.reason}", ms))
+        self.last_applied_s = 0.0  # the operator stamps lastAppliedAt on the initial plan too: cooldown starts
         return self._target(result.chosen, "initial plan")
 
     def _workload(self, obs: Observation) -> Workload:
         if obs.requests_per_second <= 0 or obs.mean_input_tokens is None or obs.mean_output_tokens is None:
             return self._planned or Workload(0.0)
-        return Workload(
+        measured = Workload(
             significant(obs.requests_per_second),
             significant(obs.mean_input_tokens),
             significant(obs.mean_output_tokens),
         )
+        self._recent.append((obs.now_s, measured))
+        while self._recent and self._recent[0][0] < obs.now_s - self.load_stabilisation_s:
+            self._recent.popleft()
+        peak = max(w.requests_per_second for _, w in self._recent)
+        return replace(measured, requests_per_second=peak)
 
     def decide(self, obs: Observation, current: FleetTarget) -> FleetTarget | None:
         workload = self._workload(obs)
@@ -332,15 +376,20 @@ class WattkeeperPolicy(_PlannerPolicy):
         slo_missed = (obs.ttft_p95_seconds or 0.0) > self.spec.slo_ttft_p95_seconds or (
             obs.itl_p95_seconds or 0.0
         ) > self.spec.slo_itl_p95_seconds
-        needs_capacity = proposed.replicas > current.replicas and (obs.waiting_requests > 0 or slo_missed)
+        running = evaluate(
+            self.spec, current.config, current.replicas, workload, self.energy_model, self.power_correction
+        )
+        if self.capacity_rule == "replicas":
+            more = proposed.replicas > current.replicas
+        else:
+            # Utilisation is offered load over capacity at the same load: lower means more capacity.
+            more = running is None or proposed.prediction.utilisation < running.prediction.utilisation
+        needs_capacity = more and (obs.waiting_requests > 0 or slo_missed)
         forced = over_budget or needs_capacity
         if not forced and now - self.last_applied_s < self.cooldown_s:
             self.decisions.append(Decision(now, "Held", f"cooldown before {proposed.describe()}", ms))
             return None
         if not forced:
-            running = evaluate(
-                self.spec, current.config, current.replicas, workload, self.energy_model, self.power_correction
-            )
             verdict = should_switch(running, proposed, self.horizon_s, self.spec.model, self.spec.accelerator)
             if not verdict.switch:
                 self.decisions.append(Decision(now, "Held", verdict.reason, ms))

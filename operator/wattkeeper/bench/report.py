@@ -204,7 +204,10 @@ def print_table(rows: list[list[str]], title: str) -> str:
         table.add_column(h, justify="left" if h in ("scenario", "policy") else "right")
     for r in rows:
         table.add_row(*r)
-    Console().print(table)
+    import sys
+
+    # Wide enough for every column when the output is a file or a pipe (make bench | tee).
+    Console(width=None if sys.stdout.isatty() else 180).print(table)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(TABLE_HEADERS)]
     lines = [" | ".join(h.ljust(w) for h, w in zip(TABLE_HEADERS, widths, strict=True))]
     lines.append("-|-".join("-" * w for w in widths))

@@ -87,7 +87,7 @@ def run_scenario(
                 f"both SLOs {s['withinBothSlos'] * 100:.2f}%, {s['reconfigurations']} changes "
                 f"({run.wall_seconds:.1f} s, {run.steps} steps)"
             )
-    rate, inp, out = trace.peak_minute()
+    rate, _, _ = trace.peak_minute()
     document: dict[str, Any] = {
         "scenario": name,
         "settings": settings or {},
@@ -118,7 +118,9 @@ def run_scenario(
         },
     }
     if png is not None:
-        plot_power(list(runs.values()), png, f"{name}: {spec.model.name} on {spec.accelerator.name}", spec.power_cap_watts)
+        plot_power(
+            list(runs.values()), png, f"{name}: {spec.model.name} on {spec.accelerator.name}", spec.power_cap_watts
+        )
         document["plot"] = str(png)
     return ScenarioResult(name, document, runs)
 
@@ -145,9 +147,7 @@ def with_cap(spec: BenchSpec, watts: float | None) -> BenchSpec:
 PLANNER_TARGET_MS = 10.0
 
 
-def planner_timing(
-    energy_model: EnergyModel, gpu: str = "H100", repeats: int = 20
-) -> list[dict[str, Any]]:
+def planner_timing(energy_model: EnergyModel, gpu: str = "H100", repeats: int = 20) -> list[dict[str, Any]]:
     """Time per plan() decision (bf16 + fp8, the default search space) for 8B and 70B at 1, 10, 50 req/s."""
     models = [
         model_from_name("meta-llama/Llama-3.1-8B-Instruct", 8.0),

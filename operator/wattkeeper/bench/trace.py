@@ -115,7 +115,7 @@ def scale_rate(trace: Trace, factor: float, seed: int = 7) -> Trace:
     rng = np.random.default_rng(seed)
     n = len(trace)
     gaps = np.diff(trace.arrival_s, append=trace.arrival_s[-1] if n else 0.0)
-    whole = int(math.floor(factor))
+    whole = math.floor(factor)
     copies = np.full(n, whole, dtype=np.int64) + (rng.random(n) < factor - whole)
     index = np.repeat(np.arange(n), copies)
     first = np.concatenate(([0], np.cumsum(copies)[:-1]))[index] if n else index

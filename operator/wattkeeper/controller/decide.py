@@ -7,6 +7,7 @@ none), the new status, and the events to post. No I/O here: `services.py` reads 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -166,6 +167,39 @@ def _power_correction(inputs: ServiceInputs, energy_model: EnergyModel, settings
     return significant(updated, 3) or 1.0
 
 
+LATENCY_CORRECTION_BOUNDS = (0.5, 5.0)
+
+
+def _latency_correction(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorSettings,
+                        current: ServingConfig | None, workload: Workload) -> tuple[float, float]:
+    """Measured over predicted p95 TTFT and ITL of the running configuration, smoothed and bounded.
+
+    The queueing the model predicts is an approximation; the measured latency is not. Planning against
+    SLO / correction keeps the SLO met where the model is optimistic, and lets it spend less where it is not."""
+    observed = inputs.status.get("observed") or {}
+    previous = (float(observed.get("ttftCorrection") or 1.0), float(observed.get("itlCorrection") or 1.0))
+    obs = inputs.observation
+    dep = inputs.deployment
+    if obs is None or current is None or dep.ready_replicas <= 0 or dep.updated_replicas < dep.replicas \
+            or not obs.requests_per_second:
+        return previous
+    predicted = evaluate_config(inputs.service, current, workload, profile=inputs.profile, energy_model=energy_model)
+    if predicted is None:
+        return previous
+    low, high = LATENCY_CORRECTION_BOUNDS
+    alpha = settings.power_correction_smoothing
+    out = []
+    for before, measured, model in ((previous[0], obs.ttft_p95_seconds, predicted.ttft_p95_seconds),
+                                    (previous[1], obs.itl_p95_seconds, predicted.itl_p95_seconds)):
+        if not measured or not model or not math.isfinite(model) or model <= 0:
+            out.append(before)
+            continue
+        # The running plan was made with `before` applied, so the model's own error is measured / model.
+        updated = min(max((1 - alpha) * before + alpha * (measured / model), low), high)
+        out.append(before if abs(updated - before) < 0.05 * before else (significant(updated) or 1.0))
+    return out[0], out[1]
+
+
 def _plan_status(candidate: Candidate | None, config: ServingConfig, result: PlanResult | None,
                  workload: Workload, now: datetime, reason: str) -> dict[str, Any]:
     out: dict[str, Any] = {k: v for k, v in config.to_wire().items()}
@@ -204,8 +238,10 @@ def _append_decision(status: dict[str, Any], now: datetime, action: str, reason:
 
 
 def _run_planner(inputs: ServiceInputs, energy_model: EnergyModel, workload: Workload, cap: float | None,
-                 correction: float, only: ServingConfig | None) -> PlanResult:
-    request = plan_request(inputs.service, workload, cap, correction, inputs.profile, only=only)
+                 correction: float, only: ServingConfig | None,
+                 latency: tuple[float, float] = (1.0, 1.0)) -> PlanResult:
+    request = plan_request(inputs.service, workload, cap, correction, inputs.profile, only=only,
+                           latency_correction=latency)
     return plan(request, energy_model)
 
 
@@ -238,6 +274,7 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
 
     workload, load_source = _workload(inputs)
     correction = _power_correction(inputs, energy_model, settings, current, workload)
+    latency = _latency_correction(inputs, energy_model, settings, current, workload)
     alloc = inputs.allocation
     cap = alloc.watts if alloc.enforced else None
 
@@ -251,7 +288,7 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
             reason = "pinned in spec; the operator only measures"
         else:
             only = current if (current is not None and not spec.reconfiguration.allow_disruptive) else None
-            result = _run_planner(inputs, energy_model, workload, cap, correction, only)
+            result = _run_planner(inputs, energy_model, workload, cap, correction, only, latency)
             if result.chosen is None:
                 message = f"no configuration can serve {spec.model.name} on {spec.accelerator.type}: {result.reason}"
                 cond("Degraded", True, "NoFeasibleConfiguration", message)
@@ -304,8 +341,9 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
         action, why = "Held", f"telemetry unavailable, holding {_short(current)} (would move to {_short(proposed)})"
     else:
         over_budget = cap is not None and _current_watts(inputs, result, current, correction) > cap * 1.02
-        needs_capacity = proposed.replicas > current.replicas and (obs is None or (obs.waiting_requests or 0) > 0
-                                                                   or _slo_missed(inputs))
+        more = (proposed.replicas * proposed.tensor_parallel > current.replicas * current.tensor_parallel
+                or proposed.max_num_seqs > current.max_num_seqs)
+        needs_capacity = more and (obs is None or (obs.waiting_requests or 0) > 0 or _slo_missed(inputs))
         forced = over_budget or needs_capacity or spec_changed
         last_applied = _parse_time(old.get("lastAppliedAt"))
         cooldown = timedelta(seconds=spec.reconfiguration.cooldown_seconds)
@@ -329,7 +367,7 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
 
     # Advise-mode budgets: say what would change, change nothing.
     if alloc.advised_watts is not None and spec.mode != ServiceMode.PINNED and current is not None:
-        advised = _run_planner(inputs, energy_model, workload, alloc.advised_watts, correction, None)
+        advised = _run_planner(inputs, energy_model, workload, alloc.advised_watts, correction, None, latency)
         if advised.chosen is not None:
             advised_config = to_api_config(advised.chosen)
             if advised_config != (apply_config or current):
@@ -360,10 +398,11 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
             "tokensPerSecond": significant(obs.output_tokens_per_second), "requestsPerSecond": significant(obs.requests_per_second),
             "ttftP95Seconds": significant(obs.ttft_p95_seconds), "itlP95Seconds": significant(obs.itl_p95_seconds),
             "runningRequests": significant(obs.running_requests), "waitingRequests": significant(obs.waiting_requests),
-            "powerCorrection": correction,
+            "powerCorrection": correction, "ttftCorrection": latency[0], "itlCorrection": latency[1],
         }.items() if v is not None}
-    elif correction != 1.0:
-        status.setdefault("observed", {})["powerCorrection"] = correction
+    elif correction != 1.0 or latency != (1.0, 1.0):
+        status.setdefault("observed", {}).update(
+            {"powerCorrection": correction, "ttftCorrection": latency[0], "itlCorrection": latency[1]})
     alloc_status = alloc.to_status()
     if alloc_status is None:
         status.pop("allocation", None)

@@ -28,9 +28,11 @@ def plan_request(
     power_correction: float = 1.0,
     profile: Sequence[ProfilePoint] | None = None,
     only: ServingConfig | None = None,
+    latency_correction: tuple[float, float] = (1.0, 1.0),
 ) -> PlanRequest:
     """The planner's question for this service. `only` restricts precision and TP to a running configuration
-    (when the spec forbids disruptive changes)."""
+    (when the spec forbids disruptive changes). `latency_correction` (TTFT, ITL) is measured over predicted p95
+    latency: the planner aims at the SLO divided by it, so a model that proved optimistic plans more headroom."""
     spec = service.spec
     allowed = [str(p) for p in spec.quality.allowed_precisions]
     max_tp = spec.accelerator.max_tensor_parallel
@@ -42,8 +44,8 @@ def plan_request(
         model=model_shape(service),
         accelerator=str(spec.accelerator.type),
         allowed_precisions=tuple(allowed),
-        slo_ttft_p95_seconds=spec.slo.ttft_p95_seconds,
-        slo_itl_p95_seconds=spec.slo.itl_p95_seconds,
+        slo_ttft_p95_seconds=spec.slo.ttft_p95_seconds / latency_correction[0],
+        slo_itl_p95_seconds=spec.slo.itl_p95_seconds / latency_correction[1],
         min_replicas=spec.scaling.min_replicas,
         max_replicas=spec.scaling.max_replicas,
         max_tensor_parallel=max_tp,

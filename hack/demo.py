@@ -1,0 +1,388 @@
+#!/usr/bin/env python3
+"""`make demo`: Wattkeeper on a simulated GPU cluster, end to end, in a few minutes.
+
+Starts the local control plane with KWOK GPU nodes, the fleet runner (one vLLM simulator per running pod), a real
+Prometheus scraping them, and the operator (`wattkeeper run`, as a user would run it). Applies two LLMServices and
+an EnergyBudget, replays the Azure conversation trace against them and plays a scenario:
+
+    steady load -> load rises x4 -> the budget is tightened to 65% of the power then drawn -> the budget holds
+
+A live table shows plans, replicas, watts, J/token and the budget; at the end a PNG of power against the budget and
+of J/token over time is written to out/demo/, with a summary JSON. Ctrl-C stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import localcluster  # noqa: E402
+import prometheus as prom  # noqa: E402
+
+NAMESPACE = "wattkeeper-demo"
+GROUP, VERSION = "wattkeeper.io", "v1alpha1"
+BIN = Path(sys.executable).parent
+# The Azure conversation trace runs at about 3 requests/s per service at scale 1 in its first minutes.
+STEADY_SCALE = 1.5
+TIGHTEN_TO = 0.65  # of the power drawn just before
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Phase:
+    name: str
+    starts_at_s: float
+    load_scale: float
+    tighten: bool = False
+
+
+@dataclass
+class Sample:
+    t_s: float
+    phase: str
+    watts: float | None
+    limit_watts: float | None
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Demo:
+    def __init__(self, out_dir: Path, duration_s: float, interval_s: float, quiet: bool = False) -> None:
+        self.out = out_dir
+        self.duration_s = duration_s
+        self.interval_s = interval_s
+        self.quiet = quiet
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.prometheus: prom.Prometheus | None = None
+        self.samples: list[Sample] = []
+        self.tightened_at_s: float | None = None
+        self.tightened_to_watts: float | None = None
+        self.started = time.monotonic()
+        self.services = [d for d in yaml.safe_load_all((ROOT / "examples/demo/services.yaml").read_text())]
+        self.budget = yaml.safe_load((ROOT / "examples/demo/budget.yaml").read_text())
+        self.phases = [
+            Phase("steady load", 0.0, STEADY_SCALE),
+            Phase("load rises x4", duration_s * 0.25, 4 * STEADY_SCALE),
+            Phase("budget tightened", duration_s * 0.5, 4 * STEADY_SCALE, tighten=True),
+        ]
+
+    # -- setup ---------------------------------------------------------------------------------------------
+    def _log(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.out / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+        self.processes[name] = proc
+        return proc
+
+    def start(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        self._log("starting the local cluster (etcd, kube-apiserver, controller-manager, scheduler, KWOK GPU nodes)")
+        cluster = localcluster.ensure_cluster(simulated_nodes=True)
+        self.kubeconfig = str(cluster.kubeconfig)
+        localcluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        for crd in ("llmservices", "energybudgets", "energyprofiles"):
+            localcluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.wattkeeper.io", "--timeout=60s")
+        localcluster.kubectl("create", "namespace", NAMESPACE, check=False)
+        self.file_sd = self.out / "targets.json"
+        self.registry = self.out / "registry.json"
+        self._spawn("fleet", [str(BIN / "wattkeeper-runtime"), "fleet", "--kubeconfig", self.kubeconfig,
+                              "--namespace", NAMESPACE, "--file-sd", str(self.file_sd), "--registry",
+                              str(self.registry), "--log-dir", str(self.out / "sims")])
+        self._log("starting Prometheus (scrapes every simulator's vLLM and DCGM metrics)")
+        self.prometheus = prom.start(self.out / "prometheus", _free_port(), [{
+            "job_name": "wattkeeper-sim", "honor_labels": True,
+            "file_sd_configs": [{"files": [str(self.file_sd)], "refresh_interval": "2s"}],
+        }])
+        self.prom_url = self.prometheus.url
+        self.operator_metrics_port = _free_port()
+        self._log("starting the operator: wattkeeper run")
+        self._spawn("operator", [str(BIN / "wattkeeper"), "run", "--kubeconfig", self.kubeconfig, "--namespace",
+                                 NAMESPACE, "--interval-seconds", str(self.interval_s), "--prometheus-url",
+                                 self.prom_url, "--metrics-port", str(self.operator_metrics_port),
+                                 "--health-port", "0"],
+                    env={"WATTKEEPER_TELEMETRY_WINDOW_SECONDS": "20"})
+        self._apply(self.services + [self.budget])
+        self._log(f"set-up took {time.monotonic() - t0:.1f}s; waiting for the first replicas to run")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and len(self._endpoints()) < len(self.services):
+            time.sleep(1)
+        self.started = time.monotonic()
+
+    def _apply(self, objects: list[dict[str, Any]]) -> None:
+        text = "\n---\n".join(yaml.safe_dump(o) for o in objects)
+        localcluster.kubectl("apply", "--server-side", "--field-manager=demo-user", "-n", NAMESPACE, "-f", "-",
+                             input_text=text)
+
+    def _endpoints(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.registry.read_text()).get("services", {}))
+        except (OSError, ValueError):
+            return {}
+
+    def _start_load(self, scale: float) -> None:
+        for name in [s["metadata"]["name"] for s in self.services]:
+            old = self.processes.pop(f"load-{name}", None)
+            if old is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(old.pid, signal.SIGTERM)
+            self._spawn(f"load-{name}", [str(BIN / "wattkeeper-runtime"), "loadgen", "--registry", str(self.registry),
+                                         "--service", f"{NAMESPACE}/{name}", "--rate-scale", str(scale),
+                                         "--duration", str(self.duration_s), "--no-stream"])
+
+    # -- observation ---------------------------------------------------------------------------------------
+    def _prom(self, query: str) -> float | None:
+        try:
+            result = httpx.get(f"{self.prom_url}/api/v1/query", params={"query": query}, timeout=5).json()
+            values = result["data"]["result"]
+            return float(values[0]["value"][1]) if values else None
+        except (httpx.HTTPError, KeyError, ValueError, IndexError):
+            return None
+
+    def _objects(self, plural: str) -> list[dict[str, Any]]:
+        out = localcluster.kubectl("get", plural, "-n", NAMESPACE, "-o", "json", check=False)
+        return list(json.loads(out.stdout).get("items", [])) if out.returncode == 0 else []
+
+    def observe(self, phase: str) -> Sample:
+        watts = self._prom(f'sum(DCGM_FI_DEV_POWER_USAGE{{namespace="{NAMESPACE}"}})')
+        budgets = self._objects("energybudgets")
+        limit = budgets[0]["spec"]["power"]["limitWatts"] if budgets else None
+        sample = Sample(time.monotonic() - self.started, phase, watts, limit)
+        for svc in self._objects("llmservices"):
+            st = svc.get("status") or {}
+            plan = st.get("plan") or {}
+            observed = st.get("observed") or {}
+            slo = next((c for c in st.get("conditions", []) if c["type"] == "SLOMet"), {})
+            sample.services[svc["metadata"]["name"]] = {
+                "config": f"{plan.get('precision', '?')} tp{plan.get('tensorParallel', '?')} "
+                          f"seqs{plan.get('maxNumSeqs', '?')}",
+                "replicas": plan.get("replicas"), "ready": st.get("readyReplicas"),
+                "watts": observed.get("watts"), "jpt": observed.get("joulesPerToken"),
+                "rps": observed.get("requestsPerSecond"), "slo": slo.get("status", "?"),
+                "allocated": (st.get("allocation") or {}).get("watts"),
+                "decisions": len(st.get("decisions") or []),
+            }
+        sample.services["_budget"] = (budgets[0].get("status") or {}) if budgets else {}
+        self.samples.append(sample)
+        return sample
+
+    def table(self, sample: Sample) -> Any:
+        from rich.table import Table
+
+        budget = sample.services.get("_budget", {})
+        title = (f"Wattkeeper demo  t={sample.t_s:5.0f}s  phase: {sample.phase}  |  fleet {sample.watts or 0:6.0f} W "
+                 f"of {sample.limit_watts or 0:.0f} W (window avg {budget.get('windowAverageWatts', 0) or 0:.0f} W, "
+                 f"used {budget.get('energyUsedKilowattHours', 0) or 0:.3f} kWh)")
+        table = Table(title=title)
+        for col in ("service", "plan", "replicas", "ready", "req/s", "watts", "alloc W", "J/token", "SLO met"):
+            table.add_column(col)
+        for name, s in sample.services.items():
+            if name.startswith("_"):
+                continue
+            table.add_row(name, s["config"], str(s["replicas"]), str(s["ready"]), _fmt(s["rps"]), _fmt(s["watts"]),
+                          _fmt(s["allocated"]), _fmt(s["jpt"], 3), s["slo"])
+        return table
+
+    # -- the scenario ---------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from rich.console import Console
+        from rich.live import Live
+
+        console = Console(quiet=self.quiet, width=None if sys.stdout.isatty() else 140)
+        current: Phase | None = None
+        with Live(console=console, refresh_per_second=1, transient=False) as live:
+            while (elapsed := time.monotonic() - self.started) < self.duration_s:
+                phase = [p for p in self.phases if p.starts_at_s <= elapsed][-1]
+                if phase is not current:
+                    if current is None or phase.load_scale != current.load_scale:
+                        self._start_load(phase.load_scale)
+                    if phase.tighten:
+                        self._tighten()
+                    current = phase
+                live.update(self.table(self.observe(phase.name)))
+                time.sleep(2)
+        return self.summary()
+
+    def _tighten(self) -> None:
+        recent = [s.watts for s in self.samples[-10:] if s.watts]
+        drawn = sum(recent) / len(recent) if recent else 3000.0
+        self.tightened_to_watts = round(drawn * TIGHTEN_TO)
+        self.tightened_at_s = time.monotonic() - self.started
+        # The whole object again: server-side apply drops the fields a manager stops sending.
+        body = json.loads(json.dumps(self.budget))
+        body["spec"]["power"]["limitWatts"] = self.tightened_to_watts
+        self._apply([body])
+
+    def summary(self) -> dict[str, Any]:
+        window_s = 30.0
+        end = self.samples[-1].t_s if self.samples else 0.0
+        last = [s.watts for s in self.samples if s.watts is not None and s.t_s >= end - window_s]
+        before = [s.watts for s in self.samples if s.watts is not None and self.tightened_at_s is not None
+                  and self.tightened_at_s - 30 <= s.t_s < self.tightened_at_s]
+        attainment: dict[str, Any] = {}
+        for svc in self.services:
+            name, slo = svc["metadata"]["name"], svc["spec"]["slo"]
+            sel = f'namespace="{NAMESPACE}",pod=~"{name}-.*"'
+            rng = f"{int(end) + 30}s"
+            total = self._prom(f"sum(increase(vllm:time_to_first_token_seconds_count{{{sel}}}[{rng}]))")
+            ttft_ok = self._prom(f'sum(increase(vllm:time_to_first_token_seconds_bucket{{{sel},le="{_le(slo["ttftP95Seconds"])}"}}[{rng}]))')
+            itl_total = self._prom(f"sum(increase(vllm:inter_token_latency_seconds_count{{{sel}}}[{rng}]))")
+            itl_ok = self._prom(f'sum(increase(vllm:inter_token_latency_seconds_bucket{{{sel},le="{_le(slo["itlP95Seconds"])}"}}[{rng}]))')
+            attainment[name] = {
+                "requests": round(total or 0),
+                "ttft_within_slo": round(ttft_ok / total, 4) if total and ttft_ok is not None else None,
+                "itl_within_slo": round(itl_ok / itl_total, 4) if itl_total and itl_ok is not None else None,
+            }
+        decisions = {name: s["decisions"] for name, s in (self.samples[-1].services.items() if self.samples else [])
+                     if not name.startswith("_")}
+        return {
+            "duration_s": round(end, 1),
+            "tightened_at_s": self.tightened_at_s,
+            "cap_watts": self.tightened_to_watts,
+            "average_watts_before_tightening": round(sum(before) / len(before), 1) if before else None,
+            "average_watts_last_30s": round(sum(last) / len(last), 1) if last else None,
+            "slo_attainment": attainment,
+            "decisions": decisions,
+            "final": {name: s for name, s in (self.samples[-1].services.items() if self.samples else [])},
+        }
+
+    def plot(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (ax_power, ax_jpt) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+        t = [s.t_s for s in self.samples]
+        ax_power.plot(t, [s.watts for s in self.samples], label="measured GPU power (DCGM)", color="tab:red")
+        ax_power.step(t, [s.limit_watts for s in self.samples], where="post", label="budget limit", color="black",
+                      linestyle="--")
+        for phase in self.phases[1:]:
+            ax_power.axvline(phase.starts_at_s, color="grey", alpha=0.4)
+            ax_power.text(phase.starts_at_s, ax_power.get_ylim()[1] * 0.95, f" {phase.name}", fontsize=8)
+        ax_power.set_ylabel("watts")
+        ax_power.legend(loc="upper left")
+        names = [n for n in (self.samples[-1].services if self.samples else {}) if not n.startswith("_")]
+        for name in names:
+            ax_jpt.plot(t, [s.services.get(name, {}).get("jpt") for s in self.samples], label=f"{name} J/token")
+        ax_jpt.set_ylabel("J per output token")
+        ax_jpt.set_xlabel("seconds")
+        ax_jpt.legend(loc="upper left")
+        fig.suptitle("Wattkeeper demo: power against the budget, and energy per token")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+    # -- teardown ---------------------------------------------------------------------------------------------
+    def delete_services(self, timeout_s: float = 60) -> dict[str, Any]:
+        """Delete the services; report what is left: objects in the namespace and simulator processes."""
+        localcluster.kubectl("delete", "llmservices", "--all", "-n", NAMESPACE, "--wait=true", check=False)
+        deadline = time.monotonic() + timeout_s
+        left: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            out = localcluster.kubectl("get", "deployments,replicasets,pods,services", "-n", NAMESPACE, "-o", "name",
+                                       check=False).stdout.split()
+            left = {"objects": out, "simulators": self._endpoints()}
+            if not out and not any(left["simulators"].values()):
+                break
+            time.sleep(1)
+        left["sim_processes"] = _sim_processes(NAMESPACE)
+        return left
+
+    def stop(self, keep_cluster: bool) -> None:
+        for name, proc in reversed(list(self.processes.items())):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.processes.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        if self.prometheus is not None:
+            self.prometheus.stop()
+        if not keep_cluster:
+            localcluster.down()
+
+
+def _sim_processes(namespace: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
+    return [line.strip() for line in out if "wattkeeper-runtime" in line and " sim " in line and namespace in line]
+
+
+def _le(value: float) -> str:
+    """The histogram bucket bound vLLM uses for an SLO value (the SLOs of the demo sit on bucket bounds)."""
+    return f"{value:g}" if value != int(value) else f"{value:.1f}"
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+@contextlib.contextmanager
+def demo_session(out_dir: Path, duration_s: float, interval_s: float, keep_cluster: bool,
+                 quiet: bool = False) -> Iterator[Demo]:
+    demo = Demo(out_dir, duration_s, interval_s, quiet)
+    try:
+        demo.start()
+        yield demo
+    finally:
+        demo.stop(keep_cluster)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration-s", type=float, default=240, help="length of the scenario (default 240 s)")
+    parser.add_argument("--interval-s", type=float, default=5, help="the operator's control interval")
+    parser.add_argument("--out", default=str(ROOT / "out" / "demo"), help="where the PNG and summary go")
+    parser.add_argument("--keep-cluster", action="store_true", help="leave the local cluster running at the end")
+    args = parser.parse_args()
+    out = Path(args.out)
+    started = time.monotonic()
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        with demo_session(out, args.duration_s, args.interval_s, args.keep_cluster) as demo:
+            summary = demo.run()
+            demo.plot(out / "demo.png")
+            summary["teardown"] = demo.delete_services()
+            summary["wall_seconds"] = round(time.monotonic() - started, 1)
+            (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+            print(json.dumps({k: v for k, v in summary.items() if k != "final"}, indent=2, default=str))
+            print(f"\nwrote {out / 'demo.png'} and {out / 'summary.json'}")
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything stopped")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
