@@ -104,7 +104,6 @@ def _loadgen(options: argparse.Namespace) -> int:
     from .loadgen import (
         Endpoint,
         default_trace_path,
-        load_endpoints,
         read_azure_trace,
         replay,
         synthetic_diurnal_trace,
@@ -113,9 +112,11 @@ def _loadgen(options: argparse.Namespace) -> int:
     if options.url:
         endpoints = [Endpoint(url=u.rstrip("/"), model=options.model or "") for u in options.url]
     else:
-        endpoints = load_endpoints(Path(options.registry), options.service)
-        if options.model:
-            endpoints = [Endpoint(e.url, options.model, e.pod) for e in endpoints]
+        read = _registry_reader(Path(options.registry), options.service, options.model)
+        # A rollout can leave the registry empty for a moment: wait for the fleet rather than give up.
+        deadline = time.monotonic() + options.wait_for_endpoints
+        while not (endpoints := read()) and time.monotonic() < deadline:
+            time.sleep(1.0)
     if not endpoints:
         print(f"no endpoints for service {options.service!r} in {options.registry}", file=sys.stderr)
         return 2
@@ -184,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     loadgen = commands.add_parser("loadgen", help="replay a request trace against a service")
     loadgen.add_argument("--registry", default=None, help="the fleet's registry JSON")
+    loadgen.add_argument("--wait-for-endpoints", type=float, default=60.0,
+                         help="seconds to wait for the service to appear in the registry")
     loadgen.add_argument("--service", default="", help="service name (or namespace/name) in the registry")
     loadgen.add_argument("--url", action="append", help="endpoint base URL instead of the registry (repeatable)")
     loadgen.add_argument("--model", default=None, help="model name to send (default: the registry's)")
