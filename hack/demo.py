@@ -109,7 +109,10 @@ class Demo:
         localcluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
         for crd in ("llmservices", "energybudgets", "energyprofiles"):
             localcluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.wattkeeper.io", "--timeout=60s")
-        localcluster.kubectl("create", "namespace", NAMESPACE, check=False)
+        # A fresh namespace: a budget left by an earlier run would carry its energy use and allocations over.
+        localcluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", "--timeout=120s",
+                             check=False)
+        localcluster.kubectl("create", "namespace", NAMESPACE)
         self.file_sd = self.out / "targets.json"
         self.registry = self.out / "registry.json"
         self._spawn("fleet", [str(BIN / "wattkeeper-runtime"), "fleet", "--kubeconfig", self.kubeconfig,
@@ -308,11 +311,10 @@ class Demo:
         while time.monotonic() < deadline:
             out = localcluster.kubectl("get", "deployments,replicasets,pods,services", "-n", NAMESPACE, "-o", "name",
                                        check=False).stdout.split()
-            left = {"objects": out, "simulators": self._endpoints()}
-            if not out and not any(left["simulators"].values()):
+            left = {"objects": out, "simulators": self._endpoints(), "sim_processes": _sim_processes(NAMESPACE)}
+            if not out and not any(left["simulators"].values()) and not left["sim_processes"]:
                 break
             time.sleep(1)
-        left["sim_processes"] = _sim_processes(NAMESPACE)
         return left
 
     def stop(self, keep_cluster: bool) -> None:

@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     loadgen.add_argument("--seed", type=int, default=0)
     loadgen.add_argument("--speedup", type=float, default=1.0, help="replay K times faster (match the sims)")
     loadgen.add_argument("--rate-scale", type=float, default=1.0, help="multiply the request rate")
-    loadgen.add_argument("--max-requests", type=int, default=1000)
+    loadgen.add_argument("--max-requests", type=int, default=None, help="stop after this many requests")
     loadgen.add_argument("--duration", type=float, default=300.0, help="stop sending after this many wall seconds")
     loadgen.add_argument("--policy", choices=("round-robin", "least-outstanding"), default="least-outstanding")
     loadgen.add_argument(

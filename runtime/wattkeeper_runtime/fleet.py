@@ -126,6 +126,7 @@ class Fleet:
         log_dir: Path | None = None,
         spawner: Spawner = spawn,
         health_timeout_seconds: float = 0.5,
+        drain_seconds: float = 20.0,
     ) -> None:
         self.file_sd_path = file_sd_path
         self.registry_path = registry_path
@@ -135,6 +136,10 @@ class Fleet:
         self.spawner = spawner
         self.health_timeout_seconds = health_timeout_seconds
         self.children: dict[str, Child] = {}
+        # Simulators of deleted pods finish their requests in flight before they stop, as vLLM does within the
+        # pod's termination grace period (KWOK deletes pods at once). They take no new requests meanwhile.
+        self.drain_seconds = drain_seconds
+        self.draining: dict[str, tuple[Child, float]] = {}
         self._written: tuple[str, str] | None = None
 
     def _start(self, target: SimTarget, restarts: int = 0) -> Child:
@@ -170,8 +175,16 @@ class Fleet:
                 desired[target.key] = target
         for key in [k for k in self.children if k not in desired]:
             child = self.children.pop(key)
-            log.info("pod %s/%s is gone: stopping its simulator", child.target.namespace, child.target.pod)
-            self._stop(child)
+            if self.drain_seconds > 0:
+                log.info("pod %s/%s is gone: draining its simulator", child.target.namespace, child.target.pod)
+                self.draining[key] = (child, time.monotonic() + self.drain_seconds)
+            else:
+                log.info("pod %s/%s is gone: stopping its simulator", child.target.namespace, child.target.pod)
+                self._stop(child)
+        for key, (child, deadline) in list(self.draining.items()):
+            if time.monotonic() >= deadline or child.process.poll() is not None:
+                del self.draining[key]
+                self._stop(child)
         for key, target in desired.items():
             existing = self.children.get(key)
             if existing is None:
@@ -194,7 +207,9 @@ class Fleet:
         self.write_files()
 
     def write_files(self) -> None:
-        sd, reg = file_sd(self.children.values()), registry(self.children.values())
+        # Draining simulators are still scraped (their pods' power counts until they stop) but get no traffic.
+        sd = file_sd([*self.children.values(), *(child for child, _ in self.draining.values())])
+        reg = registry(self.children.values())
         fingerprint = (json.dumps(sd, sort_keys=True), json.dumps(reg, sort_keys=True))
         if fingerprint != self._written:
             write_json_atomic(self.file_sd_path, sd)
@@ -202,7 +217,8 @@ class Fleet:
             self._written = fingerprint
 
     def stop_all(self) -> None:
-        children, self.children = list(self.children.values()), {}
+        children = [*self.children.values(), *(child for child, _ in self.draining.values())]
+        self.children, self.draining = {}, {}
         for child in children:
             if child.process.poll() is None:
                 child.process.terminate()

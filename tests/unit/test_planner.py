@@ -128,7 +128,10 @@ def test_allocation_degrades_lowest_priority_first() -> None:
     ]
     plenty = {a.name: a for a in allocate_watts(3000, demands)}
     assert not plenty["chat"].degraded and not plenty["batch"].degraded
-    assert plenty["chat"].watts == 700 and plenty["batch"].watts == 1000
+    # each gets at least its unconstrained plan, and the spare is shared as headroom in proportion to need
+    assert plenty["chat"].watts >= 700 and plenty["batch"].watts >= 1000
+    assert sum(a.watts for a in plenty.values()) == pytest.approx(3000)
+    assert plenty["batch"].watts / plenty["chat"].watts == pytest.approx(1000 / 700)
     tight = {a.name: a for a in allocate_watts(1000, demands)}
     assert not tight["chat"].degraded and tight["batch"].degraded
     assert sum(a.watts for a in tight.values()) == pytest.approx(1000)

@@ -72,6 +72,15 @@ def allocate_watts(total_watts: float, demands: list[ServiceDemand]) -> list[Ser
         extra = min(max(d.desired_watts - given[i], 0.0), left)
         given[i] += extra
         left -= extra
+    # What is still left is headroom, shared in proportion to need: an allocation is a ceiling, not a target, so
+    # a service whose load grows between two budget ticks re-plans within its share instead of being capped at
+    # exactly the plan it had.
+    if left > 0 and demands:
+        weights = [max(d.desired_watts, d.minimum_watts or 0.0, 1.0) for d in demands]
+        total_weight = sum(weights)
+        for i in range(len(demands)):
+            given[i] += left * weights[i] / total_weight
+        left = 0.0
     out = []
     for i, d in enumerate(demands):
         if d.minimum_watts is None:
