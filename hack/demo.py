@@ -131,7 +131,7 @@ class Demo:
                                  self.prom_url, "--metrics-port", str(self.operator_metrics_port),
                                  "--health-port", "0"],
                     env={"WATTKEEPER_TELEMETRY_WINDOW_SECONDS": "20"})
-        self._apply(self.services + [self.budget])
+        self._apply([*self.services, self.budget])
         self._log(f"set-up took {time.monotonic() - t0:.1f}s; waiting for the first replicas to run")
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and len(self._endpoints()) < len(self.services):
@@ -318,7 +318,7 @@ class Demo:
         return left
 
     def stop(self, keep_cluster: bool) -> None:
-        for name, proc in reversed(list(self.processes.items())):
+        for proc in reversed(list(self.processes.values())):
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)

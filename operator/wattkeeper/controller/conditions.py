@@ -19,7 +19,7 @@ def set_condition(
         "status": text,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": now.isoformat(timespec="seconds").replace("+00:00", "Z") if changed else old.get("lastTransitionTime"),
+        "lastTransitionTime": now.isoformat(timespec="seconds").replace("+00:00", "Z") if changed or old is None else old.get("lastTransitionTime"),
     }
     if generation is not None:
         new["observedGeneration"] = generation

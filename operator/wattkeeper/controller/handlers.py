@@ -64,7 +64,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         settings.peering.stealth = True
 
     def deps(memo: kopf.Memo) -> Dependencies:
-        return memo["deps"]  # type: ignore[no-any-return]
+        return memo["deps"]
 
     @kopf.on.resume(*SERVICES, registry=registry)
     @kopf.on.create(*SERVICES, registry=registry, backoff=10)

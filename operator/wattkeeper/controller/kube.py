@@ -46,12 +46,14 @@ class Kube:
 
     # reads
     def list_custom(self, plural: str, namespace: str) -> list[dict[str, Any]]:
-        items = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"]
-        return list(items)
+        listing: dict[str, Any] = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)  # type: ignore[assignment]
+        return list(listing["items"])
 
     def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name))
+            obj: dict[str, Any] = self.custom.get_namespaced_custom_object(  # type: ignore[assignment]
+                GROUP, VERSION, namespace, plural, name)
+            return obj
         except ApiException as err:
             if err.status == 404:
                 return None
@@ -68,7 +70,7 @@ class Kube:
 
     def running_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
-        return [self.api_client.sanitize_for_serialization(p) for p in pods if p.status.phase == "Running"]
+        return [self.api_client.sanitize_for_serialization(p) for p in pods if p.status and p.status.phase == "Running"]
 
     # writes
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def plan_request(
         max_gpus=spec.accelerator.max_gpus,
         workload=workload,
         power_cap_watts=power_cap_watts,
-        fallback=str(spec.fallback),
+        fallback="ProtectSLO" if spec.fallback == "ProtectSLO" else "ProtectBudget",
         power_correction=power_correction,
         profile=tuple(profile) if profile else None,
         gpu_memory_utilization=spec.engine.gpu_memory_utilization,
