@@ -82,14 +82,14 @@ app.kubernetes.io/component: nvml-exporter
 - apiGroups: [wattkeeper.io]
   resources: [llmservices, energybudgets]
   verbs: [get, list, watch, patch]
-# Decisions, plans and energy accounting live in status.
+# Decisions, plans and energy accounting live in status; a profile's status says how many points it accepted.
 - apiGroups: [wattkeeper.io]
-  resources: [llmservices/status, energybudgets/status]
+  resources: [llmservices/status, energybudgets/status, energyprofiles/status]
   verbs: [patch]
-# The planner reads measured profile points.
+# The planner reads measured profile points; kopf watches profiles to check them (patch: its annotations).
 - apiGroups: [wattkeeper.io]
   resources: [energyprofiles]
-  verbs: [list]
+  verbs: [list, watch, patch]
 # The vLLM Deployment and Service of each LLMService: read the rollout state, server-side apply
 # (an apply that creates an object is authorized as create). Owner references clean up: no delete.
 - apiGroups: [apps]

@@ -45,6 +45,8 @@ class EnergyProfileSpec(ApiModel):
 
 
 class EnergyProfileStatus(StatusModel):
+    """What the operator read of the profile. Written only by the operator."""
+
     observed_generation: int | None = Field(default=None, description="The spec generation last read.")
     point_count: int | None = Field(default=None, description="Points accepted by the planner.")
     conditions: list[Condition] = Field(

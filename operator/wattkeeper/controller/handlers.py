@@ -11,11 +11,13 @@ import kopf
 from wattkeeper.api import GROUP, VERSION
 
 from .budgets import reconcile_budget, release_services
+from .profiles import reconcile_profile
 from .services import Dependencies, reconcile_service
 from .settings import OperatorSettings
 
 SERVICES = (GROUP, VERSION, "llmservices")
 BUDGETS = (GROUP, VERSION, "energybudgets")
+PROFILES = (GROUP, VERSION, "energyprofiles")
 
 
 def connection_info(cfg: Any) -> kopf.ConnectionInfo:
@@ -90,5 +92,11 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     @kopf.on.delete(*BUDGETS, registry=registry, optional=True)
     def budget_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         release_services(deps(memo), dict(body))
+
+    @kopf.on.resume(*PROFILES, registry=registry)
+    @kopf.on.create(*PROFILES, registry=registry, backoff=10)
+    @kopf.on.update(*PROFILES, field="spec", registry=registry, backoff=10)
+    def profile_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        reconcile_profile(deps(memo), dict(body))
 
     return registry

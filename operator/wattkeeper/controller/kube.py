@@ -6,7 +6,6 @@ service writes nothing.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -109,5 +108,8 @@ class Kube:
             source=client.V1EventSource(component="wattkeeper"), reporting_component="wattkeeper.io/operator",
             reporting_instance="wattkeeper",
         )
-        with contextlib.suppress(ApiException):  # an event is best effort; never fail a reconcile for it
+        try:
             self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as err:  # an event is best effort: never fail a reconcile for it, but say so
+            log.warning("could not post event %s on %s/%s: %s %s", reason, meta["namespace"], meta["name"],
+                        err.status, err.reason)

@@ -27,6 +27,8 @@ Fallback = Literal["ProtectBudget", "ProtectSLO"]
 TENSOR_PARALLEL_OPTIONS = (1, 2, 4, 8)
 MAX_NUM_SEQS_OPTIONS = (8, 16, 32, 64, 128, 256, 512)
 MAX_NUM_BATCHED_TOKENS_OPTIONS = (2048, 8192)
+# Candidates within this share of the least power are ties (the model is not that precise).
+TIE_TOLERANCE = 0.005
 
 
 @dataclass(frozen=True)
@@ -248,13 +250,18 @@ def plan(request: PlanRequest, energy_model: EnergyModel | None = None) -> PlanR
     slo_ok = meets_ttft & meets_itl
     feasible = base_ok & slo_ok & within_power
 
-    # Ties (max-num-seqs above the steady batch changes nothing): prefer fewer GPUs, then lower latency.
+    # Ties (max-num-seqs above the steady batch changes nothing at the planned load): within 0.5% of the least
+    # power, prefer fewer GPUs, then the largest max-num-seqs (headroom: a burst queues behind a small limit, and
+    # a queue forces a restart), then lower latency.
+
     def best(mask: npt.NDArray[np.bool_]) -> int | None:
         idx = np.flatnonzero(mask)
         if idx.size == 0:
             return None
-        order = np.lexsort((itl[idx], grid.seqs[idx], replicas[idx] * tp[idx], np.round(watts[idx], 6)))
-        return int(idx[order[0]])
+        least = float(np.min(watts[idx]))
+        near = idx[watts[idx] <= least * (1.0 + TIE_TOLERANCE)]
+        order = np.lexsort((itl[near], -grid.seqs[near], replicas[near] * tp[near]))
+        return int(near[order[0]])
 
     def candidate(i: int) -> Candidate:
         p, tpi, cap = keys[int(grid.base_index[i])]
