@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
-
 from wattkeeper.controller.profiles import profile_status
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -329,6 +329,12 @@ class ObservedFigures(StatusModel):
     power_correction: float | None = Field(default=None, description="Measured over predicted power, smoothed.")
     ttft_correction: float | None = Field(default=None, description="Measured over predicted TTFT p95, smoothed.")
     itl_correction: float | None = Field(default=None, description="Measured over predicted ITL p95, smoothed.")
+    peak_load_rps: float | None = Field(
+        default=None,
+        description="Highest request rate measured within the last cooldown period: the load the operator plans "
+        "for (a lull shorter than the cooldown does not shrink the fleet).",
+    )
+    peak_load_at: datetime | None = Field(default=None, description="When peakLoadRps was measured.")
     at: datetime | None = Field(default=None, description="When these were measured.")
 
 

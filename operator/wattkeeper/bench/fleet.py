@@ -37,6 +37,10 @@ class FleetTarget:
     config: ServingConfig
     replicas: int
     reason: str = ""
+    # How a change of configuration rolls out, as the operator renders the Deployment: True, a new set beside the
+    # old one (capacity never dips, power does rise); False, in place like maxSurge 0 / maxUnavailable 1 (one old
+    # replica stops before each new one loads, so power never rises above the running fleet's).
+    surge: bool = True
 
     def same_shape(self, other: FleetTarget | None) -> bool:
         return other is not None and other.config == self.config and other.replicas == self.replicas
@@ -271,6 +275,25 @@ class FleetSimulator:
             best.engine.submit(EngineRequest(str(i), inputs[i], outputs[i]), t_s)
             best.outstanding += 1
 
+        def roll_in_place(t_s: float) -> None:
+            """A Deployment rolling with maxSurge 0 and maxUnavailable 1: never more pods than desired, at most one
+            of them unavailable; old replicas go first, one per new replica."""
+            while True:
+                live = [r for r in replicas if r.state in (State.LOADING, State.SERVING)]
+                old = [r for r in live if r.config != target.config]
+                new = [r for r in live if r.config == target.config]
+                available = sum(1 for r in live if r.state is State.SERVING)
+                if len(live) > target.replicas and old:
+                    drain(min(old, key=lambda r: (r.state is not State.LOADING, r.outstanding)))
+                elif len(new) >= target.replicas:
+                    return
+                elif len(live) < target.replicas:
+                    start_replica(target.config, t_s, warm=False)
+                elif old and available >= target.replicas:
+                    drain(min(old, key=lambda r: r.outstanding))
+                else:
+                    return
+
         def activate(t_s: float) -> None:
             """Loading replicas whose model is loaded start serving; a finished rollout drains the old set."""
             changed = False
@@ -280,6 +303,8 @@ class FleetSimulator:
                     changed = True
             if not changed:
                 return
+            if not target.surge:
+                roll_in_place(t_s)
             target_cfg = target.config
             new_serving = [r for r in replicas if r.state is State.SERVING and r.config == target_cfg]
             loading_new = any(r.state is State.LOADING and r.config == target_cfg for r in replicas)
@@ -310,6 +335,9 @@ class FleetSimulator:
             for r in replicas:  # a rollout superseded before it finished: its loading replicas are cancelled
                 if r.state is State.LOADING and r.config != new.config:
                     drain(r)
+            if not same_config and not new.surge:
+                roll_in_place(t_s)
+                return
             live = [r for r in replicas if r.state in (State.LOADING, State.SERVING) and r.config == new.config]
             if len(live) < new.replicas:
                 for _ in range(new.replicas - len(live)):

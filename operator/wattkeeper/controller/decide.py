@@ -115,14 +115,45 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def stabilised_rate(measured: float, peak: float | None, peak_at: float | None, now: float,
+                    window_s: float) -> tuple[float, float]:
+    """(rate to plan for, when it was measured): the highest rate measured within `window_s`, held until it is
+    older than that, then the current measurement. Like an autoscaler's scale-down stabilisation: a lull shorter
+    than the window is noise in a Poisson stream, and planning for it shrinks the fleet only to grow it back.
+    Times in seconds on any one clock; the benchmark's policy calls this same function."""
+    if peak is None or peak_at is None or now - peak_at > window_s or measured >= peak:
+        return measured, now
+    return peak, peak_at
+
+
+def _load_peak(inputs: ServiceInputs) -> tuple[float, datetime] | None:
+    """The stabilised measured rate and when it was measured (None without a measured rate)."""
+    obs = inputs.observation
+    if obs is None or obs.requests_per_second is None:
+        return None
+    observed = inputs.status.get("observed") or {}
+    peak = observed.get("peakLoadRps")
+    peak_at = _parse_time(observed.get("peakLoadAt"))
+    rate, at = stabilised_rate(
+        significant(max(obs.requests_per_second, 0.0)) or 0.0,
+        float(peak) if peak is not None else None,
+        peak_at.timestamp() if peak_at is not None else None,
+        inputs.now.timestamp(),
+        float(inputs.service.spec.reconfiguration.cooldown_seconds),
+    )
+    return rate, datetime.fromtimestamp(at, tz=inputs.now.tzinfo)
+
+
 def _workload(inputs: ServiceInputs) -> tuple[Workload, str]:
-    """The load to plan for: measured when telemetry has it, else the last planned-for load, else the spec's."""
+    """The load to plan for: measured when telemetry has it (the highest rate within the cooldown, see
+    `stabilised_rate`), else the last planned-for load, else the spec's."""
     spec = inputs.service.spec
     obs = inputs.observation
     plan_status = inputs.status.get("plan") or {}
-    if obs is not None and obs.requests_per_second is not None:
+    peak = _load_peak(inputs)
+    if obs is not None and obs.requests_per_second is not None and peak is not None:
         # Requests still in the batch count too: a long-output workload finishes few requests per window.
-        rate = max(obs.requests_per_second, 0.0)
+        rate = peak[0]
         return Workload(
             requests_per_second=significant(rate) or 0.0,
             input_tokens=significant(obs.mean_input_tokens) or float(spec.workload.input_tokens),
@@ -400,6 +431,9 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
             "runningRequests": significant(obs.running_requests), "waitingRequests": significant(obs.waiting_requests),
             "powerCorrection": correction, "ttftCorrection": latency[0], "itlCorrection": latency[1],
         }.items() if v is not None}
+        peak = _load_peak(inputs)
+        if peak is not None:
+            status["observed"].update({"peakLoadRps": peak[0], "peakLoadAt": _iso(peak[1])})
     elif correction != 1.0 or latency != (1.0, 1.0):
         status.setdefault("observed", {}).update(
             {"powerCorrection": correction, "ttftCorrection": latency[0], "itlCorrection": latency[1]})

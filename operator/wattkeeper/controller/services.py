@@ -170,7 +170,9 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str) -
 def _service_exists(kube: Kube, namespace: str, name: str) -> bool:
     try:
         kube.core.read_namespaced_service(name, namespace)
-    except Exception:
+    except ApiException as err:
+        if err.status != 404:
+            log.warning("cannot read Service %s/%s: %s %s", namespace, name, err.status, err.reason)
         return False
     return True
 
