@@ -166,7 +166,7 @@ def test_cluster_wide_rbac() -> None:
     role = one(docs, "ClusterRole")
     grants = _grants(role["rules"])
     assert grants == NAMESPACED_GRANTS | {
-        *{("kopf.dev", "clusterkopfpeerings", v) for v in ("list", "watch", "patch")},
+        *{("kopf.dev", "clusterkopfpeerings", v) for v in ("get", "list", "watch", "patch")},
         *{("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")},
     }
     _assert_least_privilege(grants)
@@ -182,7 +182,7 @@ def test_namespaced_rbac_uses_roles_per_namespace() -> None:
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         grants = _grants(role["rules"])
-        assert grants == NAMESPACED_GRANTS | {("kopf.dev", "kopfpeerings", v) for v in ("list", "watch", "patch")}
+        assert grants == NAMESPACED_GRANTS | {("kopf.dev", "kopfpeerings", v) for v in ("get", "list", "watch", "patch")}
         _assert_least_privilege(grants)
     bindings = by_kind(docs, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]

@@ -43,7 +43,6 @@ def connection_info(cfg: Any) -> kopf.ConnectionInfo:
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     """A fresh registry, so tests can run an operator without global state."""
     registry = kopf.OperatorRegistry()
-    interval = settings.interval_seconds
 
     @kopf.on.login(registry=registry)
     def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
@@ -51,7 +50,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         return connection_info(deps(memo).kube.api_client.configuration)
 
     @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         # The CRD status schemas have no `kopf` field: keep kopf's bookkeeping in annotations.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="wattkeeper.io")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -63,6 +62,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         settings.networking.request_timeout = 30
         # Two replicas with peering: the one with the higher priority runs, the other waits.
         settings.peering.priority = random.randint(1, 10_000)
+        deps(memo).peering_priority = settings.peering.priority
         settings.peering.stealth = True
 
     def deps(memo: kopf.Memo) -> Dependencies:
@@ -74,19 +74,11 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     def service_changed(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> None:
         reconcile_service(deps(memo), dict(body), str(reason))
 
-    @kopf.timer(*SERVICES, interval=interval, initial_delay=interval / 2, registry=registry)
-    def service_tick(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        reconcile_service(deps(memo), dict(body), "tick")
-
     @kopf.on.resume(*BUDGETS, registry=registry)
     @kopf.on.create(*BUDGETS, registry=registry, backoff=10)
     @kopf.on.update(*BUDGETS, field="spec", registry=registry, backoff=10)
     def budget_changed(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> None:
         reconcile_budget(deps(memo), dict(body), str(reason))
-
-    @kopf.timer(*BUDGETS, interval=interval, registry=registry)
-    def budget_tick(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        reconcile_budget(deps(memo), dict(body), "tick")
 
     # optional=True: no finalizer. Services re-read budgets every tick anyway; this only makes it immediate.
     @kopf.on.delete(*BUDGETS, registry=registry, optional=True)

@@ -15,6 +15,7 @@ from wattkeeper.telemetry import DirectScrapeSource, PrometheusSource, Telemetry
 
 from .handlers import build_registry
 from .kube import Kube
+from .loop import ControlLoop
 from .metrics import OperatorMetrics
 from .services import Dependencies, pods_selector
 from .settings import OperatorSettings
@@ -60,6 +61,17 @@ def run_operator(deps: Dependencies, stop_flag: Any = None, ready_flag: Any = No
     settings = deps.settings
     registry = build_registry(settings)
     namespaces = settings.namespaces
+    loop = ControlLoop(deps)
+    loop.start()
+    try:
+        _run_kopf(deps, registry, namespaces, stop_flag, ready_flag, liveness_endpoint)
+    finally:
+        loop.close()
+
+
+def _run_kopf(deps: Dependencies, registry: kopf.OperatorRegistry, namespaces: list[str], stop_flag: Any,
+              ready_flag: Any, liveness_endpoint: str | None) -> None:
+    settings = deps.settings
     asyncio.run(kopf.operator(
         registry=registry,
         memo=kopf.Memo(deps=deps),

@@ -39,6 +39,8 @@ class Dependencies:
     metrics: OperatorMetrics
     # One reconcile at a time per service: the timer, a spec change and a budget change may race.
     locks: defaultdict[str, threading.Lock] = field(default_factory=lambda: defaultdict(threading.Lock))
+    # This instance's kopf peering priority, set when kopf starts; the control loop runs only while it is highest.
+    peering_priority: int | None = None
 
 
 def allocation_for(service: LLMService, budgets: list[dict[str, Any]]) -> Allocation:
