@@ -307,10 +307,16 @@ class Cluster:
     token: str
 
 
+# Whether this process started the control plane (tests stop only a cluster they started).
+started_here = False
+
+
 def ensure_cluster(simulated_nodes: bool = False) -> Cluster:
     """Start the control plane, or reuse the healthy one already running."""
+    global started_here
     if not healthy() or not _alive("kube-controller-manager"):
         up_control_plane()
+        started_here = True
     if simulated_nodes:
         up_simulated_nodes()
     pki = STATE / "pki"

@@ -31,6 +31,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=f"{marker} tier: pass {flag} (make test does)"))
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the local cluster if this test session started it; a cluster that was already running stays."""
+    localcluster = sys.modules.get("localcluster")
+    if localcluster is not None and getattr(localcluster, "started_here", False) \
+            and not os.environ.get("WATTKEEPER_KEEP_CLUSTER"):
+        localcluster.down()
+
+
 def shared_data_dir() -> Path | None:
     """../shared/data beside the checkout, or WATTKEEPER_DATA_DIR."""
     env = os.environ.get("WATTKEEPER_DATA_DIR")
