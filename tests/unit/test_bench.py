@@ -162,7 +162,8 @@ def test_wattkeeper_respects_a_power_cap(gt8b: GroundTruth) -> None:
 
 
 def test_oracle_and_wattkeeper_use_the_planner(gt8b: GroundTruth) -> None:
-    trace = synthetic_trace([(300.0, 1.0), (600.0, 8.0)], input_tokens=400, output_tokens=100)
+    # 1 -> 60 req/s: one bf16 TP1 replica planned with headroom (max-num-seqs 512) carries up to ~40 req/s.
+    trace = synthetic_trace([(300.0, 1.0), (600.0, 60.0)], input_tokens=400, output_tokens=100)
     oracle = OraclePolicy(spec8b(), trace, gt8b.energy_model)
     run = FleetSimulator(trace, gt8b).run(oracle)
     assert any(d.action == "Applied" for d in oracle.decisions)
@@ -230,3 +231,14 @@ def test_measured_ground_truth_reproduces_the_measurements(shared_data: Path) ->
     timing = gt.timing(config)
     assert timing.kv_cache_tokens() > 0
     assert timing.power_watts(0, 0.0) == pytest.approx(4 * get_accelerator("H100").idle_watts)
+
+
+def test_stabilised_rate_holds_the_peak_for_the_window() -> None:
+    from wattkeeper.controller.decide import stabilised_rate
+
+    assert stabilised_rate(5.0, None, None, 0.0, 300.0) == (5.0, 0.0)
+    assert stabilised_rate(3.0, 5.0, 0.0, 120.0, 300.0) == (5.0, 0.0)  # a lull inside the window: hold
+    assert stabilised_rate(6.0, 5.0, 0.0, 120.0, 300.0) == (6.0, 120.0)  # a new peak
+    assert stabilised_rate(3.0, 5.0, 0.0, 301.0, 300.0) == (3.0, 301.0)  # the peak expired
+    assert stabilised_rate(5.0, 5.0, 0.0, 100.0, 300.0) == (5.0, 0.0)  # steady: no new timestamp, no write
+    assert stabilised_rate(5.0, 5.0, 0.0, 200.0, 300.0) == (5.0, 200.0)  # re-measured after half a window

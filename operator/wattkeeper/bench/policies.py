@@ -19,9 +19,11 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 import numpy as np
 
+from ..controller.decide import _headroom, more_capacity, stabilised_rate
 from ..energy.catalog import Accelerator, get_accelerator
 from ..energy.model import EnergyModel
 from ..energy.types import ModelShape, ServingConfig, Workload
@@ -317,7 +319,11 @@ class _PlannerPolicy:
         self.power_correction = significant(min(max((1 - alpha) * self.power_correction + alpha * ratio, low), high))
 
     def _target(self, candidate: Candidate, reason: str) -> FleetTarget:
-        return FleetTarget(candidate.config, candidate.replicas, reason)
+        # As the operator renders the Deployment: surge only when one more replica fits under the allocation.
+        cap = self.spec.power_cap_watts
+        surge = cap is None or _headroom(cast(Any, None), candidate, cap)
+        return FleetTarget(candidate.config, candidate.replicas, reason, surge=surge)
+
 
 
 @dataclass
@@ -332,7 +338,7 @@ class WattkeeperPolicy(_PlannerPolicy):
     # controller/decide.py's test today (more replicas); "capacity" compares the planner's capacity of the two
     # plans, which also catches a switch to fewer but larger replicas (e.g. 1 x TP2 -> 1 x TP8).
     capacity_rule: str = "capacity"
-    _recent: deque[tuple[float, Workload]] = field(default_factory=deque)
+    _peak: tuple[float, float] | None = None  # (rate, when): status.observed.peakLoadRps/peakLoadAt
 
     def initial(self) -> FleetTarget:
         # The service ran before the trace starts: its telemetry saw the load of the first minute.
@@ -353,11 +359,14 @@ class WattkeeperPolicy(_PlannerPolicy):
             significant(obs.mean_input_tokens),
             significant(obs.mean_output_tokens),
         )
-        self._recent.append((obs.now_s, measured))
-        while self._recent and self._recent[0][0] < obs.now_s - self.load_stabilisation_s:
-            self._recent.popleft()
-        peak = max(w.requests_per_second for _, w in self._recent)
-        return replace(measured, requests_per_second=peak)
+        if self.load_stabilisation_s <= 0:
+            return measured
+        # The operator's own rule (controller/decide.py), over the cooldown as there.
+        before = self._peak or (None, None)
+        self._peak = stabilised_rate(
+            measured.requests_per_second, before[0], before[1], obs.now_s, self.load_stabilisation_s
+        )
+        return replace(measured, requests_per_second=self._peak[0])
 
     def decide(self, obs: Observation, current: FleetTarget) -> FleetTarget | None:
         workload = self._workload(obs)
@@ -382,8 +391,12 @@ class WattkeeperPolicy(_PlannerPolicy):
         if self.capacity_rule == "replicas":
             more = proposed.replicas > current.replicas
         else:
-            # Utilisation is offered load over capacity at the same load: lower means more capacity.
-            more = running is None or proposed.prediction.utilisation < running.prediction.utilisation
+            # controller/decide.py's test: more GPUs, a larger max-num-seqs, or a lower utilisation at this load.
+            more = (
+                proposed.gpus > current.replicas * current.config.tensor_parallel
+                or proposed.config.max_num_seqs > current.config.max_num_seqs
+                or more_capacity(running, proposed)
+            )
         needs_capacity = more and (obs.waiting_requests > 0 or slo_missed)
         forced = over_budget or needs_capacity
         if not forced and now - self.last_applied_s < self.cooldown_s:
@@ -401,7 +414,6 @@ class WattkeeperPolicy(_PlannerPolicy):
         self._planned = workload
         self.decisions.append(Decision(now, "Applied", f"{why}: {proposed.describe()}", ms))
         return self._target(proposed, why)
-
 
 @dataclass
 class OraclePolicy(_PlannerPolicy):

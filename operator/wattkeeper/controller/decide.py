@@ -121,6 +121,8 @@ def stabilised_rate(measured: float, peak: float | None, peak_at: float | None, 
     older than that, then the current measurement. Like an autoscaler's scale-down stabilisation: a lull shorter
     than the window is noise in a Poisson stream, and planning for it shrinks the fleet only to grow it back.
     Times in seconds on any one clock; the benchmark's policy calls this same function."""
+    if peak is not None and peak_at is not None and measured == peak and now - peak_at <= window_s / 2:
+        return peak, peak_at  # the same rate again: a new timestamp at most twice a window (few status writes)
     if peak is None or peak_at is None or now - peak_at > window_s or measured >= peak:
         return measured, now
     return peak, peak_at
@@ -372,8 +374,9 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
         action, why = "Held", f"telemetry unavailable, holding {_short(current)} (would move to {_short(proposed)})"
     else:
         over_budget = cap is not None and _current_watts(inputs, result, current, correction) > cap * 1.02
+        running = evaluate_config(svc, current, workload, correction, inputs.profile, energy_model)
         more = (proposed.replicas * proposed.tensor_parallel > current.replicas * current.tensor_parallel
-                or proposed.max_num_seqs > current.max_num_seqs)
+                or proposed.max_num_seqs > current.max_num_seqs or more_capacity(running, candidate))
         needs_capacity = more and (obs is None or (obs.waiting_requests or 0) > 0 or _slo_missed(inputs))
         forced = over_budget or needs_capacity or spec_changed
         last_applied = _parse_time(old.get("lastAppliedAt"))
@@ -467,6 +470,16 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
     status["readyReplicas"] = dep.ready_replicas
     surge = cap is None or _headroom(inputs, candidate, cap)
     return ServiceDecision(apply_config, surge, _clean(status), events, action)
+
+
+def more_capacity(running: Candidate | None, proposed: Candidate | None) -> bool:
+    """Whether the proposal carries the load with more headroom than the running plan: a lower utilisation at
+    the same load (1 x TP4 -> 1 x TP8 is more capacity with as many replicas). The benchmark's policy calls this."""
+    if proposed is None:
+        return False
+    if running is None:
+        return True
+    return proposed.prediction.utilisation < running.prediction.utilisation
 
 
 def _current_watts(inputs: ServiceInputs, result: PlanResult | None, current: ServingConfig, correction: float) -> float:
