@@ -23,7 +23,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from ..controller.decide import _headroom, more_capacity, stabilised_rate
+from ..controller.decide import _headroom, more_capacity, settled, stabilised_rate
 from ..energy.catalog import Accelerator, get_accelerator
 from ..energy.model import EnergyModel
 from ..energy.types import ModelShape, ServingConfig, Workload
@@ -283,6 +283,9 @@ class _PlannerPolicy:
     energy_model: EnergyModel
     interval_s: float = 30.0
     cooldown_s: float = 300.0
+    # A forced move waits for the last change to be measurable: the model load (54-80 s for 70B) plus one 60 s
+    # telemetry window. In the operator the roll's readiness covers the load and the window is its setting.
+    settle_s: float = 140.0
     horizon_s: float = 3600.0
     correction_smoothing: float = 0.3
     correction_bounds: tuple[float, float] = (0.5, 2.0)
@@ -399,6 +402,10 @@ class WattkeeperPolicy(_PlannerPolicy):
             )
         needs_capacity = more and (obs.waiting_requests > 0 or slo_missed)
         forced = over_budget or needs_capacity
+        if forced and not settled(now - self.last_applied_s, self.settle_s, rolling=False):
+            # The operator's rule: judge a configuration only on measurements of it (controller/decide.py).
+            self.decisions.append(Decision(now, "Held", f"settling before {proposed.describe()}", ms))
+            return None
         if not forced and now - self.last_applied_s < self.cooldown_s:
             self.decisions.append(Decision(now, "Held", f"cooldown before {proposed.describe()}", ms))
             return None

@@ -381,7 +381,13 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
         forced = over_budget or needs_capacity or spec_changed
         last_applied = _parse_time(old.get("lastAppliedAt"))
         cooldown = timedelta(seconds=spec.reconfiguration.cooldown_seconds)
-        if not forced and last_applied is not None and now - last_applied < cooldown:
+        rolling = dep.updated_replicas < dep.replicas or dep.ready_replicas < dep.replicas
+        since_s = (now - last_applied).total_seconds() if last_applied is not None else None
+        if forced and not spec_changed and not settled(since_s, settings.telemetry_window_seconds, rolling):
+            # Judge a configuration only on measurements of it: until the roll is done and a telemetry window has
+            # passed, what telemetry shows is the old fleet, and acting on it flaps between plans.
+            action, why = "Held", f"settling after the last change before moving to {_short(proposed)}"
+        elif not forced and last_applied is not None and now - last_applied < cooldown:
             # An absolute time, not "N s left": the reason must not change every tick, or every tick would write.
             action, why = "Held", f"cooldown until {_iso(last_applied + cooldown)} before moving to {_short(proposed)}"
         else:
@@ -470,6 +476,14 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
     status["readyReplicas"] = dep.ready_replicas
     surge = cap is None or _headroom(inputs, candidate, cap)
     return ServiceDecision(apply_config, surge, _clean(status), events, action)
+
+
+def settled(since_last_change_s: float | None, window_s: float, rolling: bool) -> bool:
+    """Whether the running configuration has been measured long enough to be judged: its roll is done and a whole
+    telemetry window has passed since it was applied. The benchmark's policy calls this too."""
+    if rolling:
+        return False
+    return since_last_change_s is None or since_last_change_s >= window_s
 
 
 def more_capacity(running: Candidate | None, proposed: Candidate | None) -> bool:
