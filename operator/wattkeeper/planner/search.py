@@ -301,7 +301,8 @@ def plan(request: PlanRequest, energy_model: EnergyModel | None = None) -> PlanR
         reason = _explain(chosen, runner, binding, request)
         is_feasible = True
     else:
-        chosen_i, binding, reason = _fallback(request, best, base_ok, slo_ok, within_power, meets_itl, ttft, itl)
+        chosen_i, binding, reason = _fallback(request, best, base_ok, slo_ok, within_power, meets_itl, ttft, itl,
+                                              fits & within_gpus, r["utilisation"])
         chosen = candidate(chosen_i) if chosen_i is not None else None
         runner = None
         is_feasible = False
@@ -433,6 +434,8 @@ def _fallback(
     meets_itl: npt.NDArray[np.bool_],
     ttft: FloatArray,
     itl: FloatArray,
+    placeable: npt.NDArray[np.bool_] | None = None,
+    utilisation: FloatArray | None = None,
 ) -> tuple[int | None, Binding, str]:
     """Nothing meets everything: protect the SLO (exceed the cap) or the budget (miss the SLO), as declared."""
     violation = np.maximum(ttft / request.slo_ttft_p95_seconds, itl / request.slo_itl_p95_seconds)
@@ -454,6 +457,20 @@ def _fallback(
             (
                 "No plan fits: the model does not fit in GPU memory, or the load exceeds what the allowed GPUs and "
                 "replicas can carry."
+            ),
+        )
+    if request.fallback == "ProtectBudget" and not (base_ok & within_power).any() and placeable is not None \
+            and utilisation is not None and (placeable & within_power).any():
+        # No plan with room for the whole load fits the watts. Protecting the budget means serving what fits:
+        # among the plans within the watts, the one with the most capacity (the rest of the load queues).
+        idx = np.flatnonzero(placeable & within_power)
+        i = int(idx[np.argmin(utilisation[idx])])
+        return (
+            i,
+            "power",
+            (
+                f"No plan carries the load within {request.power_cap_watts or 0:.0f} W; fallback ProtectBudget serves "
+                f"what fits ({utilisation[i] * 100:.0f}% of capacity asked) and misses the SLO."
             ),
         )
     if request.fallback == "ProtectBudget" and not (base_ok & within_power).any():
