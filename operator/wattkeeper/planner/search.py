@@ -474,8 +474,9 @@ def _fallback(
             ),
         )
     if request.fallback == "ProtectBudget" and not (base_ok & within_power).any():
-        # Even the cheapest plan exceeds the cap: come as close to the budget as possible.
-        i = best(base_ok)
+        # Even the cheapest plan exceeds the cap: come as close to the budget as possible, with room for the load
+        # or without (the smallest fleet that fits in memory draws the least).
+        i = best(placeable) if placeable is not None and placeable.any() else best(base_ok)
         return (
             i,
             "power",
