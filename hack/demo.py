@@ -5,7 +5,7 @@ Starts the local control plane with KWOK GPU nodes, the fleet runner (one vLLM s
 Prometheus scraping them, and the operator (`wattkeeper run`, as a user would run it). Applies two LLMServices and
 an EnergyBudget, replays the Azure conversation trace against them and plays a scenario:
 
-    steady load -> load rises x4 -> the budget is tightened to 65% of the power then drawn -> the budget holds
+    steady load -> load rises x3 -> the budget is tightened to 75% of the power then drawn -> the budget holds
 
 A live table shows plans, replicas, watts, J/token and the budget; at the end a PNG of power against the budget and
 of J/token over time is written to out/demo/, with a summary JSON. Ctrl-C stops everything cleanly.
@@ -42,7 +42,10 @@ GROUP, VERSION = "wattkeeper.io", "v1alpha1"
 BIN = Path(sys.executable).parent
 # The Azure conversation trace runs at about 3 requests/s per service at scale 1 in its first minutes.
 STEADY_SCALE = 1.5
-TIGHTEN_TO = 0.65  # of the power drawn just before
+LOAD_RISE = 3.0
+# Tight enough that the fleet must change, loose enough that it can: one replica per service, saturated, draws
+# about as much as a fleet sized for half this load.
+TIGHTEN_TO = 0.75  # of the power drawn just before
 
 
 def _free_port() -> int:
@@ -84,8 +87,8 @@ class Demo:
         self.budget = yaml.safe_load((ROOT / "examples/demo/budget.yaml").read_text())
         self.phases = [
             Phase("steady load", 0.0, STEADY_SCALE),
-            Phase("load rises x4", duration_s * 0.25, 4 * STEADY_SCALE),
-            Phase("budget tightened", duration_s * 0.5, 4 * STEADY_SCALE, tighten=True),
+            Phase(f"load rises x{LOAD_RISE:g}", duration_s * 0.25, LOAD_RISE * STEADY_SCALE),
+            Phase("budget tightened", duration_s * 0.45, LOAD_RISE * STEADY_SCALE, tighten=True),
         ]
 
     # -- setup ---------------------------------------------------------------------------------------------

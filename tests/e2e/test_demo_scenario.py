@@ -18,7 +18,7 @@ def test_tightened_budget_holds_and_nothing_is_left_behind(tmp_path: Path) -> No
     import demo
 
     started = time.monotonic()
-    with demo.demo_session(tmp_path, duration_s=150, interval_s=4, keep_cluster=True, quiet=True) as session:
+    with demo.demo_session(tmp_path, duration_s=220, interval_s=4, keep_cluster=True, quiet=True) as session:
         summary = session.run()
         session.plot(tmp_path / "demo.png")
         teardown = session.delete_services()

@@ -7,7 +7,7 @@ allocation changed, so that a budget change reaches the Deployments at once rath
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from wattkeeper.api import EnergyBudget, LLMService, duration_seconds
 from wattkeeper.energy.types import Workload
-from wattkeeper.planner import ServiceDemand, allocate_watts, minimum_watts_for_slo, plan
+from wattkeeper.planner import ServiceDemand, allocate_watts, plan
 from wattkeeper.telemetry import TelemetryUnavailable
 
 from .conditions import set_condition
@@ -109,12 +109,17 @@ def demands(deps: Dependencies, raws: list[dict[str, Any]]) -> list[ServiceDeman
         correction = float((status.get("observed") or {}).get("powerCorrection") or 1.0)
         request = plan_request(service, _service_load(service, status), None, correction)
         unconstrained = plan(request, deps.energy_model)
-        desired = unconstrained.chosen.total_watts if unconstrained.chosen else 0.0
-        minimum = minimum_watts_for_slo(request, deps.energy_model)
+        chosen = unconstrained.chosen
+        desired = chosen.total_watts if chosen else 0.0
+        # The request has no cap, so the unconstrained plan is also the least watts that meet the SLOs.
+        minimum = desired if unconstrained.feasible and chosen else None
+        # The floor: what the smallest fleet draws at this load (min replicas, serving what it can). Below it a
+        # service cannot go, so the allocator hands floors out first instead of leaving a service 0 W.
+        smallest = plan(replace(request, power_cap_watts=1e-6, fallback="ProtectBudget"), deps.energy_model).chosen
+        floor = min(smallest.total_watts, desired) if smallest and chosen else (smallest.total_watts if smallest else 0.0)
         out.append(ServiceDemand(name=service.metadata.name, priority=service.spec.priority,
-                                 minimum_watts=minimum, desired_watts=desired,
-                                 joules_per_token=unconstrained.chosen.joules_per_token if unconstrained.chosen
-                                 else float("inf")))
+                                 minimum_watts=minimum, desired_watts=desired, floor_watts=floor,
+                                 joules_per_token=chosen.joules_per_token if chosen else float("inf")))
     return out
 
 

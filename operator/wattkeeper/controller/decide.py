@@ -18,7 +18,7 @@ from wattkeeper.energy.model import EnergyModel
 from wattkeeper.energy.types import Workload
 from wattkeeper.planner import Candidate, PlanResult, plan, should_switch
 from wattkeeper.render import RenderError, config_hash
-from wattkeeper.render.objects import vllm_argv
+from wattkeeper.render.objects import TERMINATION_GRACE_SECONDS, vllm_argv
 from wattkeeper.telemetry import ServiceObservation
 
 from .conditions import set_condition
@@ -383,9 +383,10 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
         cooldown = timedelta(seconds=spec.reconfiguration.cooldown_seconds)
         rolling = dep.updated_replicas < dep.replicas or dep.ready_replicas < dep.replicas
         since_s = (now - last_applied).total_seconds() if last_applied is not None else None
-        if forced and not spec_changed and not settled(since_s, settings.telemetry_window_seconds, rolling):
-            # Judge a configuration only on measurements of it: until the roll is done and a telemetry window has
-            # passed, what telemetry shows is the old fleet, and acting on it flaps between plans.
+        settle_s = settings.telemetry_window_seconds + TERMINATION_GRACE_SECONDS
+        if forced and not spec_changed and not settled(since_s, settle_s, rolling):
+            # Judge a configuration only on measurements of it: until the roll is done, the old pods have drained
+            # and a telemetry window has passed, telemetry shows the old fleet too, and acting on it flaps.
             action, why = "Held", f"settling after the last change before moving to {_short(proposed)}"
         elif not forced and last_applied is not None and now - last_applied < cooldown:
             # An absolute time, not "N s left": the reason must not change every tick, or every tick would write.
@@ -478,12 +479,13 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
     return ServiceDecision(apply_config, surge, _clean(status), events, action)
 
 
-def settled(since_last_change_s: float | None, window_s: float, rolling: bool) -> bool:
-    """Whether the running configuration has been measured long enough to be judged: its roll is done and a whole
-    telemetry window has passed since it was applied. The benchmark's policy calls this too."""
+def settled(since_last_change_s: float | None, settle_s: float, rolling: bool) -> bool:
+    """Whether the running configuration has been measured long enough to be judged: its roll is done and
+    `settle_s` (a telemetry window, plus the old pods' drain) has passed since it was applied. The benchmark's
+    policy calls this too."""
     if rolling:
         return False
-    return since_last_change_s is None or since_last_change_s >= window_s
+    return since_last_change_s is None or since_last_change_s >= settle_s
 
 
 def more_capacity(running: Candidate | None, proposed: Candidate | None) -> bool:

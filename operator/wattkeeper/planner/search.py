@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -227,6 +227,27 @@ def _pareto(indices: Sequence[int], energy: FloatArray, latency: FloatArray) -> 
 def plan(request: PlanRequest, energy_model: EnergyModel | None = None) -> PlanResult:
     """The least-energy candidate meeting the SLOs and the cap; the fallback when none does."""
     em = energy_model or EnergyModel.default()
+    result = _plan_once(request, em)
+    cap = request.power_cap_watts
+    if request.fallback != "ProtectBudget" or cap is None or result.feasible or \
+            (result.chosen is not None and result.chosen.total_watts <= cap):
+        return result
+    # Protecting the budget when no fleet sized for the whole load fits the watts: the search sizes replicas for
+    # the load, so try smaller fleets (more replicas draw more power: stop at the first that does not fit) and
+    # serve what fits; the rest of the load queues.
+    largest = result.chosen.replicas if result.chosen is not None else request.max_replicas
+    within: PlanResult | None = None
+    smallest: PlanResult | None = None
+    for replicas in range(max(request.min_replicas, 1), max(largest, request.min_replicas + 1)):
+        smaller = _plan_once(replace(request, max_replicas=replicas), em)
+        smallest = smallest or smaller
+        if smaller.chosen is None or smaller.chosen.total_watts > cap:
+            break
+        within = smaller
+    return within or smallest or result
+
+
+def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
     if request.workload.requests_per_second < 0:
         raise ValueError("request rate must be >= 0")
     grid, keys = _evaluate(request, em)

@@ -22,6 +22,8 @@ ANNOTATION_PARAMS = "wattkeeper.io/model-params-b"
 ANNOTATION_ACTIVE_PARAMS = "wattkeeper.io/active-params-b"
 LABEL_ACCELERATOR = "wattkeeper.io/accelerator"
 GPU_RESOURCE = "nvidia.com/gpu"
+# Old pods finish their requests in flight, and draw power, for up to this long after a change.
+TERMINATION_GRACE_SECONDS = 30
 CONTAINER_NAME = "vllm"
 
 
@@ -154,8 +156,7 @@ def render_deployment(
                 "spec": {
                     "nodeSelector": dict(spec.accelerator.node_selector),
                     "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
-                    # vLLM's model load can take minutes; the pod must not be killed meanwhile.
-                    "terminationGracePeriodSeconds": 60,
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                     "containers": [
                         {
                             "name": CONTAINER_NAME,
