@@ -12,8 +12,6 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.xfail(reason="known open (issue 5): after the tightening the fleet still draws about twice the cap; "
-                          "see the closing note", strict=False)
 def test_tightened_budget_holds_and_nothing_is_left_behind(tmp_path: Path) -> None:
     import demo
 
