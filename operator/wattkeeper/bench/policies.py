@@ -303,6 +303,18 @@ class _PlannerPolicy:
         )
         return result, (time.perf_counter() - t0) * 1000.0
 
+    def _propose(self, workload: Workload, current: FleetTarget, now: float) -> tuple[Candidate | None, float]:
+        """Plan for a load; record Rejected or Unchanged and return None when there is nothing to move to."""
+        result, ms = self._plan(workload)
+        if result.chosen is None:
+            self.decisions.append(Decision(now, "Rejected", result.reason, ms))
+            return None, ms
+        proposed = result.chosen
+        if proposed.config == current.config and proposed.replicas == current.replicas:
+            self.decisions.append(Decision(now, "Unchanged", "", ms))
+            return None, ms
+        return proposed, ms
+
     def _update_correction(self, obs: Observation, current: FleetTarget, workload: Workload) -> None:
         """Measured over predicted power of the running plan, only when the fleet has settled (as the operator)."""
         if not obs.settled or obs.watts <= 0:
@@ -374,14 +386,9 @@ class WattkeeperPolicy(_PlannerPolicy):
     def decide(self, obs: Observation, current: FleetTarget) -> FleetTarget | None:
         workload = self._workload(obs)
         self._update_correction(obs, current, workload)
-        result, ms = self._plan(workload)
         now = obs.now_s
-        if result.chosen is None:
-            self.decisions.append(Decision(now, "Rejected", result.reason, ms))
-            return None
-        proposed = result.chosen
-        if proposed.config == current.config and proposed.replicas == current.replicas:
-            self.decisions.append(Decision(now, "Unchanged", "", ms))
+        proposed, ms = self._propose(workload, current, now)
+        if proposed is None:
             return None
         cap = self.spec.power_cap_watts
         over_budget = cap is not None and obs.watts > cap * 1.02
@@ -461,13 +468,8 @@ class OraclePolicy(_PlannerPolicy):
         self._next_window += 1
         workload = self._window_load(k)
         self._planned = workload
-        result, ms = self._plan(workload)
-        if result.chosen is None:
-            self.decisions.append(Decision(now, "Rejected", result.reason, ms))
-            return None
-        proposed = result.chosen
-        if proposed.config == current.config and proposed.replicas == current.replicas:
-            self.decisions.append(Decision(now, "Unchanged", "", ms))
+        proposed, ms = self._propose(workload, current, now)
+        if proposed is None:
             return None
         running = evaluate(
             self.spec, current.config, current.replicas, workload, self.energy_model, self.power_correction
