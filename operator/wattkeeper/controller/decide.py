@@ -373,8 +373,12 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
     elif obs is None and load_source != "spec":
         action, why = "Held", f"telemetry unavailable, holding {_short(current)} (would move to {_short(proposed)})"
     else:
-        over_budget = cap is not None and _current_watts(inputs, result, current, correction) > cap * 1.02
         running = evaluate_config(svc, current, workload, correction, inputs.profile, energy_model)
+        # Two ways over the allocation: the running plan cannot fit it even by prediction (the allocation was cut,
+        # so act now), or it should fit but measures over (judge that only once the fleet has settled).
+        allocation_cut = cap is not None and running is not None and running.total_watts > cap * 1.02
+        measured_over = cap is not None and obs is not None and obs.watts > cap * 1.02
+        over_budget = allocation_cut or measured_over
         more = (proposed.replicas * proposed.tensor_parallel > current.replicas * current.tensor_parallel
                 or proposed.max_num_seqs > current.max_num_seqs or more_capacity(running, candidate))
         needs_capacity = more and (obs is None or (obs.waiting_requests or 0) > 0 or _slo_missed(inputs))
@@ -384,7 +388,7 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
         rolling = dep.updated_replicas < dep.replicas or dep.ready_replicas < dep.replicas
         since_s = (now - last_applied).total_seconds() if last_applied is not None else None
         settle_s = settings.telemetry_window_seconds + TERMINATION_GRACE_SECONDS
-        if forced and not spec_changed and not settled(since_s, settle_s, rolling):
+        if forced and not (spec_changed or allocation_cut) and not settled(since_s, settle_s, rolling):
             # Judge a configuration only on measurements of it: until the roll is done, the old pods have drained
             # and a telemetry window has passed, telemetry shows the old fleet too, and acting on it flaps.
             action, why = "Held", f"settling after the last change before moving to {_short(proposed)}"
@@ -496,13 +500,6 @@ def more_capacity(running: Candidate | None, proposed: Candidate | None) -> bool
     if running is None:
         return True
     return proposed.prediction.utilisation < running.prediction.utilisation
-
-
-def _current_watts(inputs: ServiceInputs, result: PlanResult | None, current: ServingConfig, correction: float) -> float:
-    if inputs.observation is not None and inputs.observation.watts > 0:
-        return inputs.observation.watts
-    predicted = ((inputs.status.get("plan") or {}).get("predicted") or {}).get("watts")
-    return float(predicted or 0.0) * correction
 
 
 def _slo_missed(inputs: ServiceInputs) -> bool:
