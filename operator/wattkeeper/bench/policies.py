@@ -23,7 +23,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from ..controller.decide import _headroom, more_capacity, settled, stabilised_rate
+from ..controller.decide import _headroom, more_capacity, offered_rate, settled, stabilised_rate
 from ..energy.catalog import Accelerator, get_accelerator
 from ..energy.model import EnergyModel
 from ..energy.types import ModelShape, ServingConfig, Workload
@@ -370,7 +370,7 @@ class WattkeeperPolicy(_PlannerPolicy):
         if obs.requests_per_second <= 0 or obs.mean_input_tokens is None or obs.mean_output_tokens is None:
             return self._planned or Workload(0.0)
         measured = Workload(
-            significant(obs.requests_per_second),
+            significant(offered_rate(obs.requests_per_second, obs.waiting_requests, obs.window_s)),
             significant(obs.mean_input_tokens),
             significant(obs.mean_output_tokens),
         )

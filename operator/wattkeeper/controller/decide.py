@@ -79,6 +79,7 @@ class ServiceInputs:
     now: datetime
     profile: list[ProfilePoint] = field(default_factory=list)
     trigger: str = "tick"
+    telemetry_window_seconds: float = 60.0
 
 
 @dataclass
@@ -128,6 +129,13 @@ def stabilised_rate(measured: float, peak: float | None, peak_at: float | None, 
     return peak, peak_at
 
 
+def offered_rate(finished_per_second: float, waiting_requests: float | None, window_s: float) -> float:
+    """The load offered, not just served: a saturated fleet finishes fewer requests than arrive, and the rest
+    queue. Counting the queue's growth over the window keeps a saturated plan from looking over-provisioned.
+    The benchmark's policy calls this too."""
+    return max(finished_per_second, 0.0) + max(waiting_requests or 0.0, 0.0) / max(window_s, 1.0)
+
+
 def _load_peak(inputs: ServiceInputs) -> tuple[float, datetime] | None:
     """The stabilised measured rate and when it was measured (None without a measured rate)."""
     obs = inputs.observation
@@ -137,7 +145,8 @@ def _load_peak(inputs: ServiceInputs) -> tuple[float, datetime] | None:
     peak = observed.get("peakLoadRps")
     peak_at = _parse_time(observed.get("peakLoadAt"))
     rate, at = stabilised_rate(
-        significant(max(obs.requests_per_second, 0.0)) or 0.0,
+        significant(offered_rate(obs.requests_per_second, obs.waiting_requests,
+                                 inputs.telemetry_window_seconds)) or 0.0,
         float(peak) if peak is not None else None,
         peak_at.timestamp() if peak_at is not None else None,
         inputs.now.timestamp(),

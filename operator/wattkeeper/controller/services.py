@@ -147,6 +147,7 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str) -
         service=service, status=old_status, allocation=allocation_for(service, budgets), observation=observation,
         telemetry_error=telemetry_error, deployment=state, now=datetime.now(UTC),
         profile=profile_points(service, profiles), trigger=trigger,
+        telemetry_window_seconds=deps.settings.telemetry_window_seconds,
     )
     started = time.perf_counter()
     decision = decide(inputs, deps.energy_model, deps.settings)
