@@ -68,7 +68,7 @@ class TokenDistribution:
 
     @classmethod
     def from_sample(
-        cls, prompt_tokens: Sequence[float], output_tokens: Sequence[float], points: int = DISTRIBUTION_POINTS
+        cls, prompt_tokens: npt.ArrayLike, output_tokens: npt.ArrayLike, points: int = DISTRIBUTION_POINTS
     ) -> TokenDistribution:
         inp = np.maximum(np.asarray(prompt_tokens, dtype=float), 1.0)
         out = np.maximum(np.asarray(output_tokens, dtype=float), 1.0)

@@ -87,7 +87,7 @@ class ArrivalSample:
 
     @classmethod
     def from_arrays(
-        cls, arrival_s: Sequence[float], prompt_tokens: Sequence[int], output_tokens: Sequence[int]
+        cls, arrival_s: npt.ArrayLike, prompt_tokens: npt.ArrayLike, output_tokens: npt.ArrayLike
     ) -> ArrivalSample:
         order = np.argsort(np.asarray(arrival_s, dtype=float), kind="stable")
         a = np.asarray(arrival_s, dtype=float)[order]
@@ -115,13 +115,13 @@ def counts_from_counter(
     inc = np.diff(v)
     inc = np.where(inc < 0, v[1:], inc)  # a reset: the new value is the increase since it
     start = t[0]
-    bins = max(1, int(math.ceil((t[-1] - start) / resolution_s - 1e-9)))
+    bins = max(1, math.ceil((t[-1] - start) / resolution_s - 1e-9))
     out = np.zeros(bins)
     # Spread each interval's increase over the bins it covers, in proportion to the overlap.
     edges = start + resolution_s * np.arange(bins + 1)
     for a, b, x in zip(t[:-1], t[1:], inc, strict=True):
         lo = int((a - start) // resolution_s)
-        hi = min(bins - 1, int(math.ceil((b - start) / resolution_s)) - 1)
+        hi = min(bins - 1, math.ceil((b - start) / resolution_s) - 1)
         for i in range(lo, hi + 1):
             overlap = min(b, edges[i + 1]) - max(a, edges[i])
             if overlap > 0:
@@ -129,10 +129,10 @@ def counts_from_counter(
     return out
 
 
-def window_rates(counts: Sequence[float], resolution_s: float, window_s: float = BURST_WINDOW_SECONDS) -> FloatArray:
+def window_rates(counts: npt.ArrayLike, resolution_s: float, window_s: float = BURST_WINDOW_SECONDS) -> FloatArray:
     """Rates over every window of `window_s` that slides one bin at a time (requests per second)."""
     c = np.asarray(counts, dtype=float)
-    width = max(1, int(round(window_s / resolution_s)))
+    width = max(1, round(window_s / resolution_s))
     if c.size == 0:
         return np.zeros(0)
     if c.size <= width:
@@ -142,12 +142,12 @@ def window_rates(counts: Sequence[float], resolution_s: float, window_s: float =
 
 
 def rate_levels(
-    counts: Sequence[float], resolution_s: float, window_s: float = BURST_WINDOW_SECONDS, levels: int = 5
+    counts: npt.ArrayLike, resolution_s: float, window_s: float = BURST_WINDOW_SECONDS, levels: int = 5
 ) -> tuple[tuple[float, float], ...]:
     """The rates of consecutive `window_s` windows as `levels` equal-time groups, busiest last: (mean rate of the
     group over the overall mean, share of time). ((1.0, 1.0),) when there is nothing to group."""
     c = np.asarray(counts, dtype=float)
-    width = max(1, int(round(window_s / resolution_s)))
+    width = max(1, round(window_s / resolution_s))
     usable = (c.size // width) * width
     if usable < width * levels or c.sum() <= 0:
         return ((1.0, 1.0),)
@@ -157,15 +157,15 @@ def rate_levels(
     return tuple((float(g.mean() / mean), float(g.size / rates.size)) for g in groups if g.size)
 
 
-def linear_trend(counts: Sequence[float], resolution_s: float, span_s: float = TREND_SECONDS) -> float:
+def linear_trend(counts: npt.ArrayLike, resolution_s: float, span_s: float = TREND_SECONDS) -> float:
     """Least-squares slope of the rate over the last `span_s` (requests/s per second); 0 with too little data."""
     c = np.asarray(counts, dtype=float)
-    width = max(1, int(round(span_s / resolution_s)))
+    width = max(1, round(span_s / resolution_s))
     c = c[-width:]
     if c.size < 3:
         return 0.0
     # Aggregate to ~10-s buckets first: a slope through 1-s Poisson counts is mostly noise.
-    per = max(1, int(round(BURST_WINDOW_SECONDS / resolution_s)))
+    per = max(1, round(BURST_WINDOW_SECONDS / resolution_s))
     usable = (c.size // per) * per
     if usable >= 3 * per:
         c = c[-usable:].reshape(-1, per).sum(axis=1) / (per * resolution_s)
@@ -179,10 +179,10 @@ def linear_trend(counts: Sequence[float], resolution_s: float, span_s: float = T
 
 
 def estimate_load(
-    arrival_counts: Sequence[float],
+    arrival_counts: npt.ArrayLike,
     resolution_s: float,
-    prompt_tokens: Sequence[float] = (),
-    output_tokens: Sequence[float] = (),
+    prompt_tokens: npt.ArrayLike = (),
+    output_tokens: npt.ArrayLike = (),
     *,
     lead_seconds: float = 60.0,
     burst_window_s: float = BURST_WINDOW_SECONDS,
@@ -201,7 +201,7 @@ def estimate_load(
     counts = np.asarray(arrival_counts, dtype=float)
     if np.any(counts < 0) or not np.all(np.isfinite(counts)):
         raise ValueError("arrival counts must be finite and >= 0")
-    history = counts[-max(1, int(round(history_s / resolution_s))):]
+    history = counts[-max(1, round(history_s / resolution_s)):]
     mean_rate = float(history.sum() / (history.size * resolution_s)) if history.size else 0.0
     rates = window_rates(history, resolution_s, burst_window_s)
     burst = float(np.quantile(rates, burst_quantile)) if rates.size else 0.0
@@ -210,13 +210,15 @@ def estimate_load(
     rise = max(0.0, slope * lead_seconds)
     tokens: TokenDistribution | None = None
     mean_in = mean_out = None
-    if len(prompt_tokens) and len(prompt_tokens) == len(output_tokens):
-        mean_in = float(np.mean(prompt_tokens))
-        mean_out = float(np.mean(output_tokens))
-        if len(prompt_tokens) >= MIN_TOKEN_SAMPLE:
-            tokens = TokenDistribution.from_sample(prompt_tokens, output_tokens)
-    elif len(prompt_tokens) != len(output_tokens):
+    inp = np.asarray(prompt_tokens, dtype=float).reshape(-1)
+    out = np.asarray(output_tokens, dtype=float).reshape(-1)
+    if inp.size != out.size:
         raise ValueError("prompt and output token samples differ in length")
+    if inp.size:
+        mean_in = float(np.mean(inp))
+        mean_out = float(np.mean(out))
+        if inp.size >= MIN_TOKEN_SAMPLE:
+            tokens = TokenDistribution.from_sample(inp, out)
     return LoadEstimate(
         requests_per_second=max(burst, recent) + rise,
         mean_rate=mean_rate,
