@@ -44,10 +44,10 @@ if TYPE_CHECKING:
 FloatArray = npt.NDArray[np.float64]
 
 # Quantile points kept of each token distribution (mid-quantiles of equal weight).
-DISTRIBUTION_POINTS = 16
+DISTRIBUTION_POINTS = 8
 # Chunk budgets the planner may choose from (vLLM needs >= max_model_len without chunked prefill; with it any).
 CHUNK_BUDGET_OPTIONS = (512, 1024, 2048, 4096, 8192, 16384)
-_BISECTION_ROUNDS = 32
+_BISECTION_ROUNDS = 14  # hi / 2**14: about a millisecond for a 10-s bound
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,8 @@ class LoadedLatency:
     ttft_quantile: FloatArray  # at `quantile`
     request_mean_itl_quantile: FloatArray  # per-request mean ITL at `quantile`
     quantile: float
+    ttft_miss_share: FloatArray | None = None  # share of requests over the TTFT threshold (when asked)
+    request_itl_miss_share: FloatArray | None = None  # share of requests whose mean ITL is over its threshold
 
 
 def latency_under_load(
@@ -163,6 +165,8 @@ def latency_under_load(
     rate_levels: Sequence[tuple[float, float]] = ((1.0, 1.0),),
     level_window_s: float = 10.0,
     request_quantiles: bool = True,
+    thresholds: tuple[float, float] | None = None,
+    iterations: int = 4,
 ) -> LoadedLatency:
     """TTFT and ITL percentiles of replicas under `rate_per_replica` Poisson arrivals (see module doc).
 
@@ -171,6 +175,9 @@ def latency_under_load(
     arrivals as (factor on the rate, share of time) pairs: each level is solved as its own steady state and the
     token gaps (by gaps per second) and requests (by arrivals) of the levels are mixed; the factors should average
     to 1 over the time shares for the rate to stay the mean; a level lasts about `level_window_s` at a time.
+    With `thresholds` (TTFT seconds, mean-ITL seconds) the shares of requests over each are returned too: one
+    tail evaluation each, what the planner needs (the quantiles take a bisection; `request_quantiles=False` skips
+    the per-request mean ITL one).
     """
     levels = [(float(a), float(w)) for a, w in rate_levels if w > 0]
     if not levels or any(a < 0 for a, _ in levels):
@@ -217,7 +224,7 @@ def latency_under_load(
     t_decode0 = step(np.ones(n), np.zeros(n))
     batch = np.clip(lam * mean_out * t_decode0, 0.0, max_batch)
     gap = t_decode0
-    for _ in range(4):
+    for _ in range(iterations):
         occupied = np.maximum(batch, 1e-9)
         busy = 1.0 - np.exp(-occupied)
         b_busy = np.clip(occupied / busy, 1.0, np.maximum(max_batch, 1.0))
@@ -299,7 +306,7 @@ def latency_under_load(
         return np.where(stuck, np.inf, value)
 
     ttft_p95 = ttft_at(0.95)
-    ttft_q = ttft_at(quantile)
+    ttft_q = ttft_at(quantile) if request_quantiles else ttft_p95
 
     # --- Per-request mean ITL at `quantile`: a request of output O averages O - 1 gaps drawn from its level's mix.
     w = mix.weights / np.maximum(mix.weights.sum(axis=1, keepdims=True), 1e-300)
@@ -323,6 +330,12 @@ def latency_under_load(
         mean_itl_q = _bisect(mean_itl_tail, np.zeros(n0), hi, 1.0 - quantile)
     else:
         mean_itl_q = itl_p95
+    ttft_miss: FloatArray | None = None
+    itl_miss: FloatArray | None = None
+    if thresholds is not None:
+        stuck_share = np.sum(arrivals_w * saturated.reshape(n0, n_levels), axis=1)
+        ttft_miss = np.maximum(ttft_tail(np.full(n0, float(thresholds[0]))), stuck_share)
+        itl_miss = mean_itl_tail(np.full(n0, float(thresholds[1])))
 
     def time_mean(x: FloatArray) -> FloatArray:
         return np.asarray(np.sum(x.reshape(n0, n_levels) * shares[None, :], axis=1), dtype=float)
@@ -346,6 +359,8 @@ def latency_under_load(
         ttft_quantile=ttft_q,
         request_mean_itl_quantile=mean_itl_q,
         quantile=quantile,
+        ttft_miss_share=ttft_miss,
+        request_itl_miss_share=itl_miss,
     )
 
 
@@ -359,6 +374,20 @@ def _gap_tail(durations: FloatArray, weights: FloatArray, x: FloatArray) -> Floa
     """P(gap > x) per row and column of x (rows x K), gaps distributed as (durations, weights) of the row."""
     over = durations[:, None, :] > x[:, :, None]
     return np.asarray(np.sum(weights[:, None, :] * over, axis=2), dtype=float)
+
+
+_CHUNK_NODES = (0.0, 1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0 / 2, 1.0)
+
+
+def _interp_rows(x: FloatArray, xp: FloatArray, fp: FloatArray) -> FloatArray:
+    """Row-wise linear interpolation: x rows x K, xp and fp rows x N with xp increasing along each row."""
+    idx = np.sum(xp[:, None, 1:-1] < x[:, :, None], axis=2)
+    lo_x = np.take_along_axis(xp, idx, axis=1)
+    hi_x = np.take_along_axis(xp, idx + 1, axis=1)
+    lo_f = np.take_along_axis(fp, idx, axis=1)
+    hi_f = np.take_along_axis(fp, idx + 1, axis=1)
+    w = np.clip((x - lo_x) / np.maximum(hi_x - lo_x, 1e-12), 0.0, 1.0)
+    return lo_f + w * (hi_f - lo_f)
 
 
 @dataclass
@@ -400,7 +429,11 @@ def _step_mixture(
     chunks = np.ceil(inp / chunk[:, None])  # rows x K
     remainder = inp - (chunks - 1.0) * chunk[:, None]
     last_tokens = np.minimum(remainder + others[:, None], chunk[:, None])
-    t_last = fn(b[:, None], last_tokens)  # type: ignore[operator]
+    # Step time against the prefill tokens, at a few fractions of the chunk and linear in between (the step is a
+    # smooth roofline in the tokens): evaluating every prompt point of every row would dominate the planner.
+    nodes = np.asarray(_CHUNK_NODES)[None, :] * chunk[:, None]
+    t_nodes = fn(b[:, None], nodes)  # type: ignore[operator]
+    t_last = _interp_rows(last_tokens, nodes, t_nodes)
     lam_k = (lam / k)[:, None]
     rate_full = lam_k * (chunks - 1.0)  # a long prompt's inner chunks fill the budget
     rate_last = np.broadcast_to(lam_k * merge[:, None], t_last.shape)

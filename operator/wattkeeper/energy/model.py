@@ -232,7 +232,22 @@ class Features:
                 continue
             value = getattr(self, name)
             out[name] = [value[i] for i in index] if isinstance(value, list) else value[index]
-        return Features(**out)
+        taken = Features(**out)
+        # Carry the all-reduce grouping over by row mapping (vectorised) instead of regrouping row by row: the
+        # latency model expands thousands of candidates by the token-distribution points.
+        groups = self.comm_groups()
+        index = np.asarray(index, dtype=np.int64)
+        mapped: dict[str, list[tuple[str, int, float, npt.NDArray[np.int64]]]] = {}
+        for kind, entries in groups.items():
+            ids = np.full(len(self), -1, dtype=np.int64)
+            for g, (_, _, _, rows) in enumerate(entries):
+                ids[rows] = g
+            child = ids[index] if index.size else np.zeros(0, dtype=np.int64)
+            mapped[kind] = [
+                (e[0], e[1], e[2], np.flatnonzero(child == g)) for g, e in enumerate(entries) if np.any(child == g)
+            ]
+        taken._groups = mapped
+        return taken
 
 
 _FORMAT_CODES = {"bf16": 0, "fp8": 1, "fp4": 2}
@@ -575,6 +590,7 @@ class Evaluator:
         quantile: float = 0.99,
         rate_levels: Sequence[tuple[float, float]] = ((1.0, 1.0),),
         request_quantiles: bool = True,
+        thresholds: tuple[float, float] | None = None,
     ) -> dict[str, FloatArray]:
         """`under_load` with latencies from the prefill-queue and step-mixture model (energy/latency.py).
 
@@ -584,7 +600,8 @@ class Evaluator:
         mean ITL) at `quantile`, the full-chunk step (`chunk_step_seconds`) and the prefill stream's load.
         `rate_levels` ((factor, time share) pairs) describes bursts; the busiest level sets the utilisation.
         Without `request_quantiles` the per-request mean ITL quantile is not computed (it is the costliest part)
-        and `request_mean_itl_q` holds the ITL p95 instead.
+        and `request_mean_itl_q` holds the ITL p95 instead. With `thresholds` (TTFT s, mean ITL s) it adds
+        `ttft_miss_share` and `itl_miss_share`: the predicted shares of requests over each.
         """
         n = len(f)
         inp = np.full(n, tokens.mean_prompt_tokens)
@@ -602,6 +619,7 @@ class Evaluator:
         lat = latency_under_load(
             self, f, rate, tokens, slots, wait_mean, wait_probability, quantile, rate_levels,
             request_quantiles=request_quantiles,
+            thresholds=thresholds,
         )
         peak = max((a for a, w in rate_levels if w > 0), default=1.0)
         utilisation = np.maximum(r["utilisation"] * peak, lat.prefill_utilisation)
@@ -621,6 +639,14 @@ class Evaluator:
             "chunk_step_seconds": lat.full_chunk_step_seconds,
             "prefill_utilisation": lat.prefill_utilisation,
             "chunk_gap_share": lat.chunk_gap_share,
+            **(
+                {
+                    "ttft_miss_share": np.where(over, 1.0, lat.ttft_miss_share),
+                    "itl_miss_share": lat.request_itl_miss_share,
+                }
+                if lat.ttft_miss_share is not None and lat.request_itl_miss_share is not None
+                else {}
+            ),
             "utilisation": utilisation,
             "capacity_rps": capacity,
             "tokens_per_second": tokens_per_second,

@@ -142,7 +142,7 @@ def window_rates(counts: npt.ArrayLike, resolution_s: float, window_s: float = B
 
 
 def rate_levels(
-    counts: npt.ArrayLike, resolution_s: float, window_s: float = BURST_WINDOW_SECONDS, levels: int = 5
+    counts: npt.ArrayLike, resolution_s: float, window_s: float = BURST_WINDOW_SECONDS, levels: int = 4
 ) -> tuple[tuple[float, float], ...]:
     """The rates of consecutive `window_s` windows as `levels` equal-time groups, busiest last: (mean rate of the
     group over the overall mean, share of time). ((1.0, 1.0),) when there is nothing to group."""

@@ -37,6 +37,8 @@ MARGIN_MIN = 0.8
 MARGIN_MAX = 4.0
 # Replays longer than this many engine steps stop early (the decision must stay within ~100 ms).
 MAX_REPLAY_STEPS = 4000
+# At most this many of the most recent requests per replica are replayed (the same budget).
+MAX_REPLAY_REQUESTS_PER_REPLICA = 200
 
 
 # --- the learned margin ---------------------------------------------------------------------------------------
@@ -137,10 +139,10 @@ class _TableTiming:
         acc = get_accelerator(accelerator)
         base = em.features(model, acc, config)
         top = max(config.max_num_seqs, 1)
-        self._b = sorted({0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, top} - {x for x in range(top + 1, 4096)})
+        self._b = sorted({x for x in (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if x < top} | {top})
         self._c = [128, 512, 1024, 2048, 4096, 8192, 16384, 32768]
         budget = config.max_num_batched_tokens
-        self._p = sorted({0, 64, 256, 1024, 4096, 16384, budget} - set(range(budget + 1, 1 << 20)))
+        self._p = sorted({x for x in (0, 64, 256, 1024, 4096, 16384) if x < budget} | {budget})
         bb, cc, pp = np.meshgrid(self._b, self._c, self._p, indexing="ij")
         f = base.take(np.zeros(bb.size, dtype=np.int64))
         s = em.evaluator.step(f, bb.ravel().astype(float), cc.ravel().astype(float), pp.ravel().astype(float),
@@ -221,8 +223,10 @@ def replay(
     itl_margin: float = 1.0,
     rate_scale: float = 1.0,
     max_steps: int = MAX_REPLAY_STEPS,
+    max_requests_per_replica: int = MAX_REPLAY_REQUESTS_PER_REPLICA,
 ) -> ReplayOutcome:
-    """Replay one replica's share of `sample` (every `replicas`-th request) through a `BatchingEngine`.
+    """Replay one replica's share of `sample` (every `replicas`-th request of the most recent
+    `max_requests_per_replica` x `replicas`) through a `BatchingEngine`.
 
     `rate_scale` > 1 replays the arrivals that much faster (a forecast rise). A request is within when its TTFT
     times `ttft_margin` and its mean ITL times `itl_margin` are within the thresholds.
@@ -235,11 +239,12 @@ def replay(
     em = energy_model or EnergyModel.default()
     timing = _TableTiming(em, model, accelerator, config, max(throughput_correction, 1e-6))
     engine = BatchingEngine(timing, config.max_num_seqs, config.max_num_batched_tokens)
-    t0 = sample.arrival_s[0] if len(sample) else 0.0
+    first = max(0, len(sample) - max_requests_per_replica * replicas)
+    t0 = sample.arrival_s[first] if len(sample) else 0.0
     requests: list[EngineRequest] = []
     steps = 0
     complete = True
-    for i in range(0, len(sample), replicas):
+    for i in range(first, len(sample), replicas):
         t = (sample.arrival_s[i] - t0) / rate_scale
         while engine.has_work() and engine.clock_s < t and steps < max_steps:
             engine.step(engine.clock_s)
