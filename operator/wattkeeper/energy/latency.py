@@ -175,7 +175,7 @@ def latency_under_load(
     level_window_s: float = 10.0,
     request_quantiles: bool = True,
     thresholds: tuple[float, float] | None = None,
-    iterations: int = 4,
+    iterations: int = 3,
 ) -> LoadedLatency:
     """TTFT and ITL percentiles of replicas under `rate_per_replica` Poisson arrivals (see module doc).
 
@@ -329,15 +329,36 @@ def latency_under_load(
     g_var = np.maximum(np.sum(w * t**2, axis=1) - g_mean**2, 0.0)
     gaps = np.maximum(out - 1.0, 1.0)  # 1 x K
 
+    # Long steps come in runs: a prompt's chunks follow one another, and while the prefill stream has a backlog
+    # its busy period strings prompts together (~ chunks per prompt / (1 - rho) steps). A request's gaps are
+    # therefore not independent draws: its mean averages only about gaps / run independent ones.
+    run = np.maximum(mix.chunks_per_prompt / np.maximum(1.0 - np.minimum(mix.rho, 0.95), 0.05), 1.0)
+    independent = np.maximum(gaps / run[:, None], 1.0)
+    t_dec = mix.t_decode
+    share = np.clip(mix.chunk_share, 0.0, 1.0)
+    chunk_w = w[:, 1:]  # the chunk-carrying kinds (the first is decode-only)
+    excess = np.maximum(
+        np.sum(chunk_w * t[:, 1:], axis=1) / np.maximum(chunk_w.sum(axis=1), 1e-300) - t_dec, 0.0
+    )
+    run_len = np.minimum(run[:, None], gaps)
+    runs_mean = gaps * share[:, None] / run_len
+    rho_c = np.clip(mix.rho, 0.0, 1.0)
+
     def mean_itl_tail(x: FloatArray) -> FloatArray:
         xe = np.repeat(x, n_levels)[:, None]
-        sd = np.sqrt(g_var[:, None] / gaps)
+        sd = np.sqrt(g_var[:, None] / independent)
         z = (xe - g_mean[:, None]) / np.maximum(sd, 1e-12)
         normal = 0.5 * _erfc(z / math.sqrt(2.0))
-        # One long step alone can lift a short request's mean: P(some gap > g_mean + (x - g_mean) x gaps).
-        single = np.clip(_gap_tail(t, w, g_mean[:, None] + (xe - g_mean[:, None]) * gaps), 0.0, 1.0)
-        at_least_one = 1.0 - np.power(1.0 - single, gaps)
-        p = np.sum(np.maximum(normal, at_least_one) * point_w, axis=1)
+        # The long steps a request sees arrive in runs: N ~ Poisson(gaps x share / run) runs of `run` chunk steps
+        # (at most its gaps), each adding the chunk step's excess over a decode step; its mean ITL is over x when
+        # N reaches (x - decode step) x gaps / (run x excess).
+        # A request leaves its own prefill while the stream still has a backlog with the stream's load (an
+        # M/G/1 departure finds work behind it with probability rho): then its first gaps already sit in a run.
+        k_needed = np.ceil((xe - t_dec[:, None]) * gaps / np.maximum(run_len * excess[:, None], 1e-12) - 1e-9)
+        after_busy = _poisson_at_least(k_needed - 1.0, runs_mean)
+        after_idle = _poisson_at_least(k_needed, runs_mean)
+        clumped = rho_c[:, None] * after_busy + (1.0 - rho_c[:, None]) * after_idle
+        p = np.sum(np.maximum(normal, clumped) * point_w, axis=1)
         return np.asarray(np.sum(arrivals_w * p.reshape(n0, n_levels), axis=1), dtype=float)
 
     if request_quantiles:
@@ -385,6 +406,14 @@ def _erfc(x: FloatArray) -> FloatArray:
     return np.asarray(erfc(x), dtype=float)
 
 
+def _poisson_at_least(k: FloatArray, mean: FloatArray) -> FloatArray:
+    """P(N >= k) for N ~ Poisson(mean) (1 where k <= 0)."""
+    from scipy.special import pdtrc
+
+    p = np.asarray(pdtrc(np.maximum(k - 1.0, 0.0), np.maximum(mean, 0.0)), dtype=float)
+    return np.where(k <= 0, 1.0, p)
+
+
 def _gap_tail(durations: FloatArray, weights: FloatArray, x: FloatArray) -> FloatArray:
     """P(gap > x) per row and column of x (rows x K), gaps distributed as (durations, weights) of the row."""
     over = durations[:, None, :] > x[:, :, None]
@@ -416,6 +445,7 @@ class _Mixture:
     rho: FloatArray
     chunk_share: FloatArray
     own_service: FloatArray  # rows x K
+    chunks_per_prompt: FloatArray  # mean over prompts
 
 
 def _step_mixture(
@@ -461,4 +491,5 @@ def _step_mixture(
     chunk_share = 1.0 - rate_decode / total
     # A prompt's own prefill: its inner chunks at full steps, its last chunk beside whatever else arrived.
     own = (chunks - 1.0) * t_full[:, None] + t_last
-    return _Mixture(durations, weights, mean_gap, t_decode, t_full, chunk, rho, chunk_share, own)
+    chunks_per_prompt = np.sum(chunks * point_w[None, :], axis=1)
+    return _Mixture(durations, weights, mean_gap, t_decode, t_full, chunk, rho, chunk_share, own, chunks_per_prompt)
