@@ -312,6 +312,10 @@ class PlanStatus(StatusModel):
     predicted: PredictedFigures = Field(default_factory=PredictedFigures, description="Predicted figures.")
     runner_up: str | None = Field(default=None, description="The next best configuration and its J/token.")
     planned_load_rps: float | None = Field(default=None, description="Request rate the plan was made for.")
+    planned_input_tokens: float | None = Field(default=None, description="Mean prompt length the plan was made for.")
+    planned_output_tokens: float | None = Field(
+        default=None, description="Mean completion length the plan was made for."
+    )
     decided_at: datetime | None = Field(default=None, description="When the plan was decided.")
 
 

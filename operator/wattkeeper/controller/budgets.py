@@ -14,12 +14,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from wattkeeper.api import EnergyBudget, LLMService, duration_seconds
+from wattkeeper.control import plan_request
 from wattkeeper.energy.types import Workload
 from wattkeeper.planner import ServiceDemand, allocate_watts, plan
 from wattkeeper.telemetry import TelemetryUnavailable
 
 from .conditions import set_condition
-from .planning import plan_request
+from .planning import intent_from_service
 from .services import Dependencies, reconcile_service, services_selected
 
 log = logging.getLogger("wattkeeper.budgets")
@@ -107,7 +108,7 @@ def demands(deps: Dependencies, raws: list[dict[str, Any]]) -> list[ServiceDeman
             continue
         status = raw.get("status") or {}
         correction = float((status.get("observed") or {}).get("powerCorrection") or 1.0)
-        request = plan_request(service, _service_load(service, status), None, correction)
+        request = plan_request(intent_from_service(service), _service_load(service, status), None, correction)
         unconstrained = plan(request, deps.energy_model)
         chosen = unconstrained.chosen
         desired = chosen.total_watts if chosen else 0.0
