@@ -193,3 +193,7 @@ def test_operator_acts_on_a_cut_without_telemetry() -> None:
     telemetry = next(c for c in op.status["conditions"] if c["type"] == "TelemetryAvailable")
     assert telemetry["status"] == "False"
     assert op.status["plan"]["predicted"]["watts"] <= predicted * 0.5 * 1.02
+    # The budget goes away, telemetry still silent: the degraded plan does not stay for want of measurements.
+    action, cause, applied = op.tick(90.0, None, None)
+    assert (action, cause) == ("Applied", "slo-by-prediction"), op.status["decisions"][-1]
+    assert op.status["plan"]["predicted"]["watts"] == predicted

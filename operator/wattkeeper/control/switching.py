@@ -9,7 +9,10 @@ Unchanged, names the branch (`cause`) and says why:
  3. unchanged     the proposal is the running plan                   -> nothing (or re-apply if the pods drifted)
  4. allocation-cut the running plan's predicted watts exceed the allocation (a budget was cut) -> apply at once,
                   by prediction when telemetry is silent: silence never blocks a cut
- 5. telemetry-lost telemetry is silent                               -> hold: never move *because of* silence
+ 5. slo-by-prediction  telemetry is silent, and by prediction the running plan misses its SLO at the held load
+                  while the proposal meets it (an allocation was lifted) -> apply: silence never keeps a service
+                  degraded that its budget no longer degrades
+    telemetry-lost telemetry is silent otherwise                      -> hold: never move *because of* silence
  6. settling      a forced move (measured overshoot, capacity needed) before the fleet has settled -> hold:
                   judge a plan only on measurements of it
  7. measured-overshoot / capacity  forced and settled                -> apply; a capacity move that would take
@@ -51,6 +54,8 @@ class SwitchFacts:
     allocation_watts: float | None = None  # enforced allocation
     running_predicted_watts: float | None = None  # the running plan at this load, by the (corrected) model
     measured_watts: float | None = None
+    running_meets_slo: bool | None = None  # by prediction, at this tick's load (None: not evaluated)
+    proposed_meets_slo: bool | None = None
     more_capacity: bool = False  # the proposal carries the load with more headroom than the running plan
     under_pressure: bool = False  # requests wait, an SLO is missed, or nothing was measured yet
     settled: bool = True  # the roll is done, old pods drained, a telemetry window has passed since the change
@@ -92,6 +97,10 @@ def switching_rule(f: SwitchFacts) -> Verdict:
         return Verdict("Applied", "allocation-cut",
                        f"over the power allocation (running plan predicted {f.running_predicted_watts:.0f} W, "
                        f"allocation {f.allocation_watts:.0f} W{how}): {f.plan_reason}", f.proposed)
+    if not f.telemetry and f.load_source != "spec" and f.running_meets_slo is False and f.proposed_meets_slo:
+        return Verdict("Applied", "slo-by-prediction",
+                       f"the running plan misses its SLO by prediction; acting on predicted latency: no telemetry: "
+                       f"{f.plan_reason}", f.proposed)
     if not f.telemetry and f.load_source != "spec":
         return _hold(f, Verdict("Held", "telemetry-lost",
                                 f"telemetry unavailable, holding {running} (would move to {to})"))

@@ -15,12 +15,13 @@ from dataclasses import replace
 
 from ..energy.catalog import get_accelerator
 from ..energy.model import EnergyModel
+from ..energy.types import Workload
 from ..planner import Candidate, PlanResult, SwitchDecision, plan, should_switch
 from .corrections import latency_correction, power_correction
 from .load import estimate_load
 from .planning import evaluate, plan_of, plan_request, significant, surge_fits
 from .switching import SwitchFacts, switching_rule
-from .types import LoadEstimate, Memory, Plan, TickDecision, TickInputs
+from .types import LoadEstimate, Memory, Plan, ServiceIntent, TickDecision, TickInputs
 
 # When a reconfiguration is judged: the roll is done, the old pods have drained (at most their termination grace
 # in the operator, which cannot see terminating pods), and one telemetry window has passed since the change.
@@ -102,6 +103,11 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         return should_switch(running_candidate, candidate, intent.horizon_seconds, intent.model,
                              get_accelerator(intent.accelerator))
 
+    running_watts: float | None = None
+    if running_candidate is not None:
+        running_watts = running_candidate.total_watts
+    elif running is not None and fleet.exists and proposed != running:
+        running_watts = predicted_watts(intent, running, load.workload, energy_model, memory.power_correction)
     last = memory.last_applied_s
     since = inputs.now_s - last if last is not None else None
     surge = surge_fits(candidate, inputs.allocation_watts)
@@ -118,7 +124,11 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         telemetry=inputs.signals is not None,
         load_source=load.source,
         allocation_watts=inputs.allocation_watts,
-        running_predicted_watts=running_candidate.total_watts if running_candidate is not None else None,
+        running_predicted_watts=running_watts,
+        # A running plan the planner cannot even place at this load (it cannot carry it) misses its SLO too.
+        running_meets_slo=(running_candidate.meets_slo if running_candidate is not None
+                           else (False if running is not None and proposed != running else None)),
+        proposed_meets_slo=candidate.meets_slo if candidate is not None else None,
         measured_watts=inputs.signals.watts if inputs.signals is not None else None,
         more_capacity=running is not None and more_capacity(running, proposed, running_candidate, candidate),
         under_pressure=under_pressure(inputs),
@@ -128,6 +138,15 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         pinned=intent.pinned is not None,
         worth_it=worth_it if (candidate is not None and result is not None) else None,
     )
+
+
+def predicted_watts(intent: ServiceIntent, running: Plan, workload: Workload, energy_model: EnergyModel,
+                    power_correction: float) -> float:
+    """The model's watts for a plan at a load it may not carry (each replica then runs its full batch)."""
+    n = max(running.replicas, 1)
+    per_replica = Workload(workload.requests_per_second / n, workload.input_tokens, workload.output_tokens)
+    watts = energy_model.predict(intent.model, get_accelerator(intent.accelerator), running.config, per_replica).watts
+    return watts * running.replicas * power_correction
 
 
 def advise(inputs: TickInputs, memory: Memory, load: LoadEstimate, keeping: Plan | None,
