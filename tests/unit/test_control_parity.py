@@ -20,7 +20,7 @@ from wattkeeper.bench.trace import synthetic_trace
 from wattkeeper.bench.wattkeeper_policy import WattkeeperPolicy
 from wattkeeper.control import Plan
 from wattkeeper.controller.decide import Allocation, DeploymentState, ServiceInputs, decide, memory_from_status
-from wattkeeper.controller.planning import intent_from_service, model_shape, plan_from_api
+from wattkeeper.controller.planning import intent_from_service, model_shape
 from wattkeeper.controller.settings import OperatorSettings
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.render import config_hash
@@ -119,7 +119,7 @@ class Operator:
         self.status = json.loads(json.dumps(decision.status))  # as the API server stores it
         applied = None
         if decision.apply is not None:
-            applied = plan_from_api(decision.apply).describe()
+            applied = decision.apply.describe()
             n = decision.apply.replicas
             self.deployment = DeploymentState(True, config_hash(self.svc, decision.apply), n, n, n)
         return decision.action, decision.cause, applied

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from wattkeeper_runtime.engine import BatchingEngine, EngineRequest
 
-from ..energy.types import ServingConfig
+from ..energy.types import Plan, ServingConfig
 from .groundtruth import GroundTruth
 from .trace import Trace
 
@@ -46,7 +46,7 @@ class FleetTarget:
         return other is not None and other.config == self.config and other.replicas == self.replicas
 
     def describe(self) -> str:
-        return f"{self.config.short()} x{self.replicas}"
+        return Plan(self.config, self.replicas).describe()
 
 
 @dataclass(frozen=True)

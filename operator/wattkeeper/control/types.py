@@ -12,24 +12,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..energy.model import ProfilePointLike
-from ..energy.types import ModelShape, ServingConfig, Workload
+from ..energy.types import ModelShape, Plan, Workload
 from ..planner import Candidate, PlanResult
+
+__all__ = ["Plan"]  # re-exported: the core's plans are energy.types.Plan
 
 Fallback = Literal["ProtectBudget", "ProtectSLO"]
 Action = Literal["Applied", "Held", "Unchanged", "Rejected"]
 LoadSource = Literal["measured", "held", "spec"]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A fleet: one serving configuration per replica, and how many replicas."""
-
-    config: ServingConfig
-    replicas: int
-
-    def describe(self) -> str:
-        """The one way a plan is printed, in status, events, logs and benchmark reports."""
-        return f"{self.config.short()} x{self.replicas}"
 
 
 @dataclass(frozen=True)

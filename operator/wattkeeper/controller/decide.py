@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from wattkeeper.api import LLMService, ProfilePoint
-from wattkeeper.api import ServingConfig as ApiServingConfig
+from wattkeeper.api import LLMService, ProfilePoint, ServingConfigSpec
 from wattkeeper.control import (
     FleetState,
     Memory,
@@ -33,7 +32,7 @@ from wattkeeper.render.objects import TERMINATION_GRACE_SECONDS, vllm_argv
 from wattkeeper.telemetry import ServiceObservation
 
 from .conditions import set_condition
-from .planning import api_from_plan, intent_from_service, plan_from_api, predicted_figures
+from .planning import intent_from_service, predicted_figures
 from .settings import OperatorSettings
 
 
@@ -92,7 +91,7 @@ class ServiceInputs:
 
 @dataclass
 class ServiceDecision:
-    apply: ApiServingConfig | None  # the configuration to render and apply, None to leave the Deployment alone
+    apply: Plan | None  # the plan to render and apply, None to leave the Deployment alone
     surge: bool
     status: dict[str, Any]
     events: list[tuple[str, str, str]]  # (type, reason, message)
@@ -103,12 +102,12 @@ class ServiceDecision:
 # --- Kubernetes -> core ----------------------------------------------------------------------------------------------
 
 
-def running_config(status: dict[str, Any]) -> ApiServingConfig | None:
+def running_plan(status: dict[str, Any]) -> Plan | None:
     """The plan the operator applied last, as its status records it."""
     plan_status = status.get("plan") or {}
     if not plan_status.get("precision"):
         return None
-    return ApiServingConfig(
+    return ServingConfigSpec(
         precision=plan_status["precision"],
         tensor_parallel=plan_status.get("tensorParallel", 1),
         max_num_seqs=plan_status.get("maxNumSeqs", 256),
@@ -116,7 +115,7 @@ def running_config(status: dict[str, Any]) -> ApiServingConfig | None:
         replicas=plan_status.get("replicas", 1),
         kv_cache_dtype=plan_status.get("kvCacheDtype"),
         gpu_power_limit_watts=plan_status.get("gpuPowerLimitWatts"),
-    )
+    ).to_plan()
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -138,7 +137,7 @@ def memory_from_status(status: dict[str, Any], default_workload: Workload) -> Me
     """What the core remembers, as status keeps it (token counts the status lacks default to the spec's)."""
     plan_status = status.get("plan") or {}
     observed = status.get("observed") or {}
-    running = running_config(status)
+    running = running_plan(status)
     planned: Workload | None = None
     if plan_status.get("plannedLoadRps") is not None:
         planned = Workload(float(plan_status["plannedLoadRps"]),
@@ -146,7 +145,7 @@ def memory_from_status(status: dict[str, Any], default_workload: Workload) -> Me
                            float(plan_status.get("plannedOutputTokens") or default_workload.output_tokens))
     peak = observed.get("peakLoadRps")
     return Memory(
-        running=plan_from_api(running) if running is not None else None,
+        running=running,
         last_applied_s=_seconds(status.get("lastAppliedAt")),
         planned_load=planned,
         peak_load_rps=float(peak) if peak is not None else None,
@@ -168,7 +167,7 @@ def signals_from_observation(obs: ServiceObservation | None, window_seconds: flo
     )
 
 
-def fleet_state(service: LLMService, dep: DeploymentState, running: ApiServingConfig | None) -> FleetState:
+def fleet_state(service: LLMService, dep: DeploymentState, running: Plan | None) -> FleetState:
     matches = running is None or (dep.config_hash == config_hash(service, running)
                                   and dep.replicas == running.replicas)
     return FleetState(
@@ -187,7 +186,7 @@ def tick_inputs(inputs: ServiceInputs, settings: OperatorSettings) -> TickInputs
         intent=intent,
         memory=memory_from_status(inputs.status, intent.default_workload),
         signals=signals_from_observation(inputs.observation, inputs.telemetry_window_seconds),
-        fleet=fleet_state(svc, inputs.deployment, running_config(inputs.status)),
+        fleet=fleet_state(svc, inputs.deployment, running_plan(inputs.status)),
         now_s=inputs.now.timestamp(),
         spec_changed=inputs.status.get("observedGeneration") != svc.metadata.generation,
         allocation_watts=alloc.allocation_watts,
@@ -203,7 +202,7 @@ def tick_inputs(inputs: ServiceInputs, settings: OperatorSettings) -> TickInputs
 
 
 def _plan_status(tick: TickDecision, applied: Plan, now: datetime) -> dict[str, Any]:
-    out: dict[str, Any] = dict(api_from_plan(applied).to_wire())
+    out: dict[str, Any] = dict(ServingConfigSpec.from_plan(applied).to_wire())
     workload = tick.load.workload
     out.update({
         "reason": tick.reason,
@@ -290,12 +289,12 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
 
     # Render once to reject specs that cannot become a command line (extra args overriding planned flags).
     try:
-        vllm_argv(svc, api_from_plan(tick.proposed))
+        vllm_argv(svc, tick.proposed)
     except RenderError as err:
         return rejected("InvalidSpec", f"cannot render the vLLM command: {err}", spec_changed)
 
     running = tick.memory.running
-    apply_config = api_from_plan(tick.apply) if tick.apply is not None else None
+    apply_config = tick.apply
 
     # Advise-mode budgets: say what would change, change nothing.
     if tick.advised is not None:

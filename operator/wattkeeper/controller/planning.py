@@ -1,6 +1,5 @@
-"""The edge between the API and the control core: LLMService spec -> ServiceIntent, API configuration <-> Plan,
-Candidate -> status figures. The explicit converters between the API's ServingConfig (the CRD's shape, with
-replicas) and the core's Plan (the engine's ServingConfig and a replica count) live here and only here."""
+"""The edge between the API and the control core: LLMService spec -> ServiceIntent, Candidate -> status figures.
+(The API's configuration converts to the core's Plan by `ServingConfigSpec.to_plan` / `from_plan`.)"""
 
 from __future__ import annotations
 
@@ -8,9 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from wattkeeper.api import LLMService, ProfilePoint, ServiceMode
-from wattkeeper.api import ServingConfig as ApiServingConfig
-from wattkeeper.control import Plan, ServiceIntent, significant
-from wattkeeper.energy.types import ModelShape, ServingConfig, Workload
+from wattkeeper.control import ServiceIntent, significant
+from wattkeeper.energy.types import ModelShape, Workload
 from wattkeeper.planner import Candidate
 
 
@@ -22,29 +20,9 @@ def model_shape(service: LLMService) -> ModelShape:
     )
 
 
-def plan_from_api(config: ApiServingConfig) -> Plan:
-    return Plan(
-        ServingConfig(
-            precision=str(config.precision), tensor_parallel=config.tensor_parallel,
-            max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
-            kv_cache_dtype=config.kv_cache_dtype, gpu_power_limit_watts=config.gpu_power_limit_watts,
-        ),
-        config.replicas,
-    )
-
-
-def api_from_plan(plan: Plan) -> ApiServingConfig:
-    c = plan.config
-    return ApiServingConfig.model_validate({
-        "precision": c.precision, "tensorParallel": c.tensor_parallel, "maxNumSeqs": c.max_num_seqs,
-        "maxNumBatchedTokens": c.max_num_batched_tokens, "replicas": plan.replicas,
-        "kvCacheDtype": c.kv_cache_dtype, "gpuPowerLimitWatts": c.gpu_power_limit_watts,
-    })
-
-
 def intent_from_service(service: LLMService, profile: Sequence[ProfilePoint] = ()) -> ServiceIntent:
     spec = service.spec
-    pinned = plan_from_api(spec.pinned) if spec.mode == ServiceMode.PINNED and spec.pinned is not None else None
+    pinned = spec.pinned.to_plan() if spec.mode == ServiceMode.PINNED and spec.pinned is not None else None
     return ServiceIntent(
         model=model_shape(service),
         accelerator=str(spec.accelerator.type),
