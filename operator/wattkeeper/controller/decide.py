@@ -14,6 +14,7 @@ from typing import Any
 
 from wattkeeper.api import LLMService, ProfilePoint, ServingConfigSpec
 from wattkeeper.control import (
+    OVERSHOOT_TOLERANCE,
     FleetState,
     Memory,
     Plan,
@@ -395,11 +396,11 @@ def _slo_condition(inputs: ServiceInputs, status: dict[str, Any]) -> tuple[bool 
     return None, "NoMeasurement", "no latency measured yet"
 
 
-def _budget_condition(inputs: ServiceInputs, status: dict[str, Any], cap: float | None,
+def _budget_condition(inputs: ServiceInputs, status: dict[str, Any], allocation_watts: float | None,
                       alloc: Allocation) -> tuple[bool | None, str, str]:
     if not alloc.budgets:
         return True, "NoBudget", "no EnergyBudget selects this service"
-    limit = cap if cap is not None else alloc.advised_watts
+    limit = allocation_watts if allocation_watts is not None else alloc.advised_watts
     if limit is None:
         return None, "NoAllocation", f"budgets {', '.join(alloc.budgets)} have not allocated watts yet"
     source = "measured" if inputs.observation is not None else "predicted"
@@ -410,7 +411,7 @@ def _budget_condition(inputs: ServiceInputs, status: dict[str, Any], cap: float 
         bound += f" (the tightest of {', '.join(alloc.budgets)})"
     if watts is None:
         return None, "NoMeasurement", bound
-    ok = watts <= limit * 1.02
+    ok = watts <= limit * OVERSHOOT_TOLERANCE
     return ok, ("WithinAllocation" if ok else "OverAllocation"), f"{source} {watts:.0f} W against {bound}"
 
 
