@@ -52,6 +52,7 @@ def decision_request(verify: bool = True) -> PlanRequest:
         latency_model="queued",
         tokens=load.tokens,
         rate_levels=load.rate_levels,
+        arrival_dispersion=load.arrival_dispersion,
         slo_basis="requests",
         chunk_budget_within_itl=True,
         replay=sample if verify else None,

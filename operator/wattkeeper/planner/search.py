@@ -70,6 +70,8 @@ class PlanRequest:
     tokens: TokenDistribution | None = None
     # Bursts for the queued model: (factor on the request rate, share of time) pairs (planner/load.py).
     rate_levels: tuple[tuple[float, float], ...] = ((1.0, 1.0),)
+    # Clustering of arrivals within those levels (LoadEstimate.arrival_dispersion; 1 = Poisson).
+    arrival_dispersion: float = 1.0
     # "p95": TTFT p95 and ITL p95 (every token gap) against the SLOs. "requests" (queued model): at least
     # `request_share` of requests within both thresholds, TTFT and the request's mean ITL (what is scored).
     slo_basis: SloBasis = "p95"
@@ -306,6 +308,7 @@ def _queued(
             quantile=request.request_share,
             rate_levels=request.rate_levels,
             request_quantiles=False,
+            arrival_dispersion=request.arrival_dispersion,
             # Predicted x margin / throughput correction <= SLO  <=>  predicted <= SLO x correction / margin.
             thresholds=(
                 request.slo_ttft_p95_seconds * request.throughput_correction / request.ttft_margin,
