@@ -337,7 +337,10 @@ def latency_under_load(
     # Long steps come in runs: a prompt's chunks follow one another, and while the prefill stream has a backlog
     # its busy period strings prompts together (~ chunks per prompt / (1 - rho) steps). A request's gaps are
     # therefore not independent draws: its mean averages only about gaps / run independent ones.
-    run = np.maximum(mix.chunks_per_prompt / np.maximum(1.0 - np.minimum(mix.rho, 0.95), 0.05), 1.0)
+    # Grouped arrivals (dispersion D: groups of about m = (D + 1) / 2) put a group's prompts one after another,
+    # and every member but the last starts decoding inside that run.
+    group = min(max((arrival_dispersion + 1.0) / 2.0, 1.0), 32.0)
+    run = np.maximum(group * mix.chunks_per_prompt / np.maximum(1.0 - np.minimum(mix.rho, 0.95), 0.05), 1.0)
     independent = np.maximum(gaps / run[:, None], 1.0)
     t_dec = mix.t_decode
     share = np.clip(mix.chunk_share, 0.0, 1.0)
@@ -347,7 +350,7 @@ def latency_under_load(
     )
     run_len = np.minimum(run[:, None], gaps)
     runs_mean = gaps * share[:, None] / run_len
-    rho_c = np.clip(mix.rho, 0.0, 1.0)
+    rho_c = np.maximum(np.clip(mix.rho, 0.0, 1.0), 1.0 - 1.0 / group)
 
     def mean_itl_tail(x: FloatArray) -> FloatArray:
         xe = np.repeat(x, n_levels)[:, None]
