@@ -46,7 +46,7 @@ def decision_request(verify: bool = True, four_levels: bool = False) -> PlanRequ
         model=model_from_name(MODEL, 70.0),
         accelerator="H100",
         workload=Workload(
-            load.mean_rate + load.forecast_rise, load.mean_prompt_tokens or 1024.0, load.mean_output_tokens or 256.0
+            load.queued_rate, load.mean_prompt_tokens or 1024.0, load.mean_output_tokens or 256.0
         ),
         allowed_precisions=("bf16", "fp8"),
         latency_model="queued",

@@ -28,6 +28,7 @@ BURST_WINDOW_SECONDS = 10.0
 BURST_QUANTILE = 0.95
 HISTORY_SECONDS = 600.0
 TREND_SECONDS = 300.0
+LEVEL_SECONDS = 120.0
 # Fewer observed requests than this: the token distribution is too thin to trust; callers fall back to means.
 MIN_TOKEN_SAMPLE = 20
 
@@ -39,6 +40,7 @@ class LoadEstimate:
     requests_per_second: float  # plan for this: burst rate plus the forecast rise
     mean_rate: float  # over the history
     recent_rate: float  # over the last burst window
+    level_rate: float  # over the last LEVEL_SECONDS: where the rate stands now, bursts averaged out
     burst_rate: float  # the burst quantile of the window rates
     trend_per_second: float  # slope of the rate (requests/s per second), over the trend span
     forecast_rise: float  # what the trend adds one lead time ahead (>= 0: a fall is not planned for early)
@@ -51,6 +53,12 @@ class LoadEstimate:
     tokens: TokenDistribution | None  # None when too few lengths were observed
     mean_prompt_tokens: float | None
     mean_output_tokens: float | None
+
+    @property
+    def queued_rate(self) -> float:
+        """The mean rate to give the queued latency model with `arrival_dispersion` (which carries the bursts):
+        the current level or the history's mean, whichever is higher, plus the forecast rise."""
+        return max(self.level_rate, self.mean_rate) + self.forecast_rise
 
     @property
     def growth_factor(self) -> float:
@@ -238,6 +246,8 @@ def estimate_load(
     rates = window_rates(history, resolution_s, burst_window_s)
     burst = float(np.quantile(rates, burst_quantile)) if rates.size else 0.0
     recent = float(rates[-1]) if rates.size else 0.0
+    level_bins = history[-max(1, round(LEVEL_SECONDS / resolution_s)) :]
+    level = float(level_bins.sum() / (level_bins.size * resolution_s)) if level_bins.size else 0.0
     slope = linear_trend(history, resolution_s, trend_s)
     dispersion = arrival_dispersion(history, resolution_s, burst_window_s)
     rise = max(0.0, slope * lead_seconds)
@@ -256,6 +266,7 @@ def estimate_load(
         requests_per_second=max(burst, recent) + rise,
         mean_rate=mean_rate,
         recent_rate=recent,
+        level_rate=level,
         burst_rate=burst,
         trend_per_second=slope,
         rate_levels=rate_levels(history, resolution_s, burst_window_s, dispersion=dispersion),

@@ -87,6 +87,9 @@ class PlanRequest:
     replay: ArrivalSample | None = None
     verify_candidates: int = 4
     replay_rate_scale: float = 1.0  # replay the arrivals this much faster (LoadEstimate.growth_factor)
+    # With slo_basis "requests": also replay cheaper candidates whose predicted share within both is at least
+    # this (None: only candidates the model finds feasible).
+    verify_relaxed_share: float | None = None
 
     def token_distribution(self) -> TokenDistribution:
         wl = self.workload
@@ -433,9 +436,11 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
     else:
         meets_ttft = (ttft * request.ttft_margin <= request.slo_ttft_p95_seconds) & has_capacity
         meets_itl = itl * request.itl_margin <= request.slo_itl_p95_seconds
+    chunk_ok = np.ones_like(fits)
     if queued and request.chunk_budget_within_itl:
         # One step carrying a full chunk beside the planned batch must itself stay within the ITL SLO.
-        meets_itl &= r["chunk_step_seconds"] / tc * request.itl_margin <= request.slo_itl_p95_seconds
+        chunk_ok = r["chunk_step_seconds"] / tc * request.itl_margin <= request.slo_itl_p95_seconds
+        meets_itl &= chunk_ok
     within_gpus = np.ones_like(fits) if request.max_gpus is None else (replicas * tp <= request.max_gpus)
     within_power = np.ones_like(fits) if request.power_cap_watts is None else (watts <= request.power_cap_watts)
     base_ok = fits & within_gpus & has_capacity
@@ -509,7 +514,14 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
     frontier = tuple(candidate(i) for i in _pareto(front_pool, jpt, itl))
     alternatives: tuple[Candidate, ...] = ()
     if request.replay is not None and is_feasible and request.verify_candidates > 0:
-        alternatives = tuple(candidate(i) for i in _cheapest_distinct(feasible, watts, grid, keys,
+        pool_mask = feasible
+        if request.verify_relaxed_share is not None and within_share is not None and chosen_i is not None:
+            # Let the replay judge cheaper plans the model doubts a little (predicted share within both at least
+            # verify_relaxed_share): the model is conservative on grouped arrivals, the replay sees them as they
+            # came.
+            doubted = base_ok & within_power & chunk_ok & (within_share >= request.verify_relaxed_share)
+            pool_mask = feasible | (doubted & (watts < watts[chosen_i]))
+        alternatives = tuple(candidate(i) for i in _cheapest_distinct(pool_mask, watts, grid, keys,
                                                                       request.verify_candidates, best))
     return PlanResult(
         chosen=chosen,
