@@ -1,4 +1,4 @@
-"""`wattkeeper-runtime`: launch | exporter | sim | fleet | loadgen."""
+"""`wattkeeper-runtime`: launch | exporter | sim | fleet | loadgen | agent | profile."""
 
 from __future__ import annotations
 
@@ -70,6 +70,36 @@ def _exporter(options: argparse.Namespace) -> int:
         mapper = sidecar_mapper(os.environ)
     with contextlib.suppress(KeyboardInterrupt):
         serve_exporter(devices, mapper, options.port, options.address)
+    return 0
+
+
+def _agent(options: argparse.Namespace) -> int:
+    import signal
+
+    from prometheus_client import start_http_server
+
+    from .agent import AgentMetrics, KubernetesPodDirectory, PowerLimitAgent
+    from .podresources import kubelet_owner_lister
+    from .powercontrol import FakePowerLimitControl, NvmlPowerLimitControl, PowerLimitControl
+
+    if not options.node_name:
+        print("wattkeeper-runtime agent: --node-name (or NODE_NAME) is required", file=sys.stderr)
+        return 2
+    control: PowerLimitControl
+    try:
+        control = FakePowerLimitControl.h100s(options.fake) if options.fake else NvmlPowerLimitControl()
+    except Exception as error:
+        print(f"wattkeeper-runtime agent: cannot open NVML ({error})", file=sys.stderr)
+        return 1
+    metrics = AgentMetrics()
+    agent = PowerLimitAgent(control, kubelet_owner_lister(options.kubelet_socket),
+                            KubernetesPodDirectory(options.node_name, options.kubeconfig), metrics)
+    start_http_server(options.port, options.address, registry=metrics.registry)
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stop.set())
+    agent.run(stop, options.interval)  # restores the defaults on the way out
+    control.close()
     return 0
 
 
@@ -174,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
         "sim", help="simulate `vllm serve` without a GPU (takes vllm serve's arguments)", add_help=False
     )
 
+    agent = commands.add_parser("agent", help="node agent: apply the GPU power limits the operator requests")
+    agent.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="this node (downward API)")
+    agent.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    agent.add_argument("--kubelet-socket", default="/var/lib/kubelet/pod-resources/kubelet.sock")
+    agent.add_argument("--interval", type=float, default=5.0, help="seconds between passes")
+    agent.add_argument("--port", type=int, default=9401, help="Prometheus metrics port")
+    agent.add_argument("--address", default="0.0.0.0")
+    agent.add_argument("--fake", type=int, default=0, metavar="N", help="N fake GPUs instead of NVML (tests)")
+
     fleet = commands.add_parser("fleet", help="one simulator per Running vLLM pod of a cluster")
     fleet.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
     fleet.add_argument("--selector", default="app.kubernetes.io/managed-by=wattkeeper", help="pod label selector")
@@ -218,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = build_parser().parse_args(args)
     logging.basicConfig(level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns everything else
-    handlers = {"launch": _launch, "exporter": _exporter, "fleet": _fleet, "loadgen": _loadgen}
+    handlers = {"launch": _launch, "exporter": _exporter, "fleet": _fleet, "loadgen": _loadgen, "agent": _agent}
     if options.command == "loadgen" and not options.url and not options.registry:
         print("loadgen needs --registry and --service, or --url", file=sys.stderr)
         return 2
