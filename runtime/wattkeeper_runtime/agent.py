@@ -265,8 +265,8 @@ class KubernetesPodDirectory:
             config.load_kube_config(config_file=kubeconfig)
         else:
             config.load_incluster_config()
-        self._core = client.CoreV1Api()
-        self._client = client
+        self._api = client.ApiClient()
+        self._core: Any = client.CoreV1Api(self._api)  # Any: we hand it plain dicts, as the API accepts
         self.node_name = node_name
 
     def pods(self) -> dict[tuple[str, str], PodInfo]:
@@ -274,12 +274,10 @@ class KubernetesPodDirectory:
                                                         _request_timeout=10)
         out: dict[tuple[str, str], PodInfo] = {}
         for pod in result.items:
-            meta = pod.metadata
-            labels = meta.labels or {}
-            annotations = meta.annotations or {}
-            out[(meta.namespace, meta.name)] = PodInfo(
-                meta.namespace, meta.name, labels.get(MANAGED_LABEL) == MANAGED_VALUE,
-                annotations.get(ANNOTATION_REQUEST))
+            meta = self._api.sanitize_for_serialization(pod).get("metadata") or {}
+            labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+            key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+            out[key] = PodInfo(*key, labels.get(MANAGED_LABEL) == MANAGED_VALUE, annotations.get(ANNOTATION_REQUEST))
         return out
 
     def report(self, namespace: str, name: str, applied_watts: dict[str, float], message: str) -> None:
