@@ -50,6 +50,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: nvml-exporter
 {{- end }}
 
+{{- define "wattkeeper.agentLabels" -}}
+{{ include "wattkeeper.commonLabels" . }}
+{{ include "wattkeeper.agentSelectorLabels" . }}
+{{- end }}
+
+{{- define "wattkeeper.agentSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "wattkeeper.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: power-agent
+{{- end }}
+
 {{- define "wattkeeper.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "wattkeeper.fullname" .) .Values.serviceAccount.name }}
@@ -102,7 +113,13 @@ app.kubernetes.io/component: nvml-exporter
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-{{- if eq .Values.operator.telemetry "scrape" }}
+{{- if .Values.agent.enabled }}
+# agent.enabled (--power-limits): list the service's running pods and patch the annotation
+# wattkeeper.io/gpu-power-limit-watts onto them (a metadata patch restarts nothing; the node agent applies it).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, patch]
+{{- else if eq .Values.operator.telemetry "scrape" }}
 # --telemetry scrape: find the Running vLLM pods to read their /metrics.
 - apiGroups: [""]
   resources: [pods]

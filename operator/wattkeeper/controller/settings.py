@@ -22,3 +22,6 @@ class OperatorSettings(BaseSettings):
     power_correction_bounds: tuple[float, float] = (0.5, 2.0)
     decisions_kept: int = 10
     scrape_port: int = 8000
+    # The GPU power-limit lever: plan gpuPowerLimitWatts and write it onto running pods for the node agent
+    # (`wattkeeper-runtime agent`). Off: plans never set a limit (nothing would apply it).
+    power_limits: bool = Field(default=False, description="Plan GPU power limits (needs the node agent).")
