@@ -80,6 +80,7 @@ class ServiceInputs:
     profile: list[ProfilePoint] = field(default_factory=list)
     trigger: str = "tick"
     telemetry_window_seconds: float = 60.0
+    power_limits: bool = False  # plan GPU power limits (the node agent applies them)
 
 
 @dataclass
@@ -283,7 +284,7 @@ def _run_planner(inputs: ServiceInputs, energy_model: EnergyModel, workload: Wor
                  correction: float, only: ServingConfig | None,
                  latency: tuple[float, float] = (1.0, 1.0)) -> PlanResult:
     request = plan_request(inputs.service, workload, cap, correction, inputs.profile, only=only,
-                           latency_correction=latency)
+                           latency_correction=latency, power_limits=inputs.power_limits)
     return plan(request, energy_model)
 
 

@@ -71,7 +71,15 @@ class Kube:
         pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
         return [self.api_client.sanitize_for_serialization(p) for p in pods if p.status and p.status.phase == "Running"]
 
+    def service_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+        return [self.api_client.sanitize_for_serialization(p) for p in pods]
+
     # writes
+    def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.metrics.api_writes.labels("patch", "Pod").inc()
+        self.core.patch_namespaced_pod(name, namespace, patch)
+
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply with the operator's one field manager; force, since these objects are ours."""
         meta = obj["metadata"]

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from wattkeeper.api import LLMService, ProfilePoint, ServingConfig
+from wattkeeper.energy.catalog import get_accelerator
 from wattkeeper.energy.model import EnergyModel
+from wattkeeper.energy.powerlimit import limit_options_watts
 from wattkeeper.energy.types import ModelShape, Workload
 from wattkeeper.energy.types import ServingConfig as EngineConfig
 from wattkeeper.planner import Candidate, PlanRequest, plan
@@ -29,6 +31,7 @@ def plan_request(
     profile: Sequence[ProfilePoint] | None = None,
     only: ServingConfig | None = None,
     latency_correction: tuple[float, float] = (1.0, 1.0),
+    power_limits: bool = False,
 ) -> PlanRequest:
     """The planner's question for this service. `only` restricts precision and TP to a running configuration
     (when the spec forbids disruptive changes). `latency_correction` (TTFT, ITL) is measured over predicted p95
@@ -40,6 +43,8 @@ def plan_request(
     if only is not None:
         allowed = [str(only.precision)]
         kwargs["tensor_parallel_options"] = (only.tensor_parallel,)
+    if power_limits:  # only where the node agent applies them (--power-limits); see energy/powerlimit.py
+        kwargs["gpu_power_limits_watts"] = limit_options_watts(get_accelerator(str(spec.accelerator.type)))
     return PlanRequest(
         model=model_shape(service),
         accelerator=str(spec.accelerator.type),

@@ -23,6 +23,7 @@ from .conditions import set_condition
 from .decide import Allocation, DeploymentState, ServiceDecision, ServiceInputs, decide
 from .kube import Kube
 from .metrics import OperatorMetrics
+from .powerlimits import pod_limit_patches
 from .settings import OperatorSettings
 
 log = logging.getLogger("wattkeeper.services")
@@ -148,6 +149,7 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str) -
         telemetry_error=telemetry_error, deployment=state, now=datetime.now(UTC),
         profile=profile_points(service, profiles), trigger=trigger,
         telemetry_window_seconds=deps.settings.telemetry_window_seconds,
+        power_limits=deps.settings.power_limits,
     )
     started = time.perf_counter()
     decision = decide(inputs, deps.energy_model, deps.settings)
@@ -160,6 +162,14 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str) -
     elif state.exists and deployment is not None and not _service_exists(kube, namespace, name):
         kube.apply(render_service(service))
     kube.patch_status("llmservices", namespace, name, old_status, decision.status)
+    limit = (decision.status.get("plan") or {}).get("gpuPowerLimitWatts")
+    if deps.settings.power_limits:
+        _sync_power_limits(kube, namespace, name, limit)
+    elif limit is not None and decision.apply is not None:
+        # A pinned limit without the node agent: say that nothing applies it rather than pretend.
+        kube.event(body, "Warning", "PowerLimitNotApplied",
+                   f"gpuPowerLimitWatts={limit:g} is not applied: the operator runs without --power-limits "
+                   "(chart: agent.enabled), so no node agent sets GPU power limits")
     for type_, reason, message in decision.events:
         kube.event(body, type_, reason, message)
     predicted = ((decision.status.get("plan") or {}).get("predicted") or {}).get("watts")
@@ -168,6 +178,16 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str) -
     if observation is not None:
         metrics.measured_watts.labels(namespace, name).set(observation.watts)
     return decision
+
+
+def _sync_power_limits(kube: Kube, namespace: str, name: str, watts: float | None) -> None:
+    """The planned limit onto the service's pods, for the node agent (a metadata patch: nothing restarts)."""
+    try:
+        for pod, patch in pod_limit_patches(kube.service_pods(namespace, pods_selector(name)), watts):
+            kube.patch_pod(namespace, pod, patch)
+    except ApiException as err:  # a pod that went away meanwhile; the next tick catches up
+        log.warning("cannot annotate pods of %s/%s with the power limit: %s %s", namespace, name, err.status,
+                    err.reason)
 
 
 def _service_exists(kube: Kube, namespace: str, name: str) -> bool:
