@@ -26,8 +26,9 @@ def profile_status(body: dict[str, Any], now: datetime) -> dict[str, Any]:
         conditions = set_condition(conditions, "Ready", False, "InvalidSpec", f"{first['loc']}: {first['msg']}", now,
                                    generation)
         return {**old, "conditions": conditions, "observedGeneration": generation, "pointCount": 0}
-    points = profile.spec.points
-    keys = Counter((p.precision, p.tensor_parallel, p.max_num_seqs, p.max_num_batched_tokens) for p in points)
+    points = [*profile.spec.points, *profile.status.points]
+    keys = Counter((p.precision, p.tensor_parallel, p.max_num_seqs, p.max_num_batched_tokens, p.gpu_power_limit_watts,
+                    p.concurrency, p.mean_input_tokens, p.mean_output_tokens) for p in points)
     duplicates = [k for k, n in keys.items() if n > 1]
     if duplicates:
         message = (f"{len(points)} points; {len(duplicates)} configurations measured more than once (the planner "

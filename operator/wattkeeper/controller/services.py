@@ -99,6 +99,7 @@ def profile_points(service: LLMService, profiles: list[dict[str, Any]]) -> list[
             continue
         if profile.spec.model_name == service.spec.model.name and profile.spec.accelerator == service.spec.accelerator.type:
             points.extend(profile.spec.points)
+            points.extend(profile.status.points)  # measured by the profiler Job (spec.sweep)
     return points
 
 
