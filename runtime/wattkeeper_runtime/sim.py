@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--speedup", type=float, default=1.0, help="simulated time runs this many times faster")
     sim.add_argument("--dcgm-port", type=int, default=None, help="serve DCGM metrics on their own port")
     sim.add_argument("--stub-timing", action="store_true", help="use the stub timing, not the energy model")
+    sim.add_argument("--gpu-power-limit-watts", type=float, default=None,
+                     help="GPU power limit, W per GPU (what the node agent would set; the profiler's sweep)")
     return parser
 
 
@@ -141,6 +143,7 @@ def spec_from_options(options: argparse.Namespace) -> SimSpec:
         max_num_batched_tokens=options.max_num_batched_tokens,
         kv_cache_dtype=kv_dtype,
         gpu_memory_utilization=options.gpu_memory_utilization,
+        gpu_power_limit_watts=options.gpu_power_limit_watts,
     )
 
 

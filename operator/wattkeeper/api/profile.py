@@ -120,6 +120,7 @@ class EnergyProfileStatus(StatusModel):
     provenance: Provenance | None = Field(default=None, description="Where status.points come from.")
     job: str | None = Field(default=None, description="The profiler Job for the current spec.sweep.")
     phase: str | None = Field(default=None, description="Sweep: Pending, Running, Measured or Failed.")
+    message: str | None = Field(default=None, description="What the profiler says: progress or failures.")
     conditions: list[Condition] = Field(
         default_factory=list, description="Ready.", json_schema_extra=CONDITIONS_FIELD_EXTRA
     )
