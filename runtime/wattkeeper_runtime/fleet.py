@@ -6,6 +6,9 @@ a free loopback port; it stops the simulator when the pod goes away and restarts
 - a Prometheus file_sd JSON: one target per ready simulator, labels namespace, pod, service;
 - a registry JSON for the load generator: {"services": {service: [{namespace, pod, url, model}]}}.
 Both are replaced atomically (write then rename) so that readers never see half a file.
+Profiler pods (label app.kubernetes.io/component=profiler, `wattkeeper-runtime profile ... --simulate`, the Job an
+EnergyProfile's sweep starts) are run once each, as a kubelet would run their container: the same command with
+the pod's environment and the runner's kubeconfig, against simulators of its own.
 SIGTERM or SIGINT stops every child (SIGTERM, then SIGKILL after a grace period); children also get SIGTERM from
 the kernel if the runner itself dies (PR_SET_PDEATHSIG), so none outlive it.
 """
@@ -31,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from .podargs import SimTarget, sim_argv, target_of
+from .podargs import SimTarget, is_running, sim_argv, target_of
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +130,7 @@ class Fleet:
         spawner: Spawner = spawn,
         health_timeout_seconds: float = 0.5,
         drain_seconds: float = 20.0,
+        kubeconfig: str | None = None,
     ) -> None:
         self.file_sd_path = file_sd_path
         self.registry_path = registry_path
@@ -141,6 +145,8 @@ class Fleet:
         self.drain_seconds = drain_seconds
         self.draining: dict[str, tuple[Child, float]] = {}
         self._written: tuple[str, str] | None = None
+        self.kubeconfig = kubeconfig
+        self.jobs: dict[str, subprocess.Popen[bytes]] = {}  # profiler pods: run once, never restarted
 
     def _start(self, target: SimTarget, restarts: int = 0) -> Child:
         port = free_port()
@@ -167,7 +173,26 @@ class Fleet:
         except httpx.HTTPError:
             child.ready = False
 
+    def _reconcile_jobs(self, pods: list[Mapping[str, Any]]) -> None:
+        wanted: dict[str, list[str]] = {}
+        for pod in pods:
+            argv = profiler_argv(pod, self.python, self.kubeconfig, self.speedup)
+            if argv is not None:
+                meta = pod.get("metadata") or {}
+                wanted[str(meta.get("uid") or meta.get("name"))] = argv
+        for key in [k for k in self.jobs if k not in wanted]:
+            process = self.jobs.pop(key)
+            if process.poll() is None:
+                process.terminate()
+        for key, argv in wanted.items():
+            if key not in self.jobs:
+                log.info("running profiler pod %s: %s", key, " ".join(argv[3:]))
+                log_path = self.log_dir / f"profiler_{key}.log" if self.log_dir else None
+                self.jobs[key] = self.spawner(argv, log_path)
+
     def reconcile(self, pods: Iterable[Mapping[str, Any]]) -> None:
+        pods = list(pods)
+        self._reconcile_jobs(pods)
         desired: dict[str, SimTarget] = {}
         for pod in pods:
             target = target_of(pod)
@@ -217,6 +242,10 @@ class Fleet:
             self._written = fingerprint
 
     def stop_all(self) -> None:
+        for process in self.jobs.values():
+            if process.poll() is None:
+                process.terminate()
+        self.jobs = {}
         children = [*self.children.values(), *(child for child, _ in self.draining.values())]
         self.children, self.draining = {}, {}
         for child in children:
@@ -230,6 +259,25 @@ class Fleet:
                 child.process.kill()
                 child.process.wait()
         self.write_files()
+
+
+def profiler_argv(pod: Mapping[str, Any], python: str, kubeconfig: str | None, speedup: float) -> list[str] | None:
+    """The command a Running simulated profiler pod runs here, or None (not a profiler pod, or one for a GPU)."""
+    meta = pod.get("metadata") or {}
+    if (meta.get("labels") or {}).get("app.kubernetes.io/component") != "profiler" or not is_running(pod):
+        return None
+    containers = (pod.get("spec") or {}).get("containers") or []
+    args = [str(a) for a in (containers[0].get("args") or [])] if containers else []
+    if not args or args[0] != "profile" or "--simulate" not in args:
+        return None  # a real sweep needs real GPUs: nothing to run on a simulated node
+    env = {e["name"]: str(e["value"]) for e in containers[0].get("env") or [] if e.get("value") is not None}
+    argv = [python, "-m", "wattkeeper_runtime.cli", *args, "--namespace", str(meta.get("namespace", "")),
+            "--speedup", f"{speedup:g}"]
+    if kubeconfig:
+        argv += ["--kubeconfig", kubeconfig]
+    if env.get("JOB_NAME"):
+        argv = ["env", f"JOB_NAME={env['JOB_NAME']}", f"POD_NAME={meta.get('name', '')}", *argv]
+    return argv
 
 
 class PodSource:
@@ -302,7 +350,7 @@ def run_fleet(
 ) -> int:
     """Entry point of `wattkeeper-runtime fleet`: run until SIGTERM/SIGINT, then stop every simulator."""
     source = PodSource(kubeconfig, label_selector, namespace)
-    fleet = Fleet(file_sd_path, registry_path, speedup=speedup, log_dir=log_dir)
+    fleet = Fleet(file_sd_path, registry_path, speedup=speedup, log_dir=log_dir, kubeconfig=kubeconfig)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -150,6 +150,7 @@ NAMESPACED_GRANTS = {
     *{("apps", "deployments", v) for v in ("get", "create", "patch")},
     *{("", "services", v) for v in ("get", "create", "patch")},
     ("", "events", "create"),
+    ("batch", "jobs", "create"),
 }
 
 
@@ -372,3 +373,17 @@ def test_power_agent_daemonset_is_off_by_default_and_least_privilege() -> None:
     assert "--power-limits" in operator["spec"]["template"]["spec"]["containers"][0]["args"]
     operator_role = next(d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"] == "wk-wattkeeper")
     assert {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "patch"]} in operator_role["rules"]
+
+
+@needs_helm
+def test_profiler_service_accounts_only_where_listed() -> None:
+    assert not [d for d in render() if d["metadata"]["name"].endswith("profiler")]
+    docs = render("profiler.namespaces={lab}")
+    role = next(d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"] == "wk-wattkeeper-profiler")
+    assert _grants(role["rules"]) == {("wattkeeper.io", "energyprofiles", "get"),
+                                      ("wattkeeper.io", "energyprofiles/status", "patch"), ("", "pods", "patch")}
+    account = one(docs, "ServiceAccount") if len(by_kind(docs, "ServiceAccount")) == 1 else next(
+        d for d in by_kind(docs, "ServiceAccount") if d["metadata"]["namespace"] == "lab")
+    assert account["metadata"]["name"] == "wattkeeper-profiler"
+    args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--profiler-service-account=wattkeeper-profiler" in args

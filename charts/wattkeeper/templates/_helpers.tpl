@@ -109,6 +109,11 @@ app.kubernetes.io/component: power-agent
 - apiGroups: [""]
   resources: [services]
   verbs: [get, create, patch]
+# An EnergyProfile's spec.sweep: the profiler Job that measures it (create only: a Job is never changed; owner
+# references delete it with its profile, ttlSecondsAfterFinished before that).
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [create]
 # Reasons for each reconfiguration, shown by `kubectl describe` (the operator's and kopf's warnings).
 - apiGroups: [""]
   resources: [events]

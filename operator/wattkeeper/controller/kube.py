@@ -42,6 +42,7 @@ class Kube:
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
+        self.batch: Any = client.BatchV1Api(api_client)  # Any: Jobs go in as plain dicts
 
     # reads
     def list_custom(self, plural: str, namespace: str) -> list[dict[str, Any]]:
@@ -76,6 +77,17 @@ class Kube:
         return [self.api_client.sanitize_for_serialization(p) for p in pods]
 
     # writes
+    def create_job(self, job: dict[str, Any]) -> bool:
+        """Create a Job; False when it exists already (a Job's spec is immutable: never re-applied)."""
+        self.metrics.api_writes.labels("create", "Job").inc()
+        try:
+            self.batch.create_namespaced_job(job["metadata"]["namespace"], job)
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
+
     def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         self.metrics.api_writes.labels("patch", "Pod").inc()
         self.core.patch_namespaced_pod(name, namespace, patch)

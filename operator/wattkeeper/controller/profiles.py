@@ -1,4 +1,4 @@
-"""Check an EnergyProfile and say in its status how many points the planner will use."""
+"""Check an EnergyProfile and say in its status how many points the planner will use; run its sweep's Job."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from wattkeeper.api import EnergyProfile
+from wattkeeper.render.profiler import profiler_job_name, render_profiler_job
 
 from .conditions import set_condition
 from .services import Dependencies
@@ -39,8 +40,27 @@ def profile_status(body: dict[str, Any], now: datetime) -> dict[str, Any]:
     return {**old, "conditions": conditions, "observedGeneration": generation, "pointCount": len(points)}
 
 
+def sweep_job(body: dict[str, Any], image: str, service_account: str) -> dict[str, Any] | None:
+    """Pure: the profiler Job this profile's spec asks for and does not have yet (None: nothing to run)."""
+    try:
+        profile = EnergyProfile.model_validate(body)
+    except ValidationError:
+        return None
+    if profile.spec.sweep is None or profile.status.job == profiler_job_name(profile):
+        return None
+    return render_profiler_job(profile, image, service_account)
+
+
 def reconcile_profile(deps: Dependencies, body: dict[str, Any]) -> None:
     meta = body["metadata"]
     deps.metrics.reconciles.labels("EnergyProfile", "change").inc()
     new = profile_status(body, datetime.now(UTC))
+    job = sweep_job(body, deps.settings.profiler_image, deps.settings.profiler_service_account)
+    if job is not None:
+        created = deps.kube.create_job(job)
+        new = {**new, "job": job["metadata"]["name"], "phase": "Pending",
+               "message": f"profiler Job {job['metadata']['name']} {'created' if created else 'exists'}"}
+        if created:
+            deps.kube.event(body, "Normal", "ProfilerStarted",
+                            f"Job {job['metadata']['name']} measures the sweep and writes status.points")
     deps.kube.patch_status("energyprofiles", meta["namespace"], meta["name"], dict(body.get("status") or {}), new)
