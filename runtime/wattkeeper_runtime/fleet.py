@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from .podargs import SimTarget, is_running, sim_argv, target_of
+from .podargs import SimTarget, sim_argv, target_of
 
 log = logging.getLogger(__name__)
 
@@ -262,9 +262,13 @@ class Fleet:
 
 
 def profiler_argv(pod: Mapping[str, Any], python: str, kubeconfig: str | None, speedup: float) -> list[str] | None:
-    """The command a Running simulated profiler pod runs here, or None (not a profiler pod, or one for a GPU)."""
+    """The command a scheduled simulated profiler pod runs here, or None (not a profiler pod, or one for a GPU).
+
+    Scheduled, not Running: KWOK's stages mark a Job's pod Succeeded within a second, while the profiler here
+    takes minutes; so it runs until it is done or its pod is deleted, whatever phase KWOK reports."""
     meta = pod.get("metadata") or {}
-    if (meta.get("labels") or {}).get("app.kubernetes.io/component") != "profiler" or not is_running(pod):
+    scheduled = bool((pod.get("spec") or {}).get("nodeName")) and not meta.get("deletionTimestamp")
+    if (meta.get("labels") or {}).get("app.kubernetes.io/component") != "profiler" or not scheduled:
         return None
     containers = (pod.get("spec") or {}).get("containers") or []
     args = [str(a) for a in (containers[0].get("args") or [])] if containers else []
