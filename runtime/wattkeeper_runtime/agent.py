@@ -258,14 +258,15 @@ class PowerLimitAgent:
 class KubernetesPodDirectory:
     """Pods on one node through the API server (list with a field selector; patch the pod; post an Event)."""
 
-    def __init__(self, node_name: str, kubeconfig: str | None = None) -> None:
+    def __init__(self, node_name: str, kubeconfig: str | None = None, api_client: Any = None) -> None:
         from kubernetes import client, config
 
-        if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig)
-        else:
-            config.load_incluster_config()
-        self._api = client.ApiClient()
+        if api_client is None:
+            if kubeconfig:
+                config.load_kube_config(config_file=kubeconfig)
+            else:
+                config.load_incluster_config()
+        self._api = api_client or client.ApiClient()
         self._core: Any = client.CoreV1Api(self._api)  # Any: we hand it plain dicts, as the API accepts
         self.node_name = node_name
 
