@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-
 from wattkeeper.controller.runner import build_dependencies
 from wattkeeper.controller.services import reconcile_service
 from wattkeeper.controller.settings import OperatorSettings
