@@ -25,6 +25,7 @@ from .conditions import set_condition
 from .decide import Allocation, DeploymentState, ServiceDecision, ServiceInputs, decide
 from .kube import Kube
 from .metrics import OperatorMetrics
+from .profile_check import rejected_points
 from .settings import OperatorSettings
 
 log = logging.getLogger("wattkeeper.services")
@@ -145,7 +146,8 @@ def profile_points(service: LLMService, profiles: list[dict[str, Any]]) -> list[
         except ValidationError:
             continue
         if profile.spec.model_name == service.spec.model.name and profile.spec.accelerator == service.spec.accelerator.type:
-            points.extend(profile.spec.points)
+            rejected = rejected_points(profile)  # the status names them; the planner never sees them
+            points.extend(p for i, p in enumerate(profile.spec.points) if i not in rejected)
     return points
 
 
