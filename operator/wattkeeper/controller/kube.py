@@ -162,11 +162,20 @@ class Kube:
         """Server-side apply with the operator's one field manager; force, since these objects are ours."""
         meta = obj["metadata"]
         self.metrics.api_writes.labels("apply", obj["kind"]).inc()
-        patch: Any = self.apps.patch_namespaced_deployment if obj["kind"] == "Deployment" else \
-            self.core.patch_namespaced_service
-        result = patch(meta["name"], meta["namespace"], apply_body(obj), field_manager=self.field_manager,
-                       force=True, _content_type="application/apply-patch+yaml",
-                       _request_timeout=self.timeout_seconds)
+        deployment = obj["kind"] == "Deployment"
+        # The generated method validates `body` as a dict and serialises it with ASCII escapes (see
+        # `apply_body`); build its request (URL, query, auth) with the dict, then send the UTF-8 body instead.
+        serialize: Any = self.apps._patch_namespaced_deployment_serialize if deployment else \
+            self.core._patch_namespaced_service_serialize
+        method, url, headers, _, post_params = serialize(
+            name=meta["name"], namespace=meta["namespace"], body=obj, pretty=None, dry_run=None,
+            field_manager=self.field_manager, field_validation=None, force=True, _request_auth=None,
+            _content_type="application/apply-patch+yaml", _headers=None, _host_index=0)
+        response = self.api_client.call_api(method, url, headers, apply_body(obj), post_params,
+                                            _request_timeout=self.timeout_seconds)
+        response.read()
+        kind = "V1Deployment" if deployment else "V1Service"
+        result = self.api_client.response_deserialize(response, {"200": kind, "201": kind}).data
         out = dict(self.api_client.sanitize_for_serialization(result))
         out.setdefault("kind", obj["kind"])
         self.remember(out)
