@@ -314,7 +314,7 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
     try:
         _write_objects(deps, service, decision, deployment, reads.service, events)
     except ApiException as err:
-        if err.status is None or not 400 <= err.status < 500 or err.status in (404, 408, 409, 429):
+        if not _rejected_input(err):
             raise  # the apiserver or the network: the caller retries with backoff
         # The apiserver refuses what was rendered: say so on this service, and hold; others carry on.
         reason = _api_reason(err)
@@ -333,6 +333,14 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
     if observation is not None:
         metrics.measured_watts.labels(namespace, name).set(observation.watts)
     return decision
+
+
+def _rejected_input(err: ApiException) -> bool:
+    """Whether the apiserver refused what was rendered (retrying the same body cannot help), as opposed to being
+    unavailable. Server-side apply answers 500 for a body it cannot turn into a typed patch (duplicate map keys)."""
+    if err.status is not None and 400 <= err.status < 500 and err.status not in (404, 408, 409, 429):
+        return True
+    return err.status == 500 and "failed to create typed patch object" in (err.body or "")
 
 
 def _api_reason(err: ApiException) -> str:
