@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import yaml
 from urllib3.exceptions import MaxRetryError
-from wattkeeper.api import LLMService, ServingConfig
+from wattkeeper.api import LLMService, ServingConfigSpec
 from wattkeeper.controller.kube import apply_body
 from wattkeeper.controller.loop import ControlLoop, backoff_seconds
 from wattkeeper.controller.metrics import OperatorMetrics
@@ -99,7 +99,7 @@ def _service() -> LLMService:
 
 def test_a_deployment_scaled_by_hand_is_drift() -> None:
     service = _service()
-    config = ServingConfig(precision="bf16", tensor_parallel=1, replicas=1)
+    config = ServingConfigSpec(precision="bf16", tensor_parallel=1, replicas=1).to_plan()
     desired = render_deployment(service, config)
     live = json.loads(json.dumps(desired))
     assert deployment_drift(desired, live) is None
@@ -115,7 +115,8 @@ def test_the_plan_in_status_is_read_back() -> None:
     status = {"plan": {"precision": "fp8", "tensorParallel": 2, "maxNumSeqs": 64, "maxNumBatchedTokens": 4096,
                        "replicas": 3}}
     config = planned_config(status)
-    assert config is not None and (config.precision, config.tensor_parallel, config.replicas) == ("fp8", 2, 3)
+    assert config is not None
+    assert (config.config.precision, config.config.tensor_parallel, config.replicas) == ("fp8", 2, 3)
     assert planned_config({}) is None
 
 
