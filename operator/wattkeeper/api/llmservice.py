@@ -142,8 +142,11 @@ class AcceleratorSpec(ApiModel):
 class EnvVar(ApiModel):
     """An environment variable of the engine container."""
 
-    name: str = Field(description="Variable name.", min_length=1, max_length=256)
-    value: str = Field(default="", description="Variable value.")
+    # What a Deployment admits (printable ASCII but '=', Kubernetes' relaxed env-name rule), so a name the
+    # apiserver would refuse is refused here, on the LLMService, with its field named.
+    name: str = Field(description="Variable name: printable ASCII, no '='.", min_length=1, max_length=256,
+                      pattern=r"^[ -<>-~]+$")
+    value: str = Field(default="", description="Variable value.", max_length=32768)
 
 
 class ResourceList(ApiModel):
@@ -170,7 +173,11 @@ class EngineSpec(ApiModel):
         description="Arguments appended to `vllm serve`. Flags that the plan sets are rejected by the operator.",
         max_length=64,
     )
-    env: list[EnvVar] = Field(default_factory=list, description="Environment of the engine container.")
+    # A map keyed by name: duplicate names cannot be server-side applied into the Deployment (its env is a map
+    # by name there), so the CRD rejects them at admission.
+    env: list[EnvVar] = Field(default_factory=list, description="Environment of the engine container.",
+                              max_length=128,
+                              json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
     resources: EngineResources = Field(default_factory=EngineResources, description="CPU and memory.")
     gpu_memory_utilization: float = Field(
         default=0.9, description="Share of GPU memory vLLM may take (--gpu-memory-utilization).", gt=0.1, le=0.98
