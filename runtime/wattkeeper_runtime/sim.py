@@ -104,6 +104,7 @@ _QUANTIZATION_TO_PRECISION = {
     "fp8": "fp8",
     "modelopt": "fp8",
     "compressed-tensors": "int8",
+    "rtn": "int8",  # weight-only int8 on load (vLLM 0.11 rtn.py, 8 bits by default)
     "awq": "int4-awq",
     "awq_marlin": "int4-awq",
     "gptq": "int4-gptq",
@@ -118,7 +119,7 @@ def precision_of(quantization: str | None, dtype: str, model: str) -> str:
     if quantization:
         return _QUANTIZATION_TO_PRECISION.get(quantization.lower(), "bf16")
     name = model.lower()
-    for fragment, precision in (("fp8", "fp8"), ("w8a8", "int8"), ("int8", "int8"), ("awq", "int4-awq"),
+    for fragment, precision in (("fp8", "fp8"), ("w8a8", "int8"), ("w8a16", "int8"), ("int8", "int8"), ("awq", "int4-awq"),
                                 ("gptq", "int4-gptq"), ("mxfp4", "mxfp4"), ("gpt-oss", "mxfp4")):  # fmt: skip
         if fragment in name:
             return precision

@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any
 
-from wattkeeper_runtime.launcher import LaunchError, LaunchPlan, plan_argv
+from wattkeeper_runtime.launcher import LaunchError, LaunchPlan, plan_argv, plan_env
 
 from wattkeeper.api import API_VERSION, LLMService, ServingConfig
 
@@ -68,14 +68,13 @@ def config_hash(service: LLMService, config: ServingConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def vllm_argv(service: LLMService, config: ServingConfig) -> list[str]:
+def launch_plan(service: LLMService, config: ServingConfig) -> LaunchPlan:
+    """The launcher's plan for a configuration: a variant (or a source marked quantized) is a pre-quantized
+    checkpoint, served without `--quantization`; unquantized source weights are quantized on load (fp8, int8)."""
     spec = service.spec
-    has_variant = any(v.precision == config.precision for v in spec.model.variants)
-    # A variant is a pre-quantized checkpoint; fp8 without one quantizes the base weights on load; other
-    # formats without one are left to the launcher, which reads the checkpoint's name.
-    prequantized: bool | None = True if has_variant else (False if config.precision == "fp8" else None)
-    plan = LaunchPlan(
-        model_source=spec.model.source_for(config.precision),
+    source, prequantized = spec.model.checkpoint_for(config.precision)
+    return LaunchPlan(
+        model_source=source,
         precision=str(config.precision),
         tensor_parallel=config.tensor_parallel,
         max_num_seqs=config.max_num_seqs,
@@ -87,8 +86,11 @@ def vllm_argv(service: LLMService, config: ServingConfig) -> list[str]:
         prequantized=prequantized,
         extra_args=tuple(spec.engine.extra_args),
     )
+
+
+def vllm_argv(service: LLMService, config: ServingConfig) -> list[str]:
     try:
-        return plan_argv(plan)
+        return plan_argv(launch_plan(service, config))
     except LaunchError as err:
         raise RenderError(str(err)) from err
 
@@ -116,7 +118,13 @@ def render_deployment(
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
-    pod_env += [{"name": e.name, "value": e.value} for e in spec.engine.env]
+    # Settings vLLM reads from its environment only (RTN's bit width): the plan owns them, as it owns its flags.
+    planned_env = plan_env(launch_plan(service, config))
+    clashes = sorted(e.name for e in spec.engine.env if e.name in planned_env and e.value != planned_env[e.name])
+    if clashes:
+        raise RenderError(f"engine.env sets {', '.join(clashes)}, which the {config.precision} plan sets itself")
+    pod_env += [{"name": k, "value": v} for k, v in sorted(planned_env.items())]
+    pod_env += [{"name": e.name, "value": e.value} for e in spec.engine.env if e.name not in planned_env]
     # The model's size and GPU type travel with the pod: the NVML exporter and the GPU-less simulator read them.
     sizing = {ANNOTATION_PARAMS: f"{spec.model.parameters_billions:g}"}
     if spec.model.active_parameters_billions:
