@@ -10,6 +10,7 @@ import hashlib
 import json
 from typing import Any
 
+from wattkeeper_runtime.drain import script_source
 from wattkeeper_runtime.launcher import LaunchError, LaunchPlan, plan_argv, plan_env
 
 from wattkeeper.api import API_VERSION, LLMService, ServingConfig
@@ -22,8 +23,10 @@ ANNOTATION_PARAMS = "wattkeeper.io/model-params-b"
 ANNOTATION_ACTIVE_PARAMS = "wattkeeper.io/active-params-b"
 LABEL_ACCELERATOR = "wattkeeper.io/accelerator"
 GPU_RESOURCE = "nvidia.com/gpu"
-# Old pods finish their requests in flight, and draw power, for up to this long after a change.
+# Old pods finish their requests in flight, and draw power, for up to this long after a change: the preStop drain
+# waits for them (bounded DRAIN_MARGIN_SECONDS short of it, so vLLM still gets SIGTERM before SIGKILL).
 TERMINATION_GRACE_SECONDS = 30
+DRAIN_MARGIN_SECONDS = 5
 CONTAINER_NAME = "vllm"
 
 
@@ -93,6 +96,12 @@ def vllm_argv(service: LLMService, config: ServingConfig) -> list[str]:
         return plan_argv(launch_plan(service, config))
     except LaunchError as err:
         raise RenderError(str(err)) from err
+
+
+def prestop_drain_command(port: int, timeout_s: float) -> list[str]:
+    """The preStop hook: `wattkeeper-runtime drain` as a standard-library script, so that it runs in the stock
+    vLLM image (python3, no Wattkeeper). It returns when vLLM has no request running or waiting."""
+    return ["python3", "-c", script_source(), "--port", str(port), "--timeout", f"{timeout_s:g}"]
 
 
 def _resources(service: LLMService, config: ServingConfig) -> dict[str, Any]:
@@ -174,15 +183,40 @@ def render_deployment(
                             "env": pod_env,
                             "ports": [{"name": "http", "containerPort": spec.engine.port, "protocol": "TCP"}],
                             "resources": _resources(service, config),
-                            "readinessProbe": {
-                                "httpGet": {"path": "/health", "port": "http"},
-                                "periodSeconds": 5,
-                                "failureThreshold": 3,
-                            },
+                            # vLLM 0.11.1's /health answers 200 while the engine lives and 503 once it is dead
+                            # (api_server.py:367-374, async_llm.py:654-657); the port opens only after the
+                            # model has loaded (api_server.py:2049-2057), which the startup probe waits for
+                            # (up to 15 min) before liveness and readiness start.
                             "startupProbe": {
                                 "httpGet": {"path": "/health", "port": "http"},
                                 "periodSeconds": 10,
                                 "failureThreshold": 90,
+                            },
+                            "readinessProbe": {
+                                "httpGet": {"path": "/health", "port": "http"},
+                                "periodSeconds": 5,
+                                "timeoutSeconds": 3,
+                                "failureThreshold": 3,
+                            },
+                            # A dead or hung engine: restart the container. A long timeout and three misses, so a
+                            # busy event loop under load is not mistaken for a hang.
+                            "livenessProbe": {
+                                "httpGet": {"path": "/health", "port": "http"},
+                                "periodSeconds": 10,
+                                "timeoutSeconds": 5,
+                                "failureThreshold": 3,
+                            },
+                            # On deletion the pod leaves the Service's ready endpoints at once; this hook then
+                            # holds SIGTERM back until the requests in flight are done (vLLM cancels them on
+                            # SIGTERM, see wattkeeper_runtime.drain).
+                            "lifecycle": {
+                                "preStop": {
+                                    "exec": {
+                                        "command": prestop_drain_command(
+                                            spec.engine.port, TERMINATION_GRACE_SECONDS - DRAIN_MARGIN_SECONDS
+                                        )
+                                    }
+                                }
                             },
                             "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
                         }
