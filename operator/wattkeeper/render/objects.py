@@ -92,10 +92,21 @@ def launch_plan(service: LLMService, config: ServingConfig) -> LaunchPlan:
 
 
 def vllm_argv(service: LLMService, config: ServingConfig) -> list[str]:
+    """The engine's argv; RenderError for a plan vLLM would refuse (checked before applying, too)."""
+    planned_env(service, config)
     try:
         return plan_argv(launch_plan(service, config))
     except LaunchError as err:
         raise RenderError(str(err)) from err
+
+
+def planned_env(service: LLMService, config: ServingConfig) -> dict[str, str]:
+    """Settings vLLM reads from its environment only (RTN's bit width): the plan owns them, as it owns its flags."""
+    planned = plan_env(launch_plan(service, config))
+    clashes = sorted(e.name for e in service.spec.engine.env if e.name in planned and e.value != planned[e.name])
+    if clashes:
+        raise RenderError(f"engine.env sets {', '.join(clashes)}, which the {config.precision} plan sets itself")
+    return planned
 
 
 def prestop_drain_command(port: int, timeout_s: float) -> list[str]:
@@ -127,13 +138,9 @@ def render_deployment(
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
-    # Settings vLLM reads from its environment only (RTN's bit width): the plan owns them, as it owns its flags.
-    planned_env = plan_env(launch_plan(service, config))
-    clashes = sorted(e.name for e in spec.engine.env if e.name in planned_env and e.value != planned_env[e.name])
-    if clashes:
-        raise RenderError(f"engine.env sets {', '.join(clashes)}, which the {config.precision} plan sets itself")
-    pod_env += [{"name": k, "value": v} for k, v in sorted(planned_env.items())]
-    pod_env += [{"name": e.name, "value": e.value} for e in spec.engine.env if e.name not in planned_env]
+    planned = planned_env(service, config)
+    pod_env += [{"name": k, "value": v} for k, v in sorted(planned.items())]
+    pod_env += [{"name": e.name, "value": e.value} for e in spec.engine.env if e.name not in planned]
     # The model's size and GPU type travel with the pod: the NVML exporter and the GPU-less simulator read them.
     sizing = {ANNOTATION_PARAMS: f"{spec.model.parameters_billions:g}"}
     if spec.model.active_parameters_billions:
