@@ -143,7 +143,14 @@ def wheelhouse(cache: Path, work: Path) -> Path:
     key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
     house = cache / f"wheels-{key}"
     project = work / "project-wheel"
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(project), str(ROOT)])
+    # Built from a copy of the sources: setuptools would leave build/ and *.egg-info in the checkout.
+    source = work / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for name in ("operator", "runtime"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(project), str(source)])
     wheel = next(project.glob("wattkeeper-*.whl"))
     marker = house / ".complete"
     if not marker.exists():
