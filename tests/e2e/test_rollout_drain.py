@@ -58,7 +58,7 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
 
 
 def deployment(namespace: str, max_num_seqs: int, drain: bool) -> dict[str, Any]:
-    from wattkeeper.api import LLMService, ServingConfig
+    from wattkeeper.api import LLMService, ServingConfigSpec
     from wattkeeper.render.objects import render_deployment
 
     service = LLMService.model_validate({
@@ -67,7 +67,8 @@ def deployment(namespace: str, max_num_seqs: int, drain: bool) -> dict[str, Any]
         "spec": {"model": {"name": "chat", "source": "meta-llama/Llama-3.1-8B-Instruct", "parametersBillions": 8},
                  "slo": {"ttftP95Seconds": 1.0, "itlP95Seconds": 0.05}},
     })  # fmt: skip
-    body = render_deployment(service, ServingConfig(precision="bf16", replicas=2, max_num_seqs=max_num_seqs))
+    plan = ServingConfigSpec(precision="bf16", replicas=2, max_num_seqs=max_num_seqs).to_plan()
+    body = render_deployment(service, plan)
     body["metadata"].pop("ownerReferences")  # no LLMService object here: the test plays the operator's part
     # KWOK reports a pod Ready the moment it runs, before its simulator listens; a real vLLM pod is Ready only when
     # /health answers. minReadySeconds gives the simulator that time, so the roll waits for it as it would for vLLM.

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from wattkeeper.api import LLMService, ServingConfig
+from wattkeeper.api import LLMService, ServingConfigSpec
 from wattkeeper.render.objects import RenderError, render_deployment
 from wattkeeper_runtime.launcher import LaunchError, LaunchPlan, plan_argv, plan_env
 
@@ -138,7 +138,7 @@ def service(model: dict[str, Any], precisions: list[str], env: list[dict[str, st
 
 
 def container(svc: LLMService, precision: str) -> dict[str, Any]:
-    config = ServingConfig(precision=precision, tensor_parallel=1, replicas=1, max_num_seqs=64)
+    config = ServingConfigSpec(precision=precision, tensor_parallel=1, replicas=1, max_num_seqs=64).to_plan()
     result: dict[str, Any] = render_deployment(svc, config)["spec"]["template"]["spec"]["containers"][0]
     return result
 

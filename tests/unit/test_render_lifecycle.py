@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wattkeeper.api import LLMService, ServingConfig
+from wattkeeper.api import LLMService, ServingConfigSpec
 from wattkeeper.render.objects import DRAIN_MARGIN_SECONDS, TERMINATION_GRACE_SECONDS, render_deployment
 from wattkeeper_runtime.podargs import prestop_drain_args, target_of
 
@@ -25,7 +25,7 @@ def service() -> LLMService:
 
 
 def rendered_pod() -> dict[str, Any]:
-    deployment = render_deployment(service(), ServingConfig(precision="bf16", replicas=1))
+    deployment = render_deployment(service(), ServingConfigSpec(precision="bf16", replicas=1).to_plan())
     template = deployment["spec"]["template"]
     return {
         "metadata": {**template["metadata"], "name": "chat-abc", "namespace": "team-a", "uid": "p1"},
