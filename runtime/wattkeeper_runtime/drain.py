@@ -1,12 +1,12 @@
 """`wattkeeper-runtime drain`: the vLLM container's preStop hook; it returns once the server's requests are done.
 
 Why: on SIGTERM vLLM 0.11.1 does not drain. Its handler cancels the HTTP server task
-(vllm/entrypoints/launcher.py:84-95) and leaves the engine context, which shuts the engine down with the requests
-in flight, before the HTTP server's own shutdown is awaited (vllm/entrypoints/openai/api_server.py:2049-2079). So
-the kubelet must not send SIGTERM while requests run. It runs the preStop hook first and sends SIGTERM after it,
-all within terminationGracePeriodSeconds (kubelet kuberuntime_container.go:894). A terminating pod is already out
-of its Service's ready endpoints (k8s.io/endpointslice utils.go:39-43: ready is false while terminating), so no
-new requests arrive once the endpoint change has propagated.
+(vllm/entrypoints/launcher.py:84-95) and leaves the engine context, which shuts the engine down with the requests in
+flight (vllm/entrypoints/openai/api_server.py:252-254), before the HTTP server's own shutdown is awaited
+(api_server.py:2043-2079). So the kubelet must not send SIGTERM while requests run. It runs the preStop hook first
+and sends SIGTERM after it, all within terminationGracePeriodSeconds (kubelet kuberuntime_container.go:894). A
+terminating pod is already out of its Service's ready endpoints (k8s.io/endpointslice utils.go:39-43: ready is false
+while terminating), so no new requests arrive once the endpoint change has propagated.
 
 The hook: wait `--settle` seconds (endpoint propagation to kube-proxy and load balancers; requests still arriving
 are served), then poll vLLM's /metrics until `vllm:num_requests_running` + `vllm:num_requests_waiting` (summed

@@ -12,8 +12,8 @@ Requests go through a `BatchingEngine`; an asyncio task runs its steps back to b
 
 SIGTERM does what it does to vLLM 0.11.1: the requests in flight are cancelled, not finished. vLLM's handler
 cancels the HTTP server task (vllm/entrypoints/launcher.py:84-95) and the engine shuts down with the requests it
-holds before the server's shutdown is awaited (vllm/entrypoints/openai/api_server.py:2049-2079); clients see their
-connections cut. Only a preStop drain (`wattkeeper-runtime drain`) saves them, here as on a real cluster.
+holds (vllm/entrypoints/openai/api_server.py:252-254) before the server's shutdown is awaited (2043-2079); clients
+see their connections cut. Only a preStop drain (`wattkeeper-runtime drain`) saves them, here as on a real cluster.
 """
 
 from __future__ import annotations

@@ -195,7 +195,7 @@ def render_deployment(
                             "resources": _resources(service, config),
                             # vLLM 0.11.1's /health answers 200 while the engine lives and 503 once it is dead
                             # (api_server.py:367-374, async_llm.py:654-657); the port opens only after the
-                            # model has loaded (api_server.py:2049-2057), which the startup probe waits for
+                            # model has loaded (api_server.py:2043-2057), which the startup probe waits for
                             # (up to 15 min) before liveness and readiness start.
                             "startupProbe": {
                                 "httpGet": {"path": "/health", "port": "http"},
