@@ -2,14 +2,14 @@
 # Builds the local cluster's components from the Go module proxy, once, into a cache that outlives clones:
 #   $WATTKEEPER_CACHE/bin/<component>-<version>/
 # A second run finds them there and returns in well under a second.
-# Usage: hack/build-tools.sh [k8s] [etcd] [kwok] [helm]   (default: all)
+# Usage: hack/build-tools.sh [k8s] [etcd] [kwok] [helm] [prometheus-operator]   (default: all)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=/dev/null
 source "$here/versions.env"
 cache=${WATTKEEPER_CACHE:-$HOME/.cache/wattkeeper}
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
-what=("$@"); [ ${#what[@]} -gt 0 ] || what=(k8s etcd kwok helm)
+what=("$@"); [ ${#what[@]} -gt 0 ] || what=(k8s etcd kwok helm prometheus-operator)
 
 # Prints a progress line every 40 packages that go build compiles; a cold build compiles a few thousand.
 progress() {
@@ -76,12 +76,33 @@ go_install() {
   echo "$name $version: built into $out"
 }
 
+# prometheus-operator replaces its own apis and client submodules with local folders, so it builds through a
+# wrapper module (hack/prometheus-operator) that requires their published builds; ldflags as its Makefile's.
+# Its CRDs come with the module, in example/prometheus-operator-crd/, and are copied beside the binary.
+build_prometheus_operator() {
+  local v=$PROMETHEUS_OPERATOR_VERSION out="$cache/bin/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
+  if [ -x "$out/operator" ] && [ -d "$out/crds" ]; then echo "prometheus-operator $v: cached in $out"; return; fi
+  local mod=github.com/prometheus-operator/prometheus-operator
+  cd "$here/prometheus-operator"
+  go mod download
+  local total; total=$(go list -deps "$mod/cmd/operator" | wc -l)
+  echo "prometheus-operator $v: building cmd/operator ($total packages; a few minutes cold)"
+  rm -rf "$out.tmp"; mkdir -p "$out.tmp/crds"
+  go build -v -trimpath -ldflags "-s -w -X github.com/prometheus/common/version.Version=${v#v}" \
+    -o "$out.tmp/operator" "$mod/cmd/operator" 2>&1 | progress prometheus-operator "$total"
+  cp "$(go list -m -f '{{.Dir}}' "$mod")"/example/prometheus-operator-crd/*.yaml "$out.tmp/crds/"
+  chmod -R u+w "$out.tmp"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  echo "prometheus-operator $v: built into $out"
+}
+
 for w in "${what[@]}"; do
   case $w in
     k8s) build_k8s ;;
     etcd) build_etcd ;;
     kwok) go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok ;;
     helm) go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
+    prometheus-operator) build_prometheus_operator ;;
     *) echo "unknown component: $w" >&2; exit 2 ;;
   esac
 done

@@ -56,10 +56,13 @@ def binary(name: str) -> Path:
         "etcd": f"etcd-{v['ETCD_VERSION']}",
         "kwok": f"kwok-{v['KWOK_VERSION']}",
         "helm": f"helm-{v['HELM_VERSION']}",
+        "prometheus-operator": f"prometheus-operator-{v['PROMETHEUS_OPERATOR_VERSION']}",
     }.get(name, f"k8s-{v['KUBE_VERSION']}")
-    path = CACHE / "bin" / folder / name
+    # prometheus-operator's command is cmd/operator; its CRDs lie beside it, in crds/.
+    path = CACHE / "bin" / folder / ("operator" if name == "prometheus-operator" else name)
     if not path.exists():
-        component = {"etcd": "etcd", "kwok": "kwok", "helm": "helm"}.get(name, "k8s")
+        own = ("etcd", "kwok", "helm", "prometheus-operator")
+        component = name if name in own else "k8s"
         subprocess.run([str(ROOT / "hack" / "build-tools.sh"), component], check=True)
     return path
 

@@ -23,8 +23,11 @@ HELM = localcluster.CACHE / "bin" / f"helm-{localcluster.versions()['HELM_VERSIO
 needs_helm = pytest.mark.skipif(not HELM.exists(), reason="helm not built yet (make tools)")
 
 
-def render(*sets: str, release: str = "wk", namespace: str = "ops", show_only: str | None = None) -> list[dict]:
+def render(*sets: str, release: str = "wk", namespace: str = "ops", show_only: str | None = None,
+           api_versions: tuple[str, ...] = ()) -> list[dict]:
     args = [str(HELM), "template", release, str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION]
+    for api in api_versions:
+        args += ["--api-versions", api]
     for value in sets:
         args += ["--set", value]
     if show_only:
@@ -147,8 +150,8 @@ NAMESPACED_GRANTS = {
     ("wattkeeper.io", "llmservices/status", "patch"), ("wattkeeper.io", "energybudgets/status", "patch"),
     *{("wattkeeper.io", "energyprofiles", v) for v in ("list", "watch", "patch")},
     ("wattkeeper.io", "energyprofiles/status", "patch"),
-    *{("apps", "deployments", v) for v in ("get", "create", "patch")},
-    *{("", "services", v) for v in ("get", "create", "patch")},
+    *{("apps", "deployments", v) for v in ("get", "list", "watch", "create", "patch")},
+    *{("", "services", v) for v in ("get", "list", "watch", "create", "patch")},
     ("", "events", "create"),
     ("batch", "jobs", "create"),
 }
@@ -235,6 +238,44 @@ def test_service_monitor() -> None:
     service = next(d for d in docs if d["kind"] == "Service")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+PODMONITOR_API = ("monitoring.coreos.com/v1/PodMonitor",)
+
+
+@needs_helm
+def test_pod_monitor_follows_the_monitoring_crds() -> None:
+    assert not by_kind(render(), "PodMonitor")  # auto, and the cluster serves no PodMonitor
+    assert not by_kind(render("podMonitor.enabled=false", api_versions=PODMONITOR_API), "PodMonitor")
+    assert by_kind(render("podMonitor.enabled=true"), "PodMonitor")  # forced, for `helm template` users
+    monitor = one(render("podMonitor.labels.release=kps", api_versions=PODMONITOR_API), "PodMonitor")
+    assert monitor["metadata"]["namespace"] == "ops" and monitor["metadata"]["labels"]["release"] == "kps"
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == ("http", "/metrics", "15s")
+
+
+@needs_helm
+def test_pod_monitor_per_watched_namespace() -> None:
+    docs = render("podMonitor.enabled=true", "watchNamespaces={team-a,team-b}")
+    monitors = by_kind(docs, "PodMonitor")
+    assert [(m["metadata"]["namespace"], m["spec"]["namespaceSelector"]) for m in monitors] == [
+        ("team-a", {"matchNames": ["team-a"]}), ("team-b", {"matchNames": ["team-b"]})]
+
+
+@needs_helm
+def test_pod_monitor_selects_the_rendered_vllm_pods_and_their_port() -> None:
+    from wattkeeper.api import LLMService, ServingConfigSpec
+    from wattkeeper.render.objects import render_deployment
+
+    service = LLMService.model_validate(yaml.safe_load((ROOT / "examples" / "llmservice-llama-8b.yaml").read_text()))
+    service.metadata.uid = "0"
+    pod = render_deployment(service, ServingConfigSpec(precision="bf16").to_plan())["spec"]["template"]
+    selector = one(render("podMonitor.enabled=true"), "PodMonitor")["spec"]["selector"]
+    labels = pod["metadata"]["labels"]
+    assert selector["matchLabels"].items() <= labels.items()
+    assert all(e["operator"] == "Exists" and e["key"] in labels for e in selector["matchExpressions"])
+    assert "http" in {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
 
 
 @needs_helm

@@ -103,12 +103,14 @@ app.kubernetes.io/component: power-agent
   verbs: [list, watch, patch]
 # The vLLM Deployment and Service of each LLMService: read the rollout state, server-side apply
 # (an apply that creates an object is authorized as create). Owner references clean up: no delete.
+# list + watch: the control loop lists them once per pass, and changes by hand or by another tool (watched)
+# go back to the plan within seconds.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 # An EnergyProfile's spec.sweep: the profiler Job that measures it (create only: a Job is never changed; owner
 # references delete it with its profile, ttlSecondsAfterFinished before that).
 - apiGroups: [batch]

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from wattkeeper_runtime.engine import BatchingEngine, EngineRequest
 
-from ..energy.types import ServingConfig
+from ..energy.types import Plan, ServingConfig
 from .groundtruth import GroundTruth
 from .trace import Trace
 
@@ -46,7 +46,7 @@ class FleetTarget:
         return other is not None and other.config == self.config and other.replicas == self.replicas
 
     def describe(self) -> str:
-        return f"{self.config.short()} x{self.replicas}"
+        return Plan(self.config, self.replicas).describe()
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,11 @@ class Observation:
     loading_replicas: int
     draining_replicas: int
     active_per_replica_mean: float  # (running + waiting) per serving replica, averaged over the window
+    # What the operator's telemetry shows (vllm:request_success_total, num_requests_waiting/running averaged
+    # over the window): requests that finished, not arrivals; a saturated fleet finishes fewer than arrive.
+    finished_requests_per_second: float = 0.0
+    mean_waiting_requests: float = 0.0
+    mean_running_requests: float = 0.0
 
     @property
     def settled(self) -> bool:
@@ -154,6 +159,7 @@ class _Window:
     completed: int = 0
     completed_output_tokens: int = 0
     active_total: float = 0.0  # running + waiting summed over serving replicas, at the sample time
+    waiting_total: float = 0.0  # waiting summed over serving replicas, at the sample time
     serving: int = 0
 
 
@@ -231,6 +237,8 @@ class FleetSimulator:
         window: deque[_Window] = deque()
         current = _Window()
         window_len = max(1, round(self.telemetry_window_s / self.sample_s))
+        # A policy that reads Prometheus sees the window that ended at the last scrape (`telemetry_lag_s`).
+        lag_len = max(0, round(float(getattr(policy, "telemetry_lag_s", 0.0)) / self.sample_s))
 
         def advance(r: Replica, t_s: float) -> None:
             nonlocal steps
@@ -397,8 +405,9 @@ class FleetSimulator:
             serving = [r for r in replicas if r.state is State.SERVING]
             current.serving = len(serving)
             current.active_total = float(sum(len(r.engine.running) + len(r.engine.waiting) for r in serving))
+            current.waiting_total = float(sum(len(r.engine.waiting) for r in serving))
             window.append(current)
-            if len(window) > window_len:
+            if len(window) > window_len + lag_len:
                 window.popleft()
             current = _Window()
             done = (
@@ -410,7 +419,8 @@ class FleetSimulator:
                 break
             if t_sample + 1e-9 >= next_policy_s:
                 next_policy_s += policy.interval_s
-                obs = self._observe(t_sample, window, energy_samples, replicas, arrivals, inputs, arrival_i)
+                obs = self._observe(t_sample, window, energy_samples, replicas, arrivals, inputs, arrival_i,
+                                    window_len, lag_len)
                 proposal = policy.decide(obs, target)
                 if proposal is not None and not proposal.same_shape(target):
                     apply(proposal, t_sample)
@@ -441,16 +451,24 @@ class FleetSimulator:
         arrivals: list[float],
         inputs: list[int],
         arrived: int,
+        window_len: int | None = None,
+        lag_len: int = 0,
     ) -> Observation:
+        lag_len = min(lag_len, max(len(window) - 1, 0))
+        seen = list(window)[: len(window) - lag_len][-(window_len or len(window)):]
+        end_s = t_s - lag_len * self.sample_s
+        arrived = _bisect_left(arrivals, end_s, 0, arrived)
+        window = deque(seen)
         span_s = len(window) * self.sample_s
-        lo = _bisect_left(arrivals, t_s - span_s, 0, arrived)
+        lo = _bisect_left(arrivals, end_s - span_s, 0, arrived)
         count = arrived - lo
         completed = sum(w.completed for w in window)
         out_tokens = sum(w.completed_output_tokens for w in window)
         ttfts = [x for w in window for x in w.ttft]
         itl_v = [x for w in window for x in w.itl_values]
         itl_c = [c for w in window for c in w.itl_counts]
-        watts = (energy_samples[-1] - energy_samples[-1 - len(window)]) / span_s if span_s > 0 else 0.0
+        end = len(energy_samples) - 1 - lag_len
+        watts = (energy_samples[end] - energy_samples[end - len(window)]) / span_s if span_s > 0 else 0.0
         serving = [r for r in replicas if r.state is State.SERVING]
         active = [w.active_total / w.serving for w in window if w.serving]
         return Observation(
@@ -468,6 +486,9 @@ class FleetSimulator:
             loading_replicas=sum(1 for r in replicas if r.state is State.LOADING),
             draining_replicas=sum(1 for r in replicas if r.state is State.DRAINING),
             active_per_replica_mean=float(np.mean(active)) if active else 0.0,
+            finished_requests_per_second=completed / span_s if span_s > 0 else 0.0,
+            mean_waiting_requests=float(np.mean([w.waiting_total for w in window])) if window else 0.0,
+            mean_running_requests=float(np.mean([w.active_total - w.waiting_total for w in window])) if window else 0.0,
         )
 
 

@@ -10,13 +10,15 @@ import math
 import httpx
 
 from .base import ServiceObservation, TelemetryUnavailable, pod_name_pattern
+from .promql import service_total
 
-# Power, in order of preference: the energy counter is exact over the window; the gauge is a 1 s sample.
+# Power, in order of preference: the energy counter is exact over the window; the gauge is a 1 s sample. Each is
+# a per-pod template ({sel}: label matchers) read under both exporter label conventions (see promql.py).
 POWER_QUERIES = (
-    ("dcgm-energy", "sum(rate(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{sel}}}[{w}])) / 1000"),
-    ("dcgm-power", "sum(avg_over_time(DCGM_FI_DEV_POWER_USAGE{{{sel}}}[{w}]))"),
-    ("nvml-energy", "sum(rate(wattkeeper_gpu_energy_joules_total{{{sel}}}[{w}]))"),
-    ("nvml-power", "sum(avg_over_time(wattkeeper_gpu_power_watts{{{sel}}}[{w}]))"),
+    ("dcgm-energy", "rate(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{sel}}}[{w}])", 1e-3),  # mJ/s -> W
+    ("dcgm-power", "avg_over_time(DCGM_FI_DEV_POWER_USAGE{{{sel}}}[{w}])", 1.0),
+    ("nvml-energy", "rate(wattkeeper_gpu_energy_joules_total{{{sel}}}[{w}])", 1.0),
+    ("nvml-power", "avg_over_time(wattkeeper_gpu_power_watts{{{sel}}}[{w}])", 1.0),
 )
 LOAD_QUERIES = {
     "output_tokens_per_second": "sum(rate(vllm:generation_tokens_total{{{sel}}}[{w}]))",
@@ -56,8 +58,9 @@ class PrometheusSource:
         sel = f'namespace="{namespace}",pod=~"{pod_name_pattern(service)}"'
         window = f"{max(int(window_seconds), 5)}s"
         watts, source = None, ""
-        for name, template in POWER_QUERIES:
-            watts = self._query(template.format(sel=sel, w=window))
+        for name, template, scale in POWER_QUERIES:
+            per_pod = template.replace("{w}", window)
+            watts = self._query(service_total(per_pod, namespace, pod_name_pattern(service), scale))
             if watts is not None:
                 source = name
                 break
