@@ -6,13 +6,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from wattkeeper.api import LLMService, ServingConfig
-from wattkeeper.controller.planning import plan_request
+from wattkeeper.api import LLMService
+from wattkeeper.control.planning import plan_request
+from wattkeeper.controller.planning import intent_from_service
 from wattkeeper.controller.powerlimits import pod_limit_patches
 from wattkeeper.energy.catalog import get_accelerator, model_from_name
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.energy.powerlimit import PUBLISHED_CAP_EFFECTS, clamp_limit_watts, limit_options_watts
-from wattkeeper.energy.types import ModelShape, Workload
+from wattkeeper.energy.types import ModelShape, Plan, Workload
 from wattkeeper.energy.types import ServingConfig as EngineConfig
 from wattkeeper.planner import PlanRequest
 from wattkeeper.planner.inplace import in_place_limit
@@ -85,8 +86,8 @@ SERVICE = LLMService.model_validate({
 
 
 def test_a_power_limit_never_changes_the_pod_template() -> None:
-    plain = ServingConfig(precision="bf16", max_num_seqs=128)
-    limited = plain.model_copy(update={"gpu_power_limit_watts": 450.0})
+    plain = Plan(EngineConfig("bf16", max_num_seqs=128), 2)
+    limited = Plan(replace(plain.config, gpu_power_limit_watts=450.0), 2)
     assert config_hash(SERVICE, plain) == config_hash(SERVICE, limited)
     a, b = render_deployment(SERVICE, plain), render_deployment(SERVICE, limited)
     assert a["spec"] == b["spec"]  # same template: no new ReplicaSet, no restart
@@ -106,7 +107,6 @@ def test_pod_patches_carry_the_limit_to_running_pods() -> None:
 
 def test_the_operator_offers_limits_only_with_the_agent() -> None:
     wl = Workload(5.0, 1024, 256)
-    assert plan_request(SERVICE, wl, None).gpu_power_limits_watts == (None,)
-    assert plan_request(SERVICE, wl, None, power_limits=True).gpu_power_limits_watts == (None, 595.0, 490.0, 385.0)
-    capped = replace(plan_request(SERVICE, wl, None, power_limits=True), power_cap_watts=None)
-    assert capped.gpu_power_limits_watts[0] is None
+    assert plan_request(intent_from_service(SERVICE), wl, None).gpu_power_limits_watts == (None,)
+    with_agent = intent_from_service(SERVICE, power_limits=True)
+    assert plan_request(with_agent, wl, None).gpu_power_limits_watts == (None, 595.0, 490.0, 385.0)
