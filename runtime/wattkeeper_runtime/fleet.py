@@ -45,6 +45,7 @@ from .podargs import SimTarget, sim_argv, target_of
 log = logging.getLogger(__name__)
 
 DEFAULT_SELECTOR = "app.kubernetes.io/managed-by=wattkeeper"
+POWER_LIMIT_ANNOTATION = "wattkeeper.io/gpu-power-limit-watts"  # as wattkeeper_runtime.agent reads it
 _PR_SET_PDEATHSIG = 1
 
 
@@ -78,6 +79,7 @@ class Child:
     started_monotonic: float = 0.0
     kill_at_monotonic: float | None = None  # set once terminating: SIGKILL after this
     drain_outcome: str = ""  # the preStop drain's result: idle, timeout, unreachable; "" without one
+    power_limit: str | None = None  # the pod's wattkeeper.io/gpu-power-limit-watts last handed to the simulator
 
     @property
     def url(self) -> str:
@@ -219,6 +221,29 @@ class Fleet:
                 log_path = self.log_dir / f"profiler_{key}.log" if self.log_dir else None
                 self.jobs[key] = self.spawner(argv, log_path)
 
+    def _apply_power_limits(self, pods: list[Mapping[str, Any]]) -> None:
+        """The node agent's part on a simulated node: hand each ready simulator its pod's requested GPU power
+        limit (annotation wattkeeper.io/gpu-power-limit-watts), in place, as the agent would set it through NVML."""
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            child = self.children.get(str(meta.get("uid") or ""))
+            if child is None or not child.ready:
+                continue
+            wanted = (meta.get("annotations") or {}).get(POWER_LIMIT_ANNOTATION)
+            if wanted == child.power_limit:
+                continue
+            try:
+                watts = float(wanted) if wanted else None
+                response = httpx.put(f"{child.url}/wattkeeper/gpu-power-limit", json={"watts": watts},
+                                     timeout=self.health_timeout_seconds * 4)
+                if response.status_code == 200:
+                    child.power_limit = wanted
+                    log.info("pod %s/%s: GPU power limit %s", child.target.namespace, child.target.pod,
+                             response.json().get("watts"))
+            except (ValueError, httpx.HTTPError) as error:  # a bad annotation fails closed: default limit
+                log.warning("pod %s/%s: power limit %r not applied: %s", child.target.namespace,
+                            child.target.pod, wanted, error)
+
     def reconcile(self, pods: Iterable[Mapping[str, Any]]) -> None:
         pods = list(pods)
         self._reconcile_jobs(pods)
@@ -249,6 +274,7 @@ class Fleet:
         for child in self.children.values():
             if not child.ready and child.process.poll() is None:
                 self._check_ready(child)
+        self._apply_power_limits(pods)
         self.write_files()
 
     def write_files(self) -> None:

@@ -184,6 +184,18 @@ class EnergyModelTiming:
     def kv_cache_tokens(self) -> int:
         return self._kv_tokens
 
+    def set_power_limit(self, watts: float | None) -> float | None:
+        """Change the GPU power limit in place, as the node agent does on a real card (within [card minimum,
+        default]; None or at/above the default: the default). Returns the limit now in force (None: default)."""
+        from dataclasses import replace
+
+        acc = self._accelerator
+        limit = None if watts is None or watts >= acc.power_limit_watts else max(float(watts),
+                                                                                acc.min_power_limit_watts)
+        self._config = replace(self._config, gpu_power_limit_watts=limit)
+        self._cache.clear()
+        return limit
+
 
 def stub_timing(spec: SimSpec) -> LinearStubTiming:
     accel = {

@@ -110,3 +110,12 @@ def test_the_operator_offers_limits_only_with_the_agent() -> None:
     assert plan_request(intent_from_service(SERVICE), wl, None).gpu_power_limits_watts == (None,)
     with_agent = intent_from_service(SERVICE, power_limits=True)
     assert plan_request(with_agent, wl, None).gpu_power_limits_watts == (None, 595.0, 490.0, 385.0)
+
+
+def test_a_limit_only_change_is_in_place() -> None:
+    from wattkeeper.planner.inplace import is_in_place_change
+
+    base = EngineConfig("bf16", 1, 256)
+    assert is_in_place_change(base, replace(base, gpu_power_limit_watts=490.0))
+    assert not is_in_place_change(base, base)
+    assert not is_in_place_change(base, replace(base, max_num_seqs=128, gpu_power_limit_watts=490.0))

@@ -88,3 +88,12 @@ def in_place_limit(
         reason=f"{why}: {best.describe()}",
         options=tuple(evaluated),
     )
+
+
+def is_in_place_change(running: ServingConfig, proposed: ServingConfig) -> bool:
+    """Whether going from `running` to `proposed` changes only the GPU power limit: no restart, no reload, no
+    outage (the render leaves the limit out of the pod template; the node agent applies it within seconds).
+    For the switching rule: such a move costs nothing to make, so neither the reload cost of should_switch nor the
+    outage of an in-place restart applies to it."""
+    return (running != proposed
+            and replace(running, gpu_power_limit_watts=None) == replace(proposed, gpu_power_limit_watts=None))
