@@ -126,6 +126,19 @@ def test_profile_measured_by_the_job_is_used_by_the_next_plan(sim_cluster: Any, 
         assert "Measured profile points cover" in plan["reason"], plan["reason"]
         assert "the chosen plan's figures are measured" in plan["reason"], plan["reason"]
         assert plan["predicted"]["source"] == "profile"
+
+        # The lever in place: the operator (--power-limits) writes the planned limit on the running pod (covered
+        # by tests/integration/test_power_limits.py); here it is written by hand, and the simulated node's agent
+        # (the fleet runner) applies it to the pod's simulator without restarting it.
+        core = client.CoreV1Api(api)
+        pod = wait_for(lambda: [p for p in core.list_namespaced_pod(ns, label_selector="wattkeeper.io/service=llama")
+                                .items if p.status.phase == "Running"], 60, "the service's pod")[0]
+        core.patch_namespaced_pod(pod.metadata.name, ns, {"metadata": {"annotations": {
+            "wattkeeper.io/gpu-power-limit-watts": "300"}}})
+        wait_for(lambda: f"pod {ns}/{pod.metadata.name}: GPU power limit 300" in (tmp_path / "fleet.log").read_text(),
+                 60, "the simulated agent to apply the limit")
+        assert [p.metadata.name for p in core.list_namespaced_pod(ns, label_selector="wattkeeper.io/service=llama")
+                .items] == [pod.metadata.name]  # nothing restarted
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
