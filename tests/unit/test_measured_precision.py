@@ -126,3 +126,28 @@ def test_unmeasured_configurations_stay_with_the_model() -> None:
     result = plan(request)
     assert result.chosen is not None and result.chosen.prediction.source == "model"
     assert "Measured" not in result.reason
+
+
+def test_measured_points_at_a_power_limit_drive_the_limit_under_a_cap() -> None:
+    """Points measured at the default limit and at 490 W (as the profiler's sweep writes them): under a cap the
+    default cannot meet, the planner picks the measured 490 W configuration, from the measurements."""
+    llama = model_from_name("meta-llama/Llama-3.1-8B-Instruct", 8.0)
+
+    def point(tps: float, watts: float, batch: float, limit: float | None) -> ProfilePoint:
+        return ProfilePoint(precision="bf16", tensor_parallel=1, max_num_seqs=256, batch_size=batch,
+                            output_tokens_per_second=tps, watts=watts, joules_per_token=watts / tps,
+                            itl_p50_seconds=batch / tps, itl_p90_seconds=1.3 * batch / tps,
+                            gpu_power_limit_watts=limit)
+
+    pts = (point(400, 360, 3, None), point(1500, 650, 20, None), point(3000, 690, 60, None),
+           point(380, 350, 3, 490.0), point(1400, 480, 20, 490.0), point(2700, 488, 60, 490.0))
+    base = PlanRequest(model=llama, accelerator="H100", workload=Workload(1400 / 256, 1024, 256),
+                       allowed_precisions=("bf16",), slo_ttft_p95_seconds=10.0, slo_itl_p95_seconds=0.2,
+                       min_replicas=1, max_replicas=1, tensor_parallel_options=(1,), max_num_seqs_options=(256,),
+                       gpu_power_limits_watts=(None, 490.0), profile=pts, fallback="ProtectBudget")
+    free = plan(base)
+    assert free.chosen is not None and free.chosen.prediction.source == "profile"
+    capped = plan(PlanRequest(**{**base.__dict__, "power_cap_watts": 520.0}))
+    assert capped.chosen is not None and capped.feasible
+    assert capped.chosen.config.gpu_power_limit_watts == 490.0 and capped.chosen.prediction.source == "profile"
+    assert capped.chosen.total_watts == pytest.approx(480, rel=0.05)
