@@ -225,8 +225,12 @@ class PowerLimitAgent:
             pod = d.pod or PodRef()
             self.metrics.limit.labels(str(index), uuid, pod.namespace, pod.pod, d.state).set(now_watts)
             self.metrics.default.labels(str(index), uuid).set(constraints.default_milliwatts / 1000)
-            if d.pod is not None and d.state != "refused":
-                applied.setdefault((pod.namespace, pod.pod), {})[uuid] = now_watts
+            # Report on pods that asked for something (or were told before): a managed pod that never asked for a
+            # limit gets no annotation and no Event.
+            key = (pod.namespace, pod.pod)
+            if d.pod is not None and d.state != "refused" and (
+                    d.state != "default" or d.reason != "no limit requested" or key in self._reported):
+                applied.setdefault(key, {})[uuid] = now_watts
         for (namespace, name), by_gpu in applied.items():
             if self._reported.get((namespace, name)) == by_gpu:
                 continue

@@ -97,9 +97,14 @@ def _agent(options: argparse.Namespace) -> int:
     except Exception as error:
         print(f"wattkeeper-runtime agent: cannot open NVML ({error})", file=sys.stderr)
         return 1
+    try:
+        owners = kubelet_owner_lister(options.kubelet_socket)
+    except ImportError:
+        print("wattkeeper-runtime agent: grpcio is required to ask the kubelet which pod holds which GPU "
+              "(pip install grpcio; the runtime image has it)", file=sys.stderr)
+        return 1
     metrics = AgentMetrics()
-    agent = PowerLimitAgent(control, kubelet_owner_lister(options.kubelet_socket),
-                            KubernetesPodDirectory(options.node_name, options.kubeconfig), metrics)
+    agent = PowerLimitAgent(control, owners, KubernetesPodDirectory(options.node_name, options.kubeconfig), metrics)
     start_http_server(options.port, options.address, registry=metrics.registry)
     stop = threading.Event()
     for number in (signal.SIGTERM, signal.SIGINT):

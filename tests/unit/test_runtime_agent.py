@@ -239,3 +239,16 @@ def test_decode_device_owners_keeps_every_claim() -> None:
 
     data = msg(1, pod("a", "GPU-1")) + msg(1, pod("b", "GPU-1"))
     assert decode_device_owners(data) == {"GPU-1": [PodRef("ns", "a", "vllm"), PodRef("ns", "b", "vllm")]}
+
+
+def test_no_report_for_a_managed_pod_that_never_asked(setup) -> None:
+    _gpus, owners, pods, agent = setup
+    owners.hold(uuid(0), "llm-a")
+    pods.add("llm-a", None)
+    agent.cycle()
+    assert pods.reports == []
+    pods.add("llm-a", "500")
+    agent.cycle()
+    pods.add("llm-a", None)
+    agent.cycle()  # back to the default: said once
+    assert [r[2] for r in pods.reports] == [{uuid(0): 500.0}, {uuid(0): 700.0}]
