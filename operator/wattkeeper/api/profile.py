@@ -69,7 +69,10 @@ class ProfileSweep(ApiModel):
                                      gt=0, le=3600)
     model_source: str | None = Field(default=None, description="Checkpoint to serve; default: the model name.")
     parameters_billions: float | None = Field(default=None, description="Model size, for the simulator.", gt=0)
-    image: str | None = Field(default=None, description="Profiler image; default: the operator's runtime image.")
+    image: str | None = Field(
+        default=None, description="Profiler image. Default: the runtime image, which has no vLLM, so it serves "
+        "only simulate: true; on GPUs give an image with vLLM 0.11.1 and wattkeeper-runtime (for example built "
+        "FROM vllm/vllm-openai:v0.11.1 with pip install wattkeeper[runtime]).")
     simulate: bool = Field(
         default=False, description="Drive the GPU-less simulator instead of vLLM (tests, demos): points are "
         "then the energy model's, marked simulated in the provenance.")

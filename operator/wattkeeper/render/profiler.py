@@ -51,6 +51,9 @@ def render_profiler_job(profile: EnergyProfile, image: str = DEFAULT_IMAGE,
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "JOB_NAME", "value": name},
+        # Not root: vLLM's and Hugging Face's caches go where any user may write.
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/tmp/hf"},
     ]
     return {
         "apiVersion": "batch/v1",
