@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from wattkeeper import __version__
+
 
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WATTKEEPER_", extra="ignore")
@@ -22,3 +24,22 @@ class OperatorSettings(BaseSettings):
     power_correction_bounds: tuple[float, float] = (0.5, 2.0)
     decisions_kept: int = 10
     scrape_port: int = 8000
+    # The GPU power-limit lever: plan gpuPowerLimitWatts and write it onto running pods for the node agent
+    # (`wattkeeper-runtime agent`). Off: plans never set a limit (nothing would apply it).
+    power_limits: bool = Field(default=False, description="Plan GPU power limits (needs the node agent).")
+    # The profiler Job an EnergyProfile's spec.sweep asks for: its image and the ServiceAccount it runs as (in the
+    # profile's namespace; it needs patch on energyprofiles/status and, for power limits, on its own pod).
+    profiler_image: str = Field(default=f"ghcr.io/wattkeeper/runtime:{__version__}")
+    profiler_service_account: str = Field(default="wattkeeper-profiler")
+    # Faults and scale.
+    reconcile_workers: int = Field(default=8, ge=1, le=64, description="Services reconciled at once in a pass.")
+    request_timeout_seconds: float = Field(default=15.0, gt=0, description="Timeout of each API request.")
+    peering_lifetime_seconds: int = Field(
+        default=10, ge=2, le=300,
+        description="kopf peering lifetime: a peer silent this long is dead and the standby takes over.")
+    leadership_check_seconds: float = Field(
+        default=2.0, gt=0, description="How often the control loop checks whether this instance is active.")
+    liveness_intervals: float = Field(
+        default=5.0, gt=1, description="Unhealthy when the control loop has not finished a pass in this many "
+                                       "intervals (at least a minute).")
+    error_backoff_max_seconds: float = Field(default=30.0, gt=0, description="Cap of the loop's backoff on errors.")
