@@ -394,7 +394,7 @@ def _verified(request: PlanRequest, result: PlanResult, em: EnergyModel) -> Plan
             for k in (1, 2)
             if chosen.replicas + k <= request.max_replicas
         ]
-    winner, outcomes = choose_verified(pool, request, em)
+    winner, outcomes = choose_verified(pool, request, em, prefer=chosen, tie=TIE_TOLERANCE)
     if winner is None:
         return result
     passed = bool(outcomes) and outcomes[-1].within_share >= request.request_share

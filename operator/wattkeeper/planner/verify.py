@@ -292,11 +292,14 @@ def choose_verified(
     candidates: Sequence[Candidate],
     request: PlanRequest,
     energy_model: EnergyModel | None = None,
+    prefer: Candidate | None = None,
+    tie: float = 0.005,
 ) -> tuple[Candidate | None, list[ReplayOutcome]]:
     """The cheapest candidate whose replay keeps `request.request_share` of requests within both thresholds.
 
-    Candidates are tried by total watts, cheapest first, and the search stops at the first that passes; when none
-    does, the one with the largest share within (then the cheapest) is returned. (None, []) without a sample.
+    Candidates are tried by total watts, cheapest first (`prefer` first when within `tie` of the cheapest), and
+    the search stops at the first that passes; when none does, the one with the largest share within (then the
+    cheapest) is returned. (None, []) without a sample.
     """
     sample = request.replay
     if sample is None or not candidates:
@@ -304,7 +307,12 @@ def choose_verified(
     if len(sample) == 0:
         return min(candidates, key=lambda c: c.total_watts), []
     outcomes: list[tuple[Candidate, ReplayOutcome]] = []
-    for c in sorted(candidates, key=lambda c: c.total_watts):
+    ordered = sorted(candidates, key=lambda c: c.total_watts)
+    if prefer is not None and prefer in ordered and prefer.total_watts <= ordered[0].total_watts * (1 + tie):
+        # The planner's own choice among near ties (its tie-break: fewer GPUs, headroom) goes first.
+        ordered.remove(prefer)
+        ordered.insert(0, prefer)
+    for c in ordered:
         outcome = replay(
             request.model,
             request.accelerator,
