@@ -252,15 +252,25 @@ def latency_under_load(
     # --- TTFT: residual of the step in progress + wait behind the prefill backlog + own chunks + slot wait.
     rho = np.clip(mix.rho, 0.0, 0.999)
     tau = mix.t_full / mix.chunk  # seconds per prompt token while the stream has a backlog
-    mean_wait = lam * tau**2 * tokens.prompt_second_moment / (2.0 * (1.0 - rho))
-    # Arrivals in groups (index of dispersion D of the counts = E[X^2]/E[X] for group sizes X): M^X/G/1 adds the
-    # wait behind the group-mates ahead, lambda E[S]^2 (D - 1) / (2 (1 - rho)).
-    mean_wait = mean_wait + lam * (tau * mean_in) ** 2 * max(arrival_dispersion - 1.0, 0.0) / (2.0 * (1.0 - rho))
+    group_term = max(arrival_dispersion - 1.0, 0.0) * mean_in**2
+
+    def waiting(rate: FloatArray, load: FloatArray) -> FloatArray:
+        # Pollaczek-Khinchine; arrivals in groups (index of dispersion D = E[X^2]/E[X] for group sizes X) add,
+        # M^X/G/1, the wait behind the group-mates ahead: lambda E[S]^2 (D - 1) / (2 (1 - rho)).
+        return rate * tau**2 * (tokens.prompt_second_moment + group_term) / (2.0 * (1.0 - load))
+
+    mean_wait = waiting(lam, rho)
     if n_levels > 1:
-        # A burst level lasts about `level_window_s`; its queue only approaches the steady one when that is long
-        # against the queue's relaxation time, ~ E[S] / (1 - sqrt(rho))^2 (M/M/1's, as an order of magnitude).
-        relaxation = tau * mean_in / np.maximum((1.0 - np.sqrt(rho)) ** 2, 1e-9)
-        mean_wait = mean_wait * (1.0 - np.exp(-level_window_s / np.maximum(relaxation, 1e-9)))
+        # A level lasts about `level_window_s`: its queue moves from the mean rate's toward its own steady one
+        # only as far as that time allows against the relaxation time, ~ E[S] / (1 - sqrt(rho))^2 (M/M/1's, as
+        # an order of magnitude).
+        level_factor = np.tile(factors, n0)
+        lam_mean = lam / np.maximum(level_factor, 1e-9)
+        rho_mean = np.clip(rho / np.maximum(level_factor, 1e-9), 0.0, 0.999)
+        base_wait = waiting(lam_mean, rho_mean)
+        relaxation = tau * mean_in / np.maximum((1.0 - np.sqrt(np.maximum(rho, rho_mean))) ** 2, 1e-9)
+        reach = 1.0 - np.exp(-level_window_s / np.maximum(relaxation, 1e-9))
+        mean_wait = base_wait + (mean_wait - base_wait) * reach
     tail_mean = np.maximum(mean_wait / np.maximum(rho, 1e-9), 1e-12)  # mean of the wait given that there is one
     t = mix.durations
     time_w = mix.weights * t

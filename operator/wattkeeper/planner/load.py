@@ -29,6 +29,8 @@ BURST_QUANTILE = 0.95
 HISTORY_SECONDS = 600.0
 TREND_SECONDS = 300.0
 LEVEL_SECONDS = 120.0
+# Windows of the centred moving mean that separates grouping (faster) from level swings (slower): ~70 s.
+DETREND_WINDOWS = 7
 # Fewer observed requests than this: the token distribution is too thin to trust; callers fall back to means.
 MIN_TOKEN_SAMPLE = 20
 
@@ -183,10 +185,16 @@ def rate_levels(
     return out if shrink > 0 else ((1.0, 1.0),)
 
 
-def arrival_dispersion(counts: npt.ArrayLike, resolution_s: float, window_s: float = BURST_WINDOW_SECONDS) -> float:
-    """Index of dispersion (variance over mean) of the arrival counts of consecutive `window_s` windows: 1 for a
-    Poisson stream, about E[X^2]/E[X] for requests arriving in groups of size X (>= 1; 1 with too little data).
-    Bursts shorter than the window count as groups; so do slower swings of the rate, which it overstates."""
+def arrival_dispersion(
+    counts: npt.ArrayLike,
+    resolution_s: float,
+    window_s: float = BURST_WINDOW_SECONDS,
+    detrend_windows: int = DETREND_WINDOWS,
+) -> float:
+    """Index of dispersion (variance over mean) of the arrival counts of consecutive `window_s` windows around
+    their local level (a centred moving mean over `detrend_windows` windows): 1 for a Poisson stream, about
+    E[X^2]/E[X] for requests arriving in groups of size X (>= 1; 1 with too little data). Swings slower than the
+    detrending span are the level's (`LoadEstimate.level_rate`), not grouping."""
     c = np.asarray(counts, dtype=float)
     width = max(1, round(window_s / resolution_s))
     usable = (c.size // width) * width
@@ -194,7 +202,17 @@ def arrival_dispersion(counts: npt.ArrayLike, resolution_s: float, window_s: flo
         return 1.0
     per_window = c[-usable:].reshape(-1, width).sum(axis=1)
     mean = float(per_window.mean())
-    return max(1.0, float(per_window.var(ddof=1)) / mean) if mean > 0 else 1.0
+    if mean <= 0:
+        return 1.0
+    k = max(3, detrend_windows | 1)  # odd
+    if per_window.size < k:
+        return max(1.0, float(per_window.var(ddof=1)) / mean)
+    kernel = np.ones(k) / k
+    padded = np.concatenate([np.full(k // 2, per_window[0]), per_window, np.full(k // 2, per_window[-1])])
+    local = np.convolve(padded, kernel, mode="valid")
+    # A window's own count is 1/k of its local mean: the residual variance is (1 - 1/k) of the true one.
+    residual = float(np.mean((per_window - local) ** 2)) / (1.0 - 1.0 / k)
+    return max(1.0, residual / mean)
 
 
 def linear_trend(counts: npt.ArrayLike, resolution_s: float, span_s: float = TREND_SECONDS) -> float:

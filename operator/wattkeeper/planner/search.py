@@ -268,7 +268,10 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, l
         prefill_rps = chunk / (full * tokens.mean_prompt_tokens) * request.throughput_correction
         capacity_rps = np.minimum(capacity_rps, prefill_rps)
         peak = max((a for a, w in request.rate_levels if w > 0), default=1.0)
-    needed = np.ceil(wl.requests_per_second * peak / np.maximum(capacity_rps * request.target_utilisation, 1e-12))
+    # The queued model judges queueing itself, so its smallest fleet only needs room for the busiest level; the
+    # steady model keeps target_utilisation as headroom for the bursts it does not see.
+    target = 1.0 if tokens is not None else request.target_utilisation
+    needed = np.ceil(wl.requests_per_second * peak / np.maximum(capacity_rps * target, 1e-12))
     needed = np.clip(needed, request.min_replicas, request.max_replicas)
     options = [needed, needed + 1, needed + 2, np.ceil(needed * 1.5), needed * 2, needed * 4]
     replicas = np.clip(np.concatenate(options), request.min_replicas, request.max_replicas)
