@@ -36,7 +36,7 @@ def _telemetry() -> Trace:
     return synthetic_trace([(600.0, 5.5)], 1155, 211, seed=2, spread=1.0)
 
 
-def decision_request(verify: bool = True, four_levels: bool = False) -> PlanRequest:
+def decision_request(verify: bool = True, levels: int | None = None) -> PlanRequest:
     """The planning request of one tick: what telemetry of the last ten minutes says, every opt-in on."""
     trace = _telemetry()
     load = estimate_load(counts_from_arrivals(trace.arrival_s), 1.0, trace.input_tokens, trace.output_tokens)
@@ -51,9 +51,13 @@ def decision_request(verify: bool = True, four_levels: bool = False) -> PlanRequ
         allowed_precisions=("bf16", "fp8"),
         latency_model="queued",
         tokens=load.tokens,
-        # Four burst levels (against Poisson chance only) is the costlier shape: every candidate is solved per level.
-        rate_levels=rate_levels(counts_from_arrivals(trace.arrival_s), 1.0) if four_levels else load.rate_levels,
-        arrival_dispersion=1.0 if four_levels else load.arrival_dispersion,
+        # More rate levels cost more: every candidate is solved per level (`levels` overrides the estimate's).
+        rate_levels=(
+            rate_levels(counts_from_arrivals(trace.arrival_s), 1.0, levels=levels, dispersion=load.arrival_dispersion)
+            if levels
+            else load.rate_levels
+        ),
+        arrival_dispersion=load.arrival_dispersion,
         slo_basis="requests",
         chunk_budget_within_itl=True,
         replay=sample if verify else None,
@@ -63,12 +67,12 @@ def decision_request(verify: bool = True, four_levels: bool = False) -> PlanRequ
 
 def measure(repeats: int = 21) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, verify, four in (
-        ("planOnly", False, False),
-        ("planAndVerify", True, False),
-        ("planAndVerifyFourRateLevels", True, True),
+    for name, verify, levels in (
+        ("planOnly", False, None),
+        ("planAndVerify", True, None),
+        ("planAndVerifySixRateLevels", True, 6),
     ):
-        request = decision_request(verify, four)
+        request = decision_request(verify, levels)
         plan(request)  # warm caches (features per configuration), as a running operator has them
         cpu, wall = [], []
         result = None

@@ -158,7 +158,7 @@ def rate_levels(
     counts: npt.ArrayLike,
     resolution_s: float,
     window_s: float = BURST_WINDOW_SECONDS,
-    levels: int = 4,
+    levels: int = 3,
     dispersion: float = 1.0,
 ) -> tuple[tuple[float, float], ...]:
     """The rates of consecutive `window_s` windows as `levels` equal-time groups, busiest last: (mean rate of the
