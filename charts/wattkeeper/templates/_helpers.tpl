@@ -103,7 +103,8 @@ app.kubernetes.io/component: nvml-exporter
   resources: [events]
   verbs: [create]
 {{- if eq .Values.operator.telemetry "scrape" }}
-# --telemetry scrape: find the Running vLLM pods to read their /metrics.
+# --telemetry scrape: find the Running vLLM pods to read their /metrics, and the GPU exporters on their nodes
+# (vLLM exports no power).
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]

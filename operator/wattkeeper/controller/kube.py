@@ -71,6 +71,13 @@ class Kube:
         pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
         return [self.api_client.sanitize_for_serialization(p) for p in pods if p.status and p.status.phase == "Running"]
 
+    def running_pods_anywhere(self, selector: str, namespace: str | None) -> list[dict[str, Any]]:
+        """Running pods matching `selector` in `namespace`, or in every namespace when None."""
+        listing = self.core.list_namespaced_pod(namespace, label_selector=selector) if namespace else \
+            self.core.list_pod_for_all_namespaces(label_selector=selector)
+        return [self.api_client.sanitize_for_serialization(p) for p in listing.items
+                if p.status and p.status.phase == "Running"]
+
     # writes
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply with the operator's one field manager; force, since these objects are ours."""

@@ -12,6 +12,7 @@ from kubernetes import client, config
 
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.telemetry import DirectScrapeSource, PrometheusSource, TelemetrySource
+from wattkeeper.telemetry.scrape import ScrapeTarget, exporter_urls_by_node
 
 from .handlers import build_registry
 from .kube import Kube
@@ -33,11 +34,17 @@ def kubernetes_client(kubeconfig: str | None = None) -> client.ApiClient:
 
 def telemetry_source(settings: OperatorSettings, kube: Kube) -> TelemetrySource:
     if settings.telemetry == "scrape":
-        def list_pods(namespace: str, service: str) -> Iterable[tuple[str, str]]:
-            for pod in kube.running_pods(namespace, pods_selector(service)):
+        def list_pods(namespace: str, service: str) -> Iterable[ScrapeTarget]:
+            pods = kube.running_pods(namespace, pods_selector(service))
+            exporters = exporter_urls_by_node(
+                [p for sel in settings.scrape_exporter_selectors
+                 for p in kube.running_pods_anywhere(sel, settings.scrape_exporter_namespace)]) if pods else {}
+            for pod in pods:
                 ip = (pod.get("status") or {}).get("podIP")
                 if ip:
-                    yield pod["metadata"]["name"], f"http://{ip}:{settings.scrape_port}/metrics"
+                    node = (pod.get("spec") or {}).get("nodeName", "")
+                    yield ScrapeTarget(pod["metadata"]["name"], f"http://{ip}:{settings.scrape_port}/metrics",
+                                       exporters.get(node, ()))
         return DirectScrapeSource(list_pods)
     return PrometheusSource(settings.prometheus_url)
 
