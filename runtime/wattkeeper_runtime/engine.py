@@ -10,13 +10,19 @@ directly, with no asyncio or HTTP, by alternating `submit` and `step`:
         ...                                       # result.finished, result.ttft_samples_s, result.power_watts
     engine.energy_joules_at(t)                    # idle power counts between steps
 
-One step is one vLLM v1 scheduler iteration with chunked prefill: running sequences that are decoding take one
-token each from the `max_num_batched_tokens` budget first, partially prefilled prompts continue with what is left,
-then waiting requests are admitted first-come-first-served while fewer than `max_num_seqs` run, budget remains and
-the KV cache can hold their prompt plus their maximum output (reserving the maximum means no preemption, which
-vLLM only needs when it overcommits). A prompt longer than the remaining budget is prefilled in chunks over
-several steps. At the end of a step every decoding sequence has one more token and every prompt whose prefill
-finished has its first token.
+One step is one vLLM v1 scheduler iteration with chunked prefill (vllm 0.11.1, vllm/v1/core/sched/scheduler.py
+`Scheduler.schedule`): running sequences are served first, in order, each taking its tokens from the
+`max_num_batched_tokens` budget (one for a decoding sequence, the rest of its prompt or a chunk of it for one that is
+prefilling) and the KV-cache blocks those tokens need (scheduler.py:276-281, `allocate_slots`). The KV cache is
+allocated as sequences grow, in blocks of `KV_BLOCK_TOKENS`, never reserved for an output length nobody knows yet.
+When a running sequence needs a block and none is free, the last running sequence is preempted (scheduler.py:319,
+`self.running.pop()` under the FCFS policy): its blocks are freed, its computed tokens reset to zero
+(scheduler.py:321-324) and it goes back to the front of the waiting queue (scheduler.py:331); when it is scheduled
+again it recomputes its prompt and the tokens it already produced before it emits its next token. Waiting requests
+are admitted first-come-first-served, only in a step that preempted nothing (scheduler.py:396), while fewer than
+`max_num_seqs` run, budget remains and the blocks of their first prompt chunk are free (scheduler.py:551-563). A
+prompt longer than the remaining budget is prefilled in chunks over several steps. At the end of a step every
+decoding sequence has one more token and every prompt whose prefill finished has its next token.
 
 Step duration = decode_step_seconds(decoding sequences, their mean context, prefill tokens riding along), or
 prefill_seconds(prefill tokens) for a step with no decoding sequence. Power during a step = power_watts(running
@@ -32,9 +38,20 @@ from dataclasses import dataclass, field
 from .timing import StepTiming
 
 
+KV_BLOCK_TOKENS = 16  # vLLM's default block size on CUDA (--block-size 16)
+
+
+def kv_blocks(tokens: int) -> int:
+    return -(-tokens // KV_BLOCK_TOKENS)
+
+
 @dataclass
 class EngineRequest:
-    """One request and its progress. Times are virtual seconds."""
+    """One request and its progress. Times are virtual seconds.
+
+    `max_output_tokens` is when the sequence stops (its EOS or max_tokens); the scheduler never reads it to reserve
+    KV cache. After a preemption the tokens it had produced (`recompute_tokens`) are prefilled again with its prompt.
+    """
 
     request_id: str
     prompt_tokens: int
@@ -42,22 +59,26 @@ class EngineRequest:
     arrival_s: float = 0.0
     prefilled_tokens: int = 0
     output_tokens: int = 0
+    recompute_tokens: int = 0  # output tokens to recompute after the last preemption
+    kv_blocks: int = 0  # KV-cache blocks held now
+    preemptions: int = 0
     scheduled_s: float | None = None  # first admitted into the running batch
     first_token_s: float | None = None
     last_token_s: float | None = None
     finished_s: float | None = None
 
     @property
+    def prefill_target(self) -> int:
+        return self.prompt_tokens + self.recompute_tokens
+
+    @property
     def in_prefill(self) -> bool:
-        return self.prefilled_tokens < self.prompt_tokens
+        return self.prefilled_tokens < self.prompt_tokens + self.recompute_tokens
 
     @property
     def context_tokens(self) -> int:
-        return self.prefilled_tokens + self.output_tokens
-
-    @property
-    def reserved_tokens(self) -> int:
-        return self.prompt_tokens + self.max_output_tokens
+        """Tokens whose KV is computed (the prompt and outputs recomputed so far count once)."""
+        return self.prefilled_tokens + self.output_tokens - self.recompute_tokens
 
 
 @dataclass
@@ -73,6 +94,7 @@ class StepResult:
     generation_tokens: int
     emitted: list[tuple[EngineRequest, int]] = field(default_factory=list)
     finished: list[EngineRequest] = field(default_factory=list)
+    preempted: list[EngineRequest] = field(default_factory=list)
     ttft_samples_s: list[float] = field(default_factory=list)
     itl_samples_s: list[float] = field(default_factory=list)
 
@@ -103,6 +125,7 @@ class BatchingEngine:
         self.max_num_batched_tokens = max_num_batched_tokens
         capacity = timing.kv_cache_tokens() if kv_cache_tokens is None else kv_cache_tokens
         self.kv_cache_tokens = capacity if capacity > 0 else None  # None: unlimited
+        self.kv_total_blocks = capacity // KV_BLOCK_TOKENS if capacity > 0 else None
         self.waiting: deque[EngineRequest] = deque()
         self.running: list[EngineRequest] = []
         self.clock_s = start_s  # virtual time up to which energy is accounted (end of the last step)
@@ -113,6 +136,7 @@ class BatchingEngine:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.finished_total = 0
+        self.preemptions_total = 0
 
     # --- inputs -------------------------------------------------------------------------------------------------
 
@@ -130,43 +154,79 @@ class BatchingEngine:
 
     # --- the step -----------------------------------------------------------------------------------------------
 
-    def _reserved_tokens(self) -> int:
-        return sum(r.reserved_tokens for r in self.running)
+    def _free_blocks(self) -> int | None:
+        if self.kv_total_blocks is None:
+            return None
+        return self.kv_total_blocks - sum(r.kv_blocks for r in self.running)
 
-    def _fits(self, request: EngineRequest) -> bool:
-        if self.kv_cache_tokens is None or not self.running:
-            return True  # an empty engine always takes one request, or a huge one would wait forever
-        return self._reserved_tokens() + request.reserved_tokens <= self.kv_cache_tokens
+    def _preempt(self, request: EngineRequest) -> None:
+        """Free its blocks and recompute it later (scheduler.py:321-331, the v1 engine's only preemption mode)."""
+        request.kv_blocks = 0
+        request.recompute_tokens = request.output_tokens
+        request.prefilled_tokens = 0
+        request.preemptions += 1
+        self.preemptions_total += 1
+        self.waiting.appendleft(request)
 
-    def _schedule(self, start_s: float) -> tuple[list[EngineRequest], list[tuple[EngineRequest, int]]]:
-        """Choose the decoding sequences and the prefill chunks of this step."""
+    def _schedule(
+        self, start_s: float
+    ) -> tuple[list[EngineRequest], list[tuple[EngineRequest, int]], list[EngineRequest]]:
+        """Choose the decoding sequences and the prefill chunks of this step, and whom it preempts."""
         budget = self.max_num_batched_tokens
         decoding: list[EngineRequest] = []
         chunks: list[tuple[EngineRequest, int]] = []
-        for request in self.running:
-            if budget <= 0:
-                break
+        preempted: list[EngineRequest] = []
+        free = self._free_blocks()
+        i = 0
+        while i < len(self.running) and budget > 0:
+            request = self.running[i]
+            new = min(request.prefill_target - request.prefilled_tokens, budget) if request.in_prefill else 1
+            if free is not None:
+                need = kv_blocks(request.context_tokens + new) - request.kv_blocks
+                while need > free:
+                    victim = self.running[-1]
+                    if victim is request and i == 0:
+                        break  # alone: run over rather than stall (vLLM rejects prompts longer than its cache)
+                    self.running.pop()
+                    free += victim.kv_blocks
+                    self._preempt(victim)
+                    preempted.append(victim)
+                    if victim is request:
+                        break
+                if preempted and preempted[-1] is request:
+                    break
+                request.kv_blocks += need
+                free -= need
             if request.in_prefill:
-                chunk = min(request.prompt_tokens - request.prefilled_tokens, budget)
-                chunks.append((request, chunk))
-                budget -= chunk
+                chunks.append((request, new))
             else:
                 decoding.append(request)
-                budget -= 1
+            budget -= new
+            i += 1
         while (
-            self.waiting
+            not preempted
+            and self.waiting
             and self.waiting[0].arrival_s <= start_s
             and budget > 0
             and len(self.running) < self.max_num_seqs
-            and self._fits(self.waiting[0])
         ):
-            request = self.waiting.popleft()
-            request.scheduled_s = start_s
+            request = self.waiting[0]
+            new = min(request.prefill_target - request.prefilled_tokens, budget)
+            need = 0
+            if free is not None:
+                need = kv_blocks(request.context_tokens + new) - request.kv_blocks
+                if need > free and self.running:
+                    break  # an empty engine always takes one request, or a huge one would wait forever
+            self.waiting.popleft()
+            request.kv_blocks += need
+            if free is not None:
+                free -= need
+            if request.scheduled_s is None:
+                request.scheduled_s = start_s
             self.running.append(request)
-            chunk = min(request.prompt_tokens, budget)
-            chunks.append((request, chunk))
-            budget -= chunk
-        return decoding, chunks
+            chunks.append((request, new))
+            budget -= new
+        return decoding, chunks, preempted
 
     def step(self, now_s: float) -> StepResult:
         """Run one iteration starting at `now_s`, or later: at the end of the previous one, or, when nothing runs,
@@ -175,7 +235,7 @@ class BatchingEngine:
         if not self.running and self.waiting and self.waiting[0].arrival_s > start_s:
             start_s = self.waiting[0].arrival_s  # nothing to do before the next request arrives
         self._energy_joules += self.idle_power_watts * (start_s - self.clock_s)
-        decoding, chunks = self._schedule(start_s)
+        decoding, chunks, preempted = self._schedule(start_s)
         prefill_tokens = sum(chunk for _, chunk in chunks)
         running = decoding + [r for r, _ in chunks]
         mean_context = round(sum(r.context_tokens for r in running) / len(running)) if running else 0
@@ -197,6 +257,7 @@ class BatchingEngine:
             decode_sequences=len(decoding),
             prefill_tokens=prefill_tokens,
             generation_tokens=0,
+            preempted=preempted,
         )
         for request in decoding:
             request.output_tokens += 1
@@ -206,11 +267,15 @@ class BatchingEngine:
             result.emitted.append((request, request.output_tokens))
         for request, chunk in chunks:
             request.prefilled_tokens += chunk
-            if not request.in_prefill:  # the step that ends prefill samples the first token
-                request.output_tokens = 1
-                request.first_token_s = request.last_token_s = end_s
-                result.ttft_samples_s.append(end_s - request.arrival_s)
-                result.emitted.append((request, 1))
+            if not request.in_prefill:  # the step that ends prefill samples the next token
+                request.output_tokens += 1
+                if request.first_token_s is None:
+                    request.first_token_s = end_s
+                    result.ttft_samples_s.append(end_s - request.arrival_s)
+                elif request.last_token_s is not None:  # resumed after a preemption: the user saw a long gap
+                    result.itl_samples_s.append(end_s - request.last_token_s)
+                request.last_token_s = end_s
+                result.emitted.append((request, request.output_tokens))
         result.generation_tokens = len(result.emitted)
         for request in [r for r in self.running if r.output_tokens >= r.max_output_tokens]:
             request.finished_s = end_s
@@ -245,7 +310,7 @@ class BatchingEngine:
         """Share of the KV cache the running sequences fill now (0 when unlimited)."""
         if not self.kv_cache_tokens:
             return 0.0
-        return min(1.0, sum(r.context_tokens for r in self.running) / self.kv_cache_tokens)
+        return min(1.0, sum(r.kv_blocks for r in self.running) * KV_BLOCK_TOKENS / self.kv_cache_tokens)
 
 
 def run_to_completion(engine: BatchingEngine, max_steps: int = 10_000_000) -> list[StepResult]:

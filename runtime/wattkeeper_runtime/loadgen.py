@@ -22,7 +22,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -347,8 +347,3 @@ async def replay(
             await asyncio.gather(*tasks)
     return summarise(results, time.monotonic() - start, per_endpoint, scale=speedup)
 
-
-def iter_trace(path: Path | None, synthetic: bool, seed: int = 0) -> Iterator[TraceRequest]:
-    if synthetic or path is None:
-        return iter(synthetic_diurnal_trace(seed=seed))
-    return iter(read_azure_trace(path))

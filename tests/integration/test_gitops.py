@@ -9,22 +9,14 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from tests.support.wait import wait_for
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = [ROOT / "examples" / name for name in ("energybudget.yaml", "llmservice-llama-8b.yaml",
                                                    "llmservice-pinned.yaml", "energyprofile.yaml")]
 OBJECTS = [("energybudgets", "chat-team"), ("llmservices", "llama-8b")]
-
-
-def wait_for(what: str, check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def gitops_apply(kubectl, namespace: str):  # type: ignore[no-untyped-def]

@@ -17,6 +17,8 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client import rest
 
+from tests.support.wait import wait_for
+
 from .test_helm import CHART, helm
 
 pytestmark = [pytest.mark.integration, pytest.mark.helm]
@@ -103,16 +105,6 @@ def service_account_kubeconfig(cluster, api_client, namespace: str, name: str, p
         "contexts": [{"name": "sa", "context": {"cluster": "local", "user": name, "namespace": namespace}}],
     }))
     return path
-
-
-def wait_for(what: str, check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

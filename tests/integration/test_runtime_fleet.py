@@ -8,14 +8,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -37,16 +38,6 @@ def core(sim_cluster: Any) -> Iterator[tuple[Any, str]]:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield core, name
     core.delete_namespace(name, propagation_policy="Background")
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 60.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def children_of(pid: int) -> list[int]:
@@ -100,7 +91,7 @@ def test_fleet_simulates_running_pods(sim_cluster: Any, core: tuple[Any, str], t
                 return []
             return list(json.loads(registry_path.read_text()).get("services", {}).get("llama", []))
 
-        entries = wait_for(registered, 90, "the simulator to become ready")
+        entries = wait_for("the simulator to become ready", registered, 90, every=0.3)
         assert entries[0]["pod"] == "llama-0" and entries[0]["model"] == "llama"
         sd = json.loads(sd_path.read_text())
         assert sd[0]["labels"] == {"namespace": namespace, "pod": "llama-0", "service": "llama"}
@@ -114,7 +105,7 @@ def test_fleet_simulates_running_pods(sim_cluster: Any, core: tuple[Any, str], t
         assert len(children_of(fleet.pid)) == 1
 
         api.delete_namespaced_pod("llama-0", namespace, grace_period_seconds=0)
-        wait_for(lambda: not registered() and not children_of(fleet.pid), 60, "the simulator to stop")
+        wait_for("the simulator to stop", lambda: not registered() and not children_of(fleet.pid), 60, every=0.3)
     finally:
         child_pids = children_of(fleet.pid)
         fleet.send_signal(signal.SIGTERM)

@@ -15,11 +15,11 @@ from wattkeeper.bench.policies import (
     BenchSpec,
     OraclePolicy,
     StaticPolicy,
-    WattkeeperPolicy,
     vllm_default_limits,
 )
 from wattkeeper.bench.report import max_window_average_watts, summarise
 from wattkeeper.bench.trace import Trace, load_azure_trace, scale_rate, synthetic_trace
+from wattkeeper.bench.wattkeeper_policy import WattkeeperPolicy
 from wattkeeper.energy.catalog import get_accelerator
 from wattkeeper.energy.datasets import read_mlenergy
 from wattkeeper.energy.model import EnergyModel
@@ -234,7 +234,7 @@ def test_measured_ground_truth_reproduces_the_measurements(shared_data: Path) ->
 
 
 def test_stabilised_rate_holds_the_peak_for_the_window() -> None:
-    from wattkeeper.controller.decide import stabilised_rate
+    from wattkeeper.control import stabilised_rate
 
     assert stabilised_rate(5.0, None, None, 0.0, 300.0) == (5.0, 0.0)
     assert stabilised_rate(3.0, 5.0, 0.0, 120.0, 300.0) == (5.0, 0.0)  # a lull inside the window: hold

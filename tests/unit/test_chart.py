@@ -277,12 +277,12 @@ def test_pod_monitor_per_watched_namespace() -> None:
 
 @needs_helm
 def test_pod_monitor_selects_the_rendered_vllm_pods_and_their_port() -> None:
-    from wattkeeper.api import LLMService, ServingConfig
+    from wattkeeper.api import LLMService, ServingConfigSpec
     from wattkeeper.render.objects import render_deployment
 
     service = LLMService.model_validate(yaml.safe_load((ROOT / "examples" / "llmservice-llama-8b.yaml").read_text()))
     service.metadata.uid = "0"
-    pod = render_deployment(service, ServingConfig(precision="bf16"))["spec"]["template"]
+    pod = render_deployment(service, ServingConfigSpec(precision="bf16").to_plan())["spec"]["template"]
     selector = one(render("podMonitor.enabled=true"), "PodMonitor")["spec"]["selector"]
     labels = pod["metadata"]["labels"]
     assert selector["matchLabels"].items() <= labels.items()

@@ -94,15 +94,33 @@ def test_energy_integrates_busy_and_idle_power() -> None:
     assert engine.power_watts_at(end + 1.0) == idle
 
 
-def test_kv_cache_limits_admission() -> None:
+def test_kv_cache_admits_by_prompt_and_preempts_when_out_of_blocks() -> None:
+    """vLLM 0.11 v1: blocks are allocated as sequences grow, not reserved for the output; out of blocks, the last
+    running sequence is preempted and recomputed (vllm/v1/core/sched/scheduler.py:276-331)."""
     engine = BatchingEngine(LinearStubTiming(), max_num_seqs=64, max_num_batched_tokens=8192, kv_cache_tokens=1000)
-    for r in requests(5, prompt=300, output=100):  # 400 tokens each: two fit
+    reqs = requests(5, prompt=300, output=100)  # 19 blocks of prompt each; the cache has 62 blocks
+    for r in reqs:
         engine.submit(r, 0.0)
     first = engine.step(0.0)
-    assert first.running == 2 and len(engine.waiting) == 3
+    assert first.running == 3 and len(engine.waiting) == 2  # the output length is not reserved
     assert 0.0 < engine.kv_cache_usage() <= 1.0
-    run_to_completion(engine)
+    results = run_to_completion(engine)
     assert engine.finished_total == 5
+    assert engine.preemptions_total > 0
+    victims = [r for r in reqs if r.preemptions]
+    assert victims and reqs[0].preemptions == 0  # FCFS: the last running sequence goes first
+    # A resumed sequence recomputed its prompt and outputs, then went on: the user saw one long gap, no new TTFT.
+    assert sum(len(res.ttft_samples_s) for res in [first, *results]) == 5
+    assert all(r.output_tokens == 100 and r.first_token_s is not None for r in reqs)
+    assert engine.prompt_tokens_total > 5 * 300  # recomputation costs prefill tokens
+
+
+def test_no_preemption_when_the_cache_holds_everything() -> None:
+    engine = BatchingEngine(LinearStubTiming(), max_num_seqs=64, max_num_batched_tokens=8192, kv_cache_tokens=100_000)
+    for r in requests(5, prompt=300, output=100):
+        engine.submit(r, 0.0)
+    run_to_completion(engine)
+    assert engine.preemptions_total == 0 and engine.prompt_tokens_total == 1500
 
 
 def test_with_the_energy_model_when_available() -> None:

@@ -12,7 +12,7 @@ from .llmservice import (
     LLMServiceStatus,
     PlanStatus,
     ServiceMode,
-    ServingConfig,
+    ServingConfigSpec,
 )
 from .profile import EnergyProfile, EnergyProfileSpec, ProfilePoint
 
@@ -22,5 +22,5 @@ __all__ = [
     "API_VERSION", "GROUP", "RESOURCES", "VERSION", "AcceleratorType", "Condition", "EnergyBudget",
     "EnergyBudgetSpec", "EnergyBudgetStatus", "EnergyProfile", "EnergyProfileSpec", "Enforcement", "Fallback",
     "LLMService", "LLMServiceSpec", "LLMServiceStatus", "PlanStatus", "Precision", "ProfilePoint",
-    "ServiceAllocation", "ServiceMode", "ServingConfig", "duration_seconds", "quantity_value",
+    "ServiceAllocation", "ServiceMode", "ServingConfigSpec", "duration_seconds", "quantity_value",
 ]

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from ..energy.types import Plan, ServingConfig
 from .common import (
     CONDITIONS_FIELD_EXTRA,
     AcceleratorType,
@@ -205,8 +206,9 @@ class Fallback(StrEnum):
     PROTECT_SLO = "ProtectSLO"
 
 
-class ServingConfig(ApiModel):
-    """A serving configuration: what a plan chooses, or what a user pins."""
+class ServingConfigSpec(ApiModel):
+    """A serving configuration as the API writes it (the shape of `spec.pinned`): what a user pins. The operator
+    works with `energy.types.Plan`; `to_plan` and `from_plan` are the only converters."""
 
     precision: Precision = Field(description="Precision to serve.")
     tensor_parallel: int = Field(
@@ -227,6 +229,25 @@ class ServingConfig(ApiModel):
     gpu_power_limit_watts: float | None = Field(
         default=None, description="Power limit to set on each GPU, in watts. Not set when unset.", gt=0, le=2000
     )
+
+    def to_plan(self) -> Plan:
+        return Plan(
+            ServingConfig(
+                precision=str(self.precision), tensor_parallel=self.tensor_parallel, max_num_seqs=self.max_num_seqs,
+                max_num_batched_tokens=self.max_num_batched_tokens, kv_cache_dtype=self.kv_cache_dtype,
+                gpu_power_limit_watts=self.gpu_power_limit_watts,
+            ),
+            self.replicas,
+        )
+
+    @classmethod
+    def from_plan(cls, plan: Plan) -> ServingConfigSpec:
+        c = plan.config
+        return cls(
+            precision=Precision(c.precision), tensor_parallel=c.tensor_parallel, max_num_seqs=c.max_num_seqs,
+            max_num_batched_tokens=c.max_num_batched_tokens, replicas=plan.replicas,
+            kv_cache_dtype=c.kv_cache_dtype, gpu_power_limit_watts=c.gpu_power_limit_watts,
+        )
 
 
 class WorkloadSpec(ApiModel):
@@ -263,7 +284,7 @@ class LLMServiceSpec(ApiModel):
         default=ServiceMode.AUTO,
         description="Auto: the operator plans and re-plans. Pinned: serve `pinned` as written and only measure.",
     )
-    pinned: ServingConfig | None = Field(default=None, description="The configuration to serve in Pinned mode.")
+    pinned: ServingConfigSpec | None = Field(default=None, description="The configuration to serve in Pinned mode.")
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": {
@@ -312,6 +333,10 @@ class PlanStatus(StatusModel):
     predicted: PredictedFigures = Field(default_factory=PredictedFigures, description="Predicted figures.")
     runner_up: str | None = Field(default=None, description="The next best configuration and its J/token.")
     planned_load_rps: float | None = Field(default=None, description="Request rate the plan was made for.")
+    planned_input_tokens: float | None = Field(default=None, description="Mean prompt length the plan was made for.")
+    planned_output_tokens: float | None = Field(
+        default=None, description="Mean completion length the plan was made for."
+    )
     decided_at: datetime | None = Field(default=None, description="When the plan was decided.")
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from wattkeeper_runtime.engine import BatchingEngine, EngineRequest
 
-from ..energy.types import ServingConfig
+from ..energy.types import Plan, ServingConfig
 from .groundtruth import GroundTruth
 from .trace import Trace
 
@@ -46,7 +46,7 @@ class FleetTarget:
         return other is not None and other.config == self.config and other.replicas == self.replicas
 
     def describe(self) -> str:
-        return f"{self.config.short()} x{self.replicas}"
+        return Plan(self.config, self.replicas).describe()
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,11 @@ class Observation:
     loading_replicas: int
     draining_replicas: int
     active_per_replica_mean: float  # (running + waiting) per serving replica, averaged over the window
+    # What the operator's telemetry shows (vllm:request_success_total, num_requests_waiting/running averaged
+    # over the window): requests that finished, not arrivals; a saturated fleet finishes fewer than arrive.
+    finished_requests_per_second: float = 0.0
+    mean_waiting_requests: float = 0.0
+    mean_running_requests: float = 0.0
 
     @property
     def settled(self) -> bool:
@@ -154,6 +159,7 @@ class _Window:
     completed: int = 0
     completed_output_tokens: int = 0
     active_total: float = 0.0  # running + waiting summed over serving replicas, at the sample time
+    waiting_total: float = 0.0  # waiting summed over serving replicas, at the sample time
     serving: int = 0
 
 
@@ -397,6 +403,7 @@ class FleetSimulator:
             serving = [r for r in replicas if r.state is State.SERVING]
             current.serving = len(serving)
             current.active_total = float(sum(len(r.engine.running) + len(r.engine.waiting) for r in serving))
+            current.waiting_total = float(sum(len(r.engine.waiting) for r in serving))
             window.append(current)
             if len(window) > window_len:
                 window.popleft()
@@ -468,6 +475,9 @@ class FleetSimulator:
             loading_replicas=sum(1 for r in replicas if r.state is State.LOADING),
             draining_replicas=sum(1 for r in replicas if r.state is State.DRAINING),
             active_per_replica_mean=float(np.mean(active)) if active else 0.0,
+            finished_requests_per_second=completed / span_s if span_s > 0 else 0.0,
+            mean_waiting_requests=float(np.mean([w.waiting_total for w in window])) if window else 0.0,
+            mean_running_requests=float(np.mean([w.active_total - w.waiting_total for w in window])) if window else 0.0,
         )
 
 

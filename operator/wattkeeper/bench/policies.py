@@ -5,11 +5,8 @@
 - `AutoscalerPolicy`: the same fixed configuration, replicas scaled on active (running + waiting) requests per
   replica like KEDA/KServe/KubeAI: scale up at once, scale down only to the highest recommendation of the
   stabilisation window.
-- `WattkeeperPolicy`: the operator's control loop (controller/decide.py) reduced to its decisions: every
-  interval it plans with the planner at the load measured over the trailing telemetry window, corrects the
-  model's power by measured/predicted (EWMA), and moves only when forced (over the power allocation, or more
-  capacity needed while requests wait or the SLO is missed) or when the cooldown has passed and the switching
-  rule says the saving beats the cost.
+- `WattkeeperPolicy` (bench/wattkeeper_policy.py): the operator's own control core, fed what its telemetry would
+  show of the simulated fleet.
 - `OraclePolicy`: knows the trace ahead; per window it plans with the true coming load (its busiest minute),
   switches early enough that new replicas are ready when the window starts, and pays the same costs.
 """
@@ -19,15 +16,16 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
 
 import numpy as np
 
-from ..controller.decide import _headroom, more_capacity, offered_rate, settled, stabilised_rate
+from .. import control
+from ..control import FleetState, Plan, ServiceIntent, Signals, Tuning, surge_fits
+from ..control.corrections import power_correction
 from ..energy.catalog import Accelerator, get_accelerator
 from ..energy.model import EnergyModel
 from ..energy.types import ModelShape, ServingConfig, Workload
-from ..planner import Candidate, PlanRequest, PlanResult, model_load_seconds, plan, should_switch
+from ..planner import Candidate, PlanResult, model_load_seconds, plan, should_switch
 from .fleet import FleetTarget, Observation
 from .trace import Trace
 
@@ -44,13 +42,6 @@ def vllm_default_limits(accelerator: Accelerator) -> tuple[int, int]:
     if accelerator.memory_bytes >= 70 * _GIB and accelerator.name.upper() != "A100":
         return 1024, 8192
     return 256, 2048
-
-
-def significant(value: float, digits: int = 3) -> float:
-    """Round to significant digits, as the operator does, so that noise does not look like a new load."""
-    if value == 0 or not math.isfinite(value):
-        return value
-    return round(value, -math.floor(math.log10(abs(value))) + (digits - 1))
 
 
 @dataclass(frozen=True)
@@ -72,29 +63,23 @@ class BenchSpec:
     def accelerator(self) -> Accelerator:
         return get_accelerator(self.gpu)
 
-
-def plan_request(
-    spec: BenchSpec,
-    workload: Workload,
-    power_cap_watts: float | None = None,
-    power_correction: float = 1.0,
-    **overrides: object,
-) -> PlanRequest:
-    base = PlanRequest(
-        model=spec.model,
-        accelerator=spec.accelerator.name,
-        workload=workload,
-        allowed_precisions=spec.allowed_precisions,
-        slo_ttft_p95_seconds=spec.slo_ttft_p95_seconds,
-        slo_itl_p95_seconds=spec.slo_itl_p95_seconds,
-        min_replicas=1,
-        max_replicas=spec.max_replicas,
-        max_tensor_parallel=spec.max_tensor_parallel,
-        power_cap_watts=power_cap_watts,
-        fallback="ProtectBudget",
-        power_correction=power_correction,
-    )
-    return replace(base, **overrides) if overrides else base  # type: ignore[arg-type]
+    def intent(self, default_workload: Workload | None = None, cooldown_seconds: float = 300.0,
+               horizon_seconds: float = 3600.0) -> ServiceIntent:
+        """The service as the control core sees it (what an LLMService spec says in the operator)."""
+        return ServiceIntent(
+            model=self.model,
+            accelerator=self.accelerator.name,
+            allowed_precisions=self.allowed_precisions,
+            slo_ttft_p95_seconds=self.slo_ttft_p95_seconds,
+            slo_itl_p95_seconds=self.slo_itl_p95_seconds,
+            min_replicas=1,
+            max_replicas=self.max_replicas,
+            max_tensor_parallel=self.max_tensor_parallel,
+            fallback="ProtectBudget",
+            default_workload=default_workload or Workload(1.0),
+            cooldown_seconds=cooldown_seconds,
+            horizon_seconds=horizon_seconds,
+        )
 
 
 def evaluate(
@@ -105,22 +90,8 @@ def evaluate(
     energy_model: EnergyModel,
     power_correction: float = 1.0,
 ) -> Candidate | None:
-    """The planner's figures for exactly one configuration and replica count (as controller.evaluate_config)."""
-    request = plan_request(
-        spec,
-        workload,
-        None,
-        power_correction,
-        allowed_precisions=(config.precision,),
-        tensor_parallel_options=(config.tensor_parallel,),
-        max_num_seqs_options=(config.max_num_seqs,),
-        max_num_batched_tokens_options=(config.max_num_batched_tokens,),
-        gpu_power_limits_watts=(config.gpu_power_limit_watts,),
-        min_replicas=replicas,
-        max_replicas=replicas,
-        fallback="ProtectSLO",
-    )
-    return plan(request, energy_model).chosen
+    """The planner's figures for exactly one configuration and replica count (the control core's `evaluate`)."""
+    return control.evaluate(spec.intent(), Plan(config, replicas), workload, energy_model, power_correction)
 
 
 def baseline_config(spec: BenchSpec, trace: Trace, energy_model: EnergyModel) -> ServingConfig:
@@ -265,7 +236,7 @@ class AutoscalerPolicy:
         return None
 
 
-# --- Wattkeeper and the oracle -------------------------------------------------------------------------------------
+# --- the oracle -------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -282,13 +253,7 @@ class _PlannerPolicy:
     trace: Trace
     energy_model: EnergyModel
     interval_s: float = 30.0
-    cooldown_s: float = 300.0
-    # A forced move waits for the last change to be measurable: the model load (54-80 s for 70B) plus one 60 s
-    # telemetry window. In the operator the roll's readiness covers the load and the window is its setting.
-    settle_s: float = 140.0
     horizon_s: float = 3600.0
-    correction_smoothing: float = 0.3
-    correction_bounds: tuple[float, float] = (0.5, 2.0)
     power_correction: float = 1.0
     last_applied_s: float = -math.inf
     decisions: list[Decision] = field(default_factory=list)
@@ -298,9 +263,8 @@ class _PlannerPolicy:
         import time
 
         t0 = time.perf_counter()
-        result = plan(
-            plan_request(self.spec, workload, self.spec.power_cap_watts, self.power_correction), self.energy_model
-        )
+        request = control.plan_request(self.spec.intent(), workload, self.spec.power_cap_watts, self.power_correction)
+        result = plan(request, self.energy_model)
         return result, (time.perf_counter() - t0) * 1000.0
 
     def _propose(self, workload: Workload, current: FleetTarget, now: float) -> tuple[Candidate | None, float]:
@@ -316,118 +280,19 @@ class _PlannerPolicy:
         return proposed, ms
 
     def _update_correction(self, obs: Observation, current: FleetTarget, workload: Workload) -> None:
-        """Measured over predicted power of the running plan, only when the fleet has settled (as the operator)."""
-        if not obs.settled or obs.watts <= 0:
-            return
-        per_replica = Workload(
-            workload.requests_per_second / obs.serving_replicas, workload.input_tokens, workload.output_tokens
-        )
-        predicted = (
-            self.energy_model.predict(self.spec.model, self.spec.accelerator, current.config, per_replica).watts
-            * obs.serving_replicas
-        )
-        if predicted <= 0:
-            return
-        low, high = self.correction_bounds
-        ratio = min(max(obs.watts / predicted, low), high)
-        alpha = self.correction_smoothing
-        self.power_correction = significant(min(max((1 - alpha) * self.power_correction + alpha * ratio, low), high))
+        """Measured over predicted power of the running plan: the control core's correction, as the operator's."""
+        fleet = FleetState(exists=True, replicas=current.replicas, ready_replicas=obs.serving_replicas,
+                           rolling=not obs.settled)
+        signals = Signals(window_seconds=obs.window_s, watts=obs.watts)
+        self.power_correction = power_correction(self.power_correction, self.spec.intent(),
+                                                 Plan(current.config, current.replicas), signals, fleet, workload,
+                                                 self.energy_model, Tuning())
 
     def _target(self, candidate: Candidate, reason: str) -> FleetTarget:
         # As the operator renders the Deployment: surge only when one more replica fits under the allocation.
-        cap = self.spec.power_cap_watts
-        surge = cap is None or _headroom(cast(Any, None), candidate, cap)
+        surge = surge_fits(candidate, self.spec.power_cap_watts)
         return FleetTarget(candidate.config, candidate.replicas, reason, surge=surge)
 
-
-
-@dataclass
-class WattkeeperPolicy(_PlannerPolicy):
-    name: str = "wattkeeper"
-    warmup_s: float = 60.0
-    # Plan for the highest request rate measured over this trailing period (0: the last telemetry window only,
-    # as controller/decide.py does today). Like an autoscaler's scale-down stabilisation: a one-minute lull in a
-    # Poisson stream is noise, and planning for it makes the fleet shrink and grow back (see bench/README.md).
-    load_stabilisation_s: float = 300.0
-    # When requests wait or the SLO is missed, a proposal with more capacity skips the cooldown. "replicas" is
-    # controller/decide.py's test today (more replicas); "capacity" compares the planner's capacity of the two
-    # plans, which also catches a switch to fewer but larger replicas (e.g. 1 x TP2 -> 1 x TP8).
-    capacity_rule: str = "capacity"
-    _peak: tuple[float, float] | None = None  # (rate, when): status.observed.peakLoadRps/peakLoadAt
-
-    def initial(self) -> FleetTarget:
-        # The service ran before the trace starts: its telemetry saw the load of the first minute.
-        wl = trace_workload(self.trace, 0.0, self.warmup_s, peak_bin_s=self.warmup_s)
-        self._planned = wl
-        result, ms = self._plan(wl)
-        if result.chosen is None:
-            raise RuntimeError(f"the planner finds no configuration: {result.reason}")
-        self.decisions.append(Decision(0.0, "Applied", f"initial plan: {result.reason}", ms))
-        self.last_applied_s = 0.0  # the operator stamps lastAppliedAt on the initial plan too: cooldown starts
-        return self._target(result.chosen, "initial plan")
-
-    def _workload(self, obs: Observation) -> Workload:
-        if obs.requests_per_second <= 0 or obs.mean_input_tokens is None or obs.mean_output_tokens is None:
-            return self._planned or Workload(0.0)
-        measured = Workload(
-            significant(offered_rate(obs.requests_per_second, obs.waiting_requests, obs.window_s)),
-            significant(obs.mean_input_tokens),
-            significant(obs.mean_output_tokens),
-        )
-        if self.load_stabilisation_s <= 0:
-            return measured
-        # The operator's own rule (controller/decide.py), over the cooldown as there.
-        before = self._peak or (None, None)
-        self._peak = stabilised_rate(
-            measured.requests_per_second, before[0], before[1], obs.now_s, self.load_stabilisation_s
-        )
-        return replace(measured, requests_per_second=self._peak[0])
-
-    def decide(self, obs: Observation, current: FleetTarget) -> FleetTarget | None:
-        workload = self._workload(obs)
-        self._update_correction(obs, current, workload)
-        now = obs.now_s
-        proposed, ms = self._propose(workload, current, now)
-        if proposed is None:
-            return None
-        cap = self.spec.power_cap_watts
-        over_budget = cap is not None and obs.watts > cap * 1.02
-        slo_missed = (obs.ttft_p95_seconds or 0.0) > self.spec.slo_ttft_p95_seconds or (
-            obs.itl_p95_seconds or 0.0
-        ) > self.spec.slo_itl_p95_seconds
-        running = evaluate(
-            self.spec, current.config, current.replicas, workload, self.energy_model, self.power_correction
-        )
-        if self.capacity_rule == "replicas":
-            more = proposed.replicas > current.replicas
-        else:
-            # controller/decide.py's test: more GPUs, a larger max-num-seqs, or a lower utilisation at this load.
-            more = (
-                proposed.gpus > current.replicas * current.config.tensor_parallel
-                or proposed.config.max_num_seqs > current.config.max_num_seqs
-                or more_capacity(running, proposed)
-            )
-        needs_capacity = more and (obs.waiting_requests > 0 or slo_missed)
-        forced = over_budget or needs_capacity
-        if forced and not settled(now - self.last_applied_s, self.settle_s, rolling=False):
-            # The operator's rule: judge a configuration only on measurements of it (controller/decide.py).
-            self.decisions.append(Decision(now, "Held", f"settling before {proposed.describe()}", ms))
-            return None
-        if not forced and now - self.last_applied_s < self.cooldown_s:
-            self.decisions.append(Decision(now, "Held", f"cooldown before {proposed.describe()}", ms))
-            return None
-        if not forced:
-            verdict = should_switch(running, proposed, self.horizon_s, self.spec.model, self.spec.accelerator)
-            if not verdict.switch:
-                self.decisions.append(Decision(now, "Held", verdict.reason, ms))
-                return None
-            why = verdict.reason
-        else:
-            why = "over the power allocation" if over_budget else "more capacity needed"
-        self.last_applied_s = now
-        self._planned = workload
-        self.decisions.append(Decision(now, "Applied", f"{why}: {proposed.describe()}", ms))
-        return self._target(proposed, why)
 
 @dataclass
 class OraclePolicy(_PlannerPolicy):

@@ -14,9 +14,10 @@ from ..energy.types import Workload
 from ..planner import PlanRequest, plan
 from .fleet import FleetRun, FleetSimulator, Policy
 from .groundtruth import GroundTruth
-from .policies import AutoscalerPolicy, BenchSpec, OraclePolicy, StaticPolicy, WattkeeperPolicy
+from .policies import AutoscalerPolicy, BenchSpec, OraclePolicy, StaticPolicy
 from .report import compare, plot_power, summarise
 from .trace import Trace
+from .wattkeeper_policy import WattkeeperPolicy
 
 POLICY_NAMES = ("static", "autoscaler", "wattkeeper", "oracle")
 

@@ -1,125 +1,109 @@
-"""Reconcile one EnergyBudget: measure, account energy over the period, forecast, allocate watts.
+"""Reconcile one EnergyBudget: the adapter around the pure budget decision (`wattkeeper.control.budget`).
 
-`account` is pure; `reconcile_budget` reads, calls it, writes the status and re-reconciles the services whose
-allocation changed, so that a budget change reaches the Deployments at once rather than at the next tick.
+`reconcile_budget` reads the budget and its services and their power, maps them to the core's inputs, calls
+`decide_budget`, writes the status and re-reconciles the services whose allocation changed, so that a budget
+change reaches the Deployments at once rather than at the next tick.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from wattkeeper.api import EnergyBudget, LLMService, duration_seconds
+from wattkeeper.control.budget import (
+    BudgetAccounting,
+    BudgetIntent,
+    BudgetMemory,
+    ServiceLoad,
+    allocation_changed,
+    decide_budget,
+)
 from wattkeeper.energy.types import Workload
-from wattkeeper.planner import ServiceDemand, allocate_watts, plan
 from wattkeeper.telemetry import TelemetryUnavailable
 
 from .conditions import set_condition
-from .planning import plan_request
+from .planning import intent_from_service
 from .services import Dependencies, reconcile_service, services_selected
 
 log = logging.getLogger("wattkeeper.budgets")
-MAX_SAMPLES = 120
-
-
-@dataclass(frozen=True)
-class Accounting:
-    status: dict[str, Any]
-    cap_watts: float | None  # watts to allocate: the power limit, tightened by what the energy allowance leaves
 
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _parse(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+def _iso_s(seconds: float | None) -> str | None:
+    return _iso(datetime.fromtimestamp(seconds, tz=UTC)) if seconds is not None else None
 
 
-def account(budget: EnergyBudget, old: dict[str, Any], measured_watts: float | None, now: datetime,
-            interval_seconds: float) -> Accounting:
-    """Integrate measured power into the period's energy, keep the window's samples, forecast exhaustion."""
-    status = dict(old)
+def _seconds(text: str | None) -> float | None:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() if text else None
+
+
+def budget_intent(budget: EnergyBudget) -> BudgetIntent:
     spec = budget.spec
-    cap: float | None = spec.power.limit_watts if spec.power else None
-    last = _parse(old.get("lastAccountedAt"))
-    if measured_watts is not None:
-        samples = [s for s in (old.get("powerSamples") or []) if len(s) == 2]
-        window = duration_seconds(spec.power.window) if spec.power else 300.0
-        samples.append([round(now.timestamp(), 1), round(measured_watts, 1)])
-        samples = [s for s in samples if s[0] >= now.timestamp() - window][-MAX_SAMPLES:]
-        status["powerSamples"] = samples
-        average = sum(s[1] for s in samples) / len(samples)
-        status["measuredWatts"] = round(measured_watts, 1)
-        status["windowAverageWatts"] = round(average, 1)
-        status["burnRateWatts"] = round(average, 1)
-    if spec.energy:
-        period = timedelta(seconds=duration_seconds(spec.energy.period))
-        start = _parse(old.get("periodStart")) or now
-        used_kwh = float(old.get("energyUsedKilowattHours") or 0.0)
-        if now - start >= period:  # a new period: usage resets, the start stays aligned to the first one
-            start += period * int((now - start) / period)
-            used_kwh = 0.0
-        if measured_watts is not None and last is not None:
-            # A gap (operator down) is charged at the power measured now: an estimate beats losing it.
-            dt = max(0.0, min((now - last).total_seconds(), period.total_seconds()))
-            used_kwh += measured_watts * dt / 3.6e6
-        limit = spec.energy.limit_kilowatt_hours
-        remaining = max(limit - used_kwh, 0.0)
-        status["periodStart"] = _iso(start)
-        status["energyUsedKilowattHours"] = round(used_kwh, 6)
-        status["remainingKilowattHours"] = round(remaining, 6)
-        burn = status.get("burnRateWatts")
-        period_end = start + period
-        left_s = max((period_end - now).total_seconds(), interval_seconds)
-        if burn and burn > 0:
-            exhaustion = now + timedelta(seconds=remaining * 3.6e6 / burn)
-            status["forecastExhaustion"] = _iso(exhaustion) if exhaustion < period_end else None
-        # What the allowance leaves, spread evenly over the rest of the period, caps the power too.
-        energy_cap = remaining * 3.6e6 / left_s
-        cap = energy_cap if cap is None else min(cap, energy_cap)
-    if measured_watts is not None:
-        status["lastAccountedAt"] = _iso(now)
-    return Accounting({k: v for k, v in status.items() if v is not None}, cap)
+    return BudgetIntent(
+        power_limit_watts=spec.power.limit_watts if spec.power else None,
+        power_window_seconds=duration_seconds(spec.power.window) if spec.power else 300.0,
+        energy_limit_kwh=spec.energy.limit_kilowatt_hours if spec.energy else None,
+        energy_period_seconds=duration_seconds(spec.energy.period) if spec.energy else None,
+    )
 
 
-def _service_load(service: LLMService, status: dict[str, Any]) -> Workload:
+def budget_memory(status: dict[str, Any]) -> BudgetMemory:
+    """What accounting carries over, as the budget's status keeps it."""
+    return BudgetMemory(
+        power_samples=tuple((float(s[0]), float(s[1])) for s in status.get("powerSamples") or [] if len(s) == 2),
+        period_start_s=_seconds(status.get("periodStart")),
+        energy_used_kwh=float(status.get("energyUsedKilowattHours") or 0.0),
+        last_accounted_s=_seconds(status.get("lastAccountedAt")),
+    )
+
+
+def accounting_status(budget: EnergyBudget, old: dict[str, Any], acc: BudgetAccounting) -> dict[str, Any]:
+    status = dict(old)
+    m = acc.memory
+    if acc.measured_watts is not None:
+        status["powerSamples"] = [list(s) for s in m.power_samples]
+        status["measuredWatts"] = round(acc.measured_watts, 1)
+        status["windowAverageWatts"] = acc.window_average_watts
+        status["burnRateWatts"] = acc.window_average_watts
+        status["lastAccountedAt"] = _iso_s(m.last_accounted_s)
+    if budget.spec.energy:
+        status["periodStart"] = _iso_s(m.period_start_s)
+        status["energyUsedKilowattHours"] = m.energy_used_kwh
+        status["remainingKilowattHours"] = acc.remaining_kwh
+        status["forecastExhaustion"] = _iso_s(acc.forecast_exhaustion_s)
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def service_load(service: LLMService, status: dict[str, Any]) -> ServiceLoad:
+    """A selected service for the allocation: its measured load, else the planned-for one, else the spec's."""
     observed = status.get("observed") or {}
     plan_status = status.get("plan") or {}
     rps = observed.get("requestsPerSecond", plan_status.get("plannedLoadRps"))
-    return Workload(
+    load = Workload(
         requests_per_second=float(rps if rps is not None else service.spec.workload.requests_per_second),
         input_tokens=float(plan_status.get("plannedInputTokens") or service.spec.workload.input_tokens),
         output_tokens=float(plan_status.get("plannedOutputTokens") or service.spec.workload.output_tokens),
     )
+    return ServiceLoad(name=service.metadata.name, priority=service.spec.priority,
+                       intent=intent_from_service(service), load=load,
+                       power_correction=float(observed.get("powerCorrection") or 1.0))
 
 
-def demands(deps: Dependencies, raws: list[dict[str, Any]]) -> list[ServiceDemand]:
+def service_loads(raws: list[dict[str, Any]]) -> list[ServiceLoad]:
     out = []
     for raw in raws:
         try:
             service = LLMService.model_validate(raw)
         except ValidationError:
             continue
-        status = raw.get("status") or {}
-        correction = float((status.get("observed") or {}).get("powerCorrection") or 1.0)
-        request = plan_request(service, _service_load(service, status), None, correction)
-        unconstrained = plan(request, deps.energy_model)
-        chosen = unconstrained.chosen
-        desired = chosen.total_watts if chosen else 0.0
-        # The request has no cap, so the unconstrained plan is also the least watts that meet the SLOs.
-        minimum = desired if unconstrained.feasible and chosen else None
-        # The floor: what the smallest fleet draws at this load (min replicas, serving what it can). Below it a
-        # service cannot go, so the allocator hands floors out first instead of leaving a service 0 W.
-        smallest = plan(replace(request, power_cap_watts=1e-6, fallback="ProtectBudget"), deps.energy_model).chosen
-        floor = min(smallest.total_watts, desired) if smallest and chosen else (smallest.total_watts if smallest else 0.0)
-        out.append(ServiceDemand(name=service.metadata.name, priority=service.spec.priority,
-                                 minimum_watts=minimum, desired_watts=desired, floor_watts=floor,
-                                 joules_per_token=chosen.joules_per_token if chosen else float("inf")))
+        out.append(service_load(service, raw.get("status") or {}))
     return out
 
 
@@ -160,36 +144,22 @@ def reconcile_budget(deps: Dependencies, body: dict[str, Any], trigger: str) -> 
     else:
         conditions = set_condition(conditions, "TelemetryAvailable", True, "Measured",
                                    f"{len(selected)} services measured", now, generation)
-    acc = account(budget, old, measured, now, deps.settings.interval_seconds)
-    status = dict(acc.status)
+    decision = decide_budget(budget_intent(budget), budget_memory(old), service_loads(selected), measured,
+                             now.timestamp(), deps.settings.interval_seconds, deps.energy_model)
+    status = accounting_status(budget, old, decision.accounting)
     status["services"] = sorted(r["metadata"]["name"] for r in selected)
-    service_demands = demands(deps, selected)
-    projected = sum(d.desired_watts for d in service_demands)
     allocations: list[dict[str, Any]] = []
-    if acc.cap_watts is not None and service_demands:
-        by_name = {d.name: d for d in service_demands}
-        for a in allocate_watts(acc.cap_watts, service_demands):
-            demand = by_name[a.name]
-            entry = {"service": a.name, "priority": demand.priority, "watts": round(a.watts, 1),
-                     "degraded": a.degraded, "reason": a.reason}
-            if demand.minimum_watts is not None:
-                entry["minimumWatts"] = round(demand.minimum_watts, 1)
-            allocations.append(entry)
-        projected = sum(min(a["watts"], d.desired_watts) for a, d in zip(allocations, service_demands, strict=False))
+    for a in decision.allocations:
+        entry: dict[str, Any] = {"service": a.name, "priority": a.priority, "watts": a.allocation_watts,
+                                 "degraded": a.degraded, "reason": a.reason}
+        if a.minimum_watts is not None:
+            entry["minimumWatts"] = a.minimum_watts
+        allocations.append(entry)
     status["allocations"] = allocations
-    status["projectedWatts"] = round(projected, 1)
-    limit = acc.cap_watts
-    window_avg = status.get("windowAverageWatts")
-    if limit is None:
-        conditions = set_condition(conditions, "WithinBudget", True, "NoLimit", "no power or energy limit", now,
-                                   generation)
-    elif window_avg is None:
-        conditions = set_condition(conditions, "WithinBudget", None, "NoMeasurement",
-                                   f"limit {limit:.0f} W; nothing measured yet", now, generation)
-    else:
-        ok = window_avg <= limit * 1.02
-        conditions = set_condition(conditions, "WithinBudget", ok, "WithinLimit" if ok else "OverLimit",
-                                   f"window average {window_avg:.0f} W against {limit:.0f} W", now, generation)
+    status["projectedWatts"] = decision.projected_watts
+    limit = decision.accounting.allocatable_watts
+    conditions = set_condition(conditions, "WithinBudget", decision.within, decision.within_reason,
+                               decision.within_message, now, generation)
     degraded = [a["service"] for a in allocations if a["degraded"]]
     conditions = set_condition(conditions, "Ready", True, "Allocated" if not degraded else "Degraded",
                                (f"{len(allocations)} services allocated" if not degraded else
@@ -210,19 +180,13 @@ def reconcile_budget(deps: Dependencies, body: dict[str, Any], trigger: str) -> 
         metrics.budget_limit_watts.labels(namespace, name).set(limit)
     # Services whose allocation changed re-plan now, not at their next tick.
     changed = {s for s in set(old_allocations) | set(new_allocations)
-               if _changed(old_allocations.get(s), new_allocations.get(s))}
+               if allocation_changed(old_allocations.get(s), new_allocations.get(s))}
     if changed or trigger in ("create", "update", "delete"):
         for raw in selected:
             if trigger in ("create", "update", "delete") or raw["metadata"]["name"] in changed:
                 fresh = kube.get_custom("llmservices", namespace, raw["metadata"]["name"])
                 if fresh is not None:
                     reconcile_service(deps, fresh, "budget")
-
-
-def _changed(before: float | None, after: float | None) -> bool:
-    if before is None or after is None:
-        return before != after
-    return abs(before - after) > max(1.0, 0.01 * max(before, after))
 
 
 def release_services(deps: Dependencies, body: dict[str, Any]) -> None:

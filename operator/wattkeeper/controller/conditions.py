@@ -26,7 +26,3 @@ def set_condition(
     out.append(new)
     return sorted(out, key=lambda c: str(c["type"]))
 
-
-def condition_status(conditions: list[dict[str, Any]], type_: str) -> str | None:
-    found = next((c for c in conditions if c.get("type") == type_), None)
-    return None if found is None else str(found.get("status"))

@@ -14,6 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from wattkeeper.api import EnergyBudget, EnergyProfile, Enforcement, LLMService
+from wattkeeper.control.budget import BudgetShare, shares_to_allocation
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.render import LABEL_SERVICE, render_deployment, render_service
 from wattkeeper.render.objects import ANNOTATION_CONFIG_HASH
@@ -45,9 +46,7 @@ class Dependencies:
 
 def allocation_for(service: LLMService, budgets: list[dict[str, Any]]) -> Allocation:
     """The tightest enforced allocation over the budgets that select the service; Advise budgets advise."""
-    names: list[str] = []
-    tightest: tuple[float, str] | None = None
-    advised: tuple[float, str] | None = None
+    shares: list[BudgetShare] = []
     for raw in budgets:
         try:
             budget = EnergyBudget.model_validate(raw)
@@ -57,22 +56,20 @@ def allocation_for(service: LLMService, budgets: list[dict[str, Any]]) -> Alloca
             continue
         if not budget.spec.selector.matches(service.metadata.labels):
             continue
-        names.append(budget.metadata.name)
-        for entry in budget.status.allocations:
-            if entry.service != service.metadata.name:
-                continue
-            pair = (entry.watts, budget.metadata.name)
-            if budget.spec.enforcement == Enforcement.ENFORCE:
-                tightest = pair if tightest is None or pair[0] < tightest[0] else tightest
-            else:
-                advised = pair if advised is None or pair[0] < advised[0] else advised
+        enforced = budget.spec.enforcement == Enforcement.ENFORCE
+        watts = next((e.watts for e in budget.status.allocations if e.service == service.metadata.name), None)
+        shares.append(BudgetShare(budget.metadata.name, enforced, watts))
+    return allocation_from_shares(shares)
+
+
+def allocation_from_shares(shares: list[BudgetShare]) -> Allocation:
+    """The Allocation of the decision's adapter from each selecting budget's share (from status, or handed over
+    in memory by the budget reconcile)."""
+    combined = shares_to_allocation(shares)
     return Allocation(
-        watts=tightest[0] if tightest else None,
-        budget=tightest[1] if tightest else None,
-        budgets=tuple(sorted(names)),
-        enforced=tightest is not None or advised is None,
-        advised_watts=advised[0] if advised and not tightest else None,
-        advised_budget=advised[1] if advised and not tightest else None,
+        watts=combined.allocation_watts, budget=combined.budget, budgets=combined.budgets,
+        enforced=combined.allocation_watts is not None or combined.advised_watts is None,
+        advised_watts=combined.advised_watts, advised_budget=combined.advised_budget,
     )
 
 

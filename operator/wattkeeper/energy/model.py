@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .catalog import Accelerator, get_precision, resolve_shape
+from .latency import TokenDistribution, latency_under_load
 from .network import AllReduceModel
 from .types import ModelShape, ReplicaPrediction, ServingConfig, Workload
 
@@ -231,7 +232,22 @@ class Features:
                 continue
             value = getattr(self, name)
             out[name] = [value[i] for i in index] if isinstance(value, list) else value[index]
-        return Features(**out)
+        taken = Features(**out)
+        # Carry the all-reduce grouping over by row mapping (vectorised) instead of regrouping row by row: the
+        # latency model expands thousands of candidates by the token-distribution points.
+        groups = self.comm_groups()
+        index = np.asarray(index, dtype=np.int64)
+        mapped: dict[str, list[tuple[str, int, float, npt.NDArray[np.int64]]]] = {}
+        for kind, entries in groups.items():
+            ids = np.full(len(self), -1, dtype=np.int64)
+            for g, (_, _, _, rows) in enumerate(entries):
+                ids[rows] = g
+            child = ids[index] if index.size else np.zeros(0, dtype=np.int64)
+            mapped[kind] = [
+                (e[0], e[1], e[2], np.flatnonzero(child == g)) for g, e in enumerate(entries) if np.any(child == g)
+            ]
+        taken._groups = mapped
+        return taken
 
 
 _FORMAT_CODES = {"bf16": 0, "fp8": 1, "fp4": 2}
@@ -564,6 +580,77 @@ class Evaluator:
             "max_batch": max_batch,
             "kv_capacity_tokens": cap,
             "idle_watts": idle_total,
+        }
+
+    def under_load_queued(
+        self,
+        f: Features,
+        rate_per_replica: FloatArray,
+        tokens: TokenDistribution,
+        quantile: float = 0.99,
+        rate_levels: Sequence[tuple[float, float]] = ((1.0, 1.0),),
+        request_quantiles: bool = True,
+        thresholds: tuple[float, float] | None = None,
+    ) -> dict[str, FloatArray]:
+        """`under_load` with latencies from the prefill-queue and step-mixture model (energy/latency.py).
+
+        Power, throughput and the decode capacity are `under_load`'s at the distribution's mean lengths; the
+        utilisation is the larger of the decode batch's and the prefill stream's (long prompts saturate the one
+        prefill stream per replica before the batch fills). Adds `ttft_q` and `request_mean_itl_q` (per-request
+        mean ITL) at `quantile`, the full-chunk step (`chunk_step_seconds`) and the prefill stream's load.
+        `rate_levels` ((factor, time share) pairs) describes bursts; the busiest level sets the utilisation.
+        Without `request_quantiles` the per-request mean ITL quantile is not computed (it is the costliest part)
+        and `request_mean_itl_q` holds the ITL p95 instead. With `thresholds` (TTFT s, mean ITL s) it adds
+        `ttft_miss_share` and `itl_miss_share`: the predicted shares of requests over each.
+        """
+        n = len(f)
+        inp = np.full(n, tokens.mean_prompt_tokens)
+        out = np.full(n, tokens.mean_output_tokens)
+        r = self.under_load(f, rate_per_replica, inp, out)
+        rate = np.asarray(rate_per_replica, dtype=float)
+        # Waiting for a batch slot (max-num-seqs, or KV cache for prompt plus maximum output): c = slots servers
+        # whose service is a request's residence, offered load = the running batch (Sakasegawa's approximation).
+        slots = np.maximum(r["max_batch"], 1.0)
+        rho = np.clip(r["batch"] / slots, 0.0, 0.999)
+        residence = r["batch"] / np.maximum(rate, 1e-12)  # Little: mean time a request holds a slot
+        residence = np.where(rate > 0, residence, out * r["step_seconds"])
+        wait_probability = np.power(rho, np.sqrt(2.0 * (slots + 1.0)) - 1.0)
+        wait_mean = residence / (slots * (1.0 - rho))
+        lat = latency_under_load(
+            self, f, rate, tokens, slots, wait_mean, wait_probability, quantile, rate_levels,
+            request_quantiles=request_quantiles,
+            thresholds=thresholds,
+        )
+        peak = max((a for a, w in rate_levels if w > 0), default=1.0)
+        utilisation = np.maximum(r["utilisation"] * peak, lat.prefill_utilisation)
+        over = utilisation >= 1.0
+        capacity = np.where(utilisation > 0, rate / np.maximum(utilisation, 1e-12), r["capacity_rps"])
+        served = np.minimum(rate, capacity) * out
+        tokens_per_second = np.maximum(served, 1e-12)
+        return {
+            **r,
+            "itl_p50": lat.itl_p50,
+            "itl_p90": lat.itl_p90,
+            "itl_p95": lat.itl_p95,
+            "ttft_p95": np.where(over, np.inf, lat.ttft_p95),
+            "ttft_q": np.where(over, np.inf, lat.ttft_quantile),
+            "request_mean_itl_q": lat.request_mean_itl_quantile,
+            "mean_gap_seconds": lat.mean_gap_seconds,
+            "chunk_step_seconds": lat.full_chunk_step_seconds,
+            "prefill_utilisation": lat.prefill_utilisation,
+            "chunk_gap_share": lat.chunk_gap_share,
+            **(
+                {
+                    "ttft_miss_share": np.where(over, 1.0, lat.ttft_miss_share),
+                    "itl_miss_share": lat.request_itl_miss_share,
+                }
+                if lat.ttft_miss_share is not None and lat.request_itl_miss_share is not None
+                else {}
+            ),
+            "utilisation": utilisation,
+            "capacity_rps": capacity,
+            "tokens_per_second": tokens_per_second,
+            "joules_per_token": r["watts"] / tokens_per_second,
         }
 
 

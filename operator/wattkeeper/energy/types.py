@@ -45,8 +45,21 @@ class ServingConfig:
         if self.kv_cache_dtype:
             text += f" kv-{self.kv_cache_dtype}"
         if self.gpu_power_limit_watts:
-            text += f" cap{self.gpu_power_limit_watts:.0f}W"
+            text += f" gpu-limit{self.gpu_power_limit_watts:.0f}W"
         return text
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A fleet: one serving configuration per replica, and how many replicas. The API's `ServingConfigSpec`
+    converts to and from it (`to_plan`, `from_plan`); nothing else stands for a served configuration."""
+
+    config: ServingConfig
+    replicas: int
+
+    def describe(self) -> str:
+        """The one way a plan is printed, in status, events, logs and benchmark reports."""
+        return f"{self.config.short()} x{self.replicas}"
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,16 @@ import numpy as np
 import numpy.typing as npt
 
 from ..energy.catalog import get_accelerator, get_precision
+from ..energy.latency import CHUNK_BUDGET_OPTIONS, TokenDistribution
 from ..energy.model import EnergyModel, Features, ProfilePointLike, build_features
 from ..energy.types import ModelShape, ReplicaPrediction, ServingConfig, Workload
+from .load import ArrivalSample
 
 FloatArray = npt.NDArray[np.float64]
 Binding = Literal["slo-ttft", "slo-itl", "power", "memory", "none"]
 Fallback = Literal["ProtectBudget", "ProtectSLO"]
+LatencyModel = Literal["steady", "queued"]
+SloBasis = Literal["p95", "requests"]
 
 TENSOR_PARALLEL_OPTIONS = (1, 2, 4, 8)
 MAX_NUM_SEQS_OPTIONS = (8, 16, 32, 64, 128, 256, 512)
@@ -59,6 +63,32 @@ class PlanRequest:
     gpu_power_limits_watts: tuple[float | None, ...] = (None,)
     # Plan replicas so that each runs at most this fraction of its capacity: headroom for bursts.
     target_utilisation: float = 0.85
+    # --- opt-in: the latency model under load, what is scored, verification (defaults keep the old behaviour) ---
+    # "queued": TTFT with the prefill queue, ITL from the token gaps in chunk-carrying steps (energy/latency.py).
+    latency_model: LatencyModel = "steady"
+    # Observed prompt/output lengths for the queued model; None: log-normal around the workload's means.
+    tokens: TokenDistribution | None = None
+    # Bursts for the queued model: (factor on the request rate, share of time) pairs (planner/load.py).
+    rate_levels: tuple[tuple[float, float], ...] = ((1.0, 1.0),)
+    # "p95": TTFT p95 and ITL p95 (every token gap) against the SLOs. "requests" (queued model): at least
+    # `request_share` of requests within both thresholds, TTFT and the request's mean ITL (what is scored).
+    slo_basis: SloBasis = "p95"
+    request_share: float = 0.99
+    # Learned measured/predicted latency (planner/verify.py LatencyMargin): predictions are multiplied by these.
+    ttft_margin: float = 1.0
+    itl_margin: float = 1.0
+    # Queued model: max-num-batched-tokens from 512 up (CHUNK_BUDGET_OPTIONS), keeping only budgets whose step
+    # with a full chunk beside the planned batch stays within the ITL SLO; ties prefer the largest.
+    chunk_budget_within_itl: bool = False
+    # Verify before rollout (planner/verify.py): replay the cheapest few feasible candidates on these recent
+    # arrivals and keep the cheapest that keeps `request_share` of requests within both thresholds.
+    replay: ArrivalSample | None = None
+    verify_candidates: int = 4
+    replay_rate_scale: float = 1.0  # replay the arrivals this much faster (LoadEstimate.growth_factor)
+
+    def token_distribution(self) -> TokenDistribution:
+        wl = self.workload
+        return self.tokens or TokenDistribution.from_means(max(wl.input_tokens, 1.0), max(wl.output_tokens, 1.0))
 
 
 @dataclass(frozen=True)
@@ -75,6 +105,8 @@ class Candidate:
     fits_memory: bool
     within_power: bool
     within_gpus: bool
+    # With slo_basis "requests": the predicted share of requests within both thresholds (margins applied).
+    predicted_within_share: float | None = None
 
     @property
     def gpus(self) -> int:
@@ -127,6 +159,10 @@ class PlanResult:
     reason: str
     candidates: tuple[Candidate, ...] = field(default_factory=tuple)  # the Pareto frontier (J/token vs ITL p95)
     evaluated: int = 0
+    # The cheapest feasible candidates, distinct in configuration or replicas (filled when a replay is asked for).
+    alternatives: tuple[Candidate, ...] = field(default_factory=tuple)
+    # Replays of the verification (planner/verify.py ReplayOutcome), cheapest first; empty without one.
+    verification: tuple[Any, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +173,15 @@ class PlanResult:
             "runnerUp": self.runner_up.to_dict() if self.runner_up else None,
             "frontier": [c.to_dict() for c in self.candidates],
             "evaluated": self.evaluated,
+            "verification": [
+                {
+                    "config": o.config.short(),
+                    "replicas": o.replicas,
+                    "requests": o.requests,
+                    "withinShare": round(o.within_share, 4),
+                }
+                for o in self.verification
+            ],
         }
 
 
@@ -184,7 +229,10 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, l
 
     # Expand each base row over max-num-seqs x max-num-batched-tokens.
     seqs_opts = np.asarray(request.max_num_seqs_options, dtype=float)
-    tok_opts = np.asarray(request.max_num_batched_tokens_options, dtype=float)
+    budgets = request.max_num_batched_tokens_options
+    if request.latency_model == "queued" and request.chunk_budget_within_itl:
+        budgets = CHUNK_BUDGET_OPTIONS
+    tok_opts = np.asarray(budgets, dtype=float)
     n_base, n_seq, n_tok = len(keys), seqs_opts.size, tok_opts.size
     base_index = np.repeat(np.arange(n_base), n_seq * n_tok)
     seqs = np.tile(np.repeat(seqs_opts, n_tok), n_base)
@@ -201,16 +249,76 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, l
     # usually win, but a smaller batch per replica can be what meets the ITL SLO).
     sat = evaluator.saturated(f, inp, out)
     capacity_rps = sat["tokens_per_second"] / out * request.throughput_correction
-    needed = np.ceil(wl.requests_per_second / np.maximum(capacity_rps * request.target_utilisation, 1e-12))
+    peak = 1.0
+    tokens: TokenDistribution | None = None
+    if request.latency_model == "queued":
+        # Long prompts saturate the one prefill stream per replica before the batch fills: a full chunk beside
+        # half the batch budget serves (budget - batch) prompt tokens per step.
+        tokens = request.token_distribution()
+        b = np.minimum(sat["batch"], 0.5 * f.max_num_batched_tokens)
+        chunk = np.maximum(f.max_num_batched_tokens - b, 16.0)
+        full = evaluator.step(f, b, np.full(n, tokens.decode_context_tokens), chunk, chunk).step_seconds
+        prefill_rps = chunk / (full * tokens.mean_prompt_tokens) * request.throughput_correction
+        capacity_rps = np.minimum(capacity_rps, prefill_rps)
+        peak = max((a for a, w in request.rate_levels if w > 0), default=1.0)
+    needed = np.ceil(wl.requests_per_second * peak / np.maximum(capacity_rps * request.target_utilisation, 1e-12))
     needed = np.clip(needed, request.min_replicas, request.max_replicas)
     options = [needed, needed + 1, needed + 2, np.ceil(needed * 1.5), needed * 2, needed * 4]
     replicas = np.clip(np.concatenate(options), request.min_replicas, request.max_replicas)
     expand = np.tile(np.arange(n), len(options))
     g = f.take(expand)
     rate = wl.requests_per_second / replicas / request.throughput_correction
-    result = evaluator.under_load(g, rate, inp[expand], out[expand])
+    if tokens is not None:
+        result = _queued(evaluator, g, rate, inp[expand], out[expand], tokens, peak, request)
+    else:
+        result = evaluator.under_load(g, rate, inp[expand], out[expand])
     grid = _Grid(base_index[expand], seqs[expand], batched[expand], replicas, g, result)
     return grid, list(keys)
+
+
+def _queued(
+    evaluator: Any,
+    g: Features,
+    rate: FloatArray,
+    inp: FloatArray,
+    out: FloatArray,
+    tokens: TokenDistribution,
+    peak: float,
+    request: PlanRequest,
+) -> dict[str, FloatArray]:
+    """The queued latency model, evaluated only where the steady model leaves room for the load at its busiest
+    level and the weights fit (the rest cannot be feasible: the queued utilisation is never lower)."""
+    steady = evaluator.under_load(g, rate, inp, out)
+    alive = np.flatnonzero((steady["utilisation"] * peak < 1.0) & (steady["max_batch"] >= 1.0))
+    n = len(g)
+    full: dict[str, FloatArray] = {k: np.array(v, dtype=float, copy=True) for k, v in steady.items()}
+    full["utilisation"] = np.maximum(full["utilisation"] * peak, 1.0)
+    for key, default in (("ttft_p95", np.inf), ("itl_p95", np.inf), ("ttft_q", np.inf),
+                         ("request_mean_itl_q", np.inf), ("chunk_step_seconds", np.inf),
+                         ("ttft_miss_share", 1.0), ("itl_miss_share", 1.0), ("prefill_utilisation", np.inf)):
+        full[key] = np.full(n, default)
+    if alive.size == 0:
+        return full
+    part = evaluator.under_load_queued(
+            g.take(alive),
+            rate[alive],
+            tokens,
+            quantile=request.request_share,
+            rate_levels=request.rate_levels,
+            request_quantiles=False,
+            # Predicted x margin / throughput correction <= SLO  <=>  predicted <= SLO x correction / margin.
+            thresholds=(
+                request.slo_ttft_p95_seconds * request.throughput_correction / request.ttft_margin,
+                request.slo_itl_p95_seconds * request.throughput_correction / request.itl_margin,
+            )
+            if request.slo_basis == "requests"
+            else None,
+        )
+    for key, value in part.items():
+        if key not in full:
+            full[key] = np.full(n, np.nan)
+        full[key][alive] = value
+    return full
 
 
 def _pareto(indices: Sequence[int], energy: FloatArray, latency: FloatArray) -> list[int]:
@@ -227,7 +335,10 @@ def _pareto(indices: Sequence[int], energy: FloatArray, latency: FloatArray) -> 
 def plan(request: PlanRequest, energy_model: EnergyModel | None = None) -> PlanResult:
     """The least-energy candidate meeting the SLOs and the cap; the fallback when none does."""
     em = energy_model or EnergyModel.default()
+    _check(request)
     result = _plan_once(request, em)
+    if request.replay is not None and result.feasible and result.alternatives:
+        result = _verified(request, result, em)
     cap = request.power_cap_watts
     if request.fallback != "ProtectBudget" or cap is None or result.feasible or \
             (result.chosen is not None and result.chosen.total_watts <= cap):
@@ -247,6 +358,48 @@ def plan(request: PlanRequest, energy_model: EnergyModel | None = None) -> PlanR
     return within or smallest or result
 
 
+def _check(request: PlanRequest) -> None:
+    if not 0.5 <= request.request_share < 1.0:
+        raise ValueError("request share must be in [0.5, 1)")
+    if request.ttft_margin <= 0 or request.itl_margin <= 0:
+        raise ValueError("latency margins must be > 0")
+    if request.slo_basis == "requests" and request.latency_model != "queued":
+        raise ValueError('slo_basis "requests" needs latency_model "queued"')
+    if request.replay_rate_scale <= 0:
+        raise ValueError("replay rate scale must be > 0")
+
+
+def _verified(request: PlanRequest, result: PlanResult, em: EnergyModel) -> PlanResult:
+    """Replay the cheapest feasible candidates on the recent arrivals; the cheapest that passes wins."""
+    from .verify import choose_verified  # verify imports this module's types
+
+    pool = list(result.alternatives)
+    chosen = result.chosen
+    if chosen is not None:
+        # The chosen plan with one and two more replicas, for when the model was optimistic; their power is
+        # bounded by scaling the chosen total (each replica then carries less).
+        pool += [
+            replace(chosen, replicas=chosen.replicas + k, total_watts=chosen.total_watts * (chosen.replicas + k)
+                    / chosen.replicas)
+            for k in (1, 2)
+            if chosen.replicas + k <= request.max_replicas
+        ]
+    winner, outcomes = choose_verified(pool, request, em)
+    if winner is None:
+        return result
+    passed = bool(outcomes) and outcomes[-1].within_share >= request.request_share
+    if passed:
+        verdict = f" Verified by replay: {outcomes[-1].describe()}."
+    else:
+        verdict = (
+            f" No candidate kept {request.request_share:.0%} of the replayed requests within both thresholds; "
+            f"chosen: the one with the most within ({winner.config.short()} x{winner.replicas})."
+        )
+    if chosen is not None and (winner.config != chosen.config or winner.replicas != chosen.replicas):
+        verdict += f" The model alone would have chosen {chosen.describe()}."
+    return replace(result, chosen=winner, reason=result.reason + verdict, verification=tuple(outcomes))
+
+
 def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
     if request.workload.requests_per_second < 0:
         raise ValueError("request rate must be >= 0")
@@ -259,12 +412,27 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
     jpt = watts / offered_tokens
     itl = r["itl_p95"] / tc
     ttft = r["ttft_p95"] / tc
+    queued = request.latency_model == "queued"
     tp = grid.features.tensor_parallel
     fits = r["max_batch"] >= 1.0
     # A replica set that cannot carry the load queues without bound: count it as a TTFT miss.
     has_capacity = r["utilisation"] < 1.0
-    meets_ttft = (ttft <= request.slo_ttft_p95_seconds) & has_capacity
-    meets_itl = itl <= request.slo_itl_p95_seconds
+    within_share: FloatArray | None = None
+    if queued and request.slo_basis == "requests":
+        # What is scored: at least request_share of requests within both thresholds. The misses of the two add
+        # (a union bound); each threshold is charged with its own misses so that `binding` can tell them apart.
+        allowed = 1.0 - request.request_share
+        ttft_miss = r["ttft_miss_share"]
+        itl_miss = r["itl_miss_share"]
+        within_share = 1.0 - np.minimum(ttft_miss + itl_miss, 1.0)
+        meets_ttft = (ttft_miss <= allowed) & (ttft_miss + itl_miss <= allowed) & has_capacity
+        meets_itl = itl_miss <= allowed
+    else:
+        meets_ttft = (ttft * request.ttft_margin <= request.slo_ttft_p95_seconds) & has_capacity
+        meets_itl = itl * request.itl_margin <= request.slo_itl_p95_seconds
+    if queued and request.chunk_budget_within_itl:
+        # One step carrying a full chunk beside the planned batch must itself stay within the ITL SLO.
+        meets_itl &= r["chunk_step_seconds"] / tc * request.itl_margin <= request.slo_itl_p95_seconds
     within_gpus = np.ones_like(fits) if request.max_gpus is None else (replicas * tp <= request.max_gpus)
     within_power = np.ones_like(fits) if request.power_cap_watts is None else (watts <= request.power_cap_watts)
     base_ok = fits & within_gpus & has_capacity
@@ -281,7 +449,11 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
             return None
         least = float(np.min(watts[idx]))
         near = idx[watts[idx] <= least * (1.0 + TIE_TOLERANCE)]
-        order = np.lexsort((itl[near], -grid.seqs[near], replicas[near] * tp[near]))
+        if queued and request.chunk_budget_within_itl:
+            # The chunk rule already bounds the ITL: among ties the largest budget prefills fastest (TTFT headroom).
+            order = np.lexsort((itl[near], -grid.batched[near], -grid.seqs[near], replicas[near] * tp[near]))
+        else:
+            order = np.lexsort((itl[near], -grid.seqs[near], replicas[near] * tp[near]))
         return int(near[order[0]])
 
     def candidate(i: int) -> Candidate:
@@ -306,6 +478,7 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
             fits_memory=bool(fits[i]),
             within_power=bool(within_power[i]),
             within_gpus=bool(within_gpus[i]),
+            predicted_within_share=float(within_share[i]) if within_share is not None else None,
         )
 
     chosen_i = best(feasible)
@@ -331,6 +504,10 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
             reason += f" Chosen instead: {chosen.describe()}."
     front_pool = [int(i) for i in np.flatnonzero(base_ok & meets_ttft)]
     frontier = tuple(candidate(i) for i in _pareto(front_pool, jpt, itl))
+    alternatives: tuple[Candidate, ...] = ()
+    if request.replay is not None and is_feasible and request.verify_candidates > 0:
+        alternatives = tuple(candidate(i) for i in _cheapest_distinct(feasible, watts, grid, keys,
+                                                                      request.verify_candidates, best))
     return PlanResult(
         chosen=chosen,
         runner_up=runner,
@@ -339,7 +516,30 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
         reason=reason,
         candidates=frontier,
         evaluated=len(replicas),
+        alternatives=alternatives,
     )
+
+
+def _cheapest_distinct(
+    feasible: npt.NDArray[np.bool_],
+    watts: FloatArray,
+    grid: _Grid,
+    keys: list[tuple[str, int, float | None]],
+    count: int,
+    best: Any,
+) -> list[int]:
+    """Up to `count` feasible candidates by power, each the tie-broken best of its (precision, TP, cap,
+    replicas): max-num-seqs and the chunk budget alone rarely change what a replay shows."""
+    mask = feasible.copy()
+    out: list[int] = []
+    while len(out) < count and mask.any():
+        i = best(mask)
+        if i is None:
+            break
+        out.append(i)
+        same = (grid.base_index == grid.base_index[i]) & (grid.replicas == grid.replicas[i])
+        mask &= ~same
+    return out
 
 
 def _prediction(grid: _Grid, i: int, request: PlanRequest) -> ReplicaPrediction:

@@ -12,7 +12,8 @@ from typing import Any
 
 from wattkeeper_runtime.launcher import LaunchError, LaunchPlan, plan_argv
 
-from wattkeeper.api import API_VERSION, LLMService, ServingConfig
+from wattkeeper.api import API_VERSION, LLMService, ServingConfigSpec
+from wattkeeper.energy.types import Plan, ServingConfig
 
 LABEL_SERVICE = "wattkeeper.io/service"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -56,11 +57,11 @@ def _owner_reference(service: LLMService) -> dict[str, Any]:
     }
 
 
-def config_hash(service: LLMService, config: ServingConfig) -> str:
+def config_hash(service: LLMService, plan: Plan) -> str:
     """A short digest of everything that shapes the pods; a change rolls them."""
     spec = service.spec
     payload = {
-        "config": config.to_wire(),
+        "config": ServingConfigSpec.from_plan(plan).to_wire(),
         "model": spec.model.to_wire(),
         "engine": spec.engine.to_wire(),
         "accelerator": spec.accelerator.to_wire(),
@@ -68,13 +69,14 @@ def config_hash(service: LLMService, config: ServingConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def vllm_argv(service: LLMService, config: ServingConfig) -> list[str]:
+def vllm_argv(service: LLMService, plan: Plan) -> list[str]:
     spec = service.spec
+    config = plan.config
     has_variant = any(v.precision == config.precision for v in spec.model.variants)
     # A variant is a pre-quantized checkpoint; fp8 without one quantizes the base weights on load; other
     # formats without one are left to the launcher, which reads the checkpoint's name.
     prequantized: bool | None = True if has_variant else (False if config.precision == "fp8" else None)
-    plan = LaunchPlan(
+    launch = LaunchPlan(
         model_source=spec.model.source_for(config.precision),
         precision=str(config.precision),
         tensor_parallel=config.tensor_parallel,
@@ -88,7 +90,7 @@ def vllm_argv(service: LLMService, config: ServingConfig) -> list[str]:
         extra_args=tuple(spec.engine.extra_args),
     )
     try:
-        return plan_argv(plan)
+        return plan_argv(launch)
     except LaunchError as err:
         raise RenderError(str(err)) from err
 
@@ -103,14 +105,15 @@ def _resources(service: LLMService, config: ServingConfig) -> dict[str, Any]:
 
 
 def render_deployment(
-    service: LLMService, config: ServingConfig, *, surge: bool = True
+    service: LLMService, plan: Plan, *, surge: bool = True
 ) -> dict[str, Any]:
     """The Deployment for a configuration. `surge` rolls with an extra replica (budget has headroom) or,
     when False, in place (one replica down at a time, so power never rises above the current fleet's)."""
     name = service.metadata.name
     spec = service.spec
-    argv = vllm_argv(service, config)
-    digest = config_hash(service, config)
+    config = plan.config
+    argv = vllm_argv(service, plan)
+    digest = config_hash(service, plan)
     labels = _labels(service)
     pod_env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -126,7 +129,7 @@ def render_deployment(
         if surge
         else {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
     )
-    short = f"{config.precision} tp{config.tensor_parallel} seqs{config.max_num_seqs} tokens{config.max_num_batched_tokens}"
+    short = config.short()
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -138,7 +141,7 @@ def render_deployment(
             "ownerReferences": [_owner_reference(service)],
         },
         "spec": {
-            "replicas": config.replicas,
+            "replicas": plan.replicas,
             "selector": {"matchLabels": selector_labels(name)},
             "strategy": strategy,
             "template": {

@@ -1,0 +1,281 @@
+"""The latency model against simulation: predicted vs `BatchingEngine` TTFT p95 and ITL p95 per workload family.
+
+`wattkeeper bench latency --out FILE.json` runs, for each workload family (conversation, prefill-heavy,
+decode-heavy, bursty), configuration and load, one replica of the runtime's `BatchingEngine` (the engine the
+fleet simulator is made of) on the energy model's own step timing, and compares its TTFT p95 and ITL p95 (over
+every token gap) with `Evaluator.under_load_queued` (energy/latency.py). The step timing is the model's own so
+that the comparison measures the queueing model, not the step-time model (the benchmark's ground truth adds its
+hidden bias on top; the planner learns that online as a margin, planner/verify.py).
+
+The prediction sees what an operator sees: the arrival rate for the plan (for the bursty family the burst-aware
+rate of planner/load.py, from 1-second counts of the same arrivals) and the token distribution of the requests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from wattkeeper_runtime.engine import BatchingEngine, EngineRequest
+
+from ..energy.catalog import get_accelerator, model_from_name
+from ..energy.latency import TokenDistribution
+from ..energy.model import EnergyModel
+from ..energy.types import ModelShape, ServingConfig
+from ..planner.load import LoadEstimate, estimate_load
+from .groundtruth import GroundTruth
+from .trace import Trace, default_trace_path, load_azure_trace
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+FAMILIES = ("conversation", "prefill-heavy", "decode-heavy", "bursty")
+# The bursty family: (seconds, factor on the mean rate) phases, mean 1. Its load share is the burst's.
+BURST_PHASES = ((10.0, 2.2), (20.0, 0.4))
+BURST_PEAK = 2.2
+# Requests arriving in this first share of a run are not scored: the engine starts empty.
+WARMUP_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class Case:
+    family: str
+    model: ModelShape
+    config: ServingConfig
+    load_share: float  # of the replica's predicted capacity
+    duration_s: float = 300.0
+    seed: int = 3
+
+    def name(self) -> str:
+        return f"{self.family} {self.model.name.split('/')[-1]} {self.config.short()} {self.load_share:.0%}"
+
+
+def _lognormal(rng: np.random.Generator, mean: float, sigma: float, n: int) -> IntArray:
+    values = rng.lognormal(math.log(mean) - sigma**2 / 2, sigma, n)
+    return np.maximum(np.round(values), 1).astype(np.int64)
+
+
+def token_pairs(family: str, n: int, rng: np.random.Generator) -> tuple[IntArray, IntArray]:
+    """Prompt and output lengths of `n` requests of a family."""
+    if family in ("conversation", "bursty"):
+        path = default_trace_path()
+        if path is not None:
+            trace = _conversation_trace(path)
+            idx = rng.integers(0, len(trace), n)
+            return trace.input_tokens[idx], trace.output_tokens[idx]
+        return _lognormal(rng, 1155.0, 1.0, n), _lognormal(rng, 211.0, 0.8, n)
+    if family == "prefill-heavy":
+        return _lognormal(rng, 4000.0, 0.7, n), _lognormal(rng, 80.0, 0.7, n)
+    if family == "decode-heavy":
+        return _lognormal(rng, 200.0, 0.7, n), _lognormal(rng, 800.0, 0.5, n)
+    raise ValueError(f"unknown workload family {family!r}; known: {', '.join(FAMILIES)}")
+
+
+_TRACE_CACHE: dict[Path, Trace] = {}
+
+
+def _conversation_trace(path: Path) -> Trace:
+    if path not in _TRACE_CACHE:
+        _TRACE_CACHE[path] = load_azure_trace(path)
+    return _TRACE_CACHE[path]
+
+
+def arrivals(family: str, rate: float, duration_s: float, rng: np.random.Generator) -> FloatArray:
+    """Poisson arrivals at `rate`; the bursty family alternates 10 s at 2.2x with 20 s at 0.4x its mean rate."""
+    if family != "bursty":
+        n = rng.poisson(rate * duration_s)
+        return np.sort(rng.uniform(0.0, duration_s, n))
+    times: list[FloatArray] = []
+    t = 0.0
+    while t < duration_s:
+        for length, factor in BURST_PHASES:
+            k = rng.poisson(rate * factor * length)
+            times.append(t + rng.uniform(0.0, length, k))
+            t += length
+    out = np.sort(np.concatenate(times))
+    return out[out < duration_s]
+
+
+def simulate(
+    timing: Any,
+    config: ServingConfig,
+    arrival_s: FloatArray,
+    prompts: IntArray,
+    outputs: IntArray,
+    warmup_s: float = 0.0,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(TTFT per request, every token gap, per-request mean ITL) of one engine replica, for requests arriving
+    after `warmup_s` (token gaps: of steps ending after it)."""
+    engine = BatchingEngine(timing, config.max_num_seqs, config.max_num_batched_tokens)
+    gaps: list[float] = []
+    requests: list[EngineRequest] = []
+    for i, t in enumerate(arrival_s):
+        while engine.has_work() and engine.clock_s < t:
+            r = engine.step(engine.clock_s)
+            if r.end_s >= warmup_s:
+                gaps += r.itl_samples_s
+        req = EngineRequest(str(i), int(prompts[i]), int(outputs[i]))
+        requests.append(req)
+        engine.submit(req, float(t))
+    while engine.has_work():
+        r = engine.step(engine.clock_s)
+        gaps += r.itl_samples_s
+    scored = [r for r in requests if r.arrival_s >= warmup_s]
+    ttft = [r.first_token_s - r.arrival_s for r in scored if r.first_token_s is not None]
+    mean_itl = np.array(
+        [
+            (r.finished_s - r.first_token_s) / (r.output_tokens - 1) if r.output_tokens > 1 else 0.0
+            for r in scored
+            if r.finished_s is not None and r.first_token_s is not None
+        ]
+    )
+    return np.asarray(ttft), np.asarray(gaps), mean_itl
+
+
+def capacity_rps(em: EnergyModel, model: ModelShape, config: ServingConfig, tokens: TokenDistribution) -> float:
+    f = em.features(model, get_accelerator("H100"), config)
+    r = em.evaluator.under_load_queued(f, np.array([1.0]), tokens)
+    return 1.0 / max(float(r["utilisation"][0]), 1e-9)
+
+
+def run_case(case: Case, em: EnergyModel, gt: GroundTruth) -> dict[str, Any]:
+    rng = np.random.default_rng(case.seed)
+    # The token distribution the operator would observe (a large sample of the family) sets the capacity.
+    sample_in, sample_out = token_pairs(case.family, 4000, rng)
+    tokens = TokenDistribution.from_sample(sample_in, sample_out)
+    cap = capacity_rps(em, case.model, case.config, tokens)
+    # The bursty family's share is that of its bursts (what the planner plans for); the mean is lower.
+    mean_rate = case.load_share * cap / (BURST_PEAK if case.family == "bursty" else 1.0)
+    arrival_s = arrivals(case.family, mean_rate, case.duration_s, rng)
+    prompts, outputs = token_pairs(case.family, arrival_s.size, rng)
+    started = time.perf_counter()
+    ttft, gaps, mean_itl = simulate(
+        gt.timing(case.config), case.config, arrival_s, prompts, outputs, case.duration_s * WARMUP_SHARE
+    )
+    sim_seconds = time.perf_counter() - started
+    load: LoadEstimate = estimate_load(counts_from_arrivals(arrival_s), 1.0, prompts, outputs)
+    # Bursty arrivals: the mean rate with the observed 10-s rate levels (planner/load.py); else Poisson at the mean.
+    levels = load.rate_levels if case.family == "bursty" else ((1.0, 1.0),)
+    plan_rate = load.mean_rate if case.family == "bursty" else mean_rate
+    observed = TokenDistribution.from_sample(prompts, outputs)
+    f = em.features(case.model, get_accelerator("H100"), case.config)
+    r = em.evaluator.under_load_queued(f, np.array([plan_rate]), observed, rate_levels=levels)
+    pred_ttft = float(r["ttft_p95"][0])
+    pred_itl = float(r["itl_p95"][0])
+    sim_ttft = float(np.percentile(ttft, 95))
+    sim_itl = float(np.percentile(gaps, 95)) if gaps.size else float("nan")
+    return {
+        "case": case.name(),
+        "family": case.family,
+        "model": case.model.name,
+        "config": case.config.short(),
+        "loadShare": case.load_share,
+        "meanRate": round(mean_rate, 4),
+        "planRate": round(plan_rate, 4),
+        "rateLevels": [list(level) for level in levels],
+        "requests": int(arrival_s.size),
+        "ttftP95": {"predicted": pred_ttft, "simulated": sim_ttft, "logError": _log_error(pred_ttft, sim_ttft)},
+        "itlP95": {"predicted": pred_itl, "simulated": sim_itl, "logError": _log_error(pred_itl, sim_itl)},
+        "ttftP99": {"predicted": float(r["ttft_q"][0]), "simulated": float(np.percentile(ttft, 99))},
+        "requestMeanItlP99": {
+            "predicted": float(r["request_mean_itl_q"][0]),
+            "simulated": float(np.percentile(mean_itl, 99)) if mean_itl.size else float("nan"),
+        },
+        "simulationSeconds": round(sim_seconds, 2),
+    }
+
+
+def counts_from_arrivals(arrival_s: FloatArray, resolution_s: float = 1.0) -> IntArray:
+    if arrival_s.size == 0:
+        return np.zeros(1, dtype=np.int64)
+    return np.bincount((arrival_s // resolution_s).astype(np.int64))
+
+
+def _log_error(predicted: float, simulated: float) -> float:
+    if not (math.isfinite(predicted) and math.isfinite(simulated)) or predicted <= 0 or simulated <= 0:
+        return math.inf
+    return math.log(predicted / simulated)
+
+
+def standard_cases(duration_s: float = 600.0) -> list[Case]:
+    m70 = model_from_name("meta-llama/Llama-3.1-70B-Instruct", 70.0)
+    m8 = model_from_name("meta-llama/Llama-3.1-8B-Instruct", 8.0)
+    configs = [
+        (m70, ServingConfig("bf16", 4, 256, 8192)),
+        (m70, ServingConfig("fp8", 2, 128, 2048)),
+        (m70, ServingConfig("fp8", 4, 256, 1024)),
+        (m8, ServingConfig("bf16", 1, 256, 4096)),
+    ]
+    return [
+        Case(family, model, config, share, duration_s)
+        for family in FAMILIES
+        for model, config in configs
+        for share in (0.3, 0.6, 0.85)
+    ]
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for metric in ("ttftP95", "itlP95"):
+        errors = np.array([row[metric]["logError"] for row in rows], dtype=float)
+        finite = errors[np.isfinite(errors)]
+        out[metric] = {
+            "cases": len(rows),
+            "medianAbsLogError": float(np.median(np.abs(errors))) if errors.size else None,
+            "meanLogError": float(finite.mean()) if finite.size else None,
+            "worstRatio": float(np.exp(np.max(np.abs(errors)))) if errors.size else None,
+            "within2x": int(np.sum(np.abs(errors) <= math.log(2.0))),
+        }
+    return out
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "| family | model | config | load | TTFT p95 pred / sim (s) | ITL p95 pred / sim (ms) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        t, i = row["ttftP95"], row["itlP95"]
+        lines.append(
+            f"| {row['family']} | {row['model'].split('/')[-1]} | {row['config']} | {row['loadShare']:.0%} | "
+            f"{t['predicted']:.2f} / {t['simulated']:.2f} | {i['predicted'] * 1e3:.0f} / {i['simulated'] * 1e3:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def run(cases: Sequence[Case], em: EnergyModel | None = None, verbose: bool = False) -> dict[str, Any]:
+    em = em or EnergyModel.default()
+    rows = []
+    truths: dict[str, GroundTruth] = {}
+    for case in cases:
+        gt = truths.get(case.model.name)
+        if gt is None:
+            # The model's own step timing, no measured correction: the comparison isolates the queueing model.
+            gt = truths[case.model.name] = GroundTruth(case.model, get_accelerator("H100"), em, ())
+        row = run_case(case, em, gt)
+        rows.append(row)
+        if verbose:
+            t, i = row["ttftP95"], row["itlP95"]
+            print(
+                f"{row['case']}: TTFT p95 {t['predicted']:.2f}/{t['simulated']:.2f} s, ITL p95 "
+                f"{i['predicted'] * 1e3:.0f}/{i['simulated'] * 1e3:.0f} ms (pred/sim)",
+                flush=True,
+            )
+    return {"cases": rows, "summary": summarise(rows)}
+
+
+def main(out: Path | None, duration_s: float = 300.0, verbose: bool = True) -> dict[str, Any]:
+    result = run(standard_cases(duration_s), verbose=verbose)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+    print(table(result["cases"]))
+    print(json.dumps(result["summary"], indent=1))
+    return result

@@ -1,0 +1,105 @@
+"""Wattkeeper in the benchmark: the operator's own control core (`wattkeeper.control`), fed what the operator's
+telemetry would show of the simulated fleet.
+
+Nothing of the decision is here. This file only translates: the simulator's `Observation` of the trailing
+telemetry window becomes the core's `Signals` (finished requests per second, not arrivals; the queue averaged
+over the window, as `avg_over_time(vllm:num_requests_waiting[w])`), the fleet's replica states become the core's
+`FleetState` (rolling while replicas load or drain), and the core's decision becomes a `FleetTarget`. The settle
+rule, the corrections, the cooldown and the switching rule are the operator's, with the operator's defaults
+(interval 30 s, cooldown 300 s, horizon 3600 s, the pods' termination grace as the drain bound).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..control import FleetState, Memory, Signals, TickDecision, TickInputs, Tuning, decide_tick, settle_seconds
+from ..energy.model import EnergyModel
+from ..render.objects import TERMINATION_GRACE_SECONDS
+from .fleet import FleetTarget, Observation
+from .policies import BenchSpec, Decision, trace_workload
+from .trace import Trace
+
+
+def signals_of(obs: Observation) -> Signals:
+    """What the operator's telemetry shows of the simulated fleet over the trailing window."""
+    return Signals(
+        window_seconds=obs.window_s,
+        watts=obs.watts,
+        finished_requests_per_second=obs.finished_requests_per_second,
+        waiting_requests=obs.mean_waiting_requests,
+        running_requests=obs.mean_running_requests,
+        mean_input_tokens=obs.mean_input_tokens,
+        mean_output_tokens=obs.mean_output_tokens,
+        ttft_p95_seconds=obs.ttft_p95_seconds,
+        itl_p95_seconds=obs.itl_p95_seconds,
+    )
+
+
+def fleet_of(obs: Observation, current: FleetTarget) -> FleetState:
+    """The Deployment as the operator sees it: rolling while a replica loads or an old one drains."""
+    return FleetState(
+        exists=True,
+        matches_plan=True,  # nobody edits the simulated fleet by hand
+        replicas=current.replicas,
+        ready_replicas=obs.serving_replicas,
+        rolling=not obs.settled,
+    )
+
+
+@dataclass
+class WattkeeperPolicy:
+    spec: BenchSpec
+    trace: Trace
+    energy_model: EnergyModel
+    name: str = "wattkeeper"
+    interval_s: float = 30.0  # the operator's control-loop interval (OperatorSettings.interval_seconds)
+    cooldown_s: float = 300.0  # LLMService spec.reconfiguration.cooldownSeconds, default
+    horizon_s: float = 3600.0  # spec.reconfiguration.horizonSeconds, default
+    # The service ran before the trace starts: its spec's workload is the load of the first minute.
+    warmup_s: float = 60.0
+    drain_s: float = float(TERMINATION_GRACE_SECONDS)
+    tuning: Tuning = field(default_factory=Tuning)
+    memory: Memory = field(default_factory=Memory)
+    decisions: list[Decision] = field(default_factory=list)
+    ticks: list[TickDecision] = field(default_factory=list)  # every decision of the core, for tests and reports
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        warm = trace_workload(self.trace, 0.0, self.warmup_s, peak_bin_s=self.warmup_s)
+        self.intent = self.spec.intent(warm, cooldown_seconds=self.cooldown_s, horizon_seconds=self.horizon_s)
+
+    def _tick(self, now_s: float, signals: Signals | None, fleet: FleetState, window_s: float) -> TickDecision:
+        inputs = TickInputs(
+            intent=self.intent,
+            memory=self.memory,
+            signals=signals,
+            fleet=fleet,
+            now_s=now_s,
+            allocation_watts=self.spec.power_cap_watts,
+            settle_seconds=settle_seconds(window_s, self.drain_s),
+            tuning=self.tuning,
+        )
+        t0 = time.perf_counter()
+        tick = decide_tick(inputs, self.energy_model)
+        ms = (time.perf_counter() - t0) * 1000.0
+        self.memory = tick.memory
+        self.ticks.append(tick)
+        what = f": {tick.apply.describe()}" if tick.apply is not None else ""
+        self.decisions.append(Decision(now_s, tick.action, tick.reason + what, ms))
+        return tick
+
+    def _target(self, tick: TickDecision) -> FleetTarget:
+        assert tick.apply is not None
+        return FleetTarget(tick.apply.config, tick.apply.replicas, tick.reason, surge=tick.surge)
+
+    def initial(self) -> FleetTarget:
+        tick = self._tick(0.0, None, FleetState(exists=False), 60.0)
+        if tick.apply is None:
+            raise RuntimeError(f"the planner finds no configuration: {tick.reason}")
+        return self._target(tick)
+
+    def decide(self, obs: Observation, current: FleetTarget) -> FleetTarget | None:
+        tick = self._tick(obs.now_s, signals_of(obs), fleet_of(obs, current), obs.window_s)
+        return self._target(tick) if tick.apply is not None else None

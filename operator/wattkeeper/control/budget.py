@@ -1,0 +1,219 @@
+"""A budget's decision, pure: (budget, services, measured watts, time) -> accounting and allocations.
+
+    accounting = account(...)        energy used this period, the window's average power, what is left to allocate
+    demands    = service_demand(...) per service: the least watts meeting its SLO, its unconstrained plan, its floor
+    decision   = decide_budget(...)  the allocation of watts to services (planner.allocate_watts) and the verdict
+
+The operator's adapter (controller/budgets.py) maps status to `BudgetMemory` and back and hands each service its
+`allocation_watts`; `shares_to_allocation` combines the shares of several budgets that select one service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..energy.model import EnergyModel
+from ..energy.types import Workload
+from ..planner import ServiceDemand, allocate_watts, plan
+from .planning import plan_request
+from .switching import OVERSHOOT_TOLERANCE
+from .types import ServiceIntent
+
+MAX_SAMPLES = 120
+
+
+@dataclass(frozen=True)
+class BudgetIntent:
+    """What an EnergyBudget's spec asks: an average power limit over a window and/or an energy allowance."""
+
+    power_limit_watts: float | None = None
+    power_window_seconds: float = 300.0
+    energy_limit_kwh: float | None = None
+    energy_period_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class BudgetMemory:
+    """What accounting carries from one pass to the next (the operator keeps it in the budget's status)."""
+
+    power_samples: tuple[tuple[float, float], ...] = ()  # (time s, watts), rounded as status keeps them
+    period_start_s: float | None = None
+    energy_used_kwh: float = 0.0
+    last_accounted_s: float | None = None
+
+
+@dataclass(frozen=True)
+class BudgetAccounting:
+    memory: BudgetMemory
+    measured_watts: float | None
+    window_average_watts: float | None
+    remaining_kwh: float | None
+    forecast_exhaustion_s: float | None  # None: not within this period
+    allocatable_watts: float | None  # the power limit, tightened by what the energy allowance leaves
+
+
+@dataclass(frozen=True)
+class ServiceLoad:
+    """One service a budget selects, as the allocation sees it."""
+
+    name: str
+    priority: int
+    intent: ServiceIntent
+    load: Workload  # the measured load, else the planned-for one, else the spec's
+    power_correction: float = 1.0
+
+
+@dataclass(frozen=True)
+class Allocated:
+    name: str
+    priority: int
+    allocation_watts: float
+    minimum_watts: float | None  # least watts meeting its SLO; None when no plan meets it
+    degraded: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class BudgetDecision:
+    accounting: BudgetAccounting
+    allocations: tuple[Allocated, ...]
+    projected_watts: float
+    within: bool | None  # the window's average against the limit; None before anything is measured
+    within_reason: str
+    within_message: str
+
+    @property
+    def degraded(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.allocations if a.degraded)
+
+    def allocation_watts(self) -> dict[str, float]:
+        """Each service's share, to hand to the services (in memory, or through status)."""
+        return {a.name: a.allocation_watts for a in self.allocations}
+
+
+def account(budget: BudgetIntent, memory: BudgetMemory, measured_watts: float | None, now_s: float,
+            interval_s: float) -> BudgetAccounting:
+    """Integrate measured power into the period's energy, keep the window's samples, forecast exhaustion.
+    `measured_watts` None (telemetry missing for some service) accounts nothing: a partial sum would read as a
+    saving."""
+    allocatable = budget.power_limit_watts
+    samples = memory.power_samples
+    average: float | None = None
+    if samples:
+        average = round(sum(w for _, w in samples) / len(samples), 1)
+    if measured_watts is not None:
+        window = budget.power_window_seconds
+        kept = [*samples, (round(now_s, 1), round(measured_watts, 1))]
+        samples = tuple(s for s in kept if s[0] >= now_s - window)[-MAX_SAMPLES:]
+        average = round(sum(w for _, w in samples) / len(samples), 1)
+    used = memory.energy_used_kwh
+    start = memory.period_start_s
+    remaining: float | None = None
+    exhaustion: float | None = None
+    if budget.energy_limit_kwh is not None and budget.energy_period_seconds:
+        period = budget.energy_period_seconds
+        start = start if start is not None else now_s
+        if now_s - start >= period:  # a new period: usage resets, the start stays aligned to the first one
+            start += period * int((now_s - start) // period)
+            used = 0.0
+        if measured_watts is not None and memory.last_accounted_s is not None:
+            # A gap (operator down) is charged at the power measured now: an estimate beats losing it.
+            dt = max(0.0, min(now_s - memory.last_accounted_s, period))
+            used += measured_watts * dt / 3.6e6
+        used = round(used, 6)
+        remaining = round(max(budget.energy_limit_kwh - used, 0.0), 6)
+        left_s = max(start + period - now_s, interval_s)
+        if average and average > 0:
+            at = now_s + remaining * 3.6e6 / average
+            exhaustion = at if at < start + period else None
+        # What the allowance leaves, spread evenly over the rest of the period, caps the power too.
+        energy_watts = remaining * 3.6e6 / left_s
+        allocatable = energy_watts if allocatable is None else min(allocatable, energy_watts)
+    new_memory = BudgetMemory(
+        power_samples=samples, period_start_s=start, energy_used_kwh=used,
+        last_accounted_s=now_s if measured_watts is not None else memory.last_accounted_s,
+    )
+    return BudgetAccounting(new_memory, measured_watts, average, remaining, exhaustion, allocatable)
+
+
+def service_demand(service: ServiceLoad, energy_model: EnergyModel) -> ServiceDemand:
+    """What one service asks of a budget, by the planner at its load."""
+    request = plan_request(service.intent, service.load, None, service.power_correction)
+    unconstrained = plan(request, energy_model)
+    chosen = unconstrained.chosen
+    desired = chosen.total_watts if chosen else 0.0
+    # The request has no allocation, so the unconstrained plan is also the least watts that meet the SLOs.
+    minimum = desired if unconstrained.feasible and chosen else None
+    # The floor: what the smallest fleet draws at this load (min replicas, serving what it can). Below it a
+    # service cannot go, so the allocator hands floors out first instead of leaving a service 0 W.
+    smallest = plan(replace(request, power_cap_watts=1e-6, fallback="ProtectBudget"), energy_model).chosen
+    floor = min(smallest.total_watts, desired) if smallest and chosen else (smallest.total_watts if smallest else 0.0)
+    return ServiceDemand(name=service.name, priority=service.priority, minimum_watts=minimum,
+                         desired_watts=desired, floor_watts=floor,
+                         joules_per_token=chosen.joules_per_token if chosen else float("inf"))
+
+
+def decide_budget(budget: BudgetIntent, memory: BudgetMemory, services: list[ServiceLoad],
+                  measured_watts: float | None, now_s: float, interval_s: float,
+                  energy_model: EnergyModel) -> BudgetDecision:
+    acc = account(budget, memory, measured_watts, now_s, interval_s)
+    demands = [service_demand(s, energy_model) for s in services]
+    projected = sum(d.desired_watts for d in demands)
+    allocations: list[Allocated] = []
+    if acc.allocatable_watts is not None and demands:
+        by_name = {d.name: d for d in demands}
+        for a in allocate_watts(acc.allocatable_watts, demands):
+            d = by_name[a.name]
+            allocations.append(Allocated(a.name, d.priority, round(a.watts, 1),
+                                         round(d.minimum_watts, 1) if d.minimum_watts is not None else None,
+                                         a.degraded, a.reason))
+        projected = sum(min(a.allocation_watts, by_name[a.name].desired_watts) for a in allocations)
+    limit = acc.allocatable_watts
+    within: bool | None
+    if limit is None:
+        within, reason, message = True, "NoLimit", "no power or energy limit"
+    elif acc.window_average_watts is None:
+        within, reason, message = None, "NoMeasurement", f"limit {limit:.0f} W; nothing measured yet"
+    else:
+        within = acc.window_average_watts <= limit * OVERSHOOT_TOLERANCE
+        reason = "WithinLimit" if within else "OverLimit"
+        message = f"window average {acc.window_average_watts:.0f} W against {limit:.0f} W"
+    return BudgetDecision(acc, tuple(allocations), round(projected, 1), within, reason, message)
+
+
+def allocation_changed(before: float | None, after: float | None) -> bool:
+    """Whether a service's share moved enough to re-plan it now (more than 1 W and 1%)."""
+    if before is None or after is None:
+        return before != after
+    return abs(before - after) > max(1.0, 0.01 * max(before, after))
+
+
+@dataclass(frozen=True)
+class BudgetShare:
+    """One budget's share for one service."""
+
+    budget: str
+    enforced: bool
+    watts: float | None  # None: the budget has not allocated yet
+
+
+@dataclass(frozen=True)
+class CombinedAllocation:
+    allocation_watts: float | None  # the tightest enforced share
+    budget: str | None
+    advised_watts: float | None  # the tightest Advise share, only when no budget enforces one
+    advised_budget: str | None
+    budgets: tuple[str, ...]
+
+
+def shares_to_allocation(shares: list[BudgetShare]) -> CombinedAllocation:
+    """A service selected by several budgets may draw the tightest enforced share; Advise budgets only advise."""
+    enforced = [(s.watts, s.budget) for s in shares if s.enforced and s.watts is not None]
+    advised = [(s.watts, s.budget) for s in shares if not s.enforced and s.watts is not None]
+    tight = min(enforced) if enforced else None
+    advice = min(advised) if advised and not enforced else None
+    return CombinedAllocation(
+        allocation_watts=tight[0] if tight else None, budget=tight[1] if tight else None,
+        advised_watts=advice[0] if advice else None, advised_budget=advice[1] if advice else None,
+        budgets=tuple(sorted({s.budget for s in shares})),
+    )

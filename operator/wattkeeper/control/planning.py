@@ -1,0 +1,87 @@
+"""The planner's question for a service, and the planner's figures for one plan."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from ..energy.model import EnergyModel
+from ..energy.types import Workload
+from ..planner import Candidate, PlanRequest, plan
+from .types import Plan, ServiceIntent
+
+
+def significant(value: float | None, digits: int = 3) -> float | None:
+    """Round to significant digits, so that measurement noise neither looks like a new load nor rewrites status."""
+    if value is None or not math.isfinite(value):
+        return None
+    if value == 0:
+        return 0.0
+    return round(value, -math.floor(math.log10(abs(value))) + (digits - 1))
+
+
+def plan_request(
+    intent: ServiceIntent,
+    workload: Workload,
+    allocation_watts: float | None,
+    power_correction: float = 1.0,
+    latency_correction: tuple[float, float] = (1.0, 1.0),
+    only: Plan | None = None,
+) -> PlanRequest:
+    """The planner's question. `only` keeps the precision and TP of a running plan (disruptive changes off).
+    `latency_correction` (TTFT, ITL) is measured over predicted p95 latency: the planner aims at the SLO divided
+    by it, so a model that proved optimistic plans more headroom."""
+    allowed = intent.allowed_precisions
+    request = PlanRequest(
+        model=intent.model,
+        accelerator=intent.accelerator,
+        allowed_precisions=tuple(allowed),
+        slo_ttft_p95_seconds=intent.slo_ttft_p95_seconds / latency_correction[0],
+        slo_itl_p95_seconds=intent.slo_itl_p95_seconds / latency_correction[1],
+        min_replicas=intent.min_replicas,
+        max_replicas=intent.max_replicas,
+        max_tensor_parallel=intent.max_tensor_parallel,
+        max_gpus=intent.max_gpus,
+        workload=workload,
+        power_cap_watts=allocation_watts,
+        fallback=intent.fallback,
+        power_correction=power_correction,
+        profile=tuple(intent.profile) if intent.profile else None,
+        gpu_memory_utilization=intent.gpu_memory_utilization,
+    )
+    if only is not None:
+        request = replace(request, allowed_precisions=(only.config.precision,),
+                          tensor_parallel_options=(only.config.tensor_parallel,))
+    return request
+
+
+def evaluate(
+    intent: ServiceIntent,
+    running: Plan,
+    workload: Workload,
+    energy_model: EnergyModel,
+    power_correction: float = 1.0,
+) -> Candidate | None:
+    """The planner's figures for exactly one plan (the running or the pinned one) under a load."""
+    config = running.config
+    request = replace(
+        plan_request(intent, workload, None, power_correction, only=running),
+        max_num_seqs_options=(config.max_num_seqs,),
+        max_num_batched_tokens_options=(config.max_num_batched_tokens,),
+        gpu_power_limits_watts=(config.gpu_power_limit_watts,),
+        min_replicas=running.replicas,
+        max_replicas=max(running.replicas, 1),
+    )
+    return plan(request, energy_model).chosen
+
+
+def plan_of(candidate: Candidate) -> Plan:
+    return Plan(candidate.config, candidate.replicas)
+
+
+def surge_fits(candidate: Candidate | None, allocation_watts: float | None) -> bool:
+    """Roll with surge only when one more replica fits under the allocation."""
+    if allocation_watts is None or candidate is None or candidate.replicas <= 0:
+        return True
+    per_replica = candidate.total_watts / candidate.replicas
+    return candidate.total_watts + per_replica <= allocation_watts

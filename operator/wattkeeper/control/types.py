@@ -1,0 +1,147 @@
+"""The core's value types: what one tick of the control loop reads and what it decides.
+
+Plain frozen dataclasses in the planner's units. The operator maps its Kubernetes objects onto them
+(`controller/`), the benchmark maps its simulated fleet onto them (`bench/wattkeeper_policy.py`); the core itself
+knows neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..energy.model import ProfilePointLike
+from ..energy.types import ModelShape, Plan, Workload
+from ..planner import Candidate, PlanResult
+
+__all__ = ["Plan"]  # re-exported: the core's plans are energy.types.Plan
+
+Fallback = Literal["ProtectBudget", "ProtectSLO"]
+Action = Literal["Applied", "Held", "Unchanged", "Rejected"]
+LoadSource = Literal["measured", "held", "spec"]
+
+
+@dataclass(frozen=True)
+class ServiceIntent:
+    """What the user asked of one service (an LLMService's spec, or the benchmark's)."""
+
+    model: ModelShape
+    accelerator: str
+    allowed_precisions: tuple[str, ...]
+    slo_ttft_p95_seconds: float
+    slo_itl_p95_seconds: float
+    min_replicas: int = 1
+    max_replicas: int = 64
+    max_tensor_parallel: int = 8
+    max_gpus: int | None = None
+    fallback: Fallback = "ProtectBudget"
+    gpu_memory_utilization: float = 0.9
+    default_workload: Workload = field(default_factory=lambda: Workload(1.0))  # until load is measured
+    cooldown_seconds: float = 300.0
+    horizon_seconds: float = 3600.0
+    allow_disruptive: bool = True  # precision and TP may change
+    pinned: Plan | None = None  # Pinned mode: serve this as written, only measure
+    profile: Sequence[ProfilePointLike] = ()
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What telemetry showed over the trailing window, summed over the service's pods.
+
+    `finished_requests_per_second` counts requests that completed (vllm:request_success_total), not arrivals: a
+    saturated fleet finishes fewer than arrive, and the queue (`waiting_requests`, averaged over the window) says
+    how many more there were."""
+
+    window_seconds: float
+    watts: float
+    finished_requests_per_second: float | None = None
+    waiting_requests: float | None = None
+    running_requests: float | None = None
+    mean_input_tokens: float | None = None
+    mean_output_tokens: float | None = None
+    ttft_p95_seconds: float | None = None
+    itl_p95_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class FleetState:
+    """What runs: the rollout of the service's pods as the orchestrator reports it."""
+
+    exists: bool = False
+    matches_plan: bool = True  # the running pods are the remembered plan (no drift by hand)
+    replicas: int = 0
+    ready_replicas: int = 0
+    rolling: bool = False  # a roll in progress, or old pods still draining
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What the core remembers between ticks (the operator keeps it in status, the benchmark in the policy).
+
+    Figures are rounded to what status keeps, so a round trip through the API server changes nothing."""
+
+    running: Plan | None = None
+    last_applied_s: float | None = None
+    planned_load: Workload | None = None
+    peak_load_rps: float | None = None
+    peak_load_at_s: float | None = None
+    power_correction: float = 1.0
+    ttft_correction: float = 1.0
+    itl_correction: float = 1.0
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """How the online corrections move (operator settings)."""
+
+    power_correction_smoothing: float = 0.3
+    power_correction_bounds: tuple[float, float] = (0.5, 2.0)
+    latency_correction_bounds: tuple[float, float] = (0.5, 5.0)
+
+
+@dataclass(frozen=True)
+class TickInputs:
+    intent: ServiceIntent
+    memory: Memory
+    signals: Signals | None  # None: telemetry showed nothing usable (silence is not zero)
+    fleet: FleetState
+    now_s: float
+    spec_changed: bool = False
+    allocation_watts: float | None = None  # enforced: the tightest Enforce budget's share for this service
+    advised_allocation_watts: float | None = None  # from an Advise budget: recorded, never enforced
+    settle_seconds: float = 90.0  # see `settle_seconds()`
+    tuning: Tuning = field(default_factory=Tuning)
+
+
+@dataclass(frozen=True)
+class LoadEstimate:
+    workload: Workload
+    source: LoadSource
+    peak_load_rps: float | None
+    peak_load_at_s: float | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The switching rule's answer: what to do, which branch said so (`cause`), and why, in words."""
+
+    action: Action
+    cause: str
+    reason: str
+    apply: Plan | None = None
+
+
+@dataclass(frozen=True)
+class TickDecision:
+    action: Action
+    cause: str  # the branch of the switching rule (see control/switching.py), or "no-plan"
+    reason: str
+    apply: Plan | None  # what to roll out now; None leaves the fleet as it is
+    proposed: Plan | None  # what the planner proposed at this load
+    candidate: Candidate | None  # the planner's figures for the proposal
+    result: PlanResult | None  # the whole search (None in Pinned mode)
+    load: LoadEstimate
+    memory: Memory  # to remember for the next tick
+    surge: bool  # roll with one extra replica (only when it fits under the allocation)
+    advised: Plan | None = None  # what an Advise budget would move to (never applied)

@@ -1,0 +1,449 @@
+"""Latency of one loaded vLLM replica with chunked prefill: a prefill queue for TTFT, a step mixture for ITL.
+
+What vLLM 0.11.1's V1 scheduler does in one step (vllm/v1/core/sched/scheduler.py):
+- the token budget is `max_num_scheduled_tokens` (= --max-num-batched-tokens; :208);
+- RUNNING requests go first, in order, each taking min(tokens it still needs, budget) (:220-230): a decoding
+  sequence takes 1, a partially prefilled prompt takes the next chunk;
+- then WAITING requests are admitted first come first served while budget remains and fewer than max-num-seqs
+  run (:397-398), each with a first chunk of min(prompt, budget) (:495-510; `long_prefill_token_threshold` is 0
+  by default, vllm/config/scheduler.py:61, so one prompt may take the whole budget).
+So every step carries all decoding sequences plus at most `budget - decoders` prompt tokens, and prompts are
+prefilled in arrival order: one prefill stream per replica, served one chunk budget per step. The runtime's
+`BatchingEngine` (runtime/wattkeeper_runtime/engine.py) schedules the same way.
+
+TTFT is modelled as that stream: an M/G/1 queue whose work is prompt tokens, served at C tokens per full-chunk step
+(C = budget - decoders) when it has a backlog, so a prompt of I tokens waits behind the work ahead of it and is
+then served in ceil(I / C) steps, the last one carrying its remainder plus what else arrived meanwhile. The
+waiting time has an atom at zero (1 - rho) and an exponential tail of mean E[W] / rho (Pollaczek-Khinchine gives
+E[W]); the TTFT quantile mixes that over the observed prompt-length distribution and is found by bisection.
+
+The ITL distribution is over token gaps: each step gives every decoding sequence one gap of the step's length.
+Steps are decode-only, full-chunk (a long prompt's inner chunks, or any step while the prefill stream has a
+backlog) or carry a prompt's last chunk (plus the other prompts that arrived during the step before). A prompt of
+n chunks makes n long steps, which is what puts long prompts' chunk steps into the ITL tail: the share of token
+gaps in chunk-carrying steps, not the chance that a step sees an arrival. The per-request mean ITL (what the
+benchmark scores) averages a request's gaps over its output length.
+
+Everything is vectorised over the rows of `Features` (the planner evaluates thousands of candidates at once); the
+token distributions are shared by all rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from .model import Evaluator, Features
+
+FloatArray = npt.NDArray[np.float64]
+
+# Quantile points kept of each token distribution (mid-quantiles of equal weight).
+DISTRIBUTION_POINTS = 8
+# Chunk budgets the planner may choose from (vLLM needs >= max_model_len without chunked prefill; with it any).
+CHUNK_BUDGET_OPTIONS = (512, 1024, 2048, 4096, 8192, 16384)
+_BISECTION_ROUNDS = 14  # hi / 2**14: about a millisecond for a 10-s bound
+
+
+@dataclass(frozen=True)
+class TokenDistribution:
+    """Prompt and output lengths as equal-weight quantile points (what the latency model needs of a sample).
+
+    Built from observed lengths (`from_sample`) or, when only means are known, from a log-normal shape around
+    them (`from_means`). Hashable so that plans can be cached on it.
+    """
+
+    prompt_tokens: tuple[float, ...]
+    output_tokens: tuple[float, ...]
+    mean_prompt_tokens: float
+    mean_output_tokens: float
+    prompt_second_moment: float  # E[I^2]
+    # Mean context (prompt + tokens generated so far) over decode steps: each request weighs by its output length.
+    decode_context_tokens: float
+
+    @classmethod
+    def from_sample(
+        cls, prompt_tokens: npt.ArrayLike, output_tokens: npt.ArrayLike, points: int = DISTRIBUTION_POINTS
+    ) -> TokenDistribution:
+        inp = np.maximum(np.asarray(prompt_tokens, dtype=float), 1.0)
+        out = np.maximum(np.asarray(output_tokens, dtype=float), 1.0)
+        if inp.size == 0 or inp.size != out.size:
+            raise ValueError("token sample must be non-empty, with one output length per prompt length")
+        if not (np.all(np.isfinite(inp)) and np.all(np.isfinite(out))):
+            raise ValueError("token sample has non-finite lengths")
+        q = (np.arange(points) + 0.5) / points
+        return cls(
+            prompt_tokens=tuple(float(v) for v in np.quantile(inp, q)),
+            output_tokens=tuple(float(v) for v in np.quantile(out, q)),
+            mean_prompt_tokens=float(inp.mean()),
+            mean_output_tokens=float(out.mean()),
+            prompt_second_moment=float(np.mean(inp**2)),
+            decode_context_tokens=float(np.sum(out * inp + 0.5 * out**2) / np.sum(out)),
+        )
+
+    @classmethod
+    def from_means(
+        cls, prompt_tokens: float, output_tokens: float, sigma: float = 1.0, points: int = DISTRIBUTION_POINTS
+    ) -> TokenDistribution:
+        """Log-normal lengths of these means (sigma 1 is close to the Azure conversation trace's spread)."""
+        if prompt_tokens <= 0 or output_tokens <= 0:
+            raise ValueError("mean token counts must be > 0")
+        # Quantiles of the log-normal at many points, so the moments are those of the shape, not of 16 points.
+        q = (np.arange(400) + 0.5) / 400
+        z = np.sqrt(2.0) * _erfinv(2.0 * q - 1.0)
+        inp = np.exp(math.log(prompt_tokens) - sigma**2 / 2 + sigma * z)
+        out = np.exp(math.log(output_tokens) - sigma**2 / 2 + sigma * z[::-1])  # independent-ish: anti-sorted pairs
+        rng = np.random.default_rng(0)
+        return cls.from_sample(np.maximum(inp, 1.0), rng.permutation(np.maximum(out, 1.0)), points)
+
+
+def _erfinv(y: FloatArray) -> FloatArray:
+    from scipy.special import erfinv
+
+    return np.asarray(erfinv(y), dtype=float)
+
+
+def _weighted_quantile(values: FloatArray, weights: FloatArray, q: float) -> FloatArray:
+    """Per row: the smallest value with at least q of the row's weight at or below it."""
+    order = np.argsort(values, axis=1)
+    v = np.take_along_axis(values, order, axis=1)
+    w = np.take_along_axis(weights, order, axis=1)
+    cum = np.cumsum(w, axis=1)
+    total = np.maximum(cum[:, -1:], 1e-300)
+    idx = np.argmax(cum >= q * total - 1e-12, axis=1)
+    return v[np.arange(v.shape[0]), idx]
+
+
+def _bisect(tail: object, lo: FloatArray, hi: FloatArray, target: float) -> FloatArray:
+    """Per row: t with tail(t) = target, tail decreasing in t, between lo and hi."""
+    fn = tail  # a callable FloatArray -> FloatArray
+    for _ in range(_BISECTION_ROUNDS):
+        mid = 0.5 * (lo + hi)
+        above = fn(mid) > target  # type: ignore[operator]
+        lo = np.where(above, mid, lo)
+        hi = np.where(above, hi, mid)
+    return hi
+
+
+@dataclass
+class LoadedLatency:
+    """Per row: the figures `latency_under_load` returns (seconds unless named otherwise)."""
+
+    batch: FloatArray  # mean decoding sequences
+    busy_fraction: FloatArray
+    mean_gap_seconds: FloatArray  # mean step over token gaps
+    decode_step_seconds: FloatArray  # a decode-only step at the busy batch
+    full_chunk_step_seconds: FloatArray  # one step carrying a full chunk beside the busy batch
+    chunk_tokens: FloatArray  # prompt tokens a full chunk carries (budget - decoders)
+    prefill_utilisation: FloatArray  # load of the prefill stream (>= 1: prompts queue without bound)
+    chunk_gap_share: FloatArray  # share of token gaps that fall in chunk-carrying steps
+    itl_p50: FloatArray
+    itl_p90: FloatArray
+    itl_p95: FloatArray
+    ttft_p95: FloatArray
+    ttft_quantile: FloatArray  # at `quantile`
+    request_mean_itl_quantile: FloatArray  # per-request mean ITL at `quantile`
+    quantile: float
+    ttft_miss_share: FloatArray | None = None  # share of requests over the TTFT threshold (when asked)
+    request_itl_miss_share: FloatArray | None = None  # share of requests whose mean ITL is over its threshold
+
+
+def latency_under_load(
+    ev: Evaluator,
+    f: Features,
+    rate_per_replica: FloatArray,
+    tokens: TokenDistribution,
+    max_batch: FloatArray,
+    slot_wait_mean_seconds: FloatArray,
+    slot_wait_probability: FloatArray,
+    quantile: float = 0.99,
+    rate_levels: Sequence[tuple[float, float]] = ((1.0, 1.0),),
+    level_window_s: float = 10.0,
+    request_quantiles: bool = True,
+    thresholds: tuple[float, float] | None = None,
+    iterations: int = 4,
+) -> LoadedLatency:
+    """TTFT and ITL percentiles of replicas under `rate_per_replica` Poisson arrivals (see module doc).
+
+    `max_batch` bounds the decoding batch; the slot wait (max-num-seqs or KV cache full) comes from the caller's
+    multi-server approximation as a probability of waiting and a conditional mean. `rate_levels` describes bursty
+    arrivals as (factor on the rate, share of time) pairs: each level is solved as its own steady state and the
+    token gaps (by gaps per second) and requests (by arrivals) of the levels are mixed; the factors should average
+    to 1 over the time shares for the rate to stay the mean; a level lasts about `level_window_s` at a time.
+    With `thresholds` (TTFT seconds, mean-ITL seconds) the shares of requests over each are returned too: one
+    tail evaluation each, what the planner needs (the quantiles take a bisection; `request_quantiles=False` skips
+    the per-request mean ITL one).
+    """
+    levels = [(float(a), float(w)) for a, w in rate_levels if w > 0]
+    if not levels or any(a < 0 for a, _ in levels):
+        raise ValueError("rate levels need a positive time share and a factor >= 0")
+    n0 = len(f)
+    n_levels = len(levels)
+    factors = np.array([a for a, _ in levels])
+    shares = np.array([w for _, w in levels])
+    shares = shares / shares.sum()
+    if n_levels > 1:
+        rows = np.repeat(np.arange(n0), n_levels)
+        f = f.take(rows)
+        rate_per_replica = np.asarray(rate_per_replica, dtype=float)[rows] * np.tile(factors, n0)
+        max_batch = np.asarray(max_batch, dtype=float)[rows]
+        slot_wait_mean_seconds = np.asarray(slot_wait_mean_seconds, dtype=float)[rows]
+        slot_wait_probability = np.asarray(slot_wait_probability, dtype=float)[rows]
+    n = len(f)
+    lam = np.maximum(np.asarray(rate_per_replica, dtype=float), 0.0)
+    inp = np.asarray(tokens.prompt_tokens, dtype=float)[None, :]  # 1 x K
+    out = np.asarray(tokens.output_tokens, dtype=float)[None, :]
+    k = inp.shape[1]
+    mean_in = tokens.mean_prompt_tokens
+    mean_out = tokens.mean_output_tokens
+    context = np.full(n, tokens.decode_context_tokens)
+    budget = f.max_num_batched_tokens
+    expanded: dict[int, Features] = {}
+
+    def step(batch: FloatArray, prompt: FloatArray) -> FloatArray:
+        """Step seconds with `batch` decoders and `prompt` prefill tokens; shapes broadcast over rows."""
+        shape = np.broadcast_shapes(batch.shape, prompt.shape)
+        b = np.broadcast_to(batch, shape)
+        p = np.broadcast_to(prompt, shape)
+        if len(shape) == 1:
+            s = ev.step(f, b, context, p, np.maximum(p, 1.0))
+            return np.asarray(s.step_seconds, dtype=float)
+        cols = shape[1]
+        g = expanded.get(cols)
+        if g is None:  # expanding once per width keeps the all-reduce grouping (a Python loop) cached
+            g = expanded[cols] = f.take(np.repeat(np.arange(n), cols))
+        s = ev.step(g, b.ravel(), np.repeat(context, cols), p.ravel(), np.maximum(p.ravel(), 1.0))
+        return np.asarray(s.step_seconds, dtype=float).reshape(shape)
+
+    # Fixed point on the decoding batch: b = rate x mean output x mean gap (Little), the gap mixing step types.
+    t_decode0 = step(np.ones(n), np.zeros(n))
+    batch = np.clip(lam * mean_out * t_decode0, 0.0, max_batch)
+    gap = t_decode0
+    for _ in range(iterations):
+        occupied = np.maximum(batch, 1e-9)
+        busy = 1.0 - np.exp(-occupied)
+        b_busy = np.clip(occupied / busy, 1.0, np.maximum(max_batch, 1.0))
+        mix = _step_mixture(step, b_busy, lam, inp, k, mean_in, budget, gap)
+        batch = np.clip(lam * mean_out * mix.mean_gap, 0.0, max_batch)
+        gap = mix.mean_gap
+    occupied = np.maximum(batch, 1e-9)
+    busy = 1.0 - np.exp(-occupied)
+    b_busy = np.clip(occupied / busy, 1.0, np.maximum(max_batch, 1.0))
+    mix = _step_mixture(step, b_busy, lam, inp, k, mean_in, budget, gap)
+    saturated = mix.rho >= 1.0
+
+    # --- TTFT: residual of the step in progress + wait behind the prefill backlog + own chunks + slot wait.
+    rho = np.clip(mix.rho, 0.0, 0.999)
+    tau = mix.t_full / mix.chunk  # seconds per prompt token while the stream has a backlog
+    mean_wait = lam * tau**2 * tokens.prompt_second_moment / (2.0 * (1.0 - rho))
+    tail_mean = np.maximum(mean_wait / np.maximum(rho, 1e-9), 1e-12)  # mean of the wait given that there is one
+    t = mix.durations
+    time_w = mix.weights * t
+    residual = busy * np.sum(time_w * t, axis=1) / np.maximum(2.0 * np.sum(time_w, axis=1), 1e-300)
+    base = residual[:, None] + mix.own_service  # rows x K: own chunks of each prompt quantile point
+    pw = np.clip(slot_wait_probability, 0.0, 1.0)
+    slot_mean = np.maximum(slot_wait_mean_seconds, 1e-12)
+
+    # Per original row: levels side by side. Token gaps weigh by gaps per second (steps x decoders), requests by
+    # arrivals per second.
+    def by_row(x: FloatArray) -> FloatArray:
+        return x.reshape(n0, n_levels * x.shape[1]) if x.ndim == 2 else x.reshape(n0, n_levels)
+
+    # A level shorter than a request's residence does not build its own steady batch: the decoders of a burst
+    # are partly those of the calm before it. Blend the level's batch with the time-mean batch by how long the
+    # level lasts against the residence.
+    steps_per_s = mix.weights / np.maximum(mix.weights.sum(axis=1, keepdims=True), 1e-300)
+    share_rows = np.tile(shares, n0)
+    mean_batch = np.repeat(np.sum(batch.reshape(n0, n_levels) * shares[None, :], axis=1), n_levels)
+    residence = mean_out * mix.mean_gap
+    persist = level_window_s / (level_window_s + residence)
+    decoders = persist * batch + (1.0 - persist) * mean_batch if n_levels > 1 else batch
+    gap_w = steps_per_s / np.maximum(mix.mean_gap[:, None], 1e-12) * (decoders * share_rows)[:, None]
+    durations = by_row(t)
+    gap_weights = by_row(gap_w)
+    arrivals_w = by_row((lam * share_rows)[:, None])  # n0 x L
+    arrivals_w = arrivals_w / np.maximum(arrivals_w.sum(axis=1, keepdims=True), 1e-300)
+    if not np.any(lam > 0):
+        arrivals_w = np.full((n0, n_levels), 1.0 / n_levels)
+
+    itl_p50 = _weighted_quantile(durations, gap_weights, 0.50)
+    itl_p90 = _weighted_quantile(durations, gap_weights, 0.90)
+    itl_p95 = _weighted_quantile(durations, gap_weights, 0.95)
+
+    base_l = base.reshape(n0, n_levels, k)
+    rho_l = rho.reshape(n0, n_levels, 1)
+    tail_l = tail_mean.reshape(n0, n_levels, 1)
+    sat_l = saturated.reshape(n0, n_levels, 1)
+    pw_l = pw.reshape(n0, n_levels, 1)
+    slot_l = slot_mean.reshape(n0, n_levels, 1)
+    a_l = arrivals_w[:, :, None]
+
+    def ttft_tail(x: FloatArray) -> FloatArray:
+        # The prefill wait and the slot wait add; their tails are taken as independent exponentials, the slot
+        # wait's folded in as a shift by its own conditional quantile (it is small unless batches are full).
+        over = x[:, None, None] - base_l
+        prefill = np.where(over <= 0.0, 1.0, rho_l * np.exp(-np.maximum(over, 0.0) / tail_l))
+        slots = pw_l * np.exp(-np.maximum(over, 0.0) / slot_l)
+        p = np.minimum(prefill + slots, 1.0)
+        p = np.where(sat_l, 1.0, p)
+        return np.asarray(np.sum(a_l * p.mean(axis=2, keepdims=True), axis=(1, 2)), dtype=float)
+
+    def ttft_at(q: float) -> FloatArray:
+        finite_tail = np.where(saturated, 0.0, tail_mean + slot_mean)
+        hi = (
+            np.max(by_row(base), axis=1)
+            + np.max(by_row(finite_tail[:, None]), axis=1) * math.log(1.0 / (1.0 - q))
+            + 1e-6
+        )
+        value = _bisect(ttft_tail, np.zeros(n0), hi, 1.0 - q)
+        # Where saturated levels alone hold more than 1 - q of the arrivals the quantile is unbounded.
+        stuck = np.sum(arrivals_w * saturated.reshape(n0, n_levels), axis=1) > 1.0 - q
+        return np.where(stuck, np.inf, value)
+
+    ttft_p95 = ttft_at(0.95)
+    ttft_q = ttft_at(quantile) if request_quantiles else ttft_p95
+
+    # --- Per-request mean ITL at `quantile`: a request of output O averages O - 1 gaps drawn from its level's mix.
+    w = mix.weights / np.maximum(mix.weights.sum(axis=1, keepdims=True), 1e-300)
+    g_mean = np.sum(w * t, axis=1)
+    g_var = np.maximum(np.sum(w * t**2, axis=1) - g_mean**2, 0.0)
+    gaps = np.maximum(out - 1.0, 1.0)  # 1 x K
+
+    def mean_itl_tail(x: FloatArray) -> FloatArray:
+        xe = np.repeat(x, n_levels)[:, None]
+        sd = np.sqrt(g_var[:, None] / gaps)
+        z = (xe - g_mean[:, None]) / np.maximum(sd, 1e-12)
+        normal = 0.5 * _erfc(z / math.sqrt(2.0))
+        # One long step alone can lift a short request's mean: P(some gap > g_mean + (x - g_mean) x gaps).
+        single = np.clip(_gap_tail(t, w, g_mean[:, None] + (xe - g_mean[:, None]) * gaps), 0.0, 1.0)
+        at_least_one = 1.0 - np.power(1.0 - single, gaps)
+        p = np.maximum(normal, at_least_one).mean(axis=1)
+        return np.asarray(np.sum(arrivals_w * p.reshape(n0, n_levels), axis=1), dtype=float)
+
+    if request_quantiles:
+        hi = np.max(by_row(t), axis=1) + 1e-6
+        mean_itl_q = _bisect(mean_itl_tail, np.zeros(n0), hi, 1.0 - quantile)
+    else:
+        mean_itl_q = itl_p95
+    ttft_miss: FloatArray | None = None
+    itl_miss: FloatArray | None = None
+    if thresholds is not None:
+        stuck_share = np.sum(arrivals_w * saturated.reshape(n0, n_levels), axis=1)
+        ttft_miss = np.maximum(ttft_tail(np.full(n0, float(thresholds[0]))), stuck_share)
+        itl_miss = mean_itl_tail(np.full(n0, float(thresholds[1])))
+
+    def time_mean(x: FloatArray) -> FloatArray:
+        return np.asarray(np.sum(x.reshape(n0, n_levels) * shares[None, :], axis=1), dtype=float)
+
+    def worst(x: FloatArray) -> FloatArray:
+        return np.asarray(np.max(x.reshape(n0, n_levels), axis=1), dtype=float)
+
+    return LoadedLatency(
+        batch=time_mean(batch),
+        busy_fraction=time_mean(busy),
+        mean_gap_seconds=time_mean(mix.mean_gap),
+        decode_step_seconds=worst(mix.t_decode),
+        full_chunk_step_seconds=worst(mix.t_full),
+        chunk_tokens=worst(mix.chunk),
+        prefill_utilisation=worst(mix.rho),
+        chunk_gap_share=time_mean(mix.chunk_share),
+        itl_p50=itl_p50,
+        itl_p90=itl_p90,
+        itl_p95=itl_p95,
+        ttft_p95=ttft_p95,
+        ttft_quantile=ttft_q,
+        request_mean_itl_quantile=mean_itl_q,
+        quantile=quantile,
+        ttft_miss_share=ttft_miss,
+        request_itl_miss_share=itl_miss,
+    )
+
+
+def _erfc(x: FloatArray) -> FloatArray:
+    from scipy.special import erfc
+
+    return np.asarray(erfc(x), dtype=float)
+
+
+def _gap_tail(durations: FloatArray, weights: FloatArray, x: FloatArray) -> FloatArray:
+    """P(gap > x) per row and column of x (rows x K), gaps distributed as (durations, weights) of the row."""
+    over = durations[:, None, :] > x[:, :, None]
+    return np.asarray(np.sum(weights[:, None, :] * over, axis=2), dtype=float)
+
+
+_CHUNK_NODES = (0.0, 1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0 / 2, 1.0)
+
+
+def _interp_rows(x: FloatArray, xp: FloatArray, fp: FloatArray) -> FloatArray:
+    """Row-wise linear interpolation: x rows x K, xp and fp rows x N with xp increasing along each row."""
+    idx = np.sum(xp[:, None, 1:-1] < x[:, :, None], axis=2)
+    lo_x = np.take_along_axis(xp, idx, axis=1)
+    hi_x = np.take_along_axis(xp, idx + 1, axis=1)
+    lo_f = np.take_along_axis(fp, idx, axis=1)
+    hi_f = np.take_along_axis(fp, idx + 1, axis=1)
+    w = np.clip((x - lo_x) / np.maximum(hi_x - lo_x, 1e-12), 0.0, 1.0)
+    return lo_f + w * (hi_f - lo_f)
+
+
+@dataclass
+class _Mixture:
+    durations: FloatArray  # rows x M step durations
+    weights: FloatArray  # rows x M steps per second of each kind (token gaps are proportional)
+    mean_gap: FloatArray
+    t_decode: FloatArray
+    t_full: FloatArray
+    chunk: FloatArray
+    rho: FloatArray
+    chunk_share: FloatArray
+    own_service: FloatArray  # rows x K
+
+
+def _step_mixture(
+    step: object,
+    b: FloatArray,
+    lam: FloatArray,
+    inp: FloatArray,
+    k: int,
+    mean_in: float,
+    budget: FloatArray,
+    prev_gap: FloatArray,
+) -> _Mixture:
+    """The kinds of steps a loaded replica runs, their durations and how often each comes (see module doc)."""
+    fn = step  # callable (batch, prompt) -> seconds
+    n = b.shape[0]
+    chunk = np.maximum(budget - b, 16.0)
+    t_decode = fn(b, np.zeros(n))  # type: ignore[operator]
+    t_full = fn(b, chunk)  # type: ignore[operator]
+    # Prefill stream load: prompt tokens per second over what full-chunk steps serve.
+    rho = lam * mean_in * t_full / chunk
+    # Prompts arriving during one step ride in the next one together: beside a prompt's last chunk come the
+    # tokens of the others that arrived during the step before (of mean length `prev_gap`).
+    per_step = lam * prev_gap
+    others = per_step * mean_in
+    merge = np.where(per_step > 1e-9, (1.0 - np.exp(-per_step)) / np.maximum(per_step, 1e-9), 1.0)
+    chunks = np.ceil(inp / chunk[:, None])  # rows x K
+    remainder = inp - (chunks - 1.0) * chunk[:, None]
+    last_tokens = np.minimum(remainder + others[:, None], chunk[:, None])
+    # Step time against the prefill tokens, at a few fractions of the chunk and linear in between (the step is a
+    # smooth roofline in the tokens): evaluating every prompt point of every row would dominate the planner.
+    nodes = np.asarray(_CHUNK_NODES)[None, :] * chunk[:, None]
+    t_nodes = fn(b[:, None], nodes)  # type: ignore[operator]
+    t_last = _interp_rows(last_tokens, nodes, t_nodes)
+    lam_k = (lam / k)[:, None]
+    rate_full = lam_k * (chunks - 1.0)  # a long prompt's inner chunks fill the budget
+    rate_last = np.broadcast_to(lam_k * merge[:, None], t_last.shape)
+    chunk_time = np.sum(rate_full, axis=1) * t_full + np.sum(rate_last * t_last, axis=1)
+    rate_decode = np.maximum(1.0 - chunk_time, 0.0) / t_decode
+    durations = np.concatenate([t_decode[:, None], t_full[:, None], t_last], axis=1)
+    weights = np.concatenate([rate_decode[:, None], np.sum(rate_full, axis=1)[:, None], rate_last], axis=1)
+    total = np.maximum(weights.sum(axis=1), 1e-300)
+    mean_gap = np.where(weights.sum(axis=1) > 0, np.sum(weights * durations, axis=1) / total, t_decode)
+    chunk_share = 1.0 - rate_decode / total
+    # A prompt's own prefill: its inner chunks at full steps, its last chunk beside whatever else arrived.
+    own = (chunks - 1.0) * t_full[:, None] + t_last
+    return _Mixture(durations, weights, mean_gap, t_decode, t_full, chunk, rho, chunk_share, own)

@@ -1,0 +1,234 @@
+"""The load to plan for, from what telemetry shows: short-window bursts, token distributions and a trend.
+
+Real arrivals burst at about three times a minute's mean within ten seconds (the Azure conversation trace), so a
+plan sized for the minute's mean, taken as Poisson, queues in every burst. `estimate_load` therefore plans for
+the 95th percentile of the 10-second rates over the recent history (from arrival counts at fine resolution, e.g.
+the rate of vLLM's `vllm:request_success_total` or the router's counter every second or few), raised by the rise
+a linear trend over the last minutes predicts one model-load time ahead (a new replica takes that long to serve).
+The prompt and output lengths are kept as distributions (`TokenDistribution`), not only means: the latency model
+needs the long prompts that queue the prefill stream and the short outputs whose mean ITL one long step lifts.
+
+Everything here is pure: counts in, an estimate out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ..energy.latency import TokenDistribution
+
+FloatArray = npt.NDArray[np.float64]
+
+BURST_WINDOW_SECONDS = 10.0
+BURST_QUANTILE = 0.95
+HISTORY_SECONDS = 600.0
+TREND_SECONDS = 300.0
+# Fewer observed requests than this: the token distribution is too thin to trust; callers fall back to means.
+MIN_TOKEN_SAMPLE = 20
+
+
+@dataclass(frozen=True)
+class LoadEstimate:
+    """What to plan for, and the figures it came from (requests per second)."""
+
+    requests_per_second: float  # plan for this: burst rate plus the forecast rise
+    mean_rate: float  # over the history
+    recent_rate: float  # over the last burst window
+    burst_rate: float  # the burst quantile of the window rates
+    trend_per_second: float  # slope of the rate (requests/s per second), over the trend span
+    forecast_rise: float  # what the trend adds one lead time ahead (>= 0: a fall is not planned for early)
+    lead_seconds: float
+    # Bursts as (factor on the mean rate, share of time) pairs from the window rates (for the latency model).
+    rate_levels: tuple[tuple[float, float], ...]
+    tokens: TokenDistribution | None  # None when too few lengths were observed
+    mean_prompt_tokens: float | None
+    mean_output_tokens: float | None
+
+    @property
+    def growth_factor(self) -> float:
+        """Forecast over current mean rate: how much faster recent arrivals should be replayed (>= 1)."""
+        if self.mean_rate <= 0:
+            return 1.0
+        return max(1.0, (self.mean_rate + self.forecast_rise) / self.mean_rate)
+
+    def describe(self) -> str:
+        return (
+            f"{self.requests_per_second:.2f} req/s planned (mean {self.mean_rate:.2f}, p{BURST_QUANTILE * 100:.0f} "
+            f"of {BURST_WINDOW_SECONDS:.0f}-s rates {self.burst_rate:.2f}, trend +{self.forecast_rise:.2f} in "
+            f"{self.lead_seconds:.0f} s)"
+        )
+
+
+@dataclass(frozen=True)
+class ArrivalSample:
+    """Recent requests as seen by the router or the engines: arrival offsets (s, sorted) and token lengths."""
+
+    arrival_s: tuple[float, ...]
+    prompt_tokens: tuple[int, ...]
+    output_tokens: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not (len(self.arrival_s) == len(self.prompt_tokens) == len(self.output_tokens)):
+            raise ValueError("arrival sample arrays differ in length")
+        if any(b < a for a, b in zip(self.arrival_s, self.arrival_s[1:], strict=False)):
+            raise ValueError("arrival times must be sorted")
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
+
+    @property
+    def duration_s(self) -> float:
+        return self.arrival_s[-1] - self.arrival_s[0] if self.arrival_s else 0.0
+
+    @classmethod
+    def from_arrays(
+        cls, arrival_s: npt.ArrayLike, prompt_tokens: npt.ArrayLike, output_tokens: npt.ArrayLike
+    ) -> ArrivalSample:
+        order = np.argsort(np.asarray(arrival_s, dtype=float), kind="stable")
+        a = np.asarray(arrival_s, dtype=float)[order]
+        p = np.asarray(prompt_tokens, dtype=np.int64)[order]
+        o = np.asarray(output_tokens, dtype=np.int64)[order]
+        return cls(tuple(float(x) for x in a), tuple(int(x) for x in p), tuple(int(x) for x in o))
+
+
+def counts_from_counter(
+    timestamps_s: Sequence[float], totals: Sequence[float], resolution_s: float
+) -> FloatArray:
+    """Arrivals per `resolution_s` bin from samples of a cumulative counter (resets tolerated, as PromQL's
+    increase does: a drop means the counter restarted from zero). Bins without a sample share the increase of the
+    interval that spans them evenly."""
+    if resolution_s <= 0:
+        raise ValueError("resolution must be > 0")
+    t = np.asarray(timestamps_s, dtype=float)
+    v = np.asarray(totals, dtype=float)
+    if t.size != v.size:
+        raise ValueError("timestamps and totals differ in length")
+    if t.size < 2:
+        return np.zeros(0)
+    if np.any(np.diff(t) <= 0):
+        raise ValueError("counter timestamps must increase")
+    inc = np.diff(v)
+    inc = np.where(inc < 0, v[1:], inc)  # a reset: the new value is the increase since it
+    start = t[0]
+    bins = max(1, math.ceil((t[-1] - start) / resolution_s - 1e-9))
+    out = np.zeros(bins)
+    # Spread each interval's increase over the bins it covers, in proportion to the overlap.
+    edges = start + resolution_s * np.arange(bins + 1)
+    for a, b, x in zip(t[:-1], t[1:], inc, strict=True):
+        lo = int((a - start) // resolution_s)
+        hi = min(bins - 1, math.ceil((b - start) / resolution_s) - 1)
+        for i in range(lo, hi + 1):
+            overlap = min(b, edges[i + 1]) - max(a, edges[i])
+            if overlap > 0:
+                out[i] += x * overlap / (b - a)
+    return out
+
+
+def window_rates(counts: npt.ArrayLike, resolution_s: float, window_s: float = BURST_WINDOW_SECONDS) -> FloatArray:
+    """Rates over every window of `window_s` that slides one bin at a time (requests per second)."""
+    c = np.asarray(counts, dtype=float)
+    width = max(1, round(window_s / resolution_s))
+    if c.size == 0:
+        return np.zeros(0)
+    if c.size <= width:
+        return np.array([c.sum() / (c.size * resolution_s)])
+    cum = np.concatenate(([0.0], np.cumsum(c)))
+    return (cum[width:] - cum[:-width]) / (width * resolution_s)
+
+
+def rate_levels(
+    counts: npt.ArrayLike, resolution_s: float, window_s: float = BURST_WINDOW_SECONDS, levels: int = 4
+) -> tuple[tuple[float, float], ...]:
+    """The rates of consecutive `window_s` windows as `levels` equal-time groups, busiest last: (mean rate of the
+    group over the overall mean, share of time). ((1.0, 1.0),) when there is nothing to group."""
+    c = np.asarray(counts, dtype=float)
+    width = max(1, round(window_s / resolution_s))
+    usable = (c.size // width) * width
+    if usable < width * levels or c.sum() <= 0:
+        return ((1.0, 1.0),)
+    rates = np.sort(c[-usable:].reshape(-1, width).sum(axis=1))
+    mean = rates.mean()
+    groups = np.array_split(rates, levels)
+    return tuple((float(g.mean() / mean), float(g.size / rates.size)) for g in groups if g.size)
+
+
+def linear_trend(counts: npt.ArrayLike, resolution_s: float, span_s: float = TREND_SECONDS) -> float:
+    """Least-squares slope of the rate over the last `span_s` (requests/s per second); 0 with too little data."""
+    c = np.asarray(counts, dtype=float)
+    width = max(1, round(span_s / resolution_s))
+    c = c[-width:]
+    if c.size < 3:
+        return 0.0
+    # Aggregate to ~10-s buckets first: a slope through 1-s Poisson counts is mostly noise.
+    per = max(1, round(BURST_WINDOW_SECONDS / resolution_s))
+    usable = (c.size // per) * per
+    if usable >= 3 * per:
+        c = c[-usable:].reshape(-1, per).sum(axis=1) / (per * resolution_s)
+        step = per * resolution_s
+    else:
+        c = c / resolution_s
+        step = resolution_s
+    x = np.arange(c.size) * step
+    slope = float(np.polyfit(x, c, 1)[0])
+    return slope if math.isfinite(slope) else 0.0
+
+
+def estimate_load(
+    arrival_counts: npt.ArrayLike,
+    resolution_s: float,
+    prompt_tokens: npt.ArrayLike = (),
+    output_tokens: npt.ArrayLike = (),
+    *,
+    lead_seconds: float = 60.0,
+    burst_window_s: float = BURST_WINDOW_SECONDS,
+    burst_quantile: float = BURST_QUANTILE,
+    history_s: float = HISTORY_SECONDS,
+    trend_s: float = TREND_SECONDS,
+) -> LoadEstimate:
+    """The load to plan for from arrival counts per bin (oldest first) and the observed token lengths.
+
+    `lead_seconds` is the model-load time: a rise the trend predicts within it is planned for now.
+    """
+    if resolution_s <= 0:
+        raise ValueError("resolution must be > 0")
+    if not 0.0 < burst_quantile <= 1.0:
+        raise ValueError("burst quantile must be in (0, 1]")
+    counts = np.asarray(arrival_counts, dtype=float)
+    if np.any(counts < 0) or not np.all(np.isfinite(counts)):
+        raise ValueError("arrival counts must be finite and >= 0")
+    history = counts[-max(1, round(history_s / resolution_s)):]
+    mean_rate = float(history.sum() / (history.size * resolution_s)) if history.size else 0.0
+    rates = window_rates(history, resolution_s, burst_window_s)
+    burst = float(np.quantile(rates, burst_quantile)) if rates.size else 0.0
+    recent = float(rates[-1]) if rates.size else 0.0
+    slope = linear_trend(history, resolution_s, trend_s)
+    rise = max(0.0, slope * lead_seconds)
+    tokens: TokenDistribution | None = None
+    mean_in = mean_out = None
+    inp = np.asarray(prompt_tokens, dtype=float).reshape(-1)
+    out = np.asarray(output_tokens, dtype=float).reshape(-1)
+    if inp.size != out.size:
+        raise ValueError("prompt and output token samples differ in length")
+    if inp.size:
+        mean_in = float(np.mean(inp))
+        mean_out = float(np.mean(out))
+        if inp.size >= MIN_TOKEN_SAMPLE:
+            tokens = TokenDistribution.from_sample(inp, out)
+    return LoadEstimate(
+        requests_per_second=max(burst, recent) + rise,
+        mean_rate=mean_rate,
+        recent_rate=recent,
+        burst_rate=burst,
+        trend_per_second=slope,
+        rate_levels=rate_levels(history, resolution_s, burst_window_s),
+        forecast_rise=rise,
+        lead_seconds=lead_seconds,
+        tokens=tokens,
+        mean_prompt_tokens=mean_in,
+        mean_output_tokens=mean_out,
+    )

@@ -1,0 +1,137 @@
+"""The budget's pure decision: accounting, allocation, and combining the shares of several budgets."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from wattkeeper.bench.groundtruth import model_shape
+from wattkeeper.control import ServiceIntent
+from wattkeeper.control.budget import (
+    BudgetIntent,
+    BudgetMemory,
+    BudgetShare,
+    ServiceLoad,
+    account,
+    allocation_changed,
+    decide_budget,
+    service_demand,
+    shares_to_allocation,
+)
+from wattkeeper.energy.model import EnergyModel
+from wattkeeper.energy.types import Workload
+from wattkeeper.planner import ServiceDemand, allocate_watts
+
+EM = EnergyModel.default()
+HOUR = 3600.0
+INTENT = ServiceIntent(model=model_shape("meta-llama/Llama-3.1-8B-Instruct"), accelerator="H100",
+                       allowed_precisions=("bf16", "fp8"), slo_ttft_p95_seconds=2.0, slo_itl_p95_seconds=0.05,
+                       max_replicas=8)
+
+
+# --- accounting --------------------------------------------------------------------------------------------------
+
+ENERGY = BudgetIntent(energy_limit_kwh=10.0, energy_period_seconds=24 * HOUR)
+
+
+@pytest.mark.parametrize(("case", "budget", "memory", "measured", "now", "used", "allocatable"), [
+    ("first pass: nothing used yet, the allowance spread over the period",
+     ENERGY, BudgetMemory(), 1000.0, 0.0, 0.0, 10.0 * 3.6e6 / (24 * HOUR)),
+    ("an hour at 1 kW is 1 kWh", ENERGY, BudgetMemory(period_start_s=0.0, last_accounted_s=0.0), 1000.0, HOUR,
+     1.0, 9.0 * 3.6e6 / (23 * HOUR)),
+    ("silence accounts nothing", ENERGY, BudgetMemory(period_start_s=0.0, energy_used_kwh=2.0, last_accounted_s=0.0),
+     None, HOUR, 2.0, 8.0 * 3.6e6 / (23 * HOUR)),
+    ("a new period resets usage", ENERGY,
+     BudgetMemory(period_start_s=0.0, energy_used_kwh=9.0, last_accounted_s=25 * HOUR - 36), 1000.0, 25 * HOUR,
+     0.01, 9.99 * 3.6e6 / (23 * HOUR)),
+    ("a power limit alone", BudgetIntent(power_limit_watts=800.0), BudgetMemory(), 500.0, 0.0, 0.0, 800.0),
+    ("the tighter of power and energy", replace(ENERGY, power_limit_watts=100.0), BudgetMemory(), 50.0, 0.0, 0.0,
+     100.0),
+    ("no limit at all", BudgetIntent(), BudgetMemory(), 500.0, 0.0, 0.0, None),
+])
+def test_account(case: str, budget: BudgetIntent, memory: BudgetMemory, measured: float | None, now: float,
+                 used: float, allocatable: float | None) -> None:
+    acc = account(budget, memory, measured, now, 30.0)
+    assert acc.memory.energy_used_kwh == pytest.approx(used, abs=1e-3)
+    if allocatable is None:
+        assert acc.allocatable_watts is None
+    else:
+        assert acc.allocatable_watts == pytest.approx(allocatable, rel=1e-3)
+
+
+def test_window_average_and_exhaustion() -> None:
+    budget = BudgetIntent(power_limit_watts=1000.0, power_window_seconds=60.0, energy_limit_kwh=1.0,
+                          energy_period_seconds=24 * HOUR)
+    memory = BudgetMemory(power_samples=((0.0, 400.0), (30.0, 600.0)), period_start_s=0.0, last_accounted_s=30.0)
+    acc = account(budget, memory, 800.0, 90.0, 30.0)
+    assert [s[0] for s in acc.memory.power_samples] == [30.0, 90.0]  # older than the window: dropped
+    assert acc.window_average_watts == 700.0
+    assert acc.forecast_exhaustion_s is not None and acc.forecast_exhaustion_s < 24 * HOUR
+
+
+# --- allocation --------------------------------------------------------------------------------------------------
+
+
+def demand(name: str, priority: int, minimum: float | None, desired: float, floor: float = 0.0,
+           jpt: float = 0.5) -> ServiceDemand:
+    return ServiceDemand(name, priority, minimum, desired, floor, jpt)
+
+
+@pytest.mark.parametrize(("case", "total", "demands", "watts", "degraded"), [
+    ("enough for all: spare headroom shared by need", 3000.0,
+     [demand("a", 100, 500, 800), demand("b", 100, 500, 700)], {"a": 1600.0, "b": 1400.0}, set()),
+    ("short: the lower priority is degraded first", 900.0,
+     [demand("hi", 200, 600, 600, 100), demand("lo", 100, 600, 600, 100)], {"hi": 600.0, "lo": 300.0}, {"lo"}),
+    ("below the floors: scaled, everyone degraded", 100.0,
+     [demand("a", 100, 500, 500, 100), demand("b", 100, 500, 500, 100)], {"a": 50.0, "b": 50.0}, {"a", "b"}),
+    ("no plan meets the SLO: degraded at any watts", 5000.0, [demand("a", 100, None, 900)], {"a": 5000.0}, {"a"}),
+    ("spare watts go to the more efficient first", 1300.0,
+     [demand("cheap", 100, 500, 800, jpt=0.1), demand("dear", 100, 500, 800, jpt=0.9)],
+     {"cheap": 800.0, "dear": 500.0}, set()),
+])
+def test_allocate_watts(case: str, total: float, demands: list[ServiceDemand], watts: dict[str, float],
+                        degraded: set[str]) -> None:
+    out = {a.name: a for a in allocate_watts(total, demands)}
+    assert {n: round(a.watts, 1) for n, a in out.items()} == pytest.approx(watts)
+    assert {n for n, a in out.items() if a.degraded} == degraded
+    assert sum(a.watts for a in out.values()) <= total + 1e-6
+
+
+def test_decide_budget_splits_by_priority() -> None:
+    load = Workload(20.0, 1000.0, 250.0)
+    services = [ServiceLoad("chat", 200, INTENT, load), ServiceLoad("batch", 100, INTENT, load)]
+    roomy = decide_budget(BudgetIntent(power_limit_watts=20_000.0), BudgetMemory(), services, 1000.0, 0.0, 30.0, EM)
+    assert roomy.degraded == () and roomy.within is True
+    assert sum(roomy.allocation_watts().values()) == pytest.approx(20_000.0, rel=1e-3)
+    needs = {a.name: a.minimum_watts for a in roomy.allocations}
+    assert needs["chat"] is not None
+    floor = service_demand(services[1], EM).floor_watts
+    tight_watts = needs["chat"] + floor + 10.0
+    tight = decide_budget(BudgetIntent(power_limit_watts=tight_watts), BudgetMemory(), services, None, 0.0, 30.0, EM)
+    assert tight.degraded == ("batch",)
+    assert tight.within is None and tight.within_reason == "NoMeasurement"
+    over = decide_budget(BudgetIntent(power_limit_watts=500.0), BudgetMemory(), services, 900.0, 0.0, 30.0, EM)
+    assert over.within is False and over.within_reason == "OverLimit"
+    free = decide_budget(BudgetIntent(), BudgetMemory(), services, 900.0, 0.0, 30.0, EM)
+    assert free.allocations == () and free.within_reason == "NoLimit"
+
+
+@pytest.mark.parametrize(("before", "after", "changed"), [
+    (None, None, False), (None, 100.0, True), (100.0, None, True), (100.0, 100.9, False), (1000.0, 1009.0, False),
+    (1000.0, 1011.0, True),
+])
+def test_allocation_changed(before: float | None, after: float | None, changed: bool) -> None:
+    assert allocation_changed(before, after) is changed
+
+
+@pytest.mark.parametrize(("shares", "watts", "advised", "budgets"), [
+    ([], None, None, ()),
+    ([BudgetShare("a", True, 500.0), BudgetShare("b", True, 300.0)], 300.0, None, ("a", "b")),
+    ([BudgetShare("a", True, 500.0), BudgetShare("adv", False, 100.0)], 500.0, None, ("a", "adv")),
+    ([BudgetShare("adv", False, 100.0), BudgetShare("adv2", False, 80.0)], None, 80.0, ("adv", "adv2")),
+    ([BudgetShare("new", True, None)], None, None, ("new",)),  # selected, not allocated yet
+])
+def test_shares_to_allocation(shares: list[BudgetShare], watts: float | None, advised: float | None,
+                              budgets: tuple[str, ...]) -> None:
+    combined = shares_to_allocation(shares)
+    assert (combined.allocation_watts, combined.advised_watts, combined.budgets) == (watts, advised, budgets)

@@ -1,0 +1,172 @@
+"""The control core's steps: load estimate, corrections, and whole ticks (no cluster, no simulator)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from wattkeeper.bench.groundtruth import model_shape
+from wattkeeper.control import (
+    FleetState,
+    Memory,
+    Plan,
+    ServiceIntent,
+    Signals,
+    TickInputs,
+    decide_tick,
+    estimate_load,
+    offered_rate,
+    stabilised_rate,
+)
+from wattkeeper.control.corrections import power_correction
+from wattkeeper.control.tick import settled
+from wattkeeper.control.types import Tuning
+from wattkeeper.energy.model import EnergyModel
+from wattkeeper.energy.types import Workload
+
+INTENT = ServiceIntent(
+    model=model_shape("meta-llama/Llama-3.1-8B-Instruct"), accelerator="H100", allowed_precisions=("bf16", "fp8"),
+    slo_ttft_p95_seconds=2.0, slo_itl_p95_seconds=0.1, max_replicas=8,
+    default_workload=Workload(4.0, 500.0, 150.0), cooldown_seconds=300.0,
+)
+EM = EnergyModel.default()
+
+
+def signals(rps: float, watts: float = 500.0, waiting: float = 0.0, **kw: float) -> Signals:
+    return Signals(window_seconds=60.0, watts=watts, finished_requests_per_second=rps, waiting_requests=waiting,
+                   mean_input_tokens=500.0, mean_output_tokens=150.0, **kw)
+
+
+# --- load --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("finished", "waiting", "window", "offered"), [
+    (8.0, 0.0, 60.0, 8.0),
+    (8.0, 120.0, 60.0, 10.0),  # the queue grew by 120 over a minute: 2 req/s more arrived than finished
+    (8.0, None, 60.0, 8.0),
+    (-1.0, -5.0, 60.0, 0.0),  # counter resets never read as negative load
+    (0.0, 10.0, 0.0, 10.0),  # a zero window counts as one second
+])
+def test_offered_rate(finished: float, waiting: float | None, window: float, offered: float) -> None:
+    assert offered_rate(finished, waiting, window) == pytest.approx(offered)
+
+
+def test_stabilised_rate_holds_the_peak_for_the_window() -> None:
+    assert stabilised_rate(5.0, None, None, 0.0, 300.0) == (5.0, 0.0)
+    assert stabilised_rate(3.0, 5.0, 0.0, 120.0, 300.0) == (5.0, 0.0)
+    assert stabilised_rate(6.0, 5.0, 0.0, 120.0, 300.0) == (6.0, 120.0)
+    assert stabilised_rate(3.0, 5.0, 0.0, 301.0, 300.0) == (3.0, 301.0)
+
+
+def test_load_sources() -> None:
+    running = Plan(replace_config(), 1)
+    held = Memory(running=running, planned_load=Workload(7.0, 400.0, 100.0))
+    measured = estimate_load(INTENT, held, signals(8.0, waiting=60.0), 100.0)
+    assert measured.source == "measured" and measured.workload.requests_per_second == 9.0
+    assert estimate_load(INTENT, held, None, 100.0).workload == Workload(7.0, 400.0, 100.0)
+    assert estimate_load(INTENT, held, None, 100.0).source == "held"
+    assert estimate_load(INTENT, Memory(), None, 100.0).workload == INTENT.default_workload
+    # Telemetry that shows pods but no request counter yet: the spec's load, not zero.
+    no_rate = Signals(window_seconds=60.0, watts=300.0)
+    assert estimate_load(INTENT, held, no_rate, 100.0).source == "spec"
+    # A lull inside the cooldown keeps the peak.
+    peak = Memory(peak_load_rps=9.0, peak_load_at_s=50.0)
+    assert estimate_load(INTENT, peak, signals(3.0), 200.0).workload.requests_per_second == 9.0
+    assert estimate_load(INTENT, peak, signals(3.0), 400.0).workload.requests_per_second == 3.0
+
+
+def replace_config():  # type: ignore[no-untyped-def]
+    from wattkeeper.energy.types import ServingConfig
+
+    return ServingConfig("bf16", 1, 256, 8192)
+
+
+# --- settle and corrections --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("since", "rolling", "expected"), [
+    (None, False, True), (200.0, False, True), (89.0, False, False), (500.0, True, False), (None, True, False),
+])
+def test_settled(since: float | None, rolling: bool, expected: bool) -> None:
+    assert settled(since, 90.0, rolling) is expected
+
+
+def test_power_correction_moves_only_on_a_settled_fleet() -> None:
+    running = Plan(replace_config(), 1)
+    wl = Workload(4.0, 500.0, 150.0)
+    predicted = EM.predict(INTENT.model, __import__("wattkeeper.energy.catalog", fromlist=["x"]).get_accelerator(
+        "H100"), running.config, wl).watts
+    steady = FleetState(exists=True, replicas=1, ready_replicas=1)
+    measured = signals(4.0, watts=predicted * 1.5)
+    moved = power_correction(1.0, INTENT, running, measured, steady, wl, EM, Tuning())
+    assert moved == pytest.approx(1.15, abs=0.01)  # EWMA 0.3 towards 1.5
+    rolling = replace(steady, rolling=True)
+    assert power_correction(1.0, INTENT, running, measured, rolling, wl, EM, Tuning()) == 1.0
+    assert power_correction(1.0, INTENT, running, None, steady, wl, EM, Tuning()) == 1.0
+    capped = power_correction(1.0, INTENT, running, signals(4.0, watts=predicted * 10), steady, wl, EM, Tuning())
+    assert capped == pytest.approx(1.3)  # the ratio is bounded at 2.0 before smoothing
+    tiny = power_correction(1.0, INTENT, running, signals(4.0, watts=predicted * 1.05), steady, wl, EM, Tuning())
+    assert tiny == 1.0  # hysteresis: under 2% of movement is not written
+
+
+# --- whole ticks -------------------------------------------------------------------------------------------------
+
+
+def first_plan(allocation: float | None = None) -> tuple[Plan, Memory]:
+    tick = decide_tick(TickInputs(INTENT, Memory(), None, FleetState(), now_s=0.0, allocation_watts=allocation), EM)
+    assert tick.action == "Applied" and tick.cause == "initial" and tick.apply is not None
+    assert tick.memory.running == tick.apply and tick.memory.last_applied_s == 0.0
+    return tick.apply, tick.memory
+
+
+def test_initial_then_unchanged_at_the_same_load() -> None:
+    plan, memory = first_plan()
+    fleet = FleetState(exists=True, replicas=plan.replicas, ready_replicas=plan.replicas)
+    again = decide_tick(TickInputs(INTENT, memory, signals(4.0), fleet, now_s=30.0), EM)
+    assert again.action == "Unchanged" and again.apply is None
+
+
+def test_no_telemetry_never_scales_down_but_a_cut_is_still_acted_on() -> None:
+    """Issue 14 item 3: silence never blocks a cut, and never causes a scale-down either."""
+    busy = replace(INTENT, default_workload=Workload(30.0, 500.0, 150.0))
+    first = decide_tick(TickInputs(busy, Memory(), None, FleetState(), now_s=0.0), EM)
+    assert first.apply is not None and first.candidate is not None
+    plan, memory = first.apply, first.memory
+    fleet = FleetState(exists=True, replicas=plan.replicas, ready_replicas=plan.replicas)
+    # Telemetry goes silent, much later (no cooldown): the plan is held, whatever the spec says.
+    quiet = replace(busy, default_workload=Workload(0.1, 500.0, 150.0))
+    held = decide_tick(TickInputs(quiet, memory, None, fleet, now_s=4000.0), EM)
+    assert held.action in ("Held", "Unchanged") and held.apply is None
+    assert held.load.source == "held"
+    # The budget is cut below what the running plan draws by prediction: act on it, and say so.
+    cut = first.candidate.total_watts * 0.5
+    acted = decide_tick(TickInputs(busy, memory, None, fleet, now_s=60.0, allocation_watts=cut), EM)
+    assert acted.action == "Applied" and acted.cause == "allocation-cut", acted.reason
+    assert "acting on predicted watts: no telemetry" in acted.reason
+    assert acted.candidate is not None and acted.candidate.total_watts <= cut * 1.02
+    assert acted.surge is False or acted.candidate.total_watts * (1 + 1 / acted.candidate.replicas) <= cut
+
+
+def test_advise_never_applies() -> None:
+    busy = replace(INTENT, default_workload=Workload(30.0, 500.0, 150.0))
+    first = decide_tick(TickInputs(busy, Memory(), None, FleetState(), now_s=0.0), EM)
+    assert first.apply is not None and first.candidate is not None
+    plan, memory = first.apply, first.memory
+    fleet = FleetState(exists=True, replicas=plan.replicas, ready_replicas=plan.replicas)
+    advised = first.candidate.total_watts * 0.5
+    tick = decide_tick(TickInputs(busy, memory, signals(30.0), fleet, now_s=30.0, advised_allocation_watts=advised),
+                       EM)
+    assert tick.apply is None
+    assert tick.advised is not None and tick.advised != plan
+
+
+def test_pinned_is_served_as_written() -> None:
+    pinned = Plan(replace_config(), 2)
+    tick = decide_tick(TickInputs(replace(INTENT, pinned=pinned), Memory(), None, FleetState(), now_s=0.0), EM)
+    assert tick.apply == pinned and tick.result is None
+
+
+def test_no_plan_is_rejected() -> None:
+    huge = replace(INTENT, default_workload=Workload(1e5, 500.0, 150.0), max_replicas=1)
+    tick = decide_tick(TickInputs(huge, Memory(), None, FleetState(), now_s=0.0), EM)
+    assert tick.action == "Rejected" and tick.apply is None and tick.proposed is None
