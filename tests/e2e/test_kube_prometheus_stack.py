@@ -2,6 +2,10 @@
 monitors and dcgm-exporter's ServiceMonitor into a Prometheus configuration; a real Prometheus runs exactly that
 configuration against simulators and exporters; the operator reads watts and tokens through it.
 
+Prometheus is v3.5.0 (prometheus-operator v0.85.0's default version) built from the Go module proxy: Debian's
+prometheus 2.42 is built without kubernetes_sd_configs ("field kubernetes_sd_configs not found in type
+config.ScrapeConfig"), and every configuration prometheus-operator writes discovers through it.
+
 The simulated cluster has no pod network. Faithful stand-ins, and where they deviate:
 - Two fake GPU nodes of this test carry a pod CIDR inside 127.0.0.0/8 (KWOK allocates pod IPs from a node's
   spec.podCIDR, pkg/kwok/controllers/pod_controller.go funcPodIPWith), so every vLLM pod's IP is a loopback address
@@ -123,10 +127,17 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             node = localcluster.gpu_node(f"kps-{kind}-{suffix}")
             node["metadata"]["labels"]["wattkeeper.io/test-node"] = f"{kind}-{suffix}"
             node["spec"] = {"podCIDR": f"127.{100 + index}.{int(suffix[:2], 16)}.0/24"}
-            node["status"]["addresses"] = [{"type": "InternalIP", "address": host_ip}]
             apply(cluster, node)
             cleanup.append(lambda n=node["metadata"]["name"]: core.delete_node(n))
             nodes[kind] = node["metadata"]["name"]
+        address = {"status": {"addresses": [{"type": "InternalIP", "address": host_ip}]}}
+        for name in nodes.values():
+            # A create drops status.addresses; the kubelet (here: we) reports them through the status subresource,
+            # once KWOK has initialised the node (it would write its own over ours).
+            wait_for(f"{name} Ready", lambda n=name: any(
+                c.type == "Ready" and c.status == "True" for c in core.read_node(n).status.conditions or []))
+            wait_for(f"{name} at {host_ip}", lambda n=name: core.patch_node_status(n, address) and any(
+                a.address == host_ip for a in core.read_node(n).status.addresses or []))
 
         # The chart, installed for real: podMonitor.enabled=auto sees the monitoring.coreos.com CRDs itself.
         release = f"wk{suffix}"
@@ -140,6 +151,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                         "--set", "metrics.serviceMonitor.interval=1s", "--set", "metrics.serviceMonitor.scrapeTimeout=1s",
                         "--set", "exporter.enabled=true"], check=True, capture_output=True, timeout=120)
         cleanup.append(lambda: subprocess.run([*helm, "uninstall", release, "-n", mon], capture_output=True, timeout=120))
+        # The NVML exporter's DaemonSet would delete a pod with its labels on a node it does not select; its
+        # stand-in below is a hostNetwork pod with those labels (see the module doc), so the DaemonSet goes.
+        apps.delete_namespaced_daemon_set(f"{release}-wattkeeper-nvml-exporter", mon)
 
         # dcgm-exporter's chart, as its templates render with their defaults (templates/service-monitor.yaml,
         # service.yaml; values.yaml serviceMonitor.honorLabels: false) but a 1 s interval and the release label.
@@ -299,13 +313,26 @@ def test_generated_configuration_scrapes_the_vllm_pods_by_pod_discovery(env: dic
 
 
 def test_prometheus_scrapes_every_target_it_discovers(env: dict[str, Any]) -> None:
+    seen: dict[str, str] = {}
+
     def targets() -> dict[str, str]:
         active = httpx.get(f"{env['prometheus']}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        seen.clear()
+        seen.update({f"{t['scrapePool']} {t['scrapeUrl']}": f"{t['health']} {t['lastError']}" for t in active})
         return {f"{t['scrapePool']} {t['scrapeUrl']}": t["health"] for t in active}
 
     wanted = ("podMonitor/", "dcgm-exporter", "nvml-exporter")
-    found = wait_for("vLLM pods and both exporters up", lambda: (t := targets()) and all(
-        any(w in key and health == "up" for key, health in t.items()) for w in wanted) and t, timeout=60)
+    try:
+        found = wait_for("vLLM pods and both exporters up", lambda: (t := targets()) and all(
+            any(w in key and health == "up" for key, health in t.items()) for w in wanted) and t, timeout=60)
+    except AssertionError:
+        print("targets:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(seen.items())))
+        core = client.CoreV1Api(env["api"])
+        for pod in core.list_namespaced_pod(env["mon"]).items:
+            print(f"pod {pod.metadata.name} {pod.status.phase} {pod.status.pod_ip} {pod.spec.node_name}")
+        for ep in core.list_namespaced_endpoints(env["mon"]).items:
+            print(f"endpoints {ep.metadata.name} {ep.subsets}")
+        raise
     print("\n".join(f"{health:5} {key}" for key, health in sorted(found.items())))
     # vLLM exports no power of its own: power is only the exporters'.
     assert not query(env["prometheus"], 'DCGM_FI_DEV_POWER_USAGE{job=~".*vllm.*"}')
@@ -314,7 +341,10 @@ def test_prometheus_scrapes_every_target_it_discovers(env: dict[str, Any]) -> No
     assert {s["metric"]["pod"] for s in dcgm} == {"dcgm-exporter-x2x7z"}  # honorLabels: false
     nvml = wait_for("NVML series", lambda: query(env["prometheus"], "wattkeeper_gpu_power_watts"))
     assert {s["metric"]["pod"] for s in nvml} == {env["pods"]["nvml"]}  # honorLabels: true
+    print("a dcgm-exporter series in Prometheus:", dcgm[0]["metric"])
+    print("an NVML exporter series in Prometheus:", nvml[0]["metric"])
     vllm = wait_for("vLLM series", lambda: query(env["prometheus"], "vllm:generation_tokens_total"))
+    print("a vLLM series in Prometheus:", vllm[0]["metric"])
     assert {(s["metric"]["namespace"], s["metric"]["llmservice"]) for s in vllm} == {
         (env["work"], "llama"), (env["work"], "qwen")}
 
@@ -325,7 +355,8 @@ def test_operator_reads_watts_and_tokens_through_that_prometheus(env: dict[str, 
         status = obj.get("status") or {}
         cond = next((c for c in status.get("conditions", []) if c["type"] == "TelemetryAvailable"), None)
         figures = status.get("observed") or {}
-        if cond and cond["status"] == "True" and (figures.get("watts") or 0) > 0 and (figures.get("tokensPerSecond") or 0) > 0:
+        # At least an idle H100 (~60 W) once the window holds samples: the first rates extrapolate from few.
+        if cond and cond["status"] == "True" and (figures.get("watts") or 0) > 60 and (figures.get("tokensPerSecond") or 0) > 0:
             return {"condition": cond, "observed": figures}
         return None
 
