@@ -366,3 +366,22 @@ def test_operator_reads_watts_and_tokens_through_that_prometheus(env: dict[str, 
               + json.dumps({k: result["observed"].get(k) for k in ("watts", "tokensPerSecond", "joulesPerToken",
                                                                      "ttftP95Seconds", "itlP95Seconds")}))
         assert source in result["condition"]["message"]
+
+
+def test_scrape_mode_finds_each_pods_gpu_exporter_on_its_node(env: dict[str, Any]) -> None:
+    """Without Prometheus: the operator's scrape source lists the vLLM pods and the exporter pods on their nodes
+    through the apiserver, tokens from vLLM's port, power from the node's exporter (vLLM exports none)."""
+    from wattkeeper.controller.kube import Kube
+    from wattkeeper.controller.metrics import OperatorMetrics
+    from wattkeeper.controller.runner import telemetry_source
+    from wattkeeper.controller.settings import OperatorSettings
+
+    settings = OperatorSettings(telemetry="scrape", scrape_port=VLLM_PORT, scrape_exporter_namespace=env["mon"])
+    source = telemetry_source(settings, Kube(env["api"], "scrape-test", OperatorMetrics()))
+    for name in ("llama", "qwen"):
+        source.observe_service(env["work"], name, 10)  # the first scrape gives gauges only
+    time.sleep(2.0)
+    for name in ("llama", "qwen"):
+        observed = source.observe_service(env["work"], name, 10)
+        print(f"scrape mode, {name}: {observed.watts:.0f} W, {observed.output_tokens_per_second:.0f} tokens/s")
+        assert observed.watts > 60 and (observed.output_tokens_per_second or 0) > 0 and observed.pods_reporting == 1

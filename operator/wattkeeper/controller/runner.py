@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -21,6 +22,8 @@ from .metrics import OperatorMetrics
 from .services import Dependencies, pods_selector
 from .settings import OperatorSettings
 
+log = logging.getLogger(__name__)
+
 
 def kubernetes_client(kubeconfig: str | None = None) -> client.ApiClient:
     if kubeconfig:
@@ -34,11 +37,21 @@ def kubernetes_client(kubeconfig: str | None = None) -> client.ApiClient:
 
 def telemetry_source(settings: OperatorSettings, kube: Kube) -> TelemetrySource:
     if settings.telemetry == "scrape":
+        warned: list[bool] = []
+
         def list_pods(namespace: str, service: str) -> Iterable[ScrapeTarget]:
             pods = kube.running_pods(namespace, pods_selector(service))
-            exporters = exporter_urls_by_node(
-                [p for sel in settings.scrape_exporter_selectors
-                 for p in kube.running_pods_anywhere(sel, settings.scrape_exporter_namespace)]) if pods else {}
+            exporters: dict[str, tuple[str, ...]] = {}
+            try:
+                if pods:
+                    exporters = exporter_urls_by_node(
+                        [p for sel in settings.scrape_exporter_selectors
+                         for p in kube.running_pods_anywhere(sel, settings.scrape_exporter_namespace)])
+            except client.ApiException as error:  # e.g. no `list pods` where the exporters run: say so once, go on
+                if not warned:
+                    warned.append(True)
+                    log.warning("cannot list the GPU exporters (%s %s): only pods that serve their own power count; "
+                                "set scrapeExporterNamespace", error.status, error.reason)
             for pod in pods:
                 ip = (pod.get("status") or {}).get("podIP")
                 if ip:
