@@ -8,7 +8,7 @@ export KUBECONFIG := $(CURDIR)/.local/kubeconfig
 PYTEST_ARGS ?=
 
 .PHONY: help deps venv tools debs crds test test-unit test-integration test-e2e lint cluster-up cluster-down \
-        sim-cluster-up run demo bench clean
+        sim-cluster-up run demo bench images clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -24,7 +24,7 @@ venv: $(VENV)/.installed ## Python environment with the project and its dev tool
 tools: ## build etcd, Kubernetes, KWOK and Helm from the Go module proxy (cached in $WATTKEEPER_CACHE)
 	hack/build-tools.sh
 
-debs: ## Debian packages: prometheus, lua5.4, openssl
+debs: ## Debian packages: prometheus, lua5.4, openssl, mmdebstrap, umoci
 	hack/install-debs.sh
 
 deps: venv tools debs ## everything above
@@ -65,6 +65,9 @@ demo: deps ## the whole story on a simulated GPU cluster: load rises, the budget
 
 bench: venv ## trace-driven energy benchmark against the baselines; planner timing
 	$(BIN)/wattkeeper bench standard --out out/bench
+
+images: venv debs ## operator and runtime images without Docker (mmdebstrap + chroot, OCI layout in out/images/oci)
+	$(BIN)/python images/build.py --check
 
 clean: cluster-down
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""`wattkeeper-runtime`: launch | exporter | sim | fleet | loadgen."""
+"""`wattkeeper-runtime`: launch | drain | exporter | sim | fleet | loadgen."""
 
 from __future__ import annotations
 
@@ -26,6 +26,12 @@ def _launch(options: argparse.Namespace) -> int:
     except LaunchError as error:
         print(f"wattkeeper-runtime launch: {error}", file=sys.stderr)
         return 2
+
+
+def _drain(options: argparse.Namespace) -> int:
+    from .drain import run
+
+    return run(options)
 
 
 def _fake_ticker(devices: object, period_s: float = 1.0) -> None:
@@ -156,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     launch = commands.add_parser("launch", help="exec `vllm serve` with the plan from WATTKEEPER_* env or options")
     add_launch_arguments(launch)
 
+    from .drain import add_drain_arguments
+
+    drain = commands.add_parser("drain", help="preStop hook: wait until vLLM has no request in flight")
+    add_drain_arguments(drain)
+
     exporter = commands.add_parser("exporter", help="NVML power/energy exporter for Prometheus")
     exporter.add_argument("--port", type=int, default=9400)
     exporter.add_argument("--address", default="0.0.0.0")
@@ -218,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = build_parser().parse_args(args)
     logging.basicConfig(level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns everything else
-    handlers = {"launch": _launch, "exporter": _exporter, "fleet": _fleet, "loadgen": _loadgen}
+    handlers = {"launch": _launch, "drain": _drain, "exporter": _exporter, "fleet": _fleet, "loadgen": _loadgen}
     if options.command == "loadgen" and not options.url and not options.registry:
         print("loadgen needs --registry and --service, or --url", file=sys.stderr)
         return 2

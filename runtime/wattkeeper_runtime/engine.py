@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 
 from .timing import StepTiming
 
-
 KV_BLOCK_TOKENS = 16  # vLLM's default block size on CUDA (--block-size 16)
 
 

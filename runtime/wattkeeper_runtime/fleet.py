@@ -6,12 +6,17 @@ a free loopback port; it stops the simulator when the pod goes away and restarts
 - a Prometheus file_sd JSON: one target per ready simulator, labels namespace, pod, service;
 - a registry JSON for the load generator: {"services": {service: [{namespace, pod, url, model}]}}.
 Both are replaced atomically (write then rename) so that readers never see half a file.
+A pod that goes away (KWOK deletes pods at once) is terminated as the kubelet would: it leaves the registry first
+(a terminating pod is not a ready endpoint), its preStop hook runs if it is `wattkeeper-runtime drain` (against the
+simulator's port), then SIGTERM, which cancels whatever is still in flight as vLLM does, and SIGKILL once the pod's
+terminationGracePeriodSeconds are spent. Its power is still scraped meanwhile.
 SIGTERM or SIGINT stops every child (SIGTERM, then SIGKILL after a grace period); children also get SIGTERM from
 the kernel if the runner itself dies (PR_SET_PDEATHSIG), so none outlive it.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import json
@@ -31,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from .drain import add_drain_arguments, drain
 from .podargs import SimTarget, sim_argv, target_of
 
 log = logging.getLogger(__name__)
@@ -67,6 +73,8 @@ class Child:
     ready: bool = False
     restarts: int = 0
     started_monotonic: float = 0.0
+    kill_at_monotonic: float | None = None  # set once terminating: SIGKILL after this
+    drain_outcome: str = ""  # the preStop drain's result: idle, timeout, unreachable; "" without one
 
     @property
     def url(self) -> str:
@@ -126,7 +134,6 @@ class Fleet:
         log_dir: Path | None = None,
         spawner: Spawner = spawn,
         health_timeout_seconds: float = 0.5,
-        drain_seconds: float = 20.0,
     ) -> None:
         self.file_sd_path = file_sd_path
         self.registry_path = registry_path
@@ -136,10 +143,8 @@ class Fleet:
         self.spawner = spawner
         self.health_timeout_seconds = health_timeout_seconds
         self.children: dict[str, Child] = {}
-        # Simulators of deleted pods finish their requests in flight before they stop, as vLLM does within the
-        # pod's termination grace period (KWOK deletes pods at once). They take no new requests meanwhile.
-        self.drain_seconds = drain_seconds
-        self.draining: dict[str, tuple[Child, float]] = {}
+        # Simulators of deleted pods, between removal from the registry and their exit.
+        self.terminating: dict[str, Child] = {}
         self._written: tuple[str, str] | None = None
 
     def _start(self, target: SimTarget, restarts: int = 0) -> Child:
@@ -150,22 +155,46 @@ class Fleet:
         process = self.spawner(argv, log_path)
         return Child(target, port, process, restarts=restarts, started_monotonic=time.monotonic())
 
-    def _stop(self, child: Child, grace_seconds: float = 5.0) -> None:
-        process = child.process
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=grace_seconds)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
     def _check_ready(self, child: Child) -> None:
         try:
             response = httpx.get(f"{child.url}/health", timeout=self.health_timeout_seconds)
             child.ready = response.status_code == 200
         except httpx.HTTPError:
             child.ready = False
+
+    def _terminate(self, key: str, child: Child) -> None:
+        """The kubelet's part: preStop (the drain, if the pod has one), SIGTERM, SIGKILL after the grace period."""
+        target = child.target
+        started = time.monotonic()
+        child.kill_at_monotonic = started + max(2.0, target.grace_seconds)  # the kubelet's 2 s minimum
+        self.terminating[key] = child
+        if target.drain_args is None:
+            log.info("pod %s/%s is gone: SIGTERM to its simulator (no preStop drain)", target.namespace, target.pod)
+            child.process.terminate()
+            return
+
+        def prestop_then_sigterm() -> None:
+            parser = argparse.ArgumentParser(add_help=False)
+            add_drain_arguments(parser)
+            options, _ = parser.parse_known_args(list(target.drain_args or ()))
+            # The hook runs inside the grace period; the kubelet would cut it there.
+            timeout_s = min(options.timeout, max(0.0, target.grace_seconds - (time.monotonic() - started)))
+            log.info("pod %s/%s is gone: preStop drain (up to %gs)", target.namespace, target.pod, timeout_s)
+            child.drain_outcome = drain(f"{child.url}/metrics", timeout_s, options.settle, options.poll,
+                                        options.quiet_polls, log=log.info)  # fmt: skip
+            if child.process.poll() is None:
+                child.process.terminate()
+
+        threading.Thread(target=prestop_then_sigterm, name=f"prestop-{target.pod}", daemon=True).start()
+
+    def _reap(self) -> None:
+        for key, child in list(self.terminating.items()):
+            if child.process.poll() is not None:
+                del self.terminating[key]
+            elif child.kill_at_monotonic is not None and time.monotonic() >= child.kill_at_monotonic:
+                log.warning("simulator of %s/%s outlived its grace period: SIGKILL", child.target.namespace,
+                            child.target.pod)  # fmt: skip
+                child.process.kill()
 
     def reconcile(self, pods: Iterable[Mapping[str, Any]]) -> None:
         desired: dict[str, SimTarget] = {}
@@ -174,17 +203,8 @@ class Fleet:
             if target is not None:
                 desired[target.key] = target
         for key in [k for k in self.children if k not in desired]:
-            child = self.children.pop(key)
-            if self.drain_seconds > 0:
-                log.info("pod %s/%s is gone: draining its simulator", child.target.namespace, child.target.pod)
-                self.draining[key] = (child, time.monotonic() + self.drain_seconds)
-            else:
-                log.info("pod %s/%s is gone: stopping its simulator", child.target.namespace, child.target.pod)
-                self._stop(child)
-        for key, (child, deadline) in list(self.draining.items()):
-            if time.monotonic() >= deadline or child.process.poll() is not None:
-                del self.draining[key]
-                self._stop(child)
+            self._terminate(key, self.children.pop(key))
+        self._reap()
         for key, target in desired.items():
             existing = self.children.get(key)
             if existing is None:
@@ -207,8 +227,8 @@ class Fleet:
         self.write_files()
 
     def write_files(self) -> None:
-        # Draining simulators are still scraped (their pods' power counts until they stop) but get no traffic.
-        sd = file_sd([*self.children.values(), *(child for child, _ in self.draining.values())])
+        # Terminating simulators are still scraped (their pods' power counts until they stop) but get no traffic.
+        sd = file_sd([*self.children.values(), *self.terminating.values()])
         reg = registry(self.children.values())
         fingerprint = (json.dumps(sd, sort_keys=True), json.dumps(reg, sort_keys=True))
         if fingerprint != self._written:
@@ -217,8 +237,8 @@ class Fleet:
             self._written = fingerprint
 
     def stop_all(self) -> None:
-        children = [*self.children.values(), *(child for child, _ in self.draining.values())]
-        self.children, self.draining = {}, {}
+        children = [*self.children.values(), *self.terminating.values()]
+        self.children, self.terminating = {}, {}
         for child in children:
             if child.process.poll() is None:
                 child.process.terminate()

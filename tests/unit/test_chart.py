@@ -150,8 +150,8 @@ NAMESPACED_GRANTS = {
     ("wattkeeper.io", "llmservices/status", "patch"), ("wattkeeper.io", "energybudgets/status", "patch"),
     *{("wattkeeper.io", "energyprofiles", v) for v in ("list", "watch", "patch")},
     ("wattkeeper.io", "energyprofiles/status", "patch"),
-    *{("apps", "deployments", v) for v in ("get", "create", "patch")},
-    *{("", "services", v) for v in ("get", "create", "patch")},
+    *{("apps", "deployments", v) for v in ("get", "list", "watch", "create", "patch")},
+    *{("", "services", v) for v in ("get", "list", "watch", "create", "patch")},
     ("", "events", "create"),
 }
 

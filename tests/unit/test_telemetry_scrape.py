@@ -48,5 +48,7 @@ def test_promql_reads_both_label_conventions() -> None:
     assert 'rate(M{exported_namespace="ns",exported_pod=~"svc-[a-z0-9]+-[a-z0-9]+"}[1m])' in one
     assert '"namespace", "$1", "exported_namespace", "(.+)"' in one and " or " in one
     every = pod_series("M{{{sel}}}")
-    assert 'M{exported_pod=""}' in every and 'M{exported_pod!=""}' in every
+    assert 'M{pod!="",exported_pod=""}' in every and 'M{exported_pod!=""}' in every
+    some = pod_series("M{{{sel}}}", namespace_regex="a|b")
+    assert 'M{namespace=~"a|b",pod!="",exported_pod=""}' in some and 'M{exported_namespace=~"a|b",exported_pod!=""}' in some
     assert service_total("M{{{sel}}}", "ns", "p", 1e-3).endswith(" * 0.001")

@@ -92,12 +92,14 @@ app.kubernetes.io/component: nvml-exporter
   verbs: [list, watch, patch]
 # The vLLM Deployment and Service of each LLMService: read the rollout state, server-side apply
 # (an apply that creates an object is authorized as create). Owner references clean up: no delete.
+# list + watch: the control loop lists them once per pass, and changes by hand or by another tool (watched)
+# go back to the plan within seconds.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 # Reasons for each reconfiguration, shown by `kubectl describe` (the operator's and kopf's warnings).
 - apiGroups: [""]
   resources: [events]

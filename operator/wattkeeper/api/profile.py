@@ -20,14 +20,45 @@ class ProfilePoint(ApiModel):
     tensor_parallel: int = Field(default=1, description="Tensor-parallel degree.", json_schema_extra={"enum": [1, 2, 4, 8]})
     max_num_seqs: int = Field(description="vLLM --max-num-seqs of the run.", ge=1, le=4096)
     max_num_batched_tokens: int | None = Field(default=None, description="vLLM --max-num-batched-tokens.", ge=16)
-    batch_size: float = Field(description="Average running batch measured.", gt=0)
-    output_tokens_per_second: float = Field(description="Output tokens per second of the replica.", gt=0)
-    watts: float = Field(description="Average GPU power, summed over the replica's GPUs, W.", gt=0)
-    joules_per_token: float = Field(description="GPU energy per output token, J.", gt=0)
-    itl_p50_seconds: float | None = Field(default=None, description="Median inter-token latency, s.", gt=0)
-    itl_p90_seconds: float | None = Field(default=None, description="p90 inter-token latency, s.", gt=0)
-    ttft_p95_seconds: float | None = Field(default=None, description="p95 time to first token, s.", gt=0)
-    mean_output_tokens: float | None = Field(default=None, description="Mean completion length, tokens.", gt=0)
+    # Schema bounds reject the absurd at admission (no GPU draws 20 kW, no batch exceeds vLLM's 4,096 sequences);
+    # `point_problems` then checks each point against the GPU it was measured on.
+    batch_size: float = Field(description="Average running batch measured.", gt=0, le=4096)
+    output_tokens_per_second: float = Field(description="Output tokens per second of the replica.", gt=0, le=1e7)
+    watts: float = Field(description="Average GPU power, summed over the replica's GPUs, W.", gt=0, le=20000)
+    joules_per_token: float = Field(description="GPU energy per output token, J.", gt=0, le=1e4)
+    itl_p50_seconds: float | None = Field(default=None, description="Median inter-token latency, s.", gt=0, le=3600)
+    itl_p90_seconds: float | None = Field(default=None, description="p90 inter-token latency, s.", gt=0, le=3600)
+    ttft_p95_seconds: float | None = Field(default=None, description="p95 time to first token, s.", gt=0, le=3600)
+    mean_output_tokens: float | None = Field(default=None, description="Mean completion length, tokens.", gt=0,
+                                             le=1e7)
+
+
+# No LLM decodes a token of one sequence in under a millisecond: a replica's tokens per second are at most
+# its batch times 1,000.
+MIN_INTER_TOKEN_SECONDS = 1e-3
+# A point's J/token is its watts over its tokens per second; measured separately, they agree within this factor.
+JOULES_PER_TOKEN_TOLERANCE = 1.5
+
+
+def point_problems(point: ProfilePoint, idle_watts: float, power_limit_watts: float) -> list[str]:
+    """Why a point makes no physical sense on a GPU with these per-GPU figures (empty: it does). Pure."""
+    problems: list[str] = []
+    gpus = point.tensor_parallel
+    low, high = 0.5 * idle_watts * gpus, 1.1 * power_limit_watts * gpus
+    if not low <= point.watts <= high:
+        problems.append(f"watts {point.watts:g} outside {low:g}-{high:g} W for {gpus} GPU(s)")
+    if point.batch_size > point.max_num_seqs * 1.05:
+        problems.append(f"batchSize {point.batch_size:g} above maxNumSeqs {point.max_num_seqs}")
+    ceiling = point.batch_size / MIN_INTER_TOKEN_SECONDS
+    if point.output_tokens_per_second > ceiling:
+        problems.append(f"outputTokensPerSecond {point.output_tokens_per_second:g} above {ceiling:g} "
+                        f"(batch {point.batch_size:g} at 1 ms per token)")
+    implied = point.watts / point.output_tokens_per_second
+    ratio = point.joules_per_token / implied
+    if not 1 / JOULES_PER_TOKEN_TOLERANCE <= ratio <= JOULES_PER_TOKEN_TOLERANCE:
+        problems.append(f"joulesPerToken {point.joules_per_token:g} disagrees with watts / outputTokensPerSecond "
+                        f"= {implied:.3g}")
+    return problems
 
 
 class EnergyProfileSpec(ApiModel):
@@ -44,11 +75,20 @@ class EnergyProfileSpec(ApiModel):
     points: list[ProfilePoint] = Field(description="The measured points.", min_length=1, max_length=2000)
 
 
+class RejectedPoint(StatusModel):
+    """A point that makes no physical sense on its GPU; the planner ignores it."""
+
+    index: int = Field(description="Index in spec.points.")
+    reason: str = Field(description="What is wrong with it.")
+
+
 class EnergyProfileStatus(StatusModel):
     """What the operator read of the profile. Written only by the operator."""
 
     observed_generation: int | None = Field(default=None, description="The spec generation last read.")
     point_count: int | None = Field(default=None, description="Points accepted by the planner.")
+    rejected_points: list[RejectedPoint] = Field(
+        default_factory=list, description="Points the planner ignores, by index, and why.", max_length=2000)
     conditions: list[Condition] = Field(
         default_factory=list, description="Ready.", json_schema_extra=CONDITIONS_FIELD_EXTRA
     )

@@ -167,6 +167,10 @@ def run_case(case: Case, em: EnergyModel, gt: GroundTruth) -> dict[str, Any]:
     observed = TokenDistribution.from_sample(prompts, outputs)
     f = em.features(case.model, get_accelerator("H100"), case.config)
     r = em.evaluator.under_load_queued(f, np.array([plan_rate]), observed, rate_levels=levels)
+    # The steady model the planner used before (Poisson at the rate, mean lengths), for comparison.
+    steady = em.evaluator.under_load(
+        f, np.array([plan_rate]), np.array([observed.mean_prompt_tokens]), np.array([observed.mean_output_tokens])
+    )
     pred_ttft = float(r["ttft_p95"][0])
     pred_itl = float(r["itl_p95"][0])
     sim_ttft = float(np.percentile(ttft, 95))
@@ -183,6 +187,12 @@ def run_case(case: Case, em: EnergyModel, gt: GroundTruth) -> dict[str, Any]:
         "requests": int(arrival_s.size),
         "ttftP95": {"predicted": pred_ttft, "simulated": sim_ttft, "logError": _log_error(pred_ttft, sim_ttft)},
         "itlP95": {"predicted": pred_itl, "simulated": sim_itl, "logError": _log_error(pred_itl, sim_itl)},
+        "steadyModel": {
+            "ttftP95": float(steady["ttft_p95"][0]),
+            "itlP95": float(steady["itl_p95"][0]),
+            "ttftLogError": _log_error(float(steady["ttft_p95"][0]), sim_ttft),
+            "itlLogError": _log_error(float(steady["itl_p95"][0]), sim_itl),
+        },
         "ttftP99": {"predicted": float(r["ttft_q"][0]), "simulated": float(np.percentile(ttft, 99))},
         "requestMeanItlP99": {
             "predicted": float(r["request_mean_itl_q"][0]),
@@ -230,6 +240,13 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "cases": len(rows),
             "medianAbsLogError": float(np.median(np.abs(errors))) if errors.size else None,
             "meanLogError": float(finite.mean()) if finite.size else None,
+            "worstRatio": float(np.exp(np.max(np.abs(errors)))) if errors.size else None,
+            "within2x": int(np.sum(np.abs(errors) <= math.log(2.0))),
+        }
+    for metric, key in (("ttftP95", "ttftLogError"), ("itlP95", "itlLogError")):
+        errors = np.array([row["steadyModel"][key] for row in rows], dtype=float)
+        out[f"steadyModel{metric[0].upper()}{metric[1:]}"] = {
+            "medianAbsLogError": float(np.median(np.abs(errors))) if errors.size else None,
             "worstRatio": float(np.exp(np.max(np.abs(errors)))) if errors.size else None,
             "within2x": int(np.sum(np.abs(errors) <= math.log(2.0))),
         }

@@ -8,6 +8,7 @@ change reaches the Deployments at once rather than at the next tick.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,10 +25,12 @@ from wattkeeper.control.budget import (
 )
 from wattkeeper.energy.types import Workload
 from wattkeeper.telemetry import TelemetryUnavailable
+from wattkeeper.telemetry.batch import observe_many
 
 from .conditions import set_condition
 from .planning import intent_from_service
 from .services import Dependencies, reconcile_service, services_selected
+from .snapshot import Snapshot
 
 log = logging.getLogger("wattkeeper.budgets")
 
@@ -107,7 +110,8 @@ def service_loads(raws: list[dict[str, Any]]) -> list[ServiceLoad]:
     return out
 
 
-def reconcile_budget(deps: Dependencies, body: dict[str, Any], trigger: str) -> None:
+def reconcile_budget(deps: Dependencies, body: dict[str, Any], trigger: str, snapshot: Snapshot | None = None) -> None:
+    """`snapshot`: the control loop's reads of this pass; None (a handler) reads for itself."""
     kube, metrics = deps.kube, deps.metrics
     metrics.reconciles.labels("EnergyBudget", trigger).inc()
     meta = body["metadata"]
@@ -124,19 +128,26 @@ def reconcile_budget(deps: Dependencies, body: dict[str, Any], trigger: str) -> 
         if kube.patch_status("energybudgets", namespace, name, old, new):
             kube.event(body, "Warning", "InvalidSpec", message)
         return
-    selected = services_selected(kube, budget, namespace)
+    candidates = snapshot.services_in(namespace) if snapshot is not None else \
+        deps.lists.get(kube, "llmservices", namespace)
+    selected = services_selected(budget, candidates)
     conditions = list(old.get("conditions") or [])
-    measured: float | None = 0.0
+    # None until something is measured: a budget whose services draw nothing measurable accounts nothing and
+    # so writes nothing, where 0.0 appended a sample (a write) every pass.
+    measured: float | None = None
     missing: list[str] = []
-    for raw in selected:
-        if not ((raw.get("status") or {}).get("readyReplicas")):
-            continue  # nothing runs, nothing draws power
-        try:
-            obs = deps.telemetry.observe_service(namespace, raw["metadata"]["name"],
-                                                 deps.settings.telemetry_window_seconds)
-            measured = (measured or 0.0) + obs.watts
-        except TelemetryUnavailable as err:
-            missing.append(f"{raw['metadata']['name']}: {err.reason}")
+    running = [raw["metadata"]["name"] for raw in selected if (raw.get("status") or {}).get("readyReplicas")]
+    batch = snapshot.observations if snapshot is not None else \
+        observe_many(deps.telemetry, [(namespace, n) for n in running], deps.settings.telemetry_window_seconds)
+    outcomes = {n: batch.get((namespace, n)) for n in running}
+    for service_name in running:
+        outcome = outcomes.get(service_name)
+        if outcome is None:
+            missing.append(f"{service_name}: not measured in this pass")
+        elif isinstance(outcome, TelemetryUnavailable):
+            missing.append(f"{service_name}: {outcome.reason}")
+        else:
+            measured = (measured or 0.0) + outcome.watts
     if missing:
         measured = None  # a partial sum would read as a saving; account nothing rather than too little
         conditions = set_condition(conditions, "TelemetryAvailable", False, "TelemetryUnavailable",
@@ -169,7 +180,12 @@ def reconcile_budget(deps: Dependencies, body: dict[str, Any], trigger: str) -> 
     status["observedGeneration"] = generation
     old_allocations = {a.get("service"): a.get("watts") for a in old.get("allocations") or []}
     new_allocations = {a["service"]: a["watts"] for a in allocations}
-    if kube.patch_status("energybudgets", namespace, name, old, status):
+    wrote = kube.patch_status("energybudgets", namespace, name, old, status)
+    # The new allocations reach the services in memory: the pass's snapshot and the handlers' list cache.
+    deps.lists.update_status("energybudgets", namespace, name, status)
+    if snapshot is not None:
+        snapshot.set_budget_status(namespace, name, status)
+    if wrote:
         newly_degraded = set(degraded) - {a.get("service") for a in old.get("allocations") or [] if a.get("degraded")}
         if newly_degraded:
             kube.event(body, "Warning", "Degraded",
@@ -182,11 +198,35 @@ def reconcile_budget(deps: Dependencies, body: dict[str, Any], trigger: str) -> 
     changed = {s for s in set(old_allocations) | set(new_allocations)
                if allocation_changed(old_allocations.get(s), new_allocations.get(s))}
     if changed or trigger in ("create", "update", "delete"):
-        for raw in selected:
-            if trigger in ("create", "update", "delete") or raw["metadata"]["name"] in changed:
-                fresh = kube.get_custom("llmservices", namespace, raw["metadata"]["name"])
-                if fresh is not None:
-                    reconcile_service(deps, fresh, "budget")
+        targets = [raw for raw in selected
+                   if trigger in ("create", "update", "delete") or raw["metadata"]["name"] in changed]
+        reconcile_many(deps, targets, "budget", snapshot)
+
+
+def reconcile_many(deps: Dependencies, bodies: list[dict[str, Any]], trigger: str,
+                   snapshot: Snapshot | None = None) -> int:
+    """Reconcile services concurrently on a bounded pool; one that fails is logged and counted, never stops the
+    others. Returns how many failed."""
+    def one(raw: dict[str, Any]) -> bool:
+        meta = raw["metadata"]
+        try:
+            reads = None
+            if snapshot is not None:
+                reads = snapshot.reads(meta["namespace"], meta["name"])
+                with snapshot.lock:
+                    snapshot.reconciled.add((meta["namespace"], meta["name"]))
+            reconcile_service(deps, raw, trigger, reads)
+            return True
+        except Exception as err:  # one service's failure must not stop the others
+            deps.metrics.errors.labels("llmservices").inc()
+            log.warning("reconcile of LLMService %s/%s (%s) failed: %s: %s", meta.get("namespace"),
+                        meta.get("name"), trigger, type(err).__name__, err)
+            return False
+    if len(bodies) <= 1:
+        return sum(not one(b) for b in bodies)
+    workers = min(deps.settings.reconcile_workers, len(bodies))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"wattkeeper-{trigger}") as pool:
+        return sum(not ok for ok in pool.map(one, bodies))
 
 
 def release_services(deps: Dependencies, body: dict[str, Any]) -> None:
@@ -196,5 +236,6 @@ def release_services(deps: Dependencies, body: dict[str, Any]) -> None:
         budget = EnergyBudget.model_validate(body)
     except ValidationError:
         return
-    for raw in services_selected(deps.kube, budget, namespace):
-        reconcile_service(deps, raw, "budget-deleted")
+    deps.lists.invalidate("energybudgets", namespace)
+    reconcile_many(deps, services_selected(budget, deps.kube.list_custom("llmservices", namespace)),
+                   "budget-deleted")

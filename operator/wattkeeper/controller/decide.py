@@ -273,7 +273,7 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
 
     try:
         tick = decide_tick(tick_inputs(inputs, settings), energy_model)
-    except (ValueError, RenderError) as err:
+    except ValueError as err:  # a spec the planner cannot take (an unknown accelerator or precision)
         return rejected("InvalidSpec", f"cannot plan: {err}", True)
 
     if tick.proposed is None:

@@ -9,6 +9,8 @@ from typing import Any
 import kopf
 
 from wattkeeper.api import GROUP, VERSION
+from wattkeeper.render import LABEL_SERVICE
+from wattkeeper.render.objects import LABEL_MANAGED_BY
 
 from .budgets import reconcile_budget, release_services
 from .profiles import reconcile_profile
@@ -57,16 +59,39 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
             prefix="wattkeeper.io", key="last-handled-configuration")
         # Our own events say what was decided and why; kopf's per-handler ones would be noise on every tick.
         settings.posting.level = logging.WARNING
-        settings.execution.max_workers = 8
+        settings.execution.max_workers = deps(memo).settings.reconcile_workers + 4  # + the drift watch
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 30
         # Two replicas with peering: the one with the higher priority runs, the other waits.
         settings.peering.priority = random.randint(1, 10_000)
         deps(memo).peering_priority = settings.peering.priority
         settings.peering.stealth = True
+        # A peer silent this long is dead: the standby resumes within it (kopf's default is 60 s). kopf refreshes
+        # its own record every lifetime minus 5-10 s, at least every second (kopf/_core/engines/peering.py).
+        settings.peering.lifetime = deps(memo).settings.peering_lifetime_seconds
 
     def deps(memo: kopf.Memo) -> Dependencies:
         return memo["deps"]
+
+    @kopf.on.probe(id="controlLoop", registry=registry)
+    def control_loop_alive(memo: kopf.Memo, **_: Any) -> str:
+        # The liveness endpoint answers 500 when a probe fails: a dead or stuck control loop restarts the pod.
+        liveness = deps(memo).liveness
+        problem = liveness() if liveness is not None else None
+        if problem:
+            raise kopf.PermanentError(problem)
+        return "ok"
+
+    # Level-triggered: the operator's Deployments and Services changed or deleted by anyone else (kubectl scale,
+    # another tool) go back to the plan within seconds, telemetry or not. Our own applies and the Deployment
+    # controller's status updates carry the generation (resourceVersion for a Service) we recorded: no reconcile.
+    @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: "wattkeeper"}, registry=registry)
+    def deployment_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        owned_changed(deps(memo), "Deployment", event, body, str(body.metadata.get("generation")))
+
+    @kopf.on.event("", "v1", "services", labels={LABEL_MANAGED_BY: "wattkeeper"}, registry=registry)
+    def service_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        owned_changed(deps(memo), "Service", event, body, str(body.metadata.get("resourceVersion")))
 
     @kopf.on.resume(*SERVICES, registry=registry)
     @kopf.on.create(*SERVICES, registry=registry, backoff=10)
@@ -78,6 +103,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     @kopf.on.create(*BUDGETS, registry=registry, backoff=10)
     @kopf.on.update(*BUDGETS, field="spec", registry=registry, backoff=10)
     def budget_changed(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> None:
+        deps(memo).lists.invalidate("energybudgets", body.metadata.namespace or "")
         reconcile_budget(deps(memo), dict(body), str(reason))
 
     # optional=True: no finalizer. Services re-read budgets every tick anyway; this only makes it immediate.
@@ -89,6 +115,23 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     @kopf.on.create(*PROFILES, registry=registry, backoff=10)
     @kopf.on.update(*PROFILES, field="spec", registry=registry, backoff=10)
     def profile_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        deps(memo).lists.invalidate("energyprofiles", body.metadata.namespace or "")
         reconcile_profile(deps(memo), dict(body))
 
     return registry
+
+
+def owned_changed(deps: Dependencies, kind: str, event: Any, body: Any, marker: str) -> None:
+    """An owned Deployment or Service changed: reconcile its LLMService unless the change is ours."""
+    type_ = event.get("type")
+    if type_ is None:
+        return  # kopf's initial listing: the resume handlers and the loop's first pass cover those
+    namespace = body.metadata.namespace
+    name = (body.metadata.labels or {}).get(LABEL_SERVICE)
+    if not namespace or not name:
+        return
+    if type_ == "DELETED":
+        deps.kube.forget(kind, namespace, name)
+    elif deps.kube.applied_marker(kind, namespace, name) == marker:
+        return
+    reconcile_service(deps, {"metadata": {"namespace": namespace, "name": name}}, "drift")

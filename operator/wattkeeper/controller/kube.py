@@ -1,12 +1,15 @@
 """The operator's only door to the API server: reads, server-side apply, status patches and events.
 
 Built on an injected `kubernetes.client.ApiClient`; every write is counted so tests can assert that a converged
-service writes nothing.
+service writes nothing. Every call carries a timeout: a request that hangs across an apiserver restart must not
+hang the control loop with it (the client's default is no timeout at all).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +21,10 @@ from wattkeeper.api import GROUP, VERSION
 from .metrics import OperatorMetrics
 
 log = logging.getLogger("wattkeeper.kube")
+
+# Labels of every object the operator renders (render/objects.py `_labels`): what it lists and watches.
+MANAGED_SELECTOR = "app.kubernetes.io/managed-by=wattkeeper"
+
 
 def merge_patch(old: Any, new: Any) -> Any:
     """The RFC 7386 merge patch that turns `old` into `new` (None where a key goes)."""
@@ -34,60 +41,153 @@ def merge_patch(old: Any, new: Any) -> Any:
     return patch
 
 
+def apply_body(obj: dict[str, Any]) -> bytes:
+    """The body of a server-side apply: JSON, which is YAML, as raw UTF-8.
+
+    kubernetes-client serialises a dict body with `json.dumps` (kubernetes/client/rest.py, "JSON is valid YAML 1.2"),
+    which escapes every non-ASCII character; an astral one (an emoji) becomes a UTF-16 surrogate pair such as
+    `\\ud83d\\ude00`, which the apiserver's YAML decoder (sigs.k8s.io/yaml over go-yaml) rejects as an invalid
+    escape. Raw UTF-8 needs no escape at all. Control characters stay `\\u00XX` escapes, which YAML accepts."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 class Kube:
-    def __init__(self, api_client: client.ApiClient, field_manager: str, metrics: OperatorMetrics) -> None:
+    def __init__(self, api_client: client.ApiClient, field_manager: str, metrics: OperatorMetrics,
+                 timeout_seconds: float = 15.0) -> None:
         self.api_client = api_client
         self.field_manager = field_manager
         self.metrics = metrics
+        self.timeout_seconds = timeout_seconds
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
+        # The Deployment generation and Service resourceVersion each of our applies produced: a watch event
+        # with another one is someone else's change (drift), one with ours is our own echo or a status update.
+        self._applied: dict[tuple[str, str, str], str] = {}
+        self._applied_lock = threading.Lock()
 
     # reads
-    def list_custom(self, plural: str, namespace: str) -> list[dict[str, Any]]:
-        listing: dict[str, Any] = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)  # type: ignore[assignment]
-        return list(listing["items"])
+    def list_custom(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+        """All objects of a kind in a namespace (None: cluster-wide), without those being deleted."""
+        listing: Any
+        if namespace is None:
+            listing = self.custom.list_cluster_custom_object(GROUP, VERSION, plural,
+                                                             _request_timeout=self.timeout_seconds)
+        else:
+            listing = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural,
+                                                                _request_timeout=self.timeout_seconds)
+        return [item for item in listing.get("items", []) if not item["metadata"].get("deletionTimestamp")]
 
     def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             obj: dict[str, Any] = self.custom.get_namespaced_custom_object(  # type: ignore[assignment]
-                GROUP, VERSION, namespace, plural, name)
+                GROUP, VERSION, namespace, plural, name, _request_timeout=self.timeout_seconds)
             return obj
         except ApiException as err:
             if err.status == 404:
                 return None
             raise
 
+    def get_cluster_custom(self, group: str, version: str, plural: str, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_cluster_custom_object(  # type: ignore[assignment]
+            group, version, plural, name, _request_timeout=self.timeout_seconds)
+        return obj
+
+    def get_namespaced_custom(self, group: str, version: str, namespace: str, plural: str,
+                              name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(  # type: ignore[assignment]
+            group, version, namespace, plural, name, _request_timeout=self.timeout_seconds)
+        return obj
+
     def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            obj = self.apps.read_namespaced_deployment(name, namespace)
+            obj = self.apps.read_namespaced_deployment(name, namespace, _request_timeout=self.timeout_seconds)
         except ApiException as err:
             if err.status == 404:
                 return None
             raise
         return dict(self.api_client.sanitize_for_serialization(obj))
 
+    def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj = self.core.read_namespaced_service(name, namespace, _request_timeout=self.timeout_seconds)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return dict(self.api_client.sanitize_for_serialization(obj))
+
+    def list_deployments(self, namespace: str | None) -> list[dict[str, Any]]:
+        """The operator's Deployments (by its managed-by label), in one LIST."""
+        kwargs: dict[str, Any] = {"label_selector": MANAGED_SELECTOR, "_request_timeout": self.timeout_seconds,
+                                  "_preload_content": False}
+        response: Any = (self.apps.list_deployment_for_all_namespaces(**kwargs) if namespace is None
+                         else self.apps.list_namespaced_deployment(namespace, **kwargs))
+        # Raw JSON: deserialising 1,000 Deployments into model objects and back costs more than the request.
+        return list(json.loads(response.data).get("items") or [])
+
+    def list_services(self, namespace: str | None) -> list[dict[str, Any]]:
+        """The operator's core Services (by its managed-by label), in one LIST."""
+        kwargs: dict[str, Any] = {"label_selector": MANAGED_SELECTOR, "_request_timeout": self.timeout_seconds,
+                                  "_preload_content": False}
+        response: Any = (self.core.list_service_for_all_namespaces(**kwargs) if namespace is None
+                         else self.core.list_namespaced_service(namespace, **kwargs))
+        return list(json.loads(response.data).get("items") or [])
+
     def running_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+        pods = self.core.list_namespaced_pod(namespace, label_selector=selector,
+                                             _request_timeout=self.timeout_seconds).items
         return [self.api_client.sanitize_for_serialization(p) for p in pods if p.status and p.status.phase == "Running"]
 
     def running_pods_anywhere(self, selector: str, namespace: str | None) -> list[dict[str, Any]]:
         """Running pods matching `selector` in `namespace`, or in every namespace when None."""
-        listing = self.core.list_namespaced_pod(namespace, label_selector=selector) if namespace else \
-            self.core.list_pod_for_all_namespaces(label_selector=selector)
+        kwargs: dict[str, Any] = {"label_selector": selector, "_request_timeout": self.timeout_seconds}
+        listing = self.core.list_namespaced_pod(namespace, **kwargs) if namespace else \
+            self.core.list_pod_for_all_namespaces(**kwargs)
         return [self.api_client.sanitize_for_serialization(p) for p in listing.items
                 if p.status and p.status.phase == "Running"]
+
+    # what we applied
+    def applied_marker(self, kind: str, namespace: str, name: str) -> str | None:
+        with self._applied_lock:
+            return self._applied.get((kind, namespace, name))
+
+    def remember(self, obj: dict[str, Any]) -> None:
+        """Record the version of an object that matches the plan (after our apply, or a read that agreed)."""
+        meta = obj.get("metadata") or {}
+        marker = str(meta.get("generation") if obj.get("kind", "Deployment") == "Deployment"
+                     else meta.get("resourceVersion"))
+        with self._applied_lock:
+            self._applied[(str(obj.get("kind") or "Deployment"), meta.get("namespace", ""), meta.get("name", ""))] = \
+                marker
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        with self._applied_lock:
+            self._applied.pop((kind, namespace, name), None)
 
     # writes
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply with the operator's one field manager; force, since these objects are ours."""
         meta = obj["metadata"]
         self.metrics.api_writes.labels("apply", obj["kind"]).inc()
-        patch = self.apps.patch_namespaced_deployment if obj["kind"] == "Deployment" else \
-            self.core.patch_namespaced_service
-        result = patch(meta["name"], meta["namespace"], obj, field_manager=self.field_manager, force=True,
-                       _content_type="application/apply-patch+yaml")
-        return dict(self.api_client.sanitize_for_serialization(result))
+        deployment = obj["kind"] == "Deployment"
+        # The generated method validates `body` as a dict and serialises it with ASCII escapes (see
+        # `apply_body`); build its request (URL, query, auth) with the dict, then send the UTF-8 body instead.
+        serialize: Any = self.apps._patch_namespaced_deployment_serialize if deployment else \
+            self.core._patch_namespaced_service_serialize
+        method, url, headers, _, post_params = serialize(
+            name=meta["name"], namespace=meta["namespace"], body=obj, pretty=None, dry_run=None,
+            field_manager=self.field_manager, field_validation=None, force=True, _request_auth=None,
+            _content_type="application/apply-patch+yaml", _headers=None, _host_index=0)
+        response = self.api_client.call_api(method, url, headers, apply_body(obj), post_params,
+                                            _request_timeout=self.timeout_seconds)
+        response.read()
+        kind = "V1Deployment" if deployment else "V1Service"
+        result = self.api_client.response_deserialize(response, {"200": kind, "201": kind}).data
+        out = dict(self.api_client.sanitize_for_serialization(result))
+        out.setdefault("kind", obj["kind"])
+        self.remember(out)
+        return out
 
     def patch_status(self, plural: str, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
         """Write the status subresource only where it changed. Returns whether it wrote."""
@@ -96,11 +196,12 @@ class Kube:
             return False
         self.metrics.api_writes.labels("patch-status", plural).inc()
         log.debug("status patch %s %s/%s: %s", plural, namespace, name, patch)
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, {"status": patch})
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, {"status": patch},
+                                                          _request_timeout=self.timeout_seconds)
         return True
 
     def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the object, as `kubectl describe` shows them."""
+        """A core/v1 Event on the object, as `kubectl describe` shows them. Best effort: never raises."""
         meta = obj["metadata"]
         now = datetime.now(UTC)
         self.metrics.api_writes.labels("create", "Event").inc()
@@ -116,7 +217,6 @@ class Kube:
             reporting_instance="wattkeeper",
         )
         try:
-            self.core.create_namespaced_event(meta["namespace"], body)
-        except ApiException as err:  # an event is best effort: never fail a reconcile for it, but say so
-            log.warning("could not post event %s on %s/%s: %s %s", reason, meta["namespace"], meta["name"],
-                        err.status, err.reason)
+            self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=self.timeout_seconds)
+        except Exception as err:  # an event is best effort: never fail a reconcile for it, but say so
+            log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err)

@@ -11,7 +11,10 @@ from pydantic import ValidationError
 from wattkeeper.api import EnergyProfile
 
 from .conditions import set_condition
+from .profile_check import rejected_points
 from .services import Dependencies
+
+MAX_REJECTED_LISTED = 100  # status stays small; the condition says how many in all
 
 
 def profile_status(body: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -27,15 +30,31 @@ def profile_status(body: dict[str, Any], now: datetime) -> dict[str, Any]:
                                    generation)
         return {**old, "conditions": conditions, "observedGeneration": generation, "pointCount": 0}
     points = profile.spec.points
-    keys = Counter((p.precision, p.tensor_parallel, p.max_num_seqs, p.max_num_batched_tokens) for p in points)
+    rejected = rejected_points(profile)
+    accepted = [p for i, p in enumerate(points) if i not in rejected]
+    keys = Counter((p.precision, p.tensor_parallel, p.max_num_seqs, p.max_num_batched_tokens) for p in accepted)
     duplicates = [k for k, n in keys.items() if n > 1]
+    rejected_status = [{"index": i, "reason": reason} for i, reason in sorted(rejected.items())]
+    if not accepted:
+        conditions = set_condition(conditions, "Ready", False, "NoUsablePoints",
+                                   f"all {len(points)} points rejected; first: point {rejected_status[0]['index']}: "
+                                   f"{rejected_status[0]['reason']}"[:1000], now, generation)
+        return {**old, "conditions": conditions, "observedGeneration": generation, "pointCount": 0,
+                "rejectedPoints": rejected_status[:MAX_REJECTED_LISTED]}
+    message = f"{len(accepted)} points for {profile.spec.model_name} on {profile.spec.accelerator}"
+    if rejected:
+        named = "; ".join(f"point {r['index']}: {r['reason']}" for r in rejected_status[:3])
+        message = f"{message}; {len(rejected)} rejected (the planner ignores them): {named}"
     if duplicates:
-        message = (f"{len(points)} points; {len(duplicates)} configurations measured more than once (the planner "
+        message = (f"{message}; {len(duplicates)} configurations measured more than once (the planner "
                    f"interpolates over all of them): {duplicates[:3]}")
-    else:
-        message = f"{len(points)} points for {profile.spec.model_name} on {profile.spec.accelerator}"
-    conditions = set_condition(conditions, "Ready", True, "Accepted", message, now, generation)
-    return {**old, "conditions": conditions, "observedGeneration": generation, "pointCount": len(points)}
+    conditions = set_condition(conditions, "Ready", True, "PointsRejected" if rejected else "Accepted",
+                               message[:1000], now, generation)
+    out = {**old, "conditions": conditions, "observedGeneration": generation, "pointCount": len(accepted),
+           "rejectedPoints": rejected_status[:MAX_REJECTED_LISTED]}
+    if not rejected:
+        out.pop("rejectedPoints")
+    return out
 
 
 def reconcile_profile(deps: Dependencies, body: dict[str, Any]) -> None:

@@ -65,7 +65,7 @@ def telemetry_source(settings: OperatorSettings, kube: Kube) -> TelemetrySource:
 def build_dependencies(settings: OperatorSettings, api_client: client.ApiClient,
                        telemetry: TelemetrySource | None = None, metrics: OperatorMetrics | None = None) -> Dependencies:
     metrics = metrics or OperatorMetrics()
-    kube = Kube(api_client, settings.field_manager, metrics)
+    kube = Kube(api_client, settings.field_manager, metrics, timeout_seconds=settings.request_timeout_seconds)
     return Dependencies(
         kube=kube,
         telemetry=telemetry or telemetry_source(settings, kube),
@@ -82,6 +82,7 @@ def run_operator(deps: Dependencies, stop_flag: Any = None, ready_flag: Any = No
     registry = build_registry(settings)
     namespaces = settings.namespaces
     loop = ControlLoop(deps)
+    deps.liveness = loop.problem
     loop.start()
     try:
         _run_kopf(deps, registry, namespaces, stop_flag, ready_flag, liveness_endpoint)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,14 +18,16 @@ from pydantic import ValidationError
 from wattkeeper.api import EnergyBudget, EnergyProfile, Enforcement, LLMService
 from wattkeeper.control.budget import BudgetShare, shares_to_allocation
 from wattkeeper.energy.model import EnergyModel
-from wattkeeper.render import LABEL_SERVICE, render_deployment, render_service
-from wattkeeper.render.objects import ANNOTATION_CONFIG_HASH
-from wattkeeper.telemetry import TelemetrySource, TelemetryUnavailable
+from wattkeeper.energy.types import Plan
+from wattkeeper.render import LABEL_SERVICE, RenderError, render_deployment, render_service
+from wattkeeper.render.objects import ANNOTATION_CONFIG_HASH, GPU_RESOURCE
+from wattkeeper.telemetry import ServiceObservation, TelemetrySource, TelemetryUnavailable
 
 from .conditions import set_condition
-from .decide import Allocation, DeploymentState, ServiceDecision, ServiceInputs, decide
+from .decide import Allocation, DeploymentState, ServiceDecision, ServiceInputs, decide, running_plan
 from .kube import Kube
 from .metrics import OperatorMetrics
+from .profile_check import rejected_points
 from .settings import OperatorSettings
 
 log = logging.getLogger("wattkeeper.services")
@@ -42,6 +46,52 @@ class Dependencies:
     locks: defaultdict[str, threading.Lock] = field(default_factory=lambda: defaultdict(threading.Lock))
     # This instance's kopf peering priority, set when kopf starts; the control loop runs only while it is highest.
     peering_priority: int | None = None
+    # Budgets and profiles per namespace for handler-driven reconciles: one LIST per kind shared by a burst.
+    lists: ListCache = field(default_factory=lambda: ListCache())
+    # When each service was last reconciled (monotonic), and when the current pass listed: a service written
+    # since its LIST is re-read before it is reconciled again.
+    written_at: dict[str, float] = field(default_factory=dict)
+    pass_started_at: float = 0.0
+    # The control loop's health for the liveness probe: why it is unhealthy, or None.
+    liveness: Callable[[], str | None] | None = None
+
+
+class ListCache:
+    """LISTs of a kind in a namespace, shared for `ttl_seconds` and written through by our own status writes,
+    so a burst of handler reconciles (1,000 services created at once) lists budgets and profiles once, not
+    once per service. Budget and profile handlers invalidate their namespace."""
+
+    def __init__(self, ttl_seconds: float = 2.0) -> None:
+        self.ttl_seconds = ttl_seconds
+        self._entries: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, kube: Kube, plural: str, namespace: str) -> list[dict[str, Any]]:
+        key = (plural, namespace)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and time.monotonic() - entry[0] < self.ttl_seconds:
+                return entry[1]
+        items = kube.list_custom(plural, namespace)
+        self.put(plural, namespace, items)
+        return items
+
+    def put(self, plural: str, namespace: str, items: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._entries[(plural, namespace)] = (time.monotonic(), items)
+
+    def update_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Our own status write, seen at once by the next reader (an allocation reaches services in memory)."""
+        with self._lock:
+            entry = self._entries.get((plural, namespace))
+            if entry is None:
+                return
+            items = [({**item, "status": status} if item["metadata"]["name"] == name else item) for item in entry[1]]
+            self._entries[(plural, namespace)] = (entry[0], items)
+
+    def invalidate(self, plural: str, namespace: str) -> None:
+        with self._lock:
+            self._entries.pop((plural, namespace), None)
 
 
 def allocation_for(service: LLMService, budgets: list[dict[str, Any]]) -> Allocation:
@@ -94,22 +144,110 @@ def profile_points(service: LLMService, profiles: list[dict[str, Any]]) -> list[
         except ValidationError:
             continue
         if profile.spec.model_name == service.spec.model.name and profile.spec.accelerator == service.spec.accelerator.type:
-            points.extend(profile.spec.points)
+            rejected = rejected_points(profile)  # the status names them; the planner never sees them
+            points.extend(p for i, p in enumerate(profile.spec.points) if i not in rejected)
     return points
 
 
-def reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str) -> ServiceDecision | None:
+@dataclass
+class Reads:
+    """What one service's reconcile reads. The control loop fills it from one LIST per kind per pass and one
+    telemetry batch; a handler (one service changed) leaves it None and the reconcile reads for itself."""
+
+    budgets: list[dict[str, Any]]
+    profiles: list[dict[str, Any]]
+    deployment: dict[str, Any] | None
+    service: dict[str, Any] | None
+    observation: ServiceObservation | TelemetryUnavailable | None = None  # None: not measured in the batch
+
+
+def planned_config(status: dict[str, Any]) -> Plan | None:
+    """The plan the status says is applied (and so should be running); None when there is none or it is garbled."""
+    try:
+        return running_plan(status)
+    except (ValidationError, TypeError, ValueError):
+        return None
+
+
+def _containers(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    pod = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return {c.get("name"): c for c in pod.get("containers") or []}
+
+
+def deployment_drift(desired: dict[str, Any], live: dict[str, Any]) -> str | None:
+    """What differs between the rendered Deployment and the live one, in the fields that make the plan
+    (replicas, configuration, command line, image, env, GPUs); None when the live one follows the plan.
+    Pure. Fields the apiserver defaults or normalises (quantities, probes) are left out on purpose."""
+    want_replicas = (desired.get("spec") or {}).get("replicas")
+    have_replicas = (live.get("spec") or {}).get("replicas")
+    if want_replicas != have_replicas:
+        return f"replicas {have_replicas} instead of {want_replicas}"
+    want_hash = ((desired.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_CONFIG_HASH)
+    have_hash = ((live.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_CONFIG_HASH)
+    if want_hash != have_hash:
+        return f"configuration {have_hash} instead of {want_hash}"
+    have = _containers(live)
+    for name, want in _containers(desired).items():
+        got = have.get(name)
+        if got is None:
+            return f"container {name} missing"
+        for key in ("image", "command", "args"):
+            if want.get(key) != got.get(key):
+                return f"container {name} {key} changed"
+        if [(e.get("name"), e.get("value")) for e in want.get("env") or []] != \
+                [(e.get("name"), e.get("value")) for e in got.get("env") or []]:
+            return f"container {name} env changed"
+        want_gpus = ((want.get("resources") or {}).get("limits") or {}).get(GPU_RESOURCE)
+        got_gpus = ((got.get("resources") or {}).get("limits") or {}).get(GPU_RESOURCE)
+        if str(want_gpus) != str(got_gpus):
+            return f"container {name} GPUs {got_gpus} instead of {want_gpus}"
+    return None
+
+
+def service_drift(desired: dict[str, Any], live: dict[str, Any] | None) -> str | None:
+    if live is None:
+        return "Service missing"
+    want, got = desired.get("spec") or {}, live.get("spec") or {}
+    if want.get("selector") != got.get("selector"):
+        return "Service selector changed"
+    def ports(spec: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return [(p.get("name"), p.get("port"), str(p.get("targetPort"))) for p in spec.get("ports") or []]
+    if ports(want) != ports(got):
+        return "Service ports changed"
+    return None
+
+
+def reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
+                      reads: Reads | None = None) -> ServiceDecision | None:
     """One pass of the control loop for one service. Never raises for bad input: it reports it in status."""
     meta = body["metadata"]
-    with deps.locks[f"{meta['namespace']}/{meta['name']}"]:
-        # Re-read under the lock: the body a handler got may predate another reconcile's status write.
-        fresh = deps.kube.get_custom("llmservices", meta["namespace"], meta["name"])
+    key = f"{meta['namespace']}/{meta['name']}"
+    with deps.locks[key]:
+        fresh: dict[str, Any] | None = body
+        if reads is None or deps.written_at.get(key, 0.0) > deps.pass_started_at:
+            # Re-read under the lock: the body a handler got (or the pass listed) may predate another
+            # reconcile's writes; so may everything else the pass listed for it.
+            reads = None
+            fresh = deps.kube.get_custom("llmservices", meta["namespace"], meta["name"])
         if fresh is None:
             return None
-        return _reconcile_service(deps, fresh, trigger)
+        try:
+            return _reconcile_service(deps, fresh, trigger, reads)
+        finally:
+            deps.written_at[key] = time.monotonic()
 
 
-def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str) -> ServiceDecision | None:
+def _reads_for(deps: Dependencies, namespace: str, name: str) -> Reads:
+    return Reads(
+        budgets=deps.lists.get(deps.kube, "energybudgets", namespace),
+        profiles=deps.lists.get(deps.kube, "energyprofiles", namespace),
+        deployment=deps.kube.get_deployment(namespace, name),
+        service=deps.kube.get_service(namespace, name),
+    )
+
+
+def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
+                       reads: Reads | None) -> ServiceDecision | None:
     kube, metrics = deps.kube, deps.metrics
     metrics.reconciles.labels("LLMService", trigger).inc()
     meta = body["metadata"]
@@ -130,20 +268,29 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str) -
             kube.event(body, "Warning", "InvalidSpec", message)
         return None
 
-    budgets = kube.list_custom("energybudgets", namespace)
-    profiles = kube.list_custom("energyprofiles", namespace)
-    deployment = kube.get_deployment(namespace, name)
+    if reads is None:
+        reads = _reads_for(deps, namespace, name)
+    deployment = reads.deployment
     state = deployment_state(deployment)
-    observation, telemetry_error = None, None
+    observation: ServiceObservation | None = None
+    telemetry_error: str | None = None
     if state.exists and state.ready_replicas > 0:
-        try:
-            observation = deps.telemetry.observe_service(namespace, name, deps.settings.telemetry_window_seconds)
-        except TelemetryUnavailable as err:
-            telemetry_error = err.reason
+        outcome = reads.observation
+        if outcome is None:
+            try:
+                outcome = deps.telemetry.observe_service(namespace, name, deps.settings.telemetry_window_seconds)
+            except TelemetryUnavailable as err:
+                outcome = err
+            except Exception as err:  # a broken source is a silent one: hold, never crash or scale down
+                outcome = TelemetryUnavailable(f"telemetry failed: {type(err).__name__}: {err}")
+        if isinstance(outcome, TelemetryUnavailable):
+            telemetry_error = outcome.reason
+        else:
+            observation = outcome
     inputs = ServiceInputs(
-        service=service, status=old_status, allocation=allocation_for(service, budgets), observation=observation,
-        telemetry_error=telemetry_error, deployment=state, now=datetime.now(UTC),
-        profile=profile_points(service, profiles), trigger=trigger,
+        service=service, status=old_status, allocation=allocation_for(service, reads.budgets),
+        observation=observation, telemetry_error=telemetry_error, deployment=state, now=datetime.now(UTC),
+        profile=profile_points(service, reads.profiles), trigger=trigger,
         telemetry_window_seconds=deps.settings.telemetry_window_seconds,
     )
     started = time.perf_counter()
@@ -151,15 +298,25 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str) -
     metrics.plan_seconds.observe(time.perf_counter() - started)
     metrics.decisions.labels(decision.action).inc()
 
-    if decision.apply is not None:
-        kube.apply(render_deployment(service, decision.apply, surge=decision.surge))
-        kube.apply(render_service(service))
-    elif state.exists and deployment is not None and not _service_exists(kube, namespace, name):
-        kube.apply(render_service(service))
-    kube.patch_status("llmservices", namespace, name, old_status, decision.status)
-    for type_, reason, message in decision.events:
-        kube.event(body, type_, reason, message)
-    predicted = ((decision.status.get("plan") or {}).get("predicted") or {}).get("watts")
+    status = decision.status
+    events = list(decision.events)
+    try:
+        _write_objects(deps, service, decision, deployment, reads.service, events)
+    except ApiException as err:
+        if not _rejected_input(err):
+            raise  # the apiserver or the network: the caller retries with backoff
+        # The apiserver refuses what was rendered: say so on this service, and hold; others carry on.
+        reason = _api_reason(err)
+        message = f"the apiserver rejected the rendered objects ({err.status}): {reason}"
+        status = {**status, "conditions": set_condition(list(status.get("conditions") or []), "Degraded", True,
+                                                        "ApplyFailed", message, datetime.now(UTC),
+                                                        service.metadata.generation)}
+        if not any(c.get("reason") == "ApplyFailed" for c in old_status.get("conditions") or []):
+            events.append(("Warning", "ApplyFailed", message))
+    kube.patch_status("llmservices", namespace, name, old_status, status)
+    for type_, reason_, message_ in events:
+        kube.event(body, type_, reason_, message_)
+    predicted = ((status.get("plan") or {}).get("predicted") or {}).get("watts")
     if predicted is not None:
         metrics.predicted_watts.labels(namespace, name).set(predicted)
     if observation is not None:
@@ -167,18 +324,60 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str) -
     return decision
 
 
-def _service_exists(kube: Kube, namespace: str, name: str) -> bool:
+def _rejected_input(err: ApiException) -> bool:
+    """Whether the apiserver refused what was rendered (retrying the same body cannot help), as opposed to being
+    unavailable. Server-side apply answers 500 for a body it cannot turn into a typed patch (duplicate map keys)."""
+    if err.status is not None and 400 <= err.status < 500 and err.status not in (404, 408, 409, 429):
+        return True
+    return err.status == 500 and "failed to create typed patch object" in (err.body or "")
+
+
+def _api_reason(err: ApiException) -> str:
     try:
-        kube.core.read_namespaced_service(name, namespace)
-    except ApiException as err:
-        if err.status != 404:
-            log.warning("cannot read Service %s/%s: %s %s", namespace, name, err.status, err.reason)
-        return False
-    return True
+        return str(json.loads(err.body or "{}").get("message") or err.reason)[:600]
+    except ValueError:
+        return str(err.reason)
 
 
-def services_selected(kube: Kube, budget: EnergyBudget, namespace: str) -> list[dict[str, Any]]:
-    return [raw for raw in kube.list_custom("llmservices", namespace)
+def _write_objects(deps: Dependencies, service: LLMService, decision: ServiceDecision,
+                   deployment: dict[str, Any] | None, live_service: dict[str, Any] | None,
+                   events: list[tuple[str, str, str]]) -> None:
+    """Apply what the decision changed; else hold the plan by re-applying it where the live objects drifted
+    (scaled by hand, edited by another tool, deleted). Level-triggered: the plan in status is the truth."""
+    kube = deps.kube
+    if decision.apply is not None:
+        kube.apply(render_deployment(service, decision.apply, surge=decision.surge))
+        kube.apply(render_service(service))
+        return
+    if deployment is None:
+        return
+    desired_service = render_service(service)
+    drift = service_drift(desired_service, live_service)
+    if drift is not None:
+        kube.apply(desired_service)
+        events.append(("Normal", "DriftRepaired", f"{drift}; re-applied"))
+    elif live_service is not None:
+        kube.remember({**live_service, "kind": "Service"})
+    config = planned_config(decision.status)
+    if config is None:
+        return
+    try:
+        desired = render_deployment(service, config, surge=decision.surge)
+    except RenderError:
+        return  # decide() has said why in a condition
+    drift = deployment_drift(desired, deployment)
+    if drift is None:
+        kube.remember({**deployment, "kind": "Deployment"})
+        return
+    log.info("Deployment %s/%s drifted (%s); re-applying the plan", service.metadata.namespace,
+             service.metadata.name, drift)
+    deps.metrics.decisions.labels("Repaired").inc()
+    kube.apply(desired)
+    events.append(("Normal", "DriftRepaired", f"Deployment {drift}; re-applied the plan"))
+
+
+def services_selected(budget: EnergyBudget, services: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [raw for raw in services
             if budget.spec.selector.matches((raw.get("metadata") or {}).get("labels") or {})]
 
 

@@ -29,3 +29,15 @@ class OperatorSettings(BaseSettings):
     ])
     scrape_exporter_namespace: str | None = Field(
         default=None, description="Namespace of the GPU exporters; None: every namespace (cluster-wide list pods).")
+    # Faults and scale.
+    reconcile_workers: int = Field(default=8, ge=1, le=64, description="Services reconciled at once in a pass.")
+    request_timeout_seconds: float = Field(default=15.0, gt=0, description="Timeout of each API request.")
+    peering_lifetime_seconds: int = Field(
+        default=10, ge=2, le=300,
+        description="kopf peering lifetime: a peer silent this long is dead and the standby takes over.")
+    leadership_check_seconds: float = Field(
+        default=2.0, gt=0, description="How often the control loop checks whether this instance is active.")
+    liveness_intervals: float = Field(
+        default=5.0, gt=1, description="Unhealthy when the control loop has not finished a pass in this many "
+                                       "intervals (at least a minute).")
+    error_backoff_max_seconds: float = Field(default=30.0, gt=0, description="Cap of the loop's backoff on errors.")

@@ -1,0 +1,73 @@
+"""What one control-loop pass reads: one LIST per kind per scope and one telemetry batch, shared by every
+reconcile of the pass instead of a GET and two LISTs per service."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from wattkeeper.telemetry import ServiceObservation, TelemetryUnavailable
+from wattkeeper.telemetry.batch import observe_many
+
+from .kube import Kube
+from .services import Dependencies, Reads
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+def _by_key(items: list[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
+    return {(i["metadata"]["namespace"], i["metadata"]["name"]): i for i in items}
+
+
+def _by_namespace(items: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        out.setdefault(item["metadata"]["namespace"], []).append(item)
+    return out
+
+
+@dataclass
+class Snapshot:
+    services: dict[Key, dict[str, Any]]
+    budgets: dict[str, list[dict[str, Any]]]
+    profiles: dict[str, list[dict[str, Any]]]
+    deployments: dict[Key, dict[str, Any]]
+    core_services: dict[Key, dict[str, Any]]
+    observations: dict[Key, ServiceObservation | TelemetryUnavailable] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    reconciled: set[Key] = field(default_factory=set)  # services already reconciled in this pass
+
+    @classmethod
+    def take(cls, kube: Kube, namespace: str | None) -> Snapshot:
+        """Five LISTs: services, budgets, profiles, and the operator's Deployments and Services (by label)."""
+        return cls(
+            services=_by_key(kube.list_custom("llmservices", namespace)),
+            budgets=_by_namespace(kube.list_custom("energybudgets", namespace)),
+            profiles=_by_namespace(kube.list_custom("energyprofiles", namespace)),
+            deployments=_by_key(kube.list_deployments(namespace)),
+            core_services=_by_key(kube.list_services(namespace)),
+        )
+
+    def measure(self, deps: Dependencies) -> None:
+        """One telemetry batch for every service with ready replicas."""
+        keys = [key for key, dep in self.deployments.items()
+                if key in self.services and int((dep.get("status") or {}).get("readyReplicas") or 0) > 0]
+        self.observations = observe_many(deps.telemetry, keys, deps.settings.telemetry_window_seconds)
+
+    def reads(self, namespace: str, name: str) -> Reads:
+        key = (namespace, name)
+        with self.lock:
+            budgets = list(self.budgets.get(namespace, []))
+        return Reads(budgets=budgets, profiles=self.profiles.get(namespace, []),
+                     deployment=self.deployments.get(key), service=self.core_services.get(key),
+                     observation=self.observations.get(key))
+
+    def services_in(self, namespace: str) -> list[dict[str, Any]]:
+        return [body for (ns, _), body in self.services.items() if ns == namespace]
+
+    def set_budget_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """A budget's new allocations, handed to its services in memory (no round trip through the apiserver)."""
+        with self.lock:
+            self.budgets[namespace] = [({**b, "status": status} if b["metadata"]["name"] == name else b)
+                                       for b in self.budgets.get(namespace, [])]
