@@ -360,8 +360,11 @@ def test_operator_reads_watts_and_tokens_through_that_prometheus(env: dict[str, 
             return {"condition": cond, "observed": figures}
         return None
 
+    for name in ("llama", "qwen"):
+        wait_for(f"{name}: TelemetryAvailable=True with watts and tokens", lambda n=name: observed(n), timeout=90)
+    time.sleep(12.0)  # one telemetry window (10 s) more, so that the figures below are steady-state
     for name, source in (("llama", "dcgm"), ("qwen", "nvml")):
-        result = wait_for(f"{name}: TelemetryAvailable=True with watts and tokens", lambda n=name: observed(n), timeout=90)
+        result = wait_for(f"{name}: still TelemetryAvailable=True", lambda n=name: observed(n), timeout=30)
         print(f"{name}: {result['condition']['message']}; observed "
               + json.dumps({k: result["observed"].get(k) for k in ("watts", "tokensPerSecond", "joulesPerToken",
                                                                      "ttftP95Seconds", "itlP95Seconds")}))

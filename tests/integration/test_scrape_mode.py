@@ -73,8 +73,11 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         def load() -> None:
             with httpx.Client(timeout=30) as http:
                 while not stop.is_set():
-                    http.post(f"{urls['vllm']}/v1/completions", json={"model": "llama", "prompt": "hi " * 50,
-                                                                        "max_tokens": 32})
+                    try:
+                        http.post(f"{urls['vllm']}/v1/completions", json={"model": "llama", "prompt": "hi " * 50,
+                                                                            "max_tokens": 32})
+                    except httpx.HTTPError:  # the simulator stopping at teardown
+                        stop.wait(0.2)
 
         for _ in range(4):
             threading.Thread(target=load, daemon=True).start()
