@@ -10,6 +10,9 @@ A pod that goes away (KWOK deletes pods at once) is terminated as the kubelet wo
 (a terminating pod is not a ready endpoint), its preStop hook runs if it is `wattkeeper-runtime drain` (against the
 simulator's port), then SIGTERM, which cancels whatever is still in flight as vLLM does, and SIGKILL once the pod's
 terminationGracePeriodSeconds are spent. Its power is still scraped meanwhile.
+Profiler pods (label app.kubernetes.io/component=profiler, `wattkeeper-runtime profile ... --simulate`, the Job an
+EnergyProfile's sweep starts) are run once each, as a kubelet would run their container: the same command with
+the pod's environment and the runner's kubeconfig, against simulators of its own.
 SIGTERM or SIGINT stops every child (SIGTERM, then SIGKILL after a grace period); children also get SIGTERM from
 the kernel if the runner itself dies (PR_SET_PDEATHSIG), so none outlive it.
 """
@@ -42,6 +45,7 @@ from .podargs import SimTarget, sim_argv, target_of
 log = logging.getLogger(__name__)
 
 DEFAULT_SELECTOR = "app.kubernetes.io/managed-by=wattkeeper"
+POWER_LIMIT_ANNOTATION = "wattkeeper.io/gpu-power-limit-watts"  # as wattkeeper_runtime.agent reads it
 _PR_SET_PDEATHSIG = 1
 
 
@@ -75,6 +79,7 @@ class Child:
     started_monotonic: float = 0.0
     kill_at_monotonic: float | None = None  # set once terminating: SIGKILL after this
     drain_outcome: str = ""  # the preStop drain's result: idle, timeout, unreachable; "" without one
+    power_limit: str | None = None  # the pod's wattkeeper.io/gpu-power-limit-watts last handed to the simulator
 
     @property
     def url(self) -> str:
@@ -134,6 +139,7 @@ class Fleet:
         log_dir: Path | None = None,
         spawner: Spawner = spawn,
         health_timeout_seconds: float = 0.5,
+        kubeconfig: str | None = None,
     ) -> None:
         self.file_sd_path = file_sd_path
         self.registry_path = registry_path
@@ -146,6 +152,8 @@ class Fleet:
         # Simulators of deleted pods, between removal from the registry and their exit.
         self.terminating: dict[str, Child] = {}
         self._written: tuple[str, str] | None = None
+        self.kubeconfig = kubeconfig
+        self.jobs: dict[str, subprocess.Popen[bytes]] = {}  # profiler pods: run once, never restarted
 
     def _start(self, target: SimTarget, restarts: int = 0) -> Child:
         port = free_port()
@@ -196,7 +204,49 @@ class Fleet:
                             child.target.pod)  # fmt: skip
                 child.process.kill()
 
+    def _reconcile_jobs(self, pods: list[Mapping[str, Any]]) -> None:
+        wanted: dict[str, list[str]] = {}
+        for pod in pods:
+            argv = profiler_argv(pod, self.python, self.kubeconfig, self.speedup)
+            if argv is not None:
+                meta = pod.get("metadata") or {}
+                wanted[str(meta.get("uid") or meta.get("name"))] = argv
+        for key in [k for k in self.jobs if k not in wanted]:
+            process = self.jobs.pop(key)
+            if process.poll() is None:
+                process.terminate()
+        for key, argv in wanted.items():
+            if key not in self.jobs:
+                log.info("running profiler pod %s: %s", key, " ".join(argv[3:]))
+                log_path = self.log_dir / f"profiler_{key}.log" if self.log_dir else None
+                self.jobs[key] = self.spawner(argv, log_path)
+
+    def _apply_power_limits(self, pods: list[Mapping[str, Any]]) -> None:
+        """The node agent's part on a simulated node: hand each ready simulator its pod's requested GPU power
+        limit (annotation wattkeeper.io/gpu-power-limit-watts), in place, as the agent would set it through NVML."""
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            child = self.children.get(str(meta.get("uid") or ""))
+            if child is None or not child.ready:
+                continue
+            wanted = (meta.get("annotations") or {}).get(POWER_LIMIT_ANNOTATION)
+            if wanted == child.power_limit:
+                continue
+            try:
+                watts = float(wanted) if wanted else None
+                response = httpx.put(f"{child.url}/wattkeeper/gpu-power-limit", json={"watts": watts},
+                                     timeout=self.health_timeout_seconds * 4)
+                if response.status_code == 200:
+                    child.power_limit = wanted
+                    log.info("pod %s/%s: GPU power limit %s", child.target.namespace, child.target.pod,
+                             response.json().get("watts"))
+            except (ValueError, httpx.HTTPError) as error:  # a bad annotation fails closed: default limit
+                log.warning("pod %s/%s: power limit %r not applied: %s", child.target.namespace,
+                            child.target.pod, wanted, error)
+
     def reconcile(self, pods: Iterable[Mapping[str, Any]]) -> None:
+        pods = list(pods)
+        self._reconcile_jobs(pods)
         desired: dict[str, SimTarget] = {}
         for pod in pods:
             target = target_of(pod)
@@ -224,6 +274,7 @@ class Fleet:
         for child in self.children.values():
             if not child.ready and child.process.poll() is None:
                 self._check_ready(child)
+        self._apply_power_limits(pods)
         self.write_files()
 
     def write_files(self) -> None:
@@ -237,6 +288,10 @@ class Fleet:
             self._written = fingerprint
 
     def stop_all(self) -> None:
+        for process in self.jobs.values():
+            if process.poll() is None:
+                process.terminate()
+        self.jobs = {}
         children = [*self.children.values(), *self.terminating.values()]
         self.children, self.terminating = {}, {}
         for child in children:
@@ -250,6 +305,29 @@ class Fleet:
                 child.process.kill()
                 child.process.wait()
         self.write_files()
+
+
+def profiler_argv(pod: Mapping[str, Any], python: str, kubeconfig: str | None, speedup: float) -> list[str] | None:
+    """The command a scheduled simulated profiler pod runs here, or None (not a profiler pod, or one for a GPU).
+
+    Scheduled, not Running: KWOK's stages mark a Job's pod Succeeded within a second, while the profiler here
+    takes minutes; so it runs until it is done or its pod is deleted, whatever phase KWOK reports."""
+    meta = pod.get("metadata") or {}
+    scheduled = bool((pod.get("spec") or {}).get("nodeName")) and not meta.get("deletionTimestamp")
+    if (meta.get("labels") or {}).get("app.kubernetes.io/component") != "profiler" or not scheduled:
+        return None
+    containers = (pod.get("spec") or {}).get("containers") or []
+    args = [str(a) for a in (containers[0].get("args") or [])] if containers else []
+    if not args or args[0] != "profile" or "--simulate" not in args:
+        return None  # a real sweep needs real GPUs: nothing to run on a simulated node
+    env = {e["name"]: str(e["value"]) for e in containers[0].get("env") or [] if e.get("value") is not None}
+    argv = [python, "-m", "wattkeeper_runtime.cli", *args, "--namespace", str(meta.get("namespace", "")),
+            "--speedup", f"{speedup:g}"]
+    if kubeconfig:
+        argv += ["--kubeconfig", kubeconfig]
+    if env.get("JOB_NAME"):
+        argv = ["env", f"JOB_NAME={env['JOB_NAME']}", f"POD_NAME={meta.get('name', '')}", *argv]
+    return argv
 
 
 class PodSource:
@@ -322,7 +400,7 @@ def run_fleet(
 ) -> int:
     """Entry point of `wattkeeper-runtime fleet`: run until SIGTERM/SIGINT, then stop every simulator."""
     source = PodSource(kubeconfig, label_selector, namespace)
-    fleet = Fleet(file_sd_path, registry_path, speedup=speedup, log_dir=log_dir)
+    fleet = Fleet(file_sd_path, registry_path, speedup=speedup, log_dir=log_dir, kubeconfig=kubeconfig)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -145,3 +145,35 @@ def kubelet_mapper(socket_path: str = DEFAULT_KUBELET_SOCKET, timeout_seconds: f
         return {uuid: owners[uuid] for uuid in uuids if uuid in owners}
 
     return lookup
+
+
+def decode_device_owners(data: bytes, resource: str = GPU_RESOURCE) -> dict[str, list[PodRef]]:
+    """Device id -> every container that the kubelet lists for it (more than one is a conflict to refuse)."""
+    owners: dict[str, list[PodRef]] = {}
+    for pod in _messages(data, 1):
+        pod_name = (_strings(pod, 1) or [""])[0]
+        namespace = (_strings(pod, 2) or [""])[0]
+        for container in _messages(pod, 3):
+            container_name = (_strings(container, 1) or [""])[0]
+            for devices in _messages(container, 2):
+                if (_strings(devices, 1) or [""])[0] != resource:
+                    continue
+                for device_id in _strings(devices, 2):
+                    owners.setdefault(device_id, []).append(PodRef(namespace, pod_name, container_name))
+    return owners
+
+
+def kubelet_owner_lister(
+    socket_path: str = DEFAULT_KUBELET_SOCKET, timeout_seconds: float = 2.0
+) -> Callable[[], dict[str, list[PodRef]]]:
+    """For the power-limit agent: like kubelet_mapper, but errors raise (the agent then fails closed) and grpc is
+    required (without it no GPU can be attributed, so no limit may be applied)."""
+    import grpc  # type: ignore[import-not-found, unused-ignore]
+
+    channel = grpc.insecure_channel(f"unix://{socket_path}")
+    call = channel.unary_unary(
+        "/v1.PodResourcesLister/List",
+        request_serializer=lambda _request: b"",
+        response_deserializer=lambda raw: raw,
+    )
+    return lambda: decode_device_owners(call(None, timeout=timeout_seconds))

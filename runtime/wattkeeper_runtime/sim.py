@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--speedup", type=float, default=1.0, help="simulated time runs this many times faster")
     sim.add_argument("--dcgm-port", type=int, default=None, help="serve DCGM metrics on their own port")
     sim.add_argument("--stub-timing", action="store_true", help="use the stub timing, not the energy model")
+    sim.add_argument("--gpu-power-limit-watts", type=float, default=None,
+                     help="GPU power limit, W per GPU (what the node agent would set; the profiler's sweep)")
     return parser
 
 
@@ -147,6 +149,7 @@ def spec_from_options(options: argparse.Namespace) -> SimSpec:
         max_num_batched_tokens=options.max_num_batched_tokens,
         kv_cache_dtype=kv_dtype,
         gpu_memory_utilization=options.gpu_memory_utilization,
+        gpu_power_limit_watts=options.gpu_power_limit_watts,
     )
 
 
@@ -334,6 +337,7 @@ class SimServer:
         app.router.add_get("/health", self.health)
         app.router.add_get("/version", self.version)
         app.router.add_get("/metrics", self.metrics_all if with_dcgm else self.metrics_vllm)
+        app.router.add_put("/wattkeeper/gpu-power-limit", self.set_power_limit)
         app.cleanup_ctx.append(self._engine_context)
         return app
 
@@ -351,6 +355,22 @@ class SimServer:
 
     async def health(self, _request: web.Request) -> web.Response:
         return web.Response(status=200)
+
+    async def set_power_limit(self, request: web.Request) -> web.Response:
+        """Simulator only: what the node agent's nvmlDeviceSetPowerManagementLimit does to a real pod's GPUs,
+        in place (the fleet runner calls it when the pod's wattkeeper.io/gpu-power-limit-watts changes)."""
+        setter = getattr(self.timing, "set_power_limit", None)
+        if setter is None:
+            return _error(501, "this timing has no power model (--stub-timing)", "NotImplementedError")
+        try:
+            body = await request.json()
+            watts = body.get("watts")
+            watts = None if watts is None else float(watts)
+        except (ValueError, AttributeError, TypeError):
+            return _error(400, 'expected {"watts": number or null}')
+        limit = setter(watts)
+        log.info("GPU power limit now %s", "the default" if limit is None else f"{limit:g} W")
+        return web.json_response({"watts": limit})
 
     async def version(self, _request: web.Request) -> web.Response:
         return web.json_response({"version": "0.11.1", "simulator": f"wattkeeper-runtime {__version__}"})

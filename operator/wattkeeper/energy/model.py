@@ -31,6 +31,7 @@ import numpy.typing as npt
 from .catalog import Accelerator, get_precision, resolve_shape
 from .latency import TokenDistribution, latency_under_load
 from .network import AllReduceModel
+from .powerlimit import POWER_CAP_EXPONENT
 from .types import ModelShape, ReplicaPrediction, ServingConfig, Workload
 
 FloatArray = npt.NDArray[np.float64]
@@ -88,7 +89,7 @@ PRIOR_PARAMETERS: dict[str, float] = {
     "dequant_tile_tokens": 16.0,
     "dequant_power_weight": 1.5,
     "activation_reserve_bytes": 1.5 * _GIB,
-    "power_cap_exponent": 2.5,
+    "power_cap_exponent": POWER_CAP_EXPONENT,  # from published power-capping measurements, see powerlimit.py
 }
 
 TASK_INPUT_PARAMETER = {

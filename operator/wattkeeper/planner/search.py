@@ -21,6 +21,7 @@ from ..energy.latency import CHUNK_BUDGET_OPTIONS, TokenDistribution
 from ..energy.model import EnergyModel, Features, ProfilePointLike, build_features
 from ..energy.types import ModelShape, ReplicaPrediction, ServingConfig, Workload
 from .load import ArrivalSample
+from .measured import apply_measured
 
 FloatArray = npt.NDArray[np.float64]
 Binding = Literal["slo-ttft", "slo-itl", "power", "memory", "none"]
@@ -211,6 +212,7 @@ class _Grid:
     replicas: FloatArray
     features: Features
     result: dict[str, FloatArray]
+    measured: npt.NDArray[np.bool_]  # figures from measured profile points (planner/measured.py), not the model
 
 
 def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, list[tuple[str, int, float | None]]]:
@@ -272,7 +274,9 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, l
         result = _queued(evaluator, g, rate, inp[expand], out[expand], tokens, peak, request)
     else:
         result = evaluator.under_load(g, rate, inp[expand], out[expand])
-    grid = _Grid(base_index[expand], seqs[expand], batched[expand], replicas, g, result)
+    measured = apply_measured(request.profile, keys, base_index[expand], seqs[expand], batched[expand],
+                              rate * wl.output_tokens, wl.input_tokens, wl.output_tokens, result)
+    grid = _Grid(base_index[expand], seqs[expand], batched[expand], replicas, g, result, measured)
     return grid, list(keys)
 
 
@@ -488,11 +492,11 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
     if chosen_i is not None:
         binding = _binding(best, chosen_i, fits, within_gpus, has_capacity, slo_ok, meets_itl, within_power)
         chosen = candidate(chosen_i)
-        if request.profile:
+        if request.profile and not grid.measured[chosen_i]:
             chosen = _with_profile(chosen, request, em)
         runner_i = _runner_up(best, feasible, grid, chosen_i, keys, replicas)
         runner = candidate(runner_i) if runner_i is not None else None
-        reason = _explain(chosen, runner, binding, request)
+        reason = _explain(chosen, runner, binding, request) + _measured_note(grid, chosen_i, runner_i)
         is_feasible = True
     else:
         chosen_i, binding, reason = _fallback(request, best, base_ok, slo_ok, within_power, meets_itl, ttft, itl,
@@ -561,7 +565,21 @@ def _prediction(grid: _Grid, i: int, request: PlanRequest) -> ReplicaPrediction:
         fits_memory=bool(r["max_batch"][i] >= 1.0),
         kv_cache_tokens=int(r["kv_capacity_tokens"][i]),
         utilisation=float(r["utilisation"][i]),
+        source="profile" if grid.measured[i] else "model",
     )
+
+
+def _measured_note(grid: _Grid, chosen_i: int, runner_i: int | None) -> str:
+    """Say in the plan's reason where its figures come from (status.plan.reason)."""
+    if not grid.measured.any():
+        return ""
+    covered = int(grid.measured.sum())
+    text = f" Measured profile points cover {covered} of {grid.measured.size} candidates"
+    text += "; the chosen plan's figures are measured" if grid.measured[chosen_i] else \
+        "; the chosen plan's figures are modelled (no measured point covers it)"
+    if runner_i is not None:
+        text += ", the runner-up's " + ("measured" if grid.measured[runner_i] else "modelled")
+    return text + "."
 
 
 def _with_profile(c: Candidate, request: PlanRequest, em: EnergyModel) -> Candidate:

@@ -6,6 +6,7 @@ pod's command line and the launcher's never disagree) and requests `nvidia.com/g
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from typing import Any
@@ -20,6 +21,8 @@ LABEL_SERVICE = "wattkeeper.io/service"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_CONFIG = "wattkeeper.io/config"
 ANNOTATION_CONFIG_HASH = "wattkeeper.io/config-hash"
+# Same key as the node agent reads on pods (wattkeeper_runtime.agent.ANNOTATION_REQUEST).
+ANNOTATION_POWER_LIMIT = "wattkeeper.io/gpu-power-limit-watts"
 ANNOTATION_PARAMS = "wattkeeper.io/model-params-b"
 ANNOTATION_ACTIVE_PARAMS = "wattkeeper.io/active-params-b"
 LABEL_ACCELERATOR = "wattkeeper.io/accelerator"
@@ -61,10 +64,13 @@ def _owner_reference(service: LLMService) -> dict[str, Any]:
 
 
 def config_hash(service: LLMService, plan: Plan) -> str:
-    """A short digest of everything that shapes the pods; a change rolls them."""
+    """A short digest of everything that shapes the pods; a change rolls them.
+
+    The GPU power limit is left out: it changes in place (a pod annotation the node agent applies), never by a
+    restart; so is it from the pod template (see controller/powerlimits.py)."""
     spec = service.spec
     payload = {
-        "config": ServingConfigSpec.from_plan(plan).to_wire(),
+        "config": {k: v for k, v in ServingConfigSpec.from_plan(plan).to_wire().items() if k != "gpuPowerLimitWatts"},
         "model": spec.model.to_wire(),
         "engine": spec.engine.to_wire(),
         "accelerator": spec.accelerator.to_wire(),
@@ -153,7 +159,8 @@ def render_deployment(
         if surge
         else {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
     )
-    short = config.short()
+    # Without the power limit: the template must not change when only the limit does (no restart).
+    short = dataclasses.replace(config, gpu_power_limit_watts=None).short()
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -161,7 +168,10 @@ def render_deployment(
             "name": name,
             "namespace": service.metadata.namespace,
             "labels": labels,
-            "annotations": {ANNOTATION_CONFIG: short, ANNOTATION_CONFIG_HASH: digest},
+            # The planned power limit, for the record only: on the Deployment's own metadata, which rolls nothing.
+            "annotations": {ANNOTATION_CONFIG: short, ANNOTATION_CONFIG_HASH: digest,
+                            ANNOTATION_POWER_LIMIT: "" if config.gpu_power_limit_watts is None
+                            else f"{config.gpu_power_limit_watts:g}"},
             "ownerReferences": [_owner_reference(service)],
         },
         "spec": {
