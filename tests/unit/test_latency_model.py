@@ -71,6 +71,10 @@ def test_burst_levels_cost_latency_and_miss_shares_are_bounded() -> None:
         assert 0.0 <= r["ttft_miss_share"][0] <= 1.0 and 0.0 <= r["itl_miss_share"][0] <= 1.0
     with pytest.raises(ValueError):
         _queued(config, 2.0, tokens, rate_levels=((1.0, 0.0),))
+    # Arrivals in groups (dispersion 8) wait behind their group-mates and spread the decoding batch.
+    grouped = _queued(config, 2.0, tokens, arrival_dispersion=8.0, thresholds=(2.0, 0.1))
+    assert grouped["ttft_p95"][0] > smooth["ttft_p95"][0]
+    assert grouped["ttft_miss_share"][0] >= smooth["ttft_miss_share"][0]
 
 
 # A small, bounded version of `wattkeeper bench latency` (the full 48-case table, with its two knife-edge ITL

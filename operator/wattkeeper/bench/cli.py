@@ -62,11 +62,22 @@ def register(subparsers: Any) -> None:
     dt.add_argument("--repeats", type=int, default=21)
     dt.set_defaults(func=lambda a: _decision_command(a))
 
+    pc = sub.add_parser("plan-check", help="plans of the queued latency model replayed through the fleet (issue 11)")
+    pc.add_argument("--out", type=Path, default=None, help="JSON file")
+    pc.set_defaults(func=lambda a: _plan_check_command(a))
+
 
 def _latency_command(args: argparse.Namespace) -> int:
     from . import latency
 
     latency.main(args.out, args.duration_s)
+    return 0
+
+
+def _plan_check_command(args: argparse.Namespace) -> int:
+    from . import plancheck
+
+    plancheck.main(args.out)
     return 0
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..energy.catalog import model_from_name
 from ..energy.types import Workload
-from ..planner.load import ArrivalSample, estimate_load
+from ..planner.load import ArrivalSample, estimate_load, rate_levels
 from ..planner.search import PlanRequest, plan
 from .latency import counts_from_arrivals
 from .trace import Trace, default_trace_path, load_azure_trace, synthetic_trace
@@ -36,7 +36,7 @@ def _telemetry() -> Trace:
     return synthetic_trace([(600.0, 5.5)], 1155, 211, seed=2, spread=1.0)
 
 
-def decision_request(verify: bool = True) -> PlanRequest:
+def decision_request(verify: bool = True, four_levels: bool = False) -> PlanRequest:
     """The planning request of one tick: what telemetry of the last ten minutes says, every opt-in on."""
     trace = _telemetry()
     load = estimate_load(counts_from_arrivals(trace.arrival_s), 1.0, trace.input_tokens, trace.output_tokens)
@@ -46,12 +46,14 @@ def decision_request(verify: bool = True) -> PlanRequest:
         model=model_from_name(MODEL, 70.0),
         accelerator="H100",
         workload=Workload(
-            load.mean_rate + load.forecast_rise, load.mean_prompt_tokens or 1024.0, load.mean_output_tokens or 256.0
+            load.queued_rate, load.mean_prompt_tokens or 1024.0, load.mean_output_tokens or 256.0
         ),
         allowed_precisions=("bf16", "fp8"),
         latency_model="queued",
         tokens=load.tokens,
-        rate_levels=load.rate_levels,
+        # Four burst levels (against Poisson chance only) is the costlier shape: every candidate is solved per level.
+        rate_levels=rate_levels(counts_from_arrivals(trace.arrival_s), 1.0) if four_levels else load.rate_levels,
+        arrival_dispersion=1.0 if four_levels else load.arrival_dispersion,
         slo_basis="requests",
         chunk_budget_within_itl=True,
         replay=sample if verify else None,
@@ -61,8 +63,12 @@ def decision_request(verify: bool = True) -> PlanRequest:
 
 def measure(repeats: int = 21) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, verify in (("planOnly", False), ("planAndVerify", True)):
-        request = decision_request(verify)
+    for name, verify, four in (
+        ("planOnly", False, False),
+        ("planAndVerify", True, False),
+        ("planAndVerifyFourRateLevels", True, True),
+    ):
+        request = decision_request(verify, four)
         plan(request)  # warm caches (features per configuration), as a running operator has them
         cpu, wall = [], []
         result = None
@@ -79,6 +85,8 @@ def measure(repeats: int = 21) -> dict[str, Any]:
             "candidates": result.evaluated,
             "chosen": result.chosen.describe() if result.chosen else None,
             "replays": len(result.verification),
+            "rateLevels": len(request.rate_levels),
+            "arrivalDispersion": round(request.arrival_dispersion, 2),
         }
     return out
 

@@ -176,6 +176,7 @@ def latency_under_load(
     request_quantiles: bool = True,
     thresholds: tuple[float, float] | None = None,
     iterations: int = 3,
+    arrival_dispersion: float = 1.0,
 ) -> LoadedLatency:
     """TTFT and ITL percentiles of replicas under `rate_per_replica` Poisson arrivals (see module doc).
 
@@ -186,7 +187,8 @@ def latency_under_load(
     to 1 over the time shares for the rate to stay the mean; a level lasts about `level_window_s` at a time.
     With `thresholds` (TTFT seconds, mean-ITL seconds) the shares of requests over each are returned too: one
     tail evaluation each, what the planner needs (the quantiles take a bisection; `request_quantiles=False` skips
-    the per-request mean ITL one).
+    the per-request mean ITL one). `arrival_dispersion` (>= 1) is the clustering of arrivals within a level
+    (planner/load.py `arrival_dispersion`).
     """
     levels = [(float(a), float(w)) for a, w in rate_levels if w > 0]
     if not levels or any(a < 0 for a, _ in levels):
@@ -238,19 +240,22 @@ def latency_under_load(
         occupied = np.maximum(batch, 1e-9)
         busy = 1.0 - np.exp(-occupied)
         b_busy = np.clip(occupied / busy, 1.0, np.maximum(max_batch, 1.0))
-        mix = _step_mixture(step, b_busy, lam, inp, point_w, mean_in, budget, gap)
+        mix = _step_mixture(step, b_busy, lam, inp, point_w, mean_in, budget, gap, arrival_dispersion)
         batch = np.clip(lam * mean_out * mix.mean_gap, 0.0, max_batch)
         gap = mix.mean_gap
     occupied = np.maximum(batch, 1e-9)
     busy = 1.0 - np.exp(-occupied)
     b_busy = np.clip(occupied / busy, 1.0, np.maximum(max_batch, 1.0))
-    mix = _step_mixture(step, b_busy, lam, inp, point_w, mean_in, budget, gap)
+    mix = _step_mixture(step, b_busy, lam, inp, point_w, mean_in, budget, gap, arrival_dispersion)
     saturated = mix.rho >= 1.0
 
     # --- TTFT: residual of the step in progress + wait behind the prefill backlog + own chunks + slot wait.
     rho = np.clip(mix.rho, 0.0, 0.999)
     tau = mix.t_full / mix.chunk  # seconds per prompt token while the stream has a backlog
     mean_wait = lam * tau**2 * tokens.prompt_second_moment / (2.0 * (1.0 - rho))
+    # Arrivals in groups (index of dispersion D of the counts = E[X^2]/E[X] for group sizes X): M^X/G/1 adds the
+    # wait behind the group-mates ahead, lambda E[S]^2 (D - 1) / (2 (1 - rho)).
+    mean_wait = mean_wait + lam * (tau * mean_in) ** 2 * max(arrival_dispersion - 1.0, 0.0) / (2.0 * (1.0 - rho))
     if n_levels > 1:
         # A burst level lasts about `level_window_s`; its queue only approaches the steady one when that is long
         # against the queue's relaxation time, ~ E[S] / (1 - sqrt(rho))^2 (M/M/1's, as an order of magnitude).
@@ -332,17 +337,20 @@ def latency_under_load(
     # Long steps come in runs: a prompt's chunks follow one another, and while the prefill stream has a backlog
     # its busy period strings prompts together (~ chunks per prompt / (1 - rho) steps). A request's gaps are
     # therefore not independent draws: its mean averages only about gaps / run independent ones.
-    run = np.maximum(mix.chunks_per_prompt / np.maximum(1.0 - np.minimum(mix.rho, 0.95), 0.05), 1.0)
+    # Grouped arrivals (dispersion D: groups of about m = (D + 1) / 2) put a group's prompts one after another,
+    # and every member but the last starts decoding inside that run.
+    group = min(max((arrival_dispersion + 1.0) / 2.0, 1.0), 32.0)
+    run = np.maximum(group * mix.chunks_per_prompt / np.maximum(1.0 - np.minimum(mix.rho, 0.95), 0.05), 1.0)
     independent = np.maximum(gaps / run[:, None], 1.0)
     t_dec = mix.t_decode
     share = np.clip(mix.chunk_share, 0.0, 1.0)
-    chunk_w = w[:, 1:]  # the chunk-carrying kinds (the first is decode-only)
+    chunk_w = w[:, DECODE_COLUMNS:]  # the chunk-carrying kinds (the first columns are decode-only)
     excess = np.maximum(
-        np.sum(chunk_w * t[:, 1:], axis=1) / np.maximum(chunk_w.sum(axis=1), 1e-300) - t_dec, 0.0
+        np.sum(chunk_w * t[:, DECODE_COLUMNS:], axis=1) / np.maximum(chunk_w.sum(axis=1), 1e-300) - t_dec, 0.0
     )
     run_len = np.minimum(run[:, None], gaps)
     runs_mean = gaps * share[:, None] / run_len
-    rho_c = np.clip(mix.rho, 0.0, 1.0)
+    rho_c = np.maximum(np.clip(mix.rho, 0.0, 1.0), 1.0 - 1.0 / group)
 
     def mean_itl_tail(x: FloatArray) -> FloatArray:
         xe = np.repeat(x, n_levels)[:, None]
@@ -420,6 +428,9 @@ def _gap_tail(durations: FloatArray, weights: FloatArray, x: FloatArray) -> Floa
     return np.asarray(np.sum(weights[:, None, :] * over, axis=2), dtype=float)
 
 
+# (z, probability): three-point Gauss-Hermite rule for a normal spread of the decoding batch.
+_BATCH_POINTS = ((-math.sqrt(3.0), 1.0 / 6.0), (0.0, 2.0 / 3.0), (math.sqrt(3.0), 1.0 / 6.0))
+DECODE_COLUMNS = len(_BATCH_POINTS)
 _CHUNK_NODES = (0.0, 1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0 / 2, 1.0)
 
 
@@ -457,6 +468,7 @@ def _step_mixture(
     mean_in: float,
     budget: FloatArray,
     prev_gap: FloatArray,
+    arrival_dispersion: float = 1.0,
 ) -> _Mixture:
     """The kinds of steps a loaded replica runs, their durations and how often each comes (see module doc)."""
     fn = step  # callable (batch, prompt) -> seconds
@@ -480,15 +492,23 @@ def _step_mixture(
     t_nodes = fn(b[:, None], nodes)  # type: ignore[operator]
     t_last = _interp_rows(last_tokens, nodes, t_nodes)
     lam_k = lam[:, None] * point_w[None, :]
-    rate_full = lam_k * (chunks - 1.0)  # a long prompt's inner chunks fill the budget
+    # Grouped arrivals (dispersion > 1) are not merged into shared steps here: groups spread over a second or
+    # two, tens of steps, so each prompt still gets its own last-chunk step (checked against the bursty family).
+    rate_full = lam_k * (chunks - 1.0)
     rate_last = np.broadcast_to(lam_k * merge[:, None], t_last.shape)
     chunk_time = np.sum(rate_full, axis=1) * t_full + np.sum(rate_last * t_last, axis=1)
     rate_decode = np.maximum(1.0 - chunk_time, 0.0) / t_decode
-    durations = np.concatenate([t_decode[:, None], t_full[:, None], t_last], axis=1)
-    weights = np.concatenate([rate_decode[:, None], np.sum(rate_full, axis=1)[:, None], rate_last], axis=1)
+    # The decoding batch itself varies (occupancy: variance ~ D x mean), and a step at a larger batch gives more
+    # token gaps: decode-only steps at three batch points (Gauss-Hermite), weighted by probability x batch.
+    spread = np.sqrt(max(arrival_dispersion, 1.0) / np.maximum(b, 1.0))
+    dec_b = [np.clip(b * (1.0 + z * spread), 1.0, None) for z, _ in _BATCH_POINTS]
+    dec_t = [t_decode if z == 0.0 else fn(bj, np.zeros(n)) for (z, _), bj in zip(_BATCH_POINTS, dec_b, strict=True)]  # type: ignore[operator]
+    dec_w = [rate_decode * p * bj / b for (_, p), bj in zip(_BATCH_POINTS, dec_b, strict=True)]
+    durations = np.concatenate([np.stack(dec_t, axis=1), t_full[:, None], t_last], axis=1)
+    weights = np.concatenate([np.stack(dec_w, axis=1), np.sum(rate_full, axis=1)[:, None], rate_last], axis=1)
     total = np.maximum(weights.sum(axis=1), 1e-300)
     mean_gap = np.where(weights.sum(axis=1) > 0, np.sum(weights * durations, axis=1) / total, t_decode)
-    chunk_share = 1.0 - rate_decode / total
+    chunk_share = 1.0 - np.sum(weights[:, : len(_BATCH_POINTS)], axis=1) / total
     # A prompt's own prefill: its inner chunks at full steps, its last chunk beside whatever else arrived.
     own = (chunks - 1.0) * t_full[:, None] + t_last
     chunks_per_prompt = np.sum(chunks * point_w[None, :], axis=1)

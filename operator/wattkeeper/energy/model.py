@@ -592,6 +592,7 @@ class Evaluator:
         rate_levels: Sequence[tuple[float, float]] = ((1.0, 1.0),),
         request_quantiles: bool = True,
         thresholds: tuple[float, float] | None = None,
+        arrival_dispersion: float = 1.0,
     ) -> dict[str, FloatArray]:
         """`under_load` with latencies from the prefill-queue and step-mixture model (energy/latency.py).
 
@@ -621,6 +622,7 @@ class Evaluator:
             self, f, rate, tokens, slots, wait_mean, wait_probability, quantile, rate_levels,
             request_quantiles=request_quantiles,
             thresholds=thresholds,
+            arrival_dispersion=arrival_dispersion,
         )
         peak = max((a for a, w in rate_levels if w > 0), default=1.0)
         utilisation = np.maximum(r["utilisation"] * peak, lat.prefill_utilisation)

@@ -71,6 +71,8 @@ class PlanRequest:
     tokens: TokenDistribution | None = None
     # Bursts for the queued model: (factor on the request rate, share of time) pairs (planner/load.py).
     rate_levels: tuple[tuple[float, float], ...] = ((1.0, 1.0),)
+    # Clustering of arrivals within those levels (LoadEstimate.arrival_dispersion; 1 = Poisson).
+    arrival_dispersion: float = 1.0
     # "p95": TTFT p95 and ITL p95 (every token gap) against the SLOs. "requests" (queued model): at least
     # `request_share` of requests within both thresholds, TTFT and the request's mean ITL (what is scored).
     slo_basis: SloBasis = "p95"
@@ -86,6 +88,9 @@ class PlanRequest:
     replay: ArrivalSample | None = None
     verify_candidates: int = 4
     replay_rate_scale: float = 1.0  # replay the arrivals this much faster (LoadEstimate.growth_factor)
+    # With slo_basis "requests": also replay cheaper candidates whose predicted share within both is at least
+    # this (None: only candidates the model finds feasible).
+    verify_relaxed_share: float | None = None
 
     def token_distribution(self) -> TokenDistribution:
         wl = self.workload
@@ -310,6 +315,7 @@ def _queued(
             quantile=request.request_share,
             rate_levels=request.rate_levels,
             request_quantiles=False,
+            arrival_dispersion=request.arrival_dispersion,
             # Predicted x margin / throughput correction <= SLO  <=>  predicted <= SLO x correction / margin.
             thresholds=(
                 request.slo_ttft_p95_seconds * request.throughput_correction / request.ttft_margin,
@@ -388,7 +394,7 @@ def _verified(request: PlanRequest, result: PlanResult, em: EnergyModel) -> Plan
             for k in (1, 2)
             if chosen.replicas + k <= request.max_replicas
         ]
-    winner, outcomes = choose_verified(pool, request, em)
+    winner, outcomes = choose_verified(pool, request, em, prefer=chosen, tie=TIE_TOLERANCE)
     if winner is None:
         return result
     passed = bool(outcomes) and outcomes[-1].within_share >= request.request_share
@@ -434,9 +440,11 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
     else:
         meets_ttft = (ttft * request.ttft_margin <= request.slo_ttft_p95_seconds) & has_capacity
         meets_itl = itl * request.itl_margin <= request.slo_itl_p95_seconds
+    chunk_ok = np.ones_like(fits)
     if queued and request.chunk_budget_within_itl:
         # One step carrying a full chunk beside the planned batch must itself stay within the ITL SLO.
-        meets_itl &= r["chunk_step_seconds"] / tc * request.itl_margin <= request.slo_itl_p95_seconds
+        chunk_ok = r["chunk_step_seconds"] / tc * request.itl_margin <= request.slo_itl_p95_seconds
+        meets_itl &= chunk_ok
     within_gpus = np.ones_like(fits) if request.max_gpus is None else (replicas * tp <= request.max_gpus)
     within_power = np.ones_like(fits) if request.power_cap_watts is None else (watts <= request.power_cap_watts)
     base_ok = fits & within_gpus & has_capacity
@@ -510,7 +518,14 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
     frontier = tuple(candidate(i) for i in _pareto(front_pool, jpt, itl))
     alternatives: tuple[Candidate, ...] = ()
     if request.replay is not None and is_feasible and request.verify_candidates > 0:
-        alternatives = tuple(candidate(i) for i in _cheapest_distinct(feasible, watts, grid, keys,
+        pool_mask = feasible
+        if request.verify_relaxed_share is not None and within_share is not None and chosen_i is not None:
+            # Let the replay judge cheaper plans the model doubts a little (predicted share within both at least
+            # verify_relaxed_share): the model is conservative on grouped arrivals, the replay sees them as they
+            # came.
+            doubted = base_ok & within_power & chunk_ok & (within_share >= request.verify_relaxed_share)
+            pool_mask = feasible | (doubted & (watts < watts[chosen_i]))
+        alternatives = tuple(candidate(i) for i in _cheapest_distinct(pool_mask, watts, grid, keys,
                                                                       request.verify_candidates, best))
     return PlanResult(
         chosen=chosen,
