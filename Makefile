@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## Python environment with the project and its dev tools
 
-tools: ## build etcd, Kubernetes, KWOK and Helm from the Go module proxy (cached in $WATTKEEPER_CACHE)
+tools: ## build etcd, Kubernetes, KWOK, Helm, prometheus-operator and Prometheus from the Go module proxy (cached in $WATTKEEPER_CACHE)
 	hack/build-tools.sh
 
 debs: ## Debian packages: prometheus, lua5.4, openssl, mmdebstrap, umoci

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
+from wattkeeper.controller.decide import running_plan
 from wattkeeper.controller.runner import OperatorThread, build_dependencies
 from wattkeeper.controller.settings import OperatorSettings
 
@@ -95,25 +96,30 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), None)
 
 
-def converged(api_client, namespace: str) -> bool:  # type: ignore[no-untyped-def]
-    """Every service: its spec read, its Deployment runs exactly the planned configuration, all replicas ready."""
+def converged(api_client, namespace: str) -> bool | str:  # type: ignore[no-untyped-def]
+    """Every service: its spec read, its Deployment runs exactly the planned configuration, all replicas ready.
+    True, or what is not yet (a string, which `wait_for` reports)."""
     apps = client.AppsV1Api(api_client)
     services = custom(api_client).list_namespaced_custom_object(GROUP, VERSION, namespace, "llmservices")["items"]
     deployments = {d.metadata.name: d for d in apps.list_namespaced_deployment(namespace).items}
     for svc in services:
+        name = svc["metadata"]["name"]
         status = svc.get("status") or {}
         plan = status.get("plan") or {}
         if status.get("observedGeneration") != svc["metadata"]["generation"] or not plan:
-            return False
-        dep = deployments.get(svc["metadata"]["name"])
+            return f"{name}: generation {svc['metadata']['generation']} not observed ({status.get('observedGeneration')})"
+        dep = deployments.get(name)
         if dep is None:
-            return False
-        want = f"{plan['precision']} tp{plan['tensorParallel']} seqs{plan['maxNumSeqs']} tokens{plan['maxNumBatchedTokens']}"
-        if (dep.metadata.annotations or {}).get("wattkeeper.io/config") != want or dep.spec.replicas != plan["replicas"]:
-            return False
+            return f"{name}: no Deployment"
+        running = running_plan(status)
+        want = running.config.short() if running is not None else None
+        have = (dep.metadata.annotations or {}).get("wattkeeper.io/config")
+        if have != want or dep.spec.replicas != plan["replicas"]:
+            return f"{name}: Deployment runs {have} x{dep.spec.replicas}, plan {want} x{plan['replicas']}"
         if dep.status.ready_replicas != dep.spec.replicas or dep.status.updated_replicas != dep.spec.replicas:
-            return False
-    return bool(services)
+            return (f"{name}: {dep.status.ready_replicas} ready, {dep.status.updated_replicas} updated of "
+                    f"{dep.spec.replicas}")
+    return bool(services) or "no services"
 
 
 def orphans_and_duplicates(api_client, namespace: str) -> tuple[list[str], list[str]]:  # type: ignore[no-untyped-def]

@@ -212,6 +212,19 @@ def test_pods_are_listed_only_for_scrape_telemetry() -> None:
 
 
 @needs_helm
+def test_scrape_in_namespaced_mode_lists_pods_where_the_gpu_exporters_run() -> None:
+    docs = render("operator.telemetry=scrape", "watchNamespaces={team-a}", "operator.scrapeExporterNamespace=gpu-operator")
+    role = next(d for d in by_kind(docs, "Role") if d["metadata"]["namespace"] == "gpu-operator")
+    assert _grants(role["rules"]) == {("", "pods", "list")}
+    binding = next(d for d in by_kind(docs, "RoleBinding") if d["metadata"]["namespace"] == "gpu-operator")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    env = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "WATTKEEPER_SCRAPE_EXPORTER_NAMESPACE", "value": "gpu-operator"} in env
+    assert not [d for d in by_kind(render("operator.telemetry=scrape", "watchNamespaces={team-a}"), "Role")
+                if d["metadata"]["namespace"] != "team-a"]
+
+
+@needs_helm
 def test_no_rbac_when_disabled() -> None:
     docs = render("rbac.create=false", "serviceAccount.create=false", "serviceAccount.name=mine")
     assert not {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount"} & {

@@ -127,7 +127,8 @@ app.kubernetes.io/component: power-agent
   resources: [pods]
   verbs: [list, patch]
 {{- else if eq .Values.operator.telemetry "scrape" }}
-# --telemetry scrape: find the Running vLLM pods to read their /metrics.
+# --telemetry scrape: find the Running vLLM pods to read their /metrics, and the GPU exporters on their nodes
+# (vLLM exports no power).
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]

@@ -140,9 +140,18 @@ class Kube:
                                              _request_timeout=self.timeout_seconds).items
         return [self.api_client.sanitize_for_serialization(p) for p in pods if p.status and p.status.phase == "Running"]
 
+    def running_pods_anywhere(self, selector: str, namespace: str | None) -> list[dict[str, Any]]:
+        """Running pods matching `selector` in `namespace`, or in every namespace when None."""
+        kwargs: dict[str, Any] = {"label_selector": selector, "_request_timeout": self.timeout_seconds}
+        listing = self.core.list_namespaced_pod(namespace, **kwargs) if namespace else \
+            self.core.list_pod_for_all_namespaces(**kwargs)
+        return [self.api_client.sanitize_for_serialization(p) for p in listing.items
+                if p.status and p.status.phase == "Running"]
+
     def service_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
         return [self.api_client.sanitize_for_serialization(p) for p in pods]
+
     # what we applied
     def applied_marker(self, kind: str, namespace: str, name: str) -> str | None:
         with self._applied_lock:

@@ -24,6 +24,13 @@ class OperatorSettings(BaseSettings):
     power_correction_bounds: tuple[float, float] = (0.5, 2.0)
     decisions_kept: int = 10
     scrape_port: int = 8000
+    # --telemetry scrape: GPU power comes from the exporter pods on each vLLM pod's node (vLLM exports none). These
+    # label selectors find them: dcgm-exporter's chart, the GPU Operator's dcgm-exporter, this chart's NVML exporter.
+    scrape_exporter_selectors: list[str] = Field(default_factory=lambda: [
+        "app.kubernetes.io/name=dcgm-exporter", "app=nvidia-dcgm-exporter", "app.kubernetes.io/component=nvml-exporter",
+    ])
+    scrape_exporter_namespace: str | None = Field(
+        default=None, description="Namespace of the GPU exporters; None: every namespace (cluster-wide list pods).")
     # The GPU power-limit lever: plan gpuPowerLimitWatts and write it onto running pods for the node agent
     # (`wattkeeper-runtime agent`). Off: plans never set a limit (nothing would apply it).
     power_limits: bool = Field(default=False, description="Plan GPU power limits (needs the node agent).")
