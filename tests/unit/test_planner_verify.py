@@ -186,3 +186,23 @@ def test_relaxed_verification_may_replay_cheaper_plans_the_model_doubts() -> Non
     # Never dearer than the strict choice: it only adds cheaper candidates to the replay.
     assert relaxed.chosen.total_watts <= strict.chosen.total_watts + 1e-6
     assert relaxed.verification and relaxed.verification[-1].within_share >= 0.99
+
+
+def test_observed_request_fills_the_opt_ins_from_telemetry() -> None:
+    from wattkeeper.planner import estimate_load, observed_request
+
+    rng = np.random.default_rng(7)
+    counts = rng.poisson(5.0, 600)
+    prompts = rng.lognormal(7.0, 1.0, 400)
+    outputs = rng.lognormal(5.3, 0.8, 400)
+    load = estimate_load(counts, 1.0, prompts, outputs)
+    margin = update_margin(LatencyMargin(), 1.0, 1.3, 0.05, 0.05)
+    sample = poisson_sample(5.0, 60.0, 1155, 211)
+    base = PlanRequest(model=LLAMA_70B, accelerator="H100", workload=Workload(1.0, 100, 100))
+    req = observed_request(base, load, margin, sample)
+    assert req.latency_model == "queued" and req.slo_basis == "requests" and req.chunk_budget_within_itl
+    assert req.workload.requests_per_second == pytest.approx(load.queued_rate)
+    assert req.tokens is load.tokens and req.replay is sample
+    assert req.ttft_margin == pytest.approx(margin.ttft_factor()) and req.itl_margin == 1.0
+    result = plan(req)
+    assert result.chosen is not None and result.verification

@@ -2,7 +2,7 @@
 
 from .allocation import ServiceAllocation, ServiceDemand, allocate_watts
 from .load import ArrivalSample, LoadEstimate, counts_from_counter, estimate_load
-from .search import Candidate, PlanRequest, PlanResult, minimum_watts_for_slo, plan
+from .search import Candidate, PlanRequest, PlanResult, minimum_watts_for_slo, observed_request, plan
 from .switching import SwitchDecision, model_load_seconds, should_switch
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "estimate_load",
     "minimum_watts_for_slo",
     "model_load_seconds",
+    "observed_request",
     "plan",
     "should_switch",
 ]

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +20,10 @@ from ..energy.catalog import get_accelerator, get_precision
 from ..energy.latency import CHUNK_BUDGET_OPTIONS, TokenDistribution
 from ..energy.model import EnergyModel, Features, ProfilePointLike, build_features
 from ..energy.types import ModelShape, ReplicaPrediction, ServingConfig, Workload
-from .load import ArrivalSample
+from .load import ArrivalSample, LoadEstimate
+
+if TYPE_CHECKING:
+    from .verify import LatencyMargin
 from .measured import apply_measured
 
 FloatArray = npt.NDArray[np.float64]
@@ -752,6 +755,38 @@ def _fallback(
     else:
         why = "No plan meets the SLOs with the allowed precisions, GPUs and replicas"
     return i, binding, why + f" and misses the SLO by the least ({violation[i]:.2f}x the target)."
+
+
+def observed_request(
+    request: PlanRequest,
+    load: LoadEstimate,
+    margin: LatencyMargin | None = None,
+    sample: ArrivalSample | None = None,
+    request_share: float = 0.99,
+) -> PlanRequest:
+    """`request` with issue 11's opt-ins filled from telemetry: the queued latency model at the load estimate
+    (`queued_rate`, token distribution, dispersion, rate levels), at least `request_share` of requests within
+    both thresholds, the chunk-budget rule, the learned margin's factors, and verification on `sample`."""
+    wl = request.workload
+    return replace(
+        request,
+        workload=Workload(
+            load.queued_rate,
+            load.mean_prompt_tokens if load.mean_prompt_tokens is not None else wl.input_tokens,
+            load.mean_output_tokens if load.mean_output_tokens is not None else wl.output_tokens,
+        ),
+        latency_model="queued",
+        tokens=load.tokens,
+        rate_levels=load.rate_levels,
+        arrival_dispersion=load.arrival_dispersion,
+        slo_basis="requests",
+        request_share=request_share,
+        chunk_budget_within_itl=True,
+        ttft_margin=margin.ttft_factor() if margin is not None else request.ttft_margin,
+        itl_margin=margin.itl_factor() if margin is not None else request.itl_margin,
+        replay=sample,
+        replay_rate_scale=load.growth_factor,
+    )
 
 
 def minimum_watts_for_slo(request: PlanRequest, energy_model: EnergyModel | None = None) -> float | None:
