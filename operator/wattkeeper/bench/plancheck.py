@@ -18,7 +18,7 @@ import numpy as np
 
 from ..energy.catalog import model_from_name
 from ..energy.types import Workload
-from ..planner import ArrivalSample, PlanRequest, estimate_load, plan
+from ..planner import ArrivalSample, PlanRequest, estimate_load, observed_request, plan
 from .fleet import FleetSimulator, FleetTarget, Observation
 from .groundtruth import GroundTruth
 from .latency import counts_from_arrivals
@@ -64,18 +64,8 @@ def requests_for(trace: Trace, model_name: str = "meta-llama/Llama-3.1-70B-Instr
         allowed_precisions=("bf16", "fp8"),
     )
     recent = telemetry.window(540.0, 600.0)
-    queued = replace(
-        steady,
-        workload=Workload(load.queued_rate, load.mean_prompt_tokens or 1024.0, load.mean_output_tokens or 256.0),
-        latency_model="queued",
-        tokens=load.tokens,
-        rate_levels=load.rate_levels,
-        arrival_dispersion=load.arrival_dispersion,
-        slo_basis="requests",
-        chunk_budget_within_itl=True,
-        replay=ArrivalSample.from_arrays(recent.arrival_s, recent.input_tokens, recent.output_tokens),
-        replay_rate_scale=load.growth_factor,
-    )
+    sample = ArrivalSample.from_arrays(recent.arrival_s, recent.input_tokens, recent.output_tokens)
+    queued = observed_request(steady, load, None, sample)
     return {
         "steadyAtPeakMinute": steady,
         "queuedVerified": queued,
