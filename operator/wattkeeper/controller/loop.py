@@ -158,16 +158,21 @@ class ControlLoop:
                     log.info("now active in %s: running a pass at once", ", ".join(s or "the cluster" for s in gained))
                     self.tick(gained)
                 if self.failures > 0 or self.clock() >= next_pass:
+                    started = time.monotonic()
                     self.tick()
                     next_pass = self.clock() + interval
                     self.passes += 1
+                    self.deps.metrics.loop_pass_seconds.set(time.monotonic() - started)
+                    self.deps.metrics.loop_passes.labels("ok").inc()
                 if self.failures:
                     log.info("control loop recovered after %d failed passes", self.failures)
                 self.failures = 0
             except Exception as err:  # nothing may end the loop: it says why and retries
                 self.failures += 1
                 self.deps.metrics.errors.labels("loop").inc()
+                self.deps.metrics.loop_passes.labels("failed").inc()
                 log.warning("control-loop pass failed (%d in a row, retrying in %.0fs): %s: %s", self.failures,
                             min(backoff_seconds(self.failures, settings.error_backoff_max_seconds), interval),
                             type(err).__name__, err)
             self.heartbeat = self.clock()
+            self.deps.metrics.loop_heartbeat.set(time.time())
