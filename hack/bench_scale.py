@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -122,6 +123,7 @@ def run(services: int, budgeted: int, interval_seconds: float, workers: int, out
         fleet.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "energybudgets",
                                                      _budget(budgeted * 5000.0))
         started = time.monotonic()
+        cpu_before = op.cpu_seconds()
         # Budgeted services carry enough load for several replicas, so that a cut has something to take away.
         # (12-21 requests/s: two or three replicas; past ~25 the planner's smallest-fleet search finds nothing, so
         # the allocator gives a floor of 0 W, a separate problem.)
@@ -133,10 +135,14 @@ def run(services: int, budgeted: int, interval_seconds: float, workers: int, out
         figures["create_seconds"] = round(time.monotonic() - started, 1)
         _wait("convergence", lambda: not fleet.unconverged(), timeout=600, every=1.0)
         figures["converge_seconds"] = round(time.monotonic() - started, 1)
+        # The operator's own CPU over that time: on a shared machine the wall clock also counts waiting for a core.
+        figures["operator_cpu_seconds_to_converge"] = round(op.cpu_seconds() - cpu_before, 1)
+        figures["load_average_1m"] = round(os.getloadavg()[0], 1)
         writes_after_converge = op.counter("wattkeeper_api_writes_total")
         figures["writes_to_converge"] = int(writes_after_converge)
         print(f"{services} services converged in {figures['converge_seconds']} s "
-              f"(created in {figures['create_seconds']} s), {figures['writes_to_converge']} writes", flush=True)
+              f"(created in {figures['create_seconds']} s), {figures['writes_to_converge']} writes, operator CPU "
+              f"{figures['operator_cpu_seconds_to_converge']} s, load average {figures['load_average_1m']}", flush=True)
 
         # Idle: two whole passes with nothing changed.
         passes = op.counter("wattkeeper_loop_passes_total", outcome="ok")
@@ -149,6 +155,7 @@ def run(services: int, budgeted: int, interval_seconds: float, workers: int, out
         figures["writes_per_idle_pass"] = (op.counter("wattkeeper_api_writes_total") - before) / 2
         figures["pass_seconds"] = round(op.counter("wattkeeper_loop_pass_seconds"), 2)
         figures["rss_megabytes"] = round(op.rss_megabytes(), 0)
+        figures["peak_rss_megabytes"] = round(op.peak_rss_megabytes(), 0)
         print(f"idle: {figures['writes_per_idle_pass']} writes per pass; a pass takes {figures['pass_seconds']} s; "
               f"RSS {figures['rss_megabytes']} MB", flush=True)
 
