@@ -8,7 +8,7 @@ export KUBECONFIG := $(CURDIR)/.local/kubeconfig
 PYTEST_ARGS ?=
 
 .PHONY: help deps venv tools debs crds test test-unit test-integration test-e2e lint cluster-up cluster-down \
-        sim-cluster-up run demo bench bench-scale clean
+        sim-cluster-up run demo bench bench-scale images clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -21,10 +21,10 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## Python environment with the project and its dev tools
 
-tools: ## build etcd, Kubernetes, KWOK and Helm from the Go module proxy (cached in $WATTKEEPER_CACHE)
+tools: ## build etcd, Kubernetes, KWOK, Helm, prometheus-operator and Prometheus from the Go module proxy (cached in $WATTKEEPER_CACHE)
 	hack/build-tools.sh
 
-debs: ## Debian packages: prometheus, lua5.4, openssl
+debs: ## Debian packages: prometheus, lua5.4, openssl, mmdebstrap, umoci
 	hack/install-debs.sh
 
 deps: venv tools debs ## everything above
@@ -68,6 +68,9 @@ bench: venv ## trace-driven energy benchmark against the baselines; planner timi
 
 bench-scale: deps ## 1,000 LLMServices against the real apiserver: convergence, budget change, idle writes, RSS
 	$(BIN)/python hack/bench_scale.py --services 1000 --budgeted 100 --out out/bench-scale
+
+images: venv debs ## operator and runtime images without Docker (mmdebstrap + chroot, OCI layout in out/images/oci)
+	$(BIN)/python images/build.py --check
 
 clean: cluster-down
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -2,14 +2,14 @@
 # Builds the local cluster's components from the Go module proxy, once, into a cache that outlives clones:
 #   $WATTKEEPER_CACHE/bin/<component>-<version>/
 # A second run finds them there and returns in well under a second.
-# Usage: hack/build-tools.sh [k8s] [etcd] [kwok] [helm] [prometheus-operator]   (default: all)
+# Usage: hack/build-tools.sh [k8s] [etcd] [kwok] [helm] [prometheus-operator] [prometheus]   (default: all)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=/dev/null
 source "$here/versions.env"
 cache=${WATTKEEPER_CACHE:-$HOME/.cache/wattkeeper}
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
-what=("$@"); [ ${#what[@]} -gt 0 ] || what=(k8s etcd kwok helm prometheus-operator)
+what=("$@"); [ ${#what[@]} -gt 0 ] || what=(k8s etcd kwok helm prometheus-operator prometheus)
 
 # Prints a progress line every 40 packages that go build compiles; a cold build compiles a few thousand.
 progress() {
@@ -96,6 +96,23 @@ build_prometheus_operator() {
   echo "prometheus-operator $v: built into $out"
 }
 
+# Debian's prometheus package lacks kubernetes_sd_configs, which prometheus-operator's configurations use; the
+# kube-prometheus-stack test runs this one. The module version (v0.3XX.Y for v3.XX.Y) is pinned in the wrapper.
+build_prometheus() {
+  local v=$PROMETHEUS_VERSION out="$cache/bin/prometheus-$PROMETHEUS_VERSION"
+  if [ -x "$out/prometheus" ]; then echo "prometheus $v: cached in $out"; return; fi
+  local cmd=github.com/prometheus/prometheus/cmd/prometheus
+  cd "$here/prometheus-server"
+  go mod download
+  local total; total=$(go list -deps "$cmd" | wc -l)
+  echo "prometheus $v: building cmd/prometheus ($total packages; several minutes cold)"
+  rm -rf "$out.tmp"; mkdir -p "$out.tmp"
+  go build -v -trimpath -ldflags "-s -w -X github.com/prometheus/common/version.Version=${v#v}" \
+    -o "$out.tmp/prometheus" "$cmd" 2>&1 | progress prometheus "$total"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  echo "prometheus $v: built into $out"
+}
+
 for w in "${what[@]}"; do
   case $w in
     k8s) build_k8s ;;
@@ -103,6 +120,7 @@ for w in "${what[@]}"; do
     kwok) go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok ;;
     helm) go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
     prometheus-operator) build_prometheus_operator ;;
+    prometheus) build_prometheus ;;
     *) echo "unknown component: $w" >&2; exit 2 ;;
   esac
 done

@@ -57,11 +57,12 @@ def binary(name: str) -> Path:
         "kwok": f"kwok-{v['KWOK_VERSION']}",
         "helm": f"helm-{v['HELM_VERSION']}",
         "prometheus-operator": f"prometheus-operator-{v['PROMETHEUS_OPERATOR_VERSION']}",
+        "prometheus": f"prometheus-{v['PROMETHEUS_VERSION']}",
     }.get(name, f"k8s-{v['KUBE_VERSION']}")
     # prometheus-operator's command is cmd/operator; its CRDs lie beside it, in crds/.
     path = CACHE / "bin" / folder / ("operator" if name == "prometheus-operator" else name)
     if not path.exists():
-        own = ("etcd", "kwok", "helm", "prometheus-operator")
+        own = ("etcd", "kwok", "helm", "prometheus-operator", "prometheus")
         component = name if name in own else "k8s"
         subprocess.run([str(ROOT / "hack" / "build-tools.sh"), component], check=True)
     return path

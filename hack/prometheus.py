@@ -31,19 +31,28 @@ class Prometheus:
 
 def start(folder: Path, port: int, scrape_configs: list[dict], scrape_interval: str = "1s") -> Prometheus:
     """A Prometheus scraping `scrape_configs`, its data in `folder`, ready when this returns."""
-    binary = shutil.which("prometheus")
+    config = {"global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+              "scrape_configs": scrape_configs}
+    return start_with_config(folder, port, yaml.safe_dump(config))
+
+
+def start_with_config(folder: Path, port: int, config_text: str, wrapper: list[str] | None = None,
+                      env: dict[str, str] | None = None, binary: str | None = None) -> Prometheus:
+    """A Prometheus (`binary`, default Debian's) with exactly `config_text`, started through `wrapper` (a command
+    that execs its arguments, e.g. to give it a private mount namespace), with `env` added to the environment;
+    ready when this returns."""
+    binary = binary or shutil.which("prometheus")
     if binary is None:
         raise RuntimeError("prometheus is not installed: run hack/install-debs.sh (Debian package prometheus)")
     folder.mkdir(parents=True, exist_ok=True)
-    config = {"global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
-              "scrape_configs": scrape_configs}
-    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    (folder / "prometheus.yml").write_text(config_text)
     log = open(folder / "prometheus.log", "ab")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
-        [binary, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=2h", "--log.level=warn"],
+        [*(wrapper or []), binary, f"--config.file={folder / 'prometheus.yml'}",
+         f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+         "--storage.tsdb.retention.time=2h", "--log.level=warn"],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ},
+        env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = {
     "plan": "wattkeeper.planner.cli",
     "run": "wattkeeper.controller.cli",
     "bench": "wattkeeper.bench.cli",
+    "profile": "wattkeeper.controller.profilecli",
 }
 
 

@@ -1,4 +1,4 @@
-"""`wattkeeper-runtime`: launch | exporter | sim | fleet | loadgen."""
+"""`wattkeeper-runtime`: launch | drain | exporter | sim | fleet | loadgen | agent | profile."""
 
 from __future__ import annotations
 
@@ -26,6 +26,12 @@ def _launch(options: argparse.Namespace) -> int:
     except LaunchError as error:
         print(f"wattkeeper-runtime launch: {error}", file=sys.stderr)
         return 2
+
+
+def _drain(options: argparse.Namespace) -> int:
+    from .drain import run
+
+    return run(options)
 
 
 def _fake_ticker(devices: object, period_s: float = 1.0) -> None:
@@ -71,6 +77,91 @@ def _exporter(options: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         serve_exporter(devices, mapper, options.port, options.address)
     return 0
+
+
+def _agent(options: argparse.Namespace) -> int:
+    import signal
+
+    from prometheus_client import start_http_server
+
+    from .agent import AgentMetrics, KubernetesPodDirectory, PowerLimitAgent
+    from .podresources import kubelet_owner_lister
+    from .powercontrol import FakePowerLimitControl, NvmlPowerLimitControl, PowerLimitControl
+
+    if not options.node_name:
+        print("wattkeeper-runtime agent: --node-name (or NODE_NAME) is required", file=sys.stderr)
+        return 2
+    control: PowerLimitControl
+    try:
+        control = FakePowerLimitControl.h100s(options.fake) if options.fake else NvmlPowerLimitControl()
+    except Exception as error:
+        print(f"wattkeeper-runtime agent: cannot open NVML ({error})", file=sys.stderr)
+        return 1
+    try:
+        owners = kubelet_owner_lister(options.kubelet_socket)
+    except ImportError:
+        print("wattkeeper-runtime agent: grpcio is required to ask the kubelet which pod holds which GPU "
+              "(pip install grpcio; the runtime image has it)", file=sys.stderr)
+        return 1
+    metrics = AgentMetrics()
+    agent = PowerLimitAgent(control, owners, KubernetesPodDirectory(options.node_name, options.kubeconfig), metrics)
+    start_http_server(options.port, options.address, registry=metrics.registry)
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stop.set())
+    agent.run(stop, options.interval)  # restores the defaults on the way out
+    control.close()
+    return 0
+
+
+def _profile(options: argparse.Namespace) -> int:
+    from .profiler import LimitThroughAgent, NvmlEnergy, ProfileTarget, profile
+
+    group, version = "wattkeeper.io", "v1alpha1"
+    if options.sweep_json:  # local: no cluster, points printed as JSON
+        sweep = json.loads(Path(options.sweep_json).read_text())
+        target = ProfileTarget(options.model or "", options.model_source or options.model or "", options.accelerator,
+                               options.model_params_b, options.simulate, options.speedup)
+        if not target.model_name:
+            print("wattkeeper-runtime profile: --model is required with --sweep-json", file=sys.stderr)
+            return 2
+        result: dict[str, Any] = {}
+        profile(target, sweep, result.update)
+        print(json.dumps(result, indent=1))
+        return 0 if result.get("phase") == "Measured" else 1
+    if not options.profile or not options.namespace:
+        print("wattkeeper-runtime profile: --profile NAME and --namespace (or POD_NAMESPACE) are required, "
+              "or --sweep-json for a local run", file=sys.stderr)
+        return 2
+    from kubernetes import client, config
+
+    if options.kubeconfig:
+        config.load_kube_config(config_file=options.kubeconfig)
+    else:
+        config.load_incluster_config()
+    custom = client.CustomObjectsApi()
+    obj: Any = custom.get_namespaced_custom_object(group, version, options.namespace, "energyprofiles",
+                                                   options.profile)
+    spec = obj["spec"]
+    sweep = spec.get("sweep")
+    if not sweep:
+        print(f"EnergyProfile {options.profile} has no spec.sweep", file=sys.stderr)
+        return 2
+    simulate = options.simulate or bool(sweep.get("simulate"))
+    target = ProfileTarget(spec["modelName"], sweep.get("modelSource") or spec["modelName"], spec["accelerator"],
+                           sweep.get("parametersBillions"), simulate, options.speedup)
+
+    def write(patch: dict[str, Any]) -> None:
+        custom.patch_namespaced_custom_object_status(group, version, options.namespace, "energyprofiles",
+                                                     options.profile, {"status": patch})
+
+    limit_setter = None
+    pod = os.environ.get("POD_NAME")
+    if not simulate and pod and sweep.get("gpuPowerLimitsWatts"):
+        limit_setter = LimitThroughAgent(client.CoreV1Api(), options.namespace, pod,
+                                         NvmlEnergy(max(sweep.get("tensorParallel") or [1])))
+    points = profile(target, sweep, write, limit_setter, spec_points=len(spec.get("points") or []))
+    return 0 if points else 1
 
 
 def _fleet(options: argparse.Namespace) -> int:
@@ -156,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     launch = commands.add_parser("launch", help="exec `vllm serve` with the plan from WATTKEEPER_* env or options")
     add_launch_arguments(launch)
 
+    from .drain import add_drain_arguments
+
+    drain = commands.add_parser("drain", help="preStop hook: wait until vLLM has no request in flight")
+    add_drain_arguments(drain)
+
     exporter = commands.add_parser("exporter", help="NVML power/energy exporter for Prometheus")
     exporter.add_argument("--port", type=int, default=9400)
     exporter.add_argument("--address", default="0.0.0.0")
@@ -173,6 +269,27 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "sim", help="simulate `vllm serve` without a GPU (takes vllm serve's arguments)", add_help=False
     )
+
+    agent = commands.add_parser("agent", help="node agent: apply the GPU power limits the operator requests")
+    agent.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="this node (downward API)")
+    agent.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    agent.add_argument("--kubelet-socket", default="/var/lib/kubelet/pod-resources/kubelet.sock")
+    agent.add_argument("--interval", type=float, default=5.0, help="seconds between passes")
+    agent.add_argument("--port", type=int, default=9401, help="Prometheus metrics port")
+    agent.add_argument("--address", default="0.0.0.0")
+    agent.add_argument("--fake", type=int, default=0, metavar="N", help="N fake GPUs instead of NVML (tests)")
+
+    prof = commands.add_parser("profile", help="measure an EnergyProfile's sweep and write status.points")
+    prof.add_argument("--profile", default=None, help="the EnergyProfile to measure (its spec.sweep)")
+    prof.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE"))
+    prof.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    prof.add_argument("--simulate", action="store_true", help="drive the GPU-less simulator instead of vLLM")
+    prof.add_argument("--speedup", type=float, default=1.0, help="simulation only: simulated time runs faster")
+    prof.add_argument("--sweep-json", default=None, help="local run: a sweep (EnergyProfile spec.sweep form)")
+    prof.add_argument("--model", default=None, help="local run: the model name")
+    prof.add_argument("--model-source", default=None, help="local run: the checkpoint (default: the name)")
+    prof.add_argument("--model-params-b", type=float, default=None, help="local run: parameters, billions")
+    prof.add_argument("--accelerator", default="H100", help="local run: the GPU type")
 
     fleet = commands.add_parser("fleet", help="one simulator per Running vLLM pod of a cluster")
     fleet.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
@@ -218,7 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = build_parser().parse_args(args)
     logging.basicConfig(level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns everything else
-    handlers = {"launch": _launch, "exporter": _exporter, "fleet": _fleet, "loadgen": _loadgen}
+    handlers = {"launch": _launch, "drain": _drain, "exporter": _exporter, "fleet": _fleet, "loadgen": _loadgen,
+                "agent": _agent, "profile": _profile}
     if options.command == "loadgen" and not options.url and not options.registry:
         print("loadgen needs --registry and --service, or --url", file=sys.stderr)
         return 2

@@ -6,12 +6,20 @@ a free loopback port; it stops the simulator when the pod goes away and restarts
 - a Prometheus file_sd JSON: one target per ready simulator, labels namespace, pod, service;
 - a registry JSON for the load generator: {"services": {service: [{namespace, pod, url, model}]}}.
 Both are replaced atomically (write then rename) so that readers never see half a file.
+A pod that goes away (KWOK deletes pods at once) is terminated as the kubelet would: it leaves the registry first
+(a terminating pod is not a ready endpoint), its preStop hook runs if it is `wattkeeper-runtime drain` (against the
+simulator's port), then SIGTERM, which cancels whatever is still in flight as vLLM does, and SIGKILL once the pod's
+terminationGracePeriodSeconds are spent. Its power is still scraped meanwhile.
+Profiler pods (label app.kubernetes.io/component=profiler, `wattkeeper-runtime profile ... --simulate`, the Job an
+EnergyProfile's sweep starts) are run once each, as a kubelet would run their container: the same command with
+the pod's environment and the runner's kubeconfig, against simulators of its own.
 SIGTERM or SIGINT stops every child (SIGTERM, then SIGKILL after a grace period); children also get SIGTERM from
 the kernel if the runner itself dies (PR_SET_PDEATHSIG), so none outlive it.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import json
@@ -31,11 +39,13 @@ from typing import Any
 
 import httpx
 
+from .drain import add_drain_arguments, drain
 from .podargs import SimTarget, sim_argv, target_of
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SELECTOR = "app.kubernetes.io/managed-by=wattkeeper"
+POWER_LIMIT_ANNOTATION = "wattkeeper.io/gpu-power-limit-watts"  # as wattkeeper_runtime.agent reads it
 _PR_SET_PDEATHSIG = 1
 
 
@@ -67,6 +77,9 @@ class Child:
     ready: bool = False
     restarts: int = 0
     started_monotonic: float = 0.0
+    kill_at_monotonic: float | None = None  # set once terminating: SIGKILL after this
+    drain_outcome: str = ""  # the preStop drain's result: idle, timeout, unreachable; "" without one
+    power_limit: str | None = None  # the pod's wattkeeper.io/gpu-power-limit-watts last handed to the simulator
 
     @property
     def url(self) -> str:
@@ -126,7 +139,7 @@ class Fleet:
         log_dir: Path | None = None,
         spawner: Spawner = spawn,
         health_timeout_seconds: float = 0.5,
-        drain_seconds: float = 20.0,
+        kubeconfig: str | None = None,
     ) -> None:
         self.file_sd_path = file_sd_path
         self.registry_path = registry_path
@@ -136,11 +149,11 @@ class Fleet:
         self.spawner = spawner
         self.health_timeout_seconds = health_timeout_seconds
         self.children: dict[str, Child] = {}
-        # Simulators of deleted pods finish their requests in flight before they stop, as vLLM does within the
-        # pod's termination grace period (KWOK deletes pods at once). They take no new requests meanwhile.
-        self.drain_seconds = drain_seconds
-        self.draining: dict[str, tuple[Child, float]] = {}
+        # Simulators of deleted pods, between removal from the registry and their exit.
+        self.terminating: dict[str, Child] = {}
         self._written: tuple[str, str] | None = None
+        self.kubeconfig = kubeconfig
+        self.jobs: dict[str, subprocess.Popen[bytes]] = {}  # profiler pods: run once, never restarted
 
     def _start(self, target: SimTarget, restarts: int = 0) -> Child:
         port = free_port()
@@ -150,16 +163,6 @@ class Fleet:
         process = self.spawner(argv, log_path)
         return Child(target, port, process, restarts=restarts, started_monotonic=time.monotonic())
 
-    def _stop(self, child: Child, grace_seconds: float = 5.0) -> None:
-        process = child.process
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=grace_seconds)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
     def _check_ready(self, child: Child) -> None:
         try:
             response = httpx.get(f"{child.url}/health", timeout=self.health_timeout_seconds)
@@ -167,24 +170,91 @@ class Fleet:
         except httpx.HTTPError:
             child.ready = False
 
+    def _terminate(self, key: str, child: Child) -> None:
+        """The kubelet's part: preStop (the drain, if the pod has one), SIGTERM, SIGKILL after the grace period."""
+        target = child.target
+        started = time.monotonic()
+        child.kill_at_monotonic = started + max(2.0, target.grace_seconds)  # the kubelet's 2 s minimum
+        self.terminating[key] = child
+        if target.drain_args is None:
+            log.info("pod %s/%s is gone: SIGTERM to its simulator (no preStop drain)", target.namespace, target.pod)
+            child.process.terminate()
+            return
+
+        def prestop_then_sigterm() -> None:
+            parser = argparse.ArgumentParser(add_help=False)
+            add_drain_arguments(parser)
+            options, _ = parser.parse_known_args(list(target.drain_args or ()))
+            # The hook runs inside the grace period; the kubelet would cut it there.
+            timeout_s = min(options.timeout, max(0.0, target.grace_seconds - (time.monotonic() - started)))
+            log.info("pod %s/%s is gone: preStop drain (up to %gs)", target.namespace, target.pod, timeout_s)
+            child.drain_outcome = drain(f"{child.url}/metrics", timeout_s, options.settle, options.poll,
+                                        options.quiet_polls, log=log.info)  # fmt: skip
+            if child.process.poll() is None:
+                child.process.terminate()
+
+        threading.Thread(target=prestop_then_sigterm, name=f"prestop-{target.pod}", daemon=True).start()
+
+    def _reap(self) -> None:
+        for key, child in list(self.terminating.items()):
+            if child.process.poll() is not None:
+                del self.terminating[key]
+            elif child.kill_at_monotonic is not None and time.monotonic() >= child.kill_at_monotonic:
+                log.warning("simulator of %s/%s outlived its grace period: SIGKILL", child.target.namespace,
+                            child.target.pod)  # fmt: skip
+                child.process.kill()
+
+    def _reconcile_jobs(self, pods: list[Mapping[str, Any]]) -> None:
+        wanted: dict[str, list[str]] = {}
+        for pod in pods:
+            argv = profiler_argv(pod, self.python, self.kubeconfig, self.speedup)
+            if argv is not None:
+                meta = pod.get("metadata") or {}
+                wanted[str(meta.get("uid") or meta.get("name"))] = argv
+        for key in [k for k in self.jobs if k not in wanted]:
+            process = self.jobs.pop(key)
+            if process.poll() is None:
+                process.terminate()
+        for key, argv in wanted.items():
+            if key not in self.jobs:
+                log.info("running profiler pod %s: %s", key, " ".join(argv[3:]))
+                log_path = self.log_dir / f"profiler_{key}.log" if self.log_dir else None
+                self.jobs[key] = self.spawner(argv, log_path)
+
+    def _apply_power_limits(self, pods: list[Mapping[str, Any]]) -> None:
+        """The node agent's part on a simulated node: hand each ready simulator its pod's requested GPU power
+        limit (annotation wattkeeper.io/gpu-power-limit-watts), in place, as the agent would set it through NVML."""
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            child = self.children.get(str(meta.get("uid") or ""))
+            if child is None or not child.ready:
+                continue
+            wanted = (meta.get("annotations") or {}).get(POWER_LIMIT_ANNOTATION)
+            if wanted == child.power_limit:
+                continue
+            try:
+                watts = float(wanted) if wanted else None
+                response = httpx.put(f"{child.url}/wattkeeper/gpu-power-limit", json={"watts": watts},
+                                     timeout=self.health_timeout_seconds * 4)
+                if response.status_code == 200:
+                    child.power_limit = wanted
+                    log.info("pod %s/%s: GPU power limit %s", child.target.namespace, child.target.pod,
+                             response.json().get("watts"))
+            except (ValueError, httpx.HTTPError) as error:  # a bad annotation fails closed: default limit
+                log.warning("pod %s/%s: power limit %r not applied: %s", child.target.namespace,
+                            child.target.pod, wanted, error)
+
     def reconcile(self, pods: Iterable[Mapping[str, Any]]) -> None:
+        pods = list(pods)
+        self._reconcile_jobs(pods)
         desired: dict[str, SimTarget] = {}
         for pod in pods:
             target = target_of(pod)
             if target is not None:
                 desired[target.key] = target
         for key in [k for k in self.children if k not in desired]:
-            child = self.children.pop(key)
-            if self.drain_seconds > 0:
-                log.info("pod %s/%s is gone: draining its simulator", child.target.namespace, child.target.pod)
-                self.draining[key] = (child, time.monotonic() + self.drain_seconds)
-            else:
-                log.info("pod %s/%s is gone: stopping its simulator", child.target.namespace, child.target.pod)
-                self._stop(child)
-        for key, (child, deadline) in list(self.draining.items()):
-            if time.monotonic() >= deadline or child.process.poll() is not None:
-                del self.draining[key]
-                self._stop(child)
+            self._terminate(key, self.children.pop(key))
+        self._reap()
         for key, target in desired.items():
             existing = self.children.get(key)
             if existing is None:
@@ -204,11 +274,12 @@ class Fleet:
         for child in self.children.values():
             if not child.ready and child.process.poll() is None:
                 self._check_ready(child)
+        self._apply_power_limits(pods)
         self.write_files()
 
     def write_files(self) -> None:
-        # Draining simulators are still scraped (their pods' power counts until they stop) but get no traffic.
-        sd = file_sd([*self.children.values(), *(child for child, _ in self.draining.values())])
+        # Terminating simulators are still scraped (their pods' power counts until they stop) but get no traffic.
+        sd = file_sd([*self.children.values(), *self.terminating.values()])
         reg = registry(self.children.values())
         fingerprint = (json.dumps(sd, sort_keys=True), json.dumps(reg, sort_keys=True))
         if fingerprint != self._written:
@@ -217,8 +288,12 @@ class Fleet:
             self._written = fingerprint
 
     def stop_all(self) -> None:
-        children = [*self.children.values(), *(child for child, _ in self.draining.values())]
-        self.children, self.draining = {}, {}
+        for process in self.jobs.values():
+            if process.poll() is None:
+                process.terminate()
+        self.jobs = {}
+        children = [*self.children.values(), *self.terminating.values()]
+        self.children, self.terminating = {}, {}
         for child in children:
             if child.process.poll() is None:
                 child.process.terminate()
@@ -230,6 +305,29 @@ class Fleet:
                 child.process.kill()
                 child.process.wait()
         self.write_files()
+
+
+def profiler_argv(pod: Mapping[str, Any], python: str, kubeconfig: str | None, speedup: float) -> list[str] | None:
+    """The command a scheduled simulated profiler pod runs here, or None (not a profiler pod, or one for a GPU).
+
+    Scheduled, not Running: KWOK's stages mark a Job's pod Succeeded within a second, while the profiler here
+    takes minutes; so it runs until it is done or its pod is deleted, whatever phase KWOK reports."""
+    meta = pod.get("metadata") or {}
+    scheduled = bool((pod.get("spec") or {}).get("nodeName")) and not meta.get("deletionTimestamp")
+    if (meta.get("labels") or {}).get("app.kubernetes.io/component") != "profiler" or not scheduled:
+        return None
+    containers = (pod.get("spec") or {}).get("containers") or []
+    args = [str(a) for a in (containers[0].get("args") or [])] if containers else []
+    if not args or args[0] != "profile" or "--simulate" not in args:
+        return None  # a real sweep needs real GPUs: nothing to run on a simulated node
+    env = {e["name"]: str(e["value"]) for e in containers[0].get("env") or [] if e.get("value") is not None}
+    argv = [python, "-m", "wattkeeper_runtime.cli", *args, "--namespace", str(meta.get("namespace", "")),
+            "--speedup", f"{speedup:g}"]
+    if kubeconfig:
+        argv += ["--kubeconfig", kubeconfig]
+    if env.get("JOB_NAME"):
+        argv = ["env", f"JOB_NAME={env['JOB_NAME']}", f"POD_NAME={meta.get('name', '')}", *argv]
+    return argv
 
 
 class PodSource:
@@ -302,7 +400,7 @@ def run_fleet(
 ) -> int:
     """Entry point of `wattkeeper-runtime fleet`: run until SIGTERM/SIGINT, then stop every simulator."""
     source = PodSource(kubeconfig, label_selector, namespace)
-    fleet = Fleet(file_sd_path, registry_path, speedup=speedup, log_dir=log_dir)
+    fleet = Fleet(file_sd_path, registry_path, speedup=speedup, log_dir=log_dir, kubeconfig=kubeconfig)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

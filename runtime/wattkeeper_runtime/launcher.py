@@ -4,19 +4,24 @@ The Deployment hands the plan to the pod as environment variables (`WATTKEEPER_*
 `wattkeeper-runtime launch` options; `plan_argv` is a pure function so that the command line can be checked
 without a GPU, and `wattkeeper-runtime launch` only execs what it returns.
 
-Precision -> flags (vLLM 0.11.1; `vllm serve --help=quantization` and docs.vllm.ai/features/quantization):
-- bf16 / fp16: `--dtype bfloat16` / `--dtype float16`, no quantization.
-- fp8: base weights are quantized on load with `--quantization fp8` (dynamic per-tensor scales). A pre-quantized
-  FP8 checkpoint carries its method in config.json (`fp8`, `compressed-tensors` or `modelopt`), and vLLM refuses a
-  `--quantization` that disagrees with it, so none is passed then.
-- int8: vLLM has no in-flight int8 (in-flight bitsandbytes is 4-bit only), so int8 needs a pre-quantized
-  checkpoint; the supported INT8 W8A8 format on Hopper is LLM Compressor's, i.e. `--quantization compressed-tensors`.
-- int4-awq / int4-gptq: pre-quantized checkpoints, served with the Marlin kernels (`awq_marlin`, `gptq_marlin`),
-  which every GPU in the catalog (compute capability >= 8.0) runs; plain `awq` would pick the slow kernel.
-- mxfp4: `--quantization mxfp4` (gpt-oss checkpoints are natively MXFP4).
+Precision -> flags, checked against vLLM 0.11.1's source (README "Quantization" has the same table):
+- The rule: a pre-quantized checkpoint gets NO `--quantization`. vLLM reads the method from the checkpoint's
+  config.json and raises when a given `--quantization` differs (vllm/config/model.py:1043-1052); AWQ and GPTQ
+  switch to their Marlin kernels only when vLLM detects the method itself (awq_marlin.py:149-172,
+  gptq_marlin.py:214-238: forcing `awq`/`gptq` keeps the slow kernel, forcing `awq_marlin` on a checkpoint Marlin
+  cannot run is a mismatch error), and GPTQ-style checkpoints stored as compressed-tensors are another method again.
+- bf16 / fp16: unquantized weights, `--dtype bfloat16` / `--dtype float16`.
+- fp8 on the fly: `--quantization fp8` on unquantized weights (Fp8Config reads no file, fp8.py:234, and quantizes
+  on load when the checkpoint is not fp8-serialized, fp8.py:242-244). Pre-quantized FP8 (`fp8`,
+  `compressed-tensors` or `modelopt` checkpoints): `--dtype auto`, no `--quantization`.
+- int8 on the fly: weight-only round-to-nearest, `--quantization rtn` (rtn.py; 8 bits and group size 128 unless
+  the RTN_NUM_BITS / RTN_GROUP_SIZE variables say otherwise, rtn.py:38-45, so `plan_env` pins RTN_NUM_BITS=8;
+  RTNConfig reads no file, rtn.py:90, weight_utils.py:301-305). Pre-quantized INT8 W8A8 or W8A16: LLM
+  Compressor's compressed-tensors checkpoints, detected from config.json, no `--quantization`.
+- int4-awq / int4-gptq / mxfp4: pre-quantized only (vLLM cannot produce them on load: Mxfp4Config allocates packed
+  uint8 weights, mxfp4.py:241); no `--quantization`, vLLM picks awq_marlin / gptq_marlin / mxfp4 itself.
 Quantized checkpoints keep their activation dtype from config.json (`--dtype auto`).
-`WATTKEEPER_QUANTIZATION` overrides the method for checkpoints in another format (say a GPTQ model stored as
-compressed-tensors).
+`WATTKEEPER_QUANTIZATION` sets an explicit method anyway (for a checkpoint without quantization_config).
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ ENV_EXTRA_ARGS = "WATTKEEPER_EXTRA_ARGS"  # shell-quoted extra `vllm serve` argu
 PRECISIONS = ("bf16", "fp16", "fp8", "int8", "int4-awq", "int4-gptq", "mxfp4")
 # vLLM 0.11 CacheConfig.cache_dtype choices.
 KV_CACHE_DTYPES = ("auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc")
+# Precisions vLLM 0.11.1 can quantize to on load, and the method that does it.
+ON_THE_FLY_METHODS = {"fp8": "fp8", "int8": "rtn"}
+# Precisions that only exist as a pre-quantized checkpoint.
+PREQUANTIZED_ONLY = ("int4-awq", "int4-gptq", "mxfp4")
+RTN_BITS_ENV = "RTN_NUM_BITS"  # read by vllm/model_executor/layers/quantization/rtn.py:41
 
 # Flags the plan owns; extra args must not set them again (vLLM would take the last one silently).
 PLANNED_FLAGS = frozenset(
@@ -66,7 +76,7 @@ PLANNED_FLAGS = frozenset(
 )
 
 # Sources whose name says they are already quantized (e.g. RedHatAI/Llama-3.1-8B-Instruct-FP8-dynamic).
-_PREQUANTIZED_NAME = re.compile(r"(fp8|int8|w8a8|w4a16|awq|gptq|mxfp4|int4|nvfp4)", re.IGNORECASE)
+_PREQUANTIZED_NAME = re.compile(r"(fp8|int8|w8a8|w8a16|w4a16|awq|gptq|mxfp4|int4|nvfp4)", re.IGNORECASE)
 
 
 class LaunchError(ValueError):
@@ -86,13 +96,15 @@ class LaunchPlan:
     gpu_memory_utilization: float | None = None
     served_model_name: str | None = None
     port: int = 8000
-    prequantized: bool | None = None  # None: guess from the source's name
+    prequantized: bool | None = None  # None: guess from the source's name (and the precision)
     quantization: str | None = None  # explicit override of the precision mapping
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
     def is_prequantized(self) -> bool:
         if self.prequantized is not None:
             return self.prequantized
+        if self.precision in PREQUANTIZED_ONLY:
+            return True  # no other kind of checkpoint can serve it
         return bool(_PREQUANTIZED_NAME.search(self.model_source))
 
 
@@ -104,18 +116,23 @@ def _precision_flags(plan: LaunchPlan) -> list[str]:
         return ["--dtype", "bfloat16"]
     if precision == "fp16":
         return ["--dtype", "float16"]
-    if precision == "fp8":
-        if plan.is_prequantized():
-            return ["--dtype", "auto"]  # the checkpoint's config.json names its method
-        return ["--dtype", "bfloat16", "--quantization", "fp8"]
-    # The remaining precisions only exist as pre-quantized checkpoints.
-    if plan.prequantized is False:
-        raise LaunchError(
-            f"precision {precision} needs a pre-quantized checkpoint (a model variant); "
-            f"{plan.model_source!r} is marked as not quantized"
-        )
-    method = {"int8": "compressed-tensors", "int4-awq": "awq_marlin", "int4-gptq": "gptq_marlin", "mxfp4": "mxfp4"}
-    return ["--dtype", "auto", "--quantization", method[precision]]
+    if plan.is_prequantized():
+        # config.json names the method; vLLM detects it and picks its fastest kernel (model.py:1018-1040).
+        return ["--dtype", "auto"]
+    if precision in ON_THE_FLY_METHODS:
+        return ["--dtype", "bfloat16", "--quantization", ON_THE_FLY_METHODS[precision]]
+    raise LaunchError(
+        f"precision {precision} needs a pre-quantized checkpoint (a model variant); "
+        f"{plan.model_source!r} is marked as not quantized and vLLM cannot quantize to {precision} on load"
+    )
+
+
+def plan_env(plan: LaunchPlan) -> dict[str, str]:
+    """Environment the `vllm serve` process needs besides its argv: RTN's bit width, which vLLM reads from the
+    environment only (rtn.py:41) and would otherwise take from whatever the pod happens to set."""
+    if plan.quantization is None and plan.precision == "int8" and not plan.is_prequantized():
+        return {RTN_BITS_ENV: "8"}
+    return {}
 
 
 def _flag_name(arg: str) -> str:
@@ -265,6 +282,7 @@ def launch(options: argparse.Namespace) -> int:
     if options.dry_run:
         print(shlex.join(argv))
         return 0
+    os.environ.update(plan_env(plan))
     # exec, not a child: vLLM becomes the container's main process and receives the kubelet's SIGTERM itself.
     os.execvp(argv[0], argv)
     return 0  # not reached

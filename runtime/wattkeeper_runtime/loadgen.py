@@ -270,11 +270,13 @@ async def _read_stream(
             text = (await response.aread()).decode(errors="replace")[:200]
             result.error = f"HTTP {response.status_code}: {text}"
             return
+        done = False
         async for line in response.aiter_lines():
             if not line.startswith("data: "):
                 continue
             payload = line[6:]
             if payload == "[DONE]":
+                done = True
                 break
             chunk = json.loads(payload)
             if not chunk.get("choices"):
@@ -286,6 +288,8 @@ async def _read_stream(
                 result.itl_s.append(now - last)
             last = now
             result.output_tokens += 1
+        if not done:
+            result.error = f"stream ended after {result.output_tokens} token(s) without [DONE]"
 
 
 async def replay(

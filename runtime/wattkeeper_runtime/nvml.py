@@ -102,6 +102,12 @@ class FakeGpu:
     memory_used_bytes: int = 0
     memory_total_bytes: int = 80 * 1024**3
     power_limit_milliwatts: int = 700_000
+    lost: bool = False  # fallen off the bus: every reading fails, as NVML_ERROR_GPU_IS_LOST does
+    energy_supported: bool = True  # False: the energy counter answers NVML_ERROR_NOT_SUPPORTED
+
+
+class FakeNvmlError(RuntimeError):
+    """What the fake raises where pynvml would raise an NVMLError."""
 
 
 class FakeGpuDevices(GpuDevices):
@@ -114,27 +120,36 @@ class FakeGpuDevices(GpuDevices):
     def count(self) -> int:
         return len(self.gpus)
 
+    def _gpu(self, index: int) -> FakeGpu:
+        gpu = self.gpus[index]
+        if gpu.lost:
+            raise FakeNvmlError("GPU is lost")
+        return gpu
+
     def name(self, index: int) -> str:
-        return self.gpus[index].name
+        return self._gpu(index).name
 
     def uuid(self, index: int) -> str:
-        return self.gpus[index].uuid
+        return self._gpu(index).uuid
 
     def power_milliwatts(self, index: int) -> int:
-        return self.gpus[index].power_milliwatts
+        return self._gpu(index).power_milliwatts
 
     def total_energy_millijoules(self, index: int) -> int:
-        return self.gpus[index].energy_millijoules
+        gpu = self._gpu(index)
+        if not gpu.energy_supported:
+            raise FakeNvmlError("Not Supported")
+        return gpu.energy_millijoules
 
     def utilisation_percent(self, index: int) -> int:
-        return self.gpus[index].utilisation_percent
+        return self._gpu(index).utilisation_percent
 
     def memory(self, index: int) -> GpuMemory:
-        gpu = self.gpus[index]
+        gpu = self._gpu(index)
         return GpuMemory(used_bytes=gpu.memory_used_bytes, total_bytes=gpu.memory_total_bytes)
 
     def power_limit_milliwatts(self, index: int) -> int:
-        return self.gpus[index].power_limit_milliwatts
+        return self._gpu(index).power_limit_milliwatts
 
     def advance(self, seconds: float) -> None:
         """Let time pass: each GPU's energy counter grows by its power times `seconds`."""

@@ -38,6 +38,8 @@ class SimTarget:
     served_model_name: str
     gpu_type: str = "H100"
     extra_sim_args: tuple[str, ...] = field(default_factory=tuple)  # --model-params-b and the like
+    grace_seconds: float = 30.0  # the pod's terminationGracePeriodSeconds
+    drain_args: tuple[str, ...] | None = None  # the preStop's `wattkeeper-runtime drain` options; None: no drain
 
     @property
     def key(self) -> str:
@@ -128,6 +130,22 @@ def vllm_args_of(container: Mapping[str, Any]) -> list[str] | None:
     return None
 
 
+DRAIN_MARKER = "wattkeeper-runtime drain"
+
+
+def prestop_drain_args(container: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The options of a preStop hook that runs `wattkeeper-runtime drain` (as that command, or as the operator's
+    `python3 -c SOURCE` form); None when the container has no such hook."""
+    hook = ((container.get("lifecycle") or {}).get("preStop") or {}).get("exec") or {}
+    command = [str(t) for t in hook.get("command") or []]
+    if len(command) >= 3 and command[1] == "-c" and DRAIN_MARKER in command[2]:
+        return tuple(command[3:])
+    for index, token in enumerate(command[:-1]):
+        if (token.endswith("wattkeeper-runtime") or token == "wattkeeper_runtime.cli") and command[index + 1] == "drain":
+            return tuple(command[index + 2 :])
+    return None
+
+
 def strip_flags(args: Sequence[str], flags: Sequence[str] = _OWN_FLAGS) -> list[str]:
     """Remove `--flag value` and `--flag=value` occurrences of the given flags."""
     result: list[str] = []
@@ -201,6 +219,8 @@ def target_of(pod: Mapping[str, Any]) -> SimTarget | None:
         served_model_name=served_model_name(args),
         gpu_type=gpu_type_of(pod),
         extra_sim_args=tuple(extra),
+        grace_seconds=float((pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)),
+        drain_args=prestop_drain_args(container),
     )
 
 

@@ -78,8 +78,22 @@ def _messages(data: bytes, number: int) -> list[bytes]:
     return [v for n, w, v in _fields(data) if n == number and w == 2 and isinstance(v, bytes)]
 
 
+def gpu_uuid_of(device_id: str) -> str:
+    """The physical GPU's UUID behind a device-plugin device id.
+
+    With time-slicing (or MPS) NVIDIA's device plugin hands out replicas of one GPU as `GPU-<uuid>::<n>`; NVML
+    knows only `GPU-<uuid>`. dcgm-exporter maps such ids to the GPU by the part before `::`
+    (internal/pkg/transformation/kubernetes.go, toDeviceToPod: `strings.Split(deviceID, "::")[0]`), and so does
+    this exporter.
+    """
+    return device_id.split("::", 1)[0]
+
+
 def decode_list_response(data: bytes, resource: str = GPU_RESOURCE) -> dict[str, PodRef]:
-    """Device id -> pod, from a v1 ListPodResourcesResponse.
+    """Device id -> pod, from a v1 ListPodResourcesResponse. Time-sliced ids (`GPU-<uuid>::<n>`) are also
+    entered under the GPU's own UUID; when several containers share one GPU, the last listed holds the UUID's
+    labels, as in dcgm-exporter's default (non-virtual-GPU) mapping, which keeps one series per GPU so that
+    power summed over pods is not counted twice.
 
     v1 schema: ListPodResourcesResponse{1: repeated PodResources}; PodResources{1: name, 2: namespace,
     3: repeated ContainerResources}; ContainerResources{1: name, 2: repeated ContainerDevices};
@@ -92,10 +106,14 @@ def decode_list_response(data: bytes, resource: str = GPU_RESOURCE) -> dict[str,
         for container in _messages(pod, 3):
             container_name = (_strings(container, 1) or [""])[0]
             for devices in _messages(container, 2):
-                if (_strings(devices, 1) or [""])[0] != resource:
+                name = (_strings(devices, 1) or [""])[0]
+                # `nvidia.com/gpu.shared`: the device plugin's time-slicing with renameByDefault.
+                if name != resource and not name.startswith(resource + "."):
                     continue
                 for device_id in _strings(devices, 2):
-                    owners[device_id] = PodRef(namespace=namespace, pod=pod_name, container=container_name)
+                    ref = PodRef(namespace=namespace, pod=pod_name, container=container_name)
+                    owners[gpu_uuid_of(device_id)] = ref
+                    owners[device_id] = ref
     return owners
 
 
@@ -127,3 +145,35 @@ def kubelet_mapper(socket_path: str = DEFAULT_KUBELET_SOCKET, timeout_seconds: f
         return {uuid: owners[uuid] for uuid in uuids if uuid in owners}
 
     return lookup
+
+
+def decode_device_owners(data: bytes, resource: str = GPU_RESOURCE) -> dict[str, list[PodRef]]:
+    """Device id -> every container that the kubelet lists for it (more than one is a conflict to refuse)."""
+    owners: dict[str, list[PodRef]] = {}
+    for pod in _messages(data, 1):
+        pod_name = (_strings(pod, 1) or [""])[0]
+        namespace = (_strings(pod, 2) or [""])[0]
+        for container in _messages(pod, 3):
+            container_name = (_strings(container, 1) or [""])[0]
+            for devices in _messages(container, 2):
+                if (_strings(devices, 1) or [""])[0] != resource:
+                    continue
+                for device_id in _strings(devices, 2):
+                    owners.setdefault(device_id, []).append(PodRef(namespace, pod_name, container_name))
+    return owners
+
+
+def kubelet_owner_lister(
+    socket_path: str = DEFAULT_KUBELET_SOCKET, timeout_seconds: float = 2.0
+) -> Callable[[], dict[str, list[PodRef]]]:
+    """For the power-limit agent: like kubelet_mapper, but errors raise (the agent then fails closed) and grpc is
+    required (without it no GPU can be attributed, so no limit may be applied)."""
+    import grpc  # type: ignore[import-not-found, unused-ignore]
+
+    channel = grpc.insecure_channel(f"unix://{socket_path}")
+    call = channel.unary_unary(
+        "/v1.PodResourcesLister/List",
+        request_serializer=lambda _request: b"",
+        response_deserializer=lambda raw: raw,
+    )
+    return lambda: decode_device_owners(call(None, timeout=timeout_seconds))

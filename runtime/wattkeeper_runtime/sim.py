@@ -9,6 +9,11 @@ It takes `vllm serve`'s arguments (unknown flags are ignored with a warning) and
 
 Requests go through a `BatchingEngine`; an asyncio task runs its steps back to back on a virtual clock that runs
 `--speedup` times faster than the wall clock. All times in metrics are virtual seconds.
+
+SIGTERM does what it does to vLLM 0.11.1: the requests in flight are cancelled, not finished. vLLM's handler
+cancels the HTTP server task (vllm/entrypoints/launcher.py:84-95) and the engine shuts down with the requests it
+holds (vllm/entrypoints/openai/api_server.py:252-254) before the server's shutdown is awaited (2043-2079); clients
+see their connections cut. Only a preStop drain (`wattkeeper-runtime drain`) saves them, here as on a real cluster.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--speedup", type=float, default=1.0, help="simulated time runs this many times faster")
     sim.add_argument("--dcgm-port", type=int, default=None, help="serve DCGM metrics on their own port")
     sim.add_argument("--stub-timing", action="store_true", help="use the stub timing, not the energy model")
+    sim.add_argument("--gpu-power-limit-watts", type=float, default=None,
+                     help="GPU power limit, W per GPU (what the node agent would set; the profiler's sweep)")
     return parser
 
 
@@ -104,6 +111,7 @@ _QUANTIZATION_TO_PRECISION = {
     "fp8": "fp8",
     "modelopt": "fp8",
     "compressed-tensors": "int8",
+    "rtn": "int8",  # weight-only int8 on load (vLLM 0.11 rtn.py, 8 bits by default)
     "awq": "int4-awq",
     "awq_marlin": "int4-awq",
     "gptq": "int4-gptq",
@@ -118,7 +126,7 @@ def precision_of(quantization: str | None, dtype: str, model: str) -> str:
     if quantization:
         return _QUANTIZATION_TO_PRECISION.get(quantization.lower(), "bf16")
     name = model.lower()
-    for fragment, precision in (("fp8", "fp8"), ("w8a8", "int8"), ("int8", "int8"), ("awq", "int4-awq"),
+    for fragment, precision in (("fp8", "fp8"), ("w8a8", "int8"), ("w8a16", "int8"), ("int8", "int8"), ("awq", "int4-awq"),
                                 ("gptq", "int4-gptq"), ("mxfp4", "mxfp4"), ("gpt-oss", "mxfp4")):  # fmt: skip
         if fragment in name:
             return precision
@@ -141,6 +149,7 @@ def spec_from_options(options: argparse.Namespace) -> SimSpec:
         max_num_batched_tokens=options.max_num_batched_tokens,
         kv_cache_dtype=kv_dtype,
         gpu_memory_utilization=options.gpu_memory_utilization,
+        gpu_power_limit_watts=options.gpu_power_limit_watts,
     )
 
 
@@ -162,10 +171,17 @@ class SimClock:
         await asyncio.sleep(max(0.0, (t_s - self.now()) / self.speedup))
 
 
+ABORTED = -1  # token-queue sentinel: the engine shut down under the request
+
+
+class EngineShutDown(Exception):
+    """The request was in flight when the server got SIGTERM."""
+
+
 @dataclass
 class _Pending:
     request: EngineRequest
-    tokens: asyncio.Queue[int]  # token counts as they are produced; -1 when aborted
+    tokens: asyncio.Queue[int]  # token counts as they are produced; ABORTED when the engine shut down
 
 
 class SimEngine:
@@ -208,6 +224,14 @@ class SimEngine:
             return
         request.finished_s = self.clock.now()
         self.metrics.record_finished(request, "abort")
+
+    def shut_down(self) -> int:
+        """SIGTERM: every request in flight is aborted, as vLLM's engine shutdown does. Returns how many."""
+        pending = list(self._pending.values())
+        for item in pending:
+            self.abort(item)
+            item.tokens.put_nowait(ABORTED)
+        return len(pending)
 
     async def _run(self) -> None:
         busy = False
@@ -294,6 +318,12 @@ class SimServer:
             seed,
         )
         self.created = int(time.time())
+        self.shutting_down = False
+
+    def shut_down(self) -> int:
+        """SIGTERM: refuse new requests and cancel those in flight."""
+        self.shutting_down = True
+        return self.sim.shut_down()
 
     @property
     def engine(self) -> BatchingEngine:
@@ -307,6 +337,7 @@ class SimServer:
         app.router.add_get("/health", self.health)
         app.router.add_get("/version", self.version)
         app.router.add_get("/metrics", self.metrics_all if with_dcgm else self.metrics_vllm)
+        app.router.add_put("/wattkeeper/gpu-power-limit", self.set_power_limit)
         app.cleanup_ctx.append(self._engine_context)
         return app
 
@@ -324,6 +355,22 @@ class SimServer:
 
     async def health(self, _request: web.Request) -> web.Response:
         return web.Response(status=200)
+
+    async def set_power_limit(self, request: web.Request) -> web.Response:
+        """Simulator only: what the node agent's nvmlDeviceSetPowerManagementLimit does to a real pod's GPUs,
+        in place (the fleet runner calls it when the pod's wattkeeper.io/gpu-power-limit-watts changes)."""
+        setter = getattr(self.timing, "set_power_limit", None)
+        if setter is None:
+            return _error(501, "this timing has no power model (--stub-timing)", "NotImplementedError")
+        try:
+            body = await request.json()
+            watts = body.get("watts")
+            watts = None if watts is None else float(watts)
+        except (ValueError, AttributeError, TypeError):
+            return _error(400, 'expected {"watts": number or null}')
+        limit = setter(watts)
+        log.info("GPU power limit now %s", "the default" if limit is None else f"{limit:g} W")
+        return web.json_response({"watts": limit})
 
     async def version(self, _request: web.Request) -> web.Response:
         return web.json_response({"version": "0.11.1", "simulator": f"wattkeeper-runtime {__version__}"})
@@ -403,6 +450,8 @@ class SimServer:
         model = body.get("model")
         if model is not None and model not in self.served_names:
             return _error(404, f"The model `{model}` does not exist.", "NotFoundError")
+        if self.shutting_down:
+            return _error(503, "the server is shutting down", "ServiceUnavailableError")
         pending = self.sim.submit(prompt_tokens, max_tokens)
         try:
             if stream:
@@ -411,6 +460,11 @@ class SimServer:
         except (asyncio.CancelledError, ConnectionResetError):
             self.sim.abort(pending)
             raise
+        except EngineShutDown:
+            # No complete response: the connection is cut, as when vLLM's server task is cancelled.
+            if request.transport is not None:
+                request.transport.close()
+            raise ConnectionResetError("engine shut down") from None
 
     def _usage(self, pending: _Pending, completion_tokens: int) -> dict[str, int]:
         prompt = pending.request.prompt_tokens
@@ -421,6 +475,8 @@ class SimServer:
         count = 0
         while count < pending.request.max_output_tokens:
             count = await pending.tokens.get()
+            if count == ABORTED:
+                raise EngineShutDown
         text = FILLER_TOKEN * count
         rid = pending.request.request_id
         if chat:
@@ -467,6 +523,8 @@ class SimServer:
         count, total = 0, pending.request.max_output_tokens
         while count < total:
             new_count = await pending.tokens.get()
+            if new_count == ABORTED:
+                raise EngineShutDown
             for produced in range(count + 1, new_count + 1):
                 last = produced == total
                 reason = "length" if last else None
@@ -493,7 +551,8 @@ async def serve(options: argparse.Namespace, stop: asyncio.Event | None = None) 
     """Serve until `stop` is set (or forever)."""
     server = SimServer(options)
     separate_dcgm = options.dcgm_port is not None
-    runner = web.AppRunner(server.make_app(with_dcgm=not separate_dcgm), access_log=None)
+    # No graceful wait on shutdown: vLLM does not wait for its requests either (see the module docstring).
+    runner = web.AppRunner(server.make_app(with_dcgm=not separate_dcgm), access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     await web.TCPSite(runner, options.host, options.port).start()
     dcgm_runner: web.AppRunner | None = None
@@ -514,6 +573,10 @@ async def serve(options: argparse.Namespace, stop: asyncio.Event | None = None) 
     )
     try:
         await (stop.wait() if stop else asyncio.Event().wait())
+        cancelled = server.shut_down()
+        if cancelled:
+            log.warning("SIGTERM with %d request(s) in flight: cancelled, as vLLM does", cancelled)
+        await asyncio.sleep(0)  # let the handlers see the abort and cut their connections
     finally:
         if dcgm_runner:
             await dcgm_runner.cleanup()

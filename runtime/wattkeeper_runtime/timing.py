@@ -109,6 +109,7 @@ class SimSpec:
     max_num_batched_tokens: int
     kv_cache_dtype: str | None
     gpu_memory_utilization: float
+    gpu_power_limit_watts: float | None = None  # per GPU; the energy model's power-limit effect (powerlimit.py)
 
 
 class EnergyModelTiming:
@@ -136,6 +137,7 @@ class EnergyModelTiming:
             max_num_seqs=spec.max_num_seqs,
             max_num_batched_tokens=spec.max_num_batched_tokens,
             kv_cache_dtype=spec.kv_cache_dtype,
+            gpu_power_limit_watts=spec.gpu_power_limit_watts,
         )
         self._kv_tokens = int(self._energy.kv_cache_capacity_tokens(self._model, self._accelerator, self._config))
         self._cache: dict[tuple[str, int, int, int], float] = {}
@@ -181,6 +183,18 @@ class EnergyModelTiming:
 
     def kv_cache_tokens(self) -> int:
         return self._kv_tokens
+
+    def set_power_limit(self, watts: float | None) -> float | None:
+        """Change the GPU power limit in place, as the node agent does on a real card (within [card minimum,
+        default]; None or at/above the default: the default). Returns the limit now in force (None: default)."""
+        from dataclasses import replace
+
+        acc = self._accelerator
+        limit = None if watts is None or watts >= acc.power_limit_watts else max(float(watts),
+                                                                                acc.min_power_limit_watts)
+        self._config = replace(self._config, gpu_power_limit_watts=limit)
+        self._cache.clear()
+        return limit
 
 
 def stub_timing(spec: SimSpec) -> LinearStubTiming:

@@ -82,6 +82,12 @@ INVALID = [
      "spec.engine.gpuMemoryUtilization"),
     ("unknown-mode", _service(spec__mode="Manual"), "spec.mode"),
     ("negative-priority", _service(spec__priority=-1), "spec.priority"),
+    # vLLM 0.11.1 cannot make AWQ weights on load: an allowed precision needs a checkpoint.
+    ("precision-without-checkpoint", _service(spec__quality__allowedPrecisions=["bf16", "int4-awq"]),
+     "spec.quality.allowedPrecisions"),
+    ("quantized-source-without-bf16-variant", _service(spec__model__sourcePrecision="mxfp4",
+                                                        spec__quality__allowedPrecisions=["bf16"]),
+     "spec.quality.allowedPrecisions"),
 ]
 
 
@@ -141,3 +147,10 @@ def test_defaults_are_filled_by_the_apiserver(api_client, namespace) -> None:  #
     created = custom.create_namespaced_custom_object("wattkeeper.io", "v1alpha1", namespace, "llmservices", body)
     assert created["spec"]["scaling"] == {"minReplicas": 1, "maxReplicas": 4}
     assert created["spec"]["reconfiguration"]["cooldownSeconds"] == 300
+
+
+def test_two_variants_of_one_precision_are_rejected(kubectl, namespace) -> None:  # type: ignore[no-untyped-def]
+    """variants is a list map keyed by precision: the apiserver refuses a second copy of one precision."""
+    obj = _service(spec__model__variants=[{"precision": "fp8", "source": "a/b"}, {"precision": "fp8", "source": "c/d"}])
+    result = apply_json(kubectl, obj, namespace, check=False)
+    assert result.returncode != 0 and 'duplicate entries for key [precision="fp8"]' in result.stderr, result.stderr

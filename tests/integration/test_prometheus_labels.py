@@ -115,6 +115,12 @@ def test_power_under_both_label_conventions(prometheus_url: str) -> None:
     wait_for("team-a power: 400 W + 300 W", lambda: from_energy("team-a", "llama", 700.0))
     wait_for("team-b power, exported_* labels", lambda: from_energy("team-b", "qwen", 250.0))
     wait_for("team-c power, scraped both ways, counted once", lambda: from_energy("team-c", "mixtral", 500.0))
+    # The same through the batch of a pass (one query per metric for every service).
+    from wattkeeper.telemetry.batch import observe_prometheus
+
+    batch = observe_prometheus(source, [("team-a", "llama"), ("team-b", "qwen"), ("team-c", "mixtral")], 5)
+    assert {key: round(o.watts) for key, o in batch.items() if not isinstance(o, TelemetryUnavailable)} == \
+        pytest.approx({("team-a", "llama"): 700, ("team-b", "qwen"): 250, ("team-c", "mixtral"): 500}, rel=0.05)
     gauge = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": 'sum(DCGM_FI_DEV_POWER_USAGE{job=~"both-.*"})'})
     assert float(gauge.json()["data"]["result"][0]["value"][1]) == pytest.approx(2 * (500.0 + 60.0))  # really twice
     # The idle GPU (no pod) belongs to no service; an unknown service has no power.

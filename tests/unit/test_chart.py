@@ -153,6 +153,7 @@ NAMESPACED_GRANTS = {
     *{("apps", "deployments", v) for v in ("get", "list", "watch", "create", "patch")},
     *{("", "services", v) for v in ("get", "list", "watch", "create", "patch")},
     ("", "events", "create"),
+    ("batch", "jobs", "create"),
 }
 
 
@@ -208,6 +209,19 @@ def test_namespaced_rbac_uses_roles_per_namespace() -> None:
 def test_pods_are_listed_only_for_scrape_telemetry() -> None:
     assert ("", "pods", "list") not in _grants(one(render(), "ClusterRole")["rules"])
     assert ("", "pods", "list") in _grants(one(render("operator.telemetry=scrape"), "ClusterRole")["rules"])
+
+
+@needs_helm
+def test_scrape_in_namespaced_mode_lists_pods_where_the_gpu_exporters_run() -> None:
+    docs = render("operator.telemetry=scrape", "watchNamespaces={team-a}", "operator.scrapeExporterNamespace=gpu-operator")
+    role = next(d for d in by_kind(docs, "Role") if d["metadata"]["namespace"] == "gpu-operator")
+    assert _grants(role["rules"]) == {("", "pods", "list")}
+    binding = next(d for d in by_kind(docs, "RoleBinding") if d["metadata"]["namespace"] == "gpu-operator")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    env = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "WATTKEEPER_SCRAPE_EXPORTER_NAMESPACE", "value": "gpu-operator"} in env
+    assert not [d for d in by_kind(render("operator.telemetry=scrape", "watchNamespaces={team-a}"), "Role")
+                if d["metadata"]["namespace"] != "team-a"]
 
 
 @needs_helm
@@ -385,3 +399,45 @@ def test_kubectl_explain_documents_every_field_of_the_charts_crds() -> None:
         for version in crd["spec"]["versions"]:
             walk(version["schema"]["openAPIV3Schema"], f"{crd['spec']['names']['kind']}/{version['name']}")
     assert set(undocumented) <= KNOWN_UNDOCUMENTED, sorted(set(undocumented) - KNOWN_UNDOCUMENTED)
+
+
+@needs_helm
+def test_power_agent_daemonset_is_off_by_default_and_least_privilege() -> None:
+    assert not [d for d in render() if d["kind"] == "DaemonSet"]
+    docs = render("agent.enabled=true")
+    daemonset = one(docs, "DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"][0] == "agent"
+    security = container["securityContext"]
+    # Root with CAP_SYS_ADMIN (what NVML needs to set a limit), nothing else; not privileged.
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["SYS_ADMIN"]}
+    assert security["privileged"] is False and security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert "nvidia.com/gpu" not in json.dumps(container["resources"])  # it must not take GPUs from the servers
+    assert pod["volumes"] == [{"name": "pod-resources", "hostPath": {"path": "/var/lib/kubelet/pod-resources",
+                                                                     "type": "Directory"}}]
+    assert container["volumeMounts"][0]["readOnly"] is True
+    agent_role = next(d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"].endswith("power-agent"))
+    assert agent_role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "patch"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    ]
+    operator = next(d for d in by_kind(docs, "Deployment"))
+    assert "--power-limits" in operator["spec"]["template"]["spec"]["containers"][0]["args"]
+    operator_role = next(d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"] == "wk-wattkeeper")
+    assert {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "patch"]} in operator_role["rules"]
+
+
+@needs_helm
+def test_profiler_service_accounts_only_where_listed() -> None:
+    assert not [d for d in render() if d["metadata"]["name"].endswith("profiler")]
+    docs = render("profiler.namespaces={lab}")
+    role = next(d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"] == "wk-wattkeeper-profiler")
+    assert _grants(role["rules"]) == {("wattkeeper.io", "energyprofiles", "get"),
+                                      ("wattkeeper.io", "energyprofiles/status", "patch"), ("", "pods", "patch")}
+    account = one(docs, "ServiceAccount") if len(by_kind(docs, "ServiceAccount")) == 1 else next(
+        d for d in by_kind(docs, "ServiceAccount") if d["metadata"]["namespace"] == "lab")
+    assert account["metadata"]["name"] == "wattkeeper-profiler"
+    args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--profiler-service-account=wattkeeper-profiler" in args

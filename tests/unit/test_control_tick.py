@@ -21,8 +21,9 @@ from wattkeeper.control import (
 from wattkeeper.control.corrections import power_correction
 from wattkeeper.control.tick import settled
 from wattkeeper.control.types import Tuning
+from wattkeeper.energy.catalog import get_accelerator
 from wattkeeper.energy.model import EnergyModel
-from wattkeeper.energy.types import Workload
+from wattkeeper.energy.types import ServingConfig, Workload
 
 INTENT = ServiceIntent(
     model=model_shape("meta-llama/Llama-3.1-8B-Instruct"), accelerator="H100", allowed_precisions=("bf16", "fp8"),
@@ -30,6 +31,7 @@ INTENT = ServiceIntent(
     default_workload=Workload(4.0, 500.0, 150.0), cooldown_seconds=300.0,
 )
 EM = EnergyModel.default()
+BF16 = ServingConfig("bf16", 1, 256, 8192)
 
 
 def signals(rps: float, watts: float = 500.0, waiting: float = 0.0, **kw: float) -> Signals:
@@ -59,7 +61,7 @@ def test_stabilised_rate_holds_the_peak_for_the_window() -> None:
 
 
 def test_load_sources() -> None:
-    running = Plan(replace_config(), 1)
+    running = Plan(BF16, 1)
     held = Memory(running=running, planned_load=Workload(7.0, 400.0, 100.0))
     measured = estimate_load(INTENT, held, signals(8.0, waiting=60.0), 100.0)
     assert measured.source == "measured" and measured.workload.requests_per_second == 9.0
@@ -75,12 +77,6 @@ def test_load_sources() -> None:
     assert estimate_load(INTENT, peak, signals(3.0), 400.0).workload.requests_per_second == 3.0
 
 
-def replace_config():  # type: ignore[no-untyped-def]
-    from wattkeeper.energy.types import ServingConfig
-
-    return ServingConfig("bf16", 1, 256, 8192)
-
-
 # --- settle and corrections --------------------------------------------------------------------------------------
 
 
@@ -92,10 +88,9 @@ def test_settled(since: float | None, rolling: bool, expected: bool) -> None:
 
 
 def test_power_correction_moves_only_on_a_settled_fleet() -> None:
-    running = Plan(replace_config(), 1)
+    running = Plan(BF16, 1)
     wl = Workload(4.0, 500.0, 150.0)
-    predicted = EM.predict(INTENT.model, __import__("wattkeeper.energy.catalog", fromlist=["x"]).get_accelerator(
-        "H100"), running.config, wl).watts
+    predicted = EM.predict(INTENT.model, get_accelerator("H100"), running.config, wl).watts
     steady = FleetState(exists=True, replicas=1, ready_replicas=1)
     measured = signals(4.0, watts=predicted * 1.5)
     moved = power_correction(1.0, INTENT, running, measured, steady, wl, EM, Tuning())
@@ -161,7 +156,7 @@ def test_advise_never_applies() -> None:
 
 
 def test_pinned_is_served_as_written() -> None:
-    pinned = Plan(replace_config(), 2)
+    pinned = Plan(BF16, 2)
     tick = decide_tick(TickInputs(replace(INTENT, pinned=pinned), Memory(), None, FleetState(), now_s=0.0), EM)
     assert tick.apply == pinned and tick.result is None
 

@@ -91,3 +91,99 @@ def test_decode_pod_resources_list_response() -> None:
         "GPU-aaa": PodRef("team-a", "llama-7d9f", "vllm"),
         "GPU-bbb": PodRef("team-a", "llama-7d9f", "vllm"),
     }
+
+
+# --- failures: each GPU and each reading on its own ------------------------------------------------------------
+
+
+def series(registry: CollectorRegistry, name: str) -> dict[str, float]:
+    """gpu label -> value of one metric."""
+    return {gpu: value for (metric, gpu), value in scrape(registry).items() if metric == name}
+
+
+def test_a_lost_gpu_leaves_the_others_whole() -> None:
+    devices, registry = make(3)
+    for gpu, watts in zip(devices.gpus, (300_000, 400_000, 500_000), strict=True):
+        gpu.power_milliwatts = watts
+    devices.gpus[1].lost = True  # even its UUID read fails, as NVML_ERROR_GPU_IS_LOST does
+    assert series(registry, "wattkeeper_gpu_power_watts") == {"0": 300.0, "2": 500.0}
+    assert set(series(registry, "wattkeeper_gpu_energy_joules_total")) == {"0", "2"}
+    assert set(series(registry, "wattkeeper_gpu_memory_used_bytes")) == {"0", "2"}
+    before = series(registry, "wattkeeper_gpu_read_errors_total")
+    after = series(registry, "wattkeeper_gpu_read_errors_total")
+    assert before.keys() == {"1"} and after["1"] == before["1"] + 1  # one failed UUID read per scrape
+    assert 'reading="uuid"' in generate_latest(registry).decode()
+    devices.gpus[1].lost = False  # back (a reset): exported again
+    assert series(registry, "wattkeeper_gpu_power_watts") == {"0": 300.0, "1": 400.0, "2": 500.0}
+
+
+def test_a_gpu_without_energy_counter_still_reports_power() -> None:
+    devices, registry = make(2)
+    devices.gpus[0].power_milliwatts = 250_000
+    devices.gpus[0].energy_supported = False  # NVML_ERROR_NOT_SUPPORTED
+    devices.gpus[1].power_milliwatts = 350_000
+    devices.advance(2.0)
+    assert series(registry, "wattkeeper_gpu_power_watts") == {"0": 250.0, "1": 350.0}
+    assert series(registry, "wattkeeper_gpu_energy_joules_total") == {"1": 700.0}
+    assert series(registry, "wattkeeper_gpu_utilization_ratio").keys() == {"0", "1"}
+
+
+def test_a_failing_reading_drops_only_that_series() -> None:
+    class PowerlessGpus(FakeGpuDevices):
+        def power_limit_milliwatts(self, index: int) -> int:
+            raise RuntimeError("Not Supported")
+
+    devices = PowerlessGpus(2)
+    registry = CollectorRegistry()
+    registry.register(GpuCollector(devices))
+    assert series(registry, "wattkeeper_gpu_power_watts").keys() == {"0", "1"}
+    assert series(registry, "wattkeeper_gpu_power_limit_watts") == {}
+
+
+def test_a_failing_pod_mapper_keeps_the_power() -> None:
+    def broken(_uuids: object) -> dict[str, PodRef]:
+        raise RuntimeError("kubelet socket gone")
+
+    devices = FakeGpuDevices(2)
+    registry = CollectorRegistry()
+    registry.register(GpuCollector(devices, broken))
+    assert series(registry, "wattkeeper_gpu_power_watts").keys() == {"0", "1"}
+
+
+def test_a_gpu_count_failure_is_an_empty_scrape_not_an_error() -> None:
+    class NoDriver(FakeGpuDevices):
+        def count(self) -> int:
+            raise RuntimeError("Driver Not Loaded")
+
+    registry = CollectorRegistry()
+    registry.register(GpuCollector(NoDriver(1)))
+    assert series(registry, "wattkeeper_gpu_power_watts") == {}
+    assert "wattkeeper_gpu_read_errors_total" in generate_latest(registry).decode()
+
+
+# --- time-sliced GPUs --------------------------------------------------------------------------------------------
+
+
+def _pod(name: str, namespace: str, container: str, resource: bytes, *device_ids: bytes) -> bytes:
+    devices = _field(1, resource) + b"".join(_field(2, d) for d in device_ids)
+    return _field(1, _field(1, name.encode()) + _field(2, namespace.encode()) + _field(3, _field(1, container.encode()) + _field(2, devices)))
+
+
+def test_time_sliced_device_ids_map_to_the_gpu_uuid() -> None:
+    """`GPU-<uuid>::<n>` replicas (device plugin time-slicing) belong to the GPU `GPU-<uuid>`, as in dcgm-exporter;
+    with two sharers the last listed holds the labels (one series per GPU, power never counted twice)."""
+    response = _pod("a-0", "team-a", "vllm", b"nvidia.com/gpu", b"GPU-aaa::0") + _pod(
+        "b-0", "team-b", "vllm", b"nvidia.com/gpu.shared", b"GPU-aaa::1", b"GPU-bbb::3"
+    )
+    owners = decode_list_response(response)
+    assert owners["GPU-aaa::0"] == PodRef("team-a", "a-0", "vllm")
+    assert owners["GPU-aaa"] == PodRef("team-b", "b-0", "vllm")
+    assert owners["GPU-bbb"] == PodRef("team-b", "b-0", "vllm")
+
+    devices = FakeGpuDevices(2)
+    devices.gpus[0].uuid, devices.gpus[1].uuid = "GPU-aaa", "GPU-bbb"
+    registry = CollectorRegistry()
+    registry.register(GpuCollector(devices, lambda uuids: {u: owners[u] for u in uuids if u in owners}))
+    text = generate_latest(registry).decode()
+    power_lines = [line for line in text.splitlines() if line.startswith("wattkeeper_gpu_power_watts{")]
+    assert len(power_lines) == 2 and all('pod="b-0"' in line for line in power_lines), power_lines

@@ -155,7 +155,7 @@ def test_fleet_starts_stops_and_writes_files(tmp_path: Path) -> None:
         processes.append(FakeProcess())
         return processes[-1]  # type: ignore[return-value]
 
-    fleet = Fleet(tmp_path / "sd.json", tmp_path / "registry.json", speedup=5, spawner=spawner, drain_seconds=0)
+    fleet = Fleet(tmp_path / "sd.json", tmp_path / "registry.json", speedup=5, spawner=spawner)
     fleet._check_ready = lambda child: setattr(child, "ready", True)  # type: ignore[method-assign]
     pods = [
         pod("a", command=["vllm", "serve"], args=["m", "--served-model-name", "llama"]),

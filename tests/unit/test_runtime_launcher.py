@@ -28,10 +28,12 @@ def flag(argv: list[str], name: str) -> str | None:
         ("fp16", BASE, "float16", None),
         ("fp8", BASE, "bfloat16", "fp8"),  # on-the-fly dynamic FP8
         ("fp8", "RedHatAI/Llama-3.1-8B-Instruct-FP8-dynamic", "auto", None),  # the checkpoint names its method
-        ("int8", "RedHatAI/Llama-3.1-8B-Instruct-quantized.w8a8", "auto", "compressed-tensors"),
-        ("int4-awq", "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4", "auto", "awq_marlin"),
-        ("int4-gptq", "hugging-quants/Meta-Llama-3.1-8B-Instruct-GPTQ-INT4", "auto", "gptq_marlin"),
-        ("mxfp4", "openai/gpt-oss-20b", "auto", "mxfp4"),
+        # Pre-quantized checkpoints: vLLM reads the method from config.json (see test_quantization_flags.py).
+        ("int8", "RedHatAI/Llama-3.1-8B-Instruct-quantized.w8a8", "auto", None),
+        ("int8", BASE, "bfloat16", "rtn"),  # weight-only int8 on load
+        ("int4-awq", "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4", "auto", None),
+        ("int4-gptq", "hugging-quants/Meta-Llama-3.1-8B-Instruct-GPTQ-INT4", "auto", None),
+        ("mxfp4", "openai/gpt-oss-20b", "auto", None),
     ],
 )
 def test_precision_flags(precision: str, source: str, dtype: str, quantization: str | None) -> None:
@@ -132,7 +134,7 @@ def test_plan_from_env() -> None:
     }
     argv = plan_argv(plan_from_env(env))
     assert argv[:3] == ["vllm", "serve", "org/llama-awq"]
-    assert flag(argv, "--quantization") == "awq_marlin"
+    assert flag(argv, "--quantization") is None  # vLLM detects AWQ and picks awq_marlin itself
     assert flag(argv, "--tensor-parallel-size") == "2"
     assert flag(argv, "--kv-cache-dtype") == "fp8_e4m3"
     assert flag(argv, "--gpu-memory-utilization") == "0.85"

@@ -164,3 +164,23 @@ def test_load_generator_against_a_live_simulator() -> None:
         assert summary.ttft_p50_s is not None and summary.itl_p50_s is not None and summary.itl_p50_s > 0
 
     run_with_client([MODEL, "--served-model-name", "llama", *FAST], body)
+
+
+def test_power_limit_changes_in_place_within_the_cards_range() -> None:
+    """What the node agent does to a real pod's GPUs, the simulator does on PUT /wattkeeper/gpu-power-limit."""
+
+    async def main() -> None:
+        server = SimServer(parse_sim_args([MODEL, "--speedup", "50"]))
+        async with TestClient(TestServer(server.make_app())) as client:
+            full = server.timing.power_watts(256, 1.0)
+            response = await client.put("/wattkeeper/gpu-power-limit", json={"watts": 400})
+            assert response.status == 200 and (await response.json()) == {"watts": 400.0}
+            assert server.timing.power_watts(256, 1.0) <= 400.0 < full
+            assert (await (await client.put("/wattkeeper/gpu-power-limit", json={"watts": 50})).json()) == \
+                {"watts": 200.0}  # the H100's minimum
+            assert (await (await client.put("/wattkeeper/gpu-power-limit", json={"watts": None})).json()) == \
+                {"watts": None}
+            assert server.timing.power_watts(256, 1.0) == pytest.approx(full)
+            assert (await client.put("/wattkeeper/gpu-power-limit", json={"watts": "lots"})).status == 400
+
+    asyncio.run(main())

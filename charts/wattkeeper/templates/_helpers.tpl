@@ -50,6 +50,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: nvml-exporter
 {{- end }}
 
+{{- define "wattkeeper.agentLabels" -}}
+{{ include "wattkeeper.commonLabels" . }}
+{{ include "wattkeeper.agentSelectorLabels" . }}
+{{- end }}
+
+{{- define "wattkeeper.agentSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "wattkeeper.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: power-agent
+{{- end }}
+
 {{- define "wattkeeper.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "wattkeeper.fullname" .) .Values.serviceAccount.name }}
@@ -100,12 +111,24 @@ app.kubernetes.io/component: nvml-exporter
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch]
+# An EnergyProfile's spec.sweep: the profiler Job that measures it (create only: a Job is never changed; owner
+# references delete it with its profile, ttlSecondsAfterFinished before that).
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [create]
 # Reasons for each reconfiguration, shown by `kubectl describe` (the operator's and kopf's warnings).
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-{{- if eq .Values.operator.telemetry "scrape" }}
-# --telemetry scrape: find the Running vLLM pods to read their /metrics.
+{{- if .Values.agent.enabled }}
+# agent.enabled (--power-limits): list the service's running pods and patch the annotation
+# wattkeeper.io/gpu-power-limit-watts onto them (a metadata patch restarts nothing; the node agent applies it).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, patch]
+{{- else if eq .Values.operator.telemetry "scrape" }}
+# --telemetry scrape: find the Running vLLM pods to read their /metrics, and the GPU exporters on their nodes
+# (vLLM exports no power).
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]

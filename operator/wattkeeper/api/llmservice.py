@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..energy.types import Plan, ServingConfig
 from .common import (
@@ -21,9 +21,15 @@ from .common import (
     StatusModel,
 )
 
+# Weights vLLM loads as they are or casts (no quantization method).
+UNQUANTIZED_PRECISIONS = frozenset({Precision.BF16, Precision.FP16})
+# What vLLM 0.11.1 can quantize unquantized weights to on load (fp8: `--quantization fp8`; int8: weight-only
+# `--quantization rtn`); the rest needs a pre-quantized checkpoint. See wattkeeper_runtime.launcher.
+ON_THE_FLY_PRECISIONS = frozenset({Precision.FP8, Precision.INT8})
+
 
 class ModelVariant(ApiModel):
-    """A pre-quantized copy of the model, served when the plan picks its precision."""
+    """A pre-quantized copy of the model (config.json names its method), served as it is for its precision."""
 
     precision: Precision = Field(description="Precision of this copy's weights.")
     source: str = Field(
@@ -61,19 +67,70 @@ class ModelSpec(ApiModel):
     layers: int | None = Field(default=None, description="Transformer layers, where known.", ge=1, le=1000)
     kv_heads: int | None = Field(default=None, description="Key/value heads per layer, where known.", ge=1, le=1024)
     head_dim: int | None = Field(default=None, description="Dimension of one attention head, where known.", ge=1, le=4096)
+    source_precision: Precision | None = Field(
+        default=None,
+        description="Precision of the weights at `source`. Unset: unquantized (bf16/fp16) weights, which vLLM can "
+        "also quantize on load to fp8 and int8. Set it to a quantized precision when `source` is itself a "
+        "pre-quantized checkpoint (mxfp4 for gpt-oss, an FP8 or AWQ checkpoint): it is then served as it is and "
+        "every other precision needs a variant.",
+    )
     variants: list[ModelVariant] = Field(
         default_factory=list,
-        description="Pre-quantized copies of the model, one per precision. Precisions without a copy are "
-        "quantized on load by vLLM where it can (fp8).",
+        description="Pre-quantized copies of the model, at most one per precision. Precisions without a copy are "
+        "quantized on load by vLLM where it can (fp8, weight-only int8) from unquantized `source` weights.",
         max_length=16,
+        # A map keyed by precision: the apiserver itself rejects two variants of one precision.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["precision"]},
     )
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "!has(self.sourcePrecision) || self.sourcePrecision in ['bf16', 'fp16'] || "
+                         "!has(self.variants) || !self.variants.exists(v, v.precision == self.sourcePrecision)",
+                 "message": "a variant repeats sourcePrecision: `source` already is that checkpoint",
+                 "fieldPath": ".variants", "reason": "FieldValueInvalid"},
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _one_checkpoint_per_precision(self) -> ModelSpec:
+        seen: set[str] = set()
+        for variant in self.variants:
+            if variant.precision in seen:
+                raise ValueError(f"model.variants: more than one variant for precision {variant.precision}")
+            seen.add(variant.precision)
+        quantized_source = self.source_precision is not None and self.source_precision not in UNQUANTIZED_PRECISIONS
+        if quantized_source and self.source_precision in seen:
+            raise ValueError(
+                f"model.variants repeats sourcePrecision {self.source_precision}: `source` already is that checkpoint"
+            )
+        return self
+
+    def _source_is_quantized(self) -> bool:
+        return self.source_precision is not None and self.source_precision not in UNQUANTIZED_PRECISIONS
+
+    def checkpoint_for(self, precision: str) -> tuple[str, bool]:
+        """(weights to load, whether they are a pre-quantized checkpoint) for a precision."""
+        for variant in self.variants:
+            if variant.precision == precision:
+                return variant.source, True
+        source = self.source or self.name
+        return source, self._source_is_quantized() and precision == self.source_precision
 
     def source_for(self, precision: str) -> str:
         """The weights to load for a precision: its pre-quantized variant, else the base source."""
-        for variant in self.variants:
-            if variant.precision == precision:
-                return variant.source
-        return self.source or self.name
+        return self.checkpoint_for(precision)[0]
+
+    def can_serve(self, precision: str) -> bool:
+        """Whether some checkpoint serves `precision`: a variant, the source as it is, or the unquantized source
+        quantized on load."""
+        if any(v.precision == precision for v in self.variants) or precision == self.source_precision:
+            return True
+        if self._source_is_quantized():
+            return False
+        return precision in UNQUANTIZED_PRECISIONS or precision in ON_THE_FLY_PRECISIONS
 
 
 class QualitySpec(ApiModel):
@@ -293,6 +350,17 @@ class LLMServiceSpec(ApiModel):
     )
     pinned: ServingConfigSpec | None = Field(default=None, description="The configuration to serve in Pinned mode.")
 
+    @model_validator(mode="after")
+    def _allowed_precisions_have_checkpoints(self) -> LLMServiceSpec:
+        missing = [str(p) for p in self.quality.allowed_precisions if not self.model.can_serve(p)]
+        if missing:
+            raise ValueError(
+                f"quality.allowedPrecisions {', '.join(missing)} have no checkpoint: add a model.variants entry "
+                "(a pre-quantized copy) for each; vLLM 0.11.1 quantizes on load only to fp8 and int8, and only "
+                "from unquantized source weights"
+            )
+        return self
+
     model_config = ApiModel.model_config | {
         "json_schema_extra": {
             "x-kubernetes-validations": [
@@ -301,6 +369,14 @@ class LLMServiceSpec(ApiModel):
                 {"rule": "!has(self.pinned) || self.pinned.precision in self.quality.allowedPrecisions",
                  "message": "pinned.precision must be one of quality.allowedPrecisions",
                  "fieldPath": ".pinned.precision", "reason": "FieldValueInvalid"},
+                {"rule": "self.quality.allowedPrecisions.all(p, "
+                         "(has(self.model.variants) && self.model.variants.exists(v, v.precision == p)) || "
+                         "(has(self.model.sourcePrecision) && self.model.sourcePrecision == p) || "
+                         "((!has(self.model.sourcePrecision) || self.model.sourcePrecision in ['bf16', 'fp16']) && "
+                         "p in ['bf16', 'fp16', 'fp8', 'int8']))",
+                 "message": "every allowed precision needs a checkpoint: int4-awq, int4-gptq and mxfp4 (and any "
+                            "precision when the source is itself quantized) need a model.variants entry",
+                 "fieldPath": ".quality.allowedPrecisions", "reason": "FieldValueInvalid"},
                 {"rule": "!has(self.pinned) || self.pinned.tensorParallel <= self.accelerator.maxTensorParallel",
                  "message": "pinned.tensorParallel must not exceed accelerator.maxTensorParallel",
                  "fieldPath": ".pinned.tensorParallel", "reason": "FieldValueInvalid"},

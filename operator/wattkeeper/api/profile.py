@@ -1,7 +1,9 @@
 """EnergyProfile: measured serving points of one model on one accelerator (namespaced).
 
-Written by the profiler job or imported from ML.ENERGY-format data; read by the planner, which prefers measured
-points to the analytical model wherever a configuration was measured.
+Two ways to fill it: points written into `spec.points` by a user (imported from ML.ENERGY-format data, say), or a
+`spec.sweep` that asks the operator to measure them: it runs the profiler Job (`wattkeeper-runtime profile`), which
+writes what it measured into `status.points` with its provenance. The planner reads both and prefers measured
+points to the analytical model wherever they cover a configuration (planner/measured.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,61 @@ class ProfilePoint(ApiModel):
     ttft_p95_seconds: float | None = Field(default=None, description="p95 time to first token, s.", gt=0, le=3600)
     mean_output_tokens: float | None = Field(default=None, description="Mean completion length, tokens.", gt=0,
                                              le=1e7)
+    mean_input_tokens: float | None = Field(default=None, description="Mean prompt length, tokens.", gt=0, le=1e7)
+    gpu_power_limit_watts: float | None = Field(
+        default=None, description="GPU power limit during the run, W per GPU; unset: the card's default.", gt=0,
+        le=2000)
+    concurrency: int | None = Field(default=None, description="Requests kept in flight by the load generator.",
+                                    ge=1)
+    duration_seconds: float | None = Field(default=None, description="Length of the measured window, s.", gt=0)
+
+
+class PromptShape(ApiModel):
+    """One request shape of a sweep."""
+
+    input_tokens: int = Field(description="Prompt length, tokens.", ge=1, le=1_000_000)
+    output_tokens: int = Field(description="Completion length, tokens.", ge=1, le=1_000_000)
+
+
+class ProfileSweep(ApiModel):
+    """What to measure: every combination of the lists below, each driven at every concurrency and shape."""
+
+    precisions: list[Precision] = Field(description="Precisions to serve.", min_length=1, max_length=8)
+    tensor_parallel: list[int] = Field(default_factory=lambda: [1], description="Tensor-parallel degrees.",
+                                       min_length=1, max_length=4)
+    max_num_seqs: list[int] = Field(default_factory=lambda: [256], description="vLLM --max-num-seqs values.",
+                                    min_length=1, max_length=16)
+    gpu_power_limits_watts: list[float] = Field(
+        default_factory=list, description="GPU power limits, W per GPU; the card's default is always measured.",
+        max_length=8)
+    concurrencies: list[int] = Field(default_factory=lambda: [1, 8, 32, 128],
+                                     description="Requests kept in flight.", min_length=1, max_length=16)
+    shapes: list[PromptShape] = Field(
+        default_factory=lambda: [PromptShape(input_tokens=1024, output_tokens=256)],
+        description="Prompt and completion lengths.", min_length=1, max_length=8)
+    seconds_per_point: float = Field(default=60.0, description="Measured window per point, after warm-up.",
+                                     gt=0, le=3600)
+    model_source: str | None = Field(default=None, description="Checkpoint to serve; default: the model name.")
+    parameters_billions: float | None = Field(default=None, description="Model size, for the simulator.", gt=0)
+    image: str | None = Field(
+        default=None, description="Profiler image. Default: the runtime image, which has no vLLM, so it serves "
+        "only simulate: true; on GPUs give an image with vLLM 0.11.1 and wattkeeper-runtime (for example built "
+        "FROM vllm/vllm-openai:v0.11.1 with pip install wattkeeper[runtime]).")
+    simulate: bool = Field(
+        default=False, description="Drive the GPU-less simulator instead of vLLM (tests, demos): points are "
+        "then the energy model's, marked simulated in the provenance.")
+
+
+class Provenance(StatusModel):
+    """Where measured points come from."""
+
+    gpu_model: str | None = Field(default=None, description="GPU model as NVML names it.")
+    driver_version: str | None = Field(default=None, description="NVIDIA driver version.")
+    engine_version: str | None = Field(default=None, description="vLLM version measured.")
+    measured_at: str | None = Field(default=None, description="When the sweep finished (RFC 3339).")
+    energy_source: str | None = Field(
+        default=None, description="nvml-energy-counter (nvmlDeviceGetTotalEnergyConsumption) or simulated.")
+    job: str | None = Field(default=None, description="The profiler Job that measured them.")
 
 
 # No LLM decodes a token of one sequence in under a millisecond: a replica's tokens per second are at most
@@ -72,7 +129,19 @@ class EnergyProfileSpec(ApiModel):
         json_schema_extra={"enum": ["profiler", "mlenergy", "manual"]},
     )
     engine_version: str | None = Field(default=None, description="vLLM version measured, for example 0.11.1.")
-    points: list[ProfilePoint] = Field(description="The measured points.", min_length=1, max_length=2000)
+    points: list[ProfilePoint] = Field(default_factory=list, description="Measured points given by a user.",
+                                       max_length=2000)
+    sweep: ProfileSweep | None = Field(
+        default=None, description="Ask the operator to measure: it runs the profiler Job, which writes status.points.")
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "size(self.points) > 0 || has(self.sweep)",
+                 "message": "a profile needs points or a sweep", "reason": "FieldValueRequired"},
+            ]
+        }
+    }
 
 
 class RejectedPoint(StatusModel):
@@ -89,6 +158,12 @@ class EnergyProfileStatus(StatusModel):
     point_count: int | None = Field(default=None, description="Points accepted by the planner.")
     rejected_points: list[RejectedPoint] = Field(
         default_factory=list, description="Points the planner ignores, by index, and why.", max_length=2000)
+    points: list[ProfilePoint] = Field(default_factory=list, description="Points the profiler Job measured.",
+                                       max_length=2000)
+    provenance: Provenance | None = Field(default=None, description="Where status.points come from.")
+    job: str | None = Field(default=None, description="The profiler Job for the current spec.sweep.")
+    phase: str | None = Field(default=None, description="Sweep: Pending, Running, Measured or Failed.")
+    message: str | None = Field(default=None, description="What the profiler says: progress or failures.")
     conditions: list[Condition] = Field(
         default_factory=list, description="Ready.", json_schema_extra=CONDITIONS_FIELD_EXTRA
     )

@@ -52,6 +52,41 @@ def register(subparsers: Any) -> None:
     s.add_argument("--skip-timing", action="store_true", help="skip the planner timing micro-benchmark")
     s.set_defaults(func=_standard_command)
 
+    lat = sub.add_parser("latency", help="latency model against BatchingEngine runs per workload family (issue 11)")
+    lat.add_argument("--out", type=Path, default=None, help="JSON file")
+    lat.add_argument("--duration-s", type=float, default=600.0, help="simulated seconds per case")
+    lat.set_defaults(func=lambda a: _latency_command(a))
+
+    dt = sub.add_parser("decision-time", help="time one planning decision for a 70B service (issue 11)")
+    dt.add_argument("--out", type=Path, default=None, help="JSON file")
+    dt.add_argument("--repeats", type=int, default=21)
+    dt.set_defaults(func=lambda a: _decision_command(a))
+
+    pc = sub.add_parser("plan-check", help="plans of the queued latency model replayed through the fleet (issue 11)")
+    pc.add_argument("--out", type=Path, default=None, help="JSON file")
+    pc.set_defaults(func=lambda a: _plan_check_command(a))
+
+
+def _latency_command(args: argparse.Namespace) -> int:
+    from . import latency
+
+    latency.main(args.out, args.duration_s)
+    return 0
+
+
+def _plan_check_command(args: argparse.Namespace) -> int:
+    from . import plancheck
+
+    plancheck.main(args.out)
+    return 0
+
+
+def _decision_command(args: argparse.Namespace) -> int:
+    from . import decision
+
+    decision.main(args.out, args.repeats)
+    return 0
+
 
 def _load_trace(args: argparse.Namespace) -> Trace:
     path = args.trace or default_trace_path()

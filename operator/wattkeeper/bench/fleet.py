@@ -237,6 +237,8 @@ class FleetSimulator:
         window: deque[_Window] = deque()
         current = _Window()
         window_len = max(1, round(self.telemetry_window_s / self.sample_s))
+        # A policy that reads Prometheus sees the window that ended at the last scrape (`telemetry_lag_s`).
+        lag_len = max(0, round(float(getattr(policy, "telemetry_lag_s", 0.0)) / self.sample_s))
 
         def advance(r: Replica, t_s: float) -> None:
             nonlocal steps
@@ -405,7 +407,7 @@ class FleetSimulator:
             current.active_total = float(sum(len(r.engine.running) + len(r.engine.waiting) for r in serving))
             current.waiting_total = float(sum(len(r.engine.waiting) for r in serving))
             window.append(current)
-            if len(window) > window_len:
+            if len(window) > window_len + lag_len:
                 window.popleft()
             current = _Window()
             done = (
@@ -417,7 +419,8 @@ class FleetSimulator:
                 break
             if t_sample + 1e-9 >= next_policy_s:
                 next_policy_s += policy.interval_s
-                obs = self._observe(t_sample, window, energy_samples, replicas, arrivals, inputs, arrival_i)
+                obs = self._observe(t_sample, window, energy_samples, replicas, arrivals, inputs, arrival_i,
+                                    window_len, lag_len)
                 proposal = policy.decide(obs, target)
                 if proposal is not None and not proposal.same_shape(target):
                     apply(proposal, t_sample)
@@ -448,16 +451,24 @@ class FleetSimulator:
         arrivals: list[float],
         inputs: list[int],
         arrived: int,
+        window_len: int | None = None,
+        lag_len: int = 0,
     ) -> Observation:
+        lag_len = min(lag_len, max(len(window) - 1, 0))
+        seen = list(window)[: len(window) - lag_len][-(window_len or len(window)):]
+        end_s = t_s - lag_len * self.sample_s
+        arrived = _bisect_left(arrivals, end_s, 0, arrived)
+        window = deque(seen)
         span_s = len(window) * self.sample_s
-        lo = _bisect_left(arrivals, t_s - span_s, 0, arrived)
+        lo = _bisect_left(arrivals, end_s - span_s, 0, arrived)
         count = arrived - lo
         completed = sum(w.completed for w in window)
         out_tokens = sum(w.completed_output_tokens for w in window)
         ttfts = [x for w in window for x in w.ttft]
         itl_v = [x for w in window for x in w.itl_values]
         itl_c = [c for w in window for c in w.itl_counts]
-        watts = (energy_samples[-1] - energy_samples[-1 - len(window)]) / span_s if span_s > 0 else 0.0
+        end = len(energy_samples) - 1 - lag_len
+        watts = (energy_samples[end] - energy_samples[end - len(window)]) / span_s if span_s > 0 else 0.0
         serving = [r for r in replicas if r.state is State.SERVING]
         active = [w.active_total / w.serving for w in window if w.serving]
         return Observation(

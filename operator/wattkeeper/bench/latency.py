@@ -30,16 +30,14 @@ from ..energy.latency import TokenDistribution
 from ..energy.model import EnergyModel
 from ..energy.types import ModelShape, ServingConfig
 from ..planner.load import LoadEstimate, estimate_load
+from . import workloads
 from .groundtruth import GroundTruth
 from .trace import Trace, default_trace_path, load_azure_trace
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-FAMILIES = ("conversation", "prefill-heavy", "decode-heavy", "bursty")
-# The bursty family: (seconds, factor on the mean rate) phases, mean 1. Its load share is the burst's.
-BURST_PHASES = ((10.0, 2.2), (20.0, 0.4))
-BURST_PEAK = 2.2
+FAMILIES = workloads.FAMILIES
 # Requests arriving in this first share of a run are not scored: the engine starts empty.
 WARMUP_SHARE = 0.1
 
@@ -63,7 +61,7 @@ def _lognormal(rng: np.random.Generator, mean: float, sigma: float, n: int) -> I
 
 
 def token_pairs(family: str, n: int, rng: np.random.Generator) -> tuple[IntArray, IntArray]:
-    """Prompt and output lengths of `n` requests of a family."""
+    """Prompt and output lengths of `n` requests of a family, with the shapes of bench/workloads.py."""
     if family in ("conversation", "bursty"):
         path = default_trace_path()
         if path is not None:
@@ -72,9 +70,9 @@ def token_pairs(family: str, n: int, rng: np.random.Generator) -> tuple[IntArray
             return trace.input_tokens[idx], trace.output_tokens[idx]
         return _lognormal(rng, 1155.0, 1.0, n), _lognormal(rng, 211.0, 0.8, n)
     if family == "prefill-heavy":
-        return _lognormal(rng, 4000.0, 0.7, n), _lognormal(rng, 80.0, 0.7, n)
+        return workloads.PREFILL_HEAVY.prompt.draw(rng, n), workloads.PREFILL_HEAVY.output.draw(rng, n)
     if family == "decode-heavy":
-        return _lognormal(rng, 200.0, 0.7, n), _lognormal(rng, 800.0, 0.5, n)
+        return workloads.DECODE_HEAVY.prompt.draw(rng, n), workloads.DECODE_HEAVY.output.draw(rng, n)
     raise ValueError(f"unknown workload family {family!r}; known: {', '.join(FAMILIES)}")
 
 
@@ -87,20 +85,15 @@ def _conversation_trace(path: Path) -> Trace:
     return _TRACE_CACHE[path]
 
 
-def arrivals(family: str, rate: float, duration_s: float, rng: np.random.Generator) -> FloatArray:
-    """Poisson arrivals at `rate`; the bursty family alternates 10 s at 2.2x with 20 s at 0.4x its mean rate."""
-    if family != "bursty":
-        n = rng.poisson(rate * duration_s)
-        return np.sort(rng.uniform(0.0, duration_s, n))
-    times: list[FloatArray] = []
-    t = 0.0
-    while t < duration_s:
-        for length, factor in BURST_PHASES:
-            k = rng.poisson(rate * factor * length)
-            times.append(t + rng.uniform(0.0, length, k))
-            t += length
-    out = np.sort(np.concatenate(times))
-    return out[out < duration_s]
+def arrivals(family: str, rate: float, duration_s: float, rng: np.random.Generator, seed: int = 0) -> FloatArray:
+    """Poisson arrivals at `rate`; the bursty family regroups each minute's arrivals in clusters of ~8 within 2 s
+    (bench/workloads.py `clustered`), keeping the minute's count."""
+    n = rng.poisson(rate * duration_s)
+    times = np.sort(rng.uniform(0.0, duration_s, n))
+    if family != "bursty" or n == 0:
+        return times
+    ones = np.ones(n, dtype=np.int64)
+    return workloads.clustered(Trace(times, ones, ones, "poisson"), seed).arrival_s
 
 
 def simulate(
@@ -151,9 +144,8 @@ def run_case(case: Case, em: EnergyModel, gt: GroundTruth) -> dict[str, Any]:
     sample_in, sample_out = token_pairs(case.family, 4000, rng)
     tokens = TokenDistribution.from_sample(sample_in, sample_out)
     cap = capacity_rps(em, case.model, case.config, tokens)
-    # The bursty family's share is that of its bursts (what the planner plans for); the mean is lower.
-    mean_rate = case.load_share * cap / (BURST_PEAK if case.family == "bursty" else 1.0)
-    arrival_s = arrivals(case.family, mean_rate, case.duration_s, rng)
+    mean_rate = case.load_share * cap
+    arrival_s = arrivals(case.family, mean_rate, case.duration_s, rng, case.seed)
     prompts, outputs = token_pairs(case.family, arrival_s.size, rng)
     started = time.perf_counter()
     ttft, gaps, mean_itl = simulate(
@@ -161,12 +153,19 @@ def run_case(case: Case, em: EnergyModel, gt: GroundTruth) -> dict[str, Any]:
     )
     sim_seconds = time.perf_counter() - started
     load: LoadEstimate = estimate_load(counts_from_arrivals(arrival_s), 1.0, prompts, outputs)
-    # Bursty arrivals: the mean rate with the observed 10-s rate levels (planner/load.py); else Poisson at the mean.
-    levels = load.rate_levels if case.family == "bursty" else ((1.0, 1.0),)
-    plan_rate = load.mean_rate if case.family == "bursty" else mean_rate
+    # What telemetry shows: the mean rate, its 10-s rate levels and the clustering of arrivals within them
+    # (planner/load.py, from 1-s counts), and the token lengths.
+    levels = load.rate_levels
+    plan_rate = load.mean_rate
     observed = TokenDistribution.from_sample(prompts, outputs)
     f = em.features(case.model, get_accelerator("H100"), case.config)
-    r = em.evaluator.under_load_queued(f, np.array([plan_rate]), observed, rate_levels=levels)
+    r = em.evaluator.under_load_queued(
+        f, np.array([plan_rate]), observed, rate_levels=levels, arrival_dispersion=load.arrival_dispersion
+    )
+    # The steady model the planner used before (Poisson at the rate, mean lengths), for comparison.
+    steady = em.evaluator.under_load(
+        f, np.array([plan_rate]), np.array([observed.mean_prompt_tokens]), np.array([observed.mean_output_tokens])
+    )
     pred_ttft = float(r["ttft_p95"][0])
     pred_itl = float(r["itl_p95"][0])
     sim_ttft = float(np.percentile(ttft, 95))
@@ -180,9 +179,16 @@ def run_case(case: Case, em: EnergyModel, gt: GroundTruth) -> dict[str, Any]:
         "meanRate": round(mean_rate, 4),
         "planRate": round(plan_rate, 4),
         "rateLevels": [list(level) for level in levels],
+        "arrivalDispersion": round(load.arrival_dispersion, 3),
         "requests": int(arrival_s.size),
         "ttftP95": {"predicted": pred_ttft, "simulated": sim_ttft, "logError": _log_error(pred_ttft, sim_ttft)},
         "itlP95": {"predicted": pred_itl, "simulated": sim_itl, "logError": _log_error(pred_itl, sim_itl)},
+        "steadyModel": {
+            "ttftP95": float(steady["ttft_p95"][0]),
+            "itlP95": float(steady["itl_p95"][0]),
+            "ttftLogError": _log_error(float(steady["ttft_p95"][0]), sim_ttft),
+            "itlLogError": _log_error(float(steady["itl_p95"][0]), sim_itl),
+        },
         "ttftP99": {"predicted": float(r["ttft_q"][0]), "simulated": float(np.percentile(ttft, 99))},
         "requestMeanItlP99": {
             "predicted": float(r["request_mean_itl_q"][0]),
@@ -230,6 +236,13 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "cases": len(rows),
             "medianAbsLogError": float(np.median(np.abs(errors))) if errors.size else None,
             "meanLogError": float(finite.mean()) if finite.size else None,
+            "worstRatio": float(np.exp(np.max(np.abs(errors)))) if errors.size else None,
+            "within2x": int(np.sum(np.abs(errors) <= math.log(2.0))),
+        }
+    for metric, key in (("ttftP95", "ttftLogError"), ("itlP95", "itlLogError")):
+        errors = np.array([row["steadyModel"][key] for row in rows], dtype=float)
+        out[f"steadyModel{metric[0].upper()}{metric[1:]}"] = {
+            "medianAbsLogError": float(np.median(np.abs(errors))) if errors.size else None,
             "worstRatio": float(np.exp(np.max(np.abs(errors)))) if errors.size else None,
             "within2x": int(np.sum(np.abs(errors) <= math.log(2.0))),
         }

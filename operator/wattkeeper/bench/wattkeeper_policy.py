@@ -3,7 +3,8 @@ telemetry would show of the simulated fleet.
 
 Nothing of the decision is here. This file only translates: the simulator's `Observation` of the trailing
 telemetry window becomes the core's `Signals` (finished requests per second, not arrivals; the queue averaged
-over the window, as `avg_over_time(vllm:num_requests_waiting[w])`), the fleet's replica states become the core's
+over the window, as `avg_over_time(vllm:num_requests_waiting[w])`; the window ends at the last Prometheus scrape,
+up to one scrape interval before the tick), the fleet's replica states become the core's
 `FleetState` (rolling while replicas load or drain), and the core's decision becomes a `FleetTarget`. The settle
 rule, the corrections, the cooldown and the switching rule are the operator's, with the operator's defaults
 (interval 30 s, cooldown 300 s, horizon 3600 s, the pods' termination grace as the drain bound).
@@ -60,11 +61,18 @@ class WattkeeperPolicy:
     # The service ran before the trace starts: its spec's workload is the load of the first minute.
     warmup_s: float = 60.0
     drain_s: float = float(TERMINATION_GRACE_SECONDS)
+    # Prometheus' scrape interval: the operator's rate() over the window sees data up to one scrape old.
+    scrape_interval_s: float = 15.0
     tuning: Tuning = field(default_factory=Tuning)
     memory: Memory = field(default_factory=Memory)
     decisions: list[Decision] = field(default_factory=list)
     ticks: list[TickDecision] = field(default_factory=list)  # every decision of the core, for tests and reports
     note: str = ""
+
+    @property
+    def telemetry_lag_s(self) -> float:
+        """Read by the fleet simulator: the window it shows ends this long before now."""
+        return self.scrape_interval_s
 
     def __post_init__(self) -> None:
         warm = trace_workload(self.trace, 0.0, self.warmup_s, peak_bin_s=self.warmup_s)

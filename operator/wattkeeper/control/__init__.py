@@ -5,6 +5,16 @@ decides a reconfiguration is in `switching.py`; the steps of a tick are in `tick
 allocation are in `budget.py`.
 """
 
+from .budget import (
+    BudgetDecision,
+    BudgetIntent,
+    BudgetMemory,
+    BudgetShare,
+    ServiceLoad,
+    allocation_changed,
+    decide_budget,
+    shares_to_allocation,
+)
 from .load import estimate_load, offered_rate, stabilised_rate
 from .planning import evaluate, plan_of, plan_request, significant, surge_fits
 from .switching import OVERSHOOT_TOLERANCE, SwitchFacts, switching_rule
@@ -23,8 +33,37 @@ from .types import (
 )
 
 __all__ = [
-    "OVERSHOOT_TOLERANCE", "FleetState", "LoadEstimate", "Memory", "Plan", "ServiceIntent", "Signals",
-    "SwitchFacts", "TickDecision", "TickInputs", "Tuning", "Verdict", "decide_tick", "estimate_load", "evaluate",
-    "more_capacity", "offered_rate", "plan_of", "plan_request", "settle_seconds", "settled", "significant",
-    "stabilised_rate", "surge_fits", "switching_rule",
+    "OVERSHOOT_TOLERANCE",
+    "BudgetDecision",
+    "BudgetIntent",
+    "BudgetMemory",
+    "BudgetShare",
+    "FleetState",
+    "LoadEstimate",
+    "Memory",
+    "Plan",
+    "ServiceIntent",
+    "ServiceLoad",
+    "Signals",
+    "SwitchFacts",
+    "TickDecision",
+    "TickInputs",
+    "Tuning",
+    "Verdict",
+    "allocation_changed",
+    "decide_budget",
+    "decide_tick",
+    "estimate_load",
+    "evaluate",
+    "more_capacity",
+    "offered_rate",
+    "plan_of",
+    "plan_request",
+    "settle_seconds",
+    "settled",
+    "shares_to_allocation",
+    "significant",
+    "stabilised_rate",
+    "surge_fits",
+    "switching_rule",
 ]

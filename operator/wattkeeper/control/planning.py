@@ -48,6 +48,7 @@ def plan_request(
         power_correction=power_correction,
         profile=tuple(intent.profile) if intent.profile else None,
         gpu_memory_utilization=intent.gpu_memory_utilization,
+        gpu_power_limits_watts=intent.gpu_power_limits_watts,
     )
     if only is not None:
         request = replace(request, allowed_precisions=(only.config.precision,),

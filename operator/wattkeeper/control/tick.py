@@ -42,7 +42,9 @@ def more_capacity(running_plan: Plan, proposed_plan: Plan, running: Candidate | 
                   proposed: Candidate | None) -> bool:
     """Whether the proposal carries the load with more headroom: more GPUs, a larger batch limit, or a lower
     utilisation at the same load (1 x TP4 -> 1 x TP8 is more capacity with as many replicas)."""
-    gpus = lambda p: p.replicas * p.config.tensor_parallel  # noqa: E731
+    def gpus(p: Plan) -> int:
+        return p.replicas * p.config.tensor_parallel
+
     if gpus(proposed_plan) > gpus(running_plan) or proposed_plan.config.max_num_seqs > running_plan.config.max_num_seqs:
         return True
     if proposed is None:

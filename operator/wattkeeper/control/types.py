@@ -43,6 +43,9 @@ class ServiceIntent:
     allow_disruptive: bool = True  # precision and TP may change
     pinned: Plan | None = None  # Pinned mode: serve this as written, only measure
     profile: Sequence[ProfilePointLike] = ()
+    # GPU power limits the planner may choose (None: the card's default); more than the default only where the
+    # node agent applies them (operator --power-limits; energy/powerlimit.py `limit_options_watts`).
+    gpu_power_limits_watts: tuple[float | None, ...] = (None,)
 
 
 @dataclass(frozen=True)

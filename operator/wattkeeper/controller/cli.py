@@ -19,6 +19,11 @@ def _run(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
+    for key in ("profiler_image", "profiler_service_account"):
+        if getattr(args, key):
+            overrides[key] = getattr(args, key)
+    if args.power_limits:
+        overrides["power_limits"] = True
     if args.namespace:
         overrides["namespaces"] = args.namespace
     settings = OperatorSettings(**overrides)
@@ -40,4 +45,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--peering", default=None, help="kopf peering name; two replicas with one active")
     parser.add_argument("--metrics-port", type=int, default=None)
     parser.add_argument("--health-port", type=int, default=None)
+    parser.add_argument("--power-limits", action="store_true", default=False,
+                        help="plan GPU power limits and annotate running pods for the node agent (chart: agent.enabled)")
+    parser.add_argument("--profiler-image", default=None, help="image of the profiler Job (EnergyProfile sweeps)")
+    parser.add_argument("--profiler-service-account", default=None, help="ServiceAccount of the profiler Job")
     parser.set_defaults(func=_run)

@@ -88,6 +88,7 @@ class ServiceInputs:
     profile: list[ProfilePoint] = field(default_factory=list)
     trigger: str = "tick"
     telemetry_window_seconds: float = 60.0
+    power_limits: bool = False  # plan GPU power limits (the node agent applies them)
 
 
 @dataclass
@@ -182,7 +183,7 @@ def tick_inputs(inputs: ServiceInputs, settings: OperatorSettings) -> TickInputs
     """The core's inputs from what the operator read: the service, its status, the Deployment, telemetry."""
     svc = inputs.service
     alloc = inputs.allocation
-    intent = intent_from_service(svc, inputs.profile)
+    intent = intent_from_service(svc, inputs.profile, inputs.power_limits)
     return TickInputs(
         intent=intent,
         memory=memory_from_status(inputs.status, intent.default_workload),
@@ -273,7 +274,7 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
 
     try:
         tick = decide_tick(tick_inputs(inputs, settings), energy_model)
-    except (ValueError, RenderError) as err:
+    except ValueError as err:  # a spec the planner cannot take (an unknown accelerator or precision)
         return rejected("InvalidSpec", f"cannot plan: {err}", True)
 
     if tick.proposed is None:

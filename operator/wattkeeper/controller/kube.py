@@ -61,6 +61,7 @@ class Kube:
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
+        self.batch: Any = client.BatchV1Api(api_client)  # Any: Jobs go in as plain dicts
         # The Deployment generation and Service resourceVersion each of our applies produced: a watch event
         # with another one is someone else's change (drift), one with ours is our own echo or a status update.
         self._applied: dict[tuple[str, str, str], str] = {}
@@ -143,6 +144,18 @@ class Kube:
                                              _request_timeout=self.timeout_seconds).items
         return [self.api_client.sanitize_for_serialization(p) for p in pods if p.status and p.status.phase == "Running"]
 
+    def running_pods_anywhere(self, selector: str, namespace: str | None) -> list[dict[str, Any]]:
+        """Running pods matching `selector` in `namespace`, or in every namespace when None."""
+        kwargs: dict[str, Any] = {"label_selector": selector, "_request_timeout": self.timeout_seconds}
+        listing = self.core.list_namespaced_pod(namespace, **kwargs) if namespace else \
+            self.core.list_pod_for_all_namespaces(**kwargs)
+        return [self.api_client.sanitize_for_serialization(p) for p in listing.items
+                if p.status and p.status.phase == "Running"]
+
+    def service_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+        return [self.api_client.sanitize_for_serialization(p) for p in pods]
+
     # what we applied
     def applied_marker(self, kind: str, namespace: str, name: str) -> str | None:
         with self._applied_lock:
@@ -162,6 +175,21 @@ class Kube:
             self._applied.pop((kind, namespace, name), None)
 
     # writes
+    def create_job(self, job: dict[str, Any]) -> bool:
+        """Create a Job; False when it exists already (a Job's spec is immutable: never re-applied)."""
+        self.metrics.api_writes.labels("create", "Job").inc()
+        try:
+            self.batch.create_namespaced_job(job["metadata"]["namespace"], job)
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
+
+    def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.metrics.api_writes.labels("patch", "Pod").inc()
+        self.core.patch_namespaced_pod(name, namespace, patch)
+
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply with the operator's one field manager; force, since these objects are ours."""
         meta = obj["metadata"]

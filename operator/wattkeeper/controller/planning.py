@@ -8,6 +8,8 @@ from typing import Any
 
 from wattkeeper.api import LLMService, ProfilePoint, ServiceMode
 from wattkeeper.control import ServiceIntent, significant
+from wattkeeper.energy.catalog import get_accelerator
+from wattkeeper.energy.powerlimit import limit_options_watts
 from wattkeeper.energy.types import ModelShape, Workload
 from wattkeeper.planner import Candidate
 
@@ -20,7 +22,9 @@ def model_shape(service: LLMService) -> ModelShape:
     )
 
 
-def intent_from_service(service: LLMService, profile: Sequence[ProfilePoint] = ()) -> ServiceIntent:
+def intent_from_service(service: LLMService, profile: Sequence[ProfilePoint] = (),
+                        power_limits: bool = False) -> ServiceIntent:
+    """`power_limits`: the operator runs with the node agent (--power-limits), so plans may set GPU limits."""
     spec = service.spec
     pinned = spec.pinned.to_plan() if spec.mode == ServiceMode.PINNED and spec.pinned is not None else None
     return ServiceIntent(
@@ -42,6 +46,8 @@ def intent_from_service(service: LLMService, profile: Sequence[ProfilePoint] = (
         allow_disruptive=spec.reconfiguration.allow_disruptive,
         pinned=pinned,
         profile=tuple(profile),
+        gpu_power_limits_watts=limit_options_watts(get_accelerator(str(spec.accelerator.type))) if power_limits
+        else (None,),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -12,6 +13,7 @@ from kubernetes import client, config
 
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.telemetry import DirectScrapeSource, PrometheusSource, TelemetrySource
+from wattkeeper.telemetry.scrape import ScrapeTarget, exporter_urls_by_node
 
 from .handlers import build_registry
 from .kube import Kube
@@ -19,6 +21,8 @@ from .loop import ControlLoop
 from .metrics import OperatorMetrics
 from .services import Dependencies, pods_selector
 from .settings import OperatorSettings
+
+log = logging.getLogger(__name__)
 
 
 def kubernetes_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -33,11 +37,27 @@ def kubernetes_client(kubeconfig: str | None = None) -> client.ApiClient:
 
 def telemetry_source(settings: OperatorSettings, kube: Kube) -> TelemetrySource:
     if settings.telemetry == "scrape":
-        def list_pods(namespace: str, service: str) -> Iterable[tuple[str, str]]:
-            for pod in kube.running_pods(namespace, pods_selector(service)):
+        warned: list[bool] = []
+
+        def list_pods(namespace: str, service: str) -> Iterable[ScrapeTarget]:
+            pods = kube.running_pods(namespace, pods_selector(service))
+            exporters: dict[str, tuple[str, ...]] = {}
+            try:
+                if pods:
+                    exporters = exporter_urls_by_node(
+                        [p for sel in settings.scrape_exporter_selectors
+                         for p in kube.running_pods_anywhere(sel, settings.scrape_exporter_namespace)])
+            except client.ApiException as error:  # e.g. no `list pods` where the exporters run: say so once, go on
+                if not warned:
+                    warned.append(True)
+                    log.warning("cannot list the GPU exporters (%s %s): only pods that serve their own power count; "
+                                "set scrapeExporterNamespace", error.status, error.reason)
+            for pod in pods:
                 ip = (pod.get("status") or {}).get("podIP")
                 if ip:
-                    yield pod["metadata"]["name"], f"http://{ip}:{settings.scrape_port}/metrics"
+                    node = (pod.get("spec") or {}).get("nodeName", "")
+                    yield ScrapeTarget(pod["metadata"]["name"], f"http://{ip}:{settings.scrape_port}/metrics",
+                                       exporters.get(node, ()))
         return DirectScrapeSource(list_pods)
     return PrometheusSource(settings.prometheus_url)
 

@@ -27,6 +27,7 @@ from .conditions import set_condition
 from .decide import Allocation, DeploymentState, ServiceDecision, ServiceInputs, decide, running_plan
 from .kube import Kube
 from .metrics import OperatorMetrics
+from .powerlimits import pod_limit_patches
 from .profile_check import rejected_points
 from .settings import OperatorSettings
 
@@ -144,6 +145,7 @@ def profile_points(service: LLMService, profiles: list[dict[str, Any]]) -> list[
         if profile.spec.model_name == service.spec.model.name and profile.spec.accelerator == service.spec.accelerator.type:
             rejected = rejected_points(profile)  # the status names them; the planner never sees them
             points.extend(p for i, p in enumerate(profile.spec.points) if i not in rejected)
+            points.extend(profile.status.points)  # measured by the profiler Job (spec.sweep)
     return points
 
 
@@ -291,6 +293,7 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
         observation=observation, telemetry_error=telemetry_error, deployment=state, now=datetime.now(UTC),
         profile=profile_points(service, reads.profiles), trigger=trigger,
         telemetry_window_seconds=deps.settings.telemetry_window_seconds,
+        power_limits=deps.settings.power_limits,
     )
     started = time.perf_counter()
     decision = decide(inputs, deps.energy_model, deps.settings)
@@ -313,6 +316,14 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
         if not any(c.get("reason") == "ApplyFailed" for c in old_status.get("conditions") or []):
             events.append(("Warning", "ApplyFailed", message))
     kube.patch_status("llmservices", namespace, name, old_status, status)
+    limit = (status.get("plan") or {}).get("gpuPowerLimitWatts")
+    if deps.settings.power_limits:
+        _sync_power_limits(kube, namespace, name, limit)
+    elif limit is not None and decision.apply is not None:
+        # A pinned limit without the node agent: say that nothing applies it rather than pretend.
+        kube.event(body, "Warning", "PowerLimitNotApplied",
+                   f"gpuPowerLimitWatts={limit:g} is not applied: the operator runs without --power-limits "
+                   "(chart: agent.enabled), so no node agent sets GPU power limits")
     for type_, reason_, message_ in events:
         kube.event(body, type_, reason_, message_)
     predicted = ((status.get("plan") or {}).get("predicted") or {}).get("watts")
@@ -321,6 +332,16 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
     if observation is not None:
         metrics.measured_watts.labels(namespace, name).set(observation.watts)
     return decision
+
+
+def _sync_power_limits(kube: Kube, namespace: str, name: str, watts: float | None) -> None:
+    """The planned limit onto the service's pods, for the node agent (a metadata patch: nothing restarts)."""
+    try:
+        for pod, patch in pod_limit_patches(kube.service_pods(namespace, pods_selector(name)), watts):
+            kube.patch_pod(namespace, pod, patch)
+    except ApiException as err:  # a pod that went away meanwhile; the next tick catches up
+        log.warning("cannot annotate pods of %s/%s with the power limit: %s %s", namespace, name, err.status,
+                    err.reason)
 
 
 def _rejected_input(err: ApiException) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from wattkeeper import __version__
+
 
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WATTKEEPER_", extra="ignore")
@@ -22,6 +24,20 @@ class OperatorSettings(BaseSettings):
     power_correction_bounds: tuple[float, float] = (0.5, 2.0)
     decisions_kept: int = 10
     scrape_port: int = 8000
+    # --telemetry scrape: GPU power comes from the exporter pods on each vLLM pod's node (vLLM exports none). These
+    # label selectors find them: dcgm-exporter's chart, the GPU Operator's dcgm-exporter, this chart's NVML exporter.
+    scrape_exporter_selectors: list[str] = Field(default_factory=lambda: [
+        "app.kubernetes.io/name=dcgm-exporter", "app=nvidia-dcgm-exporter", "app.kubernetes.io/component=nvml-exporter",
+    ])
+    scrape_exporter_namespace: str | None = Field(
+        default=None, description="Namespace of the GPU exporters; None: every namespace (cluster-wide list pods).")
+    # The GPU power-limit lever: plan gpuPowerLimitWatts and write it onto running pods for the node agent
+    # (`wattkeeper-runtime agent`). Off: plans never set a limit (nothing would apply it).
+    power_limits: bool = Field(default=False, description="Plan GPU power limits (needs the node agent).")
+    # The profiler Job an EnergyProfile's spec.sweep asks for: its image and the ServiceAccount it runs as (in the
+    # profile's namespace; it needs patch on energyprofiles/status and, for power limits, on its own pod).
+    profiler_image: str = Field(default=f"ghcr.io/wattkeeper/runtime:{__version__}")
+    profiler_service_account: str = Field(default="wattkeeper-profiler")
     # Faults and scale.
     reconcile_workers: int = Field(default=8, ge=1, le=64, description="Services reconciled at once in a pass.")
     request_timeout_seconds: float = Field(default=15.0, gt=0, description="Timeout of each API request.")

@@ -43,8 +43,9 @@ if TYPE_CHECKING:
 
 FloatArray = npt.NDArray[np.float64]
 
-# Quantile points kept of each token distribution (mid-quantiles of equal weight).
-DISTRIBUTION_POINTS = 8
+# Quantile bins kept of each token distribution: finer in the tail, where long prompts make the long steps and
+# the queue (each bin is represented by the quantile at its middle and weighs its width).
+DISTRIBUTION_EDGES = (0.0, 0.2, 0.4, 0.6, 0.75, 0.875, 0.95, 0.99, 1.0)
 # Chunk budgets the planner may choose from (vLLM needs >= max_model_len without chunked prefill; with it any).
 CHUNK_BUDGET_OPTIONS = (512, 1024, 2048, 4096, 8192, 16384)
 _BISECTION_ROUNDS = 14  # hi / 2**14: about a millisecond for a 10-s bound
@@ -52,7 +53,7 @@ _BISECTION_ROUNDS = 14  # hi / 2**14: about a millisecond for a 10-s bound
 
 @dataclass(frozen=True)
 class TokenDistribution:
-    """Prompt and output lengths as equal-weight quantile points (what the latency model needs of a sample).
+    """Prompt and output lengths as weighted quantile points (what the latency model needs of a sample).
 
     Built from observed lengths (`from_sample`) or, when only means are known, from a log-normal shape around
     them (`from_means`). Hashable so that plans can be cached on it.
@@ -60,6 +61,7 @@ class TokenDistribution:
 
     prompt_tokens: tuple[float, ...]
     output_tokens: tuple[float, ...]
+    weights: tuple[float, ...]  # of each point (the width of its quantile bin), summing to 1
     mean_prompt_tokens: float
     mean_output_tokens: float
     prompt_second_moment: float  # E[I^2]
@@ -68,7 +70,10 @@ class TokenDistribution:
 
     @classmethod
     def from_sample(
-        cls, prompt_tokens: npt.ArrayLike, output_tokens: npt.ArrayLike, points: int = DISTRIBUTION_POINTS
+        cls,
+        prompt_tokens: npt.ArrayLike,
+        output_tokens: npt.ArrayLike,
+        edges: Sequence[float] = DISTRIBUTION_EDGES,
     ) -> TokenDistribution:
         inp = np.maximum(np.asarray(prompt_tokens, dtype=float), 1.0)
         out = np.maximum(np.asarray(output_tokens, dtype=float), 1.0)
@@ -76,10 +81,14 @@ class TokenDistribution:
             raise ValueError("token sample must be non-empty, with one output length per prompt length")
         if not (np.all(np.isfinite(inp)) and np.all(np.isfinite(out))):
             raise ValueError("token sample has non-finite lengths")
-        q = (np.arange(points) + 0.5) / points
+        e = np.asarray(edges, dtype=float)
+        if e.size < 2 or e[0] != 0.0 or e[-1] != 1.0 or np.any(np.diff(e) <= 0):
+            raise ValueError("quantile edges must rise from 0 to 1")
+        q = 0.5 * (e[1:] + e[:-1])
         return cls(
             prompt_tokens=tuple(float(v) for v in np.quantile(inp, q)),
             output_tokens=tuple(float(v) for v in np.quantile(out, q)),
+            weights=tuple(float(v) for v in np.diff(e)),
             mean_prompt_tokens=float(inp.mean()),
             mean_output_tokens=float(out.mean()),
             prompt_second_moment=float(np.mean(inp**2)),
@@ -88,7 +97,7 @@ class TokenDistribution:
 
     @classmethod
     def from_means(
-        cls, prompt_tokens: float, output_tokens: float, sigma: float = 1.0, points: int = DISTRIBUTION_POINTS
+        cls, prompt_tokens: float, output_tokens: float, sigma: float = 1.0
     ) -> TokenDistribution:
         """Log-normal lengths of these means (sigma 1 is close to the Azure conversation trace's spread)."""
         if prompt_tokens <= 0 or output_tokens <= 0:
@@ -99,7 +108,7 @@ class TokenDistribution:
         inp = np.exp(math.log(prompt_tokens) - sigma**2 / 2 + sigma * z)
         out = np.exp(math.log(output_tokens) - sigma**2 / 2 + sigma * z[::-1])  # independent-ish: anti-sorted pairs
         rng = np.random.default_rng(0)
-        return cls.from_sample(np.maximum(inp, 1.0), rng.permutation(np.maximum(out, 1.0)), points)
+        return cls.from_sample(np.maximum(inp, 1.0), rng.permutation(np.maximum(out, 1.0)))
 
 
 def _erfinv(y: FloatArray) -> FloatArray:
@@ -166,7 +175,8 @@ def latency_under_load(
     level_window_s: float = 10.0,
     request_quantiles: bool = True,
     thresholds: tuple[float, float] | None = None,
-    iterations: int = 4,
+    iterations: int = 3,
+    arrival_dispersion: float = 1.0,
 ) -> LoadedLatency:
     """TTFT and ITL percentiles of replicas under `rate_per_replica` Poisson arrivals (see module doc).
 
@@ -177,7 +187,8 @@ def latency_under_load(
     to 1 over the time shares for the rate to stay the mean; a level lasts about `level_window_s` at a time.
     With `thresholds` (TTFT seconds, mean-ITL seconds) the shares of requests over each are returned too: one
     tail evaluation each, what the planner needs (the quantiles take a bisection; `request_quantiles=False` skips
-    the per-request mean ITL one).
+    the per-request mean ITL one). `arrival_dispersion` (>= 1) is the clustering of arrivals within a level
+    (planner/load.py `arrival_dispersion`).
     """
     levels = [(float(a), float(w)) for a, w in rate_levels if w > 0]
     if not levels or any(a < 0 for a, _ in levels):
@@ -199,6 +210,7 @@ def latency_under_load(
     inp = np.asarray(tokens.prompt_tokens, dtype=float)[None, :]  # 1 x K
     out = np.asarray(tokens.output_tokens, dtype=float)[None, :]
     k = inp.shape[1]
+    point_w = np.asarray(tokens.weights, dtype=float)  # K
     mean_in = tokens.mean_prompt_tokens
     mean_out = tokens.mean_output_tokens
     context = np.full(n, tokens.decode_context_tokens)
@@ -228,19 +240,27 @@ def latency_under_load(
         occupied = np.maximum(batch, 1e-9)
         busy = 1.0 - np.exp(-occupied)
         b_busy = np.clip(occupied / busy, 1.0, np.maximum(max_batch, 1.0))
-        mix = _step_mixture(step, b_busy, lam, inp, k, mean_in, budget, gap)
+        mix = _step_mixture(step, b_busy, lam, inp, point_w, mean_in, budget, gap, arrival_dispersion)
         batch = np.clip(lam * mean_out * mix.mean_gap, 0.0, max_batch)
         gap = mix.mean_gap
     occupied = np.maximum(batch, 1e-9)
     busy = 1.0 - np.exp(-occupied)
     b_busy = np.clip(occupied / busy, 1.0, np.maximum(max_batch, 1.0))
-    mix = _step_mixture(step, b_busy, lam, inp, k, mean_in, budget, gap)
+    mix = _step_mixture(step, b_busy, lam, inp, point_w, mean_in, budget, gap, arrival_dispersion)
     saturated = mix.rho >= 1.0
 
     # --- TTFT: residual of the step in progress + wait behind the prefill backlog + own chunks + slot wait.
     rho = np.clip(mix.rho, 0.0, 0.999)
     tau = mix.t_full / mix.chunk  # seconds per prompt token while the stream has a backlog
     mean_wait = lam * tau**2 * tokens.prompt_second_moment / (2.0 * (1.0 - rho))
+    # Arrivals in groups (index of dispersion D of the counts = E[X^2]/E[X] for group sizes X): M^X/G/1 adds the
+    # wait behind the group-mates ahead, lambda E[S]^2 (D - 1) / (2 (1 - rho)).
+    mean_wait = mean_wait + lam * (tau * mean_in) ** 2 * max(arrival_dispersion - 1.0, 0.0) / (2.0 * (1.0 - rho))
+    if n_levels > 1:
+        # A burst level lasts about `level_window_s`; its queue only approaches the steady one when that is long
+        # against the queue's relaxation time, ~ E[S] / (1 - sqrt(rho))^2 (M/M/1's, as an order of magnitude).
+        relaxation = tau * mean_in / np.maximum((1.0 - np.sqrt(rho)) ** 2, 1e-9)
+        mean_wait = mean_wait * (1.0 - np.exp(-level_window_s / np.maximum(relaxation, 1e-9)))
     tail_mean = np.maximum(mean_wait / np.maximum(rho, 1e-9), 1e-12)  # mean of the wait given that there is one
     t = mix.durations
     time_w = mix.weights * t
@@ -291,7 +311,7 @@ def latency_under_load(
         slots = pw_l * np.exp(-np.maximum(over, 0.0) / slot_l)
         p = np.minimum(prefill + slots, 1.0)
         p = np.where(sat_l, 1.0, p)
-        return np.asarray(np.sum(a_l * p.mean(axis=2, keepdims=True), axis=(1, 2)), dtype=float)
+        return np.asarray(np.sum(a_l * np.sum(p * point_w, axis=2, keepdims=True), axis=(1, 2)), dtype=float)
 
     def ttft_at(q: float) -> FloatArray:
         finite_tail = np.where(saturated, 0.0, tail_mean + slot_mean)
@@ -314,15 +334,39 @@ def latency_under_load(
     g_var = np.maximum(np.sum(w * t**2, axis=1) - g_mean**2, 0.0)
     gaps = np.maximum(out - 1.0, 1.0)  # 1 x K
 
+    # Long steps come in runs: a prompt's chunks follow one another, and while the prefill stream has a backlog
+    # its busy period strings prompts together (~ chunks per prompt / (1 - rho) steps). A request's gaps are
+    # therefore not independent draws: its mean averages only about gaps / run independent ones.
+    # Grouped arrivals (dispersion D: groups of about m = (D + 1) / 2) put a group's prompts one after another,
+    # and every member but the last starts decoding inside that run.
+    group = min(max((arrival_dispersion + 1.0) / 2.0, 1.0), 32.0)
+    run = np.maximum(group * mix.chunks_per_prompt / np.maximum(1.0 - np.minimum(mix.rho, 0.95), 0.05), 1.0)
+    independent = np.maximum(gaps / run[:, None], 1.0)
+    t_dec = mix.t_decode
+    share = np.clip(mix.chunk_share, 0.0, 1.0)
+    chunk_w = w[:, DECODE_COLUMNS:]  # the chunk-carrying kinds (the first columns are decode-only)
+    excess = np.maximum(
+        np.sum(chunk_w * t[:, DECODE_COLUMNS:], axis=1) / np.maximum(chunk_w.sum(axis=1), 1e-300) - t_dec, 0.0
+    )
+    run_len = np.minimum(run[:, None], gaps)
+    runs_mean = gaps * share[:, None] / run_len
+    rho_c = np.maximum(np.clip(mix.rho, 0.0, 1.0), 1.0 - 1.0 / group)
+
     def mean_itl_tail(x: FloatArray) -> FloatArray:
         xe = np.repeat(x, n_levels)[:, None]
-        sd = np.sqrt(g_var[:, None] / gaps)
+        sd = np.sqrt(g_var[:, None] / independent)
         z = (xe - g_mean[:, None]) / np.maximum(sd, 1e-12)
         normal = 0.5 * _erfc(z / math.sqrt(2.0))
-        # One long step alone can lift a short request's mean: P(some gap > g_mean + (x - g_mean) x gaps).
-        single = np.clip(_gap_tail(t, w, g_mean[:, None] + (xe - g_mean[:, None]) * gaps), 0.0, 1.0)
-        at_least_one = 1.0 - np.power(1.0 - single, gaps)
-        p = np.maximum(normal, at_least_one).mean(axis=1)
+        # The long steps a request sees arrive in runs: N ~ Poisson(gaps x share / run) runs of `run` chunk steps
+        # (at most its gaps), each adding the chunk step's excess over a decode step; its mean ITL is over x when
+        # N reaches (x - decode step) x gaps / (run x excess).
+        # A request leaves its own prefill while the stream still has a backlog with the stream's load (an
+        # M/G/1 departure finds work behind it with probability rho): then its first gaps already sit in a run.
+        k_needed = np.ceil((xe - t_dec[:, None]) * gaps / np.maximum(run_len * excess[:, None], 1e-12) - 1e-9)
+        after_busy = _poisson_at_least(k_needed - 1.0, runs_mean)
+        after_idle = _poisson_at_least(k_needed, runs_mean)
+        clumped = rho_c[:, None] * after_busy + (1.0 - rho_c[:, None]) * after_idle
+        p = np.sum(np.maximum(normal, clumped) * point_w, axis=1)
         return np.asarray(np.sum(arrivals_w * p.reshape(n0, n_levels), axis=1), dtype=float)
 
     if request_quantiles:
@@ -370,12 +414,23 @@ def _erfc(x: FloatArray) -> FloatArray:
     return np.asarray(erfc(x), dtype=float)
 
 
+def _poisson_at_least(k: FloatArray, mean: FloatArray) -> FloatArray:
+    """P(N >= k) for N ~ Poisson(mean) (1 where k <= 0)."""
+    from scipy.special import pdtrc
+
+    p = np.asarray(pdtrc(np.maximum(k - 1.0, 0.0), np.maximum(mean, 0.0)), dtype=float)
+    return np.where(k <= 0, 1.0, p)
+
+
 def _gap_tail(durations: FloatArray, weights: FloatArray, x: FloatArray) -> FloatArray:
     """P(gap > x) per row and column of x (rows x K), gaps distributed as (durations, weights) of the row."""
     over = durations[:, None, :] > x[:, :, None]
     return np.asarray(np.sum(weights[:, None, :] * over, axis=2), dtype=float)
 
 
+# (z, probability): three-point Gauss-Hermite rule for a normal spread of the decoding batch.
+_BATCH_POINTS = ((-math.sqrt(3.0), 1.0 / 6.0), (0.0, 2.0 / 3.0), (math.sqrt(3.0), 1.0 / 6.0))
+DECODE_COLUMNS = len(_BATCH_POINTS)
 _CHUNK_NODES = (0.0, 1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0 / 2, 1.0)
 
 
@@ -401,6 +456,7 @@ class _Mixture:
     rho: FloatArray
     chunk_share: FloatArray
     own_service: FloatArray  # rows x K
+    chunks_per_prompt: FloatArray  # mean over prompts
 
 
 def _step_mixture(
@@ -408,10 +464,11 @@ def _step_mixture(
     b: FloatArray,
     lam: FloatArray,
     inp: FloatArray,
-    k: int,
+    point_w: FloatArray,
     mean_in: float,
     budget: FloatArray,
     prev_gap: FloatArray,
+    arrival_dispersion: float = 1.0,
 ) -> _Mixture:
     """The kinds of steps a loaded replica runs, their durations and how often each comes (see module doc)."""
     fn = step  # callable (batch, prompt) -> seconds
@@ -434,16 +491,25 @@ def _step_mixture(
     nodes = np.asarray(_CHUNK_NODES)[None, :] * chunk[:, None]
     t_nodes = fn(b[:, None], nodes)  # type: ignore[operator]
     t_last = _interp_rows(last_tokens, nodes, t_nodes)
-    lam_k = (lam / k)[:, None]
-    rate_full = lam_k * (chunks - 1.0)  # a long prompt's inner chunks fill the budget
+    lam_k = lam[:, None] * point_w[None, :]
+    # Grouped arrivals (dispersion > 1) are not merged into shared steps here: groups spread over a second or
+    # two, tens of steps, so each prompt still gets its own last-chunk step (checked against the bursty family).
+    rate_full = lam_k * (chunks - 1.0)
     rate_last = np.broadcast_to(lam_k * merge[:, None], t_last.shape)
     chunk_time = np.sum(rate_full, axis=1) * t_full + np.sum(rate_last * t_last, axis=1)
     rate_decode = np.maximum(1.0 - chunk_time, 0.0) / t_decode
-    durations = np.concatenate([t_decode[:, None], t_full[:, None], t_last], axis=1)
-    weights = np.concatenate([rate_decode[:, None], np.sum(rate_full, axis=1)[:, None], rate_last], axis=1)
+    # The decoding batch itself varies (occupancy: variance ~ D x mean), and a step at a larger batch gives more
+    # token gaps: decode-only steps at three batch points (Gauss-Hermite), weighted by probability x batch.
+    spread = np.sqrt(max(arrival_dispersion, 1.0) / np.maximum(b, 1.0))
+    dec_b = [np.clip(b * (1.0 + z * spread), 1.0, None) for z, _ in _BATCH_POINTS]
+    dec_t = [t_decode if z == 0.0 else fn(bj, np.zeros(n)) for (z, _), bj in zip(_BATCH_POINTS, dec_b, strict=True)]  # type: ignore[operator]
+    dec_w = [rate_decode * p * bj / b for (_, p), bj in zip(_BATCH_POINTS, dec_b, strict=True)]
+    durations = np.concatenate([np.stack(dec_t, axis=1), t_full[:, None], t_last], axis=1)
+    weights = np.concatenate([np.stack(dec_w, axis=1), np.sum(rate_full, axis=1)[:, None], rate_last], axis=1)
     total = np.maximum(weights.sum(axis=1), 1e-300)
     mean_gap = np.where(weights.sum(axis=1) > 0, np.sum(weights * durations, axis=1) / total, t_decode)
-    chunk_share = 1.0 - rate_decode / total
+    chunk_share = 1.0 - np.sum(weights[:, : len(_BATCH_POINTS)], axis=1) / total
     # A prompt's own prefill: its inner chunks at full steps, its last chunk beside whatever else arrived.
     own = (chunks - 1.0) * t_full[:, None] + t_last
-    return _Mixture(durations, weights, mean_gap, t_decode, t_full, chunk, rho, chunk_share, own)
+    chunks_per_prompt = np.sum(chunks * point_w[None, :], axis=1)
+    return _Mixture(durations, weights, mean_gap, t_decode, t_full, chunk, rho, chunk_share, own, chunks_per_prompt)

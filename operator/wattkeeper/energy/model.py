@@ -31,6 +31,7 @@ import numpy.typing as npt
 from .catalog import Accelerator, get_precision, resolve_shape
 from .latency import TokenDistribution, latency_under_load
 from .network import AllReduceModel
+from .powerlimit import POWER_CAP_EXPONENT
 from .types import ModelShape, ReplicaPrediction, ServingConfig, Workload
 
 FloatArray = npt.NDArray[np.float64]
@@ -88,7 +89,7 @@ PRIOR_PARAMETERS: dict[str, float] = {
     "dequant_tile_tokens": 16.0,
     "dequant_power_weight": 1.5,
     "activation_reserve_bytes": 1.5 * _GIB,
-    "power_cap_exponent": 2.5,
+    "power_cap_exponent": POWER_CAP_EXPONENT,  # from published power-capping measurements, see powerlimit.py
 }
 
 TASK_INPUT_PARAMETER = {
@@ -591,6 +592,7 @@ class Evaluator:
         rate_levels: Sequence[tuple[float, float]] = ((1.0, 1.0),),
         request_quantiles: bool = True,
         thresholds: tuple[float, float] | None = None,
+        arrival_dispersion: float = 1.0,
     ) -> dict[str, FloatArray]:
         """`under_load` with latencies from the prefill-queue and step-mixture model (energy/latency.py).
 
@@ -620,6 +622,7 @@ class Evaluator:
             self, f, rate, tokens, slots, wait_mean, wait_probability, quantile, rate_levels,
             request_quantiles=request_quantiles,
             thresholds=thresholds,
+            arrival_dispersion=arrival_dispersion,
         )
         peak = max((a for a, w in rate_levels if w > 0), default=1.0)
         utilisation = np.maximum(r["utilisation"] * peak, lat.prefill_utilisation)

@@ -28,6 +28,7 @@ BURST_WINDOW_SECONDS = 10.0
 BURST_QUANTILE = 0.95
 HISTORY_SECONDS = 600.0
 TREND_SECONDS = 300.0
+LEVEL_SECONDS = 120.0
 # Fewer observed requests than this: the token distribution is too thin to trust; callers fall back to means.
 MIN_TOKEN_SAMPLE = 20
 
@@ -39,15 +40,25 @@ class LoadEstimate:
     requests_per_second: float  # plan for this: burst rate plus the forecast rise
     mean_rate: float  # over the history
     recent_rate: float  # over the last burst window
+    level_rate: float  # over the last LEVEL_SECONDS: where the rate stands now, bursts averaged out
     burst_rate: float  # the burst quantile of the window rates
     trend_per_second: float  # slope of the rate (requests/s per second), over the trend span
     forecast_rise: float  # what the trend adds one lead time ahead (>= 0: a fall is not planned for early)
     lead_seconds: float
     # Bursts as (factor on the mean rate, share of time) pairs from the window rates (for the latency model).
     rate_levels: tuple[tuple[float, float], ...]
+    # Clustering: variance over mean of the burst-window counts (1 for Poisson; see `arrival_dispersion`). The
+    # latency model treats it as arrivals in groups (M^X/G/1), which the rate levels then no longer repeat.
+    arrival_dispersion: float
     tokens: TokenDistribution | None  # None when too few lengths were observed
     mean_prompt_tokens: float | None
     mean_output_tokens: float | None
+
+    @property
+    def queued_rate(self) -> float:
+        """The mean rate to give the queued latency model with `arrival_dispersion` (which carries the bursts):
+        the current level or the history's mean, whichever is higher, plus the forecast rise."""
+        return max(self.level_rate, self.mean_rate) + self.forecast_rise
 
     @property
     def growth_factor(self) -> float:
@@ -142,19 +153,48 @@ def window_rates(counts: npt.ArrayLike, resolution_s: float, window_s: float = B
 
 
 def rate_levels(
-    counts: npt.ArrayLike, resolution_s: float, window_s: float = BURST_WINDOW_SECONDS, levels: int = 4
+    counts: npt.ArrayLike,
+    resolution_s: float,
+    window_s: float = BURST_WINDOW_SECONDS,
+    levels: int = 4,
+    dispersion: float = 1.0,
 ) -> tuple[tuple[float, float], ...]:
     """The rates of consecutive `window_s` windows as `levels` equal-time groups, busiest last: (mean rate of the
-    group over the overall mean, share of time). ((1.0, 1.0),) when there is nothing to group."""
+    group over the overall mean, share of time). ((1.0, 1.0),) when there is nothing to group.
+
+    Window counts vary by chance too: a Poisson stream's by its mean, a clustered one's by `dispersion` times
+    that. The latency model adds that randomness itself, so the levels keep only the variance beyond it: each
+    factor is shrunk toward 1 by sqrt(1 - chance variance / observed variance).
+    """
     c = np.asarray(counts, dtype=float)
     width = max(1, round(window_s / resolution_s))
     usable = (c.size // width) * width
     if usable < width * levels or c.sum() <= 0:
         return ((1.0, 1.0),)
-    rates = np.sort(c[-usable:].reshape(-1, width).sum(axis=1))
-    mean = rates.mean()
-    groups = np.array_split(rates, levels)
-    return tuple((float(g.mean() / mean), float(g.size / rates.size)) for g in groups if g.size)
+    per_window = np.sort(c[-usable:].reshape(-1, width).sum(axis=1))
+    mean = per_window.mean()
+    if mean <= 0:
+        return ((1.0, 1.0),)
+    observed = float(per_window.var())
+    chance = max(dispersion, 1.0) * mean
+    shrink = math.sqrt(max(0.0, 1.0 - chance / observed)) if observed > 0 else 0.0
+    groups = np.array_split(per_window, levels)
+    out = tuple((float(1.0 + (g.mean() / mean - 1.0) * shrink), float(g.size / per_window.size)) for g in groups)
+    return out if shrink > 0 else ((1.0, 1.0),)
+
+
+def arrival_dispersion(counts: npt.ArrayLike, resolution_s: float, window_s: float = BURST_WINDOW_SECONDS) -> float:
+    """Index of dispersion (variance over mean) of the arrival counts of consecutive `window_s` windows: 1 for a
+    Poisson stream, about E[X^2]/E[X] for requests arriving in groups of size X (>= 1; 1 with too little data).
+    Bursts shorter than the window count as groups; so do slower swings of the rate, which it overstates."""
+    c = np.asarray(counts, dtype=float)
+    width = max(1, round(window_s / resolution_s))
+    usable = (c.size // width) * width
+    if usable < 3 * width or c[-usable:].sum() <= 0:
+        return 1.0
+    per_window = c[-usable:].reshape(-1, width).sum(axis=1)
+    mean = float(per_window.mean())
+    return max(1.0, float(per_window.var(ddof=1)) / mean) if mean > 0 else 1.0
 
 
 def linear_trend(counts: npt.ArrayLike, resolution_s: float, span_s: float = TREND_SECONDS) -> float:
@@ -206,7 +246,10 @@ def estimate_load(
     rates = window_rates(history, resolution_s, burst_window_s)
     burst = float(np.quantile(rates, burst_quantile)) if rates.size else 0.0
     recent = float(rates[-1]) if rates.size else 0.0
+    level_bins = history[-max(1, round(LEVEL_SECONDS / resolution_s)) :]
+    level = float(level_bins.sum() / (level_bins.size * resolution_s)) if level_bins.size else 0.0
     slope = linear_trend(history, resolution_s, trend_s)
+    dispersion = arrival_dispersion(history, resolution_s, burst_window_s)
     rise = max(0.0, slope * lead_seconds)
     tokens: TokenDistribution | None = None
     mean_in = mean_out = None
@@ -223,9 +266,11 @@ def estimate_load(
         requests_per_second=max(burst, recent) + rise,
         mean_rate=mean_rate,
         recent_rate=recent,
+        level_rate=level,
         burst_rate=burst,
         trend_per_second=slope,
-        rate_levels=rate_levels(history, resolution_s, burst_window_s),
+        rate_levels=rate_levels(history, resolution_s, burst_window_s, dispersion=dispersion),
+        arrival_dispersion=dispersion,
         forecast_rise=rise,
         lead_seconds=lead_seconds,
         tokens=tokens,

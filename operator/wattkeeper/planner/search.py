@@ -21,6 +21,7 @@ from ..energy.latency import CHUNK_BUDGET_OPTIONS, TokenDistribution
 from ..energy.model import EnergyModel, Features, ProfilePointLike, build_features
 from ..energy.types import ModelShape, ReplicaPrediction, ServingConfig, Workload
 from .load import ArrivalSample
+from .measured import apply_measured
 
 FloatArray = npt.NDArray[np.float64]
 Binding = Literal["slo-ttft", "slo-itl", "power", "memory", "none"]
@@ -70,6 +71,8 @@ class PlanRequest:
     tokens: TokenDistribution | None = None
     # Bursts for the queued model: (factor on the request rate, share of time) pairs (planner/load.py).
     rate_levels: tuple[tuple[float, float], ...] = ((1.0, 1.0),)
+    # Clustering of arrivals within those levels (LoadEstimate.arrival_dispersion; 1 = Poisson).
+    arrival_dispersion: float = 1.0
     # "p95": TTFT p95 and ITL p95 (every token gap) against the SLOs. "requests" (queued model): at least
     # `request_share` of requests within both thresholds, TTFT and the request's mean ITL (what is scored).
     slo_basis: SloBasis = "p95"
@@ -85,6 +88,9 @@ class PlanRequest:
     replay: ArrivalSample | None = None
     verify_candidates: int = 4
     replay_rate_scale: float = 1.0  # replay the arrivals this much faster (LoadEstimate.growth_factor)
+    # With slo_basis "requests": also replay cheaper candidates whose predicted share within both is at least
+    # this (None: only candidates the model finds feasible).
+    verify_relaxed_share: float | None = None
 
     def token_distribution(self) -> TokenDistribution:
         wl = self.workload
@@ -211,6 +217,7 @@ class _Grid:
     replicas: FloatArray
     features: Features
     result: dict[str, FloatArray]
+    measured: npt.NDArray[np.bool_]  # figures from measured profile points (planner/measured.py), not the model
 
 
 def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, list[tuple[str, int, float | None]]]:
@@ -272,7 +279,9 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, l
         result = _queued(evaluator, g, rate, inp[expand], out[expand], tokens, peak, request)
     else:
         result = evaluator.under_load(g, rate, inp[expand], out[expand])
-    grid = _Grid(base_index[expand], seqs[expand], batched[expand], replicas, g, result)
+    measured = apply_measured(request.profile, keys, base_index[expand], seqs[expand], batched[expand],
+                              rate * wl.output_tokens, wl.input_tokens, wl.output_tokens, result)
+    grid = _Grid(base_index[expand], seqs[expand], batched[expand], replicas, g, result, measured)
     return grid, list(keys)
 
 
@@ -306,6 +315,7 @@ def _queued(
             quantile=request.request_share,
             rate_levels=request.rate_levels,
             request_quantiles=False,
+            arrival_dispersion=request.arrival_dispersion,
             # Predicted x margin / throughput correction <= SLO  <=>  predicted <= SLO x correction / margin.
             thresholds=(
                 request.slo_ttft_p95_seconds * request.throughput_correction / request.ttft_margin,
@@ -384,7 +394,7 @@ def _verified(request: PlanRequest, result: PlanResult, em: EnergyModel) -> Plan
             for k in (1, 2)
             if chosen.replicas + k <= request.max_replicas
         ]
-    winner, outcomes = choose_verified(pool, request, em)
+    winner, outcomes = choose_verified(pool, request, em, prefer=chosen, tie=TIE_TOLERANCE)
     if winner is None:
         return result
     passed = bool(outcomes) and outcomes[-1].within_share >= request.request_share
@@ -430,9 +440,11 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
     else:
         meets_ttft = (ttft * request.ttft_margin <= request.slo_ttft_p95_seconds) & has_capacity
         meets_itl = itl * request.itl_margin <= request.slo_itl_p95_seconds
+    chunk_ok = np.ones_like(fits)
     if queued and request.chunk_budget_within_itl:
         # One step carrying a full chunk beside the planned batch must itself stay within the ITL SLO.
-        meets_itl &= r["chunk_step_seconds"] / tc * request.itl_margin <= request.slo_itl_p95_seconds
+        chunk_ok = r["chunk_step_seconds"] / tc * request.itl_margin <= request.slo_itl_p95_seconds
+        meets_itl &= chunk_ok
     within_gpus = np.ones_like(fits) if request.max_gpus is None else (replicas * tp <= request.max_gpus)
     within_power = np.ones_like(fits) if request.power_cap_watts is None else (watts <= request.power_cap_watts)
     base_ok = fits & within_gpus & has_capacity
@@ -488,11 +500,11 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
     if chosen_i is not None:
         binding = _binding(best, chosen_i, fits, within_gpus, has_capacity, slo_ok, meets_itl, within_power)
         chosen = candidate(chosen_i)
-        if request.profile:
+        if request.profile and not grid.measured[chosen_i]:
             chosen = _with_profile(chosen, request, em)
         runner_i = _runner_up(best, feasible, grid, chosen_i, keys, replicas)
         runner = candidate(runner_i) if runner_i is not None else None
-        reason = _explain(chosen, runner, binding, request)
+        reason = _explain(chosen, runner, binding, request) + _measured_note(grid, chosen_i, runner_i)
         is_feasible = True
     else:
         chosen_i, binding, reason = _fallback(request, best, base_ok, slo_ok, within_power, meets_itl, ttft, itl,
@@ -506,7 +518,14 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
     frontier = tuple(candidate(i) for i in _pareto(front_pool, jpt, itl))
     alternatives: tuple[Candidate, ...] = ()
     if request.replay is not None and is_feasible and request.verify_candidates > 0:
-        alternatives = tuple(candidate(i) for i in _cheapest_distinct(feasible, watts, grid, keys,
+        pool_mask = feasible
+        if request.verify_relaxed_share is not None and within_share is not None and chosen_i is not None:
+            # Let the replay judge cheaper plans the model doubts a little (predicted share within both at least
+            # verify_relaxed_share): the model is conservative on grouped arrivals, the replay sees them as they
+            # came.
+            doubted = base_ok & within_power & chunk_ok & (within_share >= request.verify_relaxed_share)
+            pool_mask = feasible | (doubted & (watts < watts[chosen_i]))
+        alternatives = tuple(candidate(i) for i in _cheapest_distinct(pool_mask, watts, grid, keys,
                                                                       request.verify_candidates, best))
     return PlanResult(
         chosen=chosen,
@@ -561,7 +580,21 @@ def _prediction(grid: _Grid, i: int, request: PlanRequest) -> ReplicaPrediction:
         fits_memory=bool(r["max_batch"][i] >= 1.0),
         kv_cache_tokens=int(r["kv_capacity_tokens"][i]),
         utilisation=float(r["utilisation"][i]),
+        source="profile" if grid.measured[i] else "model",
     )
+
+
+def _measured_note(grid: _Grid, chosen_i: int, runner_i: int | None) -> str:
+    """Say in the plan's reason where its figures come from (status.plan.reason)."""
+    if not grid.measured.any():
+        return ""
+    covered = int(grid.measured.sum())
+    text = f" Measured profile points cover {covered} of {grid.measured.size} candidates"
+    text += "; the chosen plan's figures are measured" if grid.measured[chosen_i] else \
+        "; the chosen plan's figures are modelled (no measured point covers it)"
+    if runner_i is not None:
+        text += ", the runner-up's " + ("measured" if grid.measured[runner_i] else "modelled")
+    return text + "."
 
 
 def _with_profile(c: Candidate, request: PlanRequest, em: EnergyModel) -> Candidate:

@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 
 MARGIN_MIN = 0.8
 MARGIN_MAX = 4.0
-# Replays longer than this many engine steps stop early (the decision must stay within ~100 ms).
-MAX_REPLAY_STEPS = 4000
+# Replays longer than this many engine steps stop early and judge what they saw (the decision must stay within
+# ~100 ms; long outputs would otherwise replay minutes of decoding after the last arrival).
+MAX_REPLAY_STEPS = 1500
 # At most this many of the most recent requests per replica are replayed (the same budget).
 MAX_REPLAY_REQUESTS_PER_REPLICA = 200
 
@@ -258,13 +259,19 @@ def replay(
     if engine.has_work():
         complete = False
     ttft_ok = itl_ok = both = 0
+    now = engine.clock_s
     for r in requests:
-        t_ok = r.first_token_s is not None and (r.first_token_s - r.arrival_s) * ttft_margin <= slo_ttft_seconds
-        if r.finished_s is not None and r.first_token_s is not None:
-            mean_itl = (r.finished_s - r.first_token_s) / (r.output_tokens - 1) if r.output_tokens > 1 else 0.0
-            i_ok = mean_itl * itl_margin <= slo_itl_seconds
+        # A replay cut short by the step budget judges what it saw: a request still waiting for its first token
+        # misses only once it has waited longer than the threshold; a decoding one by its gaps so far.
+        if r.first_token_s is not None:
+            t_ok = (r.first_token_s - r.arrival_s) * ttft_margin <= slo_ttft_seconds
         else:
-            i_ok = False
+            t_ok = not complete and (now - r.arrival_s) * ttft_margin <= slo_ttft_seconds
+        last = r.finished_s if r.finished_s is not None else r.last_token_s
+        if r.first_token_s is not None and last is not None and r.output_tokens > 1:
+            i_ok = (last - r.first_token_s) / (r.output_tokens - 1) * itl_margin <= slo_itl_seconds
+        else:
+            i_ok = r.first_token_s is not None or not complete
         ttft_ok += t_ok
         itl_ok += i_ok
         both += t_ok and i_ok
@@ -285,11 +292,14 @@ def choose_verified(
     candidates: Sequence[Candidate],
     request: PlanRequest,
     energy_model: EnergyModel | None = None,
+    prefer: Candidate | None = None,
+    tie: float = 0.005,
 ) -> tuple[Candidate | None, list[ReplayOutcome]]:
     """The cheapest candidate whose replay keeps `request.request_share` of requests within both thresholds.
 
-    Candidates are tried by total watts, cheapest first, and the search stops at the first that passes; when none
-    does, the one with the largest share within (then the cheapest) is returned. (None, []) without a sample.
+    Candidates are tried by total watts, cheapest first (`prefer` first when within `tie` of the cheapest), and
+    the search stops at the first that passes; when none does, the one with the largest share within (then the
+    cheapest) is returned. (None, []) without a sample.
     """
     sample = request.replay
     if sample is None or not candidates:
@@ -297,7 +307,12 @@ def choose_verified(
     if len(sample) == 0:
         return min(candidates, key=lambda c: c.total_watts), []
     outcomes: list[tuple[Candidate, ReplayOutcome]] = []
-    for c in sorted(candidates, key=lambda c: c.total_watts):
+    ordered = sorted(candidates, key=lambda c: c.total_watts)
+    if prefer is not None and prefer in ordered and prefer.total_watts <= ordered[0].total_watts * (1 + tie):
+        # The planner's own choice among near ties (its tie-break: fewer GPUs, headroom) goes first.
+        ordered.remove(prefer)
+        ordered.insert(0, prefer)
+    for c in ordered:
         outcome = replay(
             request.model,
             request.accelerator,

@@ -6,11 +6,13 @@ pod's command line and the launcher's never disagree) and requests `nvidia.com/g
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from typing import Any
 
-from wattkeeper_runtime.launcher import LaunchError, LaunchPlan, plan_argv
+from wattkeeper_runtime.drain import script_source
+from wattkeeper_runtime.launcher import LaunchError, LaunchPlan, plan_argv, plan_env
 
 from wattkeeper.api import API_VERSION, LLMService, ServingConfigSpec
 from wattkeeper.energy.types import Plan, ServingConfig
@@ -19,12 +21,16 @@ LABEL_SERVICE = "wattkeeper.io/service"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_CONFIG = "wattkeeper.io/config"
 ANNOTATION_CONFIG_HASH = "wattkeeper.io/config-hash"
+# Same key as the node agent reads on pods (wattkeeper_runtime.agent.ANNOTATION_REQUEST).
+ANNOTATION_POWER_LIMIT = "wattkeeper.io/gpu-power-limit-watts"
 ANNOTATION_PARAMS = "wattkeeper.io/model-params-b"
 ANNOTATION_ACTIVE_PARAMS = "wattkeeper.io/active-params-b"
 LABEL_ACCELERATOR = "wattkeeper.io/accelerator"
 GPU_RESOURCE = "nvidia.com/gpu"
-# Old pods finish their requests in flight, and draw power, for up to this long after a change.
+# Old pods finish their requests in flight, and draw power, for up to this long after a change: the preStop drain
+# waits for them (bounded DRAIN_MARGIN_SECONDS short of it, so vLLM still gets SIGTERM before SIGKILL).
 TERMINATION_GRACE_SECONDS = 30
+DRAIN_MARGIN_SECONDS = 5
 CONTAINER_NAME = "vllm"
 
 
@@ -58,10 +64,13 @@ def _owner_reference(service: LLMService) -> dict[str, Any]:
 
 
 def config_hash(service: LLMService, plan: Plan) -> str:
-    """A short digest of everything that shapes the pods; a change rolls them."""
+    """A short digest of everything that shapes the pods; a change rolls them.
+
+    The GPU power limit is left out: it changes in place (a pod annotation the node agent applies), never by a
+    restart; so is it from the pod template (see controller/powerlimits.py)."""
     spec = service.spec
     payload = {
-        "config": ServingConfigSpec.from_plan(plan).to_wire(),
+        "config": {k: v for k, v in ServingConfigSpec.from_plan(plan).to_wire().items() if k != "gpuPowerLimitWatts"},
         "model": spec.model.to_wire(),
         "engine": spec.engine.to_wire(),
         "accelerator": spec.accelerator.to_wire(),
@@ -69,15 +78,13 @@ def config_hash(service: LLMService, plan: Plan) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def vllm_argv(service: LLMService, plan: Plan) -> list[str]:
+def launch_plan(service: LLMService, config: ServingConfig) -> LaunchPlan:
+    """The launcher's plan for a configuration: a variant (or a source marked quantized) is a pre-quantized
+    checkpoint, served without `--quantization`; unquantized source weights are quantized on load (fp8, int8)."""
     spec = service.spec
-    config = plan.config
-    has_variant = any(v.precision == config.precision for v in spec.model.variants)
-    # A variant is a pre-quantized checkpoint; fp8 without one quantizes the base weights on load; other
-    # formats without one are left to the launcher, which reads the checkpoint's name.
-    prequantized: bool | None = True if has_variant else (False if config.precision == "fp8" else None)
-    launch = LaunchPlan(
-        model_source=spec.model.source_for(config.precision),
+    source, prequantized = spec.model.checkpoint_for(config.precision)
+    return LaunchPlan(
+        model_source=source,
         precision=str(config.precision),
         tensor_parallel=config.tensor_parallel,
         max_num_seqs=config.max_num_seqs,
@@ -89,10 +96,31 @@ def vllm_argv(service: LLMService, plan: Plan) -> list[str]:
         prequantized=prequantized,
         extra_args=tuple(spec.engine.extra_args),
     )
+
+
+def vllm_argv(service: LLMService, plan: Plan) -> list[str]:
+    """The engine's argv; RenderError for a plan vLLM would refuse (checked before applying, too)."""
+    config = plan.config
+    planned_env(service, config)
     try:
-        return plan_argv(launch)
+        return plan_argv(launch_plan(service, config))
     except LaunchError as err:
         raise RenderError(str(err)) from err
+
+
+def planned_env(service: LLMService, config: ServingConfig) -> dict[str, str]:
+    """Settings vLLM reads from its environment only (RTN's bit width): the plan owns them, as it owns its flags."""
+    planned = plan_env(launch_plan(service, config))
+    clashes = sorted(e.name for e in service.spec.engine.env if e.name in planned and e.value != planned[e.name])
+    if clashes:
+        raise RenderError(f"engine.env sets {', '.join(clashes)}, which the {config.precision} plan sets itself")
+    return planned
+
+
+def prestop_drain_command(port: int, timeout_s: float) -> list[str]:
+    """The preStop hook: `wattkeeper-runtime drain` as a standard-library script, so that it runs in the stock
+    vLLM image (python3, no Wattkeeper). It returns when vLLM has no request running or waiting."""
+    return ["python3", "-c", script_source(), "--port", str(port), "--timeout", f"{timeout_s:g}"]
 
 
 def _resources(service: LLMService, config: ServingConfig) -> dict[str, Any]:
@@ -119,7 +147,9 @@ def render_deployment(
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
-    pod_env += [{"name": e.name, "value": e.value} for e in spec.engine.env]
+    planned = planned_env(service, config)
+    pod_env += [{"name": k, "value": v} for k, v in sorted(planned.items())]
+    pod_env += [{"name": e.name, "value": e.value} for e in spec.engine.env if e.name not in planned]
     # The model's size and GPU type travel with the pod: the NVML exporter and the GPU-less simulator read them.
     sizing = {ANNOTATION_PARAMS: f"{spec.model.parameters_billions:g}"}
     if spec.model.active_parameters_billions:
@@ -129,7 +159,8 @@ def render_deployment(
         if surge
         else {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
     )
-    short = config.short()
+    # Without the power limit: the template must not change when only the limit does (no restart).
+    short = dataclasses.replace(config, gpu_power_limit_watts=None).short()
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -137,7 +168,10 @@ def render_deployment(
             "name": name,
             "namespace": service.metadata.namespace,
             "labels": labels,
-            "annotations": {ANNOTATION_CONFIG: short, ANNOTATION_CONFIG_HASH: digest},
+            # The planned power limit, for the record only: on the Deployment's own metadata, which rolls nothing.
+            "annotations": {ANNOTATION_CONFIG: short, ANNOTATION_CONFIG_HASH: digest,
+                            ANNOTATION_POWER_LIMIT: "" if config.gpu_power_limit_watts is None
+                            else f"{config.gpu_power_limit_watts:g}"},
             "ownerReferences": [_owner_reference(service)],
         },
         "spec": {
@@ -169,15 +203,40 @@ def render_deployment(
                             "env": pod_env,
                             "ports": [{"name": "http", "containerPort": spec.engine.port, "protocol": "TCP"}],
                             "resources": _resources(service, config),
-                            "readinessProbe": {
-                                "httpGet": {"path": "/health", "port": "http"},
-                                "periodSeconds": 5,
-                                "failureThreshold": 3,
-                            },
+                            # vLLM 0.11.1's /health answers 200 while the engine lives and 503 once it is dead
+                            # (api_server.py:367-374, async_llm.py:654-657); the port opens only after the
+                            # model has loaded (api_server.py:2043-2057), which the startup probe waits for
+                            # (up to 15 min) before liveness and readiness start.
                             "startupProbe": {
                                 "httpGet": {"path": "/health", "port": "http"},
                                 "periodSeconds": 10,
                                 "failureThreshold": 90,
+                            },
+                            "readinessProbe": {
+                                "httpGet": {"path": "/health", "port": "http"},
+                                "periodSeconds": 5,
+                                "timeoutSeconds": 3,
+                                "failureThreshold": 3,
+                            },
+                            # A dead or hung engine: restart the container. A long timeout and three misses, so a
+                            # busy event loop under load is not mistaken for a hang.
+                            "livenessProbe": {
+                                "httpGet": {"path": "/health", "port": "http"},
+                                "periodSeconds": 10,
+                                "timeoutSeconds": 5,
+                                "failureThreshold": 3,
+                            },
+                            # On deletion the pod leaves the Service's ready endpoints at once; this hook then
+                            # holds SIGTERM back until the requests in flight are done (vLLM cancels them on
+                            # SIGTERM, see wattkeeper_runtime.drain).
+                            "lifecycle": {
+                                "preStop": {
+                                    "exec": {
+                                        "command": prestop_drain_command(
+                                            spec.engine.port, TERMINATION_GRACE_SECONDS - DRAIN_MARGIN_SECONDS
+                                        )
+                                    }
+                                }
                             },
                             "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
                         }

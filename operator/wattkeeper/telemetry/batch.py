@@ -15,19 +15,17 @@ from typing import Any
 import httpx
 
 from .base import ServiceObservation, TelemetrySource, TelemetryUnavailable, pod_name_pattern
-from .prometheus import PrometheusSource
+from .prometheus import POWER_QUERIES, PrometheusSource
+from .promql import pod_series
 from .scrape import quantile_from_buckets
 
 ServiceKey = tuple[str, str]  # (namespace, service)
 # What observe_many returns per service: the observation, or why there is none (silence is not zero).
 Outcome = ServiceObservation | TelemetryUnavailable
 
-POWER_BY_POD = (
-    ("dcgm-energy", "sum by (namespace, pod) (rate(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{sel}}}[{w}])) / 1000"),
-    ("dcgm-power", "sum by (namespace, pod) (avg_over_time(DCGM_FI_DEV_POWER_USAGE{{{sel}}}[{w}]))"),
-    ("nvml-energy", "sum by (namespace, pod) (rate(wattkeeper_gpu_energy_joules_total{{{sel}}}[{w}]))"),
-    ("nvml-power", "sum by (namespace, pod) (avg_over_time(wattkeeper_gpu_power_watts{{{sel}}}[{w}]))"),
-)
+# GPU power per pod, read under both label conventions of GPU exporters (dcgm-exporter scraped without
+# honorLabels names the pod in exported_namespace/exported_pod; see promql.py). Same templates as prometheus.py.
+POWER_BY_POD = POWER_QUERIES
 SUMS_BY_POD = {
     "output_tokens_per_second": "sum by (namespace, pod) (rate(vllm:generation_tokens_total{{{sel}}}[{w}]))",
     "prompt_tokens_per_second": "sum by (namespace, pod) (rate(vllm:prompt_tokens_total{{{sel}}}[{w}]))",
@@ -61,10 +59,19 @@ class _Batch:
         self.source = source
         self.keys = keys
         self.sel = _selector(ns for ns, _ in keys)
+        names = sorted({ns for ns, _ in keys})
+        self.namespace_regex = "|".join(names) if names else None
         self.window = f"{max(int(window_seconds), 5)}s"
 
+    def power_query(self, template: str, scale: float) -> str:
+        """A per-pod power template as one query for every pod of the pass, under both label conventions."""
+        query = pod_series(template.replace("{w}", self.window), namespace_regex=self.namespace_regex)
+        return query if scale == 1.0 else f"({query}) * {scale:g}"
+
     def vector(self, template: str) -> list[dict[str, Any]]:
-        promql = template.format(sel=self.sel, w=self.window)
+        return self.query(template.format(sel=self.sel, w=self.window))
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
         try:
             response = self.source._client.get(f"{self.source.url}/api/v1/query", params={"query": promql})
         except httpx.HTTPError as err:
@@ -76,9 +83,10 @@ class _Batch:
         except ValueError as err:
             raise TelemetryUnavailable(f"Prometheus answered something that is not JSON: {err}") from err
 
-    def per_service(self, template: str) -> dict[ServiceKey, float]:
+    def per_service(self, template: str, promql: str | None = None) -> dict[ServiceKey, float]:
+        """Sums per service of `template` (formatted with the pass's selector), or of a ready `promql`."""
         out: dict[ServiceKey, float] = defaultdict(float)
-        for series in self.vector(template):
+        for series in (self.query(promql) if promql is not None else self.vector(template)):
             labels = series.get("metric") or {}
             key = (str(labels.get("namespace")), service_of_pod(str(labels.get("pod") or "")) or "")
             if key not in self.keys:
@@ -109,8 +117,8 @@ def observe_prometheus(source: PrometheusSource, keys: Iterable[ServiceKey],
     batch = _Batch(source, wanted, window_seconds)
     try:
         power: dict[ServiceKey, tuple[float, str]] = {}
-        for name, template in POWER_BY_POD:
-            for key, watts in batch.per_service(template).items():
+        for name, template, scale in POWER_BY_POD:
+            for key, watts in batch.per_service(template, batch.power_query(template, scale)).items():
                 power.setdefault(key, (watts, name))  # the first source in order of preference wins
         sums = {field: batch.per_service(template) for field, template in SUMS_BY_POD.items()}
         quantiles = {field: batch.buckets(template) for field, template in BUCKETS_BY_POD.items()}

@@ -25,21 +25,22 @@ def _matchers(*parts: str) -> str:
     return ",".join(p for p in parts if p)
 
 
-def pod_series(template: str, namespace: str | None = None, pod_regex: str | None = None) -> str:
+def pod_series(template: str, namespace: str | None = None, pod_regex: str | None = None,
+               namespace_regex: str | None = None) -> str:
     """`template` (with `{sel}` where the label matchers go) summed `by (namespace, pod)` over both conventions.
 
-    With `namespace`/`pod_regex` the series are limited to those pods; without, every pod is returned (a pass that
-    queries once for all services). Series of GPUs that no pod holds keep the exporter pod's name under
-    honor_labels: false; they match no service's pods and are harmless."""
-    plain_sel = _matchers(
-        f'namespace="{namespace}"' if namespace is not None else "",
-        f'pod=~"{pod_regex}"' if pod_regex is not None else "",
-        'exported_pod=""',
-    )
-    exported_sel = _matchers(
-        f'exported_namespace="{namespace}"' if namespace is not None else "",
-        f'exported_pod=~"{pod_regex}"' if pod_regex is not None else 'exported_pod!=""',
-    )
+    With `namespace` (or `namespace_regex`) and `pod_regex` the series are limited to those pods; without, every
+    pod-attributed series is returned (a pass that queries once for all services). Series of GPUs that no pod holds
+    keep the exporter pod's name under honor_labels: false; they match no service's pods and are harmless."""
+    if namespace is not None:
+        plain_ns, exported_ns = f'namespace="{namespace}"', f'exported_namespace="{namespace}"'
+    elif namespace_regex is not None:
+        plain_ns, exported_ns = f'namespace=~"{namespace_regex}"', f'exported_namespace=~"{namespace_regex}"'
+    else:
+        plain_ns = exported_ns = ""
+    plain_sel = _matchers(plain_ns, f'pod=~"{pod_regex}"' if pod_regex is not None else 'pod!=""', 'exported_pod=""')
+    exported_sel = _matchers(exported_ns,
+                             f'exported_pod=~"{pod_regex}"' if pod_regex is not None else 'exported_pod!=""')
     plain = template.format(sel=plain_sel)
     exported = _EXPORTED.format(inner=template.format(sel=exported_sel))
     return f"sum by (namespace, pod) ({plain}) or sum by (namespace, pod) ({exported})"

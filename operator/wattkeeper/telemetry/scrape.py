@@ -1,21 +1,36 @@
 """Telemetry without Prometheus: scrape each pod's /metrics directly and difference the counters.
 
+Tokens, requests, latency and queue come from vLLM's own port. vLLM exports no power: GPU power comes from the GPU
+exporter of the pod's node (dcgm-exporter or the NVML exporter), whose series name the pod holding each GPU in
+their `namespace` and `pod` labels (read raw here, so no exported_* renaming). A pod whose own port serves power
+(the GPU-less simulator) needs no exporter.
 The first scrape of a pod gives gauges only (power, queue); rates come from the second on.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from .base import ServiceObservation, TelemetryUnavailable
 
-# (pod name, metrics URL) of a service's running pods.
-PodLister = Callable[[str, str], Iterable[tuple[str, str]]]
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    """A running pod of a service: its vLLM /metrics and the /metrics of its node's GPU exporters."""
+
+    pod: str
+    metrics_url: str
+    exporter_urls: tuple[str, ...] = ()
+
+
+# The scrape targets of a service's running pods; (pod name, metrics URL) pairs are accepted too.
+PodLister = Callable[[str, str], Iterable[ScrapeTarget | tuple[str, str]]]
 
 COUNTERS = {
     "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": 1e-3,  # mJ -> J
@@ -25,7 +40,16 @@ COUNTERS = {
     "vllm:request_success_total": 1.0,
 }
 POWER_GAUGES = ("DCGM_FI_DEV_POWER_USAGE", "wattkeeper_gpu_power_watts")
+POWER_COUNTERS = ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "wattkeeper_gpu_energy_joules_total")
 HISTOGRAMS = {"ttft": "vllm:time_to_first_token_seconds", "itl": "vllm:inter_token_latency_seconds"}
+
+
+def _canonical(name: str) -> str:
+    """prometheus_client's parser names the samples of a counter family <family>_total, also when the exposition
+    has no such suffix (dcgm-exporter's DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION): map them back."""
+    if name not in COUNTERS and name.endswith("_total") and name[: -len("_total")] in COUNTERS:
+        return name[: -len("_total")]
+    return name
 
 
 @dataclass
@@ -41,7 +65,7 @@ def parse_sample(text: str, at: float) -> PodSample:
     sample = PodSample(at=at)
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            name = s.name
+            name = _canonical(s.name)
             if name in COUNTERS:
                 sample.counters[name] = sample.counters.get(name, 0.0) + s.value * COUNTERS[name]
             elif name in POWER_GAUGES or name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
@@ -53,6 +77,46 @@ def parse_sample(text: str, at: float) -> PodSample:
                         buckets = sample.buckets.setdefault(key, {})
                         buckets[le] = buckets.get(le, 0.0) + s.value
     return sample
+
+
+def pod_power(text: str, namespace: str, pod: str) -> tuple[dict[str, float], dict[str, float]]:
+    """From a GPU exporter's exposition, the power counters and gauges of the GPUs `namespace/pod` holds, summed.
+
+    dcgm-exporter sets `namespace`/`pod` on the series of an allocated GPU (4.5.x internal/pkg/transformation
+    kubernetes.go, PodMapper.Process; const.go:21-22); the NVML exporter does the same. With several containers
+    or time-slicing, one GPU may appear once per pod: each series counts for the pod it names."""
+    counters: dict[str, float] = {}
+    gauges: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("namespace") != namespace or s.labels.get("pod") != pod:
+                continue
+            name = _canonical(s.name)
+            if name in POWER_COUNTERS:
+                counters[name] = counters.get(name, 0.0) + s.value * COUNTERS[name]
+            elif name in POWER_GAUGES:
+                gauges[name] = gauges.get(name, 0.0) + s.value
+    return counters, gauges
+
+
+EXPORTER_PORT_NAMES = ("metrics", "gpu-metrics")  # dcgm-exporter's chart and the GPU Operator name them so
+EXPORTER_DEFAULT_PORT = 9400
+
+
+def exporter_urls_by_node(pods: Iterable[Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """The /metrics URL of each Running GPU-exporter pod (Kubernetes JSON), by node name."""
+    urls: dict[str, list[str]] = {}
+    for pod in pods:
+        status, spec = pod.get("status") or {}, pod.get("spec") or {}
+        ip, node = status.get("podIP"), spec.get("nodeName")
+        if status.get("phase") != "Running" or not ip or not node:
+            continue
+        ports = [p for c in spec.get("containers") or [] for p in c.get("ports") or []]
+        port = next((p["containerPort"] for p in ports if p.get("name") in EXPORTER_PORT_NAMES), EXPORTER_DEFAULT_PORT)
+        url = f"http://{ip}:{port}/metrics"
+        if url not in urls.setdefault(node, []):
+            urls[node].append(url)
+    return {node: tuple(found) for node, found in urls.items()}
 
 
 def quantile_from_buckets(q: float, cumulative: dict[float, float]) -> float | None:
@@ -86,15 +150,41 @@ class DirectScrapeSource:
         self._clock = clock
         self._previous: dict[str, PodSample] = {}
 
-    def _scrape(self, url: str) -> PodSample | None:
+    def _get(self, url: str) -> str | None:
         try:
             response = self._client.get(url)
         except httpx.HTTPError:
             return None
-        return parse_sample(response.text, self._clock()) if response.status_code == 200 else None
+        return response.text if response.status_code == 200 else None
+
+    def _scrape(self, url: str) -> PodSample | None:
+        text = self._get(url)
+        return parse_sample(text, self._clock()) if text is not None else None
+
+    def _scrape_target(self, namespace: str, target: ScrapeTarget, exporters: dict[str, str | None]) -> PodSample | None:
+        """vLLM's metrics, with the pod's GPU power from its node's exporters when they report it."""
+        sample = self._scrape(target.metrics_url)
+        if sample is None:
+            return None
+        for url in target.exporter_urls:
+            if url not in exporters:  # one scrape per exporter per observation, shared by the pods of a node
+                exporters[url] = self._get(url)
+            text = exporters[url]
+            if text is None:
+                continue
+            counters, gauges = pod_power(text, namespace, target.pod)
+            if counters or gauges:
+                # The exporter measures the GPUs; it replaces any power the pod's own port reports.
+                for name in (*POWER_COUNTERS, *POWER_GAUGES):
+                    sample.counters.pop(name, None)
+                    sample.gauges.pop(name, None)
+                sample.counters.update(counters)
+                sample.gauges.update(gauges)
+                break
+        return sample
 
     def observe_service(self, namespace: str, service: str, window_seconds: float) -> ServiceObservation:
-        pods = list(self._list_pods(namespace, service))
+        pods = [p if isinstance(p, ScrapeTarget) else ScrapeTarget(*p) for p in self._list_pods(namespace, service)]
         if not pods:
             raise TelemetryUnavailable(f"no running pods of {namespace}/{service} to scrape")
         watts = 0.0
@@ -103,9 +193,10 @@ class DirectScrapeSource:
         gauges: dict[str, float] = {}
         deltas: dict[str, dict[float, float]] = {}
         reporting = 0
-        for pod, url in pods:
-            key = f"{namespace}/{pod}"
-            current = self._scrape(url)
+        exporters: dict[str, str | None] = {}
+        for target in pods:
+            key = f"{namespace}/{target.pod}"
+            current = self._scrape_target(namespace, target, exporters)
             if current is None:
                 continue
             reporting += 1
@@ -136,7 +227,10 @@ class DirectScrapeSource:
                     for le, count in buckets.items():
                         acc[le] = acc.get(le, 0.0) + max(0.0, count - before_buckets.get(le, 0.0))
         if not have_power:
-            raise TelemetryUnavailable(f"none of {len(pods)} pods of {namespace}/{service} reported GPU power")
+            raise TelemetryUnavailable(
+                f"none of {len(pods)} pods of {namespace}/{service} reported GPU power: vLLM exports none, and no GPU "
+                "exporter (dcgm-exporter or the NVML exporter) on their nodes named them"
+            )
         return ServiceObservation(
             watts=watts,
             output_tokens_per_second=rates.get("vllm:generation_tokens_total"),

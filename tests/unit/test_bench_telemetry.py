@@ -1,0 +1,59 @@
+"""What the benchmark shows the Wattkeeper policy: finished requests, the window-mean queue, the scrape lag."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+from wattkeeper.bench.fleet import FleetSimulator, FleetTarget, Observation
+from wattkeeper.bench.groundtruth import GroundTruth, model_shape
+from wattkeeper.bench.trace import synthetic_trace
+from wattkeeper.energy.model import EnergyModel
+from wattkeeper.energy.types import ServingConfig
+
+
+@dataclass
+class Recorder:
+    telemetry_lag_s: float = 0.0
+    name: str = "recorder"
+    interval_s: float = 30.0
+    seen: list[Observation] = field(default_factory=list)
+
+    def initial(self) -> FleetTarget:
+        return FleetTarget(ServingConfig("bf16", 1, 256, 8192), 2)
+
+    def decide(self, obs: Observation, current: FleetTarget) -> FleetTarget | None:
+        self.seen.append(obs)
+        return None
+
+
+@pytest.fixture(scope="module")
+def runs() -> tuple[Recorder, Recorder]:
+    gt = GroundTruth.create(model_shape("meta-llama/Llama-3.1-8B-Instruct"), "H100", EnergyModel.default(),
+                            use_measured=False)
+    # 2 req/s for two minutes, then 8 req/s.
+    trace = synthetic_trace([(120.0, 2.0), (120.0, 8.0)], input_tokens=300, output_tokens=80, seed=3)
+    fresh, lagged = Recorder(), Recorder(telemetry_lag_s=15.0)
+    FleetSimulator(trace, gt).run(fresh)
+    FleetSimulator(trace, gt).run(lagged)
+    return fresh, lagged
+
+
+def test_the_policy_sees_finished_requests(runs: tuple[Recorder, Recorder]) -> None:
+    fresh, _ = runs
+    steady = next(o for o in fresh.seen if o.now_s == 90.0)
+    assert steady.finished_requests_per_second == pytest.approx(steady.requests_per_second, rel=0.3)
+    assert steady.mean_waiting_requests >= 0.0 and steady.window_s == 60.0
+
+
+def test_a_scrape_lag_shows_the_window_that_ended_at_the_last_scrape(runs: tuple[Recorder, Recorder]) -> None:
+    fresh, lagged = runs
+    at = {o.now_s: o for o in fresh.seen}
+    for o in lagged.seen:
+        assert o.now_s in at
+        assert o.window_s == min(60.0, o.now_s - 15.0)  # data up to the last scrape, 15 s ago
+    # Just after the rise the lagged view has seen less of it.
+    rise_fresh, rise_lagged = at[150.0], next(o for o in lagged.seen if o.now_s == 150.0)
+    assert rise_lagged.requests_per_second < rise_fresh.requests_per_second
+    # Before any change, the two views agree on the replicas (the Deployment's status is not lagged).
+    assert rise_lagged.serving_replicas == rise_fresh.serving_replicas

@@ -1,0 +1,76 @@
+"""The operator's adapters to the core: status <-> memory round trips and the Deployment's drift."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from wattkeeper.api import EnergyBudget, LLMService, ServingConfigSpec
+from wattkeeper.control.budget import decide_budget
+from wattkeeper.controller.budgets import accounting_status, budget_intent, budget_memory
+from wattkeeper.controller.decide import DeploymentState, fleet_state, memory_from_status, running_plan
+from wattkeeper.energy.model import EnergyModel
+from wattkeeper.energy.types import Plan, ServingConfig, Workload
+from wattkeeper.render import config_hash
+
+PLAN = Plan(ServingConfig("fp8", 2, 128, 8192, gpu_power_limit_watts=500.0), 3)
+
+
+def service() -> LLMService:
+    return LLMService.model_validate({
+        "metadata": {"name": "chat", "namespace": "ns", "generation": 1},
+        "spec": {"model": {"name": "meta-llama/Llama-3.1-8B-Instruct", "parametersBillions": 8},
+                 "slo": {"ttftP95Seconds": 2.0, "itlP95Seconds": 0.1}},
+    })
+
+
+def test_serving_config_spec_converts_both_ways() -> None:
+    spec = ServingConfigSpec.from_plan(PLAN)
+    assert spec.to_plan() == PLAN
+    assert spec.to_wire() == {"precision": "fp8", "tensorParallel": 2, "maxNumSeqs": 128,
+                              "maxNumBatchedTokens": 8192, "replicas": 3, "gpuPowerLimitWatts": 500.0}
+    assert PLAN.describe() == "fp8 tp2 seqs128 tok8192 gpu-limit500W x3"
+
+
+def test_status_round_trip_of_the_core_memory() -> None:
+    status = {
+        "plan": {**ServingConfigSpec.from_plan(PLAN).to_wire(), "plannedLoadRps": 4.2, "plannedInputTokens": 512.0},
+        "observed": {"peakLoadRps": 5.0, "peakLoadAt": "2026-01-01T12:00:00Z", "powerCorrection": 1.1},
+        "lastAppliedAt": "2026-01-01T11:59:00Z",
+    }
+    memory = memory_from_status(json.loads(json.dumps(status)), Workload(1.0, 1000.0, 200.0))
+    assert memory.running == PLAN == running_plan(status)
+    assert memory.planned_load == Workload(4.2, 512.0, 200.0)  # a token count status lacks: the spec's
+    assert memory.peak_load_at_s == datetime(2026, 1, 1, 12, 0, tzinfo=UTC).timestamp()
+    assert (memory.power_correction, memory.ttft_correction) == (1.1, 1.0)
+    assert memory_from_status({}, Workload(1.0)).running is None
+
+
+def test_fleet_state_sees_drift_and_rolls() -> None:
+    svc = service()
+    digest = config_hash(svc, PLAN)
+    steady = fleet_state(svc, DeploymentState(True, digest, 3, 3, 3), PLAN)
+    assert steady.matches_plan and not steady.rolling
+    scaled_by_hand = fleet_state(svc, DeploymentState(True, digest, 4, 4, 4), PLAN)
+    assert not scaled_by_hand.matches_plan
+    edited = fleet_state(svc, DeploymentState(True, "other", 3, 3, 3), PLAN)
+    assert not edited.matches_plan
+    rolling = fleet_state(svc, DeploymentState(True, digest, 3, 2, 1), PLAN)
+    assert rolling.rolling
+    assert fleet_state(svc, DeploymentState(), None).matches_plan
+
+
+def test_budget_status_round_trip_writes_nothing_when_nothing_changes() -> None:
+    budget = EnergyBudget.model_validate({
+        "metadata": {"name": "b", "namespace": "ns"},
+        "spec": {"power": {"limitWatts": 5000, "window": "5m"}, "energy": {"limitKilowattHours": 50, "period": "24h"}},
+    })
+    em = EnergyModel.default()
+    now = datetime(2026, 1, 1, 12, 0, 7, tzinfo=UTC).timestamp()
+    first = decide_budget(budget_intent(budget), budget_memory({}), [], 1234.56, now, 30.0, em)
+    status = json.loads(json.dumps(accounting_status(budget, {}, first.accounting)))
+    assert status["measuredWatts"] == 1234.6 and status["windowAverageWatts"] == 1234.6
+    # Read back as the next pass would: the same memory, so silence (nothing measured) writes the same status.
+    again = decide_budget(budget_intent(budget), budget_memory(status), [], None, now + 30, 30.0, em)
+    assert budget_memory(status) == first.accounting.memory
+    assert accounting_status(budget, status, again.accounting) == status
