@@ -8,7 +8,7 @@ export KUBECONFIG := $(CURDIR)/.local/kubeconfig
 PYTEST_ARGS ?=
 
 .PHONY: help deps venv tools debs crds test test-unit test-integration test-e2e lint cluster-up cluster-down \
-        sim-cluster-up run demo bench images clean
+        sim-cluster-up run demo bench bench-scale images clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ demo: deps ## the whole story on a simulated GPU cluster: load rises, the budget
 
 bench: venv ## trace-driven energy benchmark against the baselines; planner timing
 	$(BIN)/wattkeeper bench standard --out out/bench
+
+bench-scale: deps ## 1,000 LLMServices against the real apiserver: convergence, budget change, idle writes, RSS
+	$(BIN)/python hack/bench_scale.py --services 1000 --budgeted 100 --out out/bench-scale
 
 images: venv debs ## operator and runtime images without Docker (mmdebstrap + chroot, OCI layout in out/images/oci)
 	$(BIN)/python images/build.py --check

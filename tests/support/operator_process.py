@@ -35,7 +35,9 @@ class OperatorProcess:
             self.args.append(f"--namespace={namespace}")
         if peering:
             self.args.append(f"--peering={peering}")
-        self.env = {**os.environ, "WATTKEEPER_TELEMETRY_WINDOW_SECONDS": str(window_seconds), **(extra_env or {})}
+        # MALLOC_ARENA_MAX as the chart sets it for the operator's container.
+        self.env = {**os.environ, "WATTKEEPER_TELEMETRY_WINDOW_SECONDS": str(window_seconds), "MALLOC_ARENA_MAX": "2",
+                    **(extra_env or {})}
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -99,6 +101,19 @@ class OperatorProcess:
         assert self.process is not None
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the process has used (to tell its cost from a busy machine's wait)."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_megabytes(self) -> float:
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return 0.0
 

@@ -28,5 +28,11 @@ class OperatorMetrics:
                                   ["namespace", "budget"], registry=r)
         self.budget_limit_watts = Gauge("wattkeeper_budget_limit_watts", "Power limit of a budget",
                                         ["namespace", "budget"], registry=r)
+        self.loop_passes = Counter("wattkeeper_loop_passes_total", "Control-loop passes finished, by outcome",
+                                   ["outcome"], registry=r)
+        self.loop_pass_seconds = Gauge("wattkeeper_loop_pass_seconds", "Duration of the last control-loop pass",
+                                       registry=r)
+        self.loop_heartbeat = Gauge("wattkeeper_loop_heartbeat_timestamp_seconds",
+                                    "When the control loop last finished a pass (or a standby's check)", registry=r)
         self.plan_seconds = Histogram("wattkeeper_plan_seconds", "Time to plan one service", registry=r,
                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))

@@ -49,10 +49,8 @@ class Dependencies:
     peering_priority: int | None = None
     # Budgets and profiles per namespace for handler-driven reconciles: one LIST per kind shared by a burst.
     lists: ListCache = field(default_factory=lambda: ListCache())
-    # When each service was last reconciled (monotonic), and when the current pass listed: a service written
-    # since its LIST is re-read before it is reconciled again.
+    # When each service was last reconciled (monotonic): one written since a pass listed it is re-read.
     written_at: dict[str, float] = field(default_factory=dict)
-    pass_started_at: float = 0.0
     # The control loop's health for the liveness probe: why it is unhealthy, or None.
     liveness: Callable[[], str | None] | None = None
 
@@ -161,6 +159,7 @@ class Reads:
     deployment: dict[str, Any] | None
     service: dict[str, Any] | None
     observation: ServiceObservation | TelemetryUnavailable | None = None  # None: not measured in the batch
+    listed_at: float = 0.0  # monotonic time of the LISTs these reads come from
 
 
 def planned_config(status: dict[str, Any]) -> Plan | None:
@@ -226,7 +225,7 @@ def reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
     key = f"{meta['namespace']}/{meta['name']}"
     with deps.locks[key]:
         fresh: dict[str, Any] | None = body
-        if reads is None or deps.written_at.get(key, 0.0) > deps.pass_started_at:
+        if reads is None or deps.written_at.get(key, 0.0) > reads.listed_at:
             # Re-read under the lock: the body a handler got (or the pass listed) may predate another
             # reconcile's writes; so may everything else the pass listed for it.
             reads = None

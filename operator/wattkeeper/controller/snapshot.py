@@ -4,6 +4,7 @@ reconcile of the pass instead of a GET and two LISTs per service."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,11 +38,14 @@ class Snapshot:
     observations: dict[Key, ServiceObservation | TelemetryUnavailable] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     reconciled: set[Key] = field(default_factory=set)  # services already reconciled in this pass
+    listed_at: float = 0.0  # monotonic, taken before the LISTs
 
     @classmethod
     def take(cls, kube: Kube, namespace: str | None) -> Snapshot:
         """Five LISTs: services, budgets, profiles, and the operator's Deployments and Services (by label)."""
+        listed_at = time.monotonic()
         return cls(
+            listed_at=listed_at,
             services=_by_key(kube.list_custom("llmservices", namespace)),
             budgets=_by_namespace(kube.list_custom("energybudgets", namespace)),
             profiles=_by_namespace(kube.list_custom("energyprofiles", namespace)),
@@ -61,7 +65,7 @@ class Snapshot:
             budgets = list(self.budgets.get(namespace, []))
         return Reads(budgets=budgets, profiles=self.profiles.get(namespace, []),
                      deployment=self.deployments.get(key), service=self.core_services.get(key),
-                     observation=self.observations.get(key))
+                     observation=self.observations.get(key), listed_at=self.listed_at)
 
     def services_in(self, namespace: str) -> list[dict[str, Any]]:
         return [body for (ns, _), body in self.services.items() if ns == namespace]
