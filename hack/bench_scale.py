@@ -71,9 +71,19 @@ class Fleet:
             dep = deployments.get(name)
             if plan is None or status.get("observedGeneration") != svc["metadata"]["generation"] or dep is None \
                     or dep.spec.replicas != plan.replicas \
-                    or (dep.metadata.annotations or {}).get("wattkeeper.io/config") != plan.config.short():
+                    or (dep.metadata.annotations or {}).get("wattkeeper.io/config") != plan.config.short() \
+                    or not _settled(dep) or status.get("replicas") != (dep.status.replicas or 0):
+                # Converged includes the world settling: kube-controller-manager's Deployment status reaches the
+                # service's status in a later pass, a real change (on a slow machine, after "converged").
                 out.append(name)
         return out
+
+
+def _settled(dep: Any) -> bool:
+    """kube-controller-manager has seen the Deployment's spec and created its replicas."""
+    st = dep.status
+    return bool(st is not None and st.observed_generation == dep.metadata.generation
+                and (st.replicas or 0) == dep.spec.replicas)
 
 
 def _floors_watts(services: list[dict[str, Any]]) -> float:

@@ -236,6 +236,12 @@ def _append_decision(status: dict[str, Any], now: datetime, action: str, reason:
     status["decisions"] = decisions[-kept:]
 
 
+# Shown measurements move in status only when they move by more than this share.
+STATUS_DEADBAND = 0.02
+MEASURED_KEYS = ("watts", "joulesPerToken", "tokensPerSecond", "requestsPerSecond", "ttftP95Seconds", "itlP95Seconds",
+                 "runningRequests", "waitingRequests")
+
+
 def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorSettings) -> ServiceDecision:
     svc = inputs.service
     spec = svc.spec
@@ -339,6 +345,7 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
             status["observed"].update({"peakLoadRps": memory.peak_load_rps,
                                        "peakLoadAt": _iso(datetime.fromtimestamp(memory.peak_load_at_s,
                                                                                  tz=now.tzinfo))})
+        status["observed"] = _steady(status["observed"], old.get("observed") or {}, MEASURED_KEYS)
     elif any(v != 1.0 for v in remembered.values()):
         status.setdefault("observed", {}).update(remembered)
     alloc_status = alloc.to_status()
@@ -370,6 +377,20 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
     status["replicas"] = dep.replicas
     status["readyReplicas"] = dep.ready_replicas
     return ServiceDecision(apply_config, tick.surge, _clean(status), events, tick.action, tick.cause)
+
+
+def _steady(new: dict[str, Any], old: dict[str, Any], keys: tuple[str, ...],
+            tolerance: float = STATUS_DEADBAND) -> dict[str, Any]:
+    """Keep the written measurement where the new one is within `tolerance` of it: a meter that reads 109 W, then
+    110 W, then 109 W would otherwise rewrite status every pass (an idle service must make no writes). Only what is
+    shown is steadied; what the core reads back (corrections, the remembered peak) is written as decided."""
+    out = dict(new)
+    for key in keys:
+        value, before = new.get(key), old.get(key)
+        if isinstance(value, (int, float)) and isinstance(before, (int, float)) and not isinstance(value, bool) \
+                and abs(value - before) <= tolerance * max(abs(value), abs(before)):
+            out[key] = before
+    return out
 
 
 def _slo_missed(inputs: ServiceInputs) -> bool:
