@@ -71,12 +71,17 @@ class Fleet:
             dep = deployments.get(name)
             if plan is None or status.get("observedGeneration") != svc["metadata"]["generation"] or dep is None \
                     or dep.spec.replicas != plan.replicas \
-                    or (dep.metadata.annotations or {}).get("wattkeeper.io/config") != plan.config.short() \
-                    or not _settled(dep) or status.get("replicas") != (dep.status.replicas or 0):
-                # Converged includes the world settling: kube-controller-manager's Deployment status reaches the
-                # service's status in a later pass, a real change (on a slow machine, after "converged").
+                    or (dep.metadata.annotations or {}).get("wattkeeper.io/config") != plan.config.short():
                 out.append(name)
         return out
+
+    def unsettled(self) -> list[str]:
+        """Services whose Deployment status (kube-controller-manager's work) has not yet reached their status: a
+        real change that the operator writes in a later pass, so idle passes are counted only after it."""
+        deployments = self.deployments()
+        return [svc["metadata"]["name"] for svc in self.services()
+                if (dep := deployments.get(svc["metadata"]["name"])) is None or not _settled(dep)
+                or (svc.get("status") or {}).get("replicas") != (dep.status.replicas or 0)]
 
 
 def _settled(dep: Any) -> bool:
@@ -154,7 +159,8 @@ def run(services: int, budgeted: int, interval_seconds: float, workers: int, out
               f"(created in {figures['create_seconds']} s), {figures['writes_to_converge']} writes, operator CPU "
               f"{figures['operator_cpu_seconds_to_converge']} s, load average {figures['load_average_1m']}", flush=True)
 
-        # Idle: two whole passes with nothing changed.
+        # Idle: two whole passes with nothing changed, once kube-controller-manager's status has been reported.
+        _wait("Deployment status to reach the services", lambda: not fleet.unsettled(), timeout=900, every=2.0)
         passes = op.counter("wattkeeper_loop_passes_total", outcome="ok")
         _wait("a pass", lambda: op.counter("wattkeeper_loop_passes_total", outcome="ok") >= passes + 1,
               timeout=10 * interval_seconds + 300)
