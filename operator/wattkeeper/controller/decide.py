@@ -291,6 +291,7 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
         if spec_changed or not any(c.get("reason") == "NoFeasibleConfiguration" for c in old.get("conditions") or []):
             events.append(("Warning", "NoFeasibleConfiguration", message))
         _append_decision(status, now, "Rejected", message, None, settings.decisions_kept)
+        _write_allocation(status, alloc)  # the share holds whether or not a plan fits it: say what it is
         status["conditions"] = conditions
         status["observedGeneration"] = generation
         return ServiceDecision(None, True, _clean(status), events, "Rejected", tick.cause)
@@ -348,11 +349,7 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
         status["observed"] = _steady(status["observed"], old.get("observed") or {}, MEASURED_KEYS)
     elif any(v != 1.0 for v in remembered.values()):
         status.setdefault("observed", {}).update(remembered)
-    alloc_status = alloc.to_status()
-    if alloc_status is None:
-        status.pop("allocation", None)
-    else:
-        status["allocation"] = alloc_status
+    _write_allocation(status, alloc)
 
     # Conditions.
     desired = effective.replicas
@@ -377,6 +374,14 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
     status["replicas"] = dep.replicas
     status["readyReplicas"] = dep.ready_replicas
     return ServiceDecision(apply_config, tick.surge, _clean(status), events, tick.action, tick.cause)
+
+
+def _write_allocation(status: dict[str, Any], alloc: Allocation) -> None:
+    alloc_status = alloc.to_status()
+    if alloc_status is None:
+        status.pop("allocation", None)
+    else:
+        status["allocation"] = alloc_status
 
 
 def _steady(new: dict[str, Any], old: dict[str, Any], keys: tuple[str, ...],
