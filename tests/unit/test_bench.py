@@ -196,22 +196,26 @@ def test_cli_trace_writes_json_and_png(tmp_path: Path) -> None:
         [
             "bench", "trace", "--trace", str(path), "--model", MODEL_8B, "--gpu", "H100",
             "--slo-ttft-p95", "2", "--slo-itl-p95", "0.1", "--power-cap", "2000", "--no-measured",
-            "--out", str(out),
+            "--seed", "3", "--out", str(out),
         ]
     )  # fmt: skip
     assert code == 0
     doc = json.loads(out.read_text())
     assert out.with_suffix(".png").stat().st_size > 1000
-    assert set(doc["policies"]) == {"static", "autoscaler", "wattkeeper", "oracle"}
+    assert set(doc["policies"]) == {
+        "static-peak", "static-right-sized", "autoscaler-tuned", "oracle-verified", "wattkeeper"
+    }  # fmt: skip
     fields = {
         "energyKWh", "joulesPerOutputToken", "gpuHours", "withinTtftSlo", "withinItlSlo", "withinBothSlos",
         "ttftP95Seconds", "itlP95Seconds", "reconfigurations", "maxFiveMinuteWatts", "powerCapWatts",
-        "maxFiveMinuteOverCap", "groundTruth",
+        "maxFiveMinuteOverCap", "groundTruth", "worstFiveMinuteWithinBoth", "keepsTarget", "verdict",
+        "restartsPerHour", "capHeld",
     }  # fmt: skip
     for summary in doc["policies"].values():
         assert fields <= set(summary)
-        assert all(src.startswith("model") for src in summary["groundTruth"].values())
-    assert "savingVsStatic" in doc["comparison"] and "targets" in doc["comparison"]
+        assert all(src.startswith("model, hidden bias seed 3") for src in summary["groundTruth"].values())
+    assert doc["groundTruthSeed"] == 3
+    assert {"energyVsRightSized", "energyVsPeak", "fromOracle"} <= set(doc["comparison"]["wattkeeper"])
 
 
 def test_measured_ground_truth_reproduces_the_measurements(shared_data: Path) -> None:

@@ -11,15 +11,13 @@ from ..energy.model import EnergyModel
 from .groundtruth import GroundTruth, model_shape
 from .policies import BenchSpec
 from .report import print_table, table_rows, write_json
-from .runner import PLANNER_TARGET_MS, POLICY_NAMES, planner_timing, run_scenario, with_cap
+from .runner import POLICY_NAMES, run_scenario
 from .trace import Trace, default_trace_path, load_azure_trace, scale_rate
 
 STANDARD_MODEL = "meta-llama/Llama-3.1-70B-Instruct"
 STANDARD_GPU = "H100"
 STANDARD_SLO_TTFT_S = 2.0
 STANDARD_SLO_ITL_S = 0.1
-STANDARD_RATE_SCALES = (1.0, 4.0)
-STANDARD_CAP_FRACTION = 0.6
 
 
 def register(subparsers: Any) -> None:
@@ -32,6 +30,8 @@ def register(subparsers: Any) -> None:
         p.add_argument("--no-measured", action="store_true", help="ground truth from the calibrated model only")
         p.add_argument("--precisions", default="bf16,fp8", help="precisions Wattkeeper may choose")
         p.add_argument("--duration-s", type=float, default=None, help="replay only the first N seconds")
+        p.add_argument("--fp8-prefill-factor", type=float, default=None,
+                       help="override the measured fp8 prefill factor of the ground truth (1: the model's)")
 
     t = sub.add_parser("trace", help="replay one trace through the policies")
     common(t)
@@ -42,14 +42,18 @@ def register(subparsers: Any) -> None:
     t.add_argument("--slo-itl-p95", type=float, required=True, help="seconds")
     t.add_argument("--rate-scale", type=float, default=1.0)
     t.add_argument("--power-cap", type=float, default=None, help="watts; Wattkeeper's power allocation")
+    t.add_argument("--seed", type=int, default=1, help="seed of the ground truth's hidden biases")
     t.add_argument("--policies", default=",".join(POLICY_NAMES))
     t.add_argument("--out", type=Path, required=True, help="JSON file; the power plot goes beside it (.png)")
     t.set_defaults(func=_trace_command)
 
-    s = sub.add_parser("standard", help="the standard set: 70B on H100, conversation trace x1 and x4, +cap")
+    s = sub.add_parser("standard", help="the standard set: 70B on H100, five workloads x seeds x (plain, capped)")
     common(s)
     s.add_argument("--out", type=Path, required=True, help="output folder")
-    s.add_argument("--skip-timing", action="store_true", help="skip the planner timing micro-benchmark")
+    s.add_argument("--seeds", default="1,2", help="ground-truth seeds")
+    s.add_argument("--readme", type=Path, default=None, help="README whose marked table to rewrite "
+                   "(default: bench/README.md of this checkout)")
+    s.add_argument("--no-readme", action="store_true", help="do not rewrite the README")
     s.set_defaults(func=_standard_command)
 
     lat = sub.add_parser("latency", help="latency model against BatchingEngine runs per workload family (issue 11)")
@@ -99,11 +103,17 @@ def _load_trace(args: argparse.Namespace) -> Trace:
     return trace.truncate(args.duration_s) if args.duration_s else trace
 
 
-def _ground_truth(args: argparse.Namespace, model_name: str, params_b: float | None, gpu: str) -> GroundTruth:
+def _ground_truth(
+    args: argparse.Namespace, model_name: str, params_b: float | None, gpu: str, seed: int
+) -> GroundTruth:
     em = EnergyModel.default()
-    return GroundTruth.create(
-        model_shape(model_name, params_b), gpu, em, mlenergy_path=args.mlenergy, use_measured=not args.no_measured
-    )
+    gt = GroundTruth.create(
+        model_shape(model_name, params_b), gpu, em, mlenergy_path=args.mlenergy, use_measured=not args.no_measured,
+        seed=seed,
+    )  # fmt: skip
+    if args.fp8_prefill_factor is not None:
+        gt.fp8_prefill = args.fp8_prefill_factor
+    return gt
 
 
 def _precisions(text: str) -> tuple[str, ...]:
@@ -113,7 +123,7 @@ def _precisions(text: str) -> tuple[str, ...]:
 def _trace_command(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     trace = scale_rate(_load_trace(args), args.rate_scale)
-    gt = _ground_truth(args, args.model, args.params_b, args.gpu)
+    gt = _ground_truth(args, args.model, args.params_b, args.gpu, args.seed)
     spec = BenchSpec(
         gt.model,
         args.gpu,
@@ -136,7 +146,9 @@ def _trace_command(args: argparse.Namespace) -> int:
     )
     result.document["runSeconds"] = round(time.perf_counter() - t0, 1)
     write_json(result.document, out)
-    print_table(table_rows(name, result.document["policies"]), f"wattkeeper bench trace ({name})")
+    print_table(
+        table_rows(name, result.document["policies"], result.document["comparison"]), f"wattkeeper bench trace ({name})"
+    )
     print(f"wrote {out} and {out.with_suffix('.png')} in {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -146,81 +158,32 @@ def vars_for_json(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _standard_command(args: argparse.Namespace) -> int:
-    t0 = time.perf_counter()
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    base = _load_trace(args)
-    gt = _ground_truth(args, STANDARD_MODEL, None, STANDARD_GPU)
+    from . import standard
+
     spec = BenchSpec(
-        gt.model,
+        model_shape(STANDARD_MODEL),
         STANDARD_GPU,
         STANDARD_SLO_TTFT_S,
         STANDARD_SLO_ITL_S,
         allowed_precisions=_precisions(args.precisions),
     )
-    rows: list[list[str]] = []
-    documents: dict[str, Any] = {}
-    settings = vars_for_json(args)
-    for scale in STANDARD_RATE_SCALES:
-        trace = scale_rate(base, scale)
-        name = f"conv-x{scale:g}"
-        print(f"{name}: {len(trace)} requests over {trace.duration_s:.0f} s")
-        plain = run_scenario(name, trace, spec, gt, png=out / f"{name}.png", settings=settings, log=print)
-        write_json(plain.document, out / f"{name}.json")
-        documents[name] = plain.document
-        rows += table_rows(name, plain.document["policies"])
-        cap = STANDARD_CAP_FRACTION * plain.document["policies"]["static"]["averageWatts"]
-        cap_name = f"{name}-cap{cap / 1000:.1f}kW"
-        print(f"{cap_name}: power cap {cap:.0f} W (60% of the static fleet's average)")
-        capped = run_scenario(
-            cap_name,
-            trace,
-            with_cap(spec, cap),
-            gt,
-            reuse={k: plain.runs[k] for k in ("static", "autoscaler")},  # they ignore the cap
-            png=out / f"{name}-cap.png",
-            settings=settings,
-            log=print,
-        )
-        write_json(capped.document, out / f"{name}-cap.json")
-        documents[cap_name] = capped.document
-        rows += table_rows(cap_name, capped.document["policies"])
-    text = print_table(rows, "wattkeeper bench standard: Llama-3.1-70B on H100, TTFT p95 <= 2 s, ITL p95 <= 100 ms")
-    timing: list[dict[str, Any]] = []
-    if not args.skip_timing:
-        timing = planner_timing(gt.energy_model)
-        write_json({"targetMs": PLANNER_TARGET_MS, "results": timing}, out / "planner_timing.json")
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=f"planner: time per plan() decision (target {PLANNER_TARGET_MS:g} ms)")
-        for h in ("model", "req/s", "candidates", "cold ms", "median ms", "p90 ms", "median / target"):
-            table.add_column(h, justify="left" if h == "model" else "right")
-        for r in timing:
-            table.add_row(
-                r["model"].split("/")[-1],
-                f"{r['requestsPerSecond']:g}",
-                str(r["candidates"]),
-                f"{r['coldMs']:.1f}",
-                f"{r['medianMs']:.2f}",
-                f"{r['p90Ms']:.2f}",
-                f"{r['ratioToTarget']:.2f}x",
-            )
-        Console().print(table)
-    elapsed = time.perf_counter() - t0
-    summary = {
-        "scenarios": {k: {"policies": v["policies"], "comparison": v["comparison"]} for k, v in documents.items()},
-        "groundTruth": {
-            cfg: src
-            for d in documents.values()
-            for s in d["policies"].values()
-            for cfg, src in s.get("groundTruth", {}).items()
-        },
-        "plannerTiming": timing,
-        "table": text,
-        "runSeconds": round(elapsed, 1),
-    }
-    write_json(summary, out / "summary.json")
-    (out / "table.txt").write_text(text + "\n")
-    print(f"wrote {out}/ (JSON per scenario, PNG per scenario, summary.json, table.txt) in {elapsed:.0f} s")
+    seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
+    summary = standard.run_standard(
+        spec,
+        lambda seed: _ground_truth(args, STANDARD_MODEL, None, STANDARD_GPU, seed),
+        args.out,
+        duration_s=args.duration_s or standard.DURATION_S,
+        seeds=seeds,
+        trace_path=args.trace,
+        settings=vars_for_json(args),
+    )
+    print(summary["table"])
+    for line in summary["headlines"]:
+        print(line)
+    if not args.no_readme:
+        readme = args.readme or Path(__file__).resolve().parents[3] / "bench" / "README.md"
+        command = "wattkeeper bench standard --out " + str(args.out)
+        changed = standard.rewrite_readme(readme, standard.readme_body(summary, command))
+        print(f"{'rewrote' if changed else 'left unchanged'} the table in {readme}")
+    print(f"wrote {args.out}/ in {summary['runSeconds']:.0f} s")
     return 0

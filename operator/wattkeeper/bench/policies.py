@@ -177,6 +177,7 @@ class AutoscalerPolicy:
     scale_down_stabilisation_s: float = 300.0
     tolerance: float = 0.1  # HPA's default: no change within 10% of the target
     min_replicas: int = 1
+    max_replicas: int | None = None  # None: the spec's
     name: str = "autoscaler"
     note: str = ""
     _history: deque[tuple[float, int]] = field(default_factory=deque)
@@ -202,7 +203,7 @@ class AutoscalerPolicy:
         # Warm start: the replicas its own rule holds at the first minute's load (predicted running batch).
         first = trace_workload(self.trace, 0.0, 60.0)
         n = self.min_replicas
-        while n < self.spec.max_replicas:
+        while n < self._ceiling:
             c = evaluate(self.spec, config, n, first, self.energy_model)
             if (
                 c is not None
@@ -214,19 +215,23 @@ class AutoscalerPolicy:
         self._history.append((0.0, n))  # the running count is a recommendation of the stabilisation window too
         return FleetTarget(config, n, "warm start")
 
+    @property
+    def _ceiling(self) -> int:
+        return min(self.max_replicas or self.spec.max_replicas, self.spec.max_replicas)
+
     def decide(self, obs: Observation, current: FleetTarget) -> FleetTarget | None:
         ready = max(obs.serving_replicas, 1)
         target = self.target_active_per_replica or 100.0
         ratio = obs.active_per_replica_mean / target
         desired = current.replicas
         if abs(ratio - 1.0) > self.tolerance:
-            desired = max(self.min_replicas, min(self.spec.max_replicas, math.ceil(ratio * ready)))
+            desired = max(self.min_replicas, min(self._ceiling, math.ceil(ratio * ready)))
         self._history.append((obs.now_s, desired))
         while self._history and self._history[0][0] < obs.now_s - self.scale_down_stabilisation_s:
             self._history.popleft()
         if desired > current.replicas:
             # HPA's default scale-up policy: at most double, or four pods more, per period.
-            desired = min(desired, max(2 * current.replicas, current.replicas + 4))
+            desired = min(desired, max(2 * current.replicas, current.replicas + 4), self._ceiling)
             return replace(current, replicas=desired, reason=f"active/replica {obs.active_per_replica_mean:.0f}")
         stabilised = max(d for _, d in self._history)
         if stabilised < current.replicas:

@@ -96,28 +96,32 @@ def summarise(
 
 
 def compare(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Wattkeeper against the others, and the targets of issue 7."""
+    """Per policy: energy over static-right-sized's and static-peak's (only when both runs keep the SLO target:
+    a failing run saves nothing) and the distance from oracle-verified (always, with the oracle's own verdict)."""
+    from .scoring import oracle_distance, relative_energy
+
+    oracle = summaries.get("oracle-verified")
     out: dict[str, Any] = {}
-    w = summaries.get("wattkeeper")
-    if w is None:
-        return out
     for name, s in summaries.items():
-        if name == "wattkeeper" or not s["energyKWh"]:
-            continue
-        out[f"savingVs{name.capitalize()}"] = round(1.0 - w["energyKWh"] / s["energyKWh"], 4)
-    targets: dict[str, Any] = {}
-    if "static" in summaries:
-        targets["atLeast50PercentLessThanStatic"] = out["savingVsStatic"] >= 0.5
-    targets["atLeast99PercentWithinBothSlos"] = (w["withinBothSlos"] or 0.0) >= 0.99
-    if "oracle" in summaries:
-        targets["within10PercentOfOracle"] = w["energyKWh"] <= summaries["oracle"]["energyKWh"] * 1.10
-    if "withinCap" in w:
-        targets["capNeverExceededBeyond2Percent"] = w["withinCap"]
-    out["targets"] = targets
+        entry: dict[str, Any] = {"verdict": s.get("verdict")}
+        for key, base in (("energyVsRightSized", "static-right-sized"), ("energyVsPeak", "static-peak")):
+            ratio = relative_energy(s, summaries.get(base))
+            entry[key] = None if ratio is None else round(ratio, 4)
+        distance = oracle_distance(s, oracle)
+        entry["fromOracle"] = None if distance is None else round(distance, 4)
+        out[name] = entry
+    if oracle is not None:
+        out["oracleKeepsTarget"] = bool(oracle.get("keepsTarget"))
     return out
 
 
-POLICY_COLOURS = {"static": "#7f7f7f", "autoscaler": "#1f77b4", "wattkeeper": "#2ca02c", "oracle": "#d62728"}
+POLICY_COLOURS = {
+    "static-peak": "#7f7f7f",
+    "static-right-sized": "#bcbd22",
+    "autoscaler-tuned": "#1f77b4",
+    "wattkeeper": "#2ca02c",
+    "oracle-verified": "#d62728",
+}
 
 
 def plot_power(runs: Sequence[FleetRun], path: Path, title: str, power_cap_watts: float | None = None) -> None:
@@ -153,25 +157,35 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.2f}%"
 
 
-def table_rows(scenario: str, summaries: dict[str, dict[str, Any]]) -> list[list[str]]:
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def table_rows(
+    scenario: str, summaries: dict[str, dict[str, Any]], comparison: dict[str, Any] | None = None
+) -> list[list[str]]:
+    """One row per policy: verdict, energy (relative only when the target is kept), SLO shares, restarts, cap."""
+    comparison = comparison if comparison is not None else compare(summaries)
     rows = []
     for name, s in summaries.items():
+        c = comparison.get(name, {})
         cap = "-"
-        if "powerCapWatts" in s:
-            cap = f"{s['maxFiveMinuteWatts'] / 1000:.1f}/{s['powerCapWatts'] / 1000:.1f} kW ({s['maxFiveMinuteOverCap'] * 100:+.1f}%)"
+        if s.get("powerCapWatts") is not None:
+            held = "held" if s.get("capHeld") else "BROKEN"
+            cap = f"{s['maxFiveMinuteWatts'] / 1000:.1f}/{s['powerCapWatts'] / 1000:.1f} kW {held}"
+        distance = c.get("fromOracle")
         rows.append(
             [
                 scenario,
                 name,
+                str(s.get("verdict", "-")),
                 f"{s['energyKWh']:.2f}",
-                f"{s['joulesPerOutputToken']:.3f}",
-                f"{s['gpuHours']:.1f}",
-                _pct(s["withinTtftSlo"]),
-                _pct(s["withinItlSlo"]),
+                _ratio(c.get("energyVsRightSized")),
+                _ratio(c.get("energyVsPeak")),
+                "-" if distance is None else f"{distance * 100:+.1f}%",
                 _pct(s["withinBothSlos"]),
-                "-" if s["ttftP95Seconds"] is None else f"{s['ttftP95Seconds']:.2f}",
-                "-" if s["itlP95Seconds"] is None else f"{s['itlP95Seconds'] * 1000:.0f}",
-                f"{s['reconfigurations']} ({s['restarts']})",
+                _pct(s.get("worstFiveMinuteWithinBoth")),
+                f"{s['restarts']} ({s.get('restartsPerHour', 0.0):.1f}/h)",
                 cap,
             ]
         )
@@ -181,15 +195,14 @@ def table_rows(scenario: str, summaries: dict[str, dict[str, Any]]) -> list[list
 TABLE_HEADERS = [
     "scenario",
     "policy",
+    "verdict",
     "kWh",
-    "J/token",
-    "GPU-h",
-    "TTFT ok",
-    "ITL ok",
+    "vs right-sized",
+    "vs peak",
+    "from oracle",
     "both ok",
-    "TTFT p95 s",
-    "ITL p95 ms",
-    "reconf (restarts)",
+    "worst 5 min",
+    "restarts",
     "max 5-min / cap",
 ]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +13,19 @@ from ..energy.catalog import model_from_name
 from ..energy.model import EnergyModel
 from ..energy.types import Workload
 from ..planner import PlanRequest, plan
-from .fleet import FleetRun, FleetSimulator, Policy
+from .baselines import autoscaler_tuned, peak_replicas, static_peak, static_right_sized
+from .fleet import FleetRun, FleetSimulator
 from .groundtruth import GroundTruth
-from .policies import AutoscalerPolicy, BenchSpec, OraclePolicy, StaticPolicy
+from .oracle import oracle_verified
+from .policies import BenchSpec
 from .report import compare, plot_power, summarise
+from .scoring import TARGET_SHARE, Thresholds, score
 from .trace import Trace
 from .wattkeeper_policy import WattkeeperPolicy
 
-POLICY_NAMES = ("static", "autoscaler", "wattkeeper", "oracle")
+POLICY_NAMES = ("static-peak", "static-right-sized", "autoscaler-tuned", "oracle-verified", "wattkeeper")
+CAP_BLIND = ("static-peak", "static-right-sized", "autoscaler-tuned")  # the same run with or without a cap
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -27,18 +33,63 @@ class ScenarioResult:
     name: str
     document: dict[str, Any]
     runs: dict[str, FleetRun]
+    notes: dict[str, str] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # what the tuning tried, the oracle's windows
 
 
-def make_policy(name: str, spec: BenchSpec, trace: Trace, energy_model: EnergyModel) -> Policy:
-    if name == "static":
-        return StaticPolicy(spec, trace, energy_model)
-    if name == "autoscaler":
-        return AutoscalerPolicy(spec, trace, energy_model)
-    if name == "wattkeeper":
-        return WattkeeperPolicy(spec, trace, energy_model)
-    if name == "oracle":
-        return OraclePolicy(spec, trace, energy_model)
-    raise ValueError(f"unknown policy {name!r}: known ones are {', '.join(POLICY_NAMES)}")
+def _run_policies(
+    trace: Trace,
+    spec: BenchSpec,
+    gt: GroundTruth,
+    policies: tuple[str, ...],
+    reuse: ScenarioResult | None,
+    log: Log | None,
+) -> tuple[dict[str, FleetRun], dict[str, str], dict[str, Any], dict[str, Any]]:
+    """Runs per policy name, their notes, tuning details, and the policies (for their decisions)."""
+    em = gt.energy_model
+    sim = FleetSimulator(trace, gt)
+    runs: dict[str, FleetRun] = {}
+    notes: dict[str, str] = {}
+    extras: dict[str, Any] = {}
+    objects: dict[str, Any] = {}
+    unknown = set(policies) - set(POLICY_NAMES)
+    if unknown:
+        raise ValueError(f"unknown policies {sorted(unknown)}: known ones are {', '.join(POLICY_NAMES)}")
+    for name in (*CAP_BLIND, "oracle-verified"):
+        if reuse is not None and name in reuse.runs and name in policies:
+            runs[name] = reuse.runs[name]
+            notes[name] = reuse.notes.get(name, "")
+            if name in reuse.extras:
+                extras[name] = reuse.extras[name]
+    need_peak = any(p in policies for p in CAP_BLIND)
+    if need_peak and "static-peak" not in runs:
+        tuned = static_peak(spec, trace, sim, em)
+        runs["static-peak"], notes["static-peak"] = tuned.run, tuned.note
+    peak_n = peak_replicas(runs["static-peak"]) if "static-peak" in runs else 1
+    if any(p in policies for p in ("static-right-sized", "autoscaler-tuned")) and "static-right-sized" not in runs:
+        tuned = static_right_sized(spec, trace, sim, em, peak_n, log)
+        runs["static-right-sized"], notes["static-right-sized"] = tuned.run, tuned.note
+        extras["static-right-sized"] = tuned.tried
+    if "autoscaler-tuned" in policies and "autoscaler-tuned" not in runs:
+        right_n = peak_replicas(runs["static-right-sized"])
+        tuned = autoscaler_tuned(spec, trace, sim, em, right_n, peak_n, log)
+        runs["autoscaler-tuned"], notes["autoscaler-tuned"] = tuned.run, tuned.note
+        extras["autoscaler-tuned"] = tuned.tried
+    if "oracle-verified" in policies and "oracle-verified" not in runs:
+        oracle = oracle_verified(spec, trace, gt, sim, log)
+        runs["oracle-verified"], notes["oracle-verified"] = oracle.run, oracle.policy.note
+        extras["oracle-verified"] = {
+            "verified": oracle.verified,
+            "windowReplays": oracle.replays,
+            "repairRounds": oracle.rounds,
+            "wallSeconds": round(oracle.wall_seconds, 1),
+            "windows": oracle.windows,
+        }
+    if "wattkeeper" in policies:
+        policy = WattkeeperPolicy(spec, trace, em)
+        runs["wattkeeper"] = sim.run(policy)
+        objects["wattkeeper"] = policy
+    return {k: runs[k] for k in POLICY_NAMES if k in runs and k in policies}, notes, extras, objects
 
 
 def run_scenario(
@@ -47,48 +98,37 @@ def run_scenario(
     spec: BenchSpec,
     ground_truth: GroundTruth,
     policies: tuple[str, ...] = POLICY_NAMES,
-    reuse: dict[str, FleetRun] | None = None,
+    reuse: ScenarioResult | None = None,
     png: Path | None = None,
     settings: dict[str, Any] | None = None,
     log: Any = None,
 ) -> ScenarioResult:
-    """Replay `trace` through each policy. Runs in `reuse` (cap-blind baselines of the same trace) are not redone."""
-    em = ground_truth.energy_model
-    sim = FleetSimulator(trace, ground_truth)
-    runs: dict[str, FleetRun] = {}
+    """Replay `trace` through each policy and score it. `reuse`: the same trace's plain scenario, whose cap-blind
+    baselines (and oracle) are not redone."""
+    runs, notes, extras, objects = _run_policies(trace, spec, ground_truth, policies, reuse, log)
+    thresholds = Thresholds(spec.slo_ttft_p95_seconds, spec.slo_itl_p95_seconds)
     summaries: dict[str, dict[str, Any]] = {}
-    notes: dict[str, str] = {}
-    for policy_name in policies:
-        policy = make_policy(policy_name, spec, trace, em)
-        if reuse and policy_name in reuse:
-            run = reuse[policy_name]
-            policy.initial()  # for its note
-        else:
-            run = sim.run(policy)
-        runs[policy_name] = run
-        note = getattr(policy, "note", "")
-        if note:
-            notes[policy_name] = note
-        sources = {}
-        for r in (run,):
-            for cfg in r.configs_used:
-                sources[cfg] = _source_of(ground_truth, cfg)
-        summaries[policy_name] = summarise(
+    for policy_name, run in runs.items():
+        sources = {cfg: _source_of(ground_truth, cfg) for cfg in run.configs_used}
+        summary = summarise(
             run,
             spec.slo_ttft_p95_seconds,
             spec.slo_itl_p95_seconds,
             spec.power_cap_watts,
             sources,
-            getattr(policy, "decisions", ()),
+            getattr(objects.get(policy_name), "decisions", ()),
         )
+        summary.update(score(run, trace.arrival_s, thresholds, spec.power_cap_watts, trace.duration_s).to_dict())
+        summary["policy"] = policy_name
+        summaries[policy_name] = summary
         if log is not None:
             s = summaries[policy_name]
             log(
-                f"  {name}/{policy_name}: {s['energyKWh']:.2f} kWh, {s['joulesPerOutputToken']:.3f} J/token, "
-                f"both SLOs {s['withinBothSlos'] * 100:.2f}%, {s['reconfigurations']} changes "
-                f"({run.wall_seconds:.1f} s, {run.steps} steps)"
+                f"  {name}/{policy_name}: {s['energyKWh']:.2f} kWh, both SLOs {s['withinBothSlos'] * 100:.2f}% "
+                f"(worst 5 min {s['worstFiveMinuteWithinBoth'] * 100:.1f}%), {s['restarts']} restarts, "
+                f"{s['verdict']} ({run.wall_seconds:.1f} s, {run.steps} steps)"
             )
-    rate, _, _ = trace.peak_minute()
+    rate, _, _ = trace.peak_minute() if len(trace) else (0.0, 0.0, 0.0)
     document: dict[str, Any] = {
         "scenario": name,
         "settings": settings or {},
@@ -103,19 +143,23 @@ def run_scenario(
         },
         "model": spec.model.name,
         "gpu": spec.accelerator.name,
-        "slo": {"ttftP95Seconds": spec.slo_ttft_p95_seconds, "itlP95Seconds": spec.slo_itl_p95_seconds},
+        "slo": {"ttftSeconds": spec.slo_ttft_p95_seconds, "meanItlSeconds": spec.slo_itl_p95_seconds,
+                "targetShare": TARGET_SHARE},
+        "groundTruthSeed": ground_truth.seed,
         "wattkeeperAllowedPrecisions": list(spec.allowed_precisions),
         "powerCapWatts": spec.power_cap_watts,
         "policies": summaries,
         "notes": notes,
+        "tuning": extras,
         "comparison": compare(summaries),
         "definitions": {
-            "withinTtftSlo": "share of requests whose time to first token is within the TTFT SLO",
-            "withinItlSlo": "share of requests whose mean inter-token latency (TPOT) is within the ITL SLO",
-            "itlP95Seconds": "95th percentile over all inter-token gaps of all requests",
+            "withinBothSlos": "share of requests with TTFT <= the TTFT threshold and their own mean inter-token "
+            "latency <= the ITL threshold; unfinished requests count as misses",
+            "keepsTarget": f"withinBothSlos >= {TARGET_SHARE}",
+            "worstFiveMinuteWithinBoth": "the lowest share within both over 5-minute windows of arrivals",
+            "capHeld": "every 5-minute average of the fleet's power within 2% of the cap",
             "maxFiveMinuteWatts": "highest average GPU power over any 5-minute window (5 s steps)",
-            "reconfigurations": "changes of the fleet's target (replica count or configuration); restarts in "
-            "brackets in the table are configuration changes",
+            "restarts": "configuration changes (each reloads the model)",
         },
     }
     if png is not None:
@@ -123,7 +167,7 @@ def run_scenario(
             list(runs.values()), png, f"{name}: {spec.model.name} on {spec.accelerator.name}", spec.power_cap_watts
         )
         document["plot"] = str(png)
-    return ScenarioResult(name, document, runs)
+    return ScenarioResult(name, document, runs, notes, extras)
 
 
 def _source_of(ground_truth: GroundTruth, short: str) -> str:
