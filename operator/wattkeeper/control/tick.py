@@ -18,7 +18,7 @@ from ..energy.model import EnergyModel
 from ..energy.types import ServingConfig, Workload
 from ..planner import Candidate, PlanRequest, PlanResult, SwitchDecision, plan, should_switch
 from .corrections import latency_correction, power_correction
-from .load import estimate_load
+from .load import estimate_load, offered_rate
 from .planning import evaluate, evaluate_in, plan_of, plan_request, restricted, significant, surge_fits
 from .restart_free import (
     blocked,
@@ -66,7 +66,24 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
     m = inputs.memory
     args = (inputs.intent, m.running, inputs.signals, inputs.fleet, load.workload, energy_model, inputs.tuning)
     power = power_correction(m.power_correction, *args)
-    ttft, itl = latency_correction((m.ttft_correction, m.itl_correction), *args)
+    predicted: Candidate | None = None
+    s = inputs.signals
+    queued = inputs.tuning.latency_model == "queued"
+    since = inputs.now_s - m.last_applied_s if m.last_applied_s is not None else None
+    if queued and not settled(since, inputs.settle_seconds, inputs.fleet.rolling):
+        # The margin is learned on a settled plan only: right after a change the latency shows the backlog of
+        # the plan before, not this plan's model error.
+        return replace(m, power_correction=power, peak_load_rps=load.peak_load_rps,
+                       peak_load_at_s=load.peak_load_at_s)
+    if queued and m.running is not None and s is not None and s.finished_requests_per_second:
+        # The learned margin: measured latency over the queued model's own prediction for the running plan, at
+        # the load of the window it was measured in (not the stabilised peak planned for, which would read as a
+        # pessimistic model whenever the load is below its recent peak).
+        window = replace(load.workload, requests_per_second=offered_rate(
+            s.finished_requests_per_second, s.waiting_requests, s.window_seconds))
+        measured = replace(load, workload=window)
+        predicted = evaluate_in(tick_request(inputs, m, measured, None, margins=False), m.running, energy_model)
+    ttft, itl = latency_correction((m.ttft_correction, m.itl_correction), *args, predicted=predicted)
     return replace(m, power_correction=power, ttft_correction=ttft, itl_correction=itl,
                    peak_load_rps=load.peak_load_rps, peak_load_at_s=load.peak_load_at_s)
 
@@ -81,11 +98,34 @@ def planned_watts(allocation_watts: float | None) -> float | None:
 
 
 def tick_request(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocation_watts: float | None,
-                 only: Plan | None = None) -> PlanRequest:
+                 only: Plan | None = None, margins: bool = True) -> PlanRequest:
     """The planner's question this tick: the load, the corrections, the allocation. Every plan of a tick (the
-    proposal, the running plan, the rescale) is judged by this one question, so their figures compare."""
-    return plan_request(inputs.intent, load.workload, planned_watts(allocation_watts), memory.power_correction,
-                        (memory.ttft_correction, memory.itl_correction), only=only)
+    proposal, the running plan, the rescale) is judged by this one question, so their figures compare.
+
+    By default (Tuning.latency_model "queued", issue 11 items 1 and 4) it plans for what is scored: the queued
+    latency model at the load's bursts and token distribution, at least `request_share` of requests within both
+    thresholds, the chunk budget within the ITL SLO, and the learned latency margins (measured over predicted)
+    on the predictions. `margins=False` asks for the model's own prediction (what the margin is learned on)."""
+    tuning = inputs.tuning
+    queued = tuning.latency_model == "queued"
+    corrections = (memory.ttft_correction, memory.itl_correction) if not queued else (1.0, 1.0)
+    request = plan_request(inputs.intent, load.workload, planned_watts(allocation_watts), memory.power_correction,
+                           corrections, only=only)
+    if not queued:
+        return request
+    b = load.bursts
+    return replace(
+        request,
+        latency_model="queued",
+        slo_basis="requests",
+        request_share=tuning.request_share,
+        chunk_budget_within_itl=True,
+        tokens=b.tokens if b is not None else None,
+        rate_levels=b.rate_levels if b is not None else ((1.0, 1.0),),
+        arrival_dispersion=b.arrival_dispersion if b is not None else 1.0,
+        ttft_margin=memory.ttft_correction if margins else 1.0,
+        itl_margin=memory.itl_correction if margins else 1.0,
+    )
 
 
 def propose(inputs: TickInputs, memory: Memory, load: LoadEstimate,
@@ -226,9 +266,7 @@ def advise(inputs: TickInputs, memory: Memory, load: LoadEstimate, keeping: Plan
     """What an Advise budget's allocation would move the service to; None when it would change nothing."""
     if inputs.advised_allocation_watts is None or inputs.intent.pinned is not None or keeping is None:
         return None
-    request = plan_request(inputs.intent, load.workload, inputs.advised_allocation_watts, memory.power_correction,
-                           (memory.ttft_correction, memory.itl_correction))
-    chosen = plan(request, energy_model).chosen
+    chosen = plan(tick_request(inputs, memory, load, inputs.advised_allocation_watts), energy_model).chosen
     if chosen is None or plan_of(chosen) == keeping:
         return None
     return plan_of(chosen)
