@@ -88,7 +88,13 @@ def estimate_load(intent: ServiceIntent, memory: Memory, signals: Signals | None
         offered = significant(offered_rate(signals.finished_requests_per_second, signals.waiting_requests,
                                            signals.window_seconds)) or 0.0
         bursts = observed_bursts(signals, offered, lead_seconds(intent, memory.running))
-        if bursts is not None:
+        if bursts is not None and signals.arrival_counts:
+            # Arrivals counted: the rate offered is theirs (the queued rate), plus the backlog drained within a
+            # cooldown. The window's queue over the window's length, as without counts, would count a backlog
+            # as new load in every window it lasts and size the fleet for a multiple of the real rate.
+            backlog = max(signals.waiting_requests or 0.0, 0.0) / max(intent.cooldown_seconds, signals.window_seconds)
+            offered = significant(bursts.queued_rate + backlog) or 0.0
+        elif bursts is not None:
             offered = significant(max(offered, bursts.queued_rate)) or 0.0
         rate, at = stabilised_rate(offered, memory.peak_load_rps, memory.peak_load_at_s, now_s,
                                    intent.cooldown_seconds)
