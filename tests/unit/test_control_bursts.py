@@ -67,7 +67,7 @@ def inputs(memory: Memory, tuning: Tuning = DEFAULT) -> TickInputs:
 def test_the_core_plans_for_what_is_scored_by_default() -> None:
     memory = Memory(ttft_correction=1.3, itl_correction=1.1)
     load = estimate_load(INTENT, memory, BASE, 100.0)
-    request = tick_request(inputs(memory), memory, load, 5000.0)
+    request = tick_request(inputs(memory), memory, load, 5000.0, margin=(1.3, 1.1))
     assert (request.latency_model, request.slo_basis, request.request_share) == ("queued", "requests", 0.99)
     assert request.chunk_budget_within_itl
     assert (request.ttft_margin, request.itl_margin) == (1.3, 1.1)  # the learned margin multiplies predictions
@@ -86,10 +86,13 @@ def test_the_margin_is_learned_within_its_bounds() -> None:
     fleet = FleetState(exists=True, replicas=1, ready_replicas=1)
     slow = replace(BASE, ttft_p95_seconds=predicted.ttft_p95_seconds * 40, itl_p95_seconds=predicted.itl_p95_seconds)
     ttft, itl = latency_correction((1.0, 1.0), INTENT, running, slow, fleet, workload, EM, Tuning(), predicted)
-    assert 1.0 < ttft <= 2.0 and itl == 1.0  # one bad window moves it a step, never past the bound
+    assert ttft == 5.0 and itl == 1.0  # fast up, to the bound and never past it
+    fast = replace(BASE, ttft_p95_seconds=predicted.ttft_p95_seconds, itl_p95_seconds=predicted.itl_p95_seconds)
+    ttft, _ = latency_correction((5.0, 1.0), INTENT, running, fast, fleet, workload, EM, Tuning(), predicted)
+    assert 1.0 < ttft < 5.0  # slow down: one good window moves it a step
     steady = Tuning(latency_model="steady")
     ttft_steady, _ = latency_correction((1.0, 1.0), INTENT, running, slow, fleet, workload, EM, steady, predicted)
-    assert ttft_steady > 2.0  # the steady model's correction keeps its wider range
+    assert 1.0 < ttft_steady < 5.0  # the steady model's correction moves by the EWMA both ways
 
 
 def test_the_benchmark_reads_arrivals_at_the_scrape_resolution() -> None:
@@ -100,3 +103,22 @@ def test_the_benchmark_reads_arrivals_at_the_scrape_resolution() -> None:
     assert sum(got["arrival_counts"]) == int(np.sum((arrivals >= 300.0) & (arrivals < 900.0)))
     assert set(got["prompt_tokens_sample"]) == {500.0}
     assert recent_arrivals(trace, 10.0, 15.0) == {}
+
+
+def test_margins_are_learned_per_configuration() -> None:
+    """A margin learned on one configuration is its own; an unmeasured one of the same precision starts from it
+    (the model's error is mostly the precision's), another precision from the model as it is."""
+    from wattkeeper.control import ConfigMargin
+    from wattkeeper.control.tick import margin_of, search
+
+    memory = Memory(margins=(ConfigMargin("fp8 tp4", 4.0, 2.0),))
+    assert margin_of(memory, ServingConfig("fp8", 4, 256, 1024)) == (4.0, 2.0)
+    assert margin_of(memory, ServingConfig("fp8", 8, 256, 1024)) == (4.0, 2.0)
+    assert margin_of(memory, ServingConfig("bf16", 4, 256, 1024)) == (1.0, 1.0)
+    load = estimate_load(INTENT, Memory(), BASE, 100.0)
+    trusted, _, _ = search(inputs(Memory()), Memory(), load, None, EM)
+    assert trusted is not None
+    preferred = trusted.config.precision  # what the model alone prefers here
+    doubt = Memory(margins=tuple(ConfigMargin(f"{preferred} tp{tp}", 4.0, 2.0) for tp in (1, 2, 4, 8)))
+    doubted, _, _ = search(inputs(doubt), doubt, load, None, EM)
+    assert doubted is not None and doubted.config.precision != preferred  # a 4x error there moves the plan off

@@ -73,5 +73,8 @@ def latency_correction(previous: tuple[float, float], intent: ServiceIntent, run
         # model error of 10x or more for a window or two.
         ratio = min(max(measured / model, low), high)
         updated = min(max((1 - alpha) * before + alpha * ratio, low), high)
+        if queued and ratio > before:
+            # Fast up, slow down: a margin that lags an optimistic model misses the SLO for every window it lags.
+            updated = ratio
         out.append(before if abs(updated - before) < 0.05 * before else (significant(updated) or 1.0))
     return out[0], out[1]

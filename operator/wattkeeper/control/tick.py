@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..energy.catalog import get_accelerator
+from ..energy.catalog import get_accelerator, get_precision
 from ..energy.model import EnergyModel
 from ..energy.types import ServingConfig, Workload
 from ..planner import Candidate, PlanRequest, PlanResult, SwitchDecision, plan, should_switch
@@ -29,7 +29,7 @@ from .restart_free import (
     scale_only_suffices,
 )
 from .switching import OVERSHOOT_TOLERANCE, SwitchFacts, configuration_key, restarts, switching_rule
-from .types import LoadEstimate, Memory, Plan, ServiceIntent, TickDecision, TickInputs
+from .types import ConfigMargin, LoadEstimate, Memory, Plan, ServiceIntent, TickDecision, TickInputs
 
 __all__ = ["decide_tick", "more_capacity", "settle_seconds", "settled"]
 
@@ -82,10 +82,35 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
         window = replace(load.workload, requests_per_second=offered_rate(
             s.finished_requests_per_second, s.waiting_requests, s.window_seconds))
         measured = replace(load, workload=window)
-        predicted = evaluate_in(tick_request(inputs, m, measured, None, margins=False), m.running, energy_model)
+        predicted = evaluate_in(tick_request(inputs, m, measured, None), m.running, energy_model)
     ttft, itl = latency_correction((m.ttft_correction, m.itl_correction), *args, predicted=predicted)
-    return replace(m, power_correction=power, ttft_correction=ttft, itl_correction=itl,
+    margins = m.margins
+    if queued and m.running is not None and (ttft, itl) != margin_of(m, m.running.config):
+        margins = learned(m, m.running.config, ttft, itl)
+    return replace(m, power_correction=power, ttft_correction=ttft, itl_correction=itl, margins=margins,
                    peak_load_rps=load.peak_load_rps, peak_load_at_s=load.peak_load_at_s)
+
+
+MARGINS_KEPT = 6
+
+
+def margin_of(memory: Memory, config: ServingConfig) -> tuple[float, float]:
+    """The learned (TTFT, ITL) margin of a configuration; where none was learned, the largest learned for the same
+    precision (the model's error is mostly the precision's: its kernels, its prefill), else (1, 1)."""
+    key = configuration_key(config)
+    for r in memory.margins:
+        if r.configuration == key:
+            return r.ttft, r.itl
+    same = [r for r in memory.margins if r.configuration.split(" ")[0] == config.precision]
+    if same:
+        return max(1.0, *(r.ttft for r in same)), max(1.0, *(r.itl for r in same))
+    return 1.0, 1.0
+
+
+def learned(memory: Memory, config: ServingConfig, ttft: float, itl: float) -> tuple[ConfigMargin, ...]:
+    key = configuration_key(config)
+    kept = tuple(r for r in memory.margins if r.configuration != key)
+    return (*kept, ConfigMargin(key, ttft, itl))[-MARGINS_KEPT:]
 
 
 # Plans aim this far under an allocation: the power correction moves by a few percent when a new configuration
@@ -98,14 +123,15 @@ def planned_watts(allocation_watts: float | None) -> float | None:
 
 
 def tick_request(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocation_watts: float | None,
-                 only: Plan | None = None, margins: bool = True) -> PlanRequest:
+                 only: Plan | None = None, margin: tuple[float, float] = (1.0, 1.0)) -> PlanRequest:
     """The planner's question this tick: the load, the corrections, the allocation. Every plan of a tick (the
     proposal, the running plan, the rescale) is judged by this one question, so their figures compare.
 
     By default (Tuning.latency_model "queued", issue 11 items 1 and 4) it plans for what is scored: the queued
     latency model at the load's bursts and token distribution, at least `request_share` of requests within both
     thresholds, the chunk budget within the ITL SLO, and the learned latency margins (measured over predicted)
-    on the predictions. `margins=False` asks for the model's own prediction (what the margin is learned on)."""
+    on the predictions (`margin`: a configuration's own, see `search`; (1, 1) is the model's own prediction, what
+    the margin is learned on)."""
     tuning = inputs.tuning
     queued = tuning.latency_model == "queued"
     corrections = (memory.ttft_correction, memory.itl_correction) if not queued else (1.0, 1.0)
@@ -123,8 +149,8 @@ def tick_request(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocat
         tokens=b.tokens if b is not None else None,
         rate_levels=b.rate_levels if b is not None else ((1.0, 1.0),),
         arrival_dispersion=b.arrival_dispersion if b is not None else 1.0,
-        ttft_margin=memory.ttft_correction if margins else 1.0,
-        itl_margin=memory.itl_correction if margins else 1.0,
+        ttft_margin=margin[0],
+        itl_margin=margin[1],
     )
 
 
@@ -136,36 +162,50 @@ def propose(inputs: TickInputs, memory: Memory, load: LoadEstimate,
         return intent.pinned, evaluate(intent, intent.pinned, load.workload, energy_model,
                                        memory.power_correction), None
     only = memory.running if (memory.running is not None and not intent.allow_disruptive) else None
-    result = plan(tick_request(inputs, memory, load, inputs.allocation_watts, only), energy_model)
-    if result.chosen is None:
-        return None, None, result
-    return plan_of(result.chosen), result.chosen, result
+    return search(inputs, memory, load, inputs.allocation_watts, energy_model, only=only)
 
 
-def propose_elsewhere(inputs: TickInputs, memory: Memory, load: LoadEstimate, avoid: set[str],
-                      energy_model: EnergyModel) -> tuple[Plan | None, Candidate | None, PlanResult | None]:
-    """The best proposal among configurations not in `avoid` (the ones left recently: no A -> B -> A): one search
-    per precision over the TP degrees still allowed; a feasible plan by least watts, else the fallback with the
-    most capacity within the allocation."""
-    base = tick_request(inputs, memory, load, inputs.allocation_watts)
-    results: list[PlanResult] = []
+def search(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocation_watts: float | None,
+           energy_model: EnergyModel, avoid: frozenset[str] = frozenset(),
+           only: Plan | None = None) -> tuple[Plan | None, Candidate | None, PlanResult | None]:
+    """The best plan, each configuration judged with its own learned margin: one search per configuration with a
+    margin, one per precision over the rest (the model as it is), none over `avoid` (configurations left
+    recently: no A -> B -> A). A feasible plan by least watts wins, else the fallback with the most capacity
+    within the allocation. With no margin learned and nothing avoided, one search."""
+    base = tick_request(inputs, memory, load, allocation_watts, only)
+    queued = inputs.tuning.latency_model == "queued"
+    margins = {r.configuration: r for r in memory.margins} if queued else {}
+    if not avoid and not margins:
+        result = plan(base, energy_model)
+        return (plan_of(result.chosen), result.chosen, result) if result.chosen is not None else (None, None, result)
+    limit = min(base.max_tensor_parallel, base.max_gpus or base.max_tensor_parallel)
+    requests: list[PlanRequest] = []
     for precision in base.allowed_precisions:
-        tps = tuple(tp for tp in base.tensor_parallel_options
-                    if configuration_key(ServingConfig(precision, tp)) not in avoid)
-        if tps:
-            result = plan(replace(base, allowed_precisions=(precision,), tensor_parallel_options=tps), energy_model)
-            if result.chosen is not None:
-                results.append(result)
+        rest: list[int] = []
+        for tp in (t for t in base.tensor_parallel_options if t <= limit):
+            key = configuration_key(ServingConfig(get_precision(precision).name, tp))
+            if key in avoid:
+                continue
+            if key in margins:
+                m = margins[key]
+                requests.append(replace(base, allowed_precisions=(precision,), tensor_parallel_options=(tp,),
+                                        ttft_margin=m.ttft, itl_margin=m.itl))
+            else:
+                rest.append(tp)
+        if rest:
+            prior = margin_of(memory, ServingConfig(get_precision(precision).name, rest[0])) if queued else (1.0, 1.0)
+            requests.append(replace(base, allowed_precisions=(precision,), tensor_parallel_options=tuple(rest),
+                                    ttft_margin=prior[0], itl_margin=prior[1]))
+    results = [r for r in (plan(q, energy_model) for q in requests) if r.chosen is not None]
     if not results:
         return None, None, None
-    allocation = inputs.allocation_watts
 
     def rank(r: PlanResult) -> tuple[int, float]:
         c = r.chosen
         assert c is not None
         if r.feasible:
             return 0, c.total_watts
-        within = allocation is None or c.total_watts <= allocation * OVERSHOOT_TOLERANCE
+        within = allocation_watts is None or c.total_watts <= allocation_watts * OVERSHOOT_TOLERANCE
         return (1 if within else 2), c.prediction.utilisation
 
     best = min(results, key=rank)
@@ -180,7 +220,8 @@ def rescale(inputs: TickInputs, memory: Memory, load: LoadEstimate, energy_model
     if running is None or inputs.intent.pinned is not None:
         return None
     limits = tuple(dict.fromkeys((running.config.gpu_power_limit_watts, *inputs.intent.gpu_power_limits_watts)))
-    request = restricted(tick_request(inputs, memory, load, inputs.allocation_watts), running, limits)
+    request = restricted(tick_request(inputs, memory, load, inputs.allocation_watts,
+                                      margin=margin_of(memory, running.config)), running, limits)
     chosen = plan(request, energy_model).chosen
     allocation = inputs.allocation_watts
     if chosen is None or (allocation is not None and chosen.total_watts > allocation * OVERSHOOT_TOLERANCE):
@@ -195,7 +236,8 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
     accelerator = get_accelerator(intent.accelerator)
     running_candidate: Candidate | None = None
     if running is not None and fleet.exists and proposed != running:
-        running_candidate = evaluate_in(tick_request(inputs, memory, load, None), running, energy_model)
+        running_candidate = evaluate_in(tick_request(inputs, memory, load, None, margin=margin_of(memory, running.config)),
+                                        running, energy_model)
 
     def worth_it() -> SwitchDecision:
         assert candidate is not None
@@ -266,13 +308,17 @@ def advise(inputs: TickInputs, memory: Memory, load: LoadEstimate, keeping: Plan
     """What an Advise budget's allocation would move the service to; None when it would change nothing."""
     if inputs.advised_allocation_watts is None or inputs.intent.pinned is not None or keeping is None:
         return None
-    chosen = plan(tick_request(inputs, memory, load, inputs.advised_allocation_watts), energy_model).chosen
-    if chosen is None or plan_of(chosen) == keeping:
+    advised, _, _ = search(inputs, memory, load, inputs.advised_allocation_watts, energy_model)
+    if advised is None or advised == keeping:
         return None
-    return plan_of(chosen)
+    return advised
 
 
 def remember_applied(memory: Memory, applied: Plan, load: LoadEstimate, now_s: float) -> Memory:
+    if memory.running is not None and restarts(memory.running, applied) and memory.margins:
+        # The running configuration's margin is its own: another one starts from what was learned of it.
+        ttft, itl = margin_of(memory, applied.config)
+        memory = replace(memory, ttft_correction=ttft, itl_correction=itl)
     w = load.workload
     planned = replace(w, requests_per_second=significant(w.requests_per_second) or 0.0,
                       input_tokens=significant(w.input_tokens) or w.input_tokens,
@@ -296,7 +342,8 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
             and restarts(running, proposed) and recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts):
         # No A -> B -> A within RECENT_SECONDS under the same allocation: the best plan elsewhere instead.
         avoid = blocked(memory, inputs.now_s, inputs.allocation_watts) - {configuration_key(running.config)}
-        other, other_candidate, other_result = propose_elsewhere(inputs, memory, load, avoid, energy_model)
+        other, other_candidate, other_result = search(inputs, memory, load, inputs.allocation_watts, energy_model,
+                                                      avoid=frozenset(avoid))
         if other is not None:
             proposed, candidate, result = other, other_candidate, other_result
     in_place: Candidate | None = None

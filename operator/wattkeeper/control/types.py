@@ -100,6 +100,17 @@ class RecentConfiguration:
 
 
 @dataclass(frozen=True)
+class ConfigMargin:
+    """The learned latency margin of one configuration (measured over the queued model's prediction, while it ran):
+    the model's error differs by precision and TP (a prefill slower than modelled on one, say), so a margin learned
+    on one configuration is not applied to another."""
+
+    configuration: str  # switching.configuration_key
+    ttft: float
+    itl: float
+
+
+@dataclass(frozen=True)
 class Memory:
     """What the core remembers between ticks (the operator keeps it in status, the benchmark in the policy).
 
@@ -114,6 +125,8 @@ class Memory:
     ttft_correction: float = 1.0
     itl_correction: float = 1.0
     recent_configurations: tuple[RecentConfiguration, ...] = ()
+    # Learned margins per configuration, most recent last; `ttft_correction`/`itl_correction` are the running one's.
+    margins: tuple[ConfigMargin, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,7 +142,7 @@ class Tuning:
     request_share: float = 0.99
     # The learned margin's range with the queued model: it multiplies predictions (1 = the model as it is); the
     # model is within 2x of the simulation on every family (bench/README.md, "Latency model vs simulation").
-    latency_margin_bounds: tuple[float, float] = (0.8, 2.0)
+    latency_margin_bounds: tuple[float, float] = (0.8, 5.0)
 
 
 @dataclass(frozen=True)
