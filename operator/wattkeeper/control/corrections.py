@@ -42,6 +42,9 @@ def power_correction(previous: float, intent: ServiceIntent, running: Plan | Non
     return significant(updated, 3) or 1.0
 
 
+UP_SMOOTHING = 0.5
+
+
 def latency_correction(previous: tuple[float, float], intent: ServiceIntent, running: Plan | None,
                        signals: Signals | None, fleet: FleetState, workload: Workload, energy_model: EnergyModel,
                        tuning: Tuning, predicted: Candidate | None = None) -> tuple[float, float]:
@@ -74,7 +77,8 @@ def latency_correction(previous: tuple[float, float], intent: ServiceIntent, run
         ratio = min(max(measured / model, low), high)
         updated = min(max((1 - alpha) * before + alpha * ratio, low), high)
         if queued and ratio > before:
-            # Fast up, slow down: a margin that lags an optimistic model misses the SLO for every window it lags.
-            updated = ratio
+            # Faster up than down: a margin that lags an optimistic model misses the SLO for every window it
+            # lags; one window's spike (a burst, a backlog) must not set it alone.
+            updated = min(max((1 - UP_SMOOTHING) * before + UP_SMOOTHING * ratio, low), high)
         out.append(before if abs(updated - before) < 0.05 * before else (significant(updated) or 1.0))
     return out[0], out[1]
