@@ -94,6 +94,16 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
 MARGINS_KEPT = 6
 
 
+def with_margin(c: Candidate | None, memory: Memory) -> Candidate | None:
+    """`c` with its predicted utilisation scaled by its configuration's learned margin (at least 1)."""
+    if c is None:
+        return None
+    factor = max(1.0, *margin_of(memory, c.config))
+    if factor == 1.0:
+        return c
+    return replace(c, prediction=replace(c.prediction, utilisation=c.prediction.utilisation * factor))
+
+
 def margin_of(memory: Memory, config: ServingConfig) -> tuple[float, float]:
     """The learned (TTFT, ITL) margin of a configuration; where none was learned, the largest learned for the same
     precision (the model's error is mostly the precision's: its kernels, its prefill), else the largest learned at
@@ -197,19 +207,21 @@ def search(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocation_wa
             prior = margin_of(memory, ServingConfig(get_precision(precision).name, rest[0])) if queued else (1.0, 1.0)
             requests.append(replace(base, allowed_precisions=(precision,), tensor_parallel_options=tuple(rest),
                                     ttft_margin=prior[0], itl_margin=prior[1]))
-    results = [r for r in (plan(q, energy_model) for q in requests) if r.chosen is not None]
+    results = [(r, q) for r, q in ((plan(q, energy_model), q) for q in requests) if r.chosen is not None]
     if not results:
         return None, None, None
 
-    def rank(r: PlanResult) -> tuple[int, float]:
+    def rank(rq: tuple[PlanResult, PlanRequest]) -> tuple[int, float]:
+        r, q = rq
         c = r.chosen
         assert c is not None
         if r.feasible:
             return 0, c.total_watts
         within = allocation_watts is None or c.total_watts <= allocation_watts * OVERSHOOT_TOLERANCE
-        return (1 if within else 2), c.prediction.utilisation
+        # The most capacity, as the learned margins say (see `with_margin`).
+        return (1 if within else 2), c.prediction.utilisation * max(1.0, q.ttft_margin, q.itl_margin)
 
-    best = min(results, key=rank)
+    best, _ = min(results, key=rank)
     assert best.chosen is not None
     return plan_of(best.chosen), best.chosen, best
 
@@ -259,6 +271,11 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
     outage = (running is not None and running.replicas <= 1 and proposed.config != running.config
               and not surge)
     alt = plan_of(in_place) if in_place is not None else None
+    # Capacity as measured where it was: a configuration whose latency proved k times the model's carries about
+    # 1/k of what the model says (its prefill, its steps are that much slower), so the capacity order sees it so.
+    run_c = with_margin(running_candidate, memory)
+    prop_c = with_margin(candidate, memory)
+    alt_c = with_margin(in_place, memory)
     return SwitchFacts(
         running=running,
         proposed=proposed,
@@ -276,7 +293,7 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
                            else (False if running is not None and proposed != running else None)),
         proposed_meets_slo=candidate.meets_slo if candidate is not None else None,
         measured_watts=inputs.signals.watts if inputs.signals is not None else None,
-        more_capacity=running is not None and more_capacity(running, proposed, running_candidate, candidate),
+        more_capacity=running is not None and more_capacity(running, proposed, run_c, prop_c),
         under_pressure=under_pressure(inputs),
         slo_missed=slo_missed(inputs),
         settled=settled(since, inputs.settle_seconds, fleet.rolling),
@@ -285,13 +302,13 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         pinned=intent.pinned is not None,
         worth_it=worth_it if (candidate is not None and result is not None) else None,
         in_place=alt,
-        in_place_suffices=in_place is not None and scale_only_suffices(in_place, candidate),
+        in_place_suffices=alt_c is not None and scale_only_suffices(alt_c, prop_c),
         in_place_more_capacity=(running is not None and alt is not None
-                                and more_capacity(running, alt, running_candidate, in_place)),
+                                and more_capacity(running, alt, run_c, alt_c)),
         in_place_worth_it=in_place_worth_it if in_place is not None else None,
         recently_left=recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts),
-        proposed_capacity_ratio=capacity_ratio(candidate, running_candidate),
-        in_place_capacity_ratio=capacity_ratio(in_place, candidate),
+        proposed_capacity_ratio=capacity_ratio(prop_c, run_c),
+        in_place_capacity_ratio=capacity_ratio(alt_c, prop_c),
     )
 
 
