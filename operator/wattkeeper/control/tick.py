@@ -106,13 +106,14 @@ def with_margin(c: Candidate | None, memory: Memory) -> Candidate | None:
 
 def margin_of(memory: Memory, config: ServingConfig) -> tuple[float, float]:
     """The learned (TTFT, ITL) margin of a configuration; where none was learned, the largest learned for the same
-    precision (the model's error is mostly the precision's: its kernels, its prefill), else the largest learned at
-    all (an unmeasured configuration is not trusted more than the measured ones), else (1, 1)."""
+    precision (the model's error is mostly the precision's: its kernels, its prefill), else (1, 1): another
+    precision's error says nothing of this one's, and a pessimistic prior would keep the service on the
+    configuration that proved wrong."""
     key = configuration_key(config)
     for r in memory.margins:
         if r.configuration == key:
             return r.ttft, r.itl
-    same = [r for r in memory.margins if r.configuration.split(" ")[0] == config.precision] or list(memory.margins)
+    same = [r for r in memory.margins if r.configuration.split(" ")[0] == config.precision]
     if same:
         return max(1.0, *(r.ttft for r in same)), max(1.0, *(r.itl for r in same))
     return 1.0, 1.0
