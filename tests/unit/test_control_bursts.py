@@ -107,14 +107,14 @@ def test_the_benchmark_reads_arrivals_at_the_scrape_resolution() -> None:
 
 def test_margins_are_learned_per_configuration() -> None:
     """A margin learned on one configuration is its own; an unmeasured one starts from the largest learned for its
-    precision (the model's error is mostly the precision's), else from the largest learned at all."""
+    precision (the model's error is mostly the precision's), another precision from the model as it is."""
     from wattkeeper.control import ConfigMargin
     from wattkeeper.control.tick import margin_of, search
 
     memory = Memory(margins=(ConfigMargin("fp8 tp4", 4.0, 2.0),))
     assert margin_of(memory, ServingConfig("fp8", 4, 256, 1024)) == (4.0, 2.0)
     assert margin_of(memory, ServingConfig("fp8", 8, 256, 1024)) == (4.0, 2.0)
-    assert margin_of(memory, ServingConfig("bf16", 4, 256, 1024)) == (4.0, 2.0)  # not trusted more
+    assert margin_of(memory, ServingConfig("bf16", 4, 256, 1024)) == (1.0, 1.0)
     both = Memory(margins=(ConfigMargin("fp8 tp4", 4.0, 2.0), ConfigMargin("bf16 tp4", 1.2, 1.0)))
     assert margin_of(both, ServingConfig("bf16", 8, 256, 1024)) == (1.2, 1.0)
     load = estimate_load(INTENT, Memory(), BASE, 100.0)
