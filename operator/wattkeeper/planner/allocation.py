@@ -108,7 +108,9 @@ def _verdict(i: int, demands: list[ServiceDemand], given: list[float], order: li
         return True, head + f"no plan meets its SLO at any power; {given[i]:.0f} W serve what they can"
     if given[i] + EPSILON_WATTS >= d.minimum_watts:
         text = head + f"meets its SLO ({d.minimum_watts:.0f} W least for it"
-        if d.slo_tokens_per_second > 0:
+        if d.minimum_watts <= d.floor_watts + EPSILON_WATTS:
+            text += ", its floor"
+        elif d.slo_tokens_per_second > 0:
             text += f", {d.slo_tokens_per_watt():.2f} SLO-meeting tokens/s per W above its {d.floor_watts:.0f} W floor"
         text += ")"
         if given[i] + EPSILON_WATTS < d.desired_watts:
