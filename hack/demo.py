@@ -5,10 +5,14 @@ Starts the local control plane with KWOK GPU nodes, the fleet runner (one vLLM s
 Prometheus scraping them, and the operator (`wattkeeper run`, as a user would run it). Applies two LLMServices and
 an EnergyBudget, replays the Azure conversation trace against them and plays a scenario:
 
-    steady load -> load rises x3 -> the budget is tightened to 75% of the power then drawn -> the budget holds
+    steady load -> load rises x3 -> the budget is tightened to what the services need for their SLOs -> it holds
 
-A live table shows plans, replicas, watts, J/token and the budget; at the end a PNG of power against the budget and
-of J/token over time is written to out/demo/, with a summary JSON. Ctrl-C stops everything cleanly.
+The tightened limit comes from the budget's status, not a constant: the sum of each service's least watts that meet
+its SLO (`minimumWatts`, without burst headroom) plus a margin, never below the services' floors and always below
+the power drawn. A live table shows plans, replicas, watts, J/token and the budget; at the end a PNG of power
+against the budget and of J/token over time is written to out/demo/, with a summary JSON that compares J/token and
+the share of requests within the SLOs before and after the tightening, and a PASS/FAIL line per check (the budget
+holds; J/token rises by at most 10%). Ctrl-C stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -43,9 +47,13 @@ BIN = Path(sys.executable).parent
 # The Azure conversation trace runs at about 3 requests/s per service at scale 1 in its first minutes.
 STEADY_SCALE = 1.5
 LOAD_RISE = 3.0
-# Tight enough that the fleet must change, loose enough that it can: one replica per service, saturated, draws
-# about as much as a fleet sized for half this load.
-TIGHTEN_TO = 0.75  # of the power drawn just before
+# The tightened limit: the services' least watts for their SLOs (budget status) plus this margin for measurement
+# noise, at least this margin above their floors, and at most TIGHTEN_AT_MOST of the power drawn before.
+TIGHTEN_MARGIN = 0.05
+TIGHTEN_AT_MOST = 0.9
+# Windows compared before and after the tightening (seconds of wall time, each ending at the tightening / the end).
+WINDOW_S = 30.0
+JOULES_PER_TOKEN_RISE_ALLOWED = 0.10
 
 
 def _free_port() -> int:
@@ -82,13 +90,15 @@ class Demo:
         self.samples: list[Sample] = []
         self.tightened_at_s: float | None = None
         self.tightened_to_watts: float | None = None
+        self.tightening_rule: str | None = None
         self.started = time.monotonic()
+        self.wall_started = time.time()
         self.services = [d for d in yaml.safe_load_all((ROOT / "examples/demo/services.yaml").read_text())]
         self.budget = yaml.safe_load((ROOT / "examples/demo/budget.yaml").read_text())
         self.phases = [
             Phase("steady load", 0.0, STEADY_SCALE),
             Phase(f"load rises x{LOAD_RISE:g}", duration_s * 0.25, LOAD_RISE * STEADY_SCALE),
-            Phase("budget tightened", duration_s * 0.45, LOAD_RISE * STEADY_SCALE, tighten=True),
+            Phase("budget tightened", duration_s * 0.5, LOAD_RISE * STEADY_SCALE, tighten=True),
         ]
 
     # -- setup ---------------------------------------------------------------------------------------------
@@ -140,6 +150,7 @@ class Demo:
         while time.monotonic() < deadline and len(self._endpoints()) < len(self.services):
             time.sleep(1)
         self.started = time.monotonic()
+        self.wall_started = time.time()
 
     def _apply(self, objects: list[dict[str, Any]]) -> None:
         text = "\n---\n".join(yaml.safe_dump(o) for o in objects)
@@ -163,9 +174,13 @@ class Demo:
                                          "--duration", str(self.duration_s), "--no-stream"])
 
     # -- observation ---------------------------------------------------------------------------------------
-    def _prom(self, query: str) -> float | None:
+    def _prom(self, query: str, at_s: float | None = None) -> float | None:
+        """One instant query; `at_s` (seconds since the scenario started) evaluates it then instead of now."""
+        params: dict[str, Any] = {"query": query}
+        if at_s is not None:
+            params["time"] = f"{self.wall_started + at_s:.3f}"
         try:
-            result = httpx.get(f"{self.prom_url}/api/v1/query", params={"query": query}, timeout=5).json()
+            result = httpx.get(f"{self.prom_url}/api/v1/query", params=params, timeout=5).json()
             values = result["data"]["result"]
             return float(values[0]["value"][1]) if values else None
         except (httpx.HTTPError, KeyError, ValueError, IndexError):
@@ -237,13 +252,61 @@ class Demo:
 
     def _tighten(self) -> None:
         recent = [s.watts for s in self.samples[-10:] if s.watts]
-        drawn = sum(recent) / len(recent) if recent else 3000.0
-        self.tightened_to_watts = round(drawn * TIGHTEN_TO)
+        drawn = sum(recent) / len(recent) if recent else None
+        limit, rule = tightened_limit(self._budget_allocations(), drawn)
+        self.tightened_to_watts, self.tightening_rule = round(limit), rule
         self.tightened_at_s = time.monotonic() - self.started
+        self._log(f"tightening the budget to {self.tightened_to_watts} W: {rule}")
         # The whole object again: server-side apply drops the fields a manager stops sending.
         body = json.loads(json.dumps(self.budget))
         body["spec"]["power"]["limitWatts"] = self.tightened_to_watts
         self._apply([body])
+
+    def _budget_allocations(self) -> list[dict[str, Any]]:
+        budgets = self._objects("energybudgets")
+        return list((budgets[0].get("status") or {}).get("allocations") or []) if budgets else []
+
+    def window(self, start_s: float, end_s: float) -> dict[str, Any]:
+        """J/token and the shares within the SLOs over [start_s, end_s] (scenario seconds), from Prometheus:
+        GPU energy (DCGM power averaged over the window) over the output tokens generated in it (vLLM counters);
+        TTFT within its SLO per request, ITL within its SLO per token gap (vLLM's histograms)."""
+        span = max(int(end_s - start_s), 2)
+        ns = f'namespace="{NAMESPACE}"'
+        watts = self._prom(f"avg_over_time((sum(DCGM_FI_DEV_POWER_USAGE{{{ns}}}))[{span}s:1s])", end_s)
+        out: dict[str, Any] = {"from_s": round(start_s, 1), "to_s": round(end_s, 1),
+                               "average_watts": round(watts, 1) if watts is not None else None}
+        tokens_total = 0.0
+        counts = {"requests": 0.0, "ttft_ok": 0.0, "gaps": 0.0, "itl_ok": 0.0}
+        services: dict[str, Any] = {}
+        for svc in self.services:
+            name, slo = svc["metadata"]["name"], svc["spec"]["slo"]
+            sel = f'{ns},pod=~"{name}-.*"'
+
+            def increase(metric: str, extra: str = "", sel: str = sel) -> float:
+                return self._prom(f"sum(increase({metric}{{{sel}{extra}}}[{span}s]))", end_s) or 0.0
+
+            tokens = increase("vllm:generation_tokens_total")
+            svc_watts = self._prom(f'avg_over_time((sum(DCGM_FI_DEV_POWER_USAGE{{{sel}}}))[{span}s:1s])', end_s)
+            figures = {
+                "requests": increase("vllm:time_to_first_token_seconds_count"),
+                "ttft_ok": increase("vllm:time_to_first_token_seconds_bucket", f',le="{_le(slo["ttftP95Seconds"])}"'),
+                "gaps": increase("vllm:inter_token_latency_seconds_count"),
+                "itl_ok": increase("vllm:inter_token_latency_seconds_bucket", f',le="{_le(slo["itlP95Seconds"])}"'),
+            }
+            for key, value in figures.items():
+                counts[key] += value
+            tokens_total += tokens
+            services[name] = {
+                "average_watts": round(svc_watts, 1) if svc_watts is not None else None,
+                "output_tokens_per_second": round(tokens / span, 1),
+                "joules_per_token": _ratio(svc_watts * span if svc_watts is not None else None, tokens),
+                **_shares(figures),
+            }
+        out["output_tokens_per_second"] = round(tokens_total / span, 1)
+        out["joules_per_token"] = _ratio(watts * span if watts is not None else None, tokens_total)
+        out.update(_shares(counts))
+        out["services"] = services
+        return out
 
     def summary(self) -> dict[str, Any]:
         window_s = 30.0
@@ -267,12 +330,27 @@ class Demo:
             }
         decisions = {name: s["decisions"] for name, s in (self.samples[-1].services.items() if self.samples else [])
                      if not name.startswith("_")}
+        comparison: dict[str, Any] = {}
+        checks: list[dict[str, Any]] = []
+        if self.tightened_at_s is not None and self.tightened_to_watts is not None:
+            before_w = self.window(max(self.tightened_at_s - WINDOW_S, 0.0), self.tightened_at_s)
+            after_w = self.window(max(end - WINDOW_S, self.tightened_at_s), end)
+            comparison = {"before_tightening": before_w, "after_tightening": after_w}
+            checks = judge(self.tightened_to_watts, before_w, after_w)
         return {
             "duration_s": round(end, 1),
             "tightened_at_s": self.tightened_at_s,
             "cap_watts": self.tightened_to_watts,
+            "tightening_rule": self.tightening_rule,
             "average_watts_before_tightening": round(sum(before) / len(before), 1) if before else None,
             "average_watts_last_30s": round(sum(last) / len(last), 1) if last else None,
+            **comparison,
+            "checks": checks,
+            "within_both_slos": None,
+            "within_both_slos_note": (
+                "not measurable from vLLM's metrics: TTFT is a per-request histogram and ITL a per-token-gap one, "
+                "with no joint series; the shares above are each threshold's own"
+            ),
             "slo_attainment": attainment,
             "decisions": decisions,
             "final": {name: s for name, s in (self.samples[-1].services.items() if self.samples else [])},
@@ -342,6 +420,57 @@ def _sim_processes(namespace: str) -> list[str]:
     return [line.strip() for line in out if "wattkeeper-runtime" in line and " sim " in line and namespace in line]
 
 
+def tightened_limit(allocations: list[dict[str, Any]], drawn_watts: float | None) -> tuple[float, str]:
+    """The limit the demo tightens to, from the budget's status: what the services need for their SLOs (the sum of
+    `minimumWatts`, without burst headroom) plus a margin; at least that margin above their floors, and at most
+    TIGHTEN_AT_MOST of the power drawn, so that it is a real tightening the services can still meet."""
+    floors = sum(float(a.get("floorWatts") or 0.0) for a in allocations)
+    # A service with no plan that meets its SLO (no minimumWatts) counts its floor: more would not meet it either.
+    needs = sum(max(float(a.get("minimumWatts") or 0.0), float(a.get("floorWatts") or 0.0)) for a in allocations)
+    if not allocations or needs <= 0:
+        drawn = drawn_watts or 3000.0
+        return drawn * TIGHTEN_AT_MOST, f"no allocation in the budget's status: {TIGHTEN_AT_MOST:.0%} of {drawn:.0f} W"
+    limit = max(needs, floors) * (1 + TIGHTEN_MARGIN)
+    rule = (f"the services' least watts for their SLOs ({needs:.0f} W, floors {floors:.0f} W) "
+            f"+{TIGHTEN_MARGIN:.0%}")
+    if drawn_watts is not None and limit > drawn_watts * TIGHTEN_AT_MOST:
+        limit = max(drawn_watts * TIGHTEN_AT_MOST, floors * (1 + TIGHTEN_MARGIN))
+        rule += (f", capped at {TIGHTEN_AT_MOST:.0%} of the {drawn_watts:.0f} W drawn (the services already run "
+                 "near their least watts, so this cut degrades some)")
+    return limit, rule
+
+
+def judge(cap_watts: float, before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+    """The demo's two checks: the budget holds after the tightening (the window's average within the operator's
+    2% overshoot tolerance), and J/token does not rise by more than 10%."""
+    checks = []
+    watts = after.get("average_watts")
+    tolerance = 1.02  # control/switching.py OVERSHOOT_TOLERANCE
+    holds = watts is not None and watts <= cap_watts * tolerance
+    checks.append({"check": "budget holds", "passed": holds,
+                   "detail": f"average {watts if watts is not None else '-'} W over the last {WINDOW_S:.0f} s "
+                             f"against a {cap_watts:.0f} W limit (+{tolerance - 1:.0%} tolerance)"})
+    jb, ja = before.get("joules_per_token"), after.get("joules_per_token")
+    steady = jb is not None and ja is not None and ja <= jb * (1 + JOULES_PER_TOKEN_RISE_ALLOWED)
+    rise = f"{(ja / jb - 1) * 100:+.1f}%" if jb and ja is not None else "-"
+    checks.append({"check": "J/token holds", "passed": steady,
+                   "detail": f"{jb} J/token before, {ja} after ({rise}; at most "
+                             f"+{JOULES_PER_TOKEN_RISE_ALLOWED:.0%})"})
+    return checks
+
+
+def _ratio(numerator: float | None, denominator: float) -> float | None:
+    return round(numerator / denominator, 4) if numerator is not None and denominator > 0 else None
+
+
+def _shares(counts: dict[str, float]) -> dict[str, Any]:
+    return {
+        "requests": round(counts["requests"]),
+        "ttft_within_slo": _ratio(counts["ttft_ok"], counts["requests"]),
+        "itl_within_slo": _ratio(counts["itl_ok"], counts["gaps"]),
+    }
+
+
 def _le(value: float) -> str:
     """The histogram bucket bound vLLM uses for an SLO value (the SLOs of the demo sit on bucket bounds)."""
     return f"{value:g}" if value != int(value) else f"{value:.1f}"
@@ -383,6 +512,8 @@ def main() -> int:
             (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
             print(json.dumps({k: v for k, v in summary.items() if k != "final"}, indent=2, default=str))
             print(f"\nwrote {out / 'demo.png'} and {out / 'summary.json'}")
+            for check in summary["checks"]:
+                print(f"{'PASS' if check['passed'] else 'FAIL'} {check['check']}: {check['detail']}")
     except KeyboardInterrupt:
         print("\ninterrupted: everything stopped")
         return 130

@@ -15,12 +15,14 @@ from wattkeeper.control.budget import (
     account,
     allocation_changed,
     decide_budget,
+    fleet_sizes,
     service_demand,
     shares_to_allocation,
 )
+from wattkeeper.control.planning import plan_request
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.energy.types import Workload
-from wattkeeper.planner import ServiceDemand, allocate_watts
+from wattkeeper.planner import ServiceDemand, allocate_watts, plan
 
 EM = EnergyModel.default()
 HOUR = 3600.0
@@ -73,8 +75,8 @@ def test_window_average_and_exhaustion() -> None:
 
 
 def demand(name: str, priority: int, minimum: float | None, desired: float, floor: float = 0.0,
-           jpt: float = 0.5) -> ServiceDemand:
-    return ServiceDemand(name, priority, minimum, desired, floor, jpt)
+           jpt: float = 0.5, tokens: float = 1000.0) -> ServiceDemand:
+    return ServiceDemand(name, priority, minimum, desired, floor, jpt, tokens if minimum is not None else 0.0)
 
 
 @pytest.mark.parametrize(("case", "total", "demands", "watts", "degraded"), [
@@ -82,19 +84,46 @@ def demand(name: str, priority: int, minimum: float | None, desired: float, floo
      [demand("a", 100, 500, 800), demand("b", 100, 500, 700)], {"a": 1600.0, "b": 1400.0}, set()),
     ("short: the lower priority is degraded first", 900.0,
      [demand("hi", 200, 600, 600, 100), demand("lo", 100, 600, 600, 100)], {"hi": 600.0, "lo": 300.0}, {"lo"}),
-    ("below the floors: scaled, everyone degraded", 100.0,
-     [demand("a", 100, 500, 500, 100), demand("b", 100, 500, 500, 100)], {"a": 50.0, "b": 50.0}, {"a", "b"}),
+    ("below the floors: no running service gets less than its floor", 100.0,
+     [demand("a", 100, 500, 500, 100), demand("b", 100, 500, 500, 100)], {"a": 100.0, "b": 100.0}, {"a", "b"}),
     ("no plan meets the SLO: degraded at any watts", 5000.0, [demand("a", 100, None, 900)], {"a": 5000.0}, {"a"}),
     ("spare watts go to the more efficient first", 1300.0,
      [demand("cheap", 100, 500, 800, jpt=0.1), demand("dear", 100, 500, 800, jpt=0.9)],
      {"cheap": 800.0, "dear": 500.0}, set()),
+    ("within a priority, SLO-meeting tokens per watt above the floor first", 1100.0,
+     [demand("few", 100, 600, 600, 100, tokens=500.0), demand("many", 100, 600, 600, 100, tokens=2000.0)],
+     {"few": 500.0, "many": 600.0}, {"few"}),
+    ("within a priority, one that does not fit is skipped for one that does", 900.0,
+     [demand("big", 100, 900, 900, 100, tokens=4800.0), demand("small", 100, 300, 300, 100, tokens=1000.0)],
+     {"big": 600.0, "small": 300.0}, {"big"}),
+    ("the higher priority first, even when a lower one would buy more tokens per watt", 1000.0,
+     [demand("hi", 200, 900, 900, 100), demand("lo", 100, 300, 300, 100, tokens=9000.0)],
+     {"hi": 900.0, "lo": 100.0}, {"lo"}),
+    ("a short higher priority: the lower one keeps its floor only", 900.0,
+     [demand("hi", 200, 1000, 1000, 100), demand("lo", 100, 300, 300, 100)], {"hi": 800.0, "lo": 100.0},
+     {"hi", "lo"}),
+    ("a short one's remainder comes before burst headroom for one that meets its SLO", 1500.0,
+     [demand("a", 100, 400, 900, 100, tokens=3000.0), demand("b", 100, 1200, 1200, 100, tokens=1000.0)],
+     {"a": 400.0, "b": 1100.0}, {"b"}),
 ])
 def test_allocate_watts(case: str, total: float, demands: list[ServiceDemand], watts: dict[str, float],
                         degraded: set[str]) -> None:
     out = {a.name: a for a in allocate_watts(total, demands)}
-    assert {n: round(a.watts, 1) for n, a in out.items()} == pytest.approx(watts)
-    assert {n for n, a in out.items() if a.degraded} == degraded
-    assert sum(a.watts for a in out.values()) <= total + 1e-6
+    assert {n: round(a.watts, 1) for n, a in out.items()} == pytest.approx(watts), case
+    assert {n for n, a in out.items() if a.degraded} == degraded, case
+    floors = sum(d.floor_watts for d in demands)
+    assert sum(a.watts for a in out.values()) <= max(total, floors) + 1e-6, case
+    for d in demands:
+        assert out[d.name].watts >= d.floor_watts - 1e-6, case
+        assert out[d.name].reason.startswith(f"priority {d.priority}: "), case
+
+
+def test_allocation_reasons_say_why() -> None:
+    out = {a.name: a for a in allocate_watts(1000.0, [
+        demand("hi", 200, 600, 600, 100), demand("lo", 100, 600, 600, 100), demand("peer", 100, 300, 300, 100)])}
+    assert "meets its SLO" in out["hi"].reason and "SLO-meeting tokens/s per W" in out["hi"].reason
+    assert "needs 600 W" in out["lo"].reason and "after higher-priority hi" in out["lo"].reason
+    assert "at its priority peer" in out["lo"].reason
 
 
 def test_decide_budget_splits_by_priority() -> None:
@@ -114,6 +143,39 @@ def test_decide_budget_splits_by_priority() -> None:
     assert over.within is False and over.within_reason == "OverLimit"
     free = decide_budget(BudgetIntent(), BudgetMemory(), services, 900.0, 0.0, 30.0, EM)
     assert free.allocations == () and free.within_reason == "NoLimit"
+
+
+CHAT = replace(INTENT, slo_ttft_p95_seconds=1.0, slo_itl_p95_seconds=0.05, max_replicas=4, max_tensor_parallel=2)
+ASSISTANT = replace(CHAT, slo_ttft_p95_seconds=2.5, slo_itl_p95_seconds=0.1)
+
+
+def test_a_budget_at_the_least_slo_watts_is_met_without_worse_joules_per_token() -> None:
+    """The demo's two services at their risen load: a budget tightened to what their SLOs need (minimumWatts, no
+    burst headroom) gives each a share under which the planner still meets the SLO, with J/token no worse than
+    the unconstrained plan (a smaller fleet of a better configuration, never a shrunken batch)."""
+    load = Workload(13.5, 1000.0, 250.0)
+    services = [ServiceLoad("chat", 200, CHAT, load), ServiceLoad("assistant", 100, ASSISTANT, load)]
+    roomy = decide_budget(BudgetIntent(power_limit_watts=20_000.0), BudgetMemory(), services, None, 0.0, 30.0, EM)
+    minimum = {a.name: a.minimum_watts for a in roomy.allocations}
+    assert all(m is not None for m in minimum.values())
+    need = sum(m for m in minimum.values() if m is not None)
+    assert need < roomy.projected_watts  # the plans with burst headroom draw more
+    tight = decide_budget(BudgetIntent(power_limit_watts=need * 1.05), BudgetMemory(), services, None, 0.0, 30.0,
+                          EM)
+    assert tight.degraded == ()
+    for service, share in zip(services, tight.allocations, strict=True):
+        free = plan(plan_request(service.intent, load, None), EM).chosen
+        capped = plan(plan_request(service.intent, load, share.allocation_watts), EM)
+        assert capped.feasible and capped.chosen is not None and free is not None, share.reason
+        assert capped.chosen.total_watts <= share.allocation_watts
+        assert capped.chosen.joules_per_token <= free.joules_per_token * 1.001, capped.chosen.describe()
+
+
+@pytest.mark.parametrize(("replicas", "sizes"), [
+    (1, [1]), (3, [1, 2, 3]), (8, [1, 2, 3, 4, 5, 6, 7, 8]), (20, [10, 11, 13, 14, 16, 17, 19, 20]),
+])
+def test_fleet_sizes(replicas: int, sizes: list[int]) -> None:
+    assert fleet_sizes(1, replicas) == sizes
 
 
 @pytest.mark.parametrize(("before", "after", "changed"), [

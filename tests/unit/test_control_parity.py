@@ -141,8 +141,10 @@ def comparable(memory: Any, offset_s: float) -> tuple[Any, ...]:
     def shift(value: float | None) -> float | None:
         return None if value is None else round(value - offset_s, 3)
 
+    recent = tuple((r.configuration, shift(r.left_at_s), r.allocation_watts) for r in memory.recent_configurations)
     return (memory.running, shift(memory.last_applied_s), memory.planned_load, memory.peak_load_rps,
-            shift(memory.peak_load_at_s), memory.power_correction, memory.ttft_correction, memory.itl_correction)
+            shift(memory.peak_load_at_s), memory.power_correction, memory.ttft_correction, memory.itl_correction,
+            recent)
 
 
 def test_operator_and_benchmark_decide_the_same() -> None:

@@ -162,6 +162,7 @@ def test_pinned_is_served_as_written() -> None:
 
 
 def test_no_plan_is_rejected() -> None:
-    huge = replace(INTENT, default_workload=Workload(1e5, 500.0, 150.0), max_replicas=1)
+    # ProtectBudget serves what fits; ProtectSLO has nothing to offer a load no allowed fleet carries.
+    huge = replace(INTENT, default_workload=Workload(1e5, 500.0, 150.0), max_replicas=1, fallback="ProtectSLO")
     tick = decide_tick(TickInputs(huge, Memory(), None, FleetState(), now_s=0.0), EM)
     assert tick.action == "Rejected" and tick.apply is None and tick.proposed is None

@@ -67,9 +67,16 @@ class ServiceAllocation(StatusModel):
     service: str = Field(description="LLMService name.")
     priority: int = Field(default=100, description="The service's priority.")
     watts: float = Field(description="Allocated watts.")
-    minimum_watts: float | None = Field(default=None, description="Least watts that meet the service's SLOs.")
+    minimum_watts: float | None = Field(
+        default=None, description="Least watts that meet the service's SLOs (without burst headroom)."
+    )
+    floor_watts: float | None = Field(
+        default=None, description="What the service's smallest fleet draws at its load; never allocated less."
+    )
     degraded: bool = Field(default=False, description="Whether the allocation is below what the SLOs need.")
-    reason: str = Field(default="", description="Why this allocation.")
+    reason: str = Field(
+        default="", description="Why this allocation: its priority, and whether its SLO is met or what it lacks."
+    )
 
 
 class EnergyBudgetStatus(StatusModel):

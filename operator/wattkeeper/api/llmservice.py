@@ -400,6 +400,15 @@ class PredictedFigures(StatusModel):
     source: str | None = Field(default=None, description="profile (measured points) or model (analytical).")
 
 
+class RecentConfigurationStatus(StatusModel):
+    """A configuration the operator restarted away from: it is not returned to within 30 minutes unless the budget
+    or the spec changed (no A -> B -> A)."""
+
+    configuration: str = Field(description="The configuration left: precision and tensor-parallel degree.")
+    left_at: datetime = Field(description="When it was left.")
+    allocation_watts: float | None = Field(default=None, description="The enforced allocation when it was left, W.")
+
+
 class PlanStatus(StatusModel):
     """The configuration the operator chose and why."""
 
@@ -421,6 +430,10 @@ class PlanStatus(StatusModel):
         default=None, description="Mean completion length the plan was made for."
     )
     decided_at: datetime | None = Field(default=None, description="When the plan was decided.")
+    recent_configurations: list[RecentConfigurationStatus] = Field(
+        default_factory=list, max_length=8,
+        description="Configurations left within the last 30 minutes, oldest first (the anti-flap history).",
+    )
 
 
 class ObservedFigures(StatusModel):

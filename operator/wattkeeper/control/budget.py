@@ -1,8 +1,10 @@
 """A budget's decision, pure: (budget, services, measured watts, time) -> accounting and allocations.
 
     accounting = account(...)        energy used this period, the window's average power, what is left to allocate
-    demands    = service_demand(...) per service: the least watts meeting its SLO, its unconstrained plan, its floor
-    decision   = decide_budget(...)  the allocation of watts to services (planner.allocate_watts) and the verdict
+    demands    = service_demand(...) per service: the least watts meeting its SLO, its unconstrained plan, its floor,
+                                     the tokens it serves within its SLO
+    decision   = decide_budget(...)  the allocation of watts to services (planner.allocate_watts: by priority, then
+                                     SLO-meeting tokens per watt) and the verdict
 
 The operator's adapter (controller/budgets.py) maps status to `BudgetMemory` and back and hands each service its
 `allocation_watts`; `shares_to_allocation` combines the shares of several budgets that select one service.
@@ -14,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from ..energy.model import EnergyModel
 from ..energy.types import Workload
-from ..planner import ServiceDemand, allocate_watts, plan
+from ..planner import Candidate, PlanRequest, PlanResult, ServiceDemand, allocate_watts, plan
 from .planning import plan_request
 from .switching import OVERSHOOT_TOLERANCE
 from .types import ServiceIntent
@@ -71,6 +73,7 @@ class Allocated:
     minimum_watts: float | None  # least watts meeting its SLO; None when no plan meets it
     degraded: bool
     reason: str
+    floor_watts: float = 0.0  # what its smallest fleet draws at its load: never allocated less
 
 
 @dataclass(frozen=True)
@@ -142,15 +145,45 @@ def service_demand(service: ServiceLoad, energy_model: EnergyModel) -> ServiceDe
     unconstrained = plan(request, energy_model)
     chosen = unconstrained.chosen
     desired = chosen.total_watts if chosen else 0.0
-    # The request has no allocation, so the unconstrained plan is also the least watts that meet the SLOs.
-    minimum = desired if unconstrained.feasible and chosen else None
+    least = least_slo_plan(request, unconstrained, energy_model)
+    minimum = least.total_watts if least is not None else None
     # The floor: what the smallest fleet draws at this load (min replicas, serving what it can). Below it a
     # service cannot go, so the allocator hands floors out first instead of leaving a service 0 W.
     smallest = plan(replace(request, power_cap_watts=1e-6, fallback="ProtectBudget"), energy_model).chosen
     floor = min(smallest.total_watts, desired) if smallest and chosen else (smallest.total_watts if smallest else 0.0)
     return ServiceDemand(name=service.name, priority=service.priority, minimum_watts=minimum,
                          desired_watts=desired, floor_watts=floor,
-                         joules_per_token=chosen.joules_per_token if chosen else float("inf"))
+                         joules_per_token=chosen.joules_per_token if chosen else float("inf"),
+                         slo_tokens_per_second=service.load.requests_per_second * service.load.output_tokens
+                         if least is not None else 0.0)
+
+
+def least_slo_plan(request: PlanRequest, unconstrained: PlanResult, energy_model: EnergyModel) -> Candidate | None:
+    """The plan with the least watts that meets the SLOs. The unconstrained plan sizes each replica below the
+    target utilisation (burst headroom); a smaller fleet, often of another configuration with better J/token, can
+    meet the SLOs for less, and it is what the planner runs under an allocation between the two (search.py `plan`,
+    the ProtectBudget fleet loop). The budget's "minimum" is this plan, so that a short budget gives a service
+    enough for it instead of a share that only a shrunken batch fits."""
+    chosen = unconstrained.chosen
+    if not unconstrained.feasible or chosen is None:
+        return None
+    best = chosen
+    for replicas in fleet_sizes(request.min_replicas, min(chosen.replicas, request.max_replicas)):
+        smaller = plan(replace(request, max_replicas=replicas), energy_model)
+        if smaller.feasible and smaller.chosen is not None and smaller.chosen.total_watts < best.total_watts:
+            best = smaller.chosen
+    return best
+
+
+def fleet_sizes(min_replicas: int, replicas: int, most: int = 8) -> list[int]:
+    """Fleet sizes to search below a plan of `replicas`: all up to `most`, else `most` of them spread over the
+    upper half (a fleet under half the size would run a replica at over twice the planned utilisation)."""
+    low = max(min_replicas, 1)
+    if replicas - low + 1 <= most:
+        return list(range(low, replicas + 1))
+    low = max(low, replicas // 2)
+    step = (replicas - low) / (most - 1)
+    return sorted({round(low + k * step) for k in range(most)})
 
 
 def decide_budget(budget: BudgetIntent, memory: BudgetMemory, services: list[ServiceLoad],
@@ -166,7 +199,7 @@ def decide_budget(budget: BudgetIntent, memory: BudgetMemory, services: list[Ser
             d = by_name[a.name]
             allocations.append(Allocated(a.name, d.priority, round(a.watts, 1),
                                          round(d.minimum_watts, 1) if d.minimum_watts is not None else None,
-                                         a.degraded, a.reason))
+                                         a.degraded, a.reason, round(d.floor_watts, 1)))
         projected = sum(min(a.allocation_watts, by_name[a.name].desired_watts) for a in allocations)
     limit = acc.allocatable_watts
     within: bool | None

@@ -64,16 +64,33 @@ def evaluate(
     power_correction: float = 1.0,
 ) -> Candidate | None:
     """The planner's figures for exactly one plan (the running or the pinned one) under a load."""
+    return evaluate_in(plan_request(intent, workload, None, power_correction, only=running), running, energy_model)
+
+
+def restricted(request: PlanRequest, running: Plan,
+               limits_watts: tuple[float | None, ...] | None = None) -> PlanRequest:
+    """`request` narrowed to the running configuration (its batch limits too), replicas still free: the search
+    of the moves that restart nothing (replicas; GPU power limits `limits_watts`, set in place)."""
     config = running.config
-    request = replace(
-        plan_request(intent, workload, None, power_correction, only=running),
+    return replace(
+        request,
+        allowed_precisions=(config.precision,),
+        tensor_parallel_options=(config.tensor_parallel,),
+        max_tensor_parallel=max(request.max_tensor_parallel, config.tensor_parallel),
         max_num_seqs_options=(config.max_num_seqs,),
         max_num_batched_tokens_options=(config.max_num_batched_tokens,),
-        gpu_power_limits_watts=(config.gpu_power_limit_watts,),
-        min_replicas=running.replicas,
-        max_replicas=max(running.replicas, 1),
+        # The chunk-budget rule chooses budgets; here the running one is given.
+        chunk_budget_within_itl=False,
+        gpu_power_limits_watts=limits_watts or (config.gpu_power_limit_watts,),
+        replay=None,
     )
-    return plan(request, energy_model).chosen
+
+
+def evaluate_in(request: PlanRequest, running: Plan, energy_model: EnergyModel) -> Candidate | None:
+    """The figures of exactly `running` under `request`'s load, model and corrections (no allocation)."""
+    one = replace(restricted(request, running), min_replicas=running.replicas,
+                  max_replicas=max(running.replicas, 1), power_cap_watts=None)
+    return plan(one, energy_model).chosen
 
 
 def plan_of(candidate: Candidate) -> Plan:

@@ -17,10 +17,15 @@ Unchanged, names the branch (`cause`) and says why:
                   judge a plan only on measurements of it
  7. measured-overshoot / capacity  forced and settled                -> apply; a capacity move that would take
                   the only replica down (an in-place restart: no room under the allocation to surge) is not forced,
-                  since it removes all capacity for a model load: it waits for the cooldown and the saving test
+                  since it removes all capacity for a model load: it waits for the cooldown and the saving test.
+                  A capacity restart goes only into a plan predicted to meet the SLO.
  8. cooldown      an optional move inside the cooldown               -> hold
  9. pinned        Pinned mode serves the spec's plan                 -> apply
-10. saving / not-worth  the saving over the horizon against the cost of moving (planner.should_switch)
+10. saving / not-worth / recently-left  the saving over the horizon against the cost of moving
+                  (planner.should_switch), the proposal's and the rescale's, the larger net saving wins
+Restart-free first (control/restart_free.py): in 4, 5 and 7 the running configuration rescaled (`in_place`:
+replicas, GPU power limit) is applied instead of a restart when it does what the restart would, or when the
+restart would return to a configuration left < 30 minutes ago under the same allocation (`recently_left`).
 Whenever the rule holds but the pods no longer match the running plan (changed by hand), the running plan is
 re-applied (cause `drift`): holding a plan means keeping it, not just not changing it.
 """
@@ -28,14 +33,19 @@ re-applied (cause `drift`): holding a plan means keeping it, not just not changi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from ..energy.types import ServingConfig
 from ..planner import SwitchDecision
 from .types import LoadSource, Plan, Verdict
 
 # A fleet may read up to 2% over its allocation before that counts: measurement noise, and rounding in status.
 OVERSHOOT_TOLERANCE = 1.02
+# Capacity worth a restart, or given up to avoid one, when no plan within the watts meets the SLO: 25%.
+CAPACITY_STEP = 1.25
+# Capacities within 2% are equal: the model is not more precise, and a strict margin keeps the order asymmetric.
+CAPACITY_MARGIN = 1.02
 
 
 @dataclass(frozen=True)
@@ -58,11 +68,41 @@ class SwitchFacts:
     proposed_meets_slo: bool | None = None
     more_capacity: bool = False  # the proposal carries the load with more headroom than the running plan
     under_pressure: bool = False  # requests wait, an SLO is missed, or nothing was measured yet
+    slo_missed: bool = False  # the measured p95 TTFT or ITL is over its SLO
     settled: bool = True  # the roll is done, old pods drained, a telemetry window has passed since the change
     outage: bool = False  # the move restarts the only replica in place (no surge): nothing serves while it loads
     cooldown_until_s: float | None = None
     pinned: bool = False
     worth_it: Callable[[], SwitchDecision] | None = None  # saving vs cost; only called when it is the question
+    # Restart-free first (control/restart_free.py): the running configuration rescaled (replicas, GPU power
+    # limit) within the allocation, offered only when the proposal would restart pods.
+    in_place: Plan | None = None
+    in_place_suffices: bool = False  # it does what the proposal's restart would (restart_free.scale_only_suffices)
+    in_place_more_capacity: bool = False  # it carries more load than the running plan
+    in_place_worth_it: Callable[[], SwitchDecision] | None = None
+    recently_left: bool = False  # the proposal's configuration was left < 30 min ago under the same allocation
+    # Load carried at this tick's load (load / predicted utilisation): the proposal's over the running plan's, the
+    # rescale's over the proposal's (None: not evaluated).
+    proposed_capacity_ratio: float | None = None
+    in_place_capacity_ratio: float | None = None
+
+    @property
+    def proposed_restarts(self) -> bool:
+        """The proposal changes more than replicas and the GPU power limit (those change without a restart)."""
+        return self.running is not None and restarts(self.running, self.proposed)
+
+
+def configuration_key(config: ServingConfig) -> str:
+    """A configuration as the anti-flap history knows it: precision, TP and KV-cache dtype. A return to the same
+    weights and sharding with other batch limits is still a return (A -> B -> A')."""
+    text = f"{config.precision} tp{config.tensor_parallel}"
+    return text + (f" kv-{config.kv_cache_dtype}" if config.kv_cache_dtype else "")
+
+
+def restarts(running: Plan, proposed: Plan) -> bool:
+    """Whether moving from `running` to `proposed` restarts pods: any vLLM argument changes; replicas and the GPU
+    power limit (set in place by the node agent) do not."""
+    return replace(running.config, gpu_power_limit_watts=None) != replace(proposed.config, gpu_power_limit_watts=None)
 
 
 def allocation_cut(f: SwitchFacts) -> bool:
@@ -91,39 +131,105 @@ def switching_rule(f: SwitchFacts) -> Verdict:
         return Verdict("Applied", "spec-changed", f"spec changed: {f.plan_reason}", f.proposed)
     if f.proposed == f.running:
         return _hold(f, Verdict("Unchanged", "unchanged", ""))
+    alt = f.in_place if f.proposed_restarts and f.in_place is not None and f.in_place != f.running else None
     if allocation_cut(f):
         assert f.allocation_watts is not None and f.running_predicted_watts is not None
         how = "" if f.telemetry else "; acting on predicted watts: no telemetry"
+        target, why = _forced_target(f, alt)
         return Verdict("Applied", "allocation-cut",
                        f"over the power allocation (running plan predicted {f.running_predicted_watts:.0f} W, "
-                       f"allocation {f.allocation_watts:.0f} W{how}): {f.plan_reason}", f.proposed)
+                       f"allocation {f.allocation_watts:.0f} W{how}): {why}", target)
     if not f.telemetry and f.load_source != "spec" and f.running_meets_slo is False and f.proposed_meets_slo:
+        target, why = _forced_target(f, alt)
         return Verdict("Applied", "slo-by-prediction",
                        f"the running plan misses its SLO by prediction; acting on predicted latency: no telemetry: "
-                       f"{f.plan_reason}", f.proposed)
+                       f"{why}", target)
     if not f.telemetry and f.load_source != "spec":
         return _hold(f, Verdict("Held", "telemetry-lost",
                                 f"telemetry unavailable, holding {running} (would move to {to})"))
     overshoot = measured_overshoot(f)
-    capacity = f.more_capacity and f.under_pressure and not f.outage
+    capacity = _capacity_target(f, alt) if f.under_pressure else None
     if (overshoot or capacity) and not f.settled:
         # Until the roll is done, the old pods have drained and a telemetry window has passed, telemetry shows
         # the old fleet too, and acting on it flaps.
         return _hold(f, Verdict("Held", "settling", f"settling after the last change before moving to {to}"))
     if overshoot:
-        return Verdict("Applied", "measured-overshoot", f"over the power allocation: {f.plan_reason}", f.proposed)
-    if capacity:
-        return Verdict("Applied", "capacity", f"more capacity needed: {f.plan_reason}", f.proposed)
+        target, why = _forced_target(f, alt)
+        return Verdict("Applied", "measured-overshoot", f"over the power allocation: {why}", target)
+    if capacity is not None:
+        return Verdict("Applied", "capacity", f"more capacity needed: {capacity[1]}", capacity[0])
     if f.cooldown_until_s is not None and f.now_s < f.cooldown_until_s:
         # An absolute time, not "N s left": the reason must not change every tick, or every tick would write.
         return _hold(f, Verdict("Held", "cooldown",
                                 f"cooldown until {format_time(f.cooldown_until_s)} before moving to {to}"))
     if f.pinned or f.worth_it is None:
         return Verdict("Applied", "pinned", f.plan_reason, f.proposed)
-    verdict = f.worth_it()
-    if not verdict.switch:
-        return _hold(f, Verdict("Held", "not-worth", f"keeping {running}: {verdict.reason}"))
-    return Verdict("Applied", "saving", f"{verdict.reason}: {f.plan_reason}", f.proposed)
+    return _optional(f, alt)
+
+
+def _no_restart(f: SwitchFacts, alt: Plan) -> str:
+    return f"no restart: {alt.describe()} (the running configuration rescaled) instead of {f.proposed.describe()}"
+
+
+def _forced_target(f: SwitchFacts, alt: Plan | None) -> tuple[Plan, str]:
+    """A forced move rescales the running configuration when that does what the restart would, or when the
+    restart would return to a configuration just left; else the proposal."""
+    if alt is not None and f.in_place_suffices:
+        return alt, _no_restart(f, alt)
+    # Rescaling gives up less than a capacity step: taken over a restart that would return to a configuration
+    # just left, or that would miss the SLO as well (a cap's fallback: a restart buys no SLO there).
+    close = f.in_place_capacity_ratio is None or f.in_place_capacity_ratio * CAPACITY_STEP >= 1.0
+    if alt is not None and close and (f.recently_left or not f.proposed_meets_slo):
+        return alt, _no_restart(f, alt)
+    return f.proposed, f.plan_reason
+
+
+def _capacity_target(f: SwitchFacts, alt: Plan | None) -> tuple[Plan, str] | None:
+    """Where more capacity comes from, restart-free first; a restart only into a plan predicted to meet the SLO,
+    not taking the only replica down, and not back to a configuration just left."""
+    if alt is not None and f.in_place_more_capacity and f.in_place_suffices:
+        return alt, _no_restart(f, alt)
+    if f.more_capacity and not f.proposed_restarts:
+        return f.proposed, f.plan_reason
+    # A restart for capacity goes into a plan predicted to meet the SLO; when none within the watts does (a cap's
+    # fallback), only into one carrying a capacity step more: the strict order makes that one-way, never A->B->A.
+    step = f.proposed_capacity_ratio is not None and f.proposed_capacity_ratio >= CAPACITY_STEP
+    if f.more_capacity and (f.proposed_meets_slo or step) and not f.outage and not f.recently_left:
+        return f.proposed, f.plan_reason
+    if alt is not None and f.in_place_more_capacity:
+        return alt, _no_restart(f, alt)
+    return None
+
+
+def _optional(f: SwitchFacts, alt: Plan | None) -> Verdict:
+    """An optional move: the one whose saving over the horizon beats its cost by the most; never back to a
+    configuration just left."""
+    assert f.worth_it is not None
+    options: list[tuple[Plan, SwitchDecision]] = []
+    # While the SLO is missed no optional move gives up capacity, however much it saves.
+    gives_up = f.slo_missed and f.proposed_capacity_ratio is not None \
+        and f.proposed_capacity_ratio * CAPACITY_MARGIN < 1.0
+    restart = f.worth_it() if not (f.recently_left and f.proposed_restarts) and not gives_up else None
+    if restart is not None:
+        options.append((f.proposed, restart))
+    shrinks = f.slo_missed and alt is not None and f.running is not None and alt.replicas < f.running.replicas
+    if alt is not None and f.in_place_worth_it is not None and not shrinks:
+        options.append((alt, f.in_place_worth_it()))
+    moves = [(p, d) for p, d in options if d.switch]
+    if moves:
+        target, verdict = max(moves, key=lambda o: o[1].saving_joules - o[1].cost_joules)
+        if target == f.proposed:
+            return Verdict("Applied", "saving", f"{verdict.reason}: {f.plan_reason}", target)
+        return Verdict("Applied", "saving", f"{verdict.reason}: {_no_restart(f, target)}", target)
+    if restart is None and gives_up:
+        return _hold(f, Verdict("Held", "not-worth", f"keeping {f.running.describe() if f.running else ''}: "
+                                "the SLO is missed, no optional move gives up capacity"))
+    if restart is None:
+        return _hold(f, Verdict("Held", "recently-left",
+                                f"keeping {f.running.describe() if f.running else 'the running plan'}: "
+                                f"{f.proposed.config.short()} was left less than 30 minutes ago"))
+    return _hold(f, Verdict("Held", "not-worth",
+                            f"keeping {f.running.describe() if f.running else ''}: {restart.reason}"))
 
 
 def _hold(f: SwitchFacts, verdict: Verdict) -> Verdict:

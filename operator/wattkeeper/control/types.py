@@ -79,6 +79,16 @@ class FleetState:
 
 
 @dataclass(frozen=True)
+class RecentConfiguration:
+    """A configuration the service left (restarted away from): returning to it within `RECENT_SECONDS` is a flap
+    (A -> B -> A) unless the budget or the spec changed since (issue 11 item 5)."""
+
+    configuration: str  # switching.configuration_key: precision, TP, KV-cache dtype
+    left_at_s: float
+    allocation_watts: float | None = None  # the enforced allocation when it was left
+
+
+@dataclass(frozen=True)
 class Memory:
     """What the core remembers between ticks (the operator keeps it in status, the benchmark in the policy).
 
@@ -92,6 +102,7 @@ class Memory:
     power_correction: float = 1.0
     ttft_correction: float = 1.0
     itl_correction: float = 1.0
+    recent_configurations: tuple[RecentConfiguration, ...] = ()
 
 
 @dataclass(frozen=True)

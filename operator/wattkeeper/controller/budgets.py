@@ -163,7 +163,7 @@ def reconcile_budget(deps: Dependencies, body: dict[str, Any], trigger: str, sna
     allocations: list[dict[str, Any]] = []
     for a in decision.allocations:
         entry: dict[str, Any] = {"service": a.name, "priority": a.priority, "watts": a.allocation_watts,
-                                 "degraded": a.degraded, "reason": a.reason}
+                                 "floorWatts": a.floor_watts, "degraded": a.degraded, "reason": a.reason}
         if a.minimum_watts is not None:
             entry["minimumWatts"] = a.minimum_watts
         allocations.append(entry)

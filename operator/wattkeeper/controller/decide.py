@@ -18,6 +18,7 @@ from wattkeeper.control import (
     FleetState,
     Memory,
     Plan,
+    RecentConfiguration,
     Signals,
     TickDecision,
     TickInputs,
@@ -155,6 +156,11 @@ def memory_from_status(status: dict[str, Any], default_workload: Workload) -> Me
         power_correction=float(observed.get("powerCorrection") or 1.0),
         ttft_correction=float(observed.get("ttftCorrection") or 1.0),
         itl_correction=float(observed.get("itlCorrection") or 1.0),
+        recent_configurations=tuple(
+            RecentConfiguration(str(r["configuration"]), left, r.get("allocationWatts"))
+            for r in plan_status.get("recentConfigurations") or []
+            if r.get("configuration") and (left := _seconds(r.get("leftAt"))) is not None
+        ),
     )
 
 
@@ -225,6 +231,26 @@ def _plan_status(tick: TickDecision, applied: Plan, now: datetime) -> dict[str, 
     return out
 
 
+def _sync_recent(status: dict[str, Any], memory: Memory, now: datetime) -> None:
+    """status.plan.recentConfigurations as the core remembers them (they change only when a restart is applied
+    or the spec changes, so a settled service writes nothing)."""
+    plan_status = status.get("plan")
+    if not isinstance(plan_status, dict):
+        return
+    recent = [{"configuration": r.configuration,
+               "leftAt": _iso(datetime.fromtimestamp(r.left_at_s, tz=now.tzinfo)),
+               **({"allocationWatts": r.allocation_watts} if r.allocation_watts is not None else {})}
+              for r in memory.recent_configurations]
+    if recent == (plan_status.get("recentConfigurations") or []):
+        return
+    plan_status = dict(plan_status)
+    if recent:
+        plan_status["recentConfigurations"] = recent
+    else:
+        plan_status.pop("recentConfigurations", None)
+    status["plan"] = plan_status
+
+
 def _append_decision(status: dict[str, Any], now: datetime, action: str, reason: str, configuration: str | None,
                      kept: int) -> None:
     decisions = list(status.get("decisions") or [])
@@ -291,6 +317,7 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
         if spec_changed or not any(c.get("reason") == "NoFeasibleConfiguration" for c in old.get("conditions") or []):
             events.append(("Warning", "NoFeasibleConfiguration", message))
         _append_decision(status, now, "Rejected", message, None, settings.decisions_kept)
+        _write_allocation(status, alloc)  # the share holds whether or not a plan fits it: say what it is
         status["conditions"] = conditions
         status["observedGeneration"] = generation
         return ServiceDecision(None, True, _clean(status), events, "Rejected", tick.cause)
@@ -329,6 +356,7 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
 
     # Observed figures and what the core remembers, rounded so that noise does not cause writes.
     memory = tick.memory
+    _sync_recent(status, memory, now)
     remembered = {"powerCorrection": memory.power_correction, "ttftCorrection": memory.ttft_correction,
                   "itlCorrection": memory.itl_correction}
     if obs is not None:
@@ -348,11 +376,7 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
         status["observed"] = _steady(status["observed"], old.get("observed") or {}, MEASURED_KEYS)
     elif any(v != 1.0 for v in remembered.values()):
         status.setdefault("observed", {}).update(remembered)
-    alloc_status = alloc.to_status()
-    if alloc_status is None:
-        status.pop("allocation", None)
-    else:
-        status["allocation"] = alloc_status
+    _write_allocation(status, alloc)
 
     # Conditions.
     desired = effective.replicas
@@ -377,6 +401,14 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
     status["replicas"] = dep.replicas
     status["readyReplicas"] = dep.ready_replicas
     return ServiceDecision(apply_config, tick.surge, _clean(status), events, tick.action, tick.cause)
+
+
+def _write_allocation(status: dict[str, Any], alloc: Allocation) -> None:
+    alloc_status = alloc.to_status()
+    if alloc_status is None:
+        status.pop("allocation", None)
+    else:
+        status["allocation"] = alloc_status
 
 
 def _steady(new: dict[str, Any], old: dict[str, Any], keys: tuple[str, ...],

@@ -1,15 +1,23 @@
-"""Split an energy budget's watts among its services by priority and marginal energy efficiency.
+"""Split an energy budget's watts among its services: by priority, then by SLO-meeting tokens per watt.
 
-Every service first gets its floor (what its minimum replicas draw idle). Then, from the highest priority down,
-each gets what it needs to meet its SLO; when the budget runs out, the lower priorities are the ones degraded.
-What is left goes towards each service's unconstrained plan, most energy-efficient (least J/token) first within a
-priority, because a watt there buys the most tokens.
+1. Every service gets its floor (what its smallest fleet draws at its load). A running service never gets less:
+   below it no plan exists, so a smaller share would only be missed, never held.
+2. Priority by priority, highest first, each service that fits gets what it needs to meet its SLO. Within a
+   priority the services that buy the most SLO-meeting tokens per watt above their floor go first, and one whose
+   need does not fit is skipped for the next that does (a knapsack filled greedily: a short budget serves the most
+   tokens within the SLO). What is left then goes to the priority's services that fell short; a lower priority
+   gets more than its floor only when every higher one meets its SLO.
+3. Spare watts go towards each service's unconstrained plan (which keeps burst headroom), in the same order.
+4. The rest is headroom, shared in proportion to need: an allocation is a ceiling, not a target.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import groupby
+
+EPSILON_WATTS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -18,8 +26,15 @@ class ServiceDemand:
     priority: int  # higher is more important
     minimum_watts: float | None  # least watts meeting its SLO; None when no plan meets it
     desired_watts: float  # its unconstrained least-energy plan's watts
-    floor_watts: float = 0.0  # what it draws at its minimum replicas, idle
-    joules_per_token: float = math.inf  # marginal efficiency of its plan: lower gets spare watts first
+    floor_watts: float = 0.0  # what its smallest fleet draws at its load
+    joules_per_token: float = math.inf  # of its unconstrained plan
+    slo_tokens_per_second: float = 0.0  # output tokens/s it serves within its SLO at `minimum_watts`
+
+    def slo_tokens_per_watt(self) -> float:
+        """SLO-meeting tokens bought per watt above the floor (the floor is spent anyway)."""
+        if self.minimum_watts is None:
+            return 0.0
+        return self.slo_tokens_per_second / max(self.minimum_watts - self.floor_watts, EPSILON_WATTS)
 
 
 @dataclass(frozen=True)
@@ -30,73 +45,81 @@ class ServiceAllocation:
     reason: str
 
 
+def allocation_order(demands: list[ServiceDemand]) -> list[int]:
+    """Indices by priority (highest first), then SLO-meeting tokens per watt, then J/token, then name."""
+    return sorted(
+        range(len(demands)),
+        key=lambda i: (-demands[i].priority, -demands[i].slo_tokens_per_watt(), demands[i].joules_per_token,
+                       demands[i].name),
+    )
+
+
 def allocate_watts(total_watts: float, demands: list[ServiceDemand]) -> list[ServiceAllocation]:
     if total_watts < 0:
         raise ValueError("total_watts must be >= 0")
-    order = sorted(
-        range(len(demands)), key=lambda i: (-demands[i].priority, demands[i].joules_per_token, demands[i].name)
-    )
-    given = [0.0] * len(demands)
-    reasons = [""] * len(demands)
+    if not demands:
+        return []
     floors = sum(d.floor_watts for d in demands)
-    if floors > total_watts:
-        # Not even the idle floors fit: scale them, everyone is degraded.
-        scale = total_watts / floors if floors > 0 else 0.0
+    if floors > total_watts + EPSILON_WATTS:
         return [
             ServiceAllocation(
-                d.name,
-                d.floor_watts * scale,
-                True,
-                f"budget {total_watts:.0f} W is below the idle floor of all services ({floors:.0f} W)",
+                d.name, d.floor_watts, True,
+                f"priority {d.priority}: the budget ({total_watts:.0f} W) is below the floors of its services ({floors:.0f} W): each "
+                f"keeps its floor ({d.floor_watts:.0f} W); only fewer running services would hold the budget",
             )
             for d in demands
         ]
-    for i, d in enumerate(demands):
-        given[i] = d.floor_watts
+    order = allocation_order(demands)
+    given = [d.floor_watts for d in demands]
     left = total_watts - floors
-    # SLO needs, highest priority first.
-    short_of: int | None = None
-    for i in order:
-        d = demands[i]
-        need = max((d.minimum_watts if d.minimum_watts is not None else d.desired_watts) - given[i], 0.0)
-        if need <= left:
-            given[i] += need
-            left -= need
-        else:
-            given[i] += left
-            left = 0.0
-            short_of = i if short_of is None else short_of
-    # Spare watts towards the unconstrained plans.
-    for i in order:
-        d = demands[i]
-        extra = min(max(d.desired_watts - given[i], 0.0), left)
+    short: set[int] = set()
+    for _, group in groupby(order, key=lambda i: demands[i].priority):
+        members = list(group)
+        for i in members:  # SLO needs that fit, best tokens per watt first
+            d = demands[i]
+            need = max((d.minimum_watts or 0.0) - given[i], 0.0)
+            if d.minimum_watts is not None and need <= left + EPSILON_WATTS:
+                given[i] += min(need, left)
+                left = max(left - need, 0.0)
+            else:
+                short.add(i)
+        for i in members:  # the priority's short services take what is left before any lower priority
+            if i in short:
+                extra = min(max(demands[i].desired_watts - given[i], 0.0), left)
+                given[i] += extra
+                left -= extra
+    for i in order:  # spare watts towards the unconstrained plans (burst headroom)
+        extra = min(max(demands[i].desired_watts - given[i], 0.0), left)
         given[i] += extra
         left -= extra
-    # What is still left is headroom, shared in proportion to need: an allocation is a ceiling, not a target, so
-    # a service whose load grows between two budget ticks re-plans within its share instead of being capped at
-    # exactly the plan it had.
-    if left > 0 and demands:
+    if left > 0:
         weights = [max(d.desired_watts, d.minimum_watts or 0.0, 1.0) for d in demands]
         total_weight = sum(weights)
         for i in range(len(demands)):
             given[i] += left * weights[i] / total_weight
-        left = 0.0
-    out = []
-    for i, d in enumerate(demands):
-        if d.minimum_watts is None:
-            degraded, reasons[i] = True, "no plan meets its SLO at any power"
-        elif given[i] + 1e-6 < d.minimum_watts:
-            degraded = True
-            higher = [x.name for x in demands if x.priority > d.priority]
-            reasons[i] = f"needs {d.minimum_watts:.0f} W for its SLO, the budget leaves {given[i]:.0f} W" + (
-                f" after higher-priority {', '.join(higher)}" if higher else ""
-            )
-        else:
-            degraded = False
-            reasons[i] = "meets its SLO" + (
-                ""
-                if given[i] + 1e-6 >= d.desired_watts
-                else f"; {d.desired_watts - given[i]:.0f} W short of its least-energy plan"
-            )
-        out.append(ServiceAllocation(d.name, given[i], degraded, reasons[i]))
-    return out
+    return [ServiceAllocation(d.name, given[i], *_verdict(i, demands, given, order)) for i, d in enumerate(demands)]
+
+
+def _verdict(i: int, demands: list[ServiceDemand], given: list[float], order: list[int]) -> tuple[bool, str]:
+    """Whether service i is degraded, and why it got what it got (for the budget's status)."""
+    d = demands[i]
+    head = f"priority {d.priority}: "
+    if d.minimum_watts is None:
+        return True, head + f"no plan meets its SLO at any power; {given[i]:.0f} W serve what they can"
+    if given[i] + EPSILON_WATTS >= d.minimum_watts:
+        text = head + f"meets its SLO ({d.minimum_watts:.0f} W least for it"
+        if d.slo_tokens_per_second > 0:
+            text += f", {d.slo_tokens_per_watt():.2f} SLO-meeting tokens/s per W above its {d.floor_watts:.0f} W floor"
+        text += ")"
+        if given[i] + EPSILON_WATTS < d.desired_watts:
+            text += f"; {d.desired_watts - given[i]:.0f} W short of its plan with burst headroom"
+        return False, text
+    text = head + f"needs {d.minimum_watts:.0f} W for its SLO, the budget leaves {given[i]:.0f} W"
+    served = [demands[j] for j in order if j != i and given[j] + EPSILON_WATTS >= (demands[j].minimum_watts or math.inf)]
+    higher = [x.name for x in served if x.priority > d.priority]
+    same = [x.name for x in served if x.priority == d.priority]
+    if higher:
+        text += f" after higher-priority {', '.join(higher)}"
+    if same:
+        text += f"; at its priority {', '.join(same)} buy more SLO-meeting tokens per watt or fit what was left"
+    return True, text

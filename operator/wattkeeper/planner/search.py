@@ -357,21 +357,33 @@ def plan(request: PlanRequest, energy_model: EnergyModel | None = None) -> PlanR
         result = _verified(request, result, em)
     cap = request.power_cap_watts
     if request.fallback != "ProtectBudget" or cap is None or result.feasible or \
-            (result.chosen is not None and result.chosen.total_watts <= cap):
+            (result.chosen is not None and result.chosen.total_watts <= cap and _has_capacity(result.chosen)):
         return result
     # Protecting the budget when no fleet sized for the whole load fits the watts: the search sizes replicas for
     # the load, so try smaller fleets (more replicas draw more power: stop at the first that does not fit) and
-    # serve what fits; the rest of the load queues.
+    # serve what fits; the rest of the load queues. Among the fleets within the watts the one with the most
+    # capacity wins (at one load, the lowest utilisation), so a config with worse J/token is never taken only to
+    # lower watts when fewer replicas of a better one fit the same watts (issue 11 item 6).
     largest = result.chosen.replicas if result.chosen is not None else request.max_replicas
-    within: PlanResult | None = None
+    within: list[PlanResult] = [result] if result.chosen is not None and result.chosen.total_watts <= cap else []
     smallest: PlanResult | None = None
     for replicas in range(max(request.min_replicas, 1), max(largest, request.min_replicas + 1)):
         smaller = _plan_once(replace(request, max_replicas=replicas), em)
         smallest = smallest or smaller
         if smaller.chosen is None or smaller.chosen.total_watts > cap:
             break
-        within = smaller
-    return within or smallest or result
+        within.append(smaller)
+    if within:
+        return min(within, key=lambda r: (_utilisation(r.chosen), r.chosen.total_watts if r.chosen else 0.0))
+    return smallest or result
+
+
+def _utilisation(c: Candidate | None) -> float:
+    return c.prediction.utilisation if c is not None else math.inf
+
+
+def _has_capacity(c: Candidate) -> bool:
+    return c.prediction.utilisation < 1.0
 
 
 def _check(request: PlanRequest) -> None:
@@ -710,7 +722,10 @@ def _fallback(
                 "power allocation with the least-energy plan that meets the SLOs."
             ),
         )
-    if not base_ok.any():
+    # ProtectBudget serves what fits even when no fleet within max replicas carries the whole load (above ~20
+    # req/s for a 70B on 8 replicas): returning no plan there left the service unplanned and its budget floor 0 W.
+    serve_what_fits = request.fallback == "ProtectBudget" and placeable is not None and bool(placeable.any())
+    if not base_ok.any() and not serve_what_fits:
         return (
             None,
             "memory",

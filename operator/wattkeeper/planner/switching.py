@@ -56,6 +56,17 @@ def change_cost_joules(
     return loading + lost_capacity, f"rolling {kind} of {proposed.replicas} replica(s), {load_s:.0f} s each"
 
 
+def watts_at_served_load(current: Candidate, proposed: Candidate) -> tuple[float, float]:
+    """Both plans' watts at one served load, the larger of the two: a plan that cannot carry the load draws
+    less only because it serves less (the rest queues), which is no saving. Each plan's joules per served token
+    times that load; equal to their watts when both carry the load."""
+    def served(c: Candidate) -> float:
+        return max(c.prediction.output_tokens_per_second * c.replicas, 1e-9)
+
+    load = max(served(current), served(proposed))
+    return current.total_watts / served(current) * load, proposed.total_watts / served(proposed) * load
+
+
 def should_switch(
     current: Candidate | None,
     proposed: Candidate,
@@ -70,14 +81,15 @@ def should_switch(
     if proposed.config == current.config and proposed.replicas == current.replicas:
         return SwitchDecision(False, "the proposal is the running plan", 0.0, 0.0)
     cost, how = change_cost_joules(current, proposed, model, accelerator)
-    saving = (current.total_watts - proposed.total_watts) * horizon_seconds
+    current_watts, proposed_watts = watts_at_served_load(current, proposed)
+    saving = (current_watts - proposed_watts) * horizon_seconds
     if not current.meets_slo and proposed.meets_slo:
         return SwitchDecision(True, f"the running plan misses its SLO; {how}", saving, cost)
     if current.feasible and not proposed.feasible:
         return SwitchDecision(False, "the proposal is not feasible while the running plan is", saving, cost)
     if not current.within_power and proposed.within_power:
         return SwitchDecision(True, f"the running plan exceeds its power allocation; {how}", saving, cost)
-    relative = (current.total_watts - proposed.total_watts) / max(current.total_watts, 1e-9)
+    relative = (current_watts - proposed_watts) / max(current_watts, 1e-9)
     if relative < min_relative_saving:
         return SwitchDecision(
             False,

@@ -1,0 +1,81 @@
+"""Restart-free first (issue 11 item 5): the move without a restart, the capacity order, and the history that keeps
+the loop from returning to a configuration it just left.
+
+Under a cap the loop used to swing between two configurations: each restart removed a replica's capacity for a
+model load, which caused the SLO miss that triggered the next move. Three rules stop that, all pure:
+- a forced move (allocation cut, overshoot, SLO missed) first rescales the running configuration (replicas, and the
+  GPU power limit where the node agent applies it: planner/inplace.py), which restarts nothing;
+- capacity is one strict order, the load a plan carries (load / predicted utilisation), so two plans can never
+  each have "more capacity" than the other;
+- a configuration left less than `RECENT_SECONDS` ago is not returned to unless the budget or the spec changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..planner import Candidate
+from .budget import allocation_changed
+from .switching import CAPACITY_MARGIN, configuration_key
+from .types import Memory, Plan, RecentConfiguration
+
+RECENT_SECONDS = 1800.0  # no A -> B -> A within 30 minutes
+RECENT_KEPT = 4
+# A rescale of the running configuration is taken over a restart when it draws at most this much more than the
+# planner's proposal: a restart costs a model load of idle GPUs and a replica's capacity for a minute.
+SCALE_ONLY_WATTS_FACTOR = 1.25
+
+
+def gpus(p: Plan) -> int:
+    return p.replicas * p.config.tensor_parallel
+
+
+def more_capacity(running_plan: Plan, proposed_plan: Plan, running: Candidate | None,
+                  proposed: Candidate | None) -> bool:
+    """Whether `proposed` carries more load than `running`, in one strict order: at one load a plan's capacity is
+    load / predicted utilisation, so the lower utilisation (by the 2% margin) has more. Only when the model
+    cannot evaluate one of them do GPUs decide."""
+    if running is not None and proposed is not None:
+        return proposed.prediction.utilisation * CAPACITY_MARGIN < running.prediction.utilisation
+    if proposed is None:
+        return False
+    return running is None or gpus(proposed_plan) > gpus(running_plan)
+
+
+def capacity_ratio(a: Candidate | None, b: Candidate | None) -> float | None:
+    """The load `a` carries over the load `b` carries, both at one load (None when either is unknown)."""
+    if a is None or b is None or a.prediction.utilisation <= 0 or b.prediction.utilisation <= 0:
+        return None
+    return b.prediction.utilisation / a.prediction.utilisation
+
+
+def scale_only_suffices(in_place: Candidate, proposed: Candidate | None) -> bool:
+    """Whether rescaling the running configuration does what the proposal's restart would: it meets the SLO
+    within `SCALE_ONLY_WATTS_FACTOR` of the proposal's watts, or, when the proposal misses the SLO too (a cap's
+    fallback), it carries at least as much load."""
+    if proposed is None:
+        return in_place.meets_slo
+    if in_place.meets_slo:
+        return not proposed.meets_slo or in_place.total_watts <= SCALE_ONLY_WATTS_FACTOR * proposed.total_watts
+    if proposed.meets_slo:
+        return False
+    return not (proposed.prediction.utilisation * CAPACITY_MARGIN < in_place.prediction.utilisation)
+
+
+def blocked(memory: Memory, now_s: float, allocation_watts: float | None) -> set[str]:
+    """The configurations left within `RECENT_SECONDS` under the same allocation: not to be returned to."""
+    return {r.configuration for r in memory.recent_configurations
+            if now_s - r.left_at_s < RECENT_SECONDS and not allocation_changed(r.allocation_watts, allocation_watts)}
+
+
+def recently_left(memory: Memory, proposed: Plan, now_s: float, allocation_watts: float | None) -> bool:
+    """Whether `proposed`'s configuration was left within `RECENT_SECONDS` under the same allocation."""
+    return configuration_key(proposed.config) in blocked(memory, now_s, allocation_watts)
+
+
+def remember_left(memory: Memory, left: Plan, now_s: float, allocation_watts: float | None) -> Memory:
+    """Add the configuration just left; entries older than `RECENT_SECONDS` (and beyond `RECENT_KEPT`) go."""
+    key = configuration_key(left.config)
+    kept = [r for r in memory.recent_configurations if now_s - r.left_at_s < RECENT_SECONDS and r.configuration != key]
+    entry = RecentConfiguration(key, round(now_s, 3), round(allocation_watts, 1) if allocation_watts else None)
+    return replace(memory, recent_configurations=(*kept, entry)[-RECENT_KEPT:])

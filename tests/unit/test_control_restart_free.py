@@ -1,0 +1,237 @@
+"""Restart-free first (issue 11 item 5): the switching rule's restart-free cases as a table, the capacity order,
+the anti-flap history, and one tick of the core end to end."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from wattkeeper.bench.groundtruth import model_shape
+from wattkeeper.control import (
+    FleetState,
+    Memory,
+    Plan,
+    RecentConfiguration,
+    ServiceIntent,
+    Signals,
+    SwitchFacts,
+    TickInputs,
+    decide_tick,
+    switching_rule,
+)
+from wattkeeper.control.planning import evaluate
+from wattkeeper.control.restart_free import (
+    RECENT_SECONDS,
+    more_capacity,
+    recently_left,
+    remember_left,
+    scale_only_suffices,
+)
+from wattkeeper.control.switching import configuration_key, restarts
+from wattkeeper.energy.model import EnergyModel
+from wattkeeper.energy.types import ServingConfig, Workload
+from wattkeeper.planner import SwitchDecision
+
+EM = EnergyModel.default()
+A = ServingConfig("bf16", 4, 256, 8192)
+B = ServingConfig("fp8", 2, 256, 2048)
+RUNNING = Plan(A, 2)
+SCALED = Plan(A, 1)  # the running configuration rescaled: no restart
+MORE = Plan(A, 3)
+OTHER = Plan(B, 2)  # a restart
+SAVES = SwitchDecision(True, "saves 0.5 kWh", 2e6, 1e6)
+SAVES_MORE = SwitchDecision(True, "saves 0.8 kWh", 3e6, 0.2e6)
+NOT_WORTH = SwitchDecision(False, "saving does not beat the cost", 1e5, 1e6)
+
+
+def facts(**overrides: Any) -> SwitchFacts:
+    base = SwitchFacts(running=RUNNING, proposed=OTHER, now_s=1000.0, plan_reason="least energy",
+                       worth_it=lambda: SAVES, running_predicted_watts=1000.0, measured_watts=1000.0,
+                       proposed_meets_slo=True)
+    return replace(base, **overrides)
+
+
+# (case, facts, action, cause, what is applied)
+CASES: list[tuple[str, SwitchFacts, str, str, Plan | None]] = [
+    ("cut: the rescale does what the restart would -> no restart",
+     facts(allocation_watts=600.0, in_place=SCALED, in_place_suffices=True), "Applied", "allocation-cut", SCALED),
+    ("cut: the rescale does not suffice -> restart",
+     facts(allocation_watts=600.0, in_place=SCALED), "Applied", "allocation-cut", OTHER),
+    ("cut: the restart would return to a configuration just left -> rescale",
+     facts(allocation_watts=600.0, in_place=SCALED, recently_left=True), "Applied", "allocation-cut", SCALED),
+    ("cut: back to a configuration just left when the rescale would give up more than a capacity step",
+     facts(allocation_watts=600.0, in_place=SCALED, recently_left=True, in_place_capacity_ratio=0.5),
+     "Applied", "allocation-cut", OTHER),
+    ("cut under a cap: the restart would miss the SLO too, the rescale carries nearly as much -> rescale",
+     facts(allocation_watts=600.0, in_place=SCALED, proposed_meets_slo=False, in_place_capacity_ratio=0.9),
+     "Applied", "allocation-cut", SCALED),
+    ("cut under a cap: the rescale would give up more than a capacity step -> restart",
+     facts(allocation_watts=600.0, in_place=SCALED, proposed_meets_slo=False, in_place_capacity_ratio=0.7),
+     "Applied", "allocation-cut", OTHER),
+    ("cut: nothing to rescale -> restart", facts(allocation_watts=600.0), "Applied", "allocation-cut", OTHER),
+    ("overshoot, settled: rescale first",
+     facts(allocation_watts=900.0, running_predicted_watts=850.0, measured_watts=1000.0, in_place=SCALED,
+           in_place_suffices=True,
+           cooldown_until_s=5000.0), "Applied", "measured-overshoot", SCALED),
+    ("SLO missed: more replicas of the running configuration",
+     facts(under_pressure=True, more_capacity=True, in_place=MORE, in_place_suffices=True,
+           in_place_more_capacity=True, cooldown_until_s=5000.0), "Applied", "capacity", MORE),
+    ("SLO missed: the rescale costs > 1.25x the restart's plan -> restart into an SLO-meeting plan",
+     facts(under_pressure=True, more_capacity=True, in_place=MORE, in_place_more_capacity=True,
+           cooldown_until_s=5000.0), "Applied", "capacity", OTHER),
+    ("SLO missed: no capacity restart into a plan predicted to miss the SLO",
+     facts(under_pressure=True, more_capacity=True, proposed_meets_slo=False, cooldown_until_s=5000.0),
+     "Held", "cooldown", None),
+    ("SLO missed under a cap: a restart that misses the SLO but carries a capacity step (25%) more",
+     facts(under_pressure=True, more_capacity=True, proposed_meets_slo=False, proposed_capacity_ratio=1.3,
+           cooldown_until_s=5000.0), "Applied", "capacity", OTHER),
+    ("SLO missed under a cap: less than a capacity step more is no restart",
+     facts(under_pressure=True, more_capacity=True, proposed_meets_slo=False, proposed_capacity_ratio=1.2,
+           cooldown_until_s=5000.0), "Held", "cooldown", None),
+    ("SLO missed under a cap: the restart misses the SLO, more replicas fit -> rescale",
+     facts(under_pressure=True, more_capacity=True, proposed_meets_slo=False, in_place=MORE,
+           in_place_more_capacity=True, cooldown_until_s=5000.0), "Applied", "capacity", MORE),
+    ("SLO missed: no capacity restart back to a configuration just left",
+     facts(under_pressure=True, more_capacity=True, recently_left=True, cooldown_until_s=5000.0),
+     "Held", "cooldown", None),
+    ("SLO missed: a scale-only proposal needs no SLO prediction",
+     facts(proposed=MORE, under_pressure=True, more_capacity=True, proposed_meets_slo=False,
+           cooldown_until_s=5000.0), "Applied", "capacity", MORE),
+    ("SLO missed before settling: hold", facts(under_pressure=True, in_place=MORE, in_place_more_capacity=True,
+                                               settled=False), "Held", "settling", None),
+    ("optional: back to a configuration just left -> hold",
+     facts(recently_left=True), "Held", "recently-left", None),
+    ("optional: back to a configuration just left, the rescale saves -> rescale",
+     facts(recently_left=True, in_place=SCALED, in_place_worth_it=lambda: SAVES), "Applied", "saving", SCALED),
+    ("optional: the rescale saves more net of its cost -> rescale",
+     facts(in_place=SCALED, in_place_worth_it=lambda: SAVES_MORE), "Applied", "saving", SCALED),
+    ("optional: the restart saves more net of its cost -> restart",
+     facts(worth_it=lambda: SAVES_MORE, in_place=SCALED, in_place_worth_it=lambda: SAVES), "Applied", "saving",
+     OTHER),
+    ("optional, SLO missed: a saving that gives up capacity is no move",
+     facts(slo_missed=True, proposed_capacity_ratio=0.8), "Held", "not-worth", None),
+    ("optional, SLO missed: a rescale to fewer replicas is no move either",
+     facts(slo_missed=True, proposed_capacity_ratio=0.8, in_place=SCALED, in_place_worth_it=lambda: SAVES),
+     "Held", "not-worth", None),
+    ("optional: neither is worth it -> hold",
+     facts(worth_it=lambda: NOT_WORTH, in_place=SCALED, in_place_worth_it=lambda: NOT_WORTH), "Held", "not-worth",
+     None),
+    ("spec changed: the history does not hold", facts(spec_changed=True, recently_left=True, in_place=SCALED),
+     "Applied", "spec-changed", OTHER),
+]
+
+
+@pytest.mark.parametrize(("case", "given", "action", "cause", "applied"), CASES, ids=[c[0] for c in CASES])
+def test_restart_free_rule(case: str, given: SwitchFacts, action: str, cause: str, applied: Plan | None) -> None:
+    verdict = switching_rule(given)
+    assert (verdict.action, verdict.cause) == (action, cause), verdict.reason
+    assert verdict.apply == applied
+    if applied is not None and not restarts(RUNNING, applied) and given.proposed_restarts:
+        assert "no restart" in verdict.reason
+
+
+def test_restart_is_anything_but_replicas_and_the_power_limit() -> None:
+    assert not restarts(RUNNING, MORE)
+    assert not restarts(RUNNING, Plan(replace(A, gpu_power_limit_watts=500.0), 2))
+    assert restarts(RUNNING, OTHER) and restarts(RUNNING, Plan(replace(A, max_num_seqs=128), 2))
+
+
+INTENT = ServiceIntent(model=model_shape("meta-llama/Llama-3.1-70B-Instruct"), accelerator="H100",
+                       allowed_precisions=("bf16", "fp8"), slo_ttft_p95_seconds=2.0, slo_itl_p95_seconds=0.1)
+LOAD = Workload(6.0, 1000.0, 250.0)
+PLANS = [Plan(A, 1), Plan(A, 2), Plan(A, 3), Plan(B, 1), Plan(B, 2), Plan(B, 4),
+         Plan(ServingConfig("fp8", 4, 512, 2048), 1), Plan(ServingConfig("bf16", 8, 512, 2048), 1)]
+
+
+def test_capacity_is_one_strict_order() -> None:
+    """Never both ways (the old rule said more GPUs OR a larger batch OR lower utilisation, which could)."""
+    cands = [(p, evaluate(INTENT, p, LOAD, EM)) for p in PLANS]
+    for p, c in cands:
+        assert not more_capacity(p, p, c, c)
+        for q, d in cands:
+            assert not (more_capacity(p, q, c, d) and more_capacity(q, p, d, c)), (p, q)
+    one, two = (evaluate(INTENT, Plan(A, n), LOAD, EM) for n in (1, 2))
+    assert more_capacity(Plan(A, 1), Plan(A, 2), one, two)
+
+
+def test_scale_only_suffices() -> None:
+    base = evaluate(INTENT, Plan(A, 2), LOAD, EM)
+    assert base is not None and base.meets_slo
+    cheaper = replace(base, total_watts=base.total_watts / 1.2)
+    much_cheaper = replace(base, total_watts=base.total_watts / 1.3)
+    assert scale_only_suffices(base, cheaper)  # within 1.25x
+    assert not scale_only_suffices(base, much_cheaper)
+    missing = replace(base, meets_ttft=False)
+    assert scale_only_suffices(base, missing)  # the rescale meets the SLO, the restart would not
+    assert not scale_only_suffices(missing, base)
+    fuller = replace(missing, prediction=replace(missing.prediction, utilisation=0.9))
+    emptier = replace(missing, prediction=replace(missing.prediction, utilisation=0.5))
+    assert scale_only_suffices(emptier, fuller) and not scale_only_suffices(fuller, emptier)
+
+
+def test_history_of_left_configurations() -> None:
+    memory = remember_left(Memory(), RUNNING, 100.0, 3000.0)
+    assert memory.recent_configurations == (RecentConfiguration(configuration_key(A), 100.0, 3000.0),)
+    assert recently_left(memory, MORE, 100.0 + RECENT_SECONDS - 1, 3000.0)
+    assert recently_left(memory, Plan(replace(A, gpu_power_limit_watts=500.0), 1), 200.0, 3000.0)
+    assert recently_left(memory, Plan(replace(A, max_num_seqs=64), 1), 200.0, 3000.0)  # A -> B -> A' is a return
+    assert not recently_left(memory, MORE, 100.0 + RECENT_SECONDS, 3000.0)  # 30 minutes on
+    assert not recently_left(memory, MORE, 200.0, 2500.0)  # the budget changed
+    assert not recently_left(memory, OTHER, 200.0, 3000.0)
+    later = remember_left(memory, OTHER, 100.0 + RECENT_SECONDS, None)
+    assert [r.configuration for r in later.recent_configurations] == [configuration_key(B)]
+
+
+def test_a_cut_rescales_the_running_configuration_in_one_tick() -> None:
+    """End to end through the core: a cut the running configuration meets with fewer replicas restarts nothing,
+    and what status would show is the rescaled plan's figures."""
+    running = Plan(ServingConfig("bf16", 4, 512, 2048), 3)
+    one = evaluate(INTENT, Plan(running.config, 2), LOAD, EM)
+    assert one is not None
+    signals = Signals(window_seconds=60.0, watts=one.total_watts * 1.5, finished_requests_per_second=LOAD.requests_per_second,
+                      waiting_requests=0.0, mean_input_tokens=LOAD.input_tokens, mean_output_tokens=LOAD.output_tokens,
+                      ttft_p95_seconds=0.3, itl_p95_seconds=0.05)
+    inputs = TickInputs(INTENT, Memory(running=running, last_applied_s=0.0, planned_load=LOAD), signals,
+                        FleetState(exists=True, replicas=3, ready_replicas=3), now_s=10_000.0,
+                        allocation_watts=one.total_watts * 1.12)
+    tick = decide_tick(inputs, EM)
+    assert tick.cause == "allocation-cut", tick.reason
+    assert tick.apply is not None and not restarts(running, tick.apply), tick.reason
+    assert tick.candidate is not None and tick.candidate.total_watts <= one.total_watts * 1.12
+    assert tick.memory.recent_configurations == ()
+
+
+def test_energy_is_compared_at_the_served_load() -> None:
+    """A plan that cannot carry the load draws less only because it serves less: compared at one served load."""
+    from wattkeeper.planner.switching import watts_at_served_load
+
+    heavy = Workload(12.0, 1000.0, 250.0)
+    small, large = (evaluate(INTENT, Plan(A, n), heavy, EM) for n in (1, 3))
+    assert small is not None and large is not None and small.prediction.utilisation > 1.0
+    w_small, w_large = watts_at_served_load(small, large)
+    assert w_large == pytest.approx(large.total_watts)
+    assert w_small > small.total_watts  # scaled up to the load the larger fleet serves
+    both = evaluate(INTENT, Plan(A, 4), heavy, EM)
+    assert both is not None
+    assert watts_at_served_load(large, both) == pytest.approx((large.total_watts, both.total_watts))
+
+
+def test_a_configuration_just_left_is_not_proposed_again() -> None:
+    """A -> B -> A: with A's configuration left a minute ago under the same allocation, the tick proposes the best
+    plan elsewhere; once the allocation changes, A is back in the running."""
+    signals = Signals(window_seconds=60.0, watts=3000.0, finished_requests_per_second=LOAD.requests_per_second,
+                      waiting_requests=0.0, mean_input_tokens=LOAD.input_tokens,
+                      mean_output_tokens=LOAD.output_tokens, ttft_p95_seconds=0.3, itl_p95_seconds=0.05)
+    fleet = FleetState(exists=True, replicas=8, ready_replicas=8)
+    running = Plan(ServingConfig("bf16", 1, 8, 2048), 8)  # B: anything else
+    free = decide_tick(TickInputs(INTENT, Memory(running=running, last_applied_s=0.0), signals, fleet,
+                                  now_s=10_000.0, allocation_watts=20_000.0), EM)
+    assert free.proposed is not None and restarts(running, free.proposed)
+    a = configuration_key(free.proposed.config)
+    left = Memory(running=running, last_applied_s=0.0,
+                  recent_configurations=(RecentConfiguration(a, 9_940.0, 20_000.0),))
+    held = decide_tick(TickInputs(INTENT, left, signals, fleet, now_s=10_000.0, allocation_watts=20_000.0), EM)
+    assert held.proposed is not None and configuration_key(held.proposed.config) != a
+    changed = decide_tick(TickInputs(INTENT, left, signals, fleet, now_s=10_000.0, allocation_watts=15_000.0), EM)
+    assert changed.proposed is not None and configuration_key(changed.proposed.config) == a
