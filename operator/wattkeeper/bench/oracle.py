@@ -264,7 +264,12 @@ def oracle_verified(
         if tp <= spec.max_tensor_parallel
     )
     extra = [0] * count
-    windows = [choose_window(spec, trace, gt, thresholds, k * WINDOW_S, (k + 1) * WINDOW_S) for k in range(count)]
+    windows = []
+    for k in range(count):
+        windows.append(choose_window(spec, trace, gt, thresholds, k * WINDOW_S, (k + 1) * WINDOW_S))
+        if log:
+            w = windows[-1]
+            log(f"    oracle window {k}: {w.target.describe()} ({w.replays} replays)")
     replays = sum(w.replays for w in windows)
     rounds = 0
     while True:
