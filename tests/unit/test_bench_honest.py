@@ -227,3 +227,25 @@ def test_readme_table_is_rewritten_between_markers(tmp_path: Path) -> None:
     bare.write_text("# Bench\n")
     assert rewrite_readme(bare, "body")
     assert bare.read_text().count(BEGIN) == 1 and "body" in bare.read_text()
+
+
+def test_baselines_are_tuned_by_replay() -> None:
+    from wattkeeper.bench.baselines import autoscaler_tuned, peak_replicas, static_peak, static_right_sized
+
+    gt = truth(2)
+    spec = BenchSpec(model_shape(MODEL_8B), "H100", 2.0, 0.1, max_replicas=6)
+    trace = synthetic_trace([(240.0, 4.0), (240.0, 14.0)], input_tokens=400, output_tokens=80, seed=4)
+    sim = FleetSimulator(trace, gt)
+    em = gt.energy_model
+    thresholds = Thresholds(2.0, 0.1)
+    peak = static_peak(spec, trace, sim, em)
+    right = static_right_sized(spec, trace, sim, em, peak_replicas(peak.run))
+    n = peak_replicas(right.run)
+    assert score(right.run, trace.arrival_s, thresholds).keeps_target
+    assert any(t["replicas"] == n - 1 and not t["keepsTarget"] for t in right.tried) or n == 1
+    auto = autoscaler_tuned(spec, trace, sim, em, n, peak_replicas(peak.run))
+    s = score(auto.run, trace.arrival_s, thresholds)
+    kept = [t for t in auto.tried if t.get("keepsTarget")]
+    assert s.keeps_target == bool(kept)
+    if kept:
+        assert float(auto.run.energy_joules[-1]) / 3.6e6 == pytest.approx(min(t["energyKWh"] for t in kept), abs=1e-4)

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..energy.model import EnergyModel
-from .fleet import FleetRun, FleetSimulator, FleetTarget, Observation, Policy
+from .fleet import Cutoff, FleetRun, FleetSimulator, FleetTarget, Observation, Policy
 from .policies import AutoscalerPolicy, BenchSpec, StaticPolicy, baseline_config
-from .scoring import Thresholds, score
+from .scoring import TARGET_SHARE, Thresholds, score
 from .trace import Trace
 
 Log = Callable[[str], None]
@@ -53,8 +53,20 @@ class Tuned:
 
 
 def _keeps(run: FleetRun, trace: Trace, thresholds: Thresholds) -> tuple[bool, float]:
+    if run.aborted:
+        return False, float("nan")
     s = score(run, trace.arrival_s, thresholds)
     return s.keeps_target, s.within_share
+
+
+def cutoff_for(trace: Trace, thresholds: Thresholds, max_joules: float = float("inf")) -> Cutoff:
+    """Stop a tuning replay once it has missed too many requests to keep the target, or spent too much."""
+    return Cutoff(
+        thresholds.ttft_seconds,
+        thresholds.itl_seconds,
+        Cutoff.misses_allowed(len(trace), TARGET_SHARE),
+        max_joules,
+    )
 
 
 def static_peak(spec: BenchSpec, trace: Trace, sim: FleetSimulator, em: EnergyModel) -> Tuned:
@@ -98,18 +110,21 @@ def static_right_sized(
     tried: list[dict[str, Any]] = []
 
     def keeps(n: int) -> bool:
-        run = sim.run(FixedFleet(FleetTarget(config, n, "right-sized"), name="static-right-sized"))
+        target = FleetTarget(config, n, "right-sized")
+        run = sim.run(FixedFleet(target, name="static-right-sized"), cutoff_for(trace, thresholds))
         runs[n] = run
         ok, share = _keeps(run, trace, thresholds)
-        tried.append({"replicas": n, "withinBothSlos": round(share, 5), "energyKWh": _kwh(run)})
+        tried.append({"replicas": n, "keepsTarget": ok, "aborted": run.aborted, "energyKWh": _kwh(run)})
         if log:
-            log(f"    right-sized: {n} x {config.short()}: {share * 100:.2f}% within both")
+            what = "stopped: misses over 1%" if run.aborted else f"{share * 100:.2f}% within both"
+            log(f"    right-sized: {n} x {config.short()}: {what}")
         return ok
 
     n, seen = right_sized_replicas(keeps, max(1, peak_replicas // 2), spec.max_replicas)
     if n is None:
-        n = max(seen, key=lambda k: (next(t["withinBothSlos"] for t in tried if t["replicas"] == k), -k))
-        note = f"no replica count up to {spec.max_replicas} keeps the target; {n} comes closest"
+        n = max(seen)
+        runs[n] = sim.run(FixedFleet(FleetTarget(config, n, "right-sized"), name="static-right-sized"))
+        note = f"no replica count up to {spec.max_replicas} keeps the target; shown at {n}"
     else:
         note = f"fewest replicas of the default configuration that keep the target over the trace: {n}"
     policy = FixedFleet(FleetTarget(config, n, note), name="static-right-sized", note=note)
@@ -119,10 +134,11 @@ def static_right_sized(
 def autoscaler_grid(right_sized: int, peak: int, tuned_target: float) -> list[tuple[float, int, int]]:
     """(target concurrency, min replicas, max replicas) to try: around the planner-tuned target, a floor of one
     or half the right-sized fleet, a ceiling of the right-sized or the peak fleet (whichever is larger, doubled)."""
-    targets = sorted({max(4.0, round(tuned_target * f)) for f in (0.5, 1.0, 2.0)})
+    targets = sorted({max(4.0, round(tuned_target * f)) for f in (0.5, 1.0, 2.0)}, reverse=True)
     mins = sorted({1, max(1, right_sized // 2)})
     maxes = sorted({max(right_sized, 1), max(2 * right_sized, peak)})
-    return [(t, lo, hi) for t in targets for lo in mins for hi in maxes if lo <= hi]
+    # Likely cheapest first (low ceiling, high target), so that later settings can stop on the energy bound.
+    return [(t, lo, hi) for hi in maxes for t in targets for lo in mins if lo <= hi]
 
 
 def autoscaler_tuned(
@@ -138,32 +154,44 @@ def autoscaler_tuned(
     probe = AutoscalerPolicy(spec, trace, em)
     probe.initial()
     tuned = float(probe.target_active_per_replica or 32.0)
-    best: tuple[tuple[int, float], AutoscalerPolicy, FleetRun] | None = None
+    best: tuple[float, AutoscalerPolicy, FleetRun] | None = None
+    latest: tuple[float, tuple[float, int, int]] | None = None  # the failing setting that lasted longest
     tried: list[dict[str, Any]] = []
+
+    def make(target: float, lo: int, hi: int) -> AutoscalerPolicy:
+        return AutoscalerPolicy(spec, trace, em, target_active_per_replica=target, min_replicas=lo, max_replicas=hi,
+                                name="autoscaler-tuned")  # fmt: skip
+
+    lowest: dict[tuple[float, int], int] = {}  # (target, max) -> fewest replicas its min-1 run ever asked for
     for target, lo, hi in autoscaler_grid(right_sized, peak, tuned):
-        policy = AutoscalerPolicy(
-            spec,
-            trace,
-            em,
-            target_active_per_replica=target,
-            min_replicas=lo,
-            max_replicas=hi,
-            name="autoscaler-tuned",
-        )
-        run = sim.run(policy)
+        if lo > 1 and lowest.get((target, hi), 0) >= lo:
+            # The floor never bound in the same setting with a floor of 1: the run would be the same, step by step
+            # (up to where that one stopped, which this one would too).
+            tried.append({"target": target, "minReplicas": lo, "maxReplicas": hi, "sameAsMinReplicas": 1})
+            continue
+        policy = make(target, lo, hi)
+        # A setting that misses too many requests, or has spent more than the best so far, is decided: stop it.
+        run = sim.run(policy, cutoff_for(trace, thresholds, best[0] if best else float("inf")))
         ok, share = _keeps(run, trace, thresholds)
-        kwh = _kwh(run)
-        tried.append({"target": target, "minReplicas": lo, "maxReplicas": hi, "withinBothSlos": round(share, 5),
-                      "energyKWh": kwh})
+        if lo == 1:
+            lowest[(target, hi)] = min([replicas_of(run.initial), *(replicas_of(c.target) for c in run.changes)])
+        joules = float(run.energy_joules[-1])
+        tried.append({"target": target, "minReplicas": lo, "maxReplicas": hi, "keepsTarget": ok,
+                      "aborted": run.aborted, "energyKWh": _kwh(run)})  # fmt: skip
         if log:
-            log(f"    autoscaler: target {target:g}, replicas {lo}-{hi}: {share * 100:.2f}% within both, {kwh:.2f} kWh")
-        # Keeping the target first, then the least energy; among failing ones, the highest share.
-        key = (0, kwh) if ok else (1, -share)
-        if best is None or key < best[0]:
-            best = (key, policy, run)
-    assert best is not None
-    _, policy, run = best
-    kept = best[0][0] == 0
+            what = "stopped early" if run.aborted else f"{share * 100:.2f}% within both, {_kwh(run):.2f} kWh"
+            log(f"    autoscaler: target {target:g}, replicas {lo}-{hi}: {what}")
+        if ok and (best is None or joules < best[0]):
+            best = (joules, policy, run)
+        elif not ok and (latest is None or run.horizon_s > latest[0]):
+            latest = (run.horizon_s, (target, lo, hi))
+    kept = best is not None
+    if best is None:
+        assert latest is not None
+        policy = make(*latest[1])  # none keeps the target: shown is the setting that held out longest
+        run = sim.run(policy)
+    else:
+        _, policy, run = best
     policy.note = (
         f"target {policy.target_active_per_replica:g} active requests per replica, replicas "
         f"{policy.min_replicas}-{policy.max_replicas}: "
@@ -176,6 +204,11 @@ def _kwh(run: FleetRun) -> float:
     return round(float(run.energy_joules[-1]) / 3.6e6, 4)
 
 
+def replicas_of(described: str) -> int:
+    """Replicas of a target printed by `Plan.describe` (`... xN`)."""
+    return max(1, int(described.rsplit("x", 1)[-1])) if described else 1
+
+
 def peak_replicas(run: FleetRun) -> int:
-    """Replicas of a static run (its initial target, printed `... xN`)."""
-    return max(1, int(run.initial.rsplit("x", 1)[-1])) if run.initial else 1
+    """Replicas of a static run (its initial target)."""
+    return replicas_of(run.initial)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,11 @@ def register(subparsers: Any) -> None:
     s.add_argument("--readme", type=Path, default=None, help="README whose marked table to rewrite "
                    "(default: bench/README.md of this checkout)")
     s.add_argument("--no-readme", action="store_true", help="do not rewrite the README")
+    s.add_argument("--workloads", default=None, help="only these workloads (default: all five)")
+    s.add_argument("--policies", default=",".join(POLICY_NAMES))
+    s.add_argument("--no-cap", action="store_true", help="skip the capped scenarios")
+    s.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="workload x seed units run at once in worker processes (default: 2, or 1 on one CPU)")
     s.set_defaults(func=_standard_command)
 
     lat = sub.add_parser("latency", help="latency model against BatchingEngine runs per workload family (issue 11)")
@@ -168,14 +175,20 @@ def _standard_command(args: argparse.Namespace) -> int:
         allowed_precisions=_precisions(args.precisions),
     )
     seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
+    wanted = _precisions(args.workloads) if args.workloads else None
+    workloads = tuple(w for w in standard.WORKLOADS if wanted is None or w[0] in wanted)
     summary = standard.run_standard(
         spec,
-        lambda seed: _ground_truth(args, STANDARD_MODEL, None, STANDARD_GPU, seed),
+        functools.partial(_ground_truth, args, STANDARD_MODEL, None, STANDARD_GPU),
         args.out,
         duration_s=args.duration_s or standard.DURATION_S,
         seeds=seeds,
+        workloads=workloads,
         trace_path=args.trace,
         settings=vars_for_json(args),
+        policies=_precisions(args.policies),
+        capped=not args.no_cap,
+        jobs=max(1, args.jobs),
     )
     print(summary["table"])
     for line in summary["headlines"]:

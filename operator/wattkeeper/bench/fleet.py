@@ -147,6 +147,27 @@ class FleetRun:
     initial: str
     wall_seconds: float = 0.0
     steps: int = 0
+    aborted: bool = False  # stopped early by a `Cutoff` (tuning only: never a reported run)
+    abort_reason: str = ""  # "misses" or "energy"
+
+
+@dataclass(frozen=True)
+class Cutoff:
+    """Stop a tuning replay once its outcome is decided: more scored requests finished outside the thresholds than
+    `max_misses` (it cannot keep the target), or more energy spent than `max_joules` (it cannot be the cheapest).
+    Requests before index `scored_from` (a warm-up) are not counted."""
+
+    ttft_seconds: float
+    itl_seconds: float
+    max_misses: int
+    max_joules: float = math.inf
+    scored_from: int = 0
+    energy_until_s: float = math.inf  # the energy bound applies up to this time only (a window's end)
+
+    @staticmethod
+    def misses_allowed(requests: int, share: float) -> int:
+        """The most misses among `requests` that still keep `share` of them."""
+        return requests - math.ceil(share * requests - 1e-9)
 
 
 @dataclass
@@ -191,7 +212,7 @@ class FleetSimulator:
         return self._load_seconds[key]
 
     # ------------------------------------------------------------------------------------------------------------
-    def run(self, policy: Policy) -> FleetRun:
+    def run(self, policy: Policy, cutoff: Cutoff | None = None) -> FleetRun:
         import time
 
         wall0 = time.perf_counter()
@@ -209,6 +230,9 @@ class FleetSimulator:
         configs_used: list[str] = []
         pending: deque[int] = deque()  # arrived while nothing served (only possible while everything loads)
         steps = 0
+        misses = 0
+        aborted = False
+        abort_reason = ""
         now = 0.0
         target = policy.initial()
 
@@ -241,7 +265,7 @@ class FleetSimulator:
         lag_len = max(0, round(float(getattr(policy, "telemetry_lag_s", 0.0)) / self.sample_s))
 
         def advance(r: Replica, t_s: float) -> None:
-            nonlocal steps
+            nonlocal steps, misses
             e = r.engine
             while (e.running or e.waiting) and e.clock_s < t_s:
                 res = e.step(e.clock_s)
@@ -268,6 +292,10 @@ class FleetSimulator:
                     current.completed += 1
                     current.completed_output_tokens += req.output_tokens
                     r.outstanding -= 1
+                    if cutoff is not None and i >= cutoff.scored_from and (
+                        ttft[i] > cutoff.ttft_seconds or mean_itl[i] > cutoff.itl_seconds
+                    ):
+                        misses += 1
             if r.state is State.DRAINING and not (e.running or e.waiting):
                 r.state = State.STOPPED
                 r.stopped_s = max(e.clock_s, r.ready_s)
@@ -417,6 +445,13 @@ class FleetSimulator:
             )
             if t_sample >= horizon and done:
                 break
+            over_energy = cutoff is not None and t_sample <= cutoff.energy_until_s and (
+                energy_samples[-1] > cutoff.max_joules
+            )
+            if cutoff is not None and (misses > cutoff.max_misses or over_energy):
+                aborted = True
+                abort_reason = "misses" if misses > cutoff.max_misses else "energy"
+                break
             if t_sample + 1e-9 >= next_policy_s:
                 next_policy_s += policy.interval_s
                 obs = self._observe(t_sample, window, energy_samples, replicas, arrivals, inputs, arrival_i,
@@ -440,6 +475,8 @@ class FleetSimulator:
             initial=initial,
             wall_seconds=time.perf_counter() - wall0,
             steps=steps,
+            aborted=aborted,
+            abort_reason=abort_reason,
         )
 
     def _observe(

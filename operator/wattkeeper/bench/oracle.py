@@ -36,7 +36,7 @@ from ..energy.powerlimit import limit_options_watts
 from ..energy.types import ServingConfig
 from ..planner import PlanRequest, model_load_seconds, plan
 from .baselines import FixedFleet, Log
-from .fleet import FleetRun, FleetSimulator, FleetTarget, Observation
+from .fleet import Cutoff, FleetRun, FleetSimulator, FleetTarget, Observation
 from .groundtruth import GroundTruth
 from .policies import BenchSpec, trace_workload
 from .scoring import TARGET_SHARE, Thresholds, requests_ok, window_shares
@@ -55,6 +55,8 @@ class WindowReplay:
     replicas: int
     within_share: float
     joules: float  # over the window itself, warm-up excluded
+    aborted: bool = False  # stopped early: missed too many, or cost too much (see replay_window)
+    too_costly: bool = False  # stopped because it had spent more than the best fleet: more replicas cannot win
 
     @property
     def keeps(self) -> bool:
@@ -85,12 +87,27 @@ def replay_window(
     replicas: int,
     start_s: float,
     end_s: float,
+    beat_joules: float = math.inf,
 ) -> WindowReplay:
+    """One fixed fleet through one window. It stops early (and does not keep) once it has missed more of the
+    window's requests than the target allows, or once it has spent more than `beat_joules` plus the most its
+    warm-up could have cost: then it can be neither verified nor the cheapest."""
     sub, warm = _subtrace(trace, start_s, end_s)
     sim = FleetSimulator(sub, gt, tail_s=60.0)
-    run = sim.run(FixedFleet(FleetTarget(config, replicas)))
-    ok = requests_ok(run, thresholds)[warm:]
     t0 = max(0.0, start_s - WARMUP_S)
+    warmup_bound = replicas * config.tensor_parallel * gt.accelerator.power_limit_watts * (start_s - t0)
+    cutoff = Cutoff(
+        thresholds.ttft_seconds,
+        thresholds.itl_seconds,
+        Cutoff.misses_allowed(len(sub) - warm, TARGET_SHARE),
+        beat_joules + warmup_bound,
+        scored_from=warm,
+        energy_until_s=end_s - t0,
+    )
+    run = sim.run(FixedFleet(FleetTarget(config, replicas)), cutoff)
+    if run.aborted:
+        return WindowReplay(config, replicas, 0.0, math.inf, aborted=True, too_costly=run.abort_reason == "energy")
+    ok = requests_ok(run, thresholds)[warm:]
     i0 = min(round((start_s - t0) / run.sample_s), run.energy_joules.size - 1)
     i1 = min(round((end_s - t0) / run.sample_s), run.energy_joules.size - 1)
     joules = float(run.energy_joules[i1] - run.energy_joules[i0])
@@ -148,10 +165,14 @@ def choose_window(
         idle_joules = gt.idle_watts(config) * span  # per replica: a bound no fleet of this size beats
         cache: dict[int, WindowReplay] = {}
 
-        def run(n: int, config: ServingConfig = config, cache: dict[int, WindowReplay] = cache) -> WindowReplay:
+        beat = best.joules if best is not None else math.inf  # `best` changes only after this search
+
+        def run(
+            n: int, config: ServingConfig = config, cache: dict[int, WindowReplay] = cache, beat: float = beat
+        ) -> WindowReplay:
             nonlocal replays
             if n not in cache:
-                cache[n] = replay_window(trace, gt, thresholds, config, n, start_s, end_s)
+                cache[n] = replay_window(trace, gt, thresholds, config, n, start_s, end_s, beat)
                 replays += 1
             return cache[n]
 
@@ -166,17 +187,18 @@ def choose_window(
                     break
                 n -= 1
                 found = r
-        else:
+        elif not r.too_costly:
             while n < spec.max_replicas and n < 2 * n0 + 4:
                 n += 1
                 if best is not None and n * idle_joules >= best.joules:
                     break
                 r = run(n)
-                if r.keeps:
-                    found = r
+                if r.keeps or r.too_costly:
+                    found = r if r.keeps else None
                     break
         for r in cache.values():
-            if closest is None or r.within_share > closest.within_share:
+            # The closest miss, for a window nothing keeps: the largest fleet tried (an early stop tells no share).
+            if closest is None or (r.within_share, r.replicas) > (closest.within_share, closest.replicas):
                 closest = r
         if found is not None and (best is None or found.joules < best.joules):
             best = found
@@ -242,7 +264,12 @@ def oracle_verified(
         if tp <= spec.max_tensor_parallel
     )
     extra = [0] * count
-    windows = [choose_window(spec, trace, gt, thresholds, k * WINDOW_S, (k + 1) * WINDOW_S) for k in range(count)]
+    windows = []
+    for k in range(count):
+        windows.append(choose_window(spec, trace, gt, thresholds, k * WINDOW_S, (k + 1) * WINDOW_S))
+        if log:
+            w = windows[-1]
+            log(f"    oracle window {k}: {w.target.describe()} ({w.replays} replays)")
     replays = sum(w.replays for w in windows)
     rounds = 0
     while True:

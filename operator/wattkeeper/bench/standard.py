@@ -53,6 +53,44 @@ def workload_trace(family: str, rate_scale: float, seed: int, duration_s: float,
     return make_workload(family, seed, duration_s, rate_scale, trace_path)
 
 
+def run_unit(
+    spec: BenchSpec,
+    truth_for_seed: Callable[[int], GroundTruth],
+    out: Path,
+    seed: int,
+    workload: tuple[str, str, float],
+    duration_s: float,
+    trace_path: Path | None,
+    settings: dict[str, Any] | None,
+    policies: tuple[str, ...],
+    capped: bool,
+    log: Log = print,
+) -> list[tuple[str, ScenarioResult]]:
+    """One workload and seed: the plain scenario and, when the oracle ran, the capped one (JSON written here)."""
+    name, family, scale = workload
+    gt = truth_for_seed(seed)
+    trace = workload_trace(family, scale, seed, duration_s, trace_path)
+    log(f"{name} seed {seed}: {len(trace)} requests over {trace.duration_s:.0f} s")
+    plain = run_scenario(name, trace, spec, gt, policies, png=out / f"{name}-s{seed}.png", settings=settings,
+                         log=log)  # fmt: skip
+    done = [(f"{name}-s{seed}", plain)]
+    if capped and "oracle-verified" in policies:
+        oracle = plain.document["policies"]["oracle-verified"]
+        cap = (1.0 + CAP_OVER_ORACLE) * float(oracle["maxFiveMinuteWatts"])
+        cap_name = f"{name}-cap"
+        log(f"{cap_name} seed {seed}: power cap {cap:.0f} W ({CAP_OVER_ORACLE:.0%} over the oracle's peak)")
+        capped_run = run_scenario(
+            cap_name, trace, with_cap(spec, cap), gt, policies, reuse=plain, png=out / f"{cap_name}-s{seed}.png",
+            settings=settings, log=log,
+        )  # fmt: skip
+        done.append((f"{cap_name}-s{seed}", capped_run))
+    for key, result in done:
+        result.document["seed"] = seed
+        write_json(result.document, out / f"{key}.json")
+        result.runs.clear()  # the runs stay here: only the documents travel back from a worker
+    return done
+
+
 def run_standard(
     spec: BenchSpec,
     truth_for_seed: Callable[[int], GroundTruth],
@@ -63,35 +101,39 @@ def run_standard(
     trace_path: Path | None = None,
     settings: dict[str, Any] | None = None,
     log: Log = print,
+    policies: tuple[str, ...] = POLICY_NAMES,
+    capped: bool = True,
+    jobs: int = 1,
 ) -> dict[str, Any]:
-    """Run every workload x seed x (plain, capped); write one JSON per scenario; return the summary."""
+    """Run every workload x seed x (plain, capped), `jobs` units at a time in worker processes (each unit is one
+    workload and seed, independent of the others); write one JSON per scenario; return the summary. The capped run
+    needs the oracle (its cap is derived from it). `truth_for_seed` must pickle when jobs > 1."""
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    units = [(seed, w) for seed in seeds for w in workloads]
+    args = (duration_s, trace_path, settings, policies, capped)
+    results: list[list[tuple[str, ScenarioResult]]]
+    if jobs <= 1:
+        results = [run_unit(spec, truth_for_seed, out, seed, w, *args, log=log) for seed, w in units]
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(run_unit, spec, truth_for_seed, out, seed, w, *args) for seed, w in units]
+            results = [f.result() for f in futures]
     rows: list[Row] = []
     documents: dict[str, Any] = {}
-    for seed in seeds:
-        gt = truth_for_seed(seed)
-        for name, family, scale in workloads:
-            trace = workload_trace(family, scale, seed, duration_s, trace_path)
-            log(f"{name} seed {seed}: {len(trace)} requests over {trace.duration_s:.0f} s")
-            plain = run_scenario(name, trace, spec, gt, png=out / f"{name}-s{seed}.png", settings=settings, log=log)
-            _keep(plain, f"{name}-s{seed}", seed, out, documents, rows)
-            oracle = plain.document["policies"]["oracle-verified"]
-            cap = (1.0 + CAP_OVER_ORACLE) * float(oracle["maxFiveMinuteWatts"])
-            cap_name = f"{name}-cap"
-            log(f"{cap_name} seed {seed}: power cap {cap:.0f} W ({CAP_OVER_ORACLE:.0%} over the oracle's peak)")
-            capped = run_scenario(
-                cap_name, trace, with_cap(spec, cap), gt, reuse=plain, png=out / f"{cap_name}-s{seed}.png",
-                settings=settings, log=log,
-            )  # fmt: skip
-            _keep(capped, f"{cap_name}-s{seed}", seed, out, documents, rows)
+    for (seed, _), done in zip(units, results, strict=True):
+        for key, result in done:
+            _keep(result, key, seed, documents, rows)
     elapsed = time.perf_counter() - t0
     markdown = markdown_table(rows)
     headline = headlines(documents)
     summary = {
         "durationSeconds": duration_s,
         "seeds": list(seeds),
-        "policies": list(POLICY_NAMES),
+        "policies": list(policies),
+        "jobs": jobs,
         "scenarios": {k: {"policies": v["policies"], "comparison": v["comparison"], "notes": v["notes"]}
                       for k, v in documents.items()},
         "headlines": headline,
@@ -103,9 +145,7 @@ def run_standard(
     return summary
 
 
-def _keep(result: ScenarioResult, key: str, seed: int, out: Path, documents: dict[str, Any], rows: list[Row]) -> None:
-    result.document["seed"] = seed
-    write_json(result.document, out / f"{key}.json")
+def _keep(result: ScenarioResult, key: str, seed: int, documents: dict[str, Any], rows: list[Row]) -> None:
     documents[key] = result.document
     for cells in table_rows(result.name, result.document["policies"], result.document["comparison"]):
         rows.append(Row(result.name, seed, cells))
