@@ -69,7 +69,7 @@ def test_the_core_plans_for_what_is_scored_by_default() -> None:
     load = estimate_load(INTENT, memory, BASE, 100.0)
     request = tick_request(inputs(memory), memory, load, 5000.0, margin=(1.3, 1.1))
     assert (request.latency_model, request.slo_basis, request.request_share) == ("queued", "requests", 0.99)
-    assert request.chunk_budget_within_itl
+    assert not request.chunk_budget_within_itl  # at 100 ms the mean ITL is what is scored, the model judges it
     assert (request.ttft_margin, request.itl_margin) == (1.3, 1.1)  # the learned margin multiplies predictions
     assert request.slo_ttft_p95_seconds == INTENT.slo_ttft_p95_seconds  # not divided into the SLO as well
     assert request.power_cap_watts is not None and request.power_cap_watts < 5000.0  # headroom under the cap

@@ -134,7 +134,7 @@ def test_no_telemetry_never_scales_down_but_a_cut_is_still_acted_on() -> None:
     assert held.action in ("Held", "Unchanged") and held.apply is None
     assert held.load.source == "held"
     # The budget is cut below what the running plan draws by prediction: act on it, and say so.
-    cut = first.candidate.total_watts * 0.5
+    cut = first.candidate.total_watts * 0.8  # one fp8 GPU carries the load: a cut some plan can still meet
     acted = decide_tick(TickInputs(busy, memory, None, fleet, now_s=60.0, allocation_watts=cut), EM)
     assert acted.action == "Applied" and acted.cause == "allocation-cut", acted.reason
     assert "acting on predicted watts: no telemetry" in acted.reason

@@ -199,6 +199,10 @@ def _capacity_target(f: SwitchFacts, alt: Plan | None) -> tuple[Plan, str] | Non
     step = f.proposed_capacity_ratio is not None and f.proposed_capacity_ratio >= CAPACITY_STEP
     if f.more_capacity and (f.proposed_meets_slo or step) and not f.outage and not f.recently_left:
         return f.proposed, f.plan_reason
+    # The SLO measured missed, the proposal predicted to meet it: a restart even without more load carried (a
+    # smaller batch limit that keeps the ITL, say).
+    if f.slo_missed and f.proposed_meets_slo and not f.outage and not f.recently_left:
+        return f.proposed, f.plan_reason
     if alt is not None and f.in_place_more_capacity:
         return alt, _no_restart(f, alt)
     return None
@@ -209,8 +213,9 @@ def _optional(f: SwitchFacts, alt: Plan | None) -> Verdict:
     configuration just left."""
     assert f.worth_it is not None
     options: list[tuple[Plan, SwitchDecision]] = []
-    # While the SLO is missed no optional move gives up capacity, however much it saves.
-    gives_up = f.slo_missed and f.proposed_capacity_ratio is not None \
+    # While the SLO is missed no optional move gives up capacity, however much it saves, unless it is predicted
+    # to meet the SLO.
+    gives_up = f.slo_missed and not f.proposed_meets_slo and f.proposed_capacity_ratio is not None \
         and f.proposed_capacity_ratio * CAPACITY_MARGIN < 1.0
     restart = f.worth_it() if not (f.recently_left and f.proposed_restarts) and not gives_up else None
     if restart is not None:
