@@ -48,9 +48,12 @@ BIN = Path(sys.executable).parent
 STEADY_SCALE = 1.5
 LOAD_RISE = 3.0
 # The tightened limit: the services' least watts for their SLOs (budget status) plus this margin for measurement
-# noise, at least this margin above their floors, and at most TIGHTEN_AT_MOST of the power drawn before.
+# noise, at least this margin above their floors. When that is not below TIGHTEN_AT_MOST of the power drawn (the
+# services already run at their least watts), no tighter level is one they can meet: the demo then cuts to
+# TIGHTEN_FORCED of the power drawn and says that this degrades them.
 TIGHTEN_MARGIN = 0.05
-TIGHTEN_AT_MOST = 0.9
+TIGHTEN_AT_MOST = 0.95
+TIGHTEN_FORCED = 0.9
 # Windows compared before and after the tightening (seconds of wall time, each ending at the tightening / the end).
 WINDOW_S = 30.0
 JOULES_PER_TOKEN_RISE_ALLOWED = 0.10
@@ -97,8 +100,10 @@ class Demo:
         self.budget = yaml.safe_load((ROOT / "examples/demo/budget.yaml").read_text())
         self.phases = [
             Phase("steady load", 0.0, STEADY_SCALE),
-            Phase(f"load rises x{LOAD_RISE:g}", duration_s * 0.25, LOAD_RISE * STEADY_SCALE),
-            Phase("budget tightened", duration_s * 0.5, LOAD_RISE * STEADY_SCALE, tighten=True),
+            # The rise, then time for the operator to settle (cooldowns, the queue of the rise drained) before
+            # the tightening, and after it before the last window.
+            Phase(f"load rises x{LOAD_RISE:g}", duration_s * 0.2, LOAD_RISE * STEADY_SCALE),
+            Phase("budget tightened", duration_s * 0.6, LOAD_RISE * STEADY_SCALE, tighten=True),
         ]
 
     # -- setup ---------------------------------------------------------------------------------------------
@@ -208,6 +213,8 @@ class Demo:
                 "rps": observed.get("requestsPerSecond"), "slo": slo.get("status", "?"),
                 "allocated": (st.get("allocation") or {}).get("watts"),
                 "decisions": len(st.get("decisions") or []),
+                "last_decisions": [f"{d.get('time')} {d.get('action')} {d.get('configuration')}: "
+                                   f"{str(d.get('reason'))[:240]}" for d in (st.get("decisions") or [])[-4:]],
             }
         sample.services["_budget"] = (budgets[0].get("status") or {}) if budgets else {}
         self.samples.append(sample)
@@ -422,21 +429,20 @@ def _sim_processes(namespace: str) -> list[str]:
 
 def tightened_limit(allocations: list[dict[str, Any]], drawn_watts: float | None) -> tuple[float, str]:
     """The limit the demo tightens to, from the budget's status: what the services need for their SLOs (the sum of
-    `minimumWatts`, without burst headroom) plus a margin; at least that margin above their floors, and at most
-    TIGHTEN_AT_MOST of the power drawn, so that it is a real tightening the services can still meet."""
+    `minimumWatts`, without burst headroom) plus a margin, at least that margin above their floors, when that is a
+    real cut (at most TIGHTEN_AT_MOST of the power drawn); else TIGHTEN_FORCED of the power drawn."""
     floors = sum(float(a.get("floorWatts") or 0.0) for a in allocations)
     # A service with no plan that meets its SLO (no minimumWatts) counts its floor: more would not meet it either.
     needs = sum(max(float(a.get("minimumWatts") or 0.0), float(a.get("floorWatts") or 0.0)) for a in allocations)
     if not allocations or needs <= 0:
         drawn = drawn_watts or 3000.0
-        return drawn * TIGHTEN_AT_MOST, f"no allocation in the budget's status: {TIGHTEN_AT_MOST:.0%} of {drawn:.0f} W"
+        return drawn * TIGHTEN_FORCED, f"no allocation in the budget's status: {TIGHTEN_FORCED:.0%} of {drawn:.0f} W"
     limit = max(needs, floors) * (1 + TIGHTEN_MARGIN)
-    rule = (f"the services' least watts for their SLOs ({needs:.0f} W, floors {floors:.0f} W) "
-            f"+{TIGHTEN_MARGIN:.0%}")
+    rule = f"the services' least watts for their SLOs ({needs:.0f} W, floors {floors:.0f} W) +{TIGHTEN_MARGIN:.0%}"
     if drawn_watts is not None and limit > drawn_watts * TIGHTEN_AT_MOST:
-        limit = max(drawn_watts * TIGHTEN_AT_MOST, floors * (1 + TIGHTEN_MARGIN))
-        rule += (f", capped at {TIGHTEN_AT_MOST:.0%} of the {drawn_watts:.0f} W drawn (the services already run "
-                 "near their least watts, so this cut degrades some)")
+        limit = max(drawn_watts * TIGHTEN_FORCED, floors * (1 + TIGHTEN_MARGIN))
+        rule += (f" is no cut from the {drawn_watts:.0f} W drawn: forced to {TIGHTEN_FORCED:.0%} of it, which "
+                 "degrades some service")
     return limit, rule
 
 
@@ -495,12 +501,12 @@ def demo_session(out_dir: Path, duration_s: float, interval_s: float, keep_clust
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration-s", type=float, default=240, help="length of the scenario (default 240 s)")
+    parser.add_argument("--duration-s", type=float, default=300, help="length of the scenario (default 300 s)")
     parser.add_argument("--interval-s", type=float, default=5, help="the operator's control interval")
     parser.add_argument("--out", default=str(ROOT / "out" / "demo"), help="where the PNG and summary go")
     parser.add_argument("--keep-cluster", action="store_true", help="leave the local cluster running at the end")
     args = parser.parse_args()
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # Prometheus reads the file_sd path relative to its own config
     started = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 from wattkeeper.api import EnergyBudget, LLMService, ServingConfigSpec
 from wattkeeper.control.budget import decide_budget
-from wattkeeper.controller.budgets import accounting_status, budget_intent, budget_memory
+from wattkeeper.controller.budgets import accounting_status, budget_intent, budget_memory, service_load
 from wattkeeper.controller.decide import DeploymentState, fleet_state, memory_from_status, running_plan
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.energy.types import Plan, ServingConfig, Workload
@@ -74,3 +76,14 @@ def test_budget_status_round_trip_writes_nothing_when_nothing_changes() -> None:
     again = decide_budget(budget_intent(budget), budget_memory(status), [], None, now + 30, 30.0, em)
     assert budget_memory(status) == first.accounting.memory
     assert accounting_status(budget, status, again.accounting) == status
+
+
+@pytest.mark.parametrize(("status", "rps"), [
+    # A saturated fleet finishes 3 req/s while 20 arrive: the budget sizes on what the service plans for.
+    ({"observed": {"requestsPerSecond": 3.0, "peakLoadRps": 20.0}, "plan": {"plannedLoadRps": 18.0}}, 20.0),
+    ({"observed": {"requestsPerSecond": 3.0}, "plan": {"plannedLoadRps": 18.0}}, 3.0),
+    ({"plan": {"plannedLoadRps": 18.0}}, 18.0),
+    ({}, 1.0),  # the spec's workload
+])
+def test_budget_sees_the_load_the_service_plans_for(status: dict[str, Any], rps: float) -> None:
+    assert service_load(service(), status).load.requests_per_second == rps

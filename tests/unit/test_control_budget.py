@@ -75,8 +75,8 @@ def test_window_average_and_exhaustion() -> None:
 
 
 def demand(name: str, priority: int, minimum: float | None, desired: float, floor: float = 0.0,
-           jpt: float = 0.5, tokens: float = 1000.0) -> ServiceDemand:
-    return ServiceDemand(name, priority, minimum, desired, floor, jpt, tokens if minimum is not None else 0.0)
+           jpt: float = 0.5, tokens: float = 1000.0, full: float | None = None) -> ServiceDemand:
+    return ServiceDemand(name, priority, minimum, desired, floor, jpt, tokens if minimum is not None else 0.0, full)
 
 
 @pytest.mark.parametrize(("case", "total", "demands", "watts", "degraded"), [
@@ -105,6 +105,15 @@ def demand(name: str, priority: int, minimum: float | None, desired: float, floo
     ("a short one's remainder comes before burst headroom for one that meets its SLO", 1500.0,
      [demand("a", 100, 400, 900, 100, tokens=3000.0), demand("b", 100, 1200, 1200, 100, tokens=1000.0)],
      {"a": 400.0, "b": 1100.0}, {"b"}),
+    ("held at their floors, both get one full batch before the short one takes the rest", 1500.0,
+     [demand("hi", 200, 1254, 1254, 545, full=686), demand("lo", 100, 686, 1254, 539, full=686)],
+     {"hi": 814.0, "lo": 686.0}, {"hi"}),
+    ("no lift when every SLO need fits", 1900.0,
+     [demand("hi", 200, 1254, 1254, 545, full=686), demand("lo", 100, 700, 1254, 539, full=686)],
+     {"hi": 1254.0, "lo": 646.0}, {"lo"}),
+    ("a lift that does not fit whole is not made", 1200.0,
+     [demand("hi", 200, 1254, 1254, 545, full=686), demand("lo", 100, 686, 1254, 539, full=686)],
+     {"hi": 661.0, "lo": 539.0}, {"hi", "lo"}),
 ])
 def test_allocate_watts(case: str, total: float, demands: list[ServiceDemand], watts: dict[str, float],
                         degraded: set[str]) -> None:

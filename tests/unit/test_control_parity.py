@@ -129,7 +129,8 @@ def bench_policy() -> WattkeeperPolicy:
     svc = service()
     trace = synthetic_trace([(60.0, 4.0)], input_tokens=500, output_tokens=150)
     spec = BenchSpec(model_shape(svc), "H100", 2.0, 0.03, max_replicas=8)
-    policy = WattkeeperPolicy(spec, trace, EM)
+    # The operator's side is fed no burst telemetry here, so neither is the benchmark's (same signals, same core).
+    policy = WattkeeperPolicy(spec, trace, EM, bursts=False)
     # The service's spec workload stands for the load seen before the trace starts, on both sides.
     operator_intent = intent_from_service(svc)
     policy.intent = replace(policy.intent, default_workload=operator_intent.default_workload)
@@ -144,7 +145,7 @@ def comparable(memory: Any, offset_s: float) -> tuple[Any, ...]:
     recent = tuple((r.configuration, shift(r.left_at_s), r.allocation_watts) for r in memory.recent_configurations)
     return (memory.running, shift(memory.last_applied_s), memory.planned_load, memory.peak_load_rps,
             shift(memory.peak_load_at_s), memory.power_correction, memory.ttft_correction, memory.itl_correction,
-            recent)
+            recent, memory.margins)
 
 
 def test_operator_and_benchmark_decide_the_same() -> None:

@@ -17,8 +17,9 @@ def alloc(minimum: float | None, floor: float, watts: float = 5000.0) -> dict[st
 
 @pytest.mark.parametrize(("case", "allocations", "drawn", "limit"), [
     ("the services' least watts for their SLOs, +5%", [alloc(1254, 545), alloc(686, 539)], 2500.0, 1940 * 1.05),
-    ("never above 90% of the power drawn", [alloc(1254, 545), alloc(1200, 539)], 2500.0, 2250.0),
-    ("never below the floors +5%", [alloc(600, 545), alloc(560, 539)], 1100.0, 1084 * 1.05),
+    ("no cut the services can meet: forced to 90% of the power drawn", [alloc(1254, 545), alloc(1200, 539)],
+     2500.0, 2250.0),
+    ("forced, but never below the floors +5%", [alloc(545, 545), alloc(539, 539)], 1150.0, 1084 * 1.05),
     ("a service without an SLO plan counts its floor", [alloc(None, 545), alloc(686, 539)], 2500.0,
      (545 + 686) * 1.05),
     ("nothing allocated yet: 90% of the power drawn", [], 2000.0, 1800.0),

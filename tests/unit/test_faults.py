@@ -153,6 +153,7 @@ def test_telemetry_is_one_query_per_metric_for_all_services() -> None:
         "generation_tokens": [_series("a", "llama-8b-5f6d7-abcde", 100)],
         "time_to_first_token": [_series("a", "llama-8b-5f6d7-abcde", 1.0, le="0.1"),
                                 _series("a", "llama-8b-5f6d7-abcde", 2.0, le="+Inf")],
+        "quantile_over_time": [{"metric": {"namespace": "a", "service": "llama-8b"}, "value": [0, "7.5"]}],
     })
     keys = [("a", "llama-8b"), ("b", "big-model"), ("a", "silent")]
     out = observe_prometheus(source, keys, 60)
@@ -160,11 +161,12 @@ def test_telemetry_is_one_query_per_metric_for_all_services() -> None:
     assert not isinstance(a, TelemetryUnavailable)
     assert a.watts == 610 and a.power_source == "dcgm-power" and a.output_tokens_per_second == 100
     assert a.ttft_p95_seconds == 0.1  # in the +Inf bucket: its lower bound, as histogram_quantile says
+    assert a.burst_requests_per_second == 7.5  # the service's p95 of 30-s rates (issue 11 item 1)
     b = out[("b", "big-model")]
     assert not isinstance(b, TelemetryUnavailable) and b.watts == 1200
     assert isinstance(out[("a", "silent")], TelemetryUnavailable)
-    assert len(queries) == 4 + 5 + 2 + 1  # per metric, not per service
-    assert all("by (namespace, pod" in q for q in queries)
+    assert len(queries) == 4 + 5 + 2 + 1 + 1  # per metric, not per service
+    assert all("by (namespace, pod" in q or "by (namespace, service)" in q for q in queries)
     assert service_of_pod("llama-8b-5f6d7-abcde") == "llama-8b" and service_of_pod("stray") is None
 
 

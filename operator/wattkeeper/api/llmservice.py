@@ -436,6 +436,14 @@ class PlanStatus(StatusModel):
     )
 
 
+class LatencyMarginStatus(StatusModel):
+    """The learned latency margin of one configuration: measured over predicted latency while it ran."""
+
+    configuration: str = Field(description="Precision and tensor-parallel degree.")
+    ttft: float = Field(description="Measured over predicted TTFT; multiplies the prediction.")
+    itl: float = Field(description="Measured over predicted inter-token latency; multiplies the prediction.")
+
+
 class ObservedFigures(StatusModel):
     """What telemetry measured over the last interval."""
 
@@ -456,6 +464,11 @@ class ObservedFigures(StatusModel):
         "for (a lull shorter than the cooldown does not shrink the fleet).",
     )
     peak_load_at: datetime | None = Field(default=None, description="When peakLoadRps was measured.")
+    latency_margins: list[LatencyMarginStatus] = Field(
+        default_factory=list, max_length=8,
+        description="Learned latency margins per configuration (the running one's are ttftCorrection and "
+        "itlCorrection).",
+    )
     at: datetime | None = Field(default=None, description="When these were measured.")
 
 

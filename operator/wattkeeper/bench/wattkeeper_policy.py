@@ -13,7 +13,10 @@ rule, the corrections, the cooldown and the switching rule are the operator's, w
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
 
 from ..control import FleetState, Memory, Signals, TickDecision, TickInputs, Tuning, decide_tick, settle_seconds
 from ..energy.model import EnergyModel
@@ -22,10 +25,15 @@ from .fleet import FleetTarget, Observation
 from .policies import BenchSpec, Decision, trace_workload
 from .trace import Trace
 
+HISTORY_SECONDS = 600.0  # planner/load.py HISTORY_SECONDS: ten minutes of counts
+MAX_TOKEN_SAMPLE = 2000
 
-def signals_of(obs: Observation) -> Signals:
-    """What the operator's telemetry shows of the simulated fleet over the trailing window."""
-    return Signals(
+
+def signals_of(obs: Observation, trace: Trace | None = None, lag_s: float = 0.0,
+               resolution_s: float = 15.0) -> Signals:
+    """What the operator's telemetry shows of the simulated fleet over the trailing window; with `trace`, also the
+    bursts and token lengths of the last `HISTORY_SECONDS` up to the last scrape (`recent_arrivals`)."""
+    signals = Signals(
         window_seconds=obs.window_s,
         watts=obs.watts,
         finished_requests_per_second=obs.finished_requests_per_second,
@@ -36,6 +44,31 @@ def signals_of(obs: Observation) -> Signals:
         ttft_p95_seconds=obs.ttft_p95_seconds,
         itl_p95_seconds=obs.itl_p95_seconds,
     )
+    if trace is None:
+        return signals
+    return replace(signals, **recent_arrivals(trace, obs.now_s - lag_s, resolution_s))
+
+
+def recent_arrivals(trace: Trace, end_s: float, resolution_s: float) -> dict[str, Any]:
+    """Arrival counts per scrape interval over the last `HISTORY_SECONDS` before `end_s` (what a request counter
+    read at each scrape shows: counted on arrival, as a router or gateway counts, so a saturated fleet's backlog is
+    in it), and the prompt and output lengths of those requests (what vLLM's token histograms show; the output
+    lengths of requests still running are the trace's, a small look-ahead)."""
+    start_s = max(0.0, end_s - HISTORY_SECONDS)
+    bins = int((end_s - start_s) // resolution_s)
+    if bins < 1:
+        return {}
+    start_s = end_s - bins * resolution_s
+    lo, hi = np.searchsorted(trace.arrival_s, [start_s, end_s], side="left")
+    arrivals = trace.arrival_s[lo:hi]
+    counts = np.bincount(((arrivals - start_s) // resolution_s).astype(np.int64), minlength=bins)[:bins]
+    step = max(1, (hi - lo) // MAX_TOKEN_SAMPLE)
+    return {
+        "arrival_counts": tuple(float(c) for c in counts),
+        "arrival_resolution_seconds": resolution_s,
+        "prompt_tokens_sample": tuple(float(x) for x in trace.input_tokens[lo:hi:step]),
+        "output_tokens_sample": tuple(float(x) for x in trace.output_tokens[lo:hi:step]),
+    }
 
 
 def fleet_of(obs: Observation, current: FleetTarget) -> FleetState:
@@ -64,6 +97,8 @@ class WattkeeperPolicy:
     # Prometheus' scrape interval: the operator's rate() over the window sees data up to one scrape old.
     scrape_interval_s: float = 15.0
     tuning: Tuning = field(default_factory=Tuning)
+    # Feed the core the bursts and token lengths of recent arrivals at the scrape resolution (issue 11 item 1).
+    bursts: bool = True
     memory: Memory = field(default_factory=Memory)
     decisions: list[Decision] = field(default_factory=list)
     ticks: list[TickDecision] = field(default_factory=list)  # every decision of the core, for tests and reports
@@ -109,5 +144,6 @@ class WattkeeperPolicy:
         return self._target(tick)
 
     def decide(self, obs: Observation, current: FleetTarget) -> FleetTarget | None:
-        tick = self._tick(obs.now_s, signals_of(obs), fleet_of(obs, current), obs.window_s)
+        signals = signals_of(obs, self.trace if self.bursts else None, self.telemetry_lag_s, self.scrape_interval_s)
+        tick = self._tick(obs.now_s, signals, fleet_of(obs, current), obs.window_s)
         return self._target(tick) if tick.apply is not None else None

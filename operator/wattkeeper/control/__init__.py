@@ -20,6 +20,7 @@ from .planning import evaluate, plan_of, plan_request, significant, surge_fits
 from .switching import OVERSHOOT_TOLERANCE, SwitchFacts, switching_rule
 from .tick import decide_tick, more_capacity, settle_seconds, settled
 from .types import (
+    ConfigMargin,
     FleetState,
     LoadEstimate,
     Memory,
@@ -39,6 +40,7 @@ __all__ = [
     "BudgetIntent",
     "BudgetMemory",
     "BudgetShare",
+    "ConfigMargin",
     "FleetState",
     "LoadEstimate",
     "Memory",

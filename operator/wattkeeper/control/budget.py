@@ -151,11 +151,13 @@ def service_demand(service: ServiceLoad, energy_model: EnergyModel) -> ServiceDe
     # service cannot go, so the allocator hands floors out first instead of leaving a service 0 W.
     smallest = plan(replace(request, power_cap_watts=1e-6, fallback="ProtectBudget"), energy_model).chosen
     floor = min(smallest.total_watts, desired) if smallest and chosen else (smallest.total_watts if smallest else 0.0)
+    full = full_batch_floor(request, energy_model)
     return ServiceDemand(name=service.name, priority=service.priority, minimum_watts=minimum,
                          desired_watts=desired, floor_watts=floor,
                          joules_per_token=chosen.joules_per_token if chosen else float("inf"),
                          slo_tokens_per_second=service.load.requests_per_second * service.load.output_tokens
-                         if least is not None else 0.0)
+                         if least is not None else 0.0,
+                         full_batch_watts=min(full, desired) if full is not None and chosen else None)
 
 
 def least_slo_plan(request: PlanRequest, unconstrained: PlanResult, energy_model: EnergyModel) -> Candidate | None:
@@ -173,6 +175,27 @@ def least_slo_plan(request: PlanRequest, unconstrained: PlanResult, energy_model
         if smaller.feasible and smaller.chosen is not None and smaller.chosen.total_watts < best.total_watts:
             best = smaller.chosen
     return best
+
+
+def full_batch_floor(request: PlanRequest, energy_model: EnergyModel) -> float | None:
+    """Watts of the smallest fleet (min replicas) that serves the most tokens per watt at this load: the floor
+    plan shrinks the batch to draw the least, which at a load beyond it costs several times the J/token. Each
+    tensor-parallel degree's fleet with the most capacity (ProtectBudget, search.py `_fallback`), the best
+    served tokens per watt among them."""
+    offered = max(request.workload.requests_per_second * request.workload.output_tokens, 1e-9)
+    best: tuple[float, float] | None = None  # (served tokens per watt, watts)
+    for tp in request.tensor_parallel_options:
+        if tp > request.max_tensor_parallel:
+            continue
+        smallest = replace(request, max_replicas=max(request.min_replicas, 1), tensor_parallel_options=(tp,),
+                           fallback="ProtectBudget", power_cap_watts=None)
+        c = plan(smallest, energy_model).chosen
+        if c is None or c.total_watts <= 0:
+            continue
+        served = offered / max(c.prediction.utilisation, 1.0)
+        if best is None or served / c.total_watts > best[0]:
+            best = (served / c.total_watts, c.total_watts)
+    return best[1] if best is not None else None
 
 
 def fleet_sizes(min_replicas: int, replicas: int, most: int = 8) -> list[int]:

@@ -11,6 +11,7 @@ import math
 from ..energy.catalog import get_accelerator
 from ..energy.model import EnergyModel
 from ..energy.types import Workload
+from ..planner import Candidate
 from .planning import evaluate, significant
 from .types import FleetState, Plan, ServiceIntent, Signals, Tuning
 
@@ -41,20 +42,28 @@ def power_correction(previous: float, intent: ServiceIntent, running: Plan | Non
     return significant(updated, 3) or 1.0
 
 
+UP_SMOOTHING = 0.5
+
+
 def latency_correction(previous: tuple[float, float], intent: ServiceIntent, running: Plan | None,
                        signals: Signals | None, fleet: FleetState, workload: Workload, energy_model: EnergyModel,
-                       tuning: Tuning) -> tuple[float, float]:
-    """Measured over predicted p95 TTFT and ITL of the running plan, smoothed and bounded.
+                       tuning: Tuning, predicted: Candidate | None = None) -> tuple[float, float]:
+    """Measured over predicted p95 TTFT and ITL of the running plan, smoothed and bounded: the learned margin.
 
-    The queueing the model predicts is an approximation; the measured latency is not. Planning against
-    SLO / correction keeps the SLO met where the model is optimistic, and spends less where it is not."""
+    The queueing the model predicts is an approximation; the measured latency is not. With the queued model
+    (the default) the planner multiplies its predictions by this margin (PlanRequest.ttft_margin/itl_margin) and
+    `predicted` is that model's own figure for the running plan; with the steady model it plans against
+    SLO / correction and the prediction is the steady model's. Either way the plan keeps the SLO where the model
+    proved optimistic, and spends less where it proved pessimistic."""
     if not _measurable(signals, fleet, running) or not (signals and signals.finished_requests_per_second):
         return previous
     assert signals is not None and running is not None
-    predicted = evaluate(intent, running, workload, energy_model)
+    if predicted is None:
+        predicted = evaluate(intent, running, workload, energy_model)
     if predicted is None:
         return previous
-    low, high = tuning.latency_correction_bounds
+    queued = tuning.latency_model == "queued"
+    low, high = tuning.latency_margin_bounds if queued else tuning.latency_correction_bounds
     alpha = tuning.power_correction_smoothing
     out = []
     for before, measured, model in ((previous[0], signals.ttft_p95_seconds, predicted.ttft_p95_seconds),
@@ -63,6 +72,13 @@ def latency_correction(previous: tuple[float, float], intent: ServiceIntent, run
             out.append(before)
             continue
         # The model's own error is measured / model (the plan was made against SLO / before).
-        updated = min(max((1 - alpha) * before + alpha * (measured / model), low), high)
+        # One window's ratio is bounded before it is averaged in: a backlog left by the last plan reads as a
+        # model error of 10x or more for a window or two.
+        ratio = min(max(measured / model, low), high)
+        updated = min(max((1 - alpha) * before + alpha * ratio, low), high)
+        if queued and ratio > before:
+            # Faster up than down: a margin that lags an optimistic model misses the SLO for every window it
+            # lags; one window's spike (a burst, a backlog) must not set it alone.
+            updated = min(max((1 - UP_SMOOTHING) * before + UP_SMOOTHING * ratio, low), high)
         out.append(before if abs(updated - before) < 0.05 * before else (significant(updated) or 1.0))
     return out[0], out[1]

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from ..energy.catalog import get_accelerator
+from ..energy.latency import TokenDistribution
 from ..energy.types import Workload
+from ..planner import LoadEstimate as PlannerLoad
+from ..planner import estimate_load as planner_estimate
+from ..planner import model_load_seconds
+from ..planner.load import MIN_TOKEN_SAMPLE
 from .planning import significant
-from .types import LoadEstimate, Memory, ServiceIntent, Signals
+from .types import LoadEstimate, Memory, Plan, ServiceIntent, Signals
+
+# With a burst quantile alone (no counts), the busiest share of time is taken at that rate: the 95th percentile.
+BURST_TIME_SHARE = 0.05
+DEFAULT_LEAD_SECONDS = 60.0
 
 
 def offered_rate(finished_per_second: float, waiting_requests: float | None, window_s: float) -> float:
@@ -25,21 +37,75 @@ def stabilised_rate(measured: float, peak: float | None, peak_at: float | None, 
     return peak, peak_at
 
 
+def observed_bursts(signals: Signals | None, rate_rps: float, lead_seconds: float) -> PlannerLoad | None:
+    """The planner's view of the bursts and token lengths where telemetry carries them (issue 11 item 1): from
+    fine-resolution arrival counts (planner/load.py: the 95th percentile of 10-s rates, rate levels, clustering,
+    trend one model load ahead), else from a burst quantile alone (the busiest 5% of time at that rate), else
+    only the token lengths; None when telemetry carries none of them (the load is then taken as Poisson)."""
+    if signals is None:
+        return None
+    prompts, outputs = signals.prompt_tokens_sample, signals.output_tokens_sample
+    if len(prompts) != len(outputs):
+        prompts = outputs = ()
+    res = signals.arrival_resolution_seconds
+    if signals.arrival_counts and res and res > 0 and sum(signals.arrival_counts) > 0:
+        return planner_estimate(signals.arrival_counts, res, prompts, outputs, lead_seconds=lead_seconds)
+    burst = signals.burst_requests_per_second
+    if (burst is None or rate_rps <= 0) and not prompts:
+        return None
+    levels: tuple[tuple[float, float], ...] = ((1.0, 1.0),)
+    if burst is not None and rate_rps > 0 and burst > rate_rps:
+        levels = ((1.0, 1.0 - BURST_TIME_SHARE), (burst / rate_rps, BURST_TIME_SHARE))
+    tokens = TokenDistribution.from_sample(np.asarray(prompts, dtype=float), np.asarray(outputs, dtype=float)) \
+        if len(prompts) >= MIN_TOKEN_SAMPLE else None
+    return PlannerLoad(
+        requests_per_second=max(rate_rps, burst or 0.0), mean_rate=rate_rps, recent_rate=rate_rps, level_rate=rate_rps,
+        burst_rate=burst if burst is not None else rate_rps, trend_per_second=0.0, forecast_rise=0.0,
+        lead_seconds=lead_seconds, rate_levels=levels, arrival_dispersion=1.0, tokens=tokens,
+        mean_prompt_tokens=float(np.mean(prompts)) if prompts else None,
+        mean_output_tokens=float(np.mean(outputs)) if outputs else None,
+    )
+
+
+def lead_seconds(intent: ServiceIntent, running: Plan | None) -> float:
+    """How far ahead a rise must be seen: one model load of the running configuration (a new replica takes that
+    long to serve)."""
+    if running is None:
+        return DEFAULT_LEAD_SECONDS
+    return model_load_seconds(intent.model, get_accelerator(intent.accelerator), running.config.precision,
+                              running.config.tensor_parallel)
+
+
 def estimate_load(intent: ServiceIntent, memory: Memory, signals: Signals | None, now_s: float) -> LoadEstimate:
     """Measured when telemetry shows a finished-request rate (stabilised over the cooldown); else, when
-    telemetry is lost, the load the running plan was made for; else the spec's."""
+    telemetry is lost, the load the running plan was made for; else the spec's.
+
+    Where telemetry carries bursts (`observed_bursts`), the rate planned for is at least the planner's queued
+    rate (the current level or the history's mean, plus the forecast rise), and the bursts themselves travel as
+    rate levels and clustering for the queued latency model."""
     spec = intent.default_workload
     if signals is not None and signals.finished_requests_per_second is not None:
         offered = significant(offered_rate(signals.finished_requests_per_second, signals.waiting_requests,
                                            signals.window_seconds)) or 0.0
+        bursts = observed_bursts(signals, offered, lead_seconds(intent, memory.running))
+        if bursts is not None and signals.arrival_counts:
+            # Arrivals counted: the rate offered is theirs (the queued rate), plus the backlog drained within a
+            # cooldown. The window's queue over the window's length, as without counts, would count a backlog
+            # as new load in every window it lasts and size the fleet for a multiple of the real rate.
+            backlog = max(signals.waiting_requests or 0.0, 0.0) / max(intent.cooldown_seconds, signals.window_seconds)
+            offered = significant(bursts.queued_rate + backlog) or 0.0
+        elif bursts is not None:
+            offered = significant(max(offered, bursts.queued_rate)) or 0.0
         rate, at = stabilised_rate(offered, memory.peak_load_rps, memory.peak_load_at_s, now_s,
                                    intent.cooldown_seconds)
+        mean_in = signals.mean_input_tokens or (bursts.mean_prompt_tokens if bursts is not None else None)
+        mean_out = signals.mean_output_tokens or (bursts.mean_output_tokens if bursts is not None else None)
         workload = Workload(
             requests_per_second=significant(rate) or 0.0,
-            input_tokens=significant(signals.mean_input_tokens) or spec.input_tokens,
-            output_tokens=significant(signals.mean_output_tokens) or spec.output_tokens,
+            input_tokens=significant(mean_in) or spec.input_tokens,
+            output_tokens=significant(mean_out) or spec.output_tokens,
         )
-        return LoadEstimate(workload, "measured", rate, at)
+        return LoadEstimate(workload, "measured", rate, at, bursts)
     if signals is None and memory.planned_load is not None and memory.running is not None:
         return LoadEstimate(memory.planned_load, "held", memory.peak_load_rps, memory.peak_load_at_s)
     return LoadEstimate(spec, "spec", memory.peak_load_rps, memory.peak_load_at_s)

@@ -148,7 +148,10 @@ def switching_rule(f: SwitchFacts) -> Verdict:
         return _hold(f, Verdict("Held", "telemetry-lost",
                                 f"telemetry unavailable, holding {running} (would move to {to})"))
     overshoot = measured_overshoot(f)
-    capacity = _capacity_target(f, alt) if f.under_pressure else None
+    # Pressure measured (a queue, an SLO missed), or predicted: the running plan misses what is scored at this
+    # load while the proposal meets it (a rise the window's p95s do not show yet).
+    predicted_miss = f.running_meets_slo is False and bool(f.proposed_meets_slo)
+    capacity = _capacity_target(f, alt) if (f.under_pressure or predicted_miss) else None
     if (overshoot or capacity) and not f.settled:
         # Until the roll is done, the old pods have drained and a telemetry window has passed, telemetry shows
         # the old fleet too, and acting on it flaps.

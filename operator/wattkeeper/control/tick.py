@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..energy.catalog import get_accelerator
+from ..energy.catalog import get_accelerator, get_precision
 from ..energy.model import EnergyModel
 from ..energy.types import ServingConfig, Workload
 from ..planner import Candidate, PlanRequest, PlanResult, SwitchDecision, plan, should_switch
 from .corrections import latency_correction, power_correction
-from .load import estimate_load
+from .load import estimate_load, offered_rate
 from .planning import evaluate, evaluate_in, plan_of, plan_request, restricted, significant, surge_fits
 from .restart_free import (
     blocked,
@@ -29,7 +29,7 @@ from .restart_free import (
     scale_only_suffices,
 )
 from .switching import OVERSHOOT_TOLERANCE, SwitchFacts, configuration_key, restarts, switching_rule
-from .types import LoadEstimate, Memory, Plan, ServiceIntent, TickDecision, TickInputs
+from .types import ConfigMargin, LoadEstimate, Memory, Plan, ServiceIntent, TickDecision, TickInputs
 
 __all__ = ["decide_tick", "more_capacity", "settle_seconds", "settled"]
 
@@ -66,9 +66,63 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
     m = inputs.memory
     args = (inputs.intent, m.running, inputs.signals, inputs.fleet, load.workload, energy_model, inputs.tuning)
     power = power_correction(m.power_correction, *args)
-    ttft, itl = latency_correction((m.ttft_correction, m.itl_correction), *args)
-    return replace(m, power_correction=power, ttft_correction=ttft, itl_correction=itl,
+    predicted: Candidate | None = None
+    s = inputs.signals
+    queued = inputs.tuning.latency_model == "queued"
+    since = inputs.now_s - m.last_applied_s if m.last_applied_s is not None else None
+    if queued and not settled(since, inputs.settle_seconds, inputs.fleet.rolling):
+        # The margin is learned on a settled plan only: right after a change the latency shows the backlog of
+        # the plan before, not this plan's model error.
+        return replace(m, power_correction=power, peak_load_rps=load.peak_load_rps,
+                       peak_load_at_s=load.peak_load_at_s)
+    if queued and m.running is not None and s is not None and s.finished_requests_per_second:
+        # The learned margin: measured latency over the queued model's own prediction for the running plan, at
+        # the load of the window it was measured in (not the stabilised peak planned for, which would read as a
+        # pessimistic model whenever the load is below its recent peak).
+        window = replace(load.workload, requests_per_second=offered_rate(
+            s.finished_requests_per_second, s.waiting_requests, s.window_seconds))
+        measured = replace(load, workload=window)
+        predicted = evaluate_in(tick_request(inputs, m, measured, None), m.running, energy_model)
+    ttft, itl = latency_correction((m.ttft_correction, m.itl_correction), *args, predicted=predicted)
+    margins = m.margins
+    if queued and m.running is not None and (ttft, itl) != margin_of(m, m.running.config):
+        margins = learned(m, m.running.config, ttft, itl)
+    return replace(m, power_correction=power, ttft_correction=ttft, itl_correction=itl, margins=margins,
                    peak_load_rps=load.peak_load_rps, peak_load_at_s=load.peak_load_at_s)
+
+
+MARGINS_KEPT = 6
+
+
+def with_margin(c: Candidate | None, memory: Memory) -> Candidate | None:
+    """`c` with its predicted utilisation scaled by its configuration's learned margin (at least 1)."""
+    if c is None:
+        return None
+    factor = max(1.0, *margin_of(memory, c.config))
+    if factor == 1.0:
+        return c
+    return replace(c, prediction=replace(c.prediction, utilisation=c.prediction.utilisation * factor))
+
+
+def margin_of(memory: Memory, config: ServingConfig) -> tuple[float, float]:
+    """The learned (TTFT, ITL) margin of a configuration; where none was learned, the largest learned for the same
+    precision (the model's error is mostly the precision's: its kernels, its prefill), else (1, 1): another
+    precision's error says nothing of this one's, and a pessimistic prior would keep the service on the
+    configuration that proved wrong."""
+    key = configuration_key(config)
+    for r in memory.margins:
+        if r.configuration == key:
+            return r.ttft, r.itl
+    same = [r for r in memory.margins if r.configuration.split(" ")[0] == config.precision]
+    if same:
+        return max(1.0, *(r.ttft for r in same)), max(1.0, *(r.itl for r in same))
+    return 1.0, 1.0
+
+
+def learned(memory: Memory, config: ServingConfig, ttft: float, itl: float) -> tuple[ConfigMargin, ...]:
+    key = configuration_key(config)
+    kept = tuple(r for r in memory.margins if r.configuration != key)
+    return (*kept, ConfigMargin(key, ttft, itl))[-MARGINS_KEPT:]
 
 
 # Plans aim this far under an allocation: the power correction moves by a few percent when a new configuration
@@ -81,11 +135,35 @@ def planned_watts(allocation_watts: float | None) -> float | None:
 
 
 def tick_request(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocation_watts: float | None,
-                 only: Plan | None = None) -> PlanRequest:
+                 only: Plan | None = None, margin: tuple[float, float] = (1.0, 1.0)) -> PlanRequest:
     """The planner's question this tick: the load, the corrections, the allocation. Every plan of a tick (the
-    proposal, the running plan, the rescale) is judged by this one question, so their figures compare."""
-    return plan_request(inputs.intent, load.workload, planned_watts(allocation_watts), memory.power_correction,
-                        (memory.ttft_correction, memory.itl_correction), only=only)
+    proposal, the running plan, the rescale) is judged by this one question, so their figures compare.
+
+    By default (Tuning.latency_model "queued", issue 11 items 1 and 4) it plans for what is scored: the queued
+    latency model at the load's bursts and token distribution, at least `request_share` of requests within both
+    thresholds, the chunk budget within the ITL SLO, and the learned latency margins (measured over predicted)
+    on the predictions (`margin`: a configuration's own, see `search`; (1, 1) is the model's own prediction, what
+    the margin is learned on)."""
+    tuning = inputs.tuning
+    queued = tuning.latency_model == "queued"
+    corrections = (memory.ttft_correction, memory.itl_correction) if not queued else (1.0, 1.0)
+    request = plan_request(inputs.intent, load.workload, planned_watts(allocation_watts), memory.power_correction,
+                           corrections, only=only)
+    if not queued:
+        return request
+    b = load.bursts
+    return replace(
+        request,
+        latency_model="queued",
+        slo_basis="requests",
+        request_share=tuning.request_share,
+        chunk_budget_within_itl=True,
+        tokens=b.tokens if b is not None else None,
+        rate_levels=b.rate_levels if b is not None else ((1.0, 1.0),),
+        arrival_dispersion=b.arrival_dispersion if b is not None else 1.0,
+        ttft_margin=margin[0],
+        itl_margin=margin[1],
+    )
 
 
 def propose(inputs: TickInputs, memory: Memory, load: LoadEstimate,
@@ -96,39 +174,55 @@ def propose(inputs: TickInputs, memory: Memory, load: LoadEstimate,
         return intent.pinned, evaluate(intent, intent.pinned, load.workload, energy_model,
                                        memory.power_correction), None
     only = memory.running if (memory.running is not None and not intent.allow_disruptive) else None
-    result = plan(tick_request(inputs, memory, load, inputs.allocation_watts, only), energy_model)
-    if result.chosen is None:
-        return None, None, result
-    return plan_of(result.chosen), result.chosen, result
+    return search(inputs, memory, load, inputs.allocation_watts, energy_model, only=only)
 
 
-def propose_elsewhere(inputs: TickInputs, memory: Memory, load: LoadEstimate, avoid: set[str],
-                      energy_model: EnergyModel) -> tuple[Plan | None, Candidate | None, PlanResult | None]:
-    """The best proposal among configurations not in `avoid` (the ones left recently: no A -> B -> A): one search
-    per precision over the TP degrees still allowed; a feasible plan by least watts, else the fallback with the
-    most capacity within the allocation."""
-    base = tick_request(inputs, memory, load, inputs.allocation_watts)
-    results: list[PlanResult] = []
+def search(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocation_watts: float | None,
+           energy_model: EnergyModel, avoid: frozenset[str] = frozenset(),
+           only: Plan | None = None) -> tuple[Plan | None, Candidate | None, PlanResult | None]:
+    """The best plan, each configuration judged with its own learned margin: one search per configuration with a
+    margin, one per precision over the rest (the model as it is), none over `avoid` (configurations left
+    recently: no A -> B -> A). A feasible plan by least watts wins, else the fallback with the most capacity
+    within the allocation. With no margin learned and nothing avoided, one search."""
+    base = tick_request(inputs, memory, load, allocation_watts, only)
+    queued = inputs.tuning.latency_model == "queued"
+    margins = {r.configuration: r for r in memory.margins} if queued else {}
+    if not avoid and not margins:
+        result = plan(base, energy_model)
+        return (plan_of(result.chosen), result.chosen, result) if result.chosen is not None else (None, None, result)
+    limit = min(base.max_tensor_parallel, base.max_gpus or base.max_tensor_parallel)
+    requests: list[PlanRequest] = []
     for precision in base.allowed_precisions:
-        tps = tuple(tp for tp in base.tensor_parallel_options
-                    if configuration_key(ServingConfig(precision, tp)) not in avoid)
-        if tps:
-            result = plan(replace(base, allowed_precisions=(precision,), tensor_parallel_options=tps), energy_model)
-            if result.chosen is not None:
-                results.append(result)
+        rest: list[int] = []
+        for tp in (t for t in base.tensor_parallel_options if t <= limit):
+            key = configuration_key(ServingConfig(get_precision(precision).name, tp))
+            if key in avoid:
+                continue
+            if key in margins:
+                m = margins[key]
+                requests.append(replace(base, allowed_precisions=(precision,), tensor_parallel_options=(tp,),
+                                        ttft_margin=m.ttft, itl_margin=m.itl))
+            else:
+                rest.append(tp)
+        if rest:
+            prior = margin_of(memory, ServingConfig(get_precision(precision).name, rest[0])) if queued else (1.0, 1.0)
+            requests.append(replace(base, allowed_precisions=(precision,), tensor_parallel_options=tuple(rest),
+                                    ttft_margin=prior[0], itl_margin=prior[1]))
+    results = [(r, q) for r, q in ((plan(q, energy_model), q) for q in requests) if r.chosen is not None]
     if not results:
         return None, None, None
-    allocation = inputs.allocation_watts
 
-    def rank(r: PlanResult) -> tuple[int, float]:
+    def rank(rq: tuple[PlanResult, PlanRequest]) -> tuple[int, float]:
+        r, q = rq
         c = r.chosen
         assert c is not None
         if r.feasible:
             return 0, c.total_watts
-        within = allocation is None or c.total_watts <= allocation * OVERSHOOT_TOLERANCE
-        return (1 if within else 2), c.prediction.utilisation
+        within = allocation_watts is None or c.total_watts <= allocation_watts * OVERSHOOT_TOLERANCE
+        # The most capacity, as the learned margins say (see `with_margin`).
+        return (1 if within else 2), c.prediction.utilisation * max(1.0, q.ttft_margin, q.itl_margin)
 
-    best = min(results, key=rank)
+    best, _ = min(results, key=rank)
     assert best.chosen is not None
     return plan_of(best.chosen), best.chosen, best
 
@@ -140,7 +234,8 @@ def rescale(inputs: TickInputs, memory: Memory, load: LoadEstimate, energy_model
     if running is None or inputs.intent.pinned is not None:
         return None
     limits = tuple(dict.fromkeys((running.config.gpu_power_limit_watts, *inputs.intent.gpu_power_limits_watts)))
-    request = restricted(tick_request(inputs, memory, load, inputs.allocation_watts), running, limits)
+    request = restricted(tick_request(inputs, memory, load, inputs.allocation_watts,
+                                      margin=margin_of(memory, running.config)), running, limits)
     chosen = plan(request, energy_model).chosen
     allocation = inputs.allocation_watts
     if chosen is None or (allocation is not None and chosen.total_watts > allocation * OVERSHOOT_TOLERANCE):
@@ -155,7 +250,8 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
     accelerator = get_accelerator(intent.accelerator)
     running_candidate: Candidate | None = None
     if running is not None and fleet.exists and proposed != running:
-        running_candidate = evaluate_in(tick_request(inputs, memory, load, None), running, energy_model)
+        running_candidate = evaluate_in(tick_request(inputs, memory, load, None, margin=margin_of(memory, running.config)),
+                                        running, energy_model)
 
     def worth_it() -> SwitchDecision:
         assert candidate is not None
@@ -176,6 +272,11 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
     outage = (running is not None and running.replicas <= 1 and proposed.config != running.config
               and not surge)
     alt = plan_of(in_place) if in_place is not None else None
+    # Capacity as measured where it was: a configuration whose latency proved k times the model's carries about
+    # 1/k of what the model says (its prefill, its steps are that much slower), so the capacity order sees it so.
+    run_c = with_margin(running_candidate, memory)
+    prop_c = with_margin(candidate, memory)
+    alt_c = with_margin(in_place, memory)
     return SwitchFacts(
         running=running,
         proposed=proposed,
@@ -193,7 +294,7 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
                            else (False if running is not None and proposed != running else None)),
         proposed_meets_slo=candidate.meets_slo if candidate is not None else None,
         measured_watts=inputs.signals.watts if inputs.signals is not None else None,
-        more_capacity=running is not None and more_capacity(running, proposed, running_candidate, candidate),
+        more_capacity=running is not None and more_capacity(running, proposed, run_c, prop_c),
         under_pressure=under_pressure(inputs),
         slo_missed=slo_missed(inputs),
         settled=settled(since, inputs.settle_seconds, fleet.rolling),
@@ -202,13 +303,13 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         pinned=intent.pinned is not None,
         worth_it=worth_it if (candidate is not None and result is not None) else None,
         in_place=alt,
-        in_place_suffices=in_place is not None and scale_only_suffices(in_place, candidate),
+        in_place_suffices=alt_c is not None and scale_only_suffices(alt_c, prop_c),
         in_place_more_capacity=(running is not None and alt is not None
-                                and more_capacity(running, alt, running_candidate, in_place)),
+                                and more_capacity(running, alt, run_c, alt_c)),
         in_place_worth_it=in_place_worth_it if in_place is not None else None,
         recently_left=recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts),
-        proposed_capacity_ratio=capacity_ratio(candidate, running_candidate),
-        in_place_capacity_ratio=capacity_ratio(in_place, candidate),
+        proposed_capacity_ratio=capacity_ratio(prop_c, run_c),
+        in_place_capacity_ratio=capacity_ratio(alt_c, prop_c),
     )
 
 
@@ -226,15 +327,17 @@ def advise(inputs: TickInputs, memory: Memory, load: LoadEstimate, keeping: Plan
     """What an Advise budget's allocation would move the service to; None when it would change nothing."""
     if inputs.advised_allocation_watts is None or inputs.intent.pinned is not None or keeping is None:
         return None
-    request = plan_request(inputs.intent, load.workload, inputs.advised_allocation_watts, memory.power_correction,
-                           (memory.ttft_correction, memory.itl_correction))
-    chosen = plan(request, energy_model).chosen
-    if chosen is None or plan_of(chosen) == keeping:
+    advised, _, _ = search(inputs, memory, load, inputs.advised_allocation_watts, energy_model)
+    if advised is None or advised == keeping:
         return None
-    return plan_of(chosen)
+    return advised
 
 
 def remember_applied(memory: Memory, applied: Plan, load: LoadEstimate, now_s: float) -> Memory:
+    if memory.running is not None and restarts(memory.running, applied) and memory.margins:
+        # The running configuration's margin is its own: another one starts from what was learned of it.
+        ttft, itl = margin_of(memory, applied.config)
+        memory = replace(memory, ttft_correction=ttft, itl_correction=itl)
     w = load.workload
     planned = replace(w, requests_per_second=significant(w.requests_per_second) or 0.0,
                       input_tokens=significant(w.input_tokens) or w.input_tokens,
@@ -258,7 +361,8 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
             and restarts(running, proposed) and recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts):
         # No A -> B -> A within RECENT_SECONDS under the same allocation: the best plan elsewhere instead.
         avoid = blocked(memory, inputs.now_s, inputs.allocation_watts) - {configuration_key(running.config)}
-        other, other_candidate, other_result = propose_elsewhere(inputs, memory, load, avoid, energy_model)
+        other, other_candidate, other_result = search(inputs, memory, load, inputs.allocation_watts, energy_model,
+                                                      avoid=frozenset(avoid))
         if other is not None:
             proposed, candidate, result = other, other_candidate, other_result
     in_place: Candidate | None = None

@@ -14,6 +14,7 @@ from typing import Literal
 from ..energy.model import ProfilePointLike
 from ..energy.types import ModelShape, Plan, Workload
 from ..planner import Candidate, PlanResult
+from ..planner import LoadEstimate as PlannerLoad
 
 __all__ = ["Plan"]  # re-exported: the core's plans are energy.types.Plan
 
@@ -65,6 +66,16 @@ class Signals:
     mean_output_tokens: float | None = None
     ttft_p95_seconds: float | None = None
     itl_p95_seconds: float | None = None
+    # Bursts and token distributions (issue 11 item 1), where telemetry carries them; absent, the load planned for
+    # is the stabilised window rate, as before. `arrival_counts`: requests per `arrival_resolution_seconds` bin
+    # over the recent history, oldest first (a counter read at fine resolution); `burst_requests_per_second`: the
+    # 95th percentile of short-window rates over that history (PromQL quantile_over_time), used when no counts
+    # come; the token samples: observed prompt and output lengths (a sample, or a histogram's quantiles).
+    arrival_counts: tuple[float, ...] = ()
+    arrival_resolution_seconds: float | None = None
+    burst_requests_per_second: float | None = None
+    prompt_tokens_sample: tuple[float, ...] = ()
+    output_tokens_sample: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,17 @@ class RecentConfiguration:
 
 
 @dataclass(frozen=True)
+class ConfigMargin:
+    """The learned latency margin of one configuration (measured over the queued model's prediction, while it ran):
+    the model's error differs by precision and TP (a prefill slower than modelled on one, say), so a margin learned
+    on one configuration is not applied to another."""
+
+    configuration: str  # switching.configuration_key
+    ttft: float
+    itl: float
+
+
+@dataclass(frozen=True)
 class Memory:
     """What the core remembers between ticks (the operator keeps it in status, the benchmark in the policy).
 
@@ -103,15 +125,24 @@ class Memory:
     ttft_correction: float = 1.0
     itl_correction: float = 1.0
     recent_configurations: tuple[RecentConfiguration, ...] = ()
+    # Learned margins per configuration, most recent last; `ttft_correction`/`itl_correction` are the running one's.
+    margins: tuple[ConfigMargin, ...] = ()
 
 
 @dataclass(frozen=True)
 class Tuning:
-    """How the online corrections move (operator settings)."""
+    """How the online corrections move, and what the plans aim at (operator settings)."""
 
     power_correction_smoothing: float = 0.3
     power_correction_bounds: tuple[float, float] = (0.5, 2.0)
     latency_correction_bounds: tuple[float, float] = (0.5, 5.0)
+    # What is scored (issue 11 item 4): the queued latency model, and at least `request_share` of requests within
+    # both thresholds; "steady" plans p95 latencies with the steady model, as before.
+    latency_model: Literal["queued", "steady"] = "queued"
+    request_share: float = 0.99
+    # The learned margin's range with the queued model: it multiplies predictions (1 = the model as it is); the
+    # model is within 2x of the simulation on every family (bench/README.md, "Latency model vs simulation").
+    latency_margin_bounds: tuple[float, float] = (0.8, 5.0)
 
 
 @dataclass(frozen=True)
@@ -134,6 +165,9 @@ class LoadEstimate:
     source: LoadSource
     peak_load_rps: float | None
     peak_load_at_s: float | None
+    # The planner's view of the bursts (rate levels, clustering, token distribution, trend) when telemetry carried
+    # them; None plans for `workload` as Poisson.
+    bursts: PlannerLoad | None = None
 
 
 @dataclass(frozen=True)

@@ -86,10 +86,13 @@ def accounting_status(budget: EnergyBudget, old: dict[str, Any], acc: BudgetAcco
 
 
 def service_load(service: LLMService, status: dict[str, Any]) -> ServiceLoad:
-    """A selected service for the allocation: its measured load, else the planned-for one, else the spec's."""
+    """A selected service for the allocation: the load the service itself plans for (its stabilised offered rate,
+    `peakLoadRps`: finished requests plus the queue), else the finished rate, else the planned-for load, else the
+    spec's. The finished rate alone is what a saturated fleet manages, not what arrives: a budget sized on it
+    shrinks with each cut (less served, less "needed") until every service runs its smallest batch."""
     observed = status.get("observed") or {}
     plan_status = status.get("plan") or {}
-    rps = observed.get("requestsPerSecond", plan_status.get("plannedLoadRps"))
+    rps = observed.get("peakLoadRps", observed.get("requestsPerSecond", plan_status.get("plannedLoadRps")))
     load = Workload(
         requests_per_second=float(rps if rps is not None else service.spec.workload.requests_per_second),
         input_tokens=float(plan_status.get("plannedInputTokens") or service.spec.workload.input_tokens),

@@ -15,6 +15,7 @@ from typing import Any
 from wattkeeper.api import LLMService, ProfilePoint, ServingConfigSpec
 from wattkeeper.control import (
     OVERSHOOT_TOLERANCE,
+    ConfigMargin,
     FleetState,
     Memory,
     Plan,
@@ -156,6 +157,10 @@ def memory_from_status(status: dict[str, Any], default_workload: Workload) -> Me
         power_correction=float(observed.get("powerCorrection") or 1.0),
         ttft_correction=float(observed.get("ttftCorrection") or 1.0),
         itl_correction=float(observed.get("itlCorrection") or 1.0),
+        margins=tuple(
+            ConfigMargin(str(r["configuration"]), float(r.get("ttft") or 1.0), float(r.get("itl") or 1.0))
+            for r in observed.get("latencyMargins") or [] if r.get("configuration")
+        ),
         recent_configurations=tuple(
             RecentConfiguration(str(r["configuration"]), left, r.get("allocationWatts"))
             for r in plan_status.get("recentConfigurations") or []
@@ -172,6 +177,7 @@ def signals_from_observation(obs: ServiceObservation | None, window_seconds: flo
         waiting_requests=obs.waiting_requests, running_requests=obs.running_requests,
         mean_input_tokens=obs.mean_input_tokens, mean_output_tokens=obs.mean_output_tokens,
         ttft_p95_seconds=obs.ttft_p95_seconds, itl_p95_seconds=obs.itl_p95_seconds,
+        burst_requests_per_second=obs.burst_requests_per_second,
     )
 
 
@@ -357,8 +363,11 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
     # Observed figures and what the core remembers, rounded so that noise does not cause writes.
     memory = tick.memory
     _sync_recent(status, memory, now)
-    remembered = {"powerCorrection": memory.power_correction, "ttftCorrection": memory.ttft_correction,
-                  "itlCorrection": memory.itl_correction}
+    remembered: dict[str, Any] = {"powerCorrection": memory.power_correction,
+                                  "ttftCorrection": memory.ttft_correction, "itlCorrection": memory.itl_correction}
+    if memory.margins:
+        remembered["latencyMargins"] = [{"configuration": r.configuration, "ttft": r.ttft, "itl": r.itl}
+                                        for r in memory.margins]
     if obs is not None:
         status["observed"] = {k: v for k, v in {
             "watts": significant(obs.watts), "joulesPerToken": significant(obs.joules_per_token),
@@ -374,7 +383,7 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
                                        "peakLoadAt": _iso(datetime.fromtimestamp(memory.peak_load_at_s,
                                                                                  tz=now.tzinfo))})
         status["observed"] = _steady(status["observed"], old.get("observed") or {}, MEASURED_KEYS)
-    elif any(v != 1.0 for v in remembered.values()):
+    elif any(v != 1.0 for v in remembered.values()):  # (a list of margins is never 1.0)
         status.setdefault("observed", {}).update(remembered)
     _write_allocation(status, alloc)
 

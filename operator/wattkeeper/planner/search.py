@@ -37,6 +37,8 @@ MAX_NUM_SEQS_OPTIONS = (8, 16, 32, 64, 128, 256, 512)
 MAX_NUM_BATCHED_TOKENS_OPTIONS = (2048, 8192)
 # Candidates within this share of the least power are ties (the model is not that precise).
 TIE_TOLERANCE = 0.005
+# In the fallback, misses within this factor of the least are ties, settled by watts.
+FALLBACK_TIE = 1.1
 
 
 @dataclass(frozen=True)
@@ -526,7 +528,7 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
         is_feasible = True
     else:
         chosen_i, binding, reason = _fallback(request, best, base_ok, slo_ok, within_power, meets_itl, ttft, itl,
-                                              fits & within_gpus, r["utilisation"])
+                                              fits & within_gpus, r["utilisation"], within_share, watts)
         chosen = candidate(chosen_i) if chosen_i is not None else None
         runner = None
         is_feasible = False
@@ -708,9 +710,15 @@ def _fallback(
     itl: FloatArray,
     placeable: npt.NDArray[np.bool_] | None = None,
     utilisation: FloatArray | None = None,
+    within_share: FloatArray | None = None,
+    watts: FloatArray | None = None,
 ) -> tuple[int | None, Binding, str]:
     """Nothing meets everything: protect the SLO (exceed the cap) or the budget (miss the SLO), as declared."""
-    violation = np.maximum(ttft / request.slo_ttft_p95_seconds, itl / request.slo_itl_p95_seconds)
+    violation = np.maximum(ttft * request.ttft_margin / request.slo_ttft_p95_seconds,
+                           itl * request.itl_margin / request.slo_itl_p95_seconds)
+    if within_share is not None:
+        # What is scored: the share of requests missed, in multiples of the share allowed to miss.
+        violation = (1.0 - within_share) / max(1.0 - request.request_share, 1e-9)
     slo_possible = base_ok & slo_ok
     if request.fallback == "ProtectSLO" and slo_possible.any():
         i = best(slo_possible)
@@ -763,6 +771,11 @@ def _fallback(
     pool = base_ok & within_power if request.fallback == "ProtectBudget" else base_ok
     idx = np.flatnonzero(pool)
     i = int(idx[np.argmin(violation[idx])])
+    if watts is not None:
+        # Misses within 10% of the least are ties: the least watts among them, not a fleet many times larger
+        # for a sliver less (a model that misses everywhere would otherwise buy the largest fleet it may).
+        near = idx[violation[idx] <= violation[i] * FALLBACK_TIE + 1e-9]
+        i = int(near[np.argmin(watts[near])])
     binding: Binding = "slo-itl" if not meets_itl[i] else "slo-ttft"
     if request.fallback == "ProtectBudget" and request.power_cap_watts is not None and slo_possible.any():
         binding = "power"

@@ -28,6 +28,10 @@ class ServiceObservation:
     waiting_requests: float | None = None
     pods_reporting: int = 0
     power_source: str = ""  # which metric gave the watts
+    # The 95th percentile of the service's 30-s finished-request rates, every 10 s over the last 10 minutes
+    # (BURST_QUERY): the short-window peak the plan is sized for (issue 11 item 1). None where the source keeps no
+    # history (direct scraping).
+    burst_requests_per_second: float | None = None
 
     @property
     def joules_per_token(self) -> float | None:

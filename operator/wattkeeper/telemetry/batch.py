@@ -40,6 +40,13 @@ BUCKETS_BY_POD = {
     "or rate(vllm:time_per_output_token_seconds_bucket{{{sel}}}[{w}]))",
 }
 PODS_BY_POD = "count by (namespace, pod) (vllm:num_requests_running{{{sel}}})"
+# Bursts per service (prometheus.py LOAD_QUERIES "burst_requests_per_second"): the quantile of the service's
+# summed rate, not a sum of per-pod quantiles, so pods are grouped into their service (the Deployment's name, as
+# `service_of_pod` reads it) before the subquery.
+BURST_BY_SERVICE = (
+    'quantile_over_time(0.95, sum by (namespace, service) (label_replace('
+    'rate(vllm:request_success_total{{{sel}}}[30s]), "service", "$1", "pod", "(.+)-[^-]+-[^-]+"))[10m:10s])'
+)
 
 
 def service_of_pod(pod: str) -> str | None:
@@ -96,6 +103,17 @@ class _Batch:
                 out[key] += value
         return dict(out)
 
+    def by_service(self, template: str) -> dict[ServiceKey, float]:
+        """One value per (namespace, service) series of `template`, already grouped by service."""
+        out: dict[ServiceKey, float] = {}
+        for series in self.vector(template):
+            labels = series.get("metric") or {}
+            key = (str(labels.get("namespace")), str(labels.get("service") or ""))
+            value = float(series["value"][1])
+            if key in self.keys and math.isfinite(value):
+                out[key] = value
+        return out
+
     def buckets(self, template: str) -> dict[ServiceKey, dict[float, float]]:
         out: dict[ServiceKey, dict[float, float]] = defaultdict(lambda: defaultdict(float))
         for series in self.vector(template):
@@ -123,6 +141,7 @@ def observe_prometheus(source: PrometheusSource, keys: Iterable[ServiceKey],
         sums = {field: batch.per_service(template) for field, template in SUMS_BY_POD.items()}
         quantiles = {field: batch.buckets(template) for field, template in BUCKETS_BY_POD.items()}
         pods = batch.per_service(PODS_BY_POD)
+        bursts = batch.by_service(BURST_BY_SERVICE)
     except TelemetryUnavailable as err:
         return {key: err for key in wanted}
     out: dict[ServiceKey, Outcome] = {}
@@ -137,7 +156,7 @@ def observe_prometheus(source: PrometheusSource, keys: Iterable[ServiceKey],
         for field, per_key in quantiles.items():
             fields[field] = quantile_from_buckets(0.95, per_key.get(key, {}))
         out[key] = ServiceObservation(watts=watts, pods_reporting=int(pods.get(key, 0)), power_source=source_name,
-                                      **fields)
+                                      burst_requests_per_second=bursts.get(key), **fields)
     return out
 
 

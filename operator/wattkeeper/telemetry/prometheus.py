@@ -30,6 +30,9 @@ LOAD_QUERIES = {
     "or rate(vllm:time_per_output_token_seconds_bucket{{{sel}}}[{w}])))",
     "running_requests": "sum(avg_over_time(vllm:num_requests_running{{{sel}}}[{w}]))",
     "waiting_requests": "sum(avg_over_time(vllm:num_requests_waiting{{{sel}}}[{w}]))",
+    # Bursts: the p95 of 30-s rates sampled every 10 s over 10 minutes (a subquery; Prometheus >= 2.7).
+    "burst_requests_per_second": "quantile_over_time(0.95, sum(rate(vllm:request_success_total{{{sel}}}[30s]))"
+    "[10m:10s])",
 }
 PODS_QUERY = "count(count by (pod) (vllm:num_requests_running{{{sel}}}))"
 

@@ -1,0 +1,128 @@
+"""Plan for what is scored (issue 11 items 1 and 4) in the control core: burst-aware load where telemetry carries
+it (and today's load where it does not), the queued model at 99% of requests by default, the learned margin."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from wattkeeper.bench.groundtruth import model_shape
+from wattkeeper.bench.trace import Trace
+from wattkeeper.bench.wattkeeper_policy import recent_arrivals
+from wattkeeper.control import FleetState, Memory, Plan, ServiceIntent, Signals, TickInputs, Tuning
+from wattkeeper.control.corrections import latency_correction
+from wattkeeper.control.load import estimate_load
+from wattkeeper.control.planning import evaluate
+from wattkeeper.control.tick import tick_request
+from wattkeeper.energy.model import EnergyModel
+from wattkeeper.energy.types import ServingConfig, Workload
+
+EM = EnergyModel.default()
+INTENT = ServiceIntent(model=model_shape("meta-llama/Llama-3.1-70B-Instruct"), accelerator="H100",
+                       allowed_precisions=("bf16", "fp8"), slo_ttft_p95_seconds=2.0, slo_itl_p95_seconds=0.1)
+BASE = Signals(window_seconds=60.0, watts=3000.0, finished_requests_per_second=5.0, waiting_requests=0.0,
+               mean_input_tokens=1000.0, mean_output_tokens=250.0, ttft_p95_seconds=0.4, itl_p95_seconds=0.06)
+
+
+def bursty_counts(seed: int = 1) -> tuple[float, ...]:
+    """Ten minutes at 15-s resolution: 5 req/s on average, one bin in five at three times the rest's rate."""
+    rng = np.random.default_rng(seed)
+    rates = np.where(np.arange(40) % 5 == 0, 5.0 * 15 / 7, 5.0 * 5 / 7)
+    return tuple(float(x) for x in rng.poisson(rates * 15.0))
+
+
+def test_without_burst_telemetry_the_load_is_todays() -> None:
+    load = estimate_load(INTENT, Memory(), BASE, 100.0)
+    assert load.bursts is None and load.workload == Workload(5.0, 1000.0, 250.0)
+
+
+def test_arrival_counts_give_rate_levels_and_at_least_the_queued_rate() -> None:
+    counts = bursty_counts()
+    signals = replace(BASE, arrival_counts=counts, arrival_resolution_seconds=15.0,
+                      prompt_tokens_sample=tuple([800.0, 1200.0] * 20), output_tokens_sample=tuple([200.0, 300.0] * 20))
+    load = estimate_load(INTENT, Memory(), signals, 100.0)
+    assert load.bursts is not None
+    assert load.bursts.burst_rate > load.bursts.mean_rate
+    # The busy bins travel to the queued model, as clustering or as a rate level.
+    assert load.bursts.arrival_dispersion > 1.2 or max(f for f, _ in load.bursts.rate_levels) > 1.2
+    assert load.bursts.tokens is not None
+    assert load.workload.requests_per_second >= load.bursts.queued_rate * 0.999
+
+
+def test_a_burst_quantile_alone_is_the_busiest_five_percent() -> None:
+    load = estimate_load(INTENT, Memory(), replace(BASE, burst_requests_per_second=12.0), 100.0)
+    assert load.bursts is not None
+    assert load.bursts.rate_levels == ((1.0, 0.95), (pytest.approx(12.0 / 5.0), 0.05))
+    assert load.workload.requests_per_second == 5.0
+
+
+DEFAULT = Tuning()
+
+
+def inputs(memory: Memory, tuning: Tuning = DEFAULT) -> TickInputs:
+    return TickInputs(INTENT, memory, BASE, FleetState(), now_s=100.0, tuning=tuning)
+
+
+def test_the_core_plans_for_what_is_scored_by_default() -> None:
+    memory = Memory(ttft_correction=1.3, itl_correction=1.1)
+    load = estimate_load(INTENT, memory, BASE, 100.0)
+    request = tick_request(inputs(memory), memory, load, 5000.0, margin=(1.3, 1.1))
+    assert (request.latency_model, request.slo_basis, request.request_share) == ("queued", "requests", 0.99)
+    assert request.chunk_budget_within_itl
+    assert (request.ttft_margin, request.itl_margin) == (1.3, 1.1)  # the learned margin multiplies predictions
+    assert request.slo_ttft_p95_seconds == INTENT.slo_ttft_p95_seconds  # not divided into the SLO as well
+    assert request.power_cap_watts is not None and request.power_cap_watts < 5000.0  # headroom under the cap
+    steady = tick_request(inputs(memory, Tuning(latency_model="steady")), memory, load, 5000.0)
+    assert (steady.latency_model, steady.slo_basis) == ("steady", "p95")
+    assert steady.slo_ttft_p95_seconds == pytest.approx(INTENT.slo_ttft_p95_seconds / 1.3)
+
+
+def test_the_margin_is_learned_within_its_bounds() -> None:
+    running = Plan(ServingConfig("bf16", 4, 256, 2048), 1)
+    workload = Workload(3.0, 1000.0, 250.0)
+    predicted = evaluate(INTENT, running, workload, EM)
+    assert predicted is not None
+    fleet = FleetState(exists=True, replicas=1, ready_replicas=1)
+    slow = replace(BASE, ttft_p95_seconds=predicted.ttft_p95_seconds * 40, itl_p95_seconds=predicted.itl_p95_seconds)
+    ttft, itl = latency_correction((1.0, 1.0), INTENT, running, slow, fleet, workload, EM, Tuning(), predicted)
+    assert ttft == 3.0 and itl == 1.0  # half way up to the bounded ratio (5) in one window
+    fast = replace(BASE, ttft_p95_seconds=predicted.ttft_p95_seconds, itl_p95_seconds=predicted.itl_p95_seconds)
+    ttft, _ = latency_correction((5.0, 1.0), INTENT, running, fast, fleet, workload, EM, Tuning(), predicted)
+    assert 1.0 < ttft < 5.0  # slow down: one good window moves it a step
+    steady = Tuning(latency_model="steady")
+    ttft_steady, _ = latency_correction((1.0, 1.0), INTENT, running, slow, fleet, workload, EM, steady, predicted)
+    assert 1.0 < ttft_steady < 3.0  # the steady model's correction moves by the slower EWMA both ways
+
+
+def test_the_benchmark_reads_arrivals_at_the_scrape_resolution() -> None:
+    arrivals = np.sort(np.random.default_rng(3).uniform(0, 900, 3000))
+    trace = Trace(arrivals, np.full(3000, 500, dtype=np.int64), np.full(3000, 100, dtype=np.int64))
+    got = recent_arrivals(trace, 900.0, 15.0)
+    assert got["arrival_resolution_seconds"] == 15.0 and len(got["arrival_counts"]) == 40
+    assert sum(got["arrival_counts"]) == int(np.sum((arrivals >= 300.0) & (arrivals < 900.0)))
+    assert set(got["prompt_tokens_sample"]) == {500.0}
+    assert recent_arrivals(trace, 10.0, 15.0) == {}
+
+
+def test_margins_are_learned_per_configuration() -> None:
+    """A margin learned on one configuration is its own; an unmeasured one starts from the largest learned for its
+    precision (the model's error is mostly the precision's), another precision from the model as it is."""
+    from wattkeeper.control import ConfigMargin
+    from wattkeeper.control.tick import margin_of, search
+
+    memory = Memory(margins=(ConfigMargin("fp8 tp4", 4.0, 2.0),))
+    assert margin_of(memory, ServingConfig("fp8", 4, 256, 1024)) == (4.0, 2.0)
+    assert margin_of(memory, ServingConfig("fp8", 8, 256, 1024)) == (4.0, 2.0)
+    assert margin_of(memory, ServingConfig("bf16", 4, 256, 1024)) == (1.0, 1.0)
+    both = Memory(margins=(ConfigMargin("fp8 tp4", 4.0, 2.0), ConfigMargin("bf16 tp4", 1.2, 1.0)))
+    assert margin_of(both, ServingConfig("bf16", 8, 256, 1024)) == (1.2, 1.0)
+    load = estimate_load(INTENT, Memory(), BASE, 100.0)
+    trusted, _, _ = search(inputs(Memory()), Memory(), load, None, EM)
+    assert trusted is not None
+    preferred = trusted.config.precision  # what the model alone prefers here
+    other = "fp8" if preferred == "bf16" else "bf16"
+    doubt = Memory(margins=(*(ConfigMargin(f"{preferred} tp{tp}", 4.0, 2.0) for tp in (1, 2, 4, 8)),
+                            ConfigMargin(f"{other} tp4", 1.0, 1.0)))
+    doubted, _, _ = search(inputs(doubt), doubt, load, None, EM)
+    assert doubted is not None and doubted.config.precision != preferred  # a 4x error there moves the plan off
