@@ -9,8 +9,9 @@ Per 300-s window of the trace:
    configuration, on the ground truth; the fewest replicas that keep `TARGET_SHARE` of the window's requests
    within both thresholds, searched from the planner's count down and up. The measured energy over the window
    decides between the triples. A search upward stops where even idle GPUs would cost more than the best fleet
-   found (a bound, not a guess); triples the model predicts at more than `PRUNE_FACTOR` x the best fleet's
-   measured power are not replayed (a heuristic; every run says how many replays it made).
+   found (a bound, not a guess); a triple is not replayed when half the planner's replica count would cost more
+   than that idle (`PRUNE_DIVISOR`, a heuristic; every run says how many replays it made). Replays stop as soon as
+   they miss too many requests or spend more than the best (`fleet.Cutoff`).
 3. Switch: the fleet of window k is rolled out one model-load time (the slowest allowed configuration's) before
    the window starts, as a surge (the old set serves until the new one does); a smaller fleet of the same
    configuration scales down at the window's start. Loading and draining cost what they cost in the simulator.
@@ -44,7 +45,10 @@ from .trace import Trace
 
 WINDOW_S = 300.0
 WARMUP_S = 60.0
-PRUNE_FACTOR = 1.5
+# A triple is not replayed when even 1/PRUNE_DIVISOR of the planner's replica count, idle, would cost more than the
+# best fleet found (the planner's count is rarely off by half; predicted watts proved a worse guide: they pruned
+# the cheapest fleet of a window once).
+PRUNE_DIVISOR = 2
 REPAIR_ROUNDS = 2
 LIMIT_FRACTION = 0.7  # the one reduced GPU power limit the oracle tries besides the default
 
@@ -159,10 +163,10 @@ def choose_window(
     best: WindowReplay | None = None
     closest: WindowReplay | None = None
     replays = 0
-    for predicted_watts, config, n0 in shortlist(spec, trace, em, start_s, end_s):
-        if best is not None and predicted_watts * span > PRUNE_FACTOR * best.joules:
-            continue
+    for _, config, n0 in shortlist(spec, trace, em, start_s, end_s):
         idle_joules = gt.idle_watts(config) * span  # per replica: a bound no fleet of this size beats
+        if best is not None and max(1, n0 // PRUNE_DIVISOR) * idle_joules >= best.joules:
+            continue
         cache: dict[int, WindowReplay] = {}
 
         beat = best.joules if best is not None else math.inf  # `best` changes only after this search
@@ -176,26 +180,30 @@ def choose_window(
                 replays += 1
             return cache[n]
 
-        n = max(1, n0)
-        found: WindowReplay | None = None
-        r = run(n)
-        if r.keeps:
-            found = r
-            while n > 1:
-                r = run(n - 1)
-                if not r.keeps:
-                    break
-                n -= 1
-                found = r
-        elif not r.too_costly:
-            while n < spec.max_replicas and n < 2 * n0 + 4:
-                n += 1
-                if best is not None and n * idle_joules >= best.joules:
-                    break
-                r = run(n)
-                if r.keeps or r.too_costly:
-                    found = r if r.keeps else None
-                    break
+        # Bisection for the fewest replicas that keep the window: `lo` misses, `hi` keeps or costs more than the
+        # best (then so does every larger fleet of this configuration, and only smaller ones are worth a replay).
+        ceiling = min(spec.max_replicas, 2 * n0 + 4)
+        lo, hi = 0, None
+        n = max(1, min(n0, ceiling))
+        while hi is None:
+            r = run(n)
+            if r.keeps or r.too_costly:
+                hi = n
+                continue
+            nxt = min(ceiling, 2 * n)
+            if best is not None:  # no larger fleet than one whose GPUs would cost more than the best, even idle
+                nxt = min(nxt, math.ceil(best.joules / idle_joules) - 1)
+            if nxt <= n:
+                break  # none keeps up to the ceiling or the bound
+            lo, n = n, nxt
+        while hi is not None and hi - lo > 1:
+            mid = (lo + hi) // 2
+            r = run(mid)
+            if r.keeps or r.too_costly:
+                hi = mid
+            else:
+                lo = mid
+        found = cache[hi] if hi is not None and cache[hi].keeps else None
         for r in cache.values():
             # The closest miss, for a window nothing keeps: the largest fleet tried (an early stop tells no share).
             if closest is None or (r.within_share, r.replicas) > (closest.within_share, closest.replicas):
