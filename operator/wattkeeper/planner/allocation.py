@@ -1,7 +1,8 @@
 """Split an energy budget's watts among its services: by priority, then by SLO-meeting tokens per watt.
 
-1. Every service gets its floor (what its smallest fleet draws at its load). A running service never gets less:
-   below it no plan exists, so a smaller share would only be missed, never held.
+1. Every service gets its floor (what its smallest fleet draws at its load) while the budget covers the floors:
+   below it no plan exists, so a smaller share would only be missed. When the floors exceed the budget, each
+   gets the budget's share of its floor: the sum never exceeds the budget, which is a promise about watts.
 2. Priority by priority, highest first, each service that fits gets what it needs to meet its SLO. Within a
    priority the services that buy the most SLO-meeting tokens per watt above their floor go first, and one whose
    need does not fit is skipped for the next that does (a knapsack filled greedily: a short budget serves the most
@@ -68,11 +69,15 @@ def allocate_watts(total_watts: float, demands: list[ServiceDemand]) -> list[Ser
         return []
     floors = sum(d.floor_watts for d in demands)
     if floors > total_watts + EPSILON_WATTS:
+        # A budget is a promise about watts: never allocate past it. Each service gets the budget's share of its
+        # floor and reports why; its controller then runs the least-power plan it has (and, with the power-limit
+        # agent on, caps it) rather than hold a fleet the budget cannot pay for.
         return [
             ServiceAllocation(
-                d.name, d.floor_watts, True,
-                f"priority {d.priority}: the budget ({total_watts:.0f} W) is below the floors of its services ({floors:.0f} W): each "
-                f"keeps its floor ({d.floor_watts:.0f} W); only fewer running services would hold the budget",
+                d.name, total_watts * d.floor_watts / floors, True,
+                f"priority {d.priority}: the budget ({total_watts:.0f} W) is below the floors of its services "
+                f"({floors:.0f} W, {d.floor_watts:.0f} W its own): each gets its share of the budget in proportion to "
+                f"its floor; only fewer running services, or a larger budget, would meet the SLOs",
             )
             for d in demands
         ]
