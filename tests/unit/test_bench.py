@@ -37,7 +37,7 @@ def gt8b() -> GroundTruth:
 
 
 def spec8b(cap: float | None = None) -> BenchSpec:
-    return BenchSpec(model_shape(MODEL_8B), "H100", 2.0, 0.1, power_cap_watts=cap, max_replicas=8)
+    return BenchSpec(model_shape(MODEL_8B), "H100", 2.0, 0.1, allocation_watts=cap, max_replicas=8)
 
 
 class Fixed:
@@ -153,7 +153,7 @@ def test_wattkeeper_respects_a_power_cap(gt8b: GroundTruth) -> None:
     trace = synthetic_trace([(600.0, 20.0)], input_tokens=500, output_tokens=150, seed=11)
 
     def spec(cap: float | None) -> BenchSpec:
-        return BenchSpec(model_shape(MODEL_8B), "H100", 2.0, 0.03, power_cap_watts=cap, max_replicas=8)
+        return BenchSpec(model_shape(MODEL_8B), "H100", 2.0, 0.03, allocation_watts=cap, max_replicas=8)
 
     steady = Tuning(latency_model="steady")
     uncapped = FleetSimulator(trace, gt8b).run(WattkeeperPolicy(spec(None), trace, gt8b.energy_model, tuning=steady))

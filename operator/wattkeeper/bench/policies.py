@@ -56,7 +56,7 @@ class BenchSpec:
     baseline_precision: str = "bf16"
     max_replicas: int = 64
     max_tensor_parallel: int = 8
-    power_cap_watts: float | None = None
+    allocation_watts: float | None = None
     baseline_tensor_parallel: int | None = None  # None: the smallest TP whose KV cache holds 64 mean requests
 
     @property
@@ -268,7 +268,7 @@ class _PlannerPolicy:
         import time
 
         t0 = time.perf_counter()
-        request = control.plan_request(self.spec.intent(), workload, self.spec.power_cap_watts, self.power_correction)
+        request = control.plan_request(self.spec.intent(), workload, self.spec.allocation_watts, self.power_correction)
         result = plan(request, self.energy_model)
         return result, (time.perf_counter() - t0) * 1000.0
 
@@ -295,7 +295,7 @@ class _PlannerPolicy:
 
     def _target(self, candidate: Candidate, reason: str) -> FleetTarget:
         # As the operator renders the Deployment: surge only when one more replica fits under the allocation.
-        surge = surge_fits(candidate, self.spec.power_cap_watts)
+        surge = surge_fits(candidate, self.spec.allocation_watts)
         return FleetTarget(candidate.config, candidate.replicas, reason, surge=surge)
 
 

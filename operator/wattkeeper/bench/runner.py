@@ -114,11 +114,11 @@ def run_scenario(
             run,
             spec.slo_ttft_p95_seconds,
             spec.slo_itl_p95_seconds,
-            spec.power_cap_watts,
+            spec.allocation_watts,
             sources,
             getattr(objects.get(policy_name), "decisions", ()),
         )
-        summary.update(score(run, trace.arrival_s, thresholds, spec.power_cap_watts, trace.duration_s).to_dict())
+        summary.update(score(run, trace.arrival_s, thresholds, spec.allocation_watts, trace.duration_s).to_dict())
         summary["policy"] = policy_name
         summaries[policy_name] = summary
         if log is not None:
@@ -147,7 +147,7 @@ def run_scenario(
                 "targetShare": TARGET_SHARE},
         "groundTruthSeed": ground_truth.seed,
         "wattkeeperAllowedPrecisions": list(spec.allowed_precisions),
-        "powerCapWatts": spec.power_cap_watts,
+        "powerCapWatts": spec.allocation_watts,
         "policies": summaries,
         "notes": notes,
         "tuning": extras,
@@ -164,7 +164,7 @@ def run_scenario(
     }
     if png is not None:
         plot_power(
-            list(runs.values()), png, f"{name}: {spec.model.name} on {spec.accelerator.name}", spec.power_cap_watts
+            list(runs.values()), png, f"{name}: {spec.model.name} on {spec.accelerator.name}", spec.allocation_watts
         )
         document["plot"] = str(png)
     return ScenarioResult(name, document, runs, notes, extras)
@@ -184,7 +184,7 @@ def _source_of(ground_truth: GroundTruth, short: str) -> str:
 
 
 def with_cap(spec: BenchSpec, watts: float | None) -> BenchSpec:
-    return replace(spec, power_cap_watts=watts)
+    return replace(spec, allocation_watts=watts)
 
 
 # --- planner timing ------------------------------------------------------------------------------------------------
