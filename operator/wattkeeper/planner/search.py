@@ -60,7 +60,6 @@ class PlanRequest:
     allocation_watts: float | None = None
     fallback: Fallback = "ProtectSLO"
     power_correction: float = 1.0  # measured / predicted watts of the running plan, applied to predictions
-    throughput_correction: float = 1.0  # measured / predicted tokens per second
     profile: Sequence[ProfilePointLike] | None = None
     gpu_memory_utilization: float = 0.9
     max_num_seqs_options: tuple[int, ...] = MAX_NUM_SEQS_OPTIONS
@@ -260,7 +259,7 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, l
     # Replicas: the fewest that keep each under the target utilisation, and a few more (fewer, fuller replicas
     # usually win, but a smaller batch per replica can be what meets the ITL SLO).
     sat = evaluator.saturated(f, inp, out)
-    capacity_rps = sat["tokens_per_second"] / out * request.throughput_correction
+    capacity_rps = sat["tokens_per_second"] / out
     peak = 1.0
     tokens: TokenDistribution | None = None
     if request.latency_model == "queued":
@@ -270,7 +269,7 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, l
         b = np.minimum(sat["batch"], 0.5 * f.max_num_batched_tokens)
         chunk = np.maximum(f.max_num_batched_tokens - b, 16.0)
         full = evaluator.step(f, b, np.full(n, tokens.decode_context_tokens), chunk, chunk).step_seconds
-        prefill_rps = chunk / (full * tokens.mean_prompt_tokens) * request.throughput_correction
+        prefill_rps = chunk / (full * tokens.mean_prompt_tokens)
         capacity_rps = np.minimum(capacity_rps, prefill_rps)
         peak = max((a for a, w in request.rate_levels if w > 0), default=1.0)
     # The queued model judges queueing itself, so its smallest fleet only needs room for the busiest level; the
@@ -282,7 +281,7 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, l
     replicas = np.clip(np.concatenate(options), request.min_replicas, request.max_replicas)
     expand = np.tile(np.arange(n), len(options))
     g = f.take(expand)
-    rate = wl.requests_per_second / replicas / request.throughput_correction
+    rate = wl.requests_per_second / replicas
     if tokens is not None:
         result = _queued(evaluator, g, rate, inp[expand], out[expand], tokens, peak, request)
     else:
@@ -324,10 +323,10 @@ def _queued(
             rate_levels=request.rate_levels,
             request_quantiles=False,
             arrival_dispersion=request.arrival_dispersion,
-            # Predicted x margin / throughput correction <= SLO  <=>  predicted <= SLO x correction / margin.
+            # Predicted x margin <= SLO  <=>  predicted <= SLO / margin.
             thresholds=(
-                request.slo_ttft_p95_seconds * request.throughput_correction / request.ttft_margin,
-                request.slo_itl_p95_seconds * request.throughput_correction / request.itl_margin,
+                request.slo_ttft_p95_seconds / request.ttft_margin,
+                request.slo_itl_p95_seconds / request.itl_margin,
             )
             if request.slo_basis == "requests"
             else None,
@@ -435,13 +434,12 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
         raise ValueError("request rate must be >= 0")
     grid, keys = _evaluate(request, em)
     r = grid.result
-    tc = request.throughput_correction
     replicas = grid.replicas
     watts = r["watts"] * replicas * request.power_correction
     offered_tokens = max(request.workload.requests_per_second * request.workload.output_tokens, 1e-9)
     jpt = watts / offered_tokens
-    itl = r["itl_p95"] / tc
-    ttft = r["ttft_p95"] / tc
+    itl = r["itl_p95"]
+    ttft = r["ttft_p95"]
     queued = request.latency_model == "queued"
     tp = grid.features.tensor_parallel
     fits = r["max_batch"] >= 1.0
@@ -463,7 +461,7 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
     chunk_ok = np.ones_like(fits)
     if queued and request.chunk_budget_within_itl:
         # One step carrying a full chunk beside the planned batch must itself stay within the ITL SLO.
-        chunk_ok = r["chunk_step_seconds"] / tc * request.itl_margin <= request.slo_itl_p95_seconds
+        chunk_ok = r["chunk_step_seconds"] * request.itl_margin <= request.slo_itl_p95_seconds
         meets_itl &= chunk_ok
     within_gpus = np.ones_like(fits) if request.max_gpus is None else (replicas * tp <= request.max_gpus)
     within_power = np.ones_like(fits) if request.allocation_watts is None else (watts <= request.allocation_watts)
@@ -583,7 +581,6 @@ def _cheapest_distinct(
 
 def _prediction(grid: _Grid, i: int, request: PlanRequest) -> ReplicaPrediction:
     r = grid.result
-    tc = request.throughput_correction
     wl = request.workload
     tokens = float(r["tokens_per_second"][i])
     w = float(r["watts"][i]) * request.power_correction
@@ -593,10 +590,10 @@ def _prediction(grid: _Grid, i: int, request: PlanRequest) -> ReplicaPrediction:
         watts=w,
         joules_per_token=w / max(tokens, 1e-12),
         joules_per_request=w / max(tokens, 1e-12) * wl.output_tokens,
-        itl_p50_seconds=float(r["itl_p50"][i]) / tc,
-        itl_p90_seconds=float(r["itl_p90"][i]) / tc,
-        itl_p95_seconds=float(r["itl_p95"][i]) / tc,
-        ttft_p95_seconds=float(r["ttft_p95"][i]) / tc,
+        itl_p50_seconds=float(r["itl_p50"][i]),
+        itl_p90_seconds=float(r["itl_p90"][i]),
+        itl_p95_seconds=float(r["itl_p95"][i]),
+        ttft_p95_seconds=float(r["ttft_p95"][i]),
         fits_memory=bool(r["max_batch"][i] >= 1.0),
         kv_cache_tokens=int(r["kv_capacity_tokens"][i]),
         utilisation=float(r["utilisation"][i]),
