@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..energy.catalog import model_from_name
-from ..energy.model import EnergyModel
-from ..energy.types import Workload
-from ..planner import PlanRequest, plan
 from .baselines import autoscaler_tuned, peak_replicas, static_peak, static_right_sized
 from .fleet import FleetRun, FleetSimulator
 from .groundtruth import GroundTruth
@@ -185,48 +179,3 @@ def _source_of(ground_truth: GroundTruth, short: str) -> str:
 
 def with_cap(spec: BenchSpec, watts: float | None) -> BenchSpec:
     return replace(spec, allocation_watts=watts)
-
-
-# --- planner timing ------------------------------------------------------------------------------------------------
-
-PLANNER_TARGET_MS = 10.0
-
-
-def planner_timing(energy_model: EnergyModel, gpu: str = "H100", repeats: int = 20) -> list[dict[str, Any]]:
-    """Time per plan() decision (bf16 + fp8, the default search space) for 8B and 70B at 1, 10, 50 req/s."""
-    models = [
-        model_from_name("meta-llama/Llama-3.1-8B-Instruct", 8.0),
-        model_from_name("meta-llama/Llama-3.1-70B-Instruct", 70.0),
-    ]
-    out = []
-    for model in models:
-        for rate in (1.0, 10.0, 50.0):
-            request = PlanRequest(
-                model=model,
-                accelerator=gpu,
-                workload=Workload(rate, 1024.0, 256.0),
-                allowed_precisions=("bf16", "fp8"),
-                max_replicas=64,
-            )
-            t0 = time.perf_counter()
-            first = plan(request, energy_model)
-            cold_ms = (time.perf_counter() - t0) * 1000.0
-            samples = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                plan(request, energy_model)
-                samples.append((time.perf_counter() - t0) * 1000.0)
-            median = statistics.median(samples)
-            out.append(
-                {
-                    "model": model.name,
-                    "requestsPerSecond": rate,
-                    "candidates": first.evaluated,
-                    "coldMs": round(cold_ms, 3),
-                    "medianMs": round(median, 3),
-                    "p90Ms": round(sorted(samples)[int(0.9 * (len(samples) - 1))], 3),
-                    "ratioToTarget": round(median / PLANNER_TARGET_MS, 3),
-                    "chosen": first.chosen.describe() if first.chosen else None,
-                }
-            )
-    return out
