@@ -40,6 +40,7 @@ from kubernetes import client
 
 from tests.support import kps
 from tests.support.node_dcgm import NodeDcgmExporter
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -49,17 +50,6 @@ GROUP, VERSION = "wattkeeper.io", "v1alpha1"
 RELEASE_LABEL = {"release": "kps"}  # kube-prometheus-stack selects monitors by its Helm release label
 VLLM_PORT, SIM_DCGM_PORT = 8000, 9401
 SPEEDUP = 1.0  # simulated time = wall time, so energy counters read as watts
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
 def kubectl(cluster: Any, *args: str, input_text: str | None = None) -> str:

@@ -11,27 +11,18 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.wait import wait_for
+
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +81,7 @@ def test_profile_measured_by_the_job_is_used_by_the_next_plan(sim_cluster: Any, 
                                                          "llama").get("status") or {}
             return status if status.get("phase") in ("Measured", "Failed") else None
 
-        status = wait_for(measured, 420, "the profiler Job to measure the sweep")
+        status = wait_for("the profiler Job to measure the sweep", measured, 420, every=1.0)
         jobs = client.BatchV1Api(api).list_namespaced_job(ns).items
         print(json.dumps({k: status.get(k) for k in ("phase", "message", "job", "provenance")}, indent=1))
         for point in status.get("points") or []:
@@ -121,7 +112,7 @@ def test_profile_measured_by_the_job_is_used_by_the_next_plan(sim_cluster: Any, 
             plan = (obj.get("status") or {}).get("plan") or {}
             return plan if plan.get("reason") else None
 
-        plan = wait_for(planned, 120, "the service's first plan")
+        plan = wait_for("the service's first plan", planned, 120, every=1.0)
         print(json.dumps(plan, indent=1))
         assert "Measured profile points cover" in plan["reason"], plan["reason"]
         assert "the chosen plan's figures are measured" in plan["reason"], plan["reason"]
@@ -131,12 +122,14 @@ def test_profile_measured_by_the_job_is_used_by_the_next_plan(sim_cluster: Any, 
         # by tests/integration/test_power_limits.py); here it is written by hand, and the simulated node's agent
         # (the fleet runner) applies it to the pod's simulator without restarting it.
         core = client.CoreV1Api(api)
-        pod = wait_for(lambda: [p for p in core.list_namespaced_pod(ns, label_selector="wattkeeper.io/service=llama")
-                                .items if p.status.phase == "Running"], 60, "the service's pod")[0]
+        pod = wait_for("the service's pod", lambda: [
+            p for p in core.list_namespaced_pod(ns, label_selector="wattkeeper.io/service=llama").items
+            if p.status.phase == "Running"], 60, every=1.0)[0]
         core.patch_namespaced_pod(pod.metadata.name, ns, {"metadata": {"annotations": {
             "wattkeeper.io/gpu-power-limit-watts": "300"}}})
-        wait_for(lambda: f"pod {ns}/{pod.metadata.name}: GPU power limit 300" in (tmp_path / "fleet.log").read_text(),
-                 60, "the simulated agent to apply the limit")
+        wait_for("the simulated agent to apply the limit",
+                 lambda: f"pod {ns}/{pod.metadata.name}: GPU power limit 300" in (tmp_path / "fleet.log").read_text(),
+                 60, every=1.0)
         assert [p.metadata.name for p in core.list_namespaced_pod(ns, label_selector="wattkeeper.io/service=llama")
                 .items] == [pod.metadata.name]  # nothing restarted
     finally:

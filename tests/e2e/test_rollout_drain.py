@@ -16,11 +16,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -45,16 +47,6 @@ def namespace(sim_cluster: Any) -> Iterator[tuple[Any, str]]:
     client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield api, name
     client.CoreV1Api(api).delete_namespace(name, propagation_policy="Background")
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def deployment(namespace: str, max_num_seqs: int, drain: bool) -> dict[str, Any]:
@@ -111,7 +103,7 @@ def test_reconfiguration_under_load_completes_every_request(
             except (OSError, ValueError):
                 return []
 
-        first = wait_for(lambda: len(endpoints()) == 2 and endpoints(), 120, "two simulators")
+        first = wait_for("two simulators", lambda: len(endpoints()) == 2 and endpoints(), 120)
         loadgen = subprocess.Popen(
             [sys.executable, "-m", "wattkeeper_runtime.cli", "loadgen", "--registry", str(registry), "--service",
              f"{ns}/chat", "--synthetic", "--speedup", f"{SPEEDUP:g}", "--rate-scale", "0.6", "--duration",
@@ -130,7 +122,7 @@ def test_reconfiguration_under_load_completes_every_request(
             return bool(status.updated_replicas == 2 and status.replicas == 2 and len(current) == 2
                         and not current & {e["pod"] for e in first})  # fmt: skip
 
-        wait_for(rolled, 120, "the rollout to finish")
+        wait_for("the rollout to finish", rolled, 120)
         roll_seconds = time.monotonic() - rolled_at
         out, _ = loadgen.communicate(timeout=LOAD_SECONDS + 120)
         summary = json.loads(out)

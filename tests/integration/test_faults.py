@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from wattkeeper.controller.decide import running_plan
 from wattkeeper.controller.runner import OperatorThread, build_dependencies
 from wattkeeper.controller.settings import OperatorSettings
 
+from tests.support import wait
 from tests.support.fake_exporter import FakeFleetExporter, ServiceLoad
 from tests.support.operator_process import OperatorProcess, free_port
 
@@ -29,22 +31,9 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "wattkeeper.io", "v1alpha1"
 INTERVAL_S = 2.0
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 45.0, every: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except client.ApiException as err:  # the apiserver may be restarting
-            last = f"ApiException {err.status}"
-        except Exception as err:
-            last = f"{type(err).__name__}"
-        if last and not isinstance(last, str):
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+# The shared helper, set for this file: any error (the apiserver may be restarting) and any string (what
+# `converged` says is missing) mean "not yet".
+wait_for = functools.partial(wait.wait_for, timeout=45.0, every=0.25, retry_on=(Exception,), not_yet=(str,))
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ node through the API, applies the limit (fake NVML) and reports it on the pod (a
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -15,6 +14,8 @@ from wattkeeper.controller.settings import OperatorSettings
 from wattkeeper_runtime.agent import ANNOTATION_APPLIED, ANNOTATION_REQUEST, KubernetesPodDirectory, PowerLimitAgent
 from wattkeeper_runtime.podresources import PodRef
 from wattkeeper_runtime.powercontrol import FakePowerLimitControl
+
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,23 +30,13 @@ def service(limit: float) -> dict[str, Any]:
     }
 
 
-def wait_for(check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError("timed out")
-
-
 def test_a_limit_change_annotates_pods_and_restarts_nothing(api_client, namespace) -> None:  # type: ignore[no-untyped-def]
     custom, apps, core = client.CustomObjectsApi(api_client), client.AppsV1Api(api_client), client.CoreV1Api(api_client)
     deps = build_dependencies(OperatorSettings(telemetry="scrape", power_limits=True), api_client)
     custom.create_namespaced_custom_object("wattkeeper.io", "v1alpha1", namespace, "llmservices", service(450))
     body = custom.get_namespaced_custom_object("wattkeeper.io", "v1alpha1", namespace, "llmservices", "llm")
     reconcile_service(deps, body, "test")
-    pods = wait_for(lambda: len(core.list_namespaced_pod(namespace).items) == 2
+    pods = wait_for("the two pods", lambda: len(core.list_namespaced_pod(namespace).items) == 2
                     and core.list_namespaced_pod(namespace).items)  # the ReplicaSet controller made them
     reconcile_service(deps, body, "test")  # the next tick annotates the pods it finds
     names = sorted(p.metadata.name for p in pods)

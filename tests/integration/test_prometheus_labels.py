@@ -7,13 +7,15 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 from wattkeeper.telemetry import PrometheusSource, TelemetryUnavailable
+
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -59,20 +61,6 @@ class Exporter:
         return "\n".join(lines) + "\n"
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except TelemetryUnavailable as error:
-            last = error.reason
-        if last and not isinstance(last, str):
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-
-
 @pytest.fixture(scope="module")
 def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import prometheus as prom
@@ -103,7 +91,8 @@ def test_power_under_both_label_conventions(prometheus_url: str) -> None:
     source = PrometheusSource(prometheus_url)
     # The renamed convention really is what Prometheus stores without honor_labels.
     series = wait_for("renamed series", lambda: httpx.get(f"{prometheus_url}/api/v1/series", params={
-        "match[]": 'DCGM_FI_DEV_POWER_USAGE{job="renamed",exported_pod!=""}'}).json()["data"])
+        "match[]": 'DCGM_FI_DEV_POWER_USAGE{job="renamed",exported_pod!=""}'}).json()["data"],
+        timeout=30, retry_on=(TelemetryUnavailable,))
     assert series[0]["namespace"] == "gpu-operator" and series[0]["exported_namespace"] == "team-b"
 
     def from_energy(namespace: str, service: str, watts: float) -> Any:
@@ -112,9 +101,12 @@ def test_power_under_both_label_conventions(prometheus_url: str) -> None:
         observed = source.observe_service(namespace, service, 5)
         return observed if observed.power_source == "dcgm-energy" and abs(observed.watts / watts - 1) < 0.05 else None
 
-    wait_for("team-a power: 400 W + 300 W", lambda: from_energy("team-a", "llama", 700.0))
-    wait_for("team-b power, exported_* labels", lambda: from_energy("team-b", "qwen", 250.0))
-    wait_for("team-c power, scraped both ways, counted once", lambda: from_energy("team-c", "mixtral", 500.0))
+    wait_for("team-a power: 400 W + 300 W", lambda: from_energy("team-a", "llama", 700.0),
+             timeout=30, retry_on=(TelemetryUnavailable,))
+    wait_for("team-b power, exported_* labels", lambda: from_energy("team-b", "qwen", 250.0),
+             timeout=30, retry_on=(TelemetryUnavailable,))
+    wait_for("team-c power, scraped both ways, counted once", lambda: from_energy("team-c", "mixtral", 500.0),
+             timeout=30, retry_on=(TelemetryUnavailable,))
     # The same through the batch of a pass (one query per metric for every service).
     from wattkeeper.telemetry.batch import observe_prometheus
 

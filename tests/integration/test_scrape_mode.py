@@ -10,14 +10,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from wattkeeper.telemetry import DirectScrapeSource, TelemetryUnavailable
 from wattkeeper.telemetry.scrape import ScrapeTarget
+
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -28,20 +29,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (httpx.HTTPError, TelemetryUnavailable) as error:
-            last = error
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def _spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -67,8 +54,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
             "nvml": f"http://127.0.0.1:{nvml_port}/metrics"}
     stop = threading.Event()
     try:
-        wait_for("the simulator", lambda: httpx.get(f"{urls['vllm']}/health").status_code == 200)
-        wait_for("the NVML exporter", lambda: httpx.get(urls["nvml"]).status_code == 200)
+        wait_for("the simulator", lambda: httpx.get(f"{urls['vllm']}/health").status_code == 200,
+                 timeout=30, every=0.3, retry_on=(httpx.HTTPError, TelemetryUnavailable))
+        wait_for("the NVML exporter", lambda: httpx.get(urls["nvml"]).status_code == 200,
+                 timeout=30, every=0.3, retry_on=(httpx.HTTPError, TelemetryUnavailable))
 
         def load() -> None:
             with httpx.Client(timeout=30) as http:

@@ -13,7 +13,6 @@ from wattkeeper.bench.groundtruth import GroundTruth, find_measured, model_shape
 from wattkeeper.bench.policies import (
     AutoscalerPolicy,
     BenchSpec,
-    OraclePolicy,
     StaticPolicy,
     vllm_default_limits,
 )
@@ -37,7 +36,7 @@ def gt8b() -> GroundTruth:
 
 
 def spec8b(cap: float | None = None) -> BenchSpec:
-    return BenchSpec(model_shape(MODEL_8B), "H100", 2.0, 0.1, power_cap_watts=cap, max_replicas=8)
+    return BenchSpec(model_shape(MODEL_8B), "H100", 2.0, 0.1, allocation_watts=cap, max_replicas=8)
 
 
 class Fixed:
@@ -153,7 +152,7 @@ def test_wattkeeper_respects_a_power_cap(gt8b: GroundTruth) -> None:
     trace = synthetic_trace([(600.0, 20.0)], input_tokens=500, output_tokens=150, seed=11)
 
     def spec(cap: float | None) -> BenchSpec:
-        return BenchSpec(model_shape(MODEL_8B), "H100", 2.0, 0.03, power_cap_watts=cap, max_replicas=8)
+        return BenchSpec(model_shape(MODEL_8B), "H100", 2.0, 0.03, allocation_watts=cap, max_replicas=8)
 
     steady = Tuning(latency_model="steady")
     uncapped = FleetSimulator(trace, gt8b).run(WattkeeperPolicy(spec(None), trace, gt8b.energy_model, tuning=steady))
@@ -163,17 +162,6 @@ def test_wattkeeper_respects_a_power_cap(gt8b: GroundTruth) -> None:
     summary = summarise(run, 2.0, 0.03, cap)
     assert summary["withinCap"] is True
     assert summary["withinBothSlos"] >= 0.99
-
-
-def test_oracle_and_wattkeeper_use_the_planner(gt8b: GroundTruth) -> None:
-    # 1 -> 60 req/s: one bf16 TP1 replica planned with headroom (max-num-seqs 512) carries up to ~40 req/s.
-    trace = synthetic_trace([(300.0, 1.0), (600.0, 60.0)], input_tokens=400, output_tokens=100)
-    oracle = OraclePolicy(spec8b(), trace, gt8b.energy_model)
-    run = FleetSimulator(trace, gt8b).run(oracle)
-    assert any(d.action == "Applied" for d in oracle.decisions)
-    assert all(d.plan_ms > 0 for d in oracle.decisions)
-    assert run.changes, "the oracle sees the load rise and acts before it"
-    assert run.changes[0].time_s < 300.0
 
 
 def test_weighted_percentile() -> None:

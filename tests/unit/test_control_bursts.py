@@ -72,7 +72,7 @@ def test_the_core_plans_for_what_is_scored_by_default() -> None:
     assert not request.chunk_budget_within_itl  # at 100 ms the mean ITL is what is scored, the model judges it
     assert (request.ttft_margin, request.itl_margin) == (1.3, 1.1)  # the learned margin multiplies predictions
     assert request.slo_ttft_p95_seconds == INTENT.slo_ttft_p95_seconds  # not divided into the SLO as well
-    assert request.power_cap_watts is not None and request.power_cap_watts < 5000.0  # headroom under the cap
+    assert request.allocation_watts is not None and request.allocation_watts < 5000.0  # headroom under the cap
     steady = tick_request(inputs(memory, Tuning(latency_model="steady")), memory, load, 5000.0)
     assert (steady.latency_model, steady.slo_basis) == ("steady", "p95")
     assert steady.slo_ttft_p95_seconds == pytest.approx(INTENT.slo_ttft_p95_seconds / 1.3)

@@ -164,7 +164,7 @@ def test_operator_and_benchmark_decide_the_same() -> None:
         replicas = op.deployment.replicas
         assert replicas == current.replicas
         operator_log.append(op.tick(step.t_s, observation(step, replicas), step.allocation_watts, step.rolling))
-        policy.spec = replace(policy.spec, power_cap_watts=step.allocation_watts)
+        policy.spec = replace(policy.spec, allocation_watts=step.allocation_watts)
         proposal = policy.decide(bench_observation(step, current.replicas), current)
         tick = policy.ticks[-1]
         bench_log.append((tick.action, tick.cause, tick.apply.describe() if tick.apply else None))

@@ -147,7 +147,7 @@ def test_measured_points_at_a_power_limit_drive_the_limit_under_a_cap() -> None:
                        gpu_power_limits_watts=(None, 490.0), profile=pts, fallback="ProtectBudget")
     free = plan(base)
     assert free.chosen is not None and free.chosen.prediction.source == "profile"
-    capped = plan(PlanRequest(**{**base.__dict__, "power_cap_watts": 520.0}))
+    capped = plan(PlanRequest(**{**base.__dict__, "allocation_watts": 520.0}))
     assert capped.chosen is not None and capped.feasible
     assert capped.chosen.config.gpu_power_limit_watts == 490.0 and capped.chosen.prediction.source == "profile"
     assert capped.chosen.total_watts == pytest.approx(480, rel=0.05)

@@ -59,11 +59,11 @@ def test_power_cap_fallbacks() -> None:
     free = plan(request(rps=20.0, slo_itl_p95_seconds=0.04))
     assert free.chosen is not None
     cap = free.chosen.total_watts * 0.8
-    protect_budget = plan(request(rps=20.0, slo_itl_p95_seconds=0.04, power_cap_watts=cap, fallback="ProtectBudget"))
+    protect_budget = plan(request(rps=20.0, slo_itl_p95_seconds=0.04, allocation_watts=cap, fallback="ProtectBudget"))
     assert not protect_budget.feasible and protect_budget.binding == "power"
     assert protect_budget.chosen is not None and protect_budget.chosen.total_watts <= cap
     assert not protect_budget.chosen.meets_slo and "ProtectBudget" in protect_budget.reason
-    protect_slo = plan(request(power_cap_watts=300.0, fallback="ProtectSLO"))
+    protect_slo = plan(request(allocation_watts=300.0, fallback="ProtectSLO"))
     assert not protect_slo.feasible and protect_slo.chosen is not None
     assert protect_slo.chosen.meets_slo and protect_slo.chosen.total_watts > 300.0
     assert "ProtectSLO" in protect_slo.reason
@@ -84,7 +84,7 @@ def test_corrections_scale_predictions() -> None:
 
 
 def test_minimum_watts_for_slo_ignores_the_cap() -> None:
-    needed = minimum_watts_for_slo(request(power_cap_watts=100.0))
+    needed = minimum_watts_for_slo(request(allocation_watts=100.0))
     assert needed is not None and needed > 100.0
 
 

@@ -73,7 +73,7 @@ def test_power_cap_never_raises_predicted_power(req: PlanRequest, fraction: floa
     free = plan(req)
     if free.chosen is None:
         return
-    capped = plan(replace(req, power_cap_watts=free.chosen.total_watts * fraction, fallback=fallback))
+    capped = plan(replace(req, allocation_watts=free.chosen.total_watts * fraction, fallback=fallback))
     if capped.chosen is not None:
         assert capped.chosen.total_watts <= free.chosen.total_watts + 1e-6
 

@@ -61,7 +61,7 @@ def test_limit_options_stay_within_the_card() -> None:
 def request(rps: float, cap: float | None) -> PlanRequest:
     return PlanRequest(model=LLAMA_8B, accelerator="H100", workload=Workload(rps, 1024, 256),
                        allowed_precisions=("bf16",), slo_ttft_p95_seconds=5.0, slo_itl_p95_seconds=0.2,
-                       power_cap_watts=cap, fallback="ProtectBudget")
+                       allocation_watts=cap, fallback="ProtectBudget")
 
 
 def test_in_place_limit_meets_a_cut_allocation_without_a_restart() -> None:

@@ -119,10 +119,6 @@ class ModelSpec(ApiModel):
         source = self.source or self.name
         return source, self._source_is_quantized() and precision == self.source_precision
 
-    def source_for(self, precision: str) -> str:
-        """The weights to load for a precision: its pre-quantized variant, else the base source."""
-        return self.checkpoint_for(precision)[0]
-
     def can_serve(self, precision: str) -> bool:
         """Whether some checkpoint serves `precision`: a variant, the source as it is, or the unquantized source
         quantized on load."""

@@ -137,7 +137,7 @@ def _trace_command(args: argparse.Namespace) -> int:
         args.slo_ttft_p95,
         args.slo_itl_p95,
         allowed_precisions=_precisions(args.precisions),
-        power_cap_watts=args.power_cap,
+        allocation_watts=args.power_cap,
     )
     name = f"{trace.name}"
     out: Path = args.out

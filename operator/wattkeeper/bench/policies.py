@@ -1,4 +1,4 @@
-"""The policies compared: what users run today, Wattkeeper's control loop, and an oracle.
+"""The policies compared: what users run today and Wattkeeper's control loop (the oracle is bench/oracle.py).
 
 - `StaticPolicy`: bf16 replicas with vLLM's default batch limits, as many as the trace's peak minute needs to
   meet the SLOs by the planner's own capacity model; never changes.
@@ -7,8 +7,6 @@
   stabilisation window.
 - `WattkeeperPolicy` (bench/wattkeeper_policy.py): the operator's own control core, fed what its telemetry would
   show of the simulated fleet.
-- `OraclePolicy`: knows the trace ahead; per window it plans with the true coming load (its busiest minute),
-  switches early enough that new replicas are ready when the window starts, and pays the same costs.
 """
 
 from __future__ import annotations
@@ -20,12 +18,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .. import control
-from ..control import FleetState, Plan, ServiceIntent, Signals, Tuning, surge_fits
-from ..control.corrections import power_correction
+from ..control import Plan, ServiceIntent
 from ..energy.catalog import Accelerator, get_accelerator
 from ..energy.model import EnergyModel
 from ..energy.types import ModelShape, ServingConfig, Workload
-from ..planner import Candidate, PlanResult, model_load_seconds, plan, should_switch
+from ..planner import Candidate
 from .fleet import FleetTarget, Observation
 from .trace import Trace
 
@@ -56,7 +53,7 @@ class BenchSpec:
     baseline_precision: str = "bf16"
     max_replicas: int = 64
     max_tensor_parallel: int = 8
-    power_cap_watts: float | None = None
+    allocation_watts: float | None = None
     baseline_tensor_parallel: int | None = None  # None: the smallest TP whose KV cache holds 64 mean requests
 
     @property
@@ -241,115 +238,11 @@ class AutoscalerPolicy:
         return None
 
 
-# --- the oracle -------------------------------------------------------------------------------------------------
-
-
 @dataclass
 class Decision:
+    """One decision of a planning policy, as `WattkeeperPolicy` records them."""
+
     time_s: float
     action: str  # Applied, Held, Unchanged, Rejected
     reason: str
     plan_ms: float
-
-
-@dataclass
-class _PlannerPolicy:
-    spec: BenchSpec
-    trace: Trace
-    energy_model: EnergyModel
-    interval_s: float = 30.0
-    horizon_s: float = 3600.0
-    power_correction: float = 1.0
-    last_applied_s: float = -math.inf
-    decisions: list[Decision] = field(default_factory=list)
-    _planned: Workload | None = None
-
-    def _plan(self, workload: Workload) -> tuple[PlanResult, float]:
-        import time
-
-        t0 = time.perf_counter()
-        request = control.plan_request(self.spec.intent(), workload, self.spec.power_cap_watts, self.power_correction)
-        result = plan(request, self.energy_model)
-        return result, (time.perf_counter() - t0) * 1000.0
-
-    def _propose(self, workload: Workload, current: FleetTarget, now: float) -> tuple[Candidate | None, float]:
-        """Plan for a load; record Rejected or Unchanged and return None when there is nothing to move to."""
-        result, ms = self._plan(workload)
-        if result.chosen is None:
-            self.decisions.append(Decision(now, "Rejected", result.reason, ms))
-            return None, ms
-        proposed = result.chosen
-        if proposed.config == current.config and proposed.replicas == current.replicas:
-            self.decisions.append(Decision(now, "Unchanged", "", ms))
-            return None, ms
-        return proposed, ms
-
-    def _update_correction(self, obs: Observation, current: FleetTarget, workload: Workload) -> None:
-        """Measured over predicted power of the running plan: the control core's correction, as the operator's."""
-        fleet = FleetState(exists=True, replicas=current.replicas, ready_replicas=obs.serving_replicas,
-                           rolling=not obs.settled)
-        signals = Signals(window_seconds=obs.window_s, watts=obs.watts)
-        self.power_correction = power_correction(self.power_correction, self.spec.intent(),
-                                                 Plan(current.config, current.replicas), signals, fleet, workload,
-                                                 self.energy_model, Tuning())
-
-    def _target(self, candidate: Candidate, reason: str) -> FleetTarget:
-        # As the operator renders the Deployment: surge only when one more replica fits under the allocation.
-        surge = surge_fits(candidate, self.spec.power_cap_watts)
-        return FleetTarget(candidate.config, candidate.replicas, reason, surge=surge)
-
-
-@dataclass
-class OraclePolicy(_PlannerPolicy):
-    """Plans each window with the load that will come; acts `lead_s` early so replicas are loaded in time."""
-
-    name: str = "oracle"
-    window_s: float = 300.0
-    lead_s: float = 0.0  # 0: the slowest model load of the allowed configurations, rounded up to the interval
-    _next_window: int = 1
-
-    def __post_init__(self) -> None:
-        if self.lead_s <= 0:
-            slowest = max(
-                model_load_seconds(self.spec.model, self.spec.accelerator, p, tp)
-                for p in self.spec.allowed_precisions
-                for tp in (1, 2, 4, 8)
-                if tp <= self.spec.max_tensor_parallel
-            )
-            self.lead_s = math.ceil(slowest / self.interval_s) * self.interval_s
-
-    def _window_load(self, k: int) -> Workload:
-        start = k * self.window_s
-        return trace_workload(self.trace, max(0.0, start - self.lead_s), start + self.window_s)
-
-    def initial(self) -> FleetTarget:
-        result, ms = self._plan(self._window_load(0))
-        if result.chosen is None:
-            raise RuntimeError(f"the planner finds no configuration: {result.reason}")
-        self.decisions.append(Decision(0.0, "Applied", f"initial plan: {result.reason}", ms))
-        return self._target(result.chosen, "initial plan (true load of the first window)")
-
-    def decide(self, obs: Observation, current: FleetTarget) -> FleetTarget | None:
-        now = obs.now_s
-        self._update_correction(obs, current, self._planned or self._window_load(0))
-        k = self._next_window
-        if now + self.lead_s < k * self.window_s or k * self.window_s > self.trace.duration_s:
-            return None
-        self._next_window += 1
-        workload = self._window_load(k)
-        self._planned = workload
-        proposed, ms = self._propose(workload, current, now)
-        if proposed is None:
-            return None
-        running = evaluate(
-            self.spec, current.config, current.replicas, workload, self.energy_model, self.power_correction
-        )
-        # It knows how long the plan will matter: the rest of the trace, at most the operator's horizon.
-        horizon = min(self.horizon_s, max(self.trace.duration_s - now, self.window_s))
-        verdict = should_switch(running, proposed, horizon, self.spec.model, self.spec.accelerator)
-        if not verdict.switch:
-            self.decisions.append(Decision(now, "Held", verdict.reason, ms))
-            return None
-        self.last_applied_s = now
-        self.decisions.append(Decision(now, "Applied", f"{verdict.reason}: {proposed.describe()}", ms))
-        return self._target(proposed, verdict.reason)

@@ -42,7 +42,7 @@ def summarise(
     run: FleetRun,
     slo_ttft_s: float,
     slo_itl_s: float,
-    power_cap_watts: float | None = None,
+    allocation_watts: float | None = None,
     sources: dict[str, str] | None = None,
     decisions: Sequence[Any] = (),
 ) -> dict[str, Any]:
@@ -86,10 +86,10 @@ def summarise(
     if plan_ms:
         out["planMsMedian"] = round(float(np.median(plan_ms)), 3)
         out["decisions"] = len(plan_ms)
-    if power_cap_watts is not None:
-        out["powerCapWatts"] = round(power_cap_watts, 1)
-        out["maxFiveMinuteOverCap"] = round(out["maxFiveMinuteWatts"] / power_cap_watts - 1.0, 4)
-        out["withinCap"] = out["maxFiveMinuteWatts"] <= power_cap_watts * (1.0 + CAP_TOLERANCE)
+    if allocation_watts is not None:
+        out["powerCapWatts"] = round(allocation_watts, 1)
+        out["maxFiveMinuteOverCap"] = round(out["maxFiveMinuteWatts"] / allocation_watts - 1.0, 4)
+        out["withinCap"] = out["maxFiveMinuteWatts"] <= allocation_watts * (1.0 + CAP_TOLERANCE)
     if sources is not None:
         out["groundTruth"] = {cfg: sources.get(cfg, "?") for cfg in run.configs_used}
     return out
@@ -124,7 +124,7 @@ POLICY_COLOURS = {
 }
 
 
-def plot_power(runs: Sequence[FleetRun], path: Path, title: str, power_cap_watts: float | None = None) -> None:
+def plot_power(runs: Sequence[FleetRun], path: Path, title: str, allocation_watts: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,8 +134,8 @@ def plot_power(runs: Sequence[FleetRun], path: Path, title: str, power_cap_watts
     for run in runs:
         minutes, watts = power_series(run)
         ax.plot(minutes, np.asarray(watts) / 1000.0, label=run.policy, color=POLICY_COLOURS.get(run.policy), lw=1.4)
-    if power_cap_watts is not None:
-        ax.axhline(power_cap_watts / 1000.0, color="black", ls="--", lw=1, label="power cap")
+    if allocation_watts is not None:
+        ax.axhline(allocation_watts / 1000.0, color="black", ls="--", lw=1, label="power cap")
     ax.set_xlabel("minute of the trace")
     ax.set_ylabel("GPU power, 1-minute average (kW)")
     ax.set_title(title)

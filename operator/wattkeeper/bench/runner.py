@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..energy.catalog import model_from_name
-from ..energy.model import EnergyModel
-from ..energy.types import Workload
-from ..planner import PlanRequest, plan
 from .baselines import autoscaler_tuned, peak_replicas, static_peak, static_right_sized
 from .fleet import FleetRun, FleetSimulator
 from .groundtruth import GroundTruth
@@ -114,11 +108,11 @@ def run_scenario(
             run,
             spec.slo_ttft_p95_seconds,
             spec.slo_itl_p95_seconds,
-            spec.power_cap_watts,
+            spec.allocation_watts,
             sources,
             getattr(objects.get(policy_name), "decisions", ()),
         )
-        summary.update(score(run, trace.arrival_s, thresholds, spec.power_cap_watts, trace.duration_s).to_dict())
+        summary.update(score(run, trace.arrival_s, thresholds, spec.allocation_watts, trace.duration_s).to_dict())
         summary["policy"] = policy_name
         summaries[policy_name] = summary
         if log is not None:
@@ -147,7 +141,7 @@ def run_scenario(
                 "targetShare": TARGET_SHARE},
         "groundTruthSeed": ground_truth.seed,
         "wattkeeperAllowedPrecisions": list(spec.allowed_precisions),
-        "powerCapWatts": spec.power_cap_watts,
+        "powerCapWatts": spec.allocation_watts,
         "policies": summaries,
         "notes": notes,
         "tuning": extras,
@@ -164,7 +158,7 @@ def run_scenario(
     }
     if png is not None:
         plot_power(
-            list(runs.values()), png, f"{name}: {spec.model.name} on {spec.accelerator.name}", spec.power_cap_watts
+            list(runs.values()), png, f"{name}: {spec.model.name} on {spec.accelerator.name}", spec.allocation_watts
         )
         document["plot"] = str(png)
     return ScenarioResult(name, document, runs, notes, extras)
@@ -184,49 +178,4 @@ def _source_of(ground_truth: GroundTruth, short: str) -> str:
 
 
 def with_cap(spec: BenchSpec, watts: float | None) -> BenchSpec:
-    return replace(spec, power_cap_watts=watts)
-
-
-# --- planner timing ------------------------------------------------------------------------------------------------
-
-PLANNER_TARGET_MS = 10.0
-
-
-def planner_timing(energy_model: EnergyModel, gpu: str = "H100", repeats: int = 20) -> list[dict[str, Any]]:
-    """Time per plan() decision (bf16 + fp8, the default search space) for 8B and 70B at 1, 10, 50 req/s."""
-    models = [
-        model_from_name("meta-llama/Llama-3.1-8B-Instruct", 8.0),
-        model_from_name("meta-llama/Llama-3.1-70B-Instruct", 70.0),
-    ]
-    out = []
-    for model in models:
-        for rate in (1.0, 10.0, 50.0):
-            request = PlanRequest(
-                model=model,
-                accelerator=gpu,
-                workload=Workload(rate, 1024.0, 256.0),
-                allowed_precisions=("bf16", "fp8"),
-                max_replicas=64,
-            )
-            t0 = time.perf_counter()
-            first = plan(request, energy_model)
-            cold_ms = (time.perf_counter() - t0) * 1000.0
-            samples = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                plan(request, energy_model)
-                samples.append((time.perf_counter() - t0) * 1000.0)
-            median = statistics.median(samples)
-            out.append(
-                {
-                    "model": model.name,
-                    "requestsPerSecond": rate,
-                    "candidates": first.evaluated,
-                    "coldMs": round(cold_ms, 3),
-                    "medianMs": round(median, 3),
-                    "p90Ms": round(sorted(samples)[int(0.9 * (len(samples) - 1))], 3),
-                    "ratioToTarget": round(median / PLANNER_TARGET_MS, 3),
-                    "chosen": first.chosen.describe() if first.chosen else None,
-                }
-            )
-    return out
+    return replace(spec, allocation_watts=watts)

@@ -120,7 +120,7 @@ class WattkeeperPolicy:
             signals=signals,
             fleet=fleet,
             now_s=now_s,
-            allocation_watts=self.spec.power_cap_watts,
+            allocation_watts=self.spec.allocation_watts,
             settle_seconds=settle_seconds(window_s, self.drain_s),
             tuning=self.tuning,
         )

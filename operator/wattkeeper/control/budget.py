@@ -149,7 +149,7 @@ def service_demand(service: ServiceLoad, energy_model: EnergyModel) -> ServiceDe
     minimum = least.total_watts if least is not None else None
     # The floor: what the smallest fleet draws at this load (min replicas, serving what it can). Below it a
     # service cannot go, so the allocator hands floors out first instead of leaving a service 0 W.
-    smallest = plan(replace(request, power_cap_watts=1e-6, fallback="ProtectBudget"), energy_model).chosen
+    smallest = plan(replace(request, allocation_watts=1e-6, fallback="ProtectBudget"), energy_model).chosen
     floor = min(smallest.total_watts, desired) if smallest and chosen else (smallest.total_watts if smallest else 0.0)
     full = full_batch_floor(request, energy_model)
     return ServiceDemand(name=service.name, priority=service.priority, minimum_watts=minimum,
@@ -188,7 +188,7 @@ def full_batch_floor(request: PlanRequest, energy_model: EnergyModel) -> float |
         if tp > request.max_tensor_parallel:
             continue
         smallest = replace(request, max_replicas=max(request.min_replicas, 1), tensor_parallel_options=(tp,),
-                           fallback="ProtectBudget", power_cap_watts=None)
+                           fallback="ProtectBudget", allocation_watts=None)
         c = plan(smallest, energy_model).chosen
         if c is None or c.total_watts <= 0:
             continue

@@ -43,7 +43,7 @@ def plan_request(
         max_tensor_parallel=intent.max_tensor_parallel,
         max_gpus=intent.max_gpus,
         workload=workload,
-        power_cap_watts=allocation_watts,
+        allocation_watts=allocation_watts,
         fallback=intent.fallback,
         power_correction=power_correction,
         profile=tuple(intent.profile) if intent.profile else None,
@@ -89,7 +89,7 @@ def restricted(request: PlanRequest, running: Plan,
 def evaluate_in(request: PlanRequest, running: Plan, energy_model: EnergyModel) -> Candidate | None:
     """The figures of exactly `running` under `request`'s load, model and corrections (no allocation)."""
     one = replace(restricted(request, running), min_replicas=running.replicas,
-                  max_replicas=max(running.replicas, 1), power_cap_watts=None)
+                  max_replicas=max(running.replicas, 1), allocation_watts=None)
     return plan(one, energy_model).chosen
 
 

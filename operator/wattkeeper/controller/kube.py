@@ -175,6 +175,18 @@ class Kube:
             self._applied.pop((kind, namespace, name), None)
 
     # writes
+    def create_custom(self, plural: str, obj: dict[str, Any]) -> bool:
+        """Create one of our custom objects; False when it exists already."""
+        self.metrics.api_writes.labels("create", obj["kind"]).inc()
+        try:
+            self.custom.create_namespaced_custom_object(GROUP, VERSION, obj["metadata"]["namespace"], plural, obj,
+                                                        _request_timeout=self.timeout_seconds)
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
+
     def create_job(self, job: dict[str, Any]) -> bool:
         """Create a Job; False when it exists already (a Job's spec is immutable: never re-applied)."""
         self.metrics.api_writes.labels("create", "Job").inc()

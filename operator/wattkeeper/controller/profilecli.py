@@ -10,12 +10,11 @@ import sys
 import time
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from wattkeeper.api import GROUP, VERSION, EnergyProfile
 from wattkeeper.render.profiler import DEFAULT_IMAGE, DEFAULT_SERVICE_ACCOUNT, render_profiler_job
 
+from .kube import Kube
+from .metrics import OperatorMetrics
 from .runner import kubernetes_client
 
 
@@ -45,36 +44,25 @@ def profile_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    api = kubernetes_client(args.kubeconfig)
-    custom: Any = client.CustomObjectsApi(api)
-    batch: Any = client.BatchV1Api(api)  # Any: it takes the Job as a plain dict, as the API server does
-    if args.model:
-        try:
-            custom.create_namespaced_custom_object(GROUP, VERSION, args.namespace, "energyprofiles",
-                                                   profile_body(args))
-        except ApiException as err:
-            if err.status != 409:
-                raise
-            print(f"EnergyProfile {args.name} exists: measuring its own sweep", file=sys.stderr)
-    raw = custom.get_namespaced_custom_object(GROUP, VERSION, args.namespace, "energyprofiles", args.name)
+    kube = Kube(kubernetes_client(args.kubeconfig), "wattkeeper-profile", OperatorMetrics())
+    if args.model and not kube.create_custom("energyprofiles", profile_body(args)):
+        print(f"EnergyProfile {args.name} exists: measuring its own sweep", file=sys.stderr)
+    raw = kube.get_namespaced_custom(GROUP, VERSION, args.namespace, "energyprofiles", args.name)
     profile = EnergyProfile.model_validate(raw)
     if profile.spec.sweep is None:
         print(f"EnergyProfile {args.name} has no spec.sweep: nothing to measure", file=sys.stderr)
         return 2
     job = render_profiler_job(profile, args.image, args.service_account)
-    try:
-        batch.create_namespaced_job(args.namespace, job)
+    if kube.create_job(job):
         print(f"created Job {job['metadata']['name']}", file=sys.stderr)
-    except ApiException as err:
-        if err.status != 409:
-            raise
+    else:
         print(f"Job {job['metadata']['name']} exists (the operator started it)", file=sys.stderr)
     if not args.wait:
         return 0
     deadline = time.monotonic() + args.wait
     while time.monotonic() < deadline:
-        status = custom.get_namespaced_custom_object(GROUP, VERSION, args.namespace, "energyprofiles",
-                                                     args.name).get("status") or {}
+        status = kube.get_namespaced_custom(GROUP, VERSION, args.namespace, "energyprofiles",
+                                            args.name).get("status") or {}
         if status.get("phase") in ("Measured", "Failed"):
             print(json.dumps({k: status.get(k) for k in ("phase", "message", "provenance", "points")}, indent=1))
             return 0 if status["phase"] == "Measured" else 1

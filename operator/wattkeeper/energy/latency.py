@@ -432,12 +432,6 @@ def _poisson_at_least(k: FloatArray, mean: FloatArray) -> FloatArray:
     return np.where(k <= 0, 1.0, p)
 
 
-def _gap_tail(durations: FloatArray, weights: FloatArray, x: FloatArray) -> FloatArray:
-    """P(gap > x) per row and column of x (rows x K), gaps distributed as (durations, weights) of the row."""
-    over = durations[:, None, :] > x[:, :, None]
-    return np.asarray(np.sum(weights[:, None, :] * over, axis=2), dtype=float)
-
-
 # (z, probability): three-point Gauss-Hermite rule for a normal spread of the decoding batch.
 _BATCH_POINTS = ((-math.sqrt(3.0), 1.0 / 6.0), (0.0, 2.0 / 3.0), (math.sqrt(3.0), 1.0 / 6.0))
 DECODE_COLUMNS = len(_BATCH_POINTS)

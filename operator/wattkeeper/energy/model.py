@@ -199,7 +199,7 @@ class Features:
     cuda_core_flops: FloatArray
     idle_watts: FloatArray  # per GPU
     limit_watts: FloatArray  # per GPU
-    cap_watts: FloatArray  # per GPU, the configured power limit (inf where none)
+    gpu_power_limit_watts: FloatArray  # per GPU, the configured power limit (inf where none)
     max_num_seqs: FloatArray
     max_num_batched_tokens: FloatArray
     gpu_memory_utilization: FloatArray
@@ -301,8 +301,8 @@ def build_features(
         cols["cuda_core_flops"].append(acc.cuda_core_flops_per_second or acc.peak_flops("bf16") / 15.0)
         cols["idle_watts"].append(acc.idle_watts)
         cols["limit_watts"].append(acc.power_limit_watts)
-        cap = cfg.gpu_power_limit_watts
-        cols["cap_watts"].append(min(cap, acc.power_limit_watts) if cap else math.inf)
+        limit = cfg.gpu_power_limit_watts
+        cols["gpu_power_limit_watts"].append(min(limit, acc.power_limit_watts) if limit else math.inf)
         cols["max_num_seqs"].append(float(cfg.max_num_seqs))
         cols["max_num_batched_tokens"].append(float(cfg.max_num_batched_tokens))
         cols["gpu_memory_utilization"].append(gpu_memory_utilization)
@@ -424,17 +424,17 @@ class Evaluator:
         drive = cv["power_base"] + cv["power_memory"] * u_memory + cv["power_compute"] * u_compute
         watts = f.idle_watts + (f.limit_watts - f.idle_watts) * (1.0 - np.exp(-drive))
 
-        capped = watts > f.cap_watts
+        capped = watts > f.gpu_power_limit_watts
         if capped.any():
             # A power limit lowers clocks: the compute-bound parts slow down, HBM streaming does not.
             slow = np.power(
-                np.maximum(watts - f.idle_watts, 1e-9) / np.maximum(f.cap_watts - f.idle_watts, 1e-9),
+                np.maximum(watts - f.idle_watts, 1e-9) / np.maximum(f.gpu_power_limit_watts - f.idle_watts, 1e-9),
                 1.0 / cv["power_cap_exponent"],
             )
             slow = np.where(capped, slow, 1.0)
             t_roof_c = np.power(np.power(t_memory, n) + np.power(t_compute * slow, n), 1.0 / n)
             step = np.where(capped, t_roof_c + (t_dequant + t_fp8 + t_overhead) * slow + t_comm, step)
-            watts = np.minimum(watts, f.cap_watts)
+            watts = np.minimum(watts, f.gpu_power_limit_watts)
 
         # The same step without its prefill share, for ITL percentiles (steps with and without a prompt chunk).
         decode_tokens = np.maximum(batch, 1.0)

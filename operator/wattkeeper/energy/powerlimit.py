@@ -81,7 +81,3 @@ def limit_options_watts(
         if watts is not None and watts not in options:
             options.append(watts)
     return tuple(options)
-
-
-def describe_limit(watts: float | None) -> str:
-    return "the card's default power limit" if watts is None else f"a GPU power limit of {watts:.0f} W"

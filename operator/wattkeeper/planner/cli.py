@@ -54,7 +54,7 @@ def request_from_args(args: argparse.Namespace) -> PlanRequest:
         max_replicas=args.max_replicas,
         max_tensor_parallel=args.max_tp,
         max_gpus=args.max_gpus,
-        power_cap_watts=args.power_cap,
+        allocation_watts=args.power_cap,
         fallback=args.fallback,
     )
 

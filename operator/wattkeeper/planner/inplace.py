@@ -37,11 +37,11 @@ def in_place_limit(
     energy_model: EnergyModel | None = None,
     limits_watts: tuple[float | None, ...] | None = None,
 ) -> InPlaceLimit:
-    """The least-energy limit for `running` x `replicas` that fits `request.power_cap_watts` and meets the SLOs;
+    """The least-energy limit for `running` x `replicas` that fits `request.allocation_watts` and meets the SLOs;
     when none meets both, the highest limit within the watts (ProtectBudget) or the one meeting the SLOs
     (ProtectSLO, as the request's fallback says); `within_power` False when even the lowest limit exceeds them.
 
-    `request` is the planner's question for the service (its load, SLOs, corrections, profile, cap); only the
+    `request` is the planner's question for the service (its load, SLOs, corrections, profile, allocation); only the
     precision, TP, batch limits and replicas of the running configuration are evaluated."""
     limits = limits_watts or limit_options_watts(get_accelerator(request.accelerator))
     evaluated: list[Candidate] = []
@@ -57,15 +57,15 @@ def in_place_limit(
             min_replicas=replicas,
             max_replicas=max(replicas, 1),
             fallback="ProtectSLO",
-            power_cap_watts=None,
+            allocation_watts=None,
         )
         chosen = plan(one, energy_model).chosen
         if chosen is not None:
             evaluated.append(chosen)
     if not evaluated:
         return InPlaceLimit(None, None, False, False, "the running configuration cannot be evaluated")
-    cap = request.power_cap_watts
-    fits = [c for c in evaluated if cap is None or c.total_watts <= cap]
+    allocation = request.allocation_watts
+    fits = [c for c in evaluated if allocation is None or c.total_watts <= allocation]
     good = [c for c in fits if c.meets_slo]
     if good:
         best = min(good, key=lambda c: c.total_watts)
@@ -83,7 +83,7 @@ def in_place_limit(
     return InPlaceLimit(
         gpu_power_limit_watts=limit,
         candidate=best,
-        within_power=cap is None or best.total_watts <= cap,
+        within_power=allocation is None or best.total_watts <= allocation,
         meets_slo=best.meets_slo,
         reason=f"{why}: {best.describe()}",
         options=tuple(evaluated),

@@ -57,10 +57,9 @@ class PlanRequest:
     # Restrict the search to these TP degrees (the operator pins the running one when disruptive changes are off).
     tensor_parallel_options: tuple[int, ...] = TENSOR_PARALLEL_OPTIONS
     max_gpus: int | None = None
-    power_cap_watts: float | None = None
+    allocation_watts: float | None = None
     fallback: Fallback = "ProtectSLO"
     power_correction: float = 1.0  # measured / predicted watts of the running plan, applied to predictions
-    throughput_correction: float = 1.0  # measured / predicted tokens per second
     profile: Sequence[ProfilePointLike] | None = None
     gpu_memory_utilization: float = 0.9
     max_num_seqs_options: tuple[int, ...] = MAX_NUM_SEQS_OPTIONS
@@ -206,8 +205,8 @@ def _base_features(
 ) -> Features:
     accelerator = get_accelerator(accelerator_name)
     rows = [
-        (model, accelerator, ServingConfig(precision=p, tensor_parallel=tp, gpu_power_limit_watts=cap))
-        for p, tp, cap in keys
+        (model, accelerator, ServingConfig(precision=p, tensor_parallel=tp, gpu_power_limit_watts=limit))
+        for p, tp, limit in keys
     ]
     return build_features(rows, energy_model.coefficients, None, gpu_memory_utilization)
 
@@ -235,7 +234,7 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, l
     tps = [tp for tp in request.tensor_parallel_options if tp <= request.max_tensor_parallel]
     if request.max_gpus is not None:
         tps = [tp for tp in tps if tp <= request.max_gpus] or [1]
-    keys = tuple((p, tp, cap) for p in precisions for tp in tps for cap in request.gpu_power_limits_watts)
+    keys = tuple((p, tp, limit) for p in precisions for tp in tps for limit in request.gpu_power_limits_watts)
     base = _base_features(request.model, accelerator.name, keys, request.gpu_memory_utilization, energy_model)
     wl = request.workload
 
@@ -260,7 +259,7 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, l
     # Replicas: the fewest that keep each under the target utilisation, and a few more (fewer, fuller replicas
     # usually win, but a smaller batch per replica can be what meets the ITL SLO).
     sat = evaluator.saturated(f, inp, out)
-    capacity_rps = sat["tokens_per_second"] / out * request.throughput_correction
+    capacity_rps = sat["tokens_per_second"] / out
     peak = 1.0
     tokens: TokenDistribution | None = None
     if request.latency_model == "queued":
@@ -270,7 +269,7 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, l
         b = np.minimum(sat["batch"], 0.5 * f.max_num_batched_tokens)
         chunk = np.maximum(f.max_num_batched_tokens - b, 16.0)
         full = evaluator.step(f, b, np.full(n, tokens.decode_context_tokens), chunk, chunk).step_seconds
-        prefill_rps = chunk / (full * tokens.mean_prompt_tokens) * request.throughput_correction
+        prefill_rps = chunk / (full * tokens.mean_prompt_tokens)
         capacity_rps = np.minimum(capacity_rps, prefill_rps)
         peak = max((a for a, w in request.rate_levels if w > 0), default=1.0)
     # The queued model judges queueing itself, so its smallest fleet only needs room for the busiest level; the
@@ -282,7 +281,7 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, l
     replicas = np.clip(np.concatenate(options), request.min_replicas, request.max_replicas)
     expand = np.tile(np.arange(n), len(options))
     g = f.take(expand)
-    rate = wl.requests_per_second / replicas / request.throughput_correction
+    rate = wl.requests_per_second / replicas
     if tokens is not None:
         result = _queued(evaluator, g, rate, inp[expand], out[expand], tokens, peak, request)
     else:
@@ -324,10 +323,10 @@ def _queued(
             rate_levels=request.rate_levels,
             request_quantiles=False,
             arrival_dispersion=request.arrival_dispersion,
-            # Predicted x margin / throughput correction <= SLO  <=>  predicted <= SLO x correction / margin.
+            # Predicted x margin <= SLO  <=>  predicted <= SLO / margin.
             thresholds=(
-                request.slo_ttft_p95_seconds * request.throughput_correction / request.ttft_margin,
-                request.slo_itl_p95_seconds * request.throughput_correction / request.itl_margin,
+                request.slo_ttft_p95_seconds / request.ttft_margin,
+                request.slo_itl_p95_seconds / request.itl_margin,
             )
             if request.slo_basis == "requests"
             else None,
@@ -351,15 +350,15 @@ def _pareto(indices: Sequence[int], energy: FloatArray, latency: FloatArray) -> 
 
 
 def plan(request: PlanRequest, energy_model: EnergyModel | None = None) -> PlanResult:
-    """The least-energy candidate meeting the SLOs and the cap; the fallback when none does."""
+    """The least-energy candidate meeting the SLOs within the allocation; the fallback when none does."""
     em = energy_model or EnergyModel.default()
     _check(request)
     result = _plan_once(request, em)
     if request.replay is not None and result.feasible and result.alternatives:
         result = _verified(request, result, em)
-    cap = request.power_cap_watts
-    if request.fallback != "ProtectBudget" or cap is None or result.feasible or \
-            (result.chosen is not None and result.chosen.total_watts <= cap and _has_capacity(result.chosen)):
+    allocation = request.allocation_watts
+    if request.fallback != "ProtectBudget" or allocation is None or result.feasible or \
+            (result.chosen is not None and result.chosen.total_watts <= allocation and _has_capacity(result.chosen)):
         return result
     # Protecting the budget when no fleet sized for the whole load fits the watts: the search sizes replicas for
     # the load, so try smaller fleets (more replicas draw more power: stop at the first that does not fit) and
@@ -367,12 +366,12 @@ def plan(request: PlanRequest, energy_model: EnergyModel | None = None) -> PlanR
     # capacity wins (at one load, the lowest utilisation), so a config with worse J/token is never taken only to
     # lower watts when fewer replicas of a better one fit the same watts (issue 11 item 6).
     largest = result.chosen.replicas if result.chosen is not None else request.max_replicas
-    within: list[PlanResult] = [result] if result.chosen is not None and result.chosen.total_watts <= cap else []
+    within: list[PlanResult] = [result] if result.chosen is not None and result.chosen.total_watts <= allocation else []
     smallest: PlanResult | None = None
     for replicas in range(max(request.min_replicas, 1), max(largest, request.min_replicas + 1)):
         smaller = _plan_once(replace(request, max_replicas=replicas), em)
         smallest = smallest or smaller
-        if smaller.chosen is None or smaller.chosen.total_watts > cap:
+        if smaller.chosen is None or smaller.chosen.total_watts > allocation:
             break
         within.append(smaller)
     if within:
@@ -435,13 +434,12 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
         raise ValueError("request rate must be >= 0")
     grid, keys = _evaluate(request, em)
     r = grid.result
-    tc = request.throughput_correction
     replicas = grid.replicas
     watts = r["watts"] * replicas * request.power_correction
     offered_tokens = max(request.workload.requests_per_second * request.workload.output_tokens, 1e-9)
     jpt = watts / offered_tokens
-    itl = r["itl_p95"] / tc
-    ttft = r["ttft_p95"] / tc
+    itl = r["itl_p95"]
+    ttft = r["ttft_p95"]
     queued = request.latency_model == "queued"
     tp = grid.features.tensor_parallel
     fits = r["max_batch"] >= 1.0
@@ -463,10 +461,10 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
     chunk_ok = np.ones_like(fits)
     if queued and request.chunk_budget_within_itl:
         # One step carrying a full chunk beside the planned batch must itself stay within the ITL SLO.
-        chunk_ok = r["chunk_step_seconds"] / tc * request.itl_margin <= request.slo_itl_p95_seconds
+        chunk_ok = r["chunk_step_seconds"] * request.itl_margin <= request.slo_itl_p95_seconds
         meets_itl &= chunk_ok
     within_gpus = np.ones_like(fits) if request.max_gpus is None else (replicas * tp <= request.max_gpus)
-    within_power = np.ones_like(fits) if request.power_cap_watts is None else (watts <= request.power_cap_watts)
+    within_power = np.ones_like(fits) if request.allocation_watts is None else (watts <= request.allocation_watts)
     base_ok = fits & within_gpus & has_capacity
     slo_ok = meets_ttft & meets_itl
     feasible = base_ok & slo_ok & within_power
@@ -489,13 +487,13 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
         return int(near[order[0]])
 
     def candidate(i: int) -> Candidate:
-        p, tpi, cap = keys[int(grid.base_index[i])]
+        p, tpi, limit = keys[int(grid.base_index[i])]
         config = ServingConfig(
             precision=p,
             tensor_parallel=tpi,
             max_num_seqs=int(grid.seqs[i]),
             max_num_batched_tokens=int(grid.batched[i]),
-            gpu_power_limit_watts=cap,
+            gpu_power_limit_watts=limit,
         )
         return Candidate(
             config=config,
@@ -567,7 +565,7 @@ def _cheapest_distinct(
     count: int,
     best: Any,
 ) -> list[int]:
-    """Up to `count` feasible candidates by power, each the tie-broken best of its (precision, TP, cap,
+    """Up to `count` feasible candidates by power, each the tie-broken best of its (precision, TP, GPU power limit,
     replicas): max-num-seqs and the chunk budget alone rarely change what a replay shows."""
     mask = feasible.copy()
     out: list[int] = []
@@ -583,7 +581,6 @@ def _cheapest_distinct(
 
 def _prediction(grid: _Grid, i: int, request: PlanRequest) -> ReplicaPrediction:
     r = grid.result
-    tc = request.throughput_correction
     wl = request.workload
     tokens = float(r["tokens_per_second"][i])
     w = float(r["watts"][i]) * request.power_correction
@@ -593,10 +590,10 @@ def _prediction(grid: _Grid, i: int, request: PlanRequest) -> ReplicaPrediction:
         watts=w,
         joules_per_token=w / max(tokens, 1e-12),
         joules_per_request=w / max(tokens, 1e-12) * wl.output_tokens,
-        itl_p50_seconds=float(r["itl_p50"][i]) / tc,
-        itl_p90_seconds=float(r["itl_p90"][i]) / tc,
-        itl_p95_seconds=float(r["itl_p95"][i]) / tc,
-        ttft_p95_seconds=float(r["ttft_p95"][i]) / tc,
+        itl_p50_seconds=float(r["itl_p50"][i]),
+        itl_p90_seconds=float(r["itl_p90"][i]),
+        itl_p95_seconds=float(r["itl_p95"][i]),
+        ttft_p95_seconds=float(r["ttft_p95"][i]),
         fits_memory=bool(r["max_batch"][i] >= 1.0),
         kv_cache_tokens=int(r["kv_capacity_tokens"][i]),
         utilisation=float(r["utilisation"][i]),
@@ -674,9 +671,9 @@ def _runner_up(
     replicas: FloatArray,
 ) -> int | None:
     """The best feasible plan that differs in precision, TP or replicas (max-num-seqs alone often ties)."""
-    p, tp, cap = keys[int(grid.base_index[chosen_i])]
+    p, tp, limit = keys[int(grid.base_index[chosen_i])]
     same = np.array(
-        [keys[int(b)][0] == p and keys[int(b)][1] == tp and keys[int(b)][2] == cap for b in grid.base_index]
+        [keys[int(b)][0] == p and keys[int(b)][1] == tp and keys[int(b)][2] == limit for b in grid.base_index]
     )
     other = feasible & ~(same & (replicas == replicas[chosen_i]))
     return best(other)
@@ -687,7 +684,7 @@ def _explain(chosen: Candidate, runner: Candidate | None, binding: Binding, requ
     limits = {
         "slo-ttft": f"the TTFT SLO ({request.slo_ttft_p95_seconds:g} s p95) rules out cheaper plans",
         "slo-itl": f"the ITL SLO ({request.slo_itl_p95_seconds * 1000:g} ms p95) rules out cheaper plans",
-        "power": f"the power allocation ({request.power_cap_watts or 0:.0f} W) rules out cheaper-per-token plans",
+        "power": f"the power allocation ({request.allocation_watts or 0:.0f} W) rules out cheaper-per-token plans",
         "memory": "GPU memory rules out plans on fewer GPUs",
         "none": "no constraint binds",
     }
@@ -713,7 +710,7 @@ def _fallback(
     within_share: FloatArray | None = None,
     watts: FloatArray | None = None,
 ) -> tuple[int | None, Binding, str]:
-    """Nothing meets everything: protect the SLO (exceed the cap) or the budget (miss the SLO), as declared."""
+    """Nothing meets everything: protect the SLO (exceed the allocation) or the budget (miss the SLO), as declared."""
     violation = np.maximum(ttft * request.ttft_margin / request.slo_ttft_p95_seconds,
                            itl * request.itl_margin / request.slo_itl_p95_seconds)
     if within_share is not None:
@@ -726,7 +723,7 @@ def _fallback(
             i,
             "power",
             (
-                f"No plan meets the SLOs within {request.power_cap_watts or 0:.0f} W; fallback ProtectSLO exceeds the "
+                f"No plan meets the SLOs within {request.allocation_watts or 0:.0f} W; fallback ProtectSLO exceeds the "
                 "power allocation with the least-energy plan that meets the SLOs."
             ),
         )
@@ -752,7 +749,7 @@ def _fallback(
             i,
             "power",
             (
-                f"No plan carries the load within {request.power_cap_watts or 0:.0f} W; fallback ProtectBudget serves "
+                f"No plan carries the load within {request.allocation_watts or 0:.0f} W; fallback ProtectBudget serves "
                 f"what fits ({utilisation[i] * 100:.0f}% of capacity asked) and misses the SLO."
             ),
         )
@@ -764,7 +761,7 @@ def _fallback(
             i,
             "power",
             (
-                f"No plan fits within {request.power_cap_watts or 0:.0f} W; fallback ProtectBudget runs the plan with "
+                f"No plan fits within {request.allocation_watts or 0:.0f} W; fallback ProtectBudget runs the plan with "
                 "the least power."
             ),
         )
@@ -777,9 +774,9 @@ def _fallback(
         near = idx[violation[idx] <= violation[i] * FALLBACK_TIE + 1e-9]
         i = int(near[np.argmin(watts[near])])
     binding: Binding = "slo-itl" if not meets_itl[i] else "slo-ttft"
-    if request.fallback == "ProtectBudget" and request.power_cap_watts is not None and slo_possible.any():
+    if request.fallback == "ProtectBudget" and request.allocation_watts is not None and slo_possible.any():
         binding = "power"
-        why = f"No plan meets the SLOs within {request.power_cap_watts:.0f} W; fallback ProtectBudget keeps the cap"
+        why = f"No plan meets the SLOs within {request.allocation_watts:.0f} W; fallback ProtectBudget keeps the cap"
     else:
         why = "No plan meets the SLOs with the allowed precisions, GPUs and replicas"
     return i, binding, why + f" and misses the SLO by the least ({violation[i]:.2f}x the target)."
@@ -819,6 +816,6 @@ def observed_request(
 
 def minimum_watts_for_slo(request: PlanRequest, energy_model: EnergyModel | None = None) -> float | None:
     """The least watts with which the service meets its SLOs (no power cap); None when no plan meets them."""
-    uncapped = PlanRequest(**{**request.__dict__, "power_cap_watts": None})
+    uncapped = PlanRequest(**{**request.__dict__, "allocation_watts": None})
     result = plan(uncapped, energy_model)
     return result.chosen.total_watts if result.feasible and result.chosen else None

@@ -135,7 +135,7 @@ class _TableTiming:
     one vectorised evaluation per configuration instead of one per step."""
 
     def __init__(
-        self, em: EnergyModel, model: ModelShape, accelerator: str, config: ServingConfig, speed: float
+        self, em: EnergyModel, model: ModelShape, accelerator: str, config: ServingConfig
     ) -> None:
         acc = get_accelerator(accelerator)
         base = em.features(model, acc, config)
@@ -148,7 +148,7 @@ class _TableTiming:
         f = base.take(np.zeros(bb.size, dtype=np.int64))
         s = em.evaluator.step(f, bb.ravel().astype(float), cc.ravel().astype(float), pp.ravel().astype(float),
                               np.maximum(pp.ravel(), 1).astype(float))
-        self._t = (np.asarray(s.step_seconds) / speed).reshape(bb.shape).tolist()
+        self._t = np.asarray(s.step_seconds).reshape(bb.shape).tolist()
         self._idle = acc.idle_watts * config.tensor_parallel
         self._kv = int(kv_capacity_tokens(base, em.coefficients)[0])
 
@@ -219,7 +219,6 @@ def replay(
     slo_ttft_seconds: float,
     slo_itl_seconds: float,
     energy_model: EnergyModel | None = None,
-    throughput_correction: float = 1.0,
     ttft_margin: float = 1.0,
     itl_margin: float = 1.0,
     rate_scale: float = 1.0,
@@ -238,7 +237,7 @@ def replay(
         raise ValueError("rate scale must be > 0")
     started = time.perf_counter()
     em = energy_model or EnergyModel.default()
-    timing = _TableTiming(em, model, accelerator, config, max(throughput_correction, 1e-6))
+    timing = _TableTiming(em, model, accelerator, config)
     engine = BatchingEngine(timing, config.max_num_seqs, config.max_num_batched_tokens)
     first = max(0, len(sample) - max_requests_per_replica * replicas)
     t0 = sample.arrival_s[first] if len(sample) else 0.0
@@ -322,7 +321,6 @@ def choose_verified(
             request.slo_ttft_p95_seconds,
             request.slo_itl_p95_seconds,
             energy_model,
-            request.throughput_correction,
             request.ttft_margin,
             request.itl_margin,
             request.replay_rate_scale,
