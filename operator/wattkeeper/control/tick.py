@@ -29,7 +29,7 @@ from .restart_free import (
     scale_only_suffices,
 )
 from .switching import OVERSHOOT_TOLERANCE, SwitchFacts, configuration_key, restarts, switching_rule
-from .types import ConfigMargin, LoadEstimate, Memory, Plan, ServiceIntent, TickDecision, TickInputs
+from .types import ConfigMargin, LoadEstimate, Memory, Plan, ServiceIntent, TickDecision, TickInputs, Tuning
 
 __all__ = ["decide_tick", "more_capacity", "settle_seconds", "settled"]
 
