@@ -225,7 +225,9 @@ def search(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocation_wa
 
     # Precisions whose figures are known: those measured here, else the reference precision the model is
     # calibrated on (ML.ENERGY's bf16 rows); its precision choice is what the model gets wrong most (issue 13).
-    trusted = {r.configuration.split(" ")[0] for r in memory.margins} or \
+    # A precision with measured profile points (an EnergyProfile) is known too: the planner uses those figures.
+    profiled = {get_precision(str(getattr(p.precision, "value", p.precision))).name for p in inputs.intent.profile}
+    trusted = ({r.configuration.split(" ")[0] for r in memory.margins} | profiled) or \
         {p for p in (get_precision(a).name for a in base.allowed_precisions) if p == REFERENCE_PRECISION}
 
     def rank(rq: tuple[PlanResult, PlanRequest]) -> tuple[int, float]:
