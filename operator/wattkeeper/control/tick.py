@@ -328,7 +328,8 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         in_place_more_capacity=(running is not None and alt is not None
                                 and more_capacity(running, alt, run_c, alt_c)),
         in_place_worth_it=in_place_worth_it if in_place is not None else None,
-        recently_left=recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts),
+        recently_left=recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts,
+                                    load.workload.requests_per_second),
         proposed_capacity_ratio=capacity_ratio(prop_c, run_c),
         in_place_capacity_ratio=capacity_ratio(alt_c, prop_c),
     )
@@ -379,9 +380,11 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
                             surge=True)
     running = memory.running
     if running is not None and inputs.fleet.exists and not inputs.spec_changed and inputs.intent.allow_disruptive \
-            and restarts(running, proposed) and recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts):
+            and restarts(running, proposed) and recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts,
+                                                             load.workload.requests_per_second):
         # No A -> B -> A within RECENT_SECONDS under the same allocation: the best plan elsewhere instead.
-        avoid = blocked(memory, inputs.now_s, inputs.allocation_watts) - {configuration_key(running.config)}
+        avoid = blocked(memory, inputs.now_s, inputs.allocation_watts,
+                        load.workload.requests_per_second) - {configuration_key(running.config)}
         other, other_candidate, other_result = search(inputs, memory, load, inputs.allocation_watts, energy_model,
                                                       avoid=frozenset(avoid))
         if other is not None:
@@ -394,7 +397,8 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
         proposed, candidate = verdict.apply, in_place  # what is applied is what status shows
     if verdict.apply is not None and verdict.cause != "drift":
         if running is not None and restarts(running, verdict.apply):
-            memory = remember_left(memory, running, inputs.now_s, inputs.allocation_watts)
+            memory = remember_left(memory, running, inputs.now_s, inputs.allocation_watts,
+                                   load.workload.requests_per_second)
         memory = remember_applied(memory, verdict.apply, load, inputs.now_s)
     advised = advise(inputs, memory, load, verdict.apply or memory.running, energy_model)
     surge = surge_fits(candidate, inputs.allocation_watts)

@@ -92,11 +92,13 @@ class FleetState:
 @dataclass(frozen=True)
 class RecentConfiguration:
     """A configuration the service left (restarted away from): returning to it within `RECENT_SECONDS` is a flap
-    (A -> B -> A) unless the budget or the spec changed since (issue 11 item 5)."""
+    (A -> B -> A) unless the budget or the spec changed since (issue 11 item 5), or the load moved by a capacity
+    step (what was left for a load that is gone can be the best plan for the one that came)."""
 
     configuration: str  # switching.configuration_key: precision, TP, KV-cache dtype
     left_at_s: float
     allocation_watts: float | None = None  # the enforced allocation when it was left
+    load_rps: float | None = None  # the load planned for when it was left
 
 
 @dataclass(frozen=True)
