@@ -96,6 +96,13 @@ def estimate_load(intent: ServiceIntent, memory: Memory, signals: Signals | None
             offered = significant(bursts.queued_rate + backlog) or 0.0
         elif bursts is not None:
             offered = significant(max(offered, bursts.queued_rate)) or 0.0
+        if not signals.arrival_counts:
+            # Without arrival counts the backlog is spread over a cooldown as well: over the window alone (20-60 s)
+            # a queue that built up over minutes reads as that many new arrivals in every window it lasts, and the
+            # service asks its budget for a multiple of the real load (the demo: 3-9x).
+            drained = offered_rate(signals.finished_requests_per_second, signals.waiting_requests,
+                                   max(intent.cooldown_seconds, signals.window_seconds))
+            offered = significant(max(drained, bursts.queued_rate) if bursts is not None else drained) or 0.0
         rate, at = stabilised_rate(offered, memory.peak_load_rps, memory.peak_load_at_s, now_s,
                                    intent.cooldown_seconds)
         mean_in = signals.mean_input_tokens or (bursts.mean_prompt_tokens if bursts is not None else None)

@@ -8,7 +8,8 @@ Unchanged, names the branch (`cause`) and says why:
  2. spec-changed  the user changed the spec                          -> apply at once
  3. unchanged     the proposal is the running plan                   -> nothing (or re-apply if the pods drifted)
  4. allocation-cut the running plan's predicted watts exceed the allocation (a budget was cut) -> apply at once,
-                  by prediction when telemetry is silent: silence never blocks a cut
+                  by prediction when telemetry is silent: silence never blocks a cut; but never into a plan
+                  predicted to draw as much as the running one (hold: nothing draws less)
  5. slo-by-prediction  telemetry is silent, and by prediction the running plan misses its SLO at the held load
                   while the proposal meets it (an allocation was lifted) -> apply: silence never keeps a service
                   degraded that its budget no longer degrades
@@ -63,6 +64,7 @@ class SwitchFacts:
     load_source: LoadSource = "measured"
     allocation_watts: float | None = None  # enforced allocation
     running_predicted_watts: float | None = None  # the running plan at this load, by the (corrected) model
+    proposed_predicted_watts: float | None = None  # the proposal at this load, by the same model
     measured_watts: float | None = None
     running_meets_slo: bool | None = None  # by prediction, at this tick's load (None: not evaluated)
     proposed_meets_slo: bool | None = None
@@ -136,6 +138,14 @@ def switching_rule(f: SwitchFacts) -> Verdict:
         assert f.allocation_watts is not None and f.running_predicted_watts is not None
         how = "" if f.telemetry else "; acting on predicted watts: no telemetry"
         target, why = _forced_target(f, alt)
+        if target is f.proposed and not _draws_less(f):
+            # Nothing that fits draws less than what runs (the running plan already is the least power there
+            # is): a restart would cost a model load for no watt saved, and the next tick would swing back.
+            return _hold(f, Verdict("Held", "allocation-cut",
+                                    f"over the power allocation (running plan predicted {f.running_predicted_watts:.0f}"
+                                    f" W, allocation {f.allocation_watts:.0f} W{how}), and nothing draws less: "
+                                    f"keeping {running} (the proposal {to} would draw "
+                                    f"{f.proposed_predicted_watts or 0:.0f} W)"))
         return Verdict("Applied", "allocation-cut",
                        f"over the power allocation (running plan predicted {f.running_predicted_watts:.0f} W, "
                        f"allocation {f.allocation_watts:.0f} W{how}): {why}", target)
@@ -168,6 +178,13 @@ def switching_rule(f: SwitchFacts) -> Verdict:
     if f.pinned or f.worth_it is None:
         return Verdict("Applied", "pinned", f.plan_reason, f.proposed)
     return _optional(f, alt)
+
+
+def _draws_less(f: SwitchFacts) -> bool:
+    """Whether the proposal is predicted to draw less than the running plan (unknown counts as less)."""
+    if f.proposed_predicted_watts is None or f.running_predicted_watts is None:
+        return True
+    return f.proposed_predicted_watts < f.running_predicted_watts / CAPACITY_MARGIN
 
 
 def _no_restart(f: SwitchFacts, alt: Plan) -> str:

@@ -310,6 +310,7 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         load_source=load.source,
         allocation_watts=inputs.allocation_watts,
         running_predicted_watts=running_watts,
+        proposed_predicted_watts=candidate.total_watts if candidate is not None else None,
         # A running plan the planner cannot even place at this load (it cannot carry it) misses its SLO too.
         running_meets_slo=(running_candidate.meets_slo if running_candidate is not None
                            else (False if running is not None and proposed != running else None)),
