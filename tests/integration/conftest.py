@@ -37,7 +37,10 @@ def crds_installed(cluster) -> None:  # type: ignore[no-untyped-def]
 def kubectl_run(cluster, *args: str, input_text: str | None = None, check: bool = True):  # type: ignore[no-untyped-def]
     import localcluster
 
-    result = subprocess.run([str(localcluster.binary("kubectl")), f"--kubeconfig={cluster.kubeconfig}", *args],
+    # kubectl's discovery cache is keyed by host:port only: another cluster that once ran on the same port (a CI
+    # clone, a second checkout) leaves a stale one behind, and `explain` then misses our CRDs. One per cluster.
+    cache = f"--cache-dir={cluster.kubeconfig.parent / 'kubectl-cache'}"
+    result = subprocess.run([str(localcluster.binary("kubectl")), f"--kubeconfig={cluster.kubeconfig}", cache, *args],
                             input=input_text, text=True, capture_output=True)
     if check and result.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")

@@ -10,6 +10,8 @@ import pytest
 import yaml
 from kubernetes import client
 
+from tests.support.wait import wait_for
+
 from .conftest import apply_json
 
 pytestmark = pytest.mark.integration
@@ -31,6 +33,10 @@ def test_crds_are_established(kubectl, crds_installed) -> None:  # type: ignore[
 
 
 def test_explain_prints_our_descriptions(kubectl, crds_installed) -> None:  # type: ignore[no-untyped-def]
+    # The apiserver publishes a new CRD's OpenAPI v3 schema (what explain reads) asynchronously, some seconds after
+    # the CRD is Established; on a busy machine more.
+    wait_for("the CRDs' OpenAPI schema", lambda: kubectl("explain", "llmservice.spec.slo", check=False).returncode == 0,
+             60, every=1.0)
     out = kubectl("explain", "llmservice.spec.slo").stdout
     assert "Time to first token, 95th percentile, in seconds." in out
     assert "ttftP95Seconds" in out and "itlP95Seconds" in out

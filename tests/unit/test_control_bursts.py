@@ -126,3 +126,29 @@ def test_margins_are_learned_per_configuration() -> None:
                             ConfigMargin(f"{other} tp4", 1.0, 1.0)))
     doubted, _, _ = search(inputs(doubt), doubt, load, None, EM)
     assert doubted is not None and doubted.config.precision != preferred  # a 4x error there moves the plan off
+
+
+def test_an_unmeasured_precision_carries_the_models_own_error() -> None:
+    """Nothing measured: every configuration is planned with `Tuning.unmeasured_margin`, and a precision neither
+    measured nor the model's reference (bf16) must beat a trusted one by that error to be chosen."""
+    from wattkeeper.control import ConfigMargin
+    from wattkeeper.control.tick import margin_of, search
+
+    assert margin_of(Memory(), ServingConfig("fp8", 4, 256, 1024), DEFAULT) == (2.0, 2.0)
+    assert margin_of(Memory(), ServingConfig("fp8", 4, 256, 1024), Tuning(unmeasured_margin=1.0)) == (1.0, 1.0)
+    assert margin_of(Memory(), ServingConfig("fp8", 4, 256, 1024)) == (1.0, 1.0)  # the EWMA starts at the model
+    quiet = replace(BASE, finished_requests_per_second=2.0)
+    load = estimate_load(INTENT, Memory(), quiet, 100.0)
+
+    def best(memory: Memory, tuning: Tuning) -> tuple[str, float]:
+        p, c, _ = search(TickInputs(INTENT, memory, quiet, FleetState(), now_s=100.0, tuning=tuning), memory, load,
+                         None, EM)
+        assert p is not None and c is not None
+        return p.config.precision, c.total_watts
+
+    naive = best(Memory(), Tuning(unmeasured_margin=1.0))
+    assert naive[0] == "fp8"  # the model alone: fp8 for about half the watts of bf16 (1342 W)
+    cold = best(Memory(), DEFAULT)
+    assert cold[0] == "bf16" and cold[1] < 2 * naive[1]  # not half enough to trust what the model says of fp8
+    fp8_measured = Memory(margins=(ConfigMargin("fp8 tp2", 1.0, 1.0),))
+    assert best(fp8_measured, DEFAULT)[0] == "fp8"  # measured, it is trusted

@@ -199,4 +199,6 @@ def test_operator_acts_on_a_cut_without_telemetry() -> None:
     # The budget goes away, telemetry still silent: the degraded plan does not stay for want of measurements.
     action, cause, applied = op.tick(90.0, None, None)
     assert (action, cause) == ("Applied", "slo-by-prediction"), op.status["decisions"][-1]
-    assert op.status["plan"]["predicted"]["watts"] == predicted
+    # Restart-free first (issue 11 item 5): more replicas of the running configuration where they meet the SLO, at
+    # no more watts than the first plan (which doubted the precision the model is not calibrated on).
+    assert op.status["plan"]["predicted"]["watts"] <= predicted

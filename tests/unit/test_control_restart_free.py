@@ -188,6 +188,18 @@ def test_history_of_left_configurations() -> None:
     assert [r.configuration for r in later.recent_configurations] == [configuration_key(B)]
 
 
+def test_a_load_that_moved_by_a_capacity_step_lifts_the_ban() -> None:
+    """The swings the rule stops happened at one load; a configuration left at 3 req/s may be the best plan again
+    at 6 (or 2), and holding an unproven alternative instead costs the SLO (prefill-heavy, the standard bench)."""
+    memory = remember_left(Memory(), RUNNING, 100.0, None, 3.0)
+    assert memory.recent_configurations[0].load_rps == 3.0
+    assert recently_left(memory, MORE, 200.0, None, 3.5)  # 17% more: the same question
+    assert not recently_left(memory, MORE, 200.0, None, 3.75)  # 25% more
+    assert not recently_left(memory, MORE, 200.0, None, 2.4)  # 25% less
+    assert recently_left(memory, MORE, 200.0, None, None)  # nothing known of the load: the ban holds
+    assert recently_left(remember_left(Memory(), RUNNING, 100.0, None), MORE, 200.0, None, 9.0)  # nor then
+
+
 def test_a_cut_rescales_the_running_configuration_in_one_tick() -> None:
     """End to end through the core: a cut the running configuration meets with fewer replicas restarts nothing,
     and what status would show is the rescaled plan's figures."""

@@ -397,12 +397,15 @@ class PredictedFigures(StatusModel):
 
 
 class RecentConfigurationStatus(StatusModel):
-    """A configuration the operator restarted away from: it is not returned to within 30 minutes unless the budget
-    or the spec changed (no A -> B -> A)."""
+    """A configuration the operator restarted away from: it is not returned to within 30 minutes unless the budget,
+    the spec or the load (by 25%) changed (no A -> B -> A)."""
 
     configuration: str = Field(description="The configuration left: precision and tensor-parallel degree.")
     left_at: datetime = Field(description="When it was left.")
     allocation_watts: float | None = Field(default=None, description="The enforced allocation when it was left, W.")
+    load_rps: float | None = Field(
+        default=None, description="The request rate planned for when it was left; a load 25% away lifts the ban."
+    )
 
 
 class PlanStatus(StatusModel):

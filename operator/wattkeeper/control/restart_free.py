@@ -16,7 +16,8 @@ from dataclasses import replace
 
 from ..planner import Candidate
 from .budget import allocation_changed
-from .switching import CAPACITY_MARGIN, configuration_key
+from .planning import significant
+from .switching import CAPACITY_MARGIN, CAPACITY_STEP, configuration_key
 from .types import Memory, Plan, RecentConfiguration
 
 RECENT_SECONDS = 1800.0  # no A -> B -> A within 30 minutes
@@ -62,20 +63,32 @@ def scale_only_suffices(in_place: Candidate, proposed: Candidate | None) -> bool
     return not (proposed.prediction.utilisation * CAPACITY_MARGIN < in_place.prediction.utilisation)
 
 
-def blocked(memory: Memory, now_s: float, allocation_watts: float | None) -> set[str]:
-    """The configurations left within `RECENT_SECONDS` under the same allocation: not to be returned to."""
+def load_moved(then_rps: float | None, now_rps: float | None) -> bool:
+    """Whether the load moved by a capacity step (`CAPACITY_STEP`, either way) since `then_rps`."""
+    if then_rps is None or now_rps is None or then_rps <= 0 or now_rps <= 0:
+        return False
+    return max(now_rps / then_rps, then_rps / now_rps) >= CAPACITY_STEP
+
+
+def blocked(memory: Memory, now_s: float, allocation_watts: float | None, load_rps: float | None = None) -> set[str]:
+    """The configurations left within `RECENT_SECONDS` under the same allocation and about the same load: not to be
+    returned to. The swings this stops happened at one load under one cap; a load that doubled is a new question."""
     return {r.configuration for r in memory.recent_configurations
-            if now_s - r.left_at_s < RECENT_SECONDS and not allocation_changed(r.allocation_watts, allocation_watts)}
+            if now_s - r.left_at_s < RECENT_SECONDS and not allocation_changed(r.allocation_watts, allocation_watts)
+            and not load_moved(r.load_rps, load_rps)}
 
 
-def recently_left(memory: Memory, proposed: Plan, now_s: float, allocation_watts: float | None) -> bool:
-    """Whether `proposed`'s configuration was left within `RECENT_SECONDS` under the same allocation."""
-    return configuration_key(proposed.config) in blocked(memory, now_s, allocation_watts)
+def recently_left(memory: Memory, proposed: Plan, now_s: float, allocation_watts: float | None,
+                  load_rps: float | None = None) -> bool:
+    """Whether `proposed`'s configuration was left within `RECENT_SECONDS` under the same allocation and load."""
+    return configuration_key(proposed.config) in blocked(memory, now_s, allocation_watts, load_rps)
 
 
-def remember_left(memory: Memory, left: Plan, now_s: float, allocation_watts: float | None) -> Memory:
+def remember_left(memory: Memory, left: Plan, now_s: float, allocation_watts: float | None,
+                  load_rps: float | None = None) -> Memory:
     """Add the configuration just left; entries older than `RECENT_SECONDS` (and beyond `RECENT_KEPT`) go."""
     key = configuration_key(left.config)
     kept = [r for r in memory.recent_configurations if now_s - r.left_at_s < RECENT_SECONDS and r.configuration != key]
-    entry = RecentConfiguration(key, round(now_s, 3), round(allocation_watts, 1) if allocation_watts else None)
+    entry = RecentConfiguration(key, round(now_s, 3), round(allocation_watts, 1) if allocation_watts else None,
+                                significant(load_rps) if load_rps else None)
     return replace(memory, recent_configurations=(*kept, entry)[-RECENT_KEPT:])

@@ -29,7 +29,7 @@ from .restart_free import (
     scale_only_suffices,
 )
 from .switching import OVERSHOOT_TOLERANCE, SwitchFacts, configuration_key, restarts, switching_rule
-from .types import ConfigMargin, LoadEstimate, Memory, Plan, ServiceIntent, TickDecision, TickInputs
+from .types import ConfigMargin, LoadEstimate, Memory, Plan, ServiceIntent, TickDecision, TickInputs, Tuning
 
 __all__ = ["decide_tick", "more_capacity", "settle_seconds", "settled"]
 
@@ -85,30 +85,32 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
         predicted = evaluate_in(tick_request(inputs, m, measured, None), m.running, energy_model)
     ttft, itl = latency_correction((m.ttft_correction, m.itl_correction), *args, predicted=predicted)
     margins = m.margins
-    if queued and m.running is not None and (ttft, itl) != margin_of(m, m.running.config):
+    if queued and m.running is not None and (ttft, itl) != margin_of(m, m.running.config, inputs.tuning):
         margins = learned(m, m.running.config, ttft, itl)
     return replace(m, power_correction=power, ttft_correction=ttft, itl_correction=itl, margins=margins,
                    peak_load_rps=load.peak_load_rps, peak_load_at_s=load.peak_load_at_s)
 
 
 MARGINS_KEPT = 6
+REFERENCE_PRECISION = "bf16"
 
 
-def with_margin(c: Candidate | None, memory: Memory) -> Candidate | None:
+def with_margin(c: Candidate | None, memory: Memory, tuning: Tuning) -> Candidate | None:
     """`c` with its predicted utilisation scaled by its configuration's learned margin (at least 1)."""
     if c is None:
         return None
-    factor = max(1.0, *margin_of(memory, c.config))
+    factor = max(1.0, *margin_of(memory, c.config, tuning))
     if factor == 1.0:
         return c
     return replace(c, prediction=replace(c.prediction, utilisation=c.prediction.utilisation * factor))
 
 
-def margin_of(memory: Memory, config: ServingConfig) -> tuple[float, float]:
+def margin_of(memory: Memory, config: ServingConfig, tuning: Tuning | None = None) -> tuple[float, float]:
     """The learned (TTFT, ITL) margin of a configuration; where none was learned, the largest learned for the same
-    precision (the model's error is mostly the precision's: its kernels, its prefill), else (1, 1): another
-    precision's error says nothing of this one's, and a pessimistic prior would keep the service on the
-    configuration that proved wrong."""
+    precision (the model's error is mostly the precision's: its kernels, its prefill), else the model's own error
+    (`Tuning.unmeasured_margin`): another precision's error says nothing of this one's, and a precision never
+    measured is as uncertain as the calibration says. A configuration that proved worse than that still loses to
+    one not tried."""
     key = configuration_key(config)
     for r in memory.margins:
         if r.configuration == key:
@@ -116,7 +118,8 @@ def margin_of(memory: Memory, config: ServingConfig) -> tuple[float, float]:
     same = [r for r in memory.margins if r.configuration.split(" ")[0] == config.precision]
     if same:
         return max(1.0, *(r.ttft for r in same)), max(1.0, *(r.itl for r in same))
-    return 1.0, 1.0
+    prior = tuning.unmeasured_margin if tuning is not None and tuning.latency_model == "queued" else 1.0
+    return prior, prior
 
 
 def learned(memory: Memory, config: ServingConfig, ttft: float, itl: float) -> tuple[ConfigMargin, ...]:
@@ -193,8 +196,10 @@ def search(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocation_wa
     base = tick_request(inputs, memory, load, allocation_watts, only)
     queued = inputs.tuning.latency_model == "queued"
     margins = {r.configuration: r for r in memory.margins} if queued else {}
-    if not avoid and not margins:
-        result = plan(base, energy_model)
+    if not avoid and not margins and len(base.allowed_precisions) == 1:
+        # Nothing measured yet: every configuration carries the model's own error (one search, one margin).
+        prior = margin_of(memory, ServingConfig(get_precision(base.allowed_precisions[0]).name, 1), inputs.tuning)
+        result = plan(replace(base, ttft_margin=prior[0], itl_margin=prior[1]), energy_model)
         return (plan_of(result.chosen), result.chosen, result) if result.chosen is not None else (None, None, result)
     limit = min(base.max_tensor_parallel, base.max_gpus or base.max_tensor_parallel)
     requests: list[PlanRequest] = []
@@ -211,19 +216,29 @@ def search(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocation_wa
             else:
                 rest.append(tp)
         if rest:
-            prior = margin_of(memory, ServingConfig(get_precision(precision).name, rest[0])) if queued else (1.0, 1.0)
+            prior = margin_of(memory, ServingConfig(get_precision(precision).name, rest[0]), inputs.tuning)
             requests.append(replace(base, allowed_precisions=(precision,), tensor_parallel_options=tuple(rest),
                                     ttft_margin=prior[0], itl_margin=prior[1]))
     results = [(r, q) for r, q in ((plan(q, energy_model), q) for q in requests) if r.chosen is not None]
     if not results:
         return None, None, None
 
+    # Precisions whose figures are known: those measured here, else the reference precision the model is
+    # calibrated on (ML.ENERGY's bf16 rows); its precision choice is what the model gets wrong most (issue 13).
+    # A precision with measured profile points (an EnergyProfile) is known too: the planner uses those figures.
+    profiled = {get_precision(str(getattr(p.precision, "value", p.precision))).name for p in inputs.intent.profile}
+    trusted = ({r.configuration.split(" ")[0] for r in memory.margins} | profiled) or \
+        {p for p in (get_precision(a).name for a in base.allowed_precisions) if p == REFERENCE_PRECISION}
+
     def rank(rq: tuple[PlanResult, PlanRequest]) -> tuple[int, float]:
         r, q = rq
         c = r.chosen
         assert c is not None
         if r.feasible:
-            return 0, c.total_watts
+            # A precision never measured saves only what the model says: its error (kernels, prefill) can be
+            # larger than the saving. It must beat a measured one by the model's own error to be tried.
+            doubt = inputs.tuning.unmeasured_margin if trusted and c.config.precision not in trusted else 1.0
+            return 0, c.total_watts * doubt
         within = allocation_watts is None or c.total_watts <= allocation_watts * OVERSHOOT_TOLERANCE
         # The most capacity, as the learned margins say (see `with_margin`).
         return (1 if within else 2), c.prediction.utilisation * max(1.0, q.ttft_margin, q.itl_margin)
@@ -241,7 +256,7 @@ def rescale(inputs: TickInputs, memory: Memory, load: LoadEstimate, energy_model
         return None
     limits = tuple(dict.fromkeys((running.config.gpu_power_limit_watts, *inputs.intent.gpu_power_limits_watts)))
     request = restricted(tick_request(inputs, memory, load, inputs.allocation_watts,
-                                      margin=margin_of(memory, running.config)), running, limits)
+                                      margin=margin_of(memory, running.config, inputs.tuning)), running, limits)
     chosen = plan(request, energy_model).chosen
     allocation = inputs.allocation_watts
     if chosen is None or (allocation is not None and chosen.total_watts > allocation * OVERSHOOT_TOLERANCE):
@@ -256,7 +271,7 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
     accelerator = get_accelerator(intent.accelerator)
     running_candidate: Candidate | None = None
     if running is not None and fleet.exists and proposed != running:
-        running_candidate = evaluate_in(tick_request(inputs, memory, load, None, margin=margin_of(memory, running.config)),
+        running_candidate = evaluate_in(tick_request(inputs, memory, load, None, margin=margin_of(memory, running.config, inputs.tuning)),
                                         running, energy_model)
 
     def worth_it() -> SwitchDecision:
@@ -280,9 +295,9 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
     alt = plan_of(in_place) if in_place is not None else None
     # Capacity as measured where it was: a configuration whose latency proved k times the model's carries about
     # 1/k of what the model says (its prefill, its steps are that much slower), so the capacity order sees it so.
-    run_c = with_margin(running_candidate, memory)
-    prop_c = with_margin(candidate, memory)
-    alt_c = with_margin(in_place, memory)
+    run_c = with_margin(running_candidate, memory, inputs.tuning)
+    prop_c = with_margin(candidate, memory, inputs.tuning)
+    alt_c = with_margin(in_place, memory, inputs.tuning)
     return SwitchFacts(
         running=running,
         proposed=proposed,
@@ -313,7 +328,8 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         in_place_more_capacity=(running is not None and alt is not None
                                 and more_capacity(running, alt, run_c, alt_c)),
         in_place_worth_it=in_place_worth_it if in_place is not None else None,
-        recently_left=recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts),
+        recently_left=recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts,
+                                    load.workload.requests_per_second),
         proposed_capacity_ratio=capacity_ratio(prop_c, run_c),
         in_place_capacity_ratio=capacity_ratio(alt_c, prop_c),
     )
@@ -342,7 +358,7 @@ def advise(inputs: TickInputs, memory: Memory, load: LoadEstimate, keeping: Plan
 def remember_applied(memory: Memory, applied: Plan, load: LoadEstimate, now_s: float) -> Memory:
     if memory.running is not None and restarts(memory.running, applied) and memory.margins:
         # The running configuration's margin is its own: another one starts from what was learned of it.
-        ttft, itl = margin_of(memory, applied.config)
+        ttft, itl = margin_of(memory, applied.config)  # the EWMA starts from the model (the prior is a plan margin)
         memory = replace(memory, ttft_correction=ttft, itl_correction=itl)
     w = load.workload
     planned = replace(w, requests_per_second=significant(w.requests_per_second) or 0.0,
@@ -364,9 +380,11 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
                             surge=True)
     running = memory.running
     if running is not None and inputs.fleet.exists and not inputs.spec_changed and inputs.intent.allow_disruptive \
-            and restarts(running, proposed) and recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts):
+            and restarts(running, proposed) and recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts,
+                                                             load.workload.requests_per_second):
         # No A -> B -> A within RECENT_SECONDS under the same allocation: the best plan elsewhere instead.
-        avoid = blocked(memory, inputs.now_s, inputs.allocation_watts) - {configuration_key(running.config)}
+        avoid = blocked(memory, inputs.now_s, inputs.allocation_watts,
+                        load.workload.requests_per_second) - {configuration_key(running.config)}
         other, other_candidate, other_result = search(inputs, memory, load, inputs.allocation_watts, energy_model,
                                                       avoid=frozenset(avoid))
         if other is not None:
@@ -379,7 +397,8 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
         proposed, candidate = verdict.apply, in_place  # what is applied is what status shows
     if verdict.apply is not None and verdict.cause != "drift":
         if running is not None and restarts(running, verdict.apply):
-            memory = remember_left(memory, running, inputs.now_s, inputs.allocation_watts)
+            memory = remember_left(memory, running, inputs.now_s, inputs.allocation_watts,
+                                   load.workload.requests_per_second)
         memory = remember_applied(memory, verdict.apply, load, inputs.now_s)
     advised = advise(inputs, memory, load, verdict.apply or memory.running, energy_model)
     surge = surge_fits(candidate, inputs.allocation_watts)

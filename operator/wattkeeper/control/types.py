@@ -92,11 +92,13 @@ class FleetState:
 @dataclass(frozen=True)
 class RecentConfiguration:
     """A configuration the service left (restarted away from): returning to it within `RECENT_SECONDS` is a flap
-    (A -> B -> A) unless the budget or the spec changed since (issue 11 item 5)."""
+    (A -> B -> A) unless the budget or the spec changed since (issue 11 item 5), or the load moved by a capacity
+    step (what was left for a load that is gone can be the best plan for the one that came)."""
 
     configuration: str  # switching.configuration_key: precision, TP, KV-cache dtype
     left_at_s: float
     allocation_watts: float | None = None  # the enforced allocation when it was left
+    load_rps: float | None = None  # the load planned for when it was left
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,11 @@ class Tuning:
     # The learned margin's range with the queued model: it multiplies predictions (1 = the model as it is); the
     # model is within 2x of the simulation on every family (bench/README.md, "Latency model vs simulation").
     latency_margin_bounds: tuple[float, float] = (0.8, 5.0)
+    # The margin of a precision nothing was measured of yet (a cold start, or a precision not run before): the
+    # calibrated model's own error, not a learned one. Its step-time p90 error is 55% in sample
+    # (bench/groundtruth.py `hidden_sigmas`: log-normal sigma 0.27), so at the 99% planned for a prediction may be
+    # e^(2.33 x 0.27) = 1.9x short: plan with 2x until the running plan has been measured. 1.0 trusts the model.
+    unmeasured_margin: float = 2.0
 
 
 @dataclass(frozen=True)

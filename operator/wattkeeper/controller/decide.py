@@ -162,7 +162,7 @@ def memory_from_status(status: dict[str, Any], default_workload: Workload) -> Me
             for r in observed.get("latencyMargins") or [] if r.get("configuration")
         ),
         recent_configurations=tuple(
-            RecentConfiguration(str(r["configuration"]), left, r.get("allocationWatts"))
+            RecentConfiguration(str(r["configuration"]), left, r.get("allocationWatts"), r.get("loadRps"))
             for r in plan_status.get("recentConfigurations") or []
             if r.get("configuration") and (left := _seconds(r.get("leftAt"))) is not None
         ),
@@ -245,7 +245,8 @@ def _sync_recent(status: dict[str, Any], memory: Memory, now: datetime) -> None:
         return
     recent = [{"configuration": r.configuration,
                "leftAt": _iso(datetime.fromtimestamp(r.left_at_s, tz=now.tzinfo)),
-               **({"allocationWatts": r.allocation_watts} if r.allocation_watts is not None else {})}
+               **({"allocationWatts": r.allocation_watts} if r.allocation_watts is not None else {}),
+               **({"loadRps": r.load_rps} if r.load_rps is not None else {})}
               for r in memory.recent_configurations]
     if recent == (plan_status.get("recentConfigurations") or []):
         return
