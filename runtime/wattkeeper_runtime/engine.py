@@ -151,6 +151,16 @@ class BatchingEngine:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def retime(self, timing: StepTiming, now_s: float) -> None:
+        """Step timing and power change from `now_s` on (a GPU power limit set on the running process): the queues,
+        the running batch and its KV blocks stay; idle time up to `now_s` counts at the old idle power; a step in
+        progress finishes at its old pace and power. The KV capacity stays as allocated at start."""
+        if now_s > self.clock_s and not self.has_work():
+            self._energy_joules += self.idle_power_watts * (now_s - self.clock_s)
+            self.clock_s = now_s
+        self.timing = timing
+        self.idle_power_watts = timing.power_watts(0, 0.0)
+
     # --- the step -----------------------------------------------------------------------------------------------
 
     def _free_blocks(self) -> int | None:

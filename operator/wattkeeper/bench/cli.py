@@ -34,6 +34,9 @@ def register(subparsers: Any) -> None:
         p.add_argument("--duration-s", type=float, default=None, help="replay only the first N seconds")
         p.add_argument("--fp8-prefill-factor", type=float, default=None,
                        help="override the measured fp8 prefill factor of the ground truth (1: the model's)")
+        p.add_argument("--power-limits", action="store_true",
+                       help="Wattkeeper may set GPU power limits (the default or 70%% of it, as oracle-verified; "
+                       "the operator's --power-limits)")
 
     t = sub.add_parser("trace", help="replay one trace through the policies")
     common(t)
@@ -59,6 +62,9 @@ def register(subparsers: Any) -> None:
     s.add_argument("--workloads", default=None, help="only these workloads (default: all five)")
     s.add_argument("--policies", default=",".join(POLICY_NAMES))
     s.add_argument("--no-cap", action="store_true", help="skip the capped scenarios")
+    s.add_argument("--no-cap-power-limits", action="store_true",
+                   help="no GPU power limits for Wattkeeper in the capped scenarios either (default: it may set "
+                   "them there, as the oracle that sets the cap does)")
     s.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="workload x seed units run at once in worker processes (default: 2, or 1 on one CPU)")
     s.set_defaults(func=_standard_command)
@@ -138,6 +144,7 @@ def _trace_command(args: argparse.Namespace) -> int:
         args.slo_itl_p95,
         allowed_precisions=_precisions(args.precisions),
         allocation_watts=args.power_cap,
+        power_limits=args.power_limits,
     )
     name = f"{trace.name}"
     out: Path = args.out
@@ -173,6 +180,7 @@ def _standard_command(args: argparse.Namespace) -> int:
         STANDARD_SLO_TTFT_S,
         STANDARD_SLO_ITL_S,
         allowed_precisions=_precisions(args.precisions),
+        power_limits=args.power_limits,
     )
     seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
     wanted = _precisions(args.workloads) if args.workloads else None
@@ -189,6 +197,7 @@ def _standard_command(args: argparse.Namespace) -> int:
         policies=_precisions(args.policies),
         capped=not args.no_cap,
         jobs=max(1, args.jobs),
+        cap_power_limits=not args.no_cap_power_limits,
     )
     print(summary["table"])
     for line in summary["headlines"]:

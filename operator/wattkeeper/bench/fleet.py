@@ -5,6 +5,10 @@ Replicas go LOADING -> SERVING -> DRAINING -> STOPPED. A loading replica draws i
 requests first); a draining one finishes what it holds and then releases its GPUs. A new target of the same
 configuration adds loading replicas or drains surplus ones; a target with another configuration starts a whole
 new set (surge, blue/green) and drains the old set once every new replica serves, so capacity never dips.
+A target that differs from the running configuration only in its GPU power limit restarts nothing: the node agent
+sets the limit on the running pods' GPUs (nvmlDeviceSetPowerManagementLimit), so the live replicas keep their
+queues and KV cache and step at the ground truth of the new limit from `LIMIT_SETTLE_SECONDS` on (a `Change` of
+kind "limit", never counted as a restart).
 
 Time advances arrival by arrival: before routing a request every serving engine is stepped up to its arrival
 (engines only step while they hold work). Every `sample_s` the fleet's cumulative energy is read from the
@@ -25,7 +29,9 @@ import numpy as np
 import numpy.typing as npt
 from wattkeeper_runtime.engine import BatchingEngine, EngineRequest
 
+from ..energy.powerlimit import LIMIT_SETTLE_SECONDS
 from ..energy.types import Plan, ServingConfig
+from ..planner.inplace import is_in_place_change
 from .groundtruth import GroundTruth
 from .trace import Trace
 
@@ -124,7 +130,10 @@ class Replica:
 class Change:
     time_s: float
     target: str
-    kind: str  # "restart" (new configuration) or "scale"
+    # "restart": a new configuration (its replicas load the model); "scale": only the replica count changes;
+    # "limit": only the GPU power limit changes, set on the running replicas in place (and, if the count changes
+    # too, on the added ones). Only "restart" counts as a restart (scoring.py, report.py).
+    kind: str
     reason: str
 
 
@@ -229,6 +238,7 @@ class FleetSimulator:
         changes: list[Change] = []
         configs_used: list[str] = []
         pending: deque[int] = deque()  # arrived while nothing served (only possible while everything loads)
+        settling: deque[tuple[float, Replica, ServingConfig]] = deque()  # limits set, in effect from the time given
         steps = 0
         misses = 0
         aborted = False
@@ -362,10 +372,36 @@ class FleetSimulator:
                 r.state = State.STOPPED
                 r.stopped_s = max(now, r.ready_s)
 
+        def set_limit(config: ServingConfig, t_s: float) -> None:
+            """The node agent sets the new limit on every live replica's GPUs: nothing restarts. NVML's
+            nvmlDeviceSetPowerManagementLimit ("Set new power limit of this device", NVML API reference, Device
+            Commands; nvidia-ml-py's pynvml wraps it as is) is a device setting that the card's power management
+            enforces on whatever runs on it ("if the card's total power draw reaches this limit the power
+            management algorithm kicks in", nvmlDeviceGetPowerManagementLimit); no process is restarted and it
+            needs none (runtime/wattkeeper_runtime/powercontrol.py applies it to GPUs with vLLM running)."""
+            for r in replicas:
+                if r.state in (State.LOADING, State.SERVING) and is_in_place_change(r.config, config):
+                    r.config = config
+                    settling.append((t_s + LIMIT_SETTLE_SECONDS, r, config))
+            if config.short() not in configs_used:
+                configs_used.append(config.short())
+
+        def settle(t_s: float) -> None:
+            """Limits that took effect by `t_s` shape the replicas' steps and power from the time they took effect
+            (every arrival before `t_s` is routed, so stepping a replica up to that time first is safe)."""
+            while settling and settling[0][0] <= t_s:
+                due, r, config = settling.popleft()
+                if r.config == config and r.state is not State.STOPPED:
+                    advance(r, due)
+                    r.engine.retime(self.gt.timing(config), due)
+
         def apply(new: FleetTarget, t_s: float) -> None:
             nonlocal target
-            same_config = new.config == target.config
-            kind = "scale" if same_config else "restart"
+            limit_only = is_in_place_change(target.config, new.config)
+            if limit_only:
+                set_limit(new.config, t_s)
+            same_config = limit_only or new.config == target.config
+            kind = "limit" if limit_only else "scale" if same_config else "restart"
             changes.append(Change(t_s, new.describe(), kind, new.reason))
             target = new
             for r in replicas:  # a rollout superseded before it finished: its loading replicas are cancelled
@@ -409,6 +445,7 @@ class FleetSimulator:
             while arrival_i < n and arrivals[arrival_i] < t_sample:
                 t = arrivals[arrival_i]
                 now = t
+                settle(t)
                 activate(t)
                 for r in replicas:
                     if r.state is State.SERVING:
@@ -416,6 +453,7 @@ class FleetSimulator:
                 route(arrival_i, t)
                 arrival_i += 1
             now = t_sample
+            settle(t_sample)
             activate(t_sample)
             for r in replicas:
                 if r.state in (State.SERVING, State.DRAINING):

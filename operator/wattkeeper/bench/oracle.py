@@ -14,7 +14,9 @@ Per 300-s window of the trace:
    they miss too many requests or spend more than the best (`fleet.Cutoff`).
 3. Switch: the fleet of window k is rolled out one model-load time (the slowest allowed configuration's) before
    the window starts, as a surge (the old set serves until the new one does); a smaller fleet of the same
-   configuration scales down at the window's start. Loading and draining cost what they cost in the simulator.
+   configuration scales down at the window's start, and a new GPU power limit on the same configuration is set in
+   place at the window's start (no restart, as in the operator). Loading and draining cost what they cost in the
+   simulator.
 4. Verify: the whole trace replayed with those switches and scored; a window that misses the target in the whole
    run (carry-over of a queue, a switch) gets one more replica and the run is replayed, at most `REPAIR_ROUNDS`
    times. The result says whether the final run kept the target (`verified`).
@@ -36,10 +38,11 @@ from ..energy.model import EnergyModel
 from ..energy.powerlimit import limit_options_watts
 from ..energy.types import ServingConfig
 from ..planner import PlanRequest, model_load_seconds, plan
+from ..planner.inplace import is_in_place_change
 from .baselines import FixedFleet, Log
 from .fleet import Cutoff, FleetRun, FleetSimulator, FleetTarget, Observation
 from .groundtruth import GroundTruth
-from .policies import BenchSpec, trace_workload
+from .policies import ORACLE_LIMIT_FRACTION, BenchSpec, trace_workload
 from .scoring import TARGET_SHARE, Thresholds, requests_ok, window_shares
 from .trace import Trace
 
@@ -50,7 +53,7 @@ WARMUP_S = 60.0
 # the cheapest fleet of a window once).
 PRUNE_DIVISOR = 2
 REPAIR_ROUNDS = 2
-LIMIT_FRACTION = 0.7  # the one reduced GPU power limit the oracle tries besides the default
+LIMIT_FRACTION = ORACLE_LIMIT_FRACTION  # the one reduced GPU power limit it tries besides the default
 
 
 @dataclass(frozen=True)
@@ -238,7 +241,9 @@ class ScheduledFleet:
         if k >= len(self.windows):
             return None
         nxt = self.windows[k].target
-        grows = nxt.config != current.config or nxt.replicas > current.replicas
+        # A new GPU power limit alone is set in place within a second (fleet.py): only a reload needs the lead.
+        reloads = nxt.config != current.config and not is_in_place_change(current.config, nxt.config)
+        grows = reloads or nxt.replicas > current.replicas
         due = self.windows[k].start_s - (self.lead_s if grows else 0.0)
         if obs.now_s + 1e-9 < due:
             return None

@@ -21,12 +21,14 @@ from .. import control
 from ..control import Plan, ServiceIntent
 from ..energy.catalog import Accelerator, get_accelerator
 from ..energy.model import EnergyModel
+from ..energy.powerlimit import limit_options_watts
 from ..energy.types import ModelShape, ServingConfig, Workload
 from ..planner import Candidate
 from .fleet import FleetTarget, Observation
 from .trace import Trace
 
 _GIB = float(2**30)
+ORACLE_LIMIT_FRACTION = 0.7  # the one reduced GPU power limit oracle-verified tries besides the default
 
 
 def vllm_default_limits(accelerator: Accelerator) -> tuple[int, int]:
@@ -55,10 +57,22 @@ class BenchSpec:
     max_tensor_parallel: int = 8
     allocation_watts: float | None = None
     baseline_tensor_parallel: int | None = None  # None: the smallest TP whose KV cache holds 64 mean requests
+    # Wattkeeper may set GPU power limits (the operator's --power-limits: a node agent applies them in place).
+    power_limits: bool = False
 
     @property
     def accelerator(self) -> Accelerator:
         return get_accelerator(self.gpu)
+
+    @property
+    def gpu_power_limits_watts(self) -> tuple[float | None, ...]:
+        """The limits Wattkeeper may choose: the card's default only, or with `power_limits` exactly the oracle's
+        (the default and 70% of it, oracle.LIMIT_FRACTION), not the operator's wider default set
+        (`limit_options_watts` with no fractions: 85%, 70%, 55% too). The same lever for both keeps the
+        comparison fair: a gap to the oracle is then the control loop's, not a difference in what it may set."""
+        if not self.power_limits:
+            return (None,)
+        return limit_options_watts(self.accelerator, (ORACLE_LIMIT_FRACTION,))
 
     def intent(self, default_workload: Workload | None = None, cooldown_seconds: float = 300.0,
                horizon_seconds: float = 3600.0) -> ServiceIntent:
@@ -76,6 +90,7 @@ class BenchSpec:
             default_workload=default_workload or Workload(1.0),
             cooldown_seconds=cooldown_seconds,
             horizon_seconds=horizon_seconds,
+            gpu_power_limits_watts=self.gpu_power_limits_watts,
         )
 
 

@@ -141,6 +141,8 @@ def run_scenario(
                 "targetShare": TARGET_SHARE},
         "groundTruthSeed": ground_truth.seed,
         "wattkeeperAllowedPrecisions": list(spec.allowed_precisions),
+        # GPU power limits Wattkeeper may set (null: the card's default); oracle-verified tries the default and 70%.
+        "wattkeeperGpuPowerLimitsWatts": list(spec.gpu_power_limits_watts),
         "powerCapWatts": spec.allocation_watts,
         "policies": summaries,
         "notes": notes,
@@ -153,7 +155,8 @@ def run_scenario(
             "worstFiveMinuteWithinBoth": "the lowest share within both over 5-minute windows of arrivals",
             "capHeld": "every 5-minute average of the fleet's power within 2% of the cap",
             "maxFiveMinuteWatts": "highest average GPU power over any 5-minute window (5 s steps)",
-            "restarts": "configuration changes (each reloads the model)",
+            "restarts": "configuration changes (each reloads the model); a GPU power limit set in place (change "
+            "kind 'limit') is not one",
         },
     }
     if png is not None:
@@ -168,11 +171,13 @@ def _source_of(ground_truth: GroundTruth, short: str) -> str:
     from ..energy.types import ServingConfig
 
     parts = short.split()
+    limit = next((p for p in parts[4:] if p.startswith("gpu-limit")), None)
     config = ServingConfig(
         precision=parts[0],
         tensor_parallel=int(parts[1].removeprefix("tp")),
         max_num_seqs=int(parts[2].removeprefix("seqs")),
         max_num_batched_tokens=int(parts[3].removeprefix("tok")),
+        gpu_power_limit_watts=float(limit.removeprefix("gpu-limit").removesuffix("W")) if limit else None,
     )
     return ground_truth.source(config)
 

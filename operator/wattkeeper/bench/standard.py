@@ -7,6 +7,9 @@ Workloads (`workloads.py`), each over ground-truth seeds 1 and 2, each plain and
 Every trace is cut to its first `DURATION_S` seconds to keep the whole run within minutes on two cores. The cap is
 `CAP_OVER_ORACLE` above the verified oracle's highest 5-minute power in the plain run (a cap the bound itself
 keeps); the cap-blind baselines and the oracle are the plain run's, only Wattkeeper runs again under the cap.
+Under the cap Wattkeeper may set GPU power limits by default (`cap_power_limits`): the oracle whose power sets the
+cap uses that lever, and so does the operator under a budget when its node agent runs (--power-limits, issue 13);
+the plain runs keep the operator's default (no limits) unless the spec says otherwise.
 
 The table goes into bench/README.md between `BEGIN`/`END` markers, rewritten by each run (`rewrite_readme`).
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +67,11 @@ def run_unit(
     settings: dict[str, Any] | None,
     policies: tuple[str, ...],
     capped: bool,
+    cap_power_limits: bool = True,
     log: Log = print,
 ) -> list[tuple[str, ScenarioResult]]:
-    """One workload and seed: the plain scenario and, when the oracle ran, the capped one (JSON written here)."""
+    """One workload and seed: the plain scenario and, when the oracle ran, the capped one (JSON written here).
+    `cap_power_limits`: Wattkeeper may set GPU power limits in the capped scenario (the plain one follows `spec`)."""
     name, family, scale = workload
     gt = truth_for_seed(seed)
     trace = workload_trace(family, scale, seed, duration_s, trace_path)
@@ -80,7 +85,8 @@ def run_unit(
         cap_name = f"{name}-cap"
         log(f"{cap_name} seed {seed}: power cap {cap:.0f} W ({CAP_OVER_ORACLE:.0%} over the oracle's peak)")
         capped_run = run_scenario(
-            cap_name, trace, with_cap(spec, cap), gt, policies, reuse=plain, png=out / f"{cap_name}-s{seed}.png",
+            cap_name, trace, replace(with_cap(spec, cap), power_limits=cap_power_limits), gt, policies, reuse=plain,
+            png=out / f"{cap_name}-s{seed}.png",
             settings=settings, log=log,
         )  # fmt: skip
         done.append((f"{cap_name}-s{seed}", capped_run))
@@ -104,6 +110,7 @@ def run_standard(
     policies: tuple[str, ...] = POLICY_NAMES,
     capped: bool = True,
     jobs: int = 1,
+    cap_power_limits: bool = True,
 ) -> dict[str, Any]:
     """Run every workload x seed x (plain, capped), `jobs` units at a time in worker processes (each unit is one
     workload and seed, independent of the others); write one JSON per scenario; return the summary. The capped run
@@ -111,7 +118,7 @@ def run_standard(
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     units = [(seed, w) for seed in seeds for w in workloads]
-    args = (duration_s, trace_path, settings, policies, capped)
+    args = (duration_s, trace_path, settings, policies, capped, cap_power_limits)
     results: list[list[tuple[str, ScenarioResult]]]
     if jobs <= 1:
         results = [run_unit(spec, truth_for_seed, out, seed, w, *args, log=log) for seed, w in units]
@@ -134,6 +141,8 @@ def run_standard(
         "seeds": list(seeds),
         "policies": list(policies),
         "jobs": jobs,
+        # Whether Wattkeeper could set GPU power limits (the oracle always can: the default and 70% of it).
+        "wattkeeperPowerLimits": {"plain": spec.power_limits, "capped": cap_power_limits and capped},
         "scenarios": {k: {"policies": v["policies"], "comparison": v["comparison"], "notes": v["notes"]}
                       for k, v in documents.items()},
         "headlines": headline,
@@ -205,7 +214,7 @@ def readme_body(summary: dict[str, Any], command: str) -> str:
         f"ground-truth seeds {', '.join(str(s) for s in summary['seeds'])}), {summary['runSeconds']:.0f} s wall "
         "clock. verdict: ok, **FAILING** (< 99% of requests within both SLOs) or **OVER CAP**; energy relative to "
         "static-right-sized and static-peak only where both runs keep the target; from oracle: energy above "
-        "oracle-verified's.",
+        "oracle-verified's. " + _lever_note(summary.get("wattkeeperPowerLimits", {})),
         "",
         summary["table"],
         "",
@@ -214,3 +223,11 @@ def readme_body(summary: dict[str, Any], command: str) -> str:
     ]
     lines += [f"- {h}" for h in summary["headlines"]]
     return "\n".join(lines)
+
+
+def _lever_note(lever: dict[str, bool]) -> str:
+    """Which runs had the GPU power-limit lever (oracle-verified always has it: the default and 70% of it)."""
+    where = [name for name, key in (("plain", "plain"), ("capped (-cap)", "capped")) if lever.get(key)]
+    runs = " and ".join(where) + " scenarios" if where else "no scenario"
+    return (f"GPU power limits (default or 70% of it, set in place): oracle-verified everywhere; wattkeeper in "
+            f"{runs} (`--power-limits`, `--no-cap-power-limits`).")
