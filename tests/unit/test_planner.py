@@ -117,6 +117,10 @@ def test_switching_rule() -> None:
     assert not should_switch(high, tiny, 24 * 3600, LLAMA_8B, acc).switch  # hysteresis
     broken = replace(high, meets_itl=False)
     assert should_switch(broken, cheaper, 1, LLAMA_8B, acc).switch
+    # A GPU power limit alone is set in place by the node agent: no restart, no cost, even over a short horizon.
+    limited = replace(high, total_watts=high.total_watts * 0.9, config=replace(high.config, gpu_power_limit_watts=490.0))
+    in_place = should_switch(high, limited, 10, LLAMA_8B, acc)
+    assert in_place.switch and in_place.cost_joules == 0.0 and "no restart" in in_place.reason
 
 
 def test_allocation_degrades_lowest_priority_first() -> None:

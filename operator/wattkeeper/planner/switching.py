@@ -8,7 +8,7 @@ the same configuration only pays their load time; removing replicas is free.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..energy.catalog import Accelerator, get_precision
 from ..energy.types import ModelShape
@@ -39,7 +39,9 @@ def change_cost_joules(
 ) -> tuple[float, str]:
     load_s = model_load_seconds(model, accelerator, proposed.config.precision, proposed.config.tensor_parallel)
     idle_per_replica = accelerator.idle_watts * proposed.config.tensor_parallel
-    if proposed.config == current.config:
+    # The GPU power limit is applied in place by the node agent (nvmlDeviceSetPowerManagementLimit on the running
+    # process): a change of it alone, or with replicas, restarts nothing.
+    if replace(proposed.config, gpu_power_limit_watts=None) == replace(current.config, gpu_power_limit_watts=None):
         added = max(proposed.replicas - current.replicas, 0)
         return added * idle_per_replica * load_s, f"{added} replica(s) added, no restart"
     kind = (
