@@ -43,6 +43,8 @@ CASES: list[tuple[str, SwitchFacts, str, str, Plan | None]] = [
      facts(allocation_watts=600.0, proposed_predicted_watts=990.0), "Held", "allocation-cut", None),
     ("allocation cut, the proposal draws less: apply", facts(allocation_watts=600.0, proposed_predicted_watts=700.0),
      "Applied", "allocation-cut", FP8),
+    ("a saving into a restart predicted to miss the SLO: hold",
+     facts(proposed_meets_slo=False), "Held", "not-worth", None),
     ("allocation within 2%: no cut", facts(allocation_watts=990.0, cooldown_until_s=5000.0),
      "Held", "cooldown", None),
     ("telemetry lost: hold", facts(telemetry=False, measured_watts=None, load_source="held"),

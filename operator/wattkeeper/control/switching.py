@@ -23,7 +23,8 @@ Unchanged, names the branch (`cause`) and says why:
  8. cooldown      an optional move inside the cooldown               -> hold
  9. pinned        Pinned mode serves the spec's plan                 -> apply
 10. saving / not-worth / recently-left  the saving over the horizon against the cost of moving
-                  (planner.should_switch), the proposal's and the rescale's, the larger net saving wins
+                  (planner.should_switch), the proposal's and the rescale's, the larger net saving wins; a
+                  restart for a saving only into a plan predicted to meet the SLO
 Restart-free first (control/restart_free.py): in 4, 5 and 7 the running configuration rescaled (`in_place`:
 replicas, GPU power limit) is applied instead of a restart when it does what the restart would, or when the
 restart would return to a configuration left < 30 minutes ago under the same allocation (`recently_left`).
@@ -234,7 +235,11 @@ def _optional(f: SwitchFacts, alt: Plan | None) -> Verdict:
     # to meet the SLO.
     gives_up = f.slo_missed and not f.proposed_meets_slo and f.proposed_capacity_ratio is not None \
         and f.proposed_capacity_ratio * CAPACITY_MARGIN < 1.0
-    restart = f.worth_it() if not (f.recently_left and f.proposed_restarts) and not gives_up else None
+    # A restart for a saving goes only into a plan predicted to meet the SLO: one that misses it trades requests
+    # for watts, which only a forced move (a cut, an overshoot) may do; a saving bought so, under a cap, was a
+    # reload into an untried precision that then needed more replicas than the cap holds.
+    gamble = f.proposed_restarts and f.proposed_meets_slo is False
+    restart = f.worth_it() if not (f.recently_left and f.proposed_restarts) and not gives_up and not gamble else None
     if restart is not None:
         options.append((f.proposed, restart))
     shrinks = f.slo_missed and alt is not None and f.running is not None and alt.replicas < f.running.replicas
@@ -246,6 +251,10 @@ def _optional(f: SwitchFacts, alt: Plan | None) -> Verdict:
         if target == f.proposed:
             return Verdict("Applied", "saving", f"{verdict.reason}: {f.plan_reason}", target)
         return Verdict("Applied", "saving", f"{verdict.reason}: {_no_restart(f, target)}", target)
+    if restart is None and gamble:
+        return _hold(f, Verdict("Held", "not-worth", f"keeping {f.running.describe() if f.running else ''}: "
+                                f"{f.proposed.describe()} is predicted to miss the SLO; a saving never restarts "
+                                "into that"))
     if restart is None and gives_up:
         return _hold(f, Verdict("Held", "not-worth", f"keeping {f.running.describe() if f.running else ''}: "
                                 "the SLO is missed, no optional move gives up capacity"))
