@@ -87,8 +87,10 @@ class Fleet:
 def _settled(dep: Any) -> bool:
     """kube-controller-manager has seen the Deployment's spec and created its replicas."""
     st = dep.status
+    # Every replica created *and* updated: on a busy controller-manager (a full test run, other namespaces being
+    # deleted) updatedReplicas trails replicas, and each step of it is a status change the operator reports.
     return bool(st is not None and st.observed_generation == dep.metadata.generation
-                and (st.replicas or 0) == dep.spec.replicas)
+                and (st.replicas or 0) == dep.spec.replicas and (st.updated_replicas or 0) == dep.spec.replicas)
 
 
 def _floors_watts(services: list[dict[str, Any]]) -> float:
@@ -165,15 +167,22 @@ def run(services: int, budgeted: int, interval_seconds: float, workers: int, out
         _wait("a pass", lambda: op.counter("wattkeeper_loop_passes_total", outcome="ok") >= passes + 1,
               timeout=10 * interval_seconds + 300)
         before = op.counter("wattkeeper_api_writes_total")
+        counted = ("wattkeeper_api_writes_total", "wattkeeper_decisions_total")
+        snapshot = {k: v for k, v in op.metrics().items() if k[0] in counted}
         passes = op.counter("wattkeeper_loop_passes_total", outcome="ok")
         _wait("two idle passes", lambda: op.counter("wattkeeper_loop_passes_total", outcome="ok") >= passes + 2,
               timeout=10 * interval_seconds + 300)
         figures["writes_per_idle_pass"] = (op.counter("wattkeeper_api_writes_total") - before) / 2
+        # What the idle passes wrote and decided, by kind: what to look at when the figure is not 0.
+        figures["idle_passes_by_kind"] = {
+            f"{name} {' '.join(f'{k}={v}' for k, v in labels)}": value - snapshot.get((name, labels), 0.0)
+            for (name, labels), value in op.metrics().items()
+            if name in counted and value != snapshot.get((name, labels), 0.0)}
         figures["pass_seconds"] = round(op.counter("wattkeeper_loop_pass_seconds"), 2)
         figures["rss_megabytes"] = round(op.rss_megabytes(), 0)
         figures["peak_rss_megabytes"] = round(op.peak_rss_megabytes(), 0)
         print(f"idle: {figures['writes_per_idle_pass']} writes per pass; a pass takes {figures['pass_seconds']} s; "
-              f"RSS {figures['rss_megabytes']} MB", flush=True)
+              f"RSS {figures['rss_megabytes']} MB; {figures['idle_passes_by_kind']}", flush=True)
 
         # A budget cut to the services' floors (what each one's smallest fleet draws; the allocator hands floors out
         # first): every budgeted service's allocation falls below its running plan, so every Deployment changes.
