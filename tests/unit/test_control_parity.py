@@ -202,3 +202,15 @@ def test_operator_acts_on_a_cut_without_telemetry() -> None:
     # Restart-free first (issue 11 item 5): more replicas of the running configuration where they meet the SLO, at
     # no more watts than the first plan (which doubted the precision the model is not calibrated on).
     assert op.status["plan"]["predicted"]["watts"] <= predicted
+
+
+def test_no_telemetry_learns_no_margin_and_moves_nothing() -> None:
+    """Silence teaches nothing: a settled service without telemetry keeps the untried-precision prior instead of
+    "learning" the model as it is, so its proposal stays its plan (the scale test's idle passes wrote otherwise)."""
+    for rps in (12.0, 18.0, 21.0):
+        op = Operator()
+        op.svc = service().model_copy(update={"spec": service().spec.model_copy(
+            update={"workload": service().spec.workload.model_copy(update={"requests_per_second": rps})})})
+        actions = [op.tick(30.0 * k, None, 2500.0)[0] for k in range(6)]
+        assert actions == ["Applied"] + ["Unchanged"] * 5, (rps, op.status["decisions"][-1])
+        assert not (op.status.get("observed") or {}).get("latencyMargins"), rps

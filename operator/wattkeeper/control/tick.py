@@ -85,7 +85,10 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
         predicted = evaluate_in(tick_request(inputs, m, measured, None), m.running, energy_model)
     ttft, itl = latency_correction((m.ttft_correction, m.itl_correction), *args, predicted=predicted)
     margins = m.margins
-    if queued and m.running is not None and (ttft, itl) != margin_of(m, m.running.config, inputs.tuning):
+    # Only a measurement teaches a margin: without one (telemetry silent, nothing finished) the running
+    # configuration keeps the prior of an untried one, or every settled service would "learn" the model as it is.
+    if queued and m.running is not None and predicted is not None \
+            and (ttft, itl) != margin_of(m, m.running.config, inputs.tuning):
         margins = learned(m, m.running.config, ttft, itl)
     return replace(m, power_correction=power, ttft_correction=ttft, itl_correction=itl, margins=margins,
                    peak_load_rps=load.peak_load_rps, peak_load_at_s=load.peak_load_at_s)
