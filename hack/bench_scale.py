@@ -81,7 +81,8 @@ class Fleet:
         deployments = self.deployments()
         return [svc["metadata"]["name"] for svc in self.services()
                 if (dep := deployments.get(svc["metadata"]["name"])) is None or not _settled(dep)
-                or (svc.get("status") or {}).get("replicas") != (dep.status.replicas or 0)]
+                or (svc.get("status") or {}).get("replicas") != (dep.status.replicas or 0)
+                or int((svc.get("status") or {}).get("readyReplicas") or 0) != (dep.status.ready_replicas or 0)]
 
 
 def _settled(dep: Any) -> bool:
@@ -161,10 +162,12 @@ def run(services: int, budgeted: int, interval_seconds: float, workers: int, out
               f"(created in {figures['create_seconds']} s), {figures['writes_to_converge']} writes, operator CPU "
               f"{figures['operator_cpu_seconds_to_converge']} s, load average {figures['load_average_1m']}", flush=True)
 
-        # Idle: two whole passes with nothing changed, once kube-controller-manager's status has been reported.
+        # Idle: two whole passes with nothing changed, once kube-controller-manager's status has been reported. A
+        # pass reconciles budgets before services, so a budget reads its services' status one pass late (which of
+        # them run, their load): two passes after the services' last report, not one.
         _wait("Deployment status to reach the services", lambda: not fleet.unsettled(), timeout=900, every=2.0)
         passes = op.counter("wattkeeper_loop_passes_total", outcome="ok")
-        _wait("a pass", lambda: op.counter("wattkeeper_loop_passes_total", outcome="ok") >= passes + 1,
+        _wait("two passes", lambda: op.counter("wattkeeper_loop_passes_total", outcome="ok") >= passes + 2,
               timeout=10 * interval_seconds + 300)
         before = op.counter("wattkeeper_api_writes_total")
         counted = ("wattkeeper_api_writes_total", "wattkeeper_decisions_total")

@@ -8,6 +8,8 @@ At a fixed offered load every candidate serves the same tokens, so least power i
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -349,9 +351,36 @@ def _pareto(indices: Sequence[int], energy: FloatArray, latency: FloatArray) -> 
     return front
 
 
+# Planning is a pure function of the request and the model, and an operator asks the same question many times: every
+# idle tick of a service whose load has not moved, every service of a fleet stamped from one spec, the budget's
+# demand and the service's own plan. Results are immutable, so one answer serves them all.
+PLAN_CACHE_SIZE = 512
+_plan_cache: OrderedDict[PlanRequest, tuple[EnergyModel, PlanResult]] = OrderedDict()
+_plan_cache_lock = threading.Lock()
+
+
 def plan(request: PlanRequest, energy_model: EnergyModel | None = None) -> PlanResult:
     """The least-energy candidate meeting the SLOs within the allocation; the fallback when none does."""
     em = energy_model or EnergyModel.default()
+    try:
+        hash(request)
+    except TypeError:  # a request carrying something unhashable (a replay sample) is planned afresh
+        return _plan(request, em)
+    with _plan_cache_lock:
+        hit = _plan_cache.get(request)
+        if hit is not None and hit[0] is em:  # the model is held by the entry, so `is` cannot see a reused id
+            _plan_cache.move_to_end(request)
+            return hit[1]
+    result = _plan(request, em)
+    with _plan_cache_lock:
+        _plan_cache[request] = (em, result)
+        _plan_cache.move_to_end(request)
+        while len(_plan_cache) > PLAN_CACHE_SIZE:
+            _plan_cache.popitem(last=False)
+    return result
+
+
+def _plan(request: PlanRequest, em: EnergyModel) -> PlanResult:
     _check(request)
     result = _plan_once(request, em)
     if request.replay is not None and result.feasible and result.alternatives:
