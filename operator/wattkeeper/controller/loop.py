@@ -174,6 +174,7 @@ class ControlLoop:
                     self.passes += 1
                     self.deps.metrics.loop_pass_seconds.set(time.monotonic() - started)
                     self.deps.metrics.loop_passes.labels("ok").inc()
+                    self.deps.lists.prune()
                     release_memory()
                 if self.failures:
                     log.info("control loop recovered after %d failed passes", self.failures)

@@ -92,6 +92,13 @@ class ListCache:
         with self._lock:
             self._entries.pop((plural, namespace), None)
 
+    def prune(self) -> None:
+        """Drop expired LISTs: a stale one is never read again, and 1,000 services' bodies held between bursts
+        are tens of megabytes of the operator's memory."""
+        now = time.monotonic()
+        with self._lock:
+            self._entries = {k: e for k, e in self._entries.items() if now - e[0] < self.ttl_seconds}
+
 
 def allocation_for(service: LLMService, budgets: list[dict[str, Any]]) -> Allocation:
     """The tightest enforced allocation over the budgets that select the service; Advise budgets advise."""
