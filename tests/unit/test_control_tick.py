@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 from wattkeeper.bench.groundtruth import model_shape
 from wattkeeper.control import (
+    ConfigMargin,
     FleetState,
     Memory,
     Plan,
@@ -19,7 +20,7 @@ from wattkeeper.control import (
     stabilised_rate,
 )
 from wattkeeper.control.corrections import power_correction
-from wattkeeper.control.tick import settled
+from wattkeeper.control.tick import learned, margin_key, margin_of, search, settled
 from wattkeeper.control.types import Tuning
 from wattkeeper.energy.catalog import get_accelerator
 from wattkeeper.energy.model import EnergyModel
@@ -168,3 +169,83 @@ def test_no_plan_is_rejected() -> None:
     huge = replace(INTENT, default_workload=Workload(1e5, 500.0, 150.0), max_replicas=1, fallback="ProtectSLO")
     tick = decide_tick(TickInputs(huge, Memory(), None, FleetState(), now_s=0.0), EM)
     assert tick.action == "Rejected" and tick.apply is None and tick.proposed is None
+
+
+# --- latency margins per chunk budget (issue 13, capped) -----------------------------------------------------------
+
+QUEUED = Tuning()  # the queued model, the untried prior 2.0
+AT_8192 = (ConfigMargin("bf16 tp4 tok8192", 1.3, 3.9),)
+BOTH = (*AT_8192, ConfigMargin("bf16 tp4 tok2048", 1.1, 1.2))
+OLD = (ConfigMargin("bf16 tp4", 1.3, 3.9),)  # stored before the chunk budget was part of the key
+
+
+@pytest.mark.parametrize(("margins", "config", "tuning", "expected"), [
+    # The exact key: the configuration's own margin.
+    (AT_8192, ServingConfig("bf16", 4, 256, 8192), QUEUED, (1.3, 3.9)),
+    # An ITL error learned at 8192 tokens: a smaller budget carries at most the untried prior (its chunk steps are
+    # shorter), a larger one at least that error; TTFT is the precision's either way.
+    (AT_8192, ServingConfig("bf16", 4, 256, 2048), QUEUED, (1.3, 2.0)),
+    (AT_8192, ServingConfig("bf16", 4, 256, 2048), Tuning(unmeasured_margin=1.5), (1.3, 1.5)),
+    (AT_8192, ServingConfig("bf16", 4, 256, 2048), None, (1.3, 2.0)),  # the EWMA's start: capped as well
+    (AT_8192, ServingConfig("bf16", 8, 256, 2048), QUEUED, (1.3, 2.0)),
+    (AT_8192, ServingConfig("bf16", 4, 256, 16384), QUEUED, (1.3, 3.9)),
+    (AT_8192, ServingConfig("fp8", 4, 256, 2048), QUEUED, (2.0, 2.0)),  # another precision: the prior
+    # A small error at 8192 stays what it is below it.
+    ((ConfigMargin("bf16 tp4 tok8192", 1.3, 1.4),), ServingConfig("bf16", 4, 256, 2048), QUEUED, (1.3, 1.4)),
+    # The exact key wins over the precision's; the nearest larger budget measured bounds a smaller one.
+    (BOTH, ServingConfig("bf16", 4, 256, 2048), QUEUED, (1.1, 1.2)),
+    (BOTH, ServingConfig("bf16", 4, 256, 8192), QUEUED, (1.3, 3.9)),
+    (BOTH, ServingConfig("bf16", 4, 256, 1024), QUEUED, (1.3, 1.2)),
+    (BOTH, ServingConfig("bf16", 4, 256, 4096), QUEUED, (1.3, 2.0)),
+    # An old key (no budget) applies to every budget of its precision and TP, and to the precision's rest as before.
+    (OLD, ServingConfig("bf16", 4, 256, 2048), QUEUED, (1.3, 3.9)),
+    (OLD, ServingConfig("bf16", 8, 256, 2048), QUEUED, (1.3, 3.9)),
+    ((*OLD, ConfigMargin("bf16 tp4 tok2048", 1.1, 1.2)), ServingConfig("bf16", 4, 256, 2048), QUEUED, (1.1, 1.2)),
+])
+def test_margin_of_a_chunk_budget(margins: tuple[ConfigMargin, ...], config: ServingConfig, tuning: Tuning | None,
+                                  expected: tuple[float, float]) -> None:
+    assert margin_of(Memory(margins=margins), config, tuning) == pytest.approx(expected)
+
+
+def test_a_margin_is_learned_per_chunk_budget_and_supersedes_an_old_key() -> None:
+    assert margin_key(ServingConfig("bf16", 4, 256, 2048)) == "bf16 tp4 tok2048"
+    assert margin_key(ServingConfig("fp8", 2, 256, 8192, kv_cache_dtype="fp8")) == "fp8 tp2 kv-fp8 tok8192"
+    memory = Memory(margins=(*OLD, ConfigMargin("fp8 tp4 tok8192", 1.0, 1.0)))
+    got = learned(memory, ServingConfig("bf16", 4, 256, 2048), 1.1, 1.2)
+    assert got == (ConfigMargin("fp8 tp4 tok8192", 1.0, 1.0), ConfigMargin("bf16 tp4 tok2048", 1.1, 1.2))
+    again = learned(Memory(margins=got), ServingConfig("bf16", 4, 256, 8192), 1.3, 3.9)
+    assert [r.configuration for r in again] == ["fp8 tp4 tok8192", "bf16 tp4 tok2048", "bf16 tp4 tok8192"]
+
+
+def test_an_old_stored_margin_still_reads() -> None:
+    from wattkeeper.controller.decide import memory_from_status
+
+    status = {"observed": {"latencyMargins": [{"configuration": "bf16 tp4", "ttft": 1.3, "itl": 3.9},
+                                              {"configuration": "bf16 tp4 tok2048", "ttft": 1.1, "itl": 1.2}]}}
+    memory = memory_from_status(status, Workload(1.0))
+    assert margin_of(memory, ServingConfig("bf16", 4, 256, 2048), QUEUED) == (1.1, 1.2)
+    assert margin_of(memory, ServingConfig("bf16", 4, 256, 8192), QUEUED) == (1.3, 3.9)
+
+
+def test_an_itl_error_at_8192_tokens_leaves_2048_to_choose() -> None:
+    """A large ITL margin learned at max-num-batched-tokens 8192 (the model under-predicts the long chunk-carrying
+    steps) condemned every bf16 tp4 plan while the margin was keyed by precision and TP: the search went to TP 8
+    for 1.8x the watts. Keyed by the budget too, bf16 tp4 at 2048 (chunk steps 4x shorter) carries the prior."""
+    intent = ServiceIntent(model=model_shape("meta-llama/Llama-3.1-70B-Instruct"), accelerator="H100",
+                           allowed_precisions=("bf16",), slo_ttft_p95_seconds=2.0, slo_itl_p95_seconds=0.1)
+    s = Signals(window_seconds=60.0, watts=3000.0, finished_requests_per_second=5.0, waiting_requests=0.0,
+                mean_input_tokens=1000.0, mean_output_tokens=250.0, ttft_p95_seconds=0.4, itl_p95_seconds=0.06)
+    load = estimate_load(intent, Memory(), s, 100.0)
+
+    def best(margins: tuple[ConfigMargin, ...]) -> tuple[ServingConfig, float]:
+        memory = Memory(margins=margins)
+        p, c, _ = search(TickInputs(intent, memory, s, FleetState(), now_s=100.0), memory, load, None, EM)
+        assert p is not None and c is not None and c.meets_slo
+        return p.config, c.total_watts
+
+    fresh = best(())
+    chunked, watts = best((ConfigMargin("bf16 tp4 tok8192", 1.0, 3.9),))
+    assert (chunked.tensor_parallel, chunked.max_num_batched_tokens) == (4, 2048)
+    assert watts == pytest.approx(fresh[1])  # no watt more than before anything was learned
+    _, condemned = best((ConfigMargin("bf16 tp4", 1.0, 3.9),))  # the old key: every budget of bf16 tp4
+    assert condemned > 1.5 * watts

@@ -438,7 +438,8 @@ class PlanStatus(StatusModel):
 class LatencyMarginStatus(StatusModel):
     """The learned latency margin of one configuration: measured over predicted latency while it ran."""
 
-    configuration: str = Field(description="Precision and tensor-parallel degree.")
+    configuration: str = Field(description="Precision, tensor-parallel degree and chunk budget (e.g. bf16 tp4 "
+                               "tok8192); without a budget, for every budget of that precision and degree.")
     ttft: float = Field(description="Measured over predicted TTFT; multiplies the prediction.")
     itl: float = Field(description="Measured over predicted inter-token latency; multiplies the prediction.")
 

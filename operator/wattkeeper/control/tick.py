@@ -94,7 +94,8 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
                    peak_load_rps=load.peak_load_rps, peak_load_at_s=load.peak_load_at_s)
 
 
-MARGINS_KEPT = 6
+# Per precision, TP and chunk budget: a few precisions x TPs x the budgets tried.
+MARGINS_KEPT = 8
 REFERENCE_PRECISION = "bf16"
 
 
@@ -108,26 +109,57 @@ def with_margin(c: Candidate | None, memory: Memory, tuning: Tuning) -> Candidat
     return replace(c, prediction=replace(c.prediction, utilisation=c.prediction.utilisation * factor))
 
 
+def margin_key(config: ServingConfig) -> str:
+    """A configuration as its learned latency margin knows it: `configuration_key` (precision, TP, KV-cache dtype)
+    and the chunk budget (max-num-batched-tokens), e.g. "bf16 tp4 tok8192". The anti-flap history keys without the
+    budget (a return to the same weights with other batch limits is still a return); the margin cannot: the model's
+    ITL error is mostly in the chunk-carrying steps, and those are as long as the budget."""
+    return f"{configuration_key(config)} tok{config.max_num_batched_tokens}"
+
+
+def margin_parts(key: str) -> tuple[str, int | None]:
+    """A stored margin key's precision and chunk budget. Keys stored before the budget was part of them
+    ("bf16 tp4") have none (None): learned at a budget not recorded, they stand for them all."""
+    words = key.split(" ")
+    last = words[-1]
+    return words[0], int(last[3:]) if len(words) > 1 and last.startswith("tok") and last[3:].isdigit() else None
+
+
 def margin_of(memory: Memory, config: ServingConfig, tuning: Tuning | None = None) -> tuple[float, float]:
-    """The learned (TTFT, ITL) margin of a configuration; where none was learned, the largest learned for the same
-    precision (the model's error is mostly the precision's: its kernels, its prefill), else the model's own error
-    (`Tuning.unmeasured_margin`): another precision's error says nothing of this one's, and a precision never
-    measured is as uncertain as the calibration says. A configuration that proved worse than that still loses to
-    one not tried."""
-    key = configuration_key(config)
-    for r in memory.margins:
-        if r.configuration == key:
-            return r.ttft, r.itl
-    same = [r for r in memory.margins if r.configuration.split(" ")[0] == config.precision]
+    """The learned (TTFT, ITL) margin of a configuration (`margin_key`: precision, TP, KV dtype, chunk budget), or
+    one stored without a budget for its precision and TP. Where none was learned, from the same precision (the
+    model's error is mostly the precision's: its kernels, its prefill): TTFT the largest learned of that precision;
+    ITL the largest learned at the same or a smaller chunk budget (a larger budget's chunk steps are at least as
+    long), and the one learned at the nearest larger budget at most the untried prior (`Tuning.unmeasured_margin`):
+    the error in the long chunk-carrying steps shrinks with the chunk, so a margin of 3.9 learned at 8192 tokens
+    must not condemn 2048 beyond what an untried configuration carries (issue 13: it did, and the fallback
+    restarted), and 2048 measured at 1.2 bounds 1024 better than 8192 does.
+    A precision never measured carries the prior for both: another precision's error says nothing of this one's.
+    A configuration that proved worse than that still loses to one not tried."""
+    key, old = margin_key(config), configuration_key(config)
+    for wanted in (key, old):
+        for r in memory.margins:
+            if r.configuration == wanted:
+                return r.ttft, r.itl
+    parts = [(r, *margin_parts(r.configuration)) for r in memory.margins]
+    same = [(r, chunk) for r, precision, chunk in parts if precision == config.precision]
     if same:
-        return max(1.0, *(r.ttft for r in same)), max(1.0, *(r.itl for r in same))
+        # The cap on what a larger budget teaches: the prior also when called without tuning (the EWMA's start).
+        cap = (tuning or Tuning()).unmeasured_margin
+        budget = config.max_num_batched_tokens
+        at_most = [r.itl for r, chunk in same if chunk is None or chunk <= budget]
+        above = [chunk for _, chunk in same if chunk is not None and chunk > budget]
+        larger = [min(cap, r.itl) for r, chunk in same if above and chunk == min(above)]
+        return max(1.0, *(r.ttft for r, _ in same)), max(1.0, *at_most, *larger)
     prior = tuning.unmeasured_margin if tuning is not None and tuning.latency_model == "queued" else 1.0
     return prior, prior
 
 
 def learned(memory: Memory, config: ServingConfig, ttft: float, itl: float) -> tuple[ConfigMargin, ...]:
-    key = configuration_key(config)
-    kept = tuple(r for r in memory.margins if r.configuration != key)
+    """The margins with `config`'s learned one, most recent last; it supersedes one stored for its precision and
+    TP without a chunk budget (the old key)."""
+    key, old = margin_key(config), configuration_key(config)
+    kept = tuple(r for r in memory.margins if r.configuration not in (key, old))
     return (*kept, ConfigMargin(key, ttft, itl))[-MARGINS_KEPT:]
 
 
@@ -192,36 +224,41 @@ def propose(inputs: TickInputs, memory: Memory, load: LoadEstimate,
 def search(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocation_watts: float | None,
            energy_model: EnergyModel, avoid: frozenset[str] = frozenset(),
            only: Plan | None = None) -> tuple[Plan | None, Candidate | None, PlanResult | None]:
-    """The best plan, each configuration judged with its own learned margin: one search per configuration with a
-    margin, one per precision over the rest (the model as it is), none over `avoid` (configurations left
-    recently: no A -> B -> A). A feasible plan by least watts wins, else the fallback with the most capacity
+    """The best plan, each configuration judged with its own learned margin (`margin_of`: precision, TP, chunk
+    budget): one search per margin, restricted to the TPs and chunk budgets that carry it (a learned one is its
+    configuration's own; a precision's rest share the prior or the precision's), none over `avoid` (configurations
+    left recently: no A -> B -> A). A feasible plan by least watts wins, else the fallback with the most capacity
     within the allocation. With no margin learned and nothing avoided, one search."""
     base = tick_request(inputs, memory, load, allocation_watts, only)
     queued = inputs.tuning.latency_model == "queued"
-    margins = {r.configuration: r for r in memory.margins} if queued else {}
+    margins = memory.margins if queued else ()
     if not avoid and not margins and len(base.allowed_precisions) == 1:
         # Nothing measured yet: every configuration carries the model's own error (one search, one margin).
         prior = margin_of(memory, ServingConfig(get_precision(base.allowed_precisions[0]).name, 1), inputs.tuning)
         result = plan(replace(base, ttft_margin=prior[0], itl_margin=prior[1]), energy_model)
         return (plan_of(result.chosen), result.chosen, result) if result.chosen is not None else (None, None, result)
     limit = min(base.max_tensor_parallel, base.max_gpus or base.max_tensor_parallel)
+    chunked = base.latency_model == "queued" and base.chunk_budget_within_itl
+    budgets = base.chunk_budget_options if chunked else base.max_num_batched_tokens_options
     requests: list[PlanRequest] = []
     for precision in base.allowed_precisions:
-        rest: list[int] = []
+        name = get_precision(precision).name
+        # (TP, chunk budget) pairs by their margin; within one margin, TPs with the same budgets share a search.
+        by_margin: dict[tuple[float, float], dict[int, list[int]]] = {}
         for tp in (t for t in base.tensor_parallel_options if t <= limit):
-            key = configuration_key(ServingConfig(get_precision(precision).name, tp))
-            if key in avoid:
+            if configuration_key(ServingConfig(name, tp)) in avoid:
                 continue
-            if key in margins:
-                m = margins[key]
-                requests.append(replace(base, allowed_precisions=(precision,), tensor_parallel_options=(tp,),
-                                        ttft_margin=m.ttft, itl_margin=m.itl))
-            else:
-                rest.append(tp)
-        if rest:
-            prior = margin_of(memory, ServingConfig(get_precision(precision).name, rest[0]), inputs.tuning)
-            requests.append(replace(base, allowed_precisions=(precision,), tensor_parallel_options=tuple(rest),
-                                    ttft_margin=prior[0], itl_margin=prior[1]))
+            for budget in budgets:
+                margin = margin_of(memory, ServingConfig(name, tp, max_num_batched_tokens=budget), inputs.tuning)
+                by_margin.setdefault(margin, {}).setdefault(tp, []).append(budget)
+        for margin, tps in by_margin.items():
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for tp, of_tp in tps.items():
+                groups.setdefault(tuple(of_tp), []).append(tp)
+            for chunks, same in groups.items():
+                requests.append(replace(base, allowed_precisions=(precision,), tensor_parallel_options=tuple(same),
+                                        max_num_batched_tokens_options=chunks, chunk_budget_options=chunks,
+                                        ttft_margin=margin[0], itl_margin=margin[1]))
     results = [(r, q) for r, q in ((plan(q, energy_model), q) for q in requests) if r.chosen is not None]
     if not results:
         return None, None, None
@@ -233,18 +270,20 @@ def search(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocation_wa
     trusted = ({r.configuration.split(" ")[0] for r in memory.margins} | profiled) or \
         {p for p in (get_precision(a).name for a in base.allowed_precisions) if p == REFERENCE_PRECISION}
 
-    def rank(rq: tuple[PlanResult, PlanRequest]) -> tuple[int, float]:
+    def rank(rq: tuple[PlanResult, PlanRequest]) -> tuple[int, float, float]:
         r, q = rq
         c = r.chosen
         assert c is not None
+        margin = max(1.0, q.ttft_margin, q.itl_margin)
         if r.feasible:
             # A precision never measured saves only what the model says: its error (kernels, prefill) can be
-            # larger than the saving. It must beat a measured one by the model's own error to be tried.
+            # larger than the saving. It must beat a measured one by the model's own error to be tried. At equal
+            # watts (chunk budgets often draw the same), the smaller margin: the model is less wrong there.
             doubt = inputs.tuning.unmeasured_margin if trusted and c.config.precision not in trusted else 1.0
-            return 0, c.total_watts * doubt
+            return 0, c.total_watts * doubt, margin
         within = allocation_watts is None or c.total_watts <= allocation_watts * OVERSHOOT_TOLERANCE
         # The most capacity, as the learned margins say (see `with_margin`).
-        return (1 if within else 2), c.prediction.utilisation * max(1.0, q.ttft_margin, q.itl_margin)
+        return (1 if within else 2), c.prediction.utilisation * margin, 0.0
 
     best, _ = min(results, key=rank)
     assert best.chosen is not None

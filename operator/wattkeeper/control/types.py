@@ -104,10 +104,11 @@ class RecentConfiguration:
 @dataclass(frozen=True)
 class ConfigMargin:
     """The learned latency margin of one configuration (measured over the queued model's prediction, while it ran):
-    the model's error differs by precision and TP (a prefill slower than modelled on one, say), so a margin learned
-    on one configuration is not applied to another."""
+    the model's error differs by precision and TP (a prefill slower than modelled on one, say) and by chunk budget
+    (the long chunk-carrying steps), so a margin learned on one configuration is not applied to another as it is
+    (control/tick.py `margin_of`)."""
 
-    configuration: str  # switching.configuration_key
+    configuration: str  # tick.margin_key: precision, TP, KV-cache dtype, chunk budget (older keys: no budget)
     ttft: float
     itl: float
 

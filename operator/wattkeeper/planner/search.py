@@ -89,6 +89,8 @@ class PlanRequest:
     # Queued model: max-num-batched-tokens from 512 up (CHUNK_BUDGET_OPTIONS), keeping only budgets whose step
     # with a full chunk beside the planned batch stays within the ITL SLO; ties prefer the largest.
     chunk_budget_within_itl: bool = False
+    # The budgets that rule chooses among (the control core narrows them: a learned latency margin is per budget).
+    chunk_budget_options: tuple[int, ...] = CHUNK_BUDGET_OPTIONS
     # Verify before rollout (planner/verify.py): replay the cheapest few feasible candidates on these recent
     # arrivals and keep the cheapest that keeps `request_share` of requests within both thresholds.
     replay: ArrivalSample | None = None
@@ -244,7 +246,7 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, l
     seqs_opts = np.asarray(request.max_num_seqs_options, dtype=float)
     budgets = request.max_num_batched_tokens_options
     if request.latency_model == "queued" and request.chunk_budget_within_itl:
-        budgets = CHUNK_BUDGET_OPTIONS
+        budgets = request.chunk_budget_options
     tok_opts = np.asarray(budgets, dtype=float)
     n_base, n_seq, n_tok = len(keys), seqs_opts.size, tok_opts.size
     base_index = np.repeat(np.arange(n_base), n_seq * n_tok)
