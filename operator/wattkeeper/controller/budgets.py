@@ -132,6 +132,11 @@ def reconcile_budget(deps: Dependencies, body: dict[str, Any], trigger: str, sna
         if kube.patch_status("energybudgets", namespace, name, old, new):
             kube.event(body, "Warning", "InvalidSpec", message)
         return
+    if snapshot is None and trigger in ("create", "update", "delete"):
+        # A change re-reconciles every selected service: take one pass's reads now and plan the budget on them
+        # too (listing the services twice cost a second at 1,000 of them before the first write).
+        snapshot = Snapshot.take(kube, namespace)
+        snapshot.measure(deps)
     candidates = snapshot.services_in(namespace) if snapshot is not None else \
         deps.lists.get(kube, "llmservices", namespace)
     selected = services_selected(budget, candidates)
