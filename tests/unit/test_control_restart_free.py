@@ -29,6 +29,7 @@ from wattkeeper.control.restart_free import (
     scale_only_suffices,
 )
 from wattkeeper.control.switching import configuration_key, restarts
+from wattkeeper.control.types import ConfigMargin
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.energy.types import ServingConfig, Workload
 from wattkeeper.planner import SwitchDecision
@@ -92,6 +93,19 @@ CASES: list[tuple[str, SwitchFacts, str, str, Plan | None]] = [
     ("SLO missed under a cap: the restart misses the SLO, more replicas fit -> rescale",
      facts(under_pressure=True, more_capacity=True, proposed_meets_slo=False, in_place=MORE,
            in_place_more_capacity=True, cooldown_until_s=5000.0), "Applied", "capacity", MORE),
+    ("SLO missed under a cap: a fallback carrying a capacity step more, left 24 min ago at another load -> no restart",
+     facts(under_pressure=True, more_capacity=True, proposed_meets_slo=False, proposed_capacity_ratio=1.44,
+           left_at_any_load=True, cooldown_until_s=5000.0), "Held", "cooldown", None),
+    ("SLO missed under a cap: that fallback refused, more replicas of the running configuration fit -> rescale",
+     facts(under_pressure=True, more_capacity=True, proposed_meets_slo=False, proposed_capacity_ratio=1.44,
+           left_at_any_load=True, in_place=MORE, in_place_more_capacity=True, cooldown_until_s=5000.0),
+     "Applied", "capacity", MORE),
+    ("SLO missed: a return at a load that moved by a capacity step, predicted to meet the SLO -> restart",
+     facts(under_pressure=True, more_capacity=True, left_at_any_load=True, cooldown_until_s=5000.0),
+     "Applied", "capacity", OTHER),
+    ("SLO missed: a return at a load that moved, predicted to meet the SLO, with no more capacity -> restart",
+     facts(slo_missed=True, under_pressure=True, left_at_any_load=True, cooldown_until_s=5000.0),
+     "Applied", "capacity", OTHER),
     ("SLO missed: a restart into a plan predicted to meet it, with no more capacity",
      facts(slo_missed=True, under_pressure=True, cooldown_until_s=5000.0), "Applied", "capacity", OTHER),
     ("SLO missed: no capacity restart back to a configuration just left",
@@ -252,3 +266,34 @@ def test_a_configuration_just_left_is_not_proposed_again() -> None:
     assert held.proposed is not None and configuration_key(held.proposed.config) != a
     changed = decide_tick(TickInputs(INTENT, left, signals, fleet, now_s=10_000.0, allocation_watts=15_000.0), EM)
     assert changed.proposed is not None and configuration_key(changed.proposed.config) == a
+
+
+# (case, load now in req/s, load when bf16 tp4 was left, power correction, the verdict's cause, restarts into tp4)
+RETURNS: list[tuple[str, float, float, float, str, bool]] = [
+    ("a fallback predicted to miss the SLO, load up 1.8x since: no return", 33.5, 33.5 / 1.8, 0.9, "not-worth", False),
+    ("a return predicted to meet the SLO, load up 1.8x since: the ban lifts", 30.0, 30.0 / 1.8, 0.8, "capacity", True),
+    ("about the same load: the ban holds", 30.0, 30.0, 0.8, "not-worth", False),
+]
+
+
+@pytest.mark.parametrize(("case", "rps", "left_rps", "power", "cause", "returns"), RETURNS,
+                         ids=[r[0] for r in RETURNS])
+def test_a_return_after_the_load_moved_only_into_a_plan_that_meets_the_slo(
+        case: str, rps: float, left_rps: float, power: float, cause: str, returns: bool) -> None:
+    """conv-x4-cap (issue 13): bf16 tp4 left for tp8 at 19 req/s; 24 minutes later, at 33.5 req/s and under the
+    cap, nothing met the SLO, and the fallback restarted back into bf16 tp4 (predicted 6.5 s TTFT p95) on a
+    capacity step that one draining window's tp8 ITL margin (0.92 -> 1.53) made. The load lift of the ban is for a
+    return that meets the SLO at the new load; a fallback that misses it there is an A -> B -> A all the same."""
+    intent = replace(INTENT, allowed_precisions=("bf16",), gpu_power_limits_watts=(None, 490.0))
+    running = Plan(ServingConfig("bf16", 8, 512, 8192, gpu_power_limit_watts=490.0), 2)
+    signals = Signals(window_seconds=60.0, watts=8000.0, finished_requests_per_second=rps, waiting_requests=2.0,
+                      mean_input_tokens=1000.0, mean_output_tokens=250.0, ttft_p95_seconds=0.6, itl_p95_seconds=0.13)
+    memory = Memory(running=running, last_applied_s=0.0, power_correction=power, ttft_correction=0.94,
+                    itl_correction=1.53,
+                    margins=(ConfigMargin("bf16 tp4 tok8192", 1.2, 1.29), ConfigMargin("bf16 tp8 tok8192", 0.94, 1.53)),
+                    recent_configurations=(RecentConfiguration("bf16 tp4", 8_560.0, 9130.0, left_rps),))
+    tick = decide_tick(TickInputs(intent, memory, signals, FleetState(exists=True, replicas=2, ready_replicas=2),
+                                  now_s=10_000.0, allocation_watts=9130.0), EM)
+    assert tick.cause == cause, tick.reason
+    into_tp4 = tick.apply is not None and configuration_key(tick.apply.config) == "bf16 tp4"
+    assert into_tp4 == returns, tick.reason

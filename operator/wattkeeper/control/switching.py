@@ -28,6 +28,8 @@ Unchanged, names the branch (`cause`) and says why:
 Restart-free first (control/restart_free.py): in 4, 5 and 7 the running configuration rescaled (`in_place`:
 replicas, GPU power limit) is applied instead of a restart when it does what the restart would, or when the
 restart would return to a configuration left < 30 minutes ago under the same allocation (`recently_left`).
+A capacity restart into a cap's fallback (predicted to miss the SLO) never returns to a configuration left < 30
+minutes ago, even when the load moved since (`left_at_any_load`).
 Whenever the rule holds but the pods no longer match the running plan (changed by hand), the running plan is
 re-applied (cause `drift`): holding a plan means keeping it, not just not changing it.
 """
@@ -84,6 +86,9 @@ class SwitchFacts:
     in_place_more_capacity: bool = False  # it carries more load than the running plan
     in_place_worth_it: Callable[[], SwitchDecision] | None = None
     recently_left: bool = False  # the proposal's configuration was left < 30 min ago under the same allocation
+    # ... and so it was whatever the load did since (the load lift of the ban is for a return that meets the SLO at
+    # the new load, not for a cap's fallback: `_capacity_target`).
+    left_at_any_load: bool = False
     # Load carried at this tick's load (load / predicted utilisation): the proposal's over the running plan's, the
     # rescale's over the proposal's (None: not evaluated).
     proposed_capacity_ratio: float | None = None
@@ -207,14 +212,21 @@ def _forced_target(f: SwitchFacts, alt: Plan | None) -> tuple[Plan, str]:
 
 def _capacity_target(f: SwitchFacts, alt: Plan | None) -> tuple[Plan, str] | None:
     """Where more capacity comes from, restart-free first; a restart only into a plan predicted to meet the SLO,
-    not taking the only replica down, and not back to a configuration just left."""
+    not taking the only replica down, and not back to a configuration just left (for a fallback predicted to miss
+    the SLO: left within 30 minutes, whatever the load did)."""
     if alt is not None and f.in_place_more_capacity and f.in_place_suffices:
         return alt, _no_restart(f, alt)
     if f.more_capacity and not f.proposed_restarts:
         return f.proposed, f.plan_reason
     # A restart for capacity goes into a plan predicted to meet the SLO; when none within the watts does (a cap's
-    # fallback), only into one carrying a capacity step more: the strict order makes that one-way, never A->B->A.
-    step = f.proposed_capacity_ratio is not None and f.proposed_capacity_ratio >= CAPACITY_STEP
+    # fallback), only into one carrying a capacity step more, and never back to a configuration left within 30
+    # minutes, even at a load that moved by a capacity step since: the lift is for a return that meets the SLO at
+    # the new load; a fallback predicted to miss it there buys a model load for a miss either way, on a capacity
+    # ratio that rests on two learned margins (conv-x4-cap: bf16 tp4, left at 420 s at 19 req/s, restarted back
+    # into at 1860 s at 33.5 req/s, predicted 6.5 s TTFT p95, on a bf16 tp8 ITL margin that one draining window
+    # had raised from 0.92 to 1.53).
+    step = f.proposed_capacity_ratio is not None and f.proposed_capacity_ratio >= CAPACITY_STEP \
+        and not f.left_at_any_load
     if f.more_capacity and (f.proposed_meets_slo or step) and not f.outage and not f.recently_left:
         return f.proposed, f.plan_reason
     # The SLO measured missed, the proposal predicted to meet it: a restart even without more load carried (a

@@ -373,6 +373,7 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         in_place_worth_it=in_place_worth_it if in_place is not None else None,
         recently_left=recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts,
                                     load.workload.requests_per_second),
+        left_at_any_load=recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts),
         proposed_capacity_ratio=capacity_ratio(prop_c, run_c),
         in_place_capacity_ratio=capacity_ratio(alt_c, prop_c),
     )

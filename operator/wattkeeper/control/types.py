@@ -93,7 +93,8 @@ class FleetState:
 class RecentConfiguration:
     """A configuration the service left (restarted away from): returning to it within `RECENT_SECONDS` is a flap
     (A -> B -> A) unless the budget or the spec changed since (issue 11 item 5), or the load moved by a capacity
-    step (what was left for a load that is gone can be the best plan for the one that came)."""
+    step (what was left for a load that is gone can be the best plan for the one that came); a capacity restart
+    into a cap's fallback (predicted to miss the SLO) never returns within `RECENT_SECONDS` (switching.py)."""
 
     configuration: str  # switching.configuration_key: precision, TP, KV-cache dtype
     left_at_s: float
