@@ -48,10 +48,10 @@ class FlakyKube:
     def list_custom(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
         return self._list()
 
-    def list_deployments(self, namespace: str | None) -> list[dict[str, Any]]:
+    def list_deployments(self, namespace: str | None, services: list[str] | None = None) -> list[dict[str, Any]]:
         return self._list()
 
-    def list_services(self, namespace: str | None) -> list[dict[str, Any]]:
+    def list_services(self, namespace: str | None, services: list[str] | None = None) -> list[dict[str, Any]]:
         return self._list()
 
 

@@ -29,7 +29,7 @@ from wattkeeper.telemetry.batch import observe_many
 
 from .conditions import set_condition
 from .planning import intent_from_service
-from .services import Dependencies, reconcile_service, services_selected
+from .services import DeferredEvents, Dependencies, reconcile_service, services_selected
 from .snapshot import Snapshot
 
 log = logging.getLogger("wattkeeper.budgets")
@@ -135,7 +135,7 @@ def reconcile_budget(deps: Dependencies, body: dict[str, Any], trigger: str, sna
     if snapshot is None and trigger in ("create", "update", "delete"):
         # A change re-reconciles every selected service: take one pass's reads now and plan the budget on them
         # too (listing the services twice cost a second at 1,000 of them before the first write).
-        snapshot = Snapshot.take(kube, namespace)
+        snapshot = Snapshot.take(kube, namespace, only=lambda services: services_selected(budget, services))
         snapshot.measure(deps)
     candidates = snapshot.services_in(namespace) if snapshot is not None else \
         deps.lists.get(kube, "llmservices", namespace)
@@ -214,13 +214,16 @@ def reconcile_budget(deps: Dependencies, body: dict[str, Any], trigger: str, sna
             snapshot = Snapshot.take(kube, namespace)
             snapshot.set_budget_status(namespace, name, status)
             targets = [snapshot.services.get((namespace, raw["metadata"]["name"]), raw) for raw in targets]
-        reconcile_many(deps, targets, "budget", snapshot)
+        reconcile_many(deps, targets, "budget", snapshot, events_last=True)
 
 
 def reconcile_many(deps: Dependencies, bodies: list[dict[str, Any]], trigger: str,
-                   snapshot: Snapshot | None = None) -> int:
+                   snapshot: Snapshot | None = None, events_last: bool = False) -> int:
     """Reconcile services concurrently on a bounded pool; one that fails is logged and counted, never stops the
-    others. Returns how many failed."""
+    others. Returns how many failed. `events_last`: post the services' Events after every service's objects and
+    status are written (a budget change: its Deployments first, the Events saying so after)."""
+    deferred: DeferredEvents | None = [] if events_last else None
+
     def one(raw: dict[str, Any]) -> bool:
         meta = raw["metadata"]
         try:
@@ -229,7 +232,7 @@ def reconcile_many(deps: Dependencies, bodies: list[dict[str, Any]], trigger: st
                 reads = snapshot.reads(meta["namespace"], meta["name"])
                 with snapshot.lock:
                     snapshot.reconciled.add((meta["namespace"], meta["name"]))
-            reconcile_service(deps, raw, trigger, reads)
+            reconcile_service(deps, raw, trigger, reads, deferred)
             return True
         except Exception as err:  # one service's failure must not stop the others
             deps.metrics.errors.labels("llmservices").inc()
@@ -237,10 +240,25 @@ def reconcile_many(deps: Dependencies, bodies: list[dict[str, Any]], trigger: st
                         meta.get("name"), trigger, type(err).__name__, err)
             return False
     if len(bodies) <= 1:
-        return sum(not one(b) for b in bodies)
+        failed = sum(not one(b) for b in bodies)
+        _post(deps, deferred or [], None)
+        return failed
     workers = min(deps.settings.reconcile_workers, len(bodies))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"wattkeeper-{trigger}") as pool:
-        return sum(not ok for ok in pool.map(one, bodies))
+        failed = sum(not ok for ok in pool.map(one, bodies))
+        _post(deps, deferred or [], pool)
+    return failed
+
+
+def _post(deps: Dependencies, events: DeferredEvents, pool: ThreadPoolExecutor | None) -> None:
+    """Post deferred Events (best effort, as `Kube.event` always is), on the fan-out's pool when there is one."""
+    def post(event: tuple[dict[str, Any], str, str, str]) -> None:
+        deps.kube.event(*event)
+    if pool is None:
+        for event in events:
+            post(event)
+    else:
+        list(pool.map(post, events))
 
 
 def release_services(deps: Dependencies, body: dict[str, Any]) -> None:

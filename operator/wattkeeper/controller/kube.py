@@ -17,6 +17,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from wattkeeper.api import GROUP, VERSION
+from wattkeeper.render import LABEL_SERVICE
 
 from .metrics import OperatorMetrics
 
@@ -24,6 +25,19 @@ log = logging.getLogger("wattkeeper.kube")
 
 # Labels of every object the operator renders (render/objects.py `_labels`): what it lists and watches.
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=wattkeeper"
+# Above this many services a LIST names none of them: the selector (and the URL) would grow past what it saves.
+SELECT_AT_MOST = 300
+LABEL_VALUE_MAX = 63
+
+
+def owned_selector(services: list[str] | None) -> str | None:
+    """The label selector of the operator's objects of these services (None: of every service); None when there
+    is nothing to list. Names that cannot be label values, or too many of them, select every service."""
+    if services is None or len(services) > SELECT_AT_MOST or any(len(n) > LABEL_VALUE_MAX for n in services):
+        return MANAGED_SELECTOR
+    if not services:
+        return None
+    return f"{MANAGED_SELECTOR},{LABEL_SERVICE} in ({','.join(sorted(services))})"
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -122,18 +136,24 @@ class Kube:
             raise
         return dict(json.loads(response.data))
 
-    def list_deployments(self, namespace: str | None) -> list[dict[str, Any]]:
-        """The operator's Deployments (by its managed-by label), in one LIST."""
-        kwargs: dict[str, Any] = {"label_selector": MANAGED_SELECTOR, "_request_timeout": self.timeout_seconds,
+    def list_deployments(self, namespace: str | None, services: list[str] | None = None) -> list[dict[str, Any]]:
+        """The operator's Deployments (by its managed-by label), of `services` only unless None, in one LIST."""
+        selector = owned_selector(services)
+        if selector is None:
+            return []
+        kwargs: dict[str, Any] = {"label_selector": selector, "_request_timeout": self.timeout_seconds,
                                   "_preload_content": False}
         response: Any = (self.apps.list_deployment_for_all_namespaces(**kwargs) if namespace is None
                          else self.apps.list_namespaced_deployment(namespace, **kwargs))
         # Raw JSON: deserialising 1,000 Deployments into model objects and back costs more than the request.
         return list(json.loads(response.data).get("items") or [])
 
-    def list_services(self, namespace: str | None) -> list[dict[str, Any]]:
-        """The operator's core Services (by its managed-by label), in one LIST."""
-        kwargs: dict[str, Any] = {"label_selector": MANAGED_SELECTOR, "_request_timeout": self.timeout_seconds,
+    def list_services(self, namespace: str | None, services: list[str] | None = None) -> list[dict[str, Any]]:
+        """The operator's core Services (by its managed-by label), of `services` only unless None, in one LIST."""
+        selector = owned_selector(services)
+        if selector is None:
+            return []
+        kwargs: dict[str, Any] = {"label_selector": selector, "_request_timeout": self.timeout_seconds,
                                   "_preload_content": False}
         response: Any = (self.core.list_service_for_all_namespaces(**kwargs) if namespace is None
                          else self.core.list_namespaced_service(namespace, **kwargs))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,16 +42,24 @@ class Snapshot:
     listed_at: float = 0.0  # monotonic, taken before the LISTs
 
     @classmethod
-    def take(cls, kube: Kube, namespace: str | None) -> Snapshot:
-        """Five LISTs: services, budgets, profiles, and the operator's Deployments and Services (by label)."""
+    def take(cls, kube: Kube, namespace: str | None,
+             only: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None) -> Snapshot:
+        """Five LISTs: services, budgets, profiles, and the operator's Deployments and Services (by label).
+        `only`: the services that matter (a budget's), whose Deployments and Services alone are listed: at 1,000
+        services the Deployments are most of what a LIST carries (11 MB), and a budget over 100 needs a tenth."""
         listed_at = time.monotonic()
+        services = kube.list_custom("llmservices", namespace)
+        names: list[str] | None = None
+        if only is not None:
+            services = only(services)
+            names = [s["metadata"]["name"] for s in services]
         return cls(
             listed_at=listed_at,
-            services=_by_key(kube.list_custom("llmservices", namespace)),
+            services=_by_key(services),
             budgets=_by_namespace(kube.list_custom("energybudgets", namespace)),
             profiles=_by_namespace(kube.list_custom("energyprofiles", namespace)),
-            deployments=_by_key(kube.list_deployments(namespace)),
-            core_services=_by_key(kube.list_services(namespace)),
+            deployments=_by_key(kube.list_deployments(namespace, names)),
+            core_services=_by_key(kube.list_services(namespace, names)),
         )
 
     def measure(self, deps: Dependencies) -> None:
