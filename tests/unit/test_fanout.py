@@ -1,5 +1,6 @@
-"""A budget change's fan-out, without a cluster: it lists only its services' objects, re-plans without
-re-applying an unchanged Service, and posts its Events after every service's writes."""
+"""A budget change's fan-out and the operator's LISTs, without a cluster: a change lists only its services'
+objects, re-plans without re-applying an unchanged Service and posts its Events after every service's writes; a
+listed Deployment kept as a slim record reads as the full one."""
 
 from __future__ import annotations
 
@@ -8,15 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from wattkeeper.api import LLMService
+from wattkeeper.api import LLMService, ServingConfigSpec
 from wattkeeper.controller import budgets
-from wattkeeper.controller.kube import MANAGED_SELECTOR, owned_selector
+from wattkeeper.controller.kube import MANAGED_SELECTOR, owned_selector, slim_deployment, slim_service
 from wattkeeper.controller.metrics import OperatorMetrics
-from wattkeeper.controller.services import Dependencies, _hold_service
+from wattkeeper.controller.services import (
+    Dependencies,
+    _hold_service,
+    deployment_drift,
+    deployment_state,
+    service_drift,
+)
 from wattkeeper.controller.settings import OperatorSettings
 from wattkeeper.controller.snapshot import Snapshot
 from wattkeeper.energy.model import EnergyModel
-from wattkeeper.render import render_service
+from wattkeeper.render import render_deployment, render_service
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,3 +123,18 @@ def test_a_fanout_posts_its_events_after_every_service(monkeypatch: Any) -> None
     kube.calls.clear()
     budgets.reconcile_many(deps, bodies[:1], "budget", events_last=True)
     assert [c[0] for c in kube.calls] == ["apply", "event"]
+
+
+def test_a_slim_deployment_reads_as_the_full_one() -> None:
+    service = _service()
+    desired = render_deployment(service, ServingConfigSpec(precision="bf16").to_plan())
+    live = {**desired, "metadata": {**desired["metadata"], "generation": 3, "resourceVersion": "9",
+                                    "managedFields": [{"manager": "wattkeeper"}] * 5},
+            "status": {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2}}
+    slim = slim_deployment(live)
+    assert "managedFields" not in slim["metadata"] and slim["metadata"]["generation"] == 3
+    assert deployment_drift(desired, slim) is None and deployment_state(slim) == deployment_state(live)
+    scaled = slim_deployment({**live, "spec": {**live["spec"], "replicas": 7}})
+    assert deployment_drift(desired, scaled) == f"replicas 7 instead of {desired['spec']['replicas']}"
+    svc = render_service(service)
+    assert service_drift(svc, slim_service({**svc, "metadata": {**svc["metadata"], "resourceVersion": "4"}})) is None
