@@ -331,7 +331,7 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         running_watts = predicted_watts(intent, running, load.workload, energy_model, memory.power_correction)
     last = memory.last_applied_s
     since = inputs.now_s - last if last is not None else None
-    surge = surge_fits(candidate, inputs.allocation_watts)
+    surge = rolls_with_surge(inputs, memory, load, candidate, energy_model)
     outage = (running is not None and running.replicas <= 1 and proposed.config != running.config
               and not surge)
     alt = plan_of(in_place) if in_place is not None else None
@@ -377,6 +377,23 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         proposed_capacity_ratio=capacity_ratio(prop_c, run_c),
         in_place_capacity_ratio=capacity_ratio(alt_c, prop_c),
     )
+
+
+def rolls_with_surge(inputs: TickInputs, memory: Memory, load: LoadEstimate, candidate: Candidate | None,
+                     energy_model: EnergyModel) -> bool:
+    """Whether a roll into `candidate` surges (`surge_fits`): the running fleet's draw at this load (the model's,
+    or what was measured where that is more) and the new replicas' GPUs idle while they load."""
+    running = memory.running
+    running_watts: float | None = None
+    if running is not None and inputs.fleet.exists:
+        running_watts = predicted_watts(inputs.intent, running, load.workload, energy_model, memory.power_correction)
+        if inputs.signals is not None and inputs.signals.watts:
+            running_watts = max(running_watts, inputs.signals.watts)
+    loading = 0.0
+    if candidate is not None:
+        idle = get_accelerator(inputs.intent.accelerator).idle_watts
+        loading = idle * candidate.config.tensor_parallel * candidate.replicas
+    return surge_fits(candidate, inputs.allocation_watts, running_watts, loading)
 
 
 def predicted_watts(intent: ServiceIntent, running: Plan, workload: Workload, energy_model: EnergyModel,
@@ -437,6 +454,7 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
     if running is not None and inputs.fleet.exists and proposed != running and restarts(running, proposed):
         in_place = rescale(inputs, memory, load, energy_model)
     verdict = switching_rule(facts(inputs, memory, load, proposed, candidate, result, energy_model, in_place))
+    before = memory
     if in_place is not None and verdict.apply == plan_of(in_place) and verdict.cause != "drift":
         proposed, candidate = verdict.apply, in_place  # what is applied is what status shows
     if verdict.apply is not None and verdict.cause != "drift":
@@ -445,6 +463,6 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
                                    load.workload.requests_per_second)
         memory = remember_applied(memory, verdict.apply, load, inputs.now_s)
     advised = advise(inputs, memory, load, verdict.apply or memory.running, energy_model)
-    surge = surge_fits(candidate, inputs.allocation_watts)
+    surge = rolls_with_surge(inputs, before, load, candidate, energy_model)
     return TickDecision(verdict.action, verdict.cause, verdict.reason, verdict.apply, proposed, candidate, result,
                         load, memory, surge, advised)
