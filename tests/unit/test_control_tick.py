@@ -25,6 +25,7 @@ from wattkeeper.control.types import Tuning
 from wattkeeper.energy.catalog import get_accelerator
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.energy.types import ServingConfig, Workload
+from wattkeeper.planner import Candidate
 
 INTENT = ServiceIntent(
     model=model_shape("meta-llama/Llama-3.1-8B-Instruct"), accelerator="H100", allowed_precisions=("bf16", "fp8"),
@@ -249,3 +250,37 @@ def test_an_itl_error_at_8192_tokens_leaves_2048_to_choose() -> None:
     assert watts == pytest.approx(fresh[1])  # no watt more than before anything was learned
     _, condemned = best((ConfigMargin("bf16 tp4", 1.0, 3.9),))  # the old key: every budget of bf16 tp4
     assert condemned > 1.5 * watts
+
+
+def test_a_roll_surges_when_the_running_fleet_and_the_loading_replicas_fit() -> None:
+    """Issue 13 (conv-x1-cap): bf16 tp4 x2 -> tp8 x1 under a 4.4 kW cap. The new fleet with one more replica does
+    not fit, but the old fleet serving beside the new replica loading at idle does: rolling in place instead took
+    both old replicas down for the model load (maxUnavailable 1, one desired replica)."""
+    from wattkeeper.control.planning import surge_fits
+
+    one = replace(first_plan_candidate(), replicas=1, total_watts=3100.0)
+    assert surge_fits(one, None)
+    assert surge_fits(one, 6300.0)  # the new fleet and one more replica of it
+    assert not surge_fits(one, 4355.0)  # nothing known of the running fleet: in place
+    assert surge_fits(one, 4355.0, running_watts=3100.0, loading_watts=600.0)
+    assert not surge_fits(one, 4355.0, running_watts=3900.0, loading_watts=600.0)  # a cut: in place
+
+
+def first_plan_candidate() -> Candidate:
+    first = decide_tick(TickInputs(INTENT, Memory(), None, FleetState(), now_s=0.0), EM)
+    assert first.candidate is not None
+    return first.candidate
+
+
+def test_tick_surges_on_the_running_fleets_draw() -> None:
+    """The tick's surge flag reads the running fleet's draw (measured, when more than predicted)."""
+    from wattkeeper.control.tick import rolls_with_surge
+
+    plan, memory = first_plan()
+    fleet = FleetState(exists=True, replicas=plan.replicas, ready_replicas=plan.replicas)
+    candidate = replace(first_plan_candidate(), replicas=1, total_watts=3000.0)  # no room for a second one
+    load = estimate_load(INTENT, memory, signals(4.0, watts=500.0), 60.0)
+    inputs = TickInputs(INTENT, memory, signals(4.0, watts=500.0), fleet, now_s=60.0, allocation_watts=4000.0)
+    assert rolls_with_surge(inputs, memory, load, candidate, EM)
+    hot = replace(inputs, signals=signals(4.0, watts=3950.0))  # the running fleet measured near the allocation
+    assert not rolls_with_surge(hot, memory, load, candidate, EM)
