@@ -11,6 +11,7 @@ The operator (controller/decide.py) and the benchmark (bench/wattkeeper_policy.p
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from ..energy.catalog import get_accelerator, get_precision
@@ -150,9 +151,30 @@ def margin_of(memory: Memory, config: ServingConfig, tuning: Tuning | None = Non
         at_most = [r.itl for r, chunk in same if chunk is None or chunk <= budget]
         above = [chunk for _, chunk in same if chunk is not None and chunk > budget]
         larger = [min(cap, r.itl) for r, chunk in same if above and chunk == min(above)]
-        return max(1.0, *(r.ttft for r, _ in same)), max(1.0, *at_most, *larger)
+        # A TP never measured carries part of the untried prior (`untried_tp_margin`): what one TP teaches of
+        # another is the precision's error, not the sharding's (per-GPU load under a power limit, communication).
+        floor = untried_tp_margin(tuning) if config.tensor_parallel < min(tp_of(r.configuration) for r, _ in same) \
+            else 1.0
+        return max(floor, *(r.ttft for r, _ in same)), max(floor, *at_most, *larger)
     prior = tuning.unmeasured_margin if tuning is not None and tuning.latency_model == "queued" else 1.0
     return prior, prior
+
+
+def tp_of(key: str) -> int:
+    """The TP of a stored margin key ("bf16 tp4 tok8192" -> 4; 1 where it names none)."""
+    words = key.split(" ")
+    return int(words[1][2:]) if len(words) > 1 and words[1].startswith("tp") and words[1][2:].isdigit() else 1
+
+
+def untried_tp_margin(tuning: Tuning | None) -> float:
+    """The margin of a TP never measured, in a precision measured at another TP: the square root of the untried
+    prior, the error split evenly between the precision's kernels and the sharding. Under a GPU power limit the
+    sharding is what decides how far clocks drop (a tp4 replica loads each GPU twice as much as tp8 does), and the
+    benchmark's conversation and prefill-heavy caps showed tp4 and tp8 of one precision far apart where the model
+    rated them equal (issue 13). 1 without the queued model's prior (the EWMA's start)."""
+    if tuning is None or tuning.latency_model != "queued":
+        return 1.0
+    return math.sqrt(max(tuning.unmeasured_margin, 1.0))
 
 
 def learned(memory: Memory, config: ServingConfig, ttft: float, itl: float) -> tuple[ConfigMargin, ...]:
