@@ -29,7 +29,7 @@ from .restart_free import (
     remember_left,
     scale_only_suffices,
 )
-from .switching import OVERSHOOT_TOLERANCE, SwitchFacts, configuration_key, restarts, switching_rule
+from .switching import CAPACITY_STEP, OVERSHOOT_TOLERANCE, SwitchFacts, configuration_key, restarts, switching_rule
 from .types import ConfigMargin, LoadEstimate, Memory, Plan, ServiceIntent, TickDecision, TickInputs, Tuning
 
 __all__ = ["decide_tick", "more_capacity", "settle_seconds", "settled"]
@@ -63,6 +63,18 @@ def settle_after(inputs: TickInputs, memory: Memory) -> float:
     accelerator = get_accelerator(inputs.intent.accelerator)
     return inputs.settle_seconds + model_load_seconds(inputs.intent.model, accelerator, running.config.precision,
                                                       running.config.tensor_parallel)
+
+
+def load_fell(inputs: TickInputs, load: LoadEstimate) -> bool:
+    """The load measured in the window (finished, and the queue's growth) is a capacity step below the load planned
+    for, and under one request waits on average: the planned load is a peak the stabilisation holds, not a load to
+    restart for (decode-heavy-cap, bursty-cap: traffic stopped, a held peak read as a predicted miss restarted the
+    fleet into fp8)."""
+    s = inputs.signals
+    if s is None or s.finished_requests_per_second is None or (s.waiting_requests or 0.0) >= 1.0:
+        return False
+    measured = offered_rate(s.finished_requests_per_second, s.waiting_requests, s.window_seconds)
+    return measured * CAPACITY_STEP < load.workload.requests_per_second
 
 
 def slo_missed(inputs: TickInputs) -> bool:
@@ -398,6 +410,7 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         measured_watts=inputs.signals.watts if inputs.signals is not None else None,
         more_capacity=running is not None and more_capacity(running, proposed, run_c, prop_c),
         under_pressure=under_pressure(inputs),
+        load_fell=load_fell(inputs, load),
         slo_missed=slo_missed(inputs),
         settled=settled(since, settle_after(inputs, memory), fleet.rolling),
         outage=outage,
