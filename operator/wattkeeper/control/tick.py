@@ -432,14 +432,15 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
 
 def rolls_with_surge(inputs: TickInputs, memory: Memory, load: LoadEstimate, candidate: Candidate | None,
                      energy_model: EnergyModel) -> bool:
-    """Whether a roll into `candidate` surges (`surge_fits`): the running fleet's draw at this load (the model's,
-    or what was measured where that is more) and the new replicas' GPUs idle while they load."""
+    """Whether a roll into `candidate` surges (`surge_fits`): the running fleet's draw (as measured over the window;
+    by the model where nothing was, which for a plan short of capacity is every replica at its full batch: an
+    upper bound) and the new replicas' GPUs idle while they load."""
     running = memory.running
     running_watts: float | None = None
-    if running is not None and inputs.fleet.exists:
+    if inputs.signals is not None and inputs.signals.watts:
+        running_watts = inputs.signals.watts
+    elif running is not None and inputs.fleet.exists:
         running_watts = predicted_watts(inputs.intent, running, load.workload, energy_model, memory.power_correction)
-        if inputs.signals is not None and inputs.signals.watts:
-            running_watts = max(running_watts, inputs.signals.watts)
     loading = 0.0
     if candidate is not None:
         idle = get_accelerator(inputs.intent.accelerator).idle_watts
