@@ -77,6 +77,8 @@ class SwitchFacts:
     # The load measured in the window (finished and queued) is a capacity step below the load planned for (a peak
     # held by the stabilisation over a load that fell), and hardly anything waits: no capacity restart on it.
     load_fell: bool = False
+    # Measured, the fleet keeps up: no SLO missed and under one request waits on average over the window.
+    keeps_up: bool = False
     slo_missed: bool = False  # the measured p95 TTFT or ITL is over its SLO
     settled: bool = True  # the roll is done, old pods drained, a telemetry window has passed since the change
     outage: bool = False  # the move restarts the only replica in place (no surge): nothing serves while it loads
@@ -232,8 +234,17 @@ def _capacity_target(f: SwitchFacts, alt: Plan | None, restart: bool = True) -> 
     # ratio that rests on two learned margins (conv-x4-cap: bf16 tp4, left at 420 s at 19 req/s, restarted back
     # into at 1860 s at 33.5 req/s, predicted 6.5 s TTFT p95, on a bf16 tp8 ITL margin that one draining window
     # had raised from 0.92 to 1.53).
+    # A fallback only on a shortfall measured (the SLO missed, a queue): where the running plan keeps up as
+    # measured, a prediction that it misses is no reason to restart into another plan predicted to miss too
+    # (bursty-cap s2: TTFT p95 1.0 s, ITL p95 95 ms, a queue of 0.08; tp8 tok8192 -> tok2048 at 2.5x the SLO).
     step = f.proposed_capacity_ratio is not None and f.proposed_capacity_ratio >= CAPACITY_STEP \
-        and not f.left_at_any_load
+        and not f.left_at_any_load and not f.keeps_up
+    # A fallback buys no SLO by a restart: a rescale that adds capacity and gives up less than a capacity step
+    # against it is taken instead, as a forced move takes it (`_forced_target`; bursty-cap s2: tp8 tok8192 ->
+    # tok2048, a fallback 2.5x over the SLO, restarted where lifting the GPU power limit carried the load).
+    close = f.in_place_capacity_ratio is None or f.in_place_capacity_ratio * CAPACITY_STEP >= 1.0
+    if alt is not None and f.in_place_more_capacity and not f.proposed_meets_slo and close:
+        return alt, _no_restart(f, alt)
     if f.more_capacity and (f.proposed_meets_slo or step) and not f.outage and not f.recently_left:
         return f.proposed, f.plan_reason
     # The SLO measured missed, the proposal predicted to meet it: a restart even without more load carried (a

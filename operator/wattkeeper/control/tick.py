@@ -77,6 +77,12 @@ def load_fell(inputs: TickInputs, load: LoadEstimate) -> bool:
     return measured * CAPACITY_STEP < load.workload.requests_per_second
 
 
+def keeps_up(inputs: TickInputs) -> bool:
+    """Measured, the fleet keeps up: no SLO missed, and under one request waits on average over the window."""
+    s = inputs.signals
+    return s is not None and (s.waiting_requests or 0.0) < 1.0 and not slo_missed(inputs)
+
+
 def slo_missed(inputs: TickInputs) -> bool:
     s, intent = inputs.signals, inputs.intent
     if s is None:
@@ -411,6 +417,7 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         more_capacity=running is not None and more_capacity(running, proposed, run_c, prop_c),
         under_pressure=under_pressure(inputs),
         load_fell=load_fell(inputs, load),
+        keeps_up=keeps_up(inputs),
         slo_missed=slo_missed(inputs),
         settled=settled(since, settle_after(inputs, memory), fleet.rolling),
         outage=outage,
