@@ -16,8 +16,8 @@ Unchanged, names the branch (`cause`) and says why:
     telemetry-lost telemetry is silent otherwise                      -> hold: never move *because of* silence
  6. settling      a forced move (measured overshoot, capacity needed) before the fleet has settled -> hold:
                   judge a plan only on measurements of it
- 7. measured-overshoot / capacity  forced and settled                -> apply; no capacity restart while the load
-                  measured is a capacity step below the load planned for and nothing queues; a capacity move that would take
+ 7. measured-overshoot / capacity  forced and settled                -> apply; no capacity restart while the arrivals
+                  fell by a capacity step and nothing queues, nor into a fallback while the fleet keeps up as measured; a capacity move that would take
                   the only replica down (an in-place restart: no room under the allocation to surge) is not forced,
                   since it removes all capacity for a model load: it waits for the cooldown and the saving test.
                   A capacity restart goes only into a plan predicted to meet the SLO.
@@ -74,8 +74,8 @@ class SwitchFacts:
     proposed_meets_slo: bool | None = None
     more_capacity: bool = False  # the proposal carries the load with more headroom than the running plan
     under_pressure: bool = False  # requests wait, an SLO is missed, or nothing was measured yet
-    # The load measured in the window (finished and queued) is a capacity step below the load planned for (a peak
-    # held by the stabilisation over a load that fell), and hardly anything waits: no capacity restart on it.
+    # The arrivals in the window are a capacity step below the recent ones (the load planned for is a peak the
+    # stabilisation holds over a load that fell), and hardly anything waits: no capacity restart on it.
     load_fell: bool = False
     # Measured, the fleet keeps up: no SLO missed and under one request waits on average over the window.
     keeps_up: bool = False

@@ -30,7 +30,7 @@ from .restart_free import (
     scale_only_suffices,
 )
 from .switching import CAPACITY_STEP, OVERSHOOT_TOLERANCE, SwitchFacts, configuration_key, restarts, switching_rule
-from .types import ConfigMargin, LoadEstimate, Memory, Plan, ServiceIntent, TickDecision, TickInputs, Tuning
+from .types import ConfigMargin, LoadEstimate, Memory, Plan, ServiceIntent, Signals, TickDecision, TickInputs, Tuning
 
 __all__ = ["decide_tick", "more_capacity", "settle_seconds", "settled"]
 
@@ -66,15 +66,35 @@ def settle_after(inputs: TickInputs, memory: Memory) -> float:
 
 
 def load_fell(inputs: TickInputs, load: LoadEstimate) -> bool:
-    """The load measured in the window (finished, and the queue's growth) is a capacity step below the load planned
-    for, and under one request waits on average: the planned load is a peak the stabilisation holds, not a load to
-    restart for (decode-heavy-cap, bursty-cap: traffic stopped, a held peak read as a predicted miss restarted the
+    """The load measured in the window (arrivals; without their counts, what finished and the queue's growth) is a
+    capacity step below the recent load (the history's arrivals; without them, the load planned for), and under
+    one request waits on average: the planned load is a peak the stabilisation holds, not a load to restart for (decode-heavy-cap, bursty-cap: traffic stopped, a held peak read as a predicted miss restarted the
     fleet into fp8)."""
     s = inputs.signals
-    if s is None or s.finished_requests_per_second is None or (s.waiting_requests or 0.0) >= 1.0:
+    if s is None or (s.waiting_requests or 0.0) >= 1.0:
+        return False
+    rates = arrival_rates(s)
+    if rates is not None:
+        # Arrivals over the window against the history's mean: the planned load carries the bursts and the trend,
+        # which a window's mean never reaches while the load rises.
+        window, history = rates
+        return window * CAPACITY_STEP < history
+    # Without arrival counts, what finished: a fleet short of capacity finishes less than arrives, with the rest
+    # running in long batches rather than waiting, so only where it keeps up.
+    if s.finished_requests_per_second is None or slo_missed(inputs):
         return False
     measured = offered_rate(s.finished_requests_per_second, s.waiting_requests, s.window_seconds)
     return measured * CAPACITY_STEP < load.workload.requests_per_second
+
+
+def arrival_rates(s: Signals) -> tuple[float, float] | None:
+    """Arrivals per second over the telemetry window and over the whole history of arrival counts (None where
+    telemetry carries no counts)."""
+    res = s.arrival_resolution_seconds
+    if not s.arrival_counts or not res or res <= 0:
+        return None
+    last = s.arrival_counts[-max(1, round(s.window_seconds / res)):]
+    return sum(last) / (len(last) * res), sum(s.arrival_counts) / (len(s.arrival_counts) * res)
 
 
 def keeps_up(inputs: TickInputs) -> bool:
