@@ -9,9 +9,9 @@ from wattkeeper.bench.groundtruth import model_shape
 from wattkeeper.control import (
     ConfigMargin,
     FleetState,
-    RecentConfiguration,
     Memory,
     Plan,
+    RecentConfiguration,
     ServiceIntent,
     Signals,
     TickInputs,
