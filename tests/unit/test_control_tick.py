@@ -11,6 +11,7 @@ from wattkeeper.control import (
     FleetState,
     Memory,
     Plan,
+    RecentConfiguration,
     ServiceIntent,
     Signals,
     TickInputs,
@@ -25,6 +26,7 @@ from wattkeeper.control.types import Tuning
 from wattkeeper.energy.catalog import get_accelerator
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.energy.types import ServingConfig, Workload
+from wattkeeper.planner import Candidate
 
 INTENT = ServiceIntent(
     model=model_shape("meta-llama/Llama-3.1-8B-Instruct"), accelerator="H100", allowed_precisions=("bf16", "fp8"),
@@ -207,6 +209,60 @@ def test_margin_of_a_chunk_budget(margins: tuple[ConfigMargin, ...], config: Ser
     assert margin_of(Memory(margins=margins), config, tuning) == pytest.approx(expected)
 
 
+def test_an_untried_smaller_tp_carries_part_of_the_prior() -> None:
+    """Issue 13 (prefill-heavy-cap): bf16 tp8 measured 0.94x the model; bf16 tp4, never measured, read the same
+    and was restarted into under a 490 W limit, where each of its GPUs carries twice the work. A TP below every
+    measured one of its precision carries sqrt(prior); a larger one the precision's learned margin as before."""
+    memory = Memory(margins=(ConfigMargin("bf16 tp8 tok2048", 0.94, 0.94),))
+    floor = 2.0 ** 0.5
+    assert margin_of(memory, ServingConfig("bf16", 4, 256, 2048), QUEUED) == pytest.approx((floor, floor))
+    assert margin_of(memory, ServingConfig("bf16", 2, 256, 2048), QUEUED) == pytest.approx((floor, floor))
+    assert margin_of(memory, ServingConfig("bf16", 4, 256, 2048)) == (1.0, 1.0)  # the EWMA's start: the model
+    learned4 = Memory(margins=(ConfigMargin("bf16 tp4 tok8192", 1.2, 1.6),))
+    assert margin_of(learned4, ServingConfig("bf16", 8, 256, 8192), QUEUED) == pytest.approx((1.2, 1.6))
+    assert margin_of(learned4, ServingConfig("bf16", 2, 256, 8192), QUEUED) == pytest.approx((floor, 1.6))
+
+
+def test_a_restart_settles_for_its_model_load() -> None:
+    """A roll loads the new replicas first: the first window judged after a restart must not hold the old set
+    serving beside the new one loading (conv-x1-cap s2 read that as an overshoot). A rescale settles as before."""
+    from wattkeeper.control.tick import settle_after
+    from wattkeeper.planner import model_load_seconds
+
+    plan, memory = first_plan()
+    fleet = FleetState(exists=True, replicas=plan.replicas, ready_replicas=plan.replicas)
+    inputs = TickInputs(INTENT, memory, signals(4.0), fleet, now_s=60.0, settle_seconds=90.0)
+    assert settle_after(inputs, memory) == 90.0
+    restarted = replace(memory, recent_configurations=(RecentConfiguration("fp8 tp1", 0.0, None, 4.0),))
+    load_s = model_load_seconds(INTENT.model, get_accelerator("H100"), plan.config.precision,
+                                plan.config.tensor_parallel)
+    assert settle_after(replace(inputs, memory=restarted), restarted) == pytest.approx(90.0 + load_s)
+
+
+def test_the_arrivals_fell() -> None:
+    """No capacity restart on a held peak over traffic that stopped (the benchmark's trace ends; bursty-cap and
+    decode-heavy-cap restarted into fp8 after it); a rising load (a window below the planned peak) is no fall."""
+    from wattkeeper.control.tick import load_fell
+
+    plan, memory = first_plan()
+    fleet = FleetState(exists=True, replicas=plan.replicas, ready_replicas=plan.replicas)
+    load = estimate_load(INTENT, memory, signals(4.0), 60.0)
+
+    def counts(*c: float) -> Signals:
+        return replace(signals(4.0), arrival_counts=c, arrival_resolution_seconds=15.0)
+
+    def fell(s: Signals) -> bool:
+        return load_fell(TickInputs(INTENT, memory, s, fleet, now_s=600.0), load)
+
+    assert fell(counts(60, 60, 60, 60, 60, 60, 0, 0, 0, 0))
+    assert not fell(counts(60, 60, 60, 60, 60, 60, 60, 60, 60, 60))
+    assert not fell(counts(10, 20, 40, 60, 80, 100, 120, 140, 160, 180))  # rising
+    assert not fell(replace(counts(60, 60, 60, 60, 60, 60, 0, 0, 0, 0), waiting_requests=3.0))  # a queue
+    # Without counts: what finished against the load planned for, only where the fleet keeps up.
+    assert fell(signals(0.5))
+    assert not fell(signals(0.5, itl_p95_seconds=0.2))
+
+
 def test_a_margin_is_learned_per_chunk_budget_and_supersedes_an_old_key() -> None:
     assert margin_key(ServingConfig("bf16", 4, 256, 2048)) == "bf16 tp4 tok2048"
     assert margin_key(ServingConfig("fp8", 2, 256, 8192, kv_cache_dtype="fp8")) == "fp8 tp2 kv-fp8 tok8192"
@@ -249,3 +305,37 @@ def test_an_itl_error_at_8192_tokens_leaves_2048_to_choose() -> None:
     assert watts == pytest.approx(fresh[1])  # no watt more than before anything was learned
     _, condemned = best((ConfigMargin("bf16 tp4", 1.0, 3.9),))  # the old key: every budget of bf16 tp4
     assert condemned > 1.5 * watts
+
+
+def test_a_roll_surges_when_the_running_fleet_and_the_loading_replicas_fit() -> None:
+    """Issue 13 (conv-x1-cap): bf16 tp4 x2 -> tp8 x1 under a 4.4 kW cap. The new fleet with one more replica does
+    not fit, but the old fleet serving beside the new replica loading at idle does: rolling in place instead took
+    both old replicas down for the model load (maxUnavailable 1, one desired replica)."""
+    from wattkeeper.control.planning import surge_fits
+
+    one = replace(first_plan_candidate(), replicas=1, total_watts=3100.0)
+    assert surge_fits(one, None)
+    assert surge_fits(one, 6300.0)  # the new fleet and one more replica of it
+    assert not surge_fits(one, 4355.0)  # nothing known of the running fleet: in place
+    assert surge_fits(one, 4355.0, running_watts=3100.0, loading_watts=600.0)
+    assert not surge_fits(one, 4355.0, running_watts=3900.0, loading_watts=600.0)  # a cut: in place
+
+
+def first_plan_candidate() -> Candidate:
+    first = decide_tick(TickInputs(INTENT, Memory(), None, FleetState(), now_s=0.0), EM)
+    assert first.candidate is not None
+    return first.candidate
+
+
+def test_tick_surges_on_the_running_fleets_draw() -> None:
+    """The tick's surge flag reads the running fleet's draw (measured, when more than predicted)."""
+    from wattkeeper.control.tick import rolls_with_surge
+
+    plan, memory = first_plan()
+    fleet = FleetState(exists=True, replicas=plan.replicas, ready_replicas=plan.replicas)
+    candidate = replace(first_plan_candidate(), replicas=1, total_watts=3000.0)  # no room for a second one
+    load = estimate_load(INTENT, memory, signals(4.0, watts=500.0), 60.0)
+    inputs = TickInputs(INTENT, memory, signals(4.0, watts=500.0), fleet, now_s=60.0, allocation_watts=4000.0)
+    assert rolls_with_surge(inputs, memory, load, candidate, EM)
+    hot = replace(inputs, signals=signals(4.0, watts=3950.0))  # the running fleet measured near the allocation
+    assert not rolls_with_surge(hot, memory, load, candidate, EM)

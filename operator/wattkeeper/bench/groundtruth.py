@@ -40,6 +40,7 @@ import numpy.typing as npt
 
 from ..energy.catalog import Accelerator, get_accelerator, get_precision, model_from_name
 from ..energy.datasets import MeasuredRow, mlenergy_csv, read_mlenergy
+from ..energy.grid import StepGrid, Table
 from ..energy.model import TASK_INPUT_PARAMETER, EnergyModel
 from ..energy.types import ModelShape, ServingConfig
 
@@ -148,42 +149,16 @@ class GroundTruthTiming:
         context_nodes: Sequence[int] = _CONTEXT_NODES,
         prompt_nodes: Sequence[int] = _PROMPT_NODES,
     ) -> None:
-        self._seconds = seconds.tolist()  # nested lists: indexing them beats numpy scalars in a hot loop
-        self._watts = watts.tolist()
-        self._b = list(batch_nodes)
-        self._c = list(context_nodes)
-        self._p = list(prompt_nodes)
+        self._seconds: Table = seconds.tolist()  # nested lists: indexing them beats numpy scalars in a hot loop
+        self._watts: Table = watts.tolist()
+        self._grid = StepGrid(batch_nodes, context_nodes, prompt_nodes)
         self._idle_watts = idle_watts
         self._kv_tokens = kv_cache_tokens
         self._last_watts: float | None = None
 
-    @staticmethod
-    def _locate(nodes: list[int], x: float) -> tuple[int, float]:
-        if x <= nodes[0]:
-            return 0, 0.0
-        if x >= nodes[-1]:
-            return len(nodes) - 2, 1.0
-        i = bisect.bisect_right(nodes, x) - 1
-        return i, (x - nodes[i]) / (nodes[i + 1] - nodes[i])
-
     def _lookup(self, batch: float, context: float, prompt: float) -> tuple[float, float]:
-        bi, bw = self._locate(self._b, batch)
-        ci, cw = self._locate(self._c, context)
-        pi, pw = self._locate(self._p, prompt)
-        out = []
-        for table in (self._seconds, self._watts):
-            acc = 0.0
-            for db, wb in ((0, 1.0 - bw), (1, bw)):
-                if wb == 0.0:
-                    continue
-                plane = table[bi + db]
-                for dc, wc in ((0, 1.0 - cw), (1, cw)):
-                    if wc == 0.0:
-                        continue
-                    row = plane[ci + dc]
-                    acc += wb * wc * (row[pi] * (1.0 - pw) + row[pi + 1] * pw)
-            out.append(acc)
-        return out[0], out[1]
+        at = self._grid.position(batch, context, prompt)
+        return self._grid.read(self._seconds, at), self._grid.read(self._watts, at)
 
     def decode_step_seconds(self, batch_size: int, context_tokens: int, prompt_tokens: int = 0) -> float:
         seconds, watts = self._lookup(batch_size, context_tokens, prompt_tokens)
@@ -191,7 +166,7 @@ class GroundTruthTiming:
         return seconds
 
     def prefill_seconds(self, prompt_tokens: int) -> float:
-        seconds, watts = self._lookup(0, self._c[0], prompt_tokens)
+        seconds, watts = self._lookup(0, self._grid.context_nodes[0], prompt_tokens)
         self._last_watts = watts
         return seconds
 

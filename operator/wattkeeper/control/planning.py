@@ -97,9 +97,16 @@ def plan_of(candidate: Candidate) -> Plan:
     return Plan(candidate.config, candidate.replicas)
 
 
-def surge_fits(candidate: Candidate | None, allocation_watts: float | None) -> bool:
-    """Roll with surge only when one more replica fits under the allocation."""
+def surge_fits(candidate: Candidate | None, allocation_watts: float | None, running_watts: float | None = None,
+               loading_watts: float = 0.0) -> bool:
+    """Roll with surge only when the fleet during the roll fits under the allocation: the new fleet with one more
+    replica serving, or the running fleet (`running_watts`, what it draws at this load) serving while the new
+    replicas load (`loading_watts`: their GPUs idle; they serve nothing until loaded, and the old set only drains
+    its queue once they serve). Without surge the roll takes old replicas down before new ones serve: a restart
+    into one replica (tp4 x2 -> tp8 x1) then leaves nothing serving for a model load (issue 13, conv-x1-cap)."""
     if allocation_watts is None or candidate is None or candidate.replicas <= 0:
         return True
     per_replica = candidate.total_watts / candidate.replicas
-    return candidate.total_watts + per_replica <= allocation_watts
+    if candidate.total_watts + per_replica <= allocation_watts:
+        return True
+    return running_watts is not None and running_watts + loading_watts <= allocation_watts

@@ -16,7 +16,8 @@ Unchanged, names the branch (`cause`) and says why:
     telemetry-lost telemetry is silent otherwise                      -> hold: never move *because of* silence
  6. settling      a forced move (measured overshoot, capacity needed) before the fleet has settled -> hold:
                   judge a plan only on measurements of it
- 7. measured-overshoot / capacity  forced and settled                -> apply; a capacity move that would take
+ 7. measured-overshoot / capacity  forced and settled                -> apply; no capacity restart while the arrivals
+                  fell by a capacity step and nothing queues, nor into a fallback while the fleet keeps up as measured; a capacity move that would take
                   the only replica down (an in-place restart: no room under the allocation to surge) is not forced,
                   since it removes all capacity for a model load: it waits for the cooldown and the saving test.
                   A capacity restart goes only into a plan predicted to meet the SLO.
@@ -73,6 +74,11 @@ class SwitchFacts:
     proposed_meets_slo: bool | None = None
     more_capacity: bool = False  # the proposal carries the load with more headroom than the running plan
     under_pressure: bool = False  # requests wait, an SLO is missed, or nothing was measured yet
+    # The arrivals in the window are a capacity step below the recent ones (the load planned for is a peak the
+    # stabilisation holds over a load that fell), and hardly anything waits: no capacity restart on it.
+    load_fell: bool = False
+    # Measured, the fleet keeps up: no SLO missed and under one request waits on average over the window.
+    keeps_up: bool = False
     slo_missed: bool = False  # the measured p95 TTFT or ITL is over its SLO
     settled: bool = True  # the roll is done, old pods drained, a telemetry window has passed since the change
     outage: bool = False  # the move restarts the only replica in place (no surge): nothing serves while it loads
@@ -167,7 +173,7 @@ def switching_rule(f: SwitchFacts) -> Verdict:
     # Pressure measured (a queue, an SLO missed), or predicted: the running plan misses what is scored at this
     # load while the proposal meets it (a rise the window's p95s do not show yet).
     predicted_miss = f.running_meets_slo is False and bool(f.proposed_meets_slo)
-    capacity = _capacity_target(f, alt) if (f.under_pressure or predicted_miss) else None
+    capacity = _capacity_target(f, alt, restart=not f.load_fell) if (f.under_pressure or predicted_miss) else None
     if (overshoot or capacity) and not f.settled:
         # Until the roll is done, the old pods have drained and a telemetry window has passed, telemetry shows
         # the old fleet too, and acting on it flaps.
@@ -210,14 +216,17 @@ def _forced_target(f: SwitchFacts, alt: Plan | None) -> tuple[Plan, str]:
     return f.proposed, f.plan_reason
 
 
-def _capacity_target(f: SwitchFacts, alt: Plan | None) -> tuple[Plan, str] | None:
-    """Where more capacity comes from, restart-free first; a restart only into a plan predicted to meet the SLO,
-    not taking the only replica down, and not back to a configuration just left (for a fallback predicted to miss
-    the SLO: left within 30 minutes, whatever the load did)."""
+def _capacity_target(f: SwitchFacts, alt: Plan | None, restart: bool = True) -> tuple[Plan, str] | None:
+    """Where more capacity comes from, restart-free first; a restart only while the load is there (`restart`: it
+    did not fall), into a plan predicted to meet the SLO, not taking the only replica down, and not back to a
+    configuration just left (for a fallback predicted to miss the SLO: left within 30 minutes, whatever the load
+    did)."""
     if alt is not None and f.in_place_more_capacity and f.in_place_suffices:
         return alt, _no_restart(f, alt)
     if f.more_capacity and not f.proposed_restarts:
         return f.proposed, f.plan_reason
+    if not restart:
+        return (alt, _no_restart(f, alt)) if alt is not None and f.in_place_more_capacity else None
     # A restart for capacity goes into a plan predicted to meet the SLO; when none within the watts does (a cap's
     # fallback), only into one carrying a capacity step more, and never back to a configuration left within 30
     # minutes, even at a load that moved by a capacity step since: the lift is for a return that meets the SLO at
@@ -225,8 +234,17 @@ def _capacity_target(f: SwitchFacts, alt: Plan | None) -> tuple[Plan, str] | Non
     # ratio that rests on two learned margins (conv-x4-cap: bf16 tp4, left at 420 s at 19 req/s, restarted back
     # into at 1860 s at 33.5 req/s, predicted 6.5 s TTFT p95, on a bf16 tp8 ITL margin that one draining window
     # had raised from 0.92 to 1.53).
+    # A fallback only on a shortfall measured (the SLO missed, a queue): where the running plan keeps up as
+    # measured, a prediction that it misses is no reason to restart into another plan predicted to miss too
+    # (bursty-cap s2: TTFT p95 1.0 s, ITL p95 95 ms, a queue of 0.08; tp8 tok8192 -> tok2048 at 2.5x the SLO).
     step = f.proposed_capacity_ratio is not None and f.proposed_capacity_ratio >= CAPACITY_STEP \
-        and not f.left_at_any_load
+        and not f.left_at_any_load and not f.keeps_up
+    # A fallback buys no SLO by a restart: a rescale that adds capacity and gives up less than a capacity step
+    # against it is taken instead, as a forced move takes it (`_forced_target`; bursty-cap s2: tp8 tok8192 ->
+    # tok2048, a fallback 2.5x over the SLO, restarted where lifting the GPU power limit carried the load).
+    close = f.in_place_capacity_ratio is None or f.in_place_capacity_ratio * CAPACITY_STEP >= 1.0
+    if alt is not None and f.in_place_more_capacity and not f.proposed_meets_slo and close:
+        return alt, _no_restart(f, alt)
     if f.more_capacity and (f.proposed_meets_slo or step) and not f.outage and not f.recently_left:
         return f.proposed, f.plan_reason
     # The SLO measured missed, the proposal predicted to meet it: a restart even without more load carried (a

@@ -11,12 +11,13 @@ The operator (controller/decide.py) and the benchmark (bench/wattkeeper_policy.p
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from ..energy.catalog import get_accelerator, get_precision
 from ..energy.model import EnergyModel
 from ..energy.types import ServingConfig, Workload
-from ..planner import Candidate, PlanRequest, PlanResult, SwitchDecision, plan, should_switch
+from ..planner import Candidate, PlanRequest, PlanResult, SwitchDecision, model_load_seconds, plan, should_switch
 from .corrections import latency_correction, power_correction
 from .load import estimate_load, offered_rate
 from .planning import evaluate, evaluate_in, plan_of, plan_request, restricted, significant, surge_fits
@@ -28,8 +29,8 @@ from .restart_free import (
     remember_left,
     scale_only_suffices,
 )
-from .switching import OVERSHOOT_TOLERANCE, SwitchFacts, configuration_key, restarts, switching_rule
-from .types import ConfigMargin, LoadEstimate, Memory, Plan, ServiceIntent, TickDecision, TickInputs, Tuning
+from .switching import CAPACITY_STEP, OVERSHOOT_TOLERANCE, SwitchFacts, configuration_key, restarts, switching_rule
+from .types import ConfigMargin, LoadEstimate, Memory, Plan, ServiceIntent, Signals, TickDecision, TickInputs, Tuning
 
 __all__ = ["decide_tick", "more_capacity", "settle_seconds", "settled"]
 
@@ -46,6 +47,60 @@ def settled(since_last_change_s: float | None, settle_s: float, rolling: bool) -
     if rolling:
         return False
     return since_last_change_s is None or since_last_change_s >= settle_s
+
+
+def settle_after(inputs: TickInputs, memory: Memory) -> float:
+    """How long the running plan settles: `inputs.settle_seconds`, and where its last change restarted pods, its
+    model load as well. The settle time counts from the change, and a roll loads the new replicas first: without
+    the load, the first window judged still held the old set serving beside the new one loading (a surge), read
+    as an overshoot of the allocation (conv-x1-cap: tp4 x2 -> tp8 x1 at 1350 s, 4587 W measured at 1440 s against
+    4081 W, a forced restart into one replica in place)."""
+    running, last = memory.running, memory.last_applied_s
+    if running is None or last is None:
+        return inputs.settle_seconds
+    if not any(abs(r.left_at_s - last) < 0.01 for r in memory.recent_configurations):
+        return inputs.settle_seconds
+    accelerator = get_accelerator(inputs.intent.accelerator)
+    return inputs.settle_seconds + model_load_seconds(inputs.intent.model, accelerator, running.config.precision,
+                                                      running.config.tensor_parallel)
+
+
+def load_fell(inputs: TickInputs, load: LoadEstimate) -> bool:
+    """The load measured in the window (arrivals; without their counts, what finished and the queue's growth) is a
+    capacity step below the recent load (the history's arrivals; without them, the load planned for), and under
+    one request waits on average: the planned load is a peak the stabilisation holds, not a load to restart for (decode-heavy-cap, bursty-cap: traffic stopped, a held peak read as a predicted miss restarted the
+    fleet into fp8)."""
+    s = inputs.signals
+    if s is None or (s.waiting_requests or 0.0) >= 1.0:
+        return False
+    rates = arrival_rates(s)
+    if rates is not None:
+        # Arrivals over the window against the history's mean: the planned load carries the bursts and the trend,
+        # which a window's mean never reaches while the load rises.
+        window, history = rates
+        return window * CAPACITY_STEP < history
+    # Without arrival counts, what finished: a fleet short of capacity finishes less than arrives, with the rest
+    # running in long batches rather than waiting, so only where it keeps up.
+    if s.finished_requests_per_second is None or slo_missed(inputs):
+        return False
+    measured = offered_rate(s.finished_requests_per_second, s.waiting_requests, s.window_seconds)
+    return measured * CAPACITY_STEP < load.workload.requests_per_second
+
+
+def arrival_rates(s: Signals) -> tuple[float, float] | None:
+    """Arrivals per second over the telemetry window and over the whole history of arrival counts (None where
+    telemetry carries no counts)."""
+    res = s.arrival_resolution_seconds
+    if not s.arrival_counts or not res or res <= 0:
+        return None
+    last = s.arrival_counts[-max(1, round(s.window_seconds / res)):]
+    return sum(last) / (len(last) * res), sum(s.arrival_counts) / (len(s.arrival_counts) * res)
+
+
+def keeps_up(inputs: TickInputs) -> bool:
+    """Measured, the fleet keeps up: no SLO missed, and under one request waits on average over the window."""
+    s = inputs.signals
+    return s is not None and (s.waiting_requests or 0.0) < 1.0 and not slo_missed(inputs)
 
 
 def slo_missed(inputs: TickInputs) -> bool:
@@ -70,7 +125,7 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
     s = inputs.signals
     queued = inputs.tuning.latency_model == "queued"
     since = inputs.now_s - m.last_applied_s if m.last_applied_s is not None else None
-    if queued and not settled(since, inputs.settle_seconds, inputs.fleet.rolling):
+    if queued and not settled(since, settle_after(inputs, m), inputs.fleet.rolling):
         # The margin is learned on a settled plan only: right after a change the latency shows the backlog of
         # the plan before, not this plan's model error.
         return replace(m, power_correction=power, peak_load_rps=load.peak_load_rps,
@@ -150,9 +205,30 @@ def margin_of(memory: Memory, config: ServingConfig, tuning: Tuning | None = Non
         at_most = [r.itl for r, chunk in same if chunk is None or chunk <= budget]
         above = [chunk for _, chunk in same if chunk is not None and chunk > budget]
         larger = [min(cap, r.itl) for r, chunk in same if above and chunk == min(above)]
-        return max(1.0, *(r.ttft for r, _ in same)), max(1.0, *at_most, *larger)
+        # A TP never measured carries part of the untried prior (`untried_tp_margin`): what one TP teaches of
+        # another is the precision's error, not the sharding's (per-GPU load under a power limit, communication).
+        floor = untried_tp_margin(tuning) if config.tensor_parallel < min(tp_of(r.configuration) for r, _ in same) \
+            else 1.0
+        return max(floor, *(r.ttft for r, _ in same)), max(floor, *at_most, *larger)
     prior = tuning.unmeasured_margin if tuning is not None and tuning.latency_model == "queued" else 1.0
     return prior, prior
+
+
+def tp_of(key: str) -> int:
+    """The TP of a stored margin key ("bf16 tp4 tok8192" -> 4; 1 where it names none)."""
+    words = key.split(" ")
+    return int(words[1][2:]) if len(words) > 1 and words[1].startswith("tp") and words[1][2:].isdigit() else 1
+
+
+def untried_tp_margin(tuning: Tuning | None) -> float:
+    """The margin of a TP never measured, in a precision measured at another TP: the square root of the untried
+    prior, the error split evenly between the precision's kernels and the sharding. Under a GPU power limit the
+    sharding is what decides how far clocks drop (a tp4 replica loads each GPU twice as much as tp8 does), and the
+    benchmark's conversation and prefill-heavy caps showed tp4 and tp8 of one precision far apart where the model
+    rated them equal (issue 13). 1 without the queued model's prior (the EWMA's start)."""
+    if tuning is None or tuning.latency_model != "queued":
+        return 1.0
+    return math.sqrt(max(tuning.unmeasured_margin, 1.0))
 
 
 def learned(memory: Memory, config: ServingConfig, ttft: float, itl: float) -> tuple[ConfigMargin, ...]:
@@ -331,7 +407,7 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         running_watts = predicted_watts(intent, running, load.workload, energy_model, memory.power_correction)
     last = memory.last_applied_s
     since = inputs.now_s - last if last is not None else None
-    surge = surge_fits(candidate, inputs.allocation_watts)
+    surge = rolls_with_surge(inputs, memory, load, candidate, energy_model)
     outage = (running is not None and running.replicas <= 1 and proposed.config != running.config
               and not surge)
     alt = plan_of(in_place) if in_place is not None else None
@@ -360,8 +436,10 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         measured_watts=inputs.signals.watts if inputs.signals is not None else None,
         more_capacity=running is not None and more_capacity(running, proposed, run_c, prop_c),
         under_pressure=under_pressure(inputs),
+        load_fell=load_fell(inputs, load),
+        keeps_up=keeps_up(inputs),
         slo_missed=slo_missed(inputs),
-        settled=settled(since, inputs.settle_seconds, fleet.rolling),
+        settled=settled(since, settle_after(inputs, memory), fleet.rolling),
         outage=outage,
         cooldown_until_s=last + intent.cooldown_seconds if last is not None else None,
         pinned=intent.pinned is not None,
@@ -377,6 +455,24 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         proposed_capacity_ratio=capacity_ratio(prop_c, run_c),
         in_place_capacity_ratio=capacity_ratio(alt_c, prop_c),
     )
+
+
+def rolls_with_surge(inputs: TickInputs, memory: Memory, load: LoadEstimate, candidate: Candidate | None,
+                     energy_model: EnergyModel) -> bool:
+    """Whether a roll into `candidate` surges (`surge_fits`): the running fleet's draw (as measured over the window;
+    by the model where nothing was, which for a plan short of capacity is every replica at its full batch: an
+    upper bound) and the new replicas' GPUs idle while they load."""
+    running = memory.running
+    running_watts: float | None = None
+    if inputs.signals is not None and inputs.signals.watts:
+        running_watts = inputs.signals.watts
+    elif running is not None and inputs.fleet.exists:
+        running_watts = predicted_watts(inputs.intent, running, load.workload, energy_model, memory.power_correction)
+    loading = 0.0
+    if candidate is not None:
+        idle = get_accelerator(inputs.intent.accelerator).idle_watts
+        loading = idle * candidate.config.tensor_parallel * candidate.replicas
+    return surge_fits(candidate, inputs.allocation_watts, running_watts, loading)
 
 
 def predicted_watts(intent: ServiceIntent, running: Plan, workload: Workload, energy_model: EnergyModel,
@@ -437,6 +533,7 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
     if running is not None and inputs.fleet.exists and proposed != running and restarts(running, proposed):
         in_place = rescale(inputs, memory, load, energy_model)
     verdict = switching_rule(facts(inputs, memory, load, proposed, candidate, result, energy_model, in_place))
+    before = memory
     if in_place is not None and verdict.apply == plan_of(in_place) and verdict.cause != "drift":
         proposed, candidate = verdict.apply, in_place  # what is applied is what status shows
     if verdict.apply is not None and verdict.cause != "drift":
@@ -445,6 +542,6 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
                                    load.workload.requests_per_second)
         memory = remember_applied(memory, verdict.apply, load, inputs.now_s)
     advised = advise(inputs, memory, load, verdict.apply or memory.running, energy_model)
-    surge = surge_fits(candidate, inputs.allocation_watts)
+    surge = rolls_with_surge(inputs, before, load, candidate, energy_model)
     return TickDecision(verdict.action, verdict.cause, verdict.reason, verdict.apply, proposed, candidate, result,
                         load, memory, surge, advised)

@@ -15,7 +15,6 @@ factors multiply predicted latencies before they are compared with the SLO, in t
 
 from __future__ import annotations
 
-import bisect
 import math
 import time
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ import numpy as np
 from wattkeeper_runtime.engine import BatchingEngine, EngineRequest
 
 from ..energy.catalog import get_accelerator
+from ..energy.grid import StepGrid, Table
 from ..energy.model import EnergyModel, kv_capacity_tokens
 from ..energy.types import ModelShape, ServingConfig
 from .load import ArrivalSample
@@ -140,48 +140,24 @@ class _TableTiming:
         acc = get_accelerator(accelerator)
         base = em.features(model, acc, config)
         top = max(config.max_num_seqs, 1)
-        self._b = sorted({x for x in (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if x < top} | {top})
-        self._c = [128, 512, 1024, 2048, 4096, 8192, 16384, 32768]
+        batch_nodes = sorted({x for x in (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if x < top} | {top})
+        context_nodes = [128, 512, 1024, 2048, 4096, 8192, 16384, 32768]
         budget = config.max_num_batched_tokens
-        self._p = sorted({x for x in (0, 64, 256, 1024, 4096, 16384) if x < budget} | {budget})
-        bb, cc, pp = np.meshgrid(self._b, self._c, self._p, indexing="ij")
+        prompt_nodes = sorted({x for x in (0, 64, 256, 1024, 4096, 16384) if x < budget} | {budget})
+        self._grid = StepGrid(batch_nodes, context_nodes, prompt_nodes)
+        bb, cc, pp = np.meshgrid(batch_nodes, context_nodes, prompt_nodes, indexing="ij")
         f = base.take(np.zeros(bb.size, dtype=np.int64))
         s = em.evaluator.step(f, bb.ravel().astype(float), cc.ravel().astype(float), pp.ravel().astype(float),
                               np.maximum(pp.ravel(), 1).astype(float))
-        self._t = np.asarray(s.step_seconds).reshape(bb.shape).tolist()
+        self._t: Table = np.asarray(s.step_seconds).reshape(bb.shape).tolist()
         self._idle = acc.idle_watts * config.tensor_parallel
         self._kv = int(kv_capacity_tokens(base, em.coefficients)[0])
 
-    @staticmethod
-    def _locate(nodes: list[int], x: float) -> tuple[int, float]:
-        if x <= nodes[0]:
-            return 0, 0.0
-        if x >= nodes[-1]:
-            return max(len(nodes) - 2, 0), 1.0 if len(nodes) > 1 else 0.0
-        i = bisect.bisect_right(nodes, x) - 1
-        return i, (x - nodes[i]) / (nodes[i + 1] - nodes[i])
-
-    def _lookup(self, batch: float, context: float, prompt: float) -> float:
-        bi, bw = self._locate(self._b, batch)
-        ci, cw = self._locate(self._c, context)
-        pi, pw = self._locate(self._p, prompt)
-        acc = 0.0
-        for db, wb in ((0, 1.0 - bw), (1, bw)):
-            if wb == 0.0:
-                continue
-            plane = self._t[bi + db]
-            for dc, wc in ((0, 1.0 - cw), (1, cw)):
-                if wc == 0.0:
-                    continue
-                row = plane[ci + dc]
-                acc += wb * wc * (row[pi] * (1.0 - pw) + (row[pi + 1] * pw if pw else 0.0))
-        return acc
-
     def decode_step_seconds(self, batch_size: int, context_tokens: int, prompt_tokens: int = 0) -> float:
-        return self._lookup(batch_size, context_tokens, prompt_tokens)
+        return self._grid.read(self._t, self._grid.position(batch_size, context_tokens, prompt_tokens))
 
     def prefill_seconds(self, prompt_tokens: int) -> float:
-        return self._lookup(0, self._c[0], prompt_tokens)
+        return self._grid.read(self._t, self._grid.position(0, self._grid.context_nodes[0], prompt_tokens))
 
     def power_watts(self, batch_size: int, busy_fraction: float, context_tokens: int = 1024) -> float:
         return self._idle  # the replay judges latency only
