@@ -22,10 +22,10 @@ class EmptyKube:
     def list_custom(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
         return []
 
-    def list_deployments(self, namespace: str | None) -> list[dict[str, Any]]:
+    def list_deployments(self, namespace: str | None, services: list[str] | None = None) -> list[dict[str, Any]]:
         return []
 
-    def list_services(self, namespace: str | None) -> list[dict[str, Any]]:
+    def list_services(self, namespace: str | None, services: list[str] | None = None) -> list[dict[str, Any]]:
         return []
 
     def patch_status(self, plural: str, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
