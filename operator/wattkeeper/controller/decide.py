@@ -269,8 +269,11 @@ def _append_decision(status: dict[str, Any], now: datetime, action: str, reason:
     status["decisions"] = decisions[-kept:]
 
 
-# Shown measurements move in status only when they move by more than this share.
-STATUS_DEADBAND = 0.02
+# Shown measurements move in status only when they move by more than this share. A counter rate over a window a
+# few scrapes long is that noisy at rest: an idle pod at a steady 110 W read 110, 105, 110, 105 W from
+# rate(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION[...]) as scrapes fell either side of the window's edge (4.5%), which
+# rewrote an idle service's status; the planner reads its corrections unsteadied, so this only quiets the display.
+STATUS_DEADBAND = 0.05
 MEASURED_KEYS = ("watts", "joulesPerToken", "tokensPerSecond", "requestsPerSecond", "ttftP95Seconds", "itlP95Seconds",
                  "runningRequests", "waitingRequests")
 
