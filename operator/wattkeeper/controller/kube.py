@@ -128,6 +128,15 @@ class Kube:
         # with another one is someone else's change (drift), one with ours is our own echo or a status update.
         self._applied: dict[tuple[str, str, str], str] = {}
         self._applied_lock = threading.Lock()
+        self._thread = threading.local()  # writes made by the current thread (`writes_in_thread`)
+
+    def _count_write(self, verb: str, kind: str) -> None:
+        self.metrics.api_writes.labels(verb, kind).inc()
+        self._thread.writes = getattr(self._thread, "writes", 0) + 1
+
+    def writes_in_thread(self) -> int:
+        """How many writes the calling thread has made: a reconcile tells from it whether it wrote anything."""
+        return int(getattr(self._thread, "writes", 0))
 
     # reads
     def list_custom(self, plural: str, namespace: str | None,
@@ -260,9 +269,12 @@ class Kube:
         meta = obj.get("metadata") or {}
         marker = str(meta.get("generation") if obj.get("kind", "Deployment") == "Deployment"
                      else meta.get("resourceVersion"))
+        key = (str(obj.get("kind") or "Deployment"), meta.get("namespace", ""), meta.get("name", ""))
         with self._applied_lock:
-            self._applied[(str(obj.get("kind") or "Deployment"), meta.get("namespace", ""), meta.get("name", ""))] = \
-                marker
+            # Only a new version replaces the entry: every idle pass confirms every object, and a fresh string per
+            # object per pass, left among the pass's garbage, keeps the heap's pages from going back (issue 14).
+            if self._applied.get(key) != marker:
+                self._applied[key] = marker
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         with self._applied_lock:
@@ -271,7 +283,7 @@ class Kube:
     # writes
     def create_custom(self, plural: str, obj: dict[str, Any]) -> bool:
         """Create one of our custom objects; False when it exists already."""
-        self.metrics.api_writes.labels("create", obj["kind"]).inc()
+        self._count_write("create", obj["kind"])
         try:
             self.custom.create_namespaced_custom_object(GROUP, VERSION, obj["metadata"]["namespace"], plural, obj,
                                                         _request_timeout=self.timeout_seconds)
@@ -283,7 +295,7 @@ class Kube:
 
     def create_job(self, job: dict[str, Any]) -> bool:
         """Create a Job; False when it exists already (a Job's spec is immutable: never re-applied)."""
-        self.metrics.api_writes.labels("create", "Job").inc()
+        self._count_write("create", "Job")
         try:
             self.batch.create_namespaced_job(job["metadata"]["namespace"], job)
         except ApiException as err:
@@ -293,13 +305,13 @@ class Kube:
         return True
 
     def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        self.metrics.api_writes.labels("patch", "Pod").inc()
+        self._count_write("patch", "Pod")
         self.core.patch_namespaced_pod(name, namespace, patch)
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply with the operator's one field manager; force, since these objects are ours."""
         meta = obj["metadata"]
-        self.metrics.api_writes.labels("apply", obj["kind"]).inc()
+        self._count_write("apply", obj["kind"])
         deployment = obj["kind"] == "Deployment"
         # The generated method validates `body` as a dict and serialises it with ASCII escapes (see
         # `apply_body`); build its request (URL, query, auth) with the dict, then send the UTF-8 body instead.
@@ -324,7 +336,7 @@ class Kube:
         patch = merge_patch(old or {}, new)
         if not patch:
             return False
-        self.metrics.api_writes.labels("patch-status", plural).inc()
+        self._count_write("patch-status", plural)
         log.debug("status patch %s %s/%s: %s", plural, namespace, name, patch)
         self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, {"status": patch},
                                                           _request_timeout=self.timeout_seconds)
@@ -334,7 +346,7 @@ class Kube:
         """A core/v1 Event on the object, as `kubectl describe` shows them. Best effort: never raises."""
         meta = obj["metadata"]
         now = datetime.now(UTC)
-        self.metrics.api_writes.labels("create", "Event").inc()
+        self._count_write("create", "Event")
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
             involved_object=client.V1ObjectReference(
