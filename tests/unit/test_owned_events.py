@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+from kopf._core.intents.causes import Activity
 from wattkeeper.controller.handlers import deployment_marker, owned_event_matters
 
 
@@ -37,3 +38,20 @@ def test_only_someone_elses_change_matters() -> None:
     assert matters("DELETED", _deployment(3))
     assert not matters(None, _deployment(4))  # kopf's initial listing: the resume handlers cover it
     assert not matters("MODIFIED", _deployment(4, labels={}))  # no service to reconcile
+
+
+def test_kopf_lists_a_page_at_a_time() -> None:
+    from wattkeeper.controller.handlers import build_registry
+    from wattkeeper.controller.kube import LIST_PAGE
+    from wattkeeper.controller.settings import OperatorSettings
+
+    registry = build_registry(OperatorSettings(metrics_port=0, health_port=0))
+    configure = next(h for h in registry._activities.get_handlers(activity=Activity.STARTUP)
+                     if h.id == "build_registry.<locals>.configure")
+    settings = kopf.OperatorSettings()
+
+    class Deps:
+        settings = OperatorSettings(metrics_port=0, health_port=0)
+        peering_priority = None
+    configure.fn(settings=settings, memo=kopf.Memo(deps=Deps()))
+    assert settings.watching.chunk_size == LIST_PAGE  # kopf's initial LISTs: not 11 MB of JSON at once

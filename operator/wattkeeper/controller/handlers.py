@@ -13,6 +13,7 @@ from wattkeeper.render import LABEL_SERVICE
 from wattkeeper.render.objects import LABEL_MANAGED_BY
 
 from .budgets import reconcile_budget, release_services
+from .kube import LIST_PAGE
 from .profiles import reconcile_profile
 from .services import Dependencies, reconcile_service
 from .settings import OperatorSettings
@@ -61,6 +62,9 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         settings.posting.level = logging.WARNING
         settings.execution.max_workers = deps(memo).settings.reconcile_workers + 4  # + the drift watch
         settings.watching.server_timeout = 300
+        # kopf's initial LISTs (at every start and after a watch expires) a page at a time, as the operator's own:
+        # 1,000 Deployments in one response are 11 MB of JSON decoded at once, and the heap keeps its peak.
+        settings.watching.chunk_size = LIST_PAGE
         settings.networking.request_timeout = 30
         # Two replicas with peering: the one with the higher priority runs, the other waits.
         settings.peering.priority = random.randint(1, 10_000)
