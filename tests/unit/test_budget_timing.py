@@ -19,7 +19,8 @@ class EmptyKube:
     def __init__(self) -> None:
         self.patches: list[dict[str, Any]] = []
 
-    def list_custom(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+    def list_custom(self, plural: str, namespace: str | None,
+                    label_selector: str | None = None) -> list[dict[str, Any]]:
         return []
 
     def list_deployments(self, namespace: str | None, services: list[str] | None = None) -> list[dict[str, Any]]:

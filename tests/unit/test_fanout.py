@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from wattkeeper.api import LLMService, ServingConfigSpec
 from wattkeeper.controller import budgets
-from wattkeeper.controller.kube import MANAGED_SELECTOR, owned_selector, slim_deployment, slim_service
+from wattkeeper.controller.kube import MANAGED_SELECTOR, owned_selector, slim_custom, slim_deployment, slim_service
 from wattkeeper.controller.metrics import OperatorMetrics
 from wattkeeper.controller.services import (
     Dependencies,
@@ -46,7 +46,8 @@ class RecordingKube:
         with self.lock:
             self.calls.append(call)
 
-    def list_custom(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+    def list_custom(self, plural: str, namespace: str | None,
+                    label_selector: str | None = None) -> list[dict[str, Any]]:
         return self.services if plural == "llmservices" else []
 
     def list_deployments(self, namespace: str | None, services: list[str] | None = None) -> list[dict[str, Any]]:
@@ -138,3 +139,55 @@ def test_a_slim_deployment_reads_as_the_full_one() -> None:
     assert deployment_drift(desired, scaled) == f"replicas 7 instead of {desired['spec']['replicas']}"
     svc = render_service(service)
     assert service_drift(svc, slim_service({**svc, "metadata": {**svc["metadata"], "resourceVersion": "4"}})) is None
+
+
+def test_a_budget_selector_becomes_a_list_query_only_where_the_syntax_carries_it() -> None:
+    from wattkeeper.api.common import LabelSelector
+
+    def query(raw: dict[str, Any]) -> str | None:
+        return LabelSelector.model_validate(raw).as_query()
+    assert query({"matchLabels": {"tier": "budgeted", "team": "chat"}}) == "team=chat,tier=budgeted"
+    assert query({"matchExpressions": [{"key": "example.com/tier", "operator": "In", "values": ["b", "a"]},
+                                       {"key": "gone", "operator": "DoesNotExist"},
+                                       {"key": "x", "operator": "NotIn", "values": ["y"]},
+                                       {"key": "here", "operator": "Exists"}]}) \
+        == "example.com/tier in (a,b),!gone,x notin (y),here"
+    assert query({}) is None  # everything: no query
+    assert query({"matchLabels": {"tier": "a b"}}) is None  # not a label value: list all, `matches` decides
+    assert query({"matchLabels": {"tier": "a,b"}}) is None
+    assert query({"matchExpressions": [{"key": "k", "operator": "In", "values": []}]}) is None
+
+
+def test_a_listed_custom_object_drops_what_only_the_apiserver_and_kopf_read() -> None:
+    raw = {"metadata": {"name": "s", "managedFields": [{"manager": "m"}],
+                        "annotations": {"wattkeeper.io/last-handled-configuration": "{}", "keep": "me"}},
+           "spec": {"a": 1}, "status": {"b": 2}}
+    assert slim_custom(raw) == {"metadata": {"name": "s", "annotations": {"keep": "me"}}, "spec": {"a": 1},
+                                "status": {"b": 2}}
+
+
+def test_a_budget_change_lists_only_its_services() -> None:
+    seen: list[str | None] = []
+
+    class SelectingKube(RecordingKube):
+        def list_custom(self, plural: str, namespace: str | None,
+                        label_selector: str | None = None) -> list[dict[str, Any]]:
+            if plural == "llmservices":
+                seen.append(label_selector)
+            return []
+
+        def patch_status(self, *args: Any) -> bool:
+            return True
+
+    class NoTelemetry:
+        def observe_many(self, keys: Any, window_seconds: float) -> dict[Any, Any]:
+            return {}
+    deps = Dependencies(kube=SelectingKube(), telemetry=NoTelemetry(),  # type: ignore[arg-type]
+                        energy_model=EnergyModel.default(),
+                        settings=OperatorSettings(metrics_port=0, health_port=0), metrics=OperatorMetrics())
+    budget = {"apiVersion": "wattkeeper.io/v1alpha1", "kind": "EnergyBudget",
+              "metadata": {"namespace": "ns", "name": "b", "generation": 1},
+              "spec": {"selector": {"matchLabels": {"tier": "budgeted"}}, "enforcement": "Enforce",
+                       "power": {"limitWatts": 1000.0, "window": "60s"}}}
+    budgets.reconcile_budget(deps, budget, "update")
+    assert seen == ["tier=budgeted"]

@@ -45,7 +45,8 @@ class FlakyKube:
                 raise self.error
         return []
 
-    def list_custom(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+    def list_custom(self, plural: str, namespace: str | None,
+                    label_selector: str | None = None) -> list[dict[str, Any]]:
         return self._list()
 
     def list_deployments(self, namespace: str | None, services: list[str] | None = None) -> list[dict[str, Any]]:

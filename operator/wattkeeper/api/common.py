@@ -165,6 +165,39 @@ class LabelSelector(ApiModel):
                 return False
         return True
 
+    def as_query(self) -> str | None:
+        """The selector as a LIST's `labelSelector`, so that the apiserver sends only the selected objects; None
+        when it selects everything or holds a key or value the query syntax cannot carry (a value that is no
+        label value selects nothing anyway): list everything then, and let `matches` decide."""
+        terms = [f"{k}={v}" for k, v in sorted(self.match_labels.items())]
+        for req in self.match_expressions:
+            if req.operator in ("In", "NotIn") and req.values:
+                terms.append(f"{req.key} {req.operator.lower()} ({','.join(sorted(req.values))})")
+            elif req.operator == "Exists":
+                terms.append(req.key)
+            elif req.operator == "DoesNotExist":
+                terms.append(f"!{req.key}")
+            else:
+                return None  # In or NotIn without values: leave it to `matches`
+        keys = [*self.match_labels, *(r.key for r in self.match_expressions)]
+        values = [*self.match_labels.values(), *(v for r in self.match_expressions for v in r.values)]
+        if not terms or not all(map(_label_key, keys)) or not all(map(_label_value, values)):
+            return None
+        return ",".join(terms)
+
+
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+
+def _label_value(value: str) -> bool:
+    return _LABEL_NAME.fullmatch(value) is not None  # an empty one, valid but rare, lists everything
+
+
+def _label_key(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    return _LABEL_NAME.fullmatch(name) is not None and (not prefix or _DNS_SUBDOMAIN.fullmatch(prefix) is not None)
+
 
 class ObjectMeta(BaseModel):
     """The parts of metadata the operator reads. Free-form otherwise."""

@@ -137,7 +137,8 @@ def reconcile_budget(deps: Dependencies, body: dict[str, Any], trigger: str, sna
     if snapshot is None and trigger in ("create", "update", "delete"):
         # A change re-reconciles every selected service: take one pass's reads now and plan the budget on them
         # too (listing the services twice cost a second at 1,000 of them before the first write).
-        snapshot = Snapshot.take(kube, namespace, only=lambda services: services_selected(budget, services))
+        snapshot = Snapshot.take(kube, namespace, only=lambda services: services_selected(budget, services),
+                                 selector=budget.spec.selector.as_query())
         snapshot.measure(deps)
     candidates = snapshot.services_in(namespace) if snapshot is not None else \
         deps.lists.get(kube, "llmservices", namespace)

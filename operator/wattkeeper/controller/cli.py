@@ -8,7 +8,7 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
-from .runner import build_dependencies, kubernetes_client, run_operator
+from .runner import build_dependencies, connections_needed, kubernetes_client, run_operator
 from .settings import OperatorSettings
 
 
@@ -27,7 +27,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.namespace:
         overrides["namespaces"] = args.namespace
     settings = OperatorSettings(**overrides)
-    deps = build_dependencies(settings, kubernetes_client(args.kubeconfig))
+    deps = build_dependencies(settings, kubernetes_client(args.kubeconfig, connections_needed(settings)))
     if settings.metrics_port:
         start_http_server(settings.metrics_port, registry=deps.metrics.registry)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None

@@ -79,6 +79,21 @@ def slim_metadata(obj: dict[str, Any]) -> dict[str, Any]:
                                        "annotations", "deletionTimestamp"))
 
 
+# kopf's copy of the last spec it handled (its diff base, about 1 KB per service): only kopf reads it, from its watch.
+KOPF_DIFFBASE = "wattkeeper.io/last-handled-configuration"
+
+
+def slim_custom(obj: dict[str, Any]) -> dict[str, Any]:
+    """A listed custom object without what the operator never reads: `managedFields` (40% of a listed
+    LLMService) and kopf's diff base. A pass holds every service's body; the heap keeps what a pass once held."""
+    meta = obj.get("metadata") or {}
+    meta.pop("managedFields", None)
+    annotations = meta.get("annotations")
+    if annotations:
+        annotations.pop(KOPF_DIFFBASE, None)
+    return obj
+
+
 def slim_deployment(obj: dict[str, Any]) -> dict[str, Any]:
     """What the operator reads of a listed Deployment: its metadata, replicas, the containers' plan fields
     (`deployment_drift`) and status (`deployment_state`); the rest (probes, volumes, managedFields) is dropped
@@ -113,20 +128,36 @@ class Kube:
         # with another one is someone else's change (drift), one with ours is our own echo or a status update.
         self._applied: dict[tuple[str, str, str], str] = {}
         self._applied_lock = threading.Lock()
+        self._thread = threading.local()  # writes made by the current thread (`writes_in_thread`)
+
+    def _count_write(self, verb: str, kind: str) -> None:
+        self.metrics.api_writes.labels(verb, kind).inc()
+        self._thread.writes = getattr(self._thread, "writes", 0) + 1
+
+    def writes_in_thread(self) -> int:
+        """How many writes the calling thread has made: a reconcile tells from it whether it wrote anything."""
+        return int(getattr(self._thread, "writes", 0))
 
     # reads
-    def list_custom(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
-        """All objects of a kind in a namespace (None: cluster-wide), without those being deleted."""
+    def list_custom(self, plural: str, namespace: str | None,
+                    label_selector: str | None = None) -> list[dict[str, Any]]:
+        """All objects of a kind in a namespace (None: cluster-wide), without those being deleted, as
+        `slim_custom` records; `label_selector`: only those the apiserver finds it selects."""
         out: list[dict[str, Any]] = []
         token: str | None = None
         while True:  # a page at a time (see `_list_pages`)
-            kwargs: dict[str, Any] = {"limit": LIST_PAGE, "_request_timeout": self.timeout_seconds}
+            kwargs: dict[str, Any] = {"limit": LIST_PAGE, "_request_timeout": self.timeout_seconds,
+                                      "_preload_content": False}
+            if label_selector:
+                kwargs["label_selector"] = label_selector
             if token:
                 kwargs["_continue"] = token
-            listing: Any = self.custom.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs) \
+            response: Any = self.custom.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs) \
                 if namespace is None else \
                 self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural, **kwargs)
-            out.extend(item for item in listing.get("items", []) if not item["metadata"].get("deletionTimestamp"))
+            listing = json.loads(response.data)
+            out.extend(slim_custom(item) for item in listing.get("items") or []
+                       if not item["metadata"].get("deletionTimestamp"))
             token = (listing.get("metadata") or {}).get("continue")
             if not token:
                 return out
@@ -238,9 +269,12 @@ class Kube:
         meta = obj.get("metadata") or {}
         marker = str(meta.get("generation") if obj.get("kind", "Deployment") == "Deployment"
                      else meta.get("resourceVersion"))
+        key = (str(obj.get("kind") or "Deployment"), meta.get("namespace", ""), meta.get("name", ""))
         with self._applied_lock:
-            self._applied[(str(obj.get("kind") or "Deployment"), meta.get("namespace", ""), meta.get("name", ""))] = \
-                marker
+            # Only a new version replaces the entry: every idle pass confirms every object, and a fresh string per
+            # object per pass, left among the pass's garbage, keeps the heap's pages from going back (issue 14).
+            if self._applied.get(key) != marker:
+                self._applied[key] = marker
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         with self._applied_lock:
@@ -249,7 +283,7 @@ class Kube:
     # writes
     def create_custom(self, plural: str, obj: dict[str, Any]) -> bool:
         """Create one of our custom objects; False when it exists already."""
-        self.metrics.api_writes.labels("create", obj["kind"]).inc()
+        self._count_write("create", obj["kind"])
         try:
             self.custom.create_namespaced_custom_object(GROUP, VERSION, obj["metadata"]["namespace"], plural, obj,
                                                         _request_timeout=self.timeout_seconds)
@@ -261,7 +295,7 @@ class Kube:
 
     def create_job(self, job: dict[str, Any]) -> bool:
         """Create a Job; False when it exists already (a Job's spec is immutable: never re-applied)."""
-        self.metrics.api_writes.labels("create", "Job").inc()
+        self._count_write("create", "Job")
         try:
             self.batch.create_namespaced_job(job["metadata"]["namespace"], job)
         except ApiException as err:
@@ -271,13 +305,13 @@ class Kube:
         return True
 
     def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        self.metrics.api_writes.labels("patch", "Pod").inc()
+        self._count_write("patch", "Pod")
         self.core.patch_namespaced_pod(name, namespace, patch)
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply with the operator's one field manager; force, since these objects are ours."""
         meta = obj["metadata"]
-        self.metrics.api_writes.labels("apply", obj["kind"]).inc()
+        self._count_write("apply", obj["kind"])
         deployment = obj["kind"] == "Deployment"
         # The generated method validates `body` as a dict and serialises it with ASCII escapes (see
         # `apply_body`); build its request (URL, query, auth) with the dict, then send the UTF-8 body instead.
@@ -302,7 +336,7 @@ class Kube:
         patch = merge_patch(old or {}, new)
         if not patch:
             return False
-        self.metrics.api_writes.labels("patch-status", plural).inc()
+        self._count_write("patch-status", plural)
         log.debug("status patch %s %s/%s: %s", plural, namespace, name, patch)
         self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, {"status": patch},
                                                           _request_timeout=self.timeout_seconds)
@@ -312,7 +346,7 @@ class Kube:
         """A core/v1 Event on the object, as `kubectl describe` shows them. Best effort: never raises."""
         meta = obj["metadata"]
         now = datetime.now(UTC)
-        self.metrics.api_writes.labels("create", "Event").inc()
+        self._count_write("create", "Event")
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
             involved_object=client.V1ObjectReference(

@@ -7,6 +7,14 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
+def set_if_changed(gauge: Gauge, value: float) -> None:
+    """Set a gauge only when its value moved. Each idle pass sets one gauge per service to a float parsed from that
+    pass's LIST; replacing it every pass left one live float among each pass's garbage, and such survivors keep
+    the allocator's pages from going back to the OS (issue 14: idle RSS followed the peak)."""
+    if gauge._value.get() != value:  # prometheus_client has no public getter of a sample
+        gauge.set(value)
+
+
 @dataclass
 class OperatorMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)

@@ -25,14 +25,26 @@ from .settings import OperatorSettings
 log = logging.getLogger(__name__)
 
 
-def kubernetes_client(kubeconfig: str | None = None) -> client.ApiClient:
+def kubernetes_client(kubeconfig: str | None = None, connections: int | None = None) -> client.ApiClient:
+    """`connections`: how many requests may be in flight at once. urllib3 keeps that many connections to the
+    apiserver; its default here (5 per CPU the process sees) is fewer than the operator's threads on a one- or
+    two-CPU node, and each request past the pool opens a TLS connection and drops it after."""
+    cfg = client.Configuration()
+    if connections is not None:
+        cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 0, connections)
     if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
+        return config.new_client_from_config(config_file=kubeconfig, client_configuration=cfg)
     try:
-        config.load_incluster_config()
-        return client.ApiClient()
+        config.load_incluster_config(client_configuration=cfg)
+        return client.ApiClient(cfg)
     except config.ConfigException:
-        return config.new_client_from_config()
+        return config.new_client_from_config(client_configuration=cfg)
+
+
+def connections_needed(settings: OperatorSettings) -> int:
+    """The operator's threads that may call the apiserver at once: a pass's (or a budget change's) reconcile
+    pool, kopf's handler threads (the pool's size plus 4, `handlers.configure`) and the control loop."""
+    return 2 * settings.reconcile_workers + 5
 
 
 def telemetry_source(settings: OperatorSettings, kube: Kube) -> TelemetrySource:

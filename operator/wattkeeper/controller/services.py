@@ -26,7 +26,7 @@ from wattkeeper.telemetry import ServiceObservation, TelemetrySource, TelemetryU
 from .conditions import set_condition
 from .decide import Allocation, DeploymentState, ServiceDecision, ServiceInputs, decide, running_plan
 from .kube import Kube
-from .metrics import OperatorMetrics
+from .metrics import OperatorMetrics, set_if_changed
 from .powerlimits import pod_limit_patches
 from .profile_check import rejected_points
 from .settings import OperatorSettings
@@ -236,6 +236,7 @@ def reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
     meta = body["metadata"]
     key = f"{meta['namespace']}/{meta['name']}"
     with deps.locks[key]:
+        writes = deps.kube.writes_in_thread()
         fresh: dict[str, Any] | None = body
         if reads is None or deps.written_at.get(key, 0.0) > reads.listed_at:
             # Re-read under the lock: the body a handler got (or the pass listed) may predate another
@@ -247,7 +248,10 @@ def reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
         try:
             return _reconcile_service(deps, fresh, trigger, reads, deferred)
         finally:
-            deps.written_at[key] = time.monotonic()
+            # Only a reconcile that wrote makes a listed body stale. (An idle pass writes nothing, and a new float
+            # per service per pass would be left among the pass's garbage, pinning the heap: issue 14, RSS.)
+            if deps.kube.writes_in_thread() != writes:
+                deps.written_at[key] = time.monotonic()
 
 
 def _reads_for(deps: Dependencies, namespace: str, name: str) -> Reads:
@@ -343,9 +347,9 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
             kube.event(body, type_, reason_, message_)
     predicted = ((status.get("plan") or {}).get("predicted") or {}).get("watts")
     if predicted is not None:
-        metrics.predicted_watts.labels(namespace, name).set(predicted)
+        set_if_changed(metrics.predicted_watts.labels(namespace, name), predicted)
     if observation is not None:
-        metrics.measured_watts.labels(namespace, name).set(observation.watts)
+        set_if_changed(metrics.measured_watts.labels(namespace, name), observation.watts)
     return decision
 
 

@@ -43,12 +43,16 @@ class Snapshot:
 
     @classmethod
     def take(cls, kube: Kube, namespace: str | None,
-             only: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None) -> Snapshot:
+             only: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+             selector: str | None = None) -> Snapshot:
         """Five LISTs: services, budgets, profiles, and the operator's Deployments and Services (by label).
         `only`: the services that matter (a budget's), whose Deployments and Services alone are listed: at 1,000
-        services the Deployments are most of what a LIST carries (11 MB), and a budget over 100 needs a tenth."""
+        services the Deployments are most of what a LIST carries (11 MB), and a budget over 100 needs a tenth.
+        `selector`: the label selector of those services, so that the apiserver sends only them (a budget's
+        100 of 1,000: 0.7 MB instead of 7 MB of JSON to decode before the first write)."""
         listed_at = time.monotonic()
-        services = kube.list_custom("llmservices", namespace)
+        services = kube.list_custom("llmservices", namespace, label_selector=selector) if selector else \
+            kube.list_custom("llmservices", namespace)
         names: list[str] | None = None
         if only is not None:
             services = only(services)
