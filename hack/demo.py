@@ -94,6 +94,7 @@ class Demo:
         self.tightened_at_s: float | None = None
         self.tightened_to_watts: float | None = None
         self.tightening_rule: str | None = None
+        self.tightening_inputs: dict[str, Any] | None = None
         self.started = time.monotonic()
         self.wall_started = time.time()
         self.services = [d for d in yaml.safe_load_all((ROOT / "examples/demo/services.yaml").read_text())]
@@ -260,14 +261,31 @@ class Demo:
     def _tighten(self) -> None:
         recent = [s.watts for s in self.samples[-10:] if s.watts]
         drawn = sum(recent) / len(recent) if recent else None
-        limit, rule = tightened_limit(self._budget_allocations(), drawn)
+        allocations = self._budget_allocations()
+        limit, rule = tightened_limit(allocations, drawn)
         self.tightened_to_watts, self.tightening_rule = round(limit), rule
+        self.tightening_inputs = {"drawn_watts": round(drawn, 1) if drawn is not None else None,
+                                  "allocations": allocations, "services": self._loads_seen()}
         self.tightened_at_s = time.monotonic() - self.started
         self._log(f"tightening the budget to {self.tightened_to_watts} W: {rule}")
         # The whole object again: server-side apply drops the fields a manager stops sending.
         body = json.loads(json.dumps(self.budget))
         body["spec"]["power"]["limitWatts"] = self.tightened_to_watts
         self._apply([body])
+
+    def _loads_seen(self) -> dict[str, dict[str, Any]]:
+        """What each service's status says of its load when the budget is cut: the budget sizes its demand on
+        `observed.peakLoadRps` and the planned token lengths (controller/budgets.py `service_load`)."""
+        out: dict[str, dict[str, Any]] = {}
+        for obj in self._objects("llmservices"):
+            status = obj.get("status") or {}
+            observed, plan = status.get("observed") or {}, status.get("plan") or {}
+            out[obj["metadata"]["name"]] = {
+                "peakLoadRps": observed.get("peakLoadRps"), "requestsPerSecond": observed.get("requestsPerSecond"),
+                "waitingRequests": observed.get("waitingRequests"), "powerCorrection": observed.get("powerCorrection"),
+                "plannedInputTokens": plan.get("plannedInputTokens"),
+                "plannedOutputTokens": plan.get("plannedOutputTokens"), "plan": plan.get("summary")}
+        return out
 
     def _budget_allocations(self) -> list[dict[str, Any]]:
         budgets = self._objects("energybudgets")
@@ -349,6 +367,8 @@ class Demo:
             "tightened_at_s": self.tightened_at_s,
             "cap_watts": self.tightened_to_watts,
             "tightening_rule": self.tightening_rule,
+            # What the rule read: the budget's allocations and each service's load as its status showed it.
+            "tightening_inputs": self.tightening_inputs,
             "average_watts_before_tightening": round(sum(before) / len(before), 1) if before else None,
             "average_watts_last_30s": round(sum(last) / len(last), 1) if last else None,
             **comparison,
