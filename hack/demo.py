@@ -284,7 +284,8 @@ class Demo:
                 "peakLoadRps": observed.get("peakLoadRps"), "requestsPerSecond": observed.get("requestsPerSecond"),
                 "waitingRequests": observed.get("waitingRequests"), "powerCorrection": observed.get("powerCorrection"),
                 "plannedInputTokens": plan.get("plannedInputTokens"),
-                "plannedOutputTokens": plan.get("plannedOutputTokens"), "plan": plan.get("summary")}
+                "plannedOutputTokens": plan.get("plannedOutputTokens"), "replicas": plan.get("replicas"),
+                "predictedWatts": (plan.get("predicted") or {}).get("watts")}
         return out
 
     def _budget_allocations(self) -> list[dict[str, Any]]:
