@@ -21,7 +21,6 @@ import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from wattkeeper.bench import standard
@@ -58,14 +57,6 @@ def run(workload: tuple[str, str, float], seed: int, args: argparse.Namespace) -
         spec = replace(spec, allocation_watts=float(cap), power_limits=True)
     trace = standard.workload_trace(family, scale, seed, standard.DURATION_S, None)
     policy = WattkeeperPolicy(spec, trace, gt.energy_model)
-    times: list[float] = []
-    decide = policy._tick
-
-    def recording(now_s: float, *rest: Any) -> TickDecision:
-        times.append(now_s)
-        return decide(now_s, *rest)
-
-    policy._tick = recording
     fleet_run = FleetSimulator(trace, gt).run(policy)
     scored = score(fleet_run, trace.arrival_s, Thresholds(STANDARD_SLO_TTFT_S, STANDARD_SLO_ITL_S),
                    spec.allocation_watts, trace.duration_s).to_dict()
@@ -77,9 +68,10 @@ def run(workload: tuple[str, str, float], seed: int, args: argparse.Namespace) -
     print(f"{name}{'-cap' if args.caps else ''} s{seed}: {kwh:.3f} kWh, within both {scored['withinBothSlos']:.2%} "
           f"(TTFT {ttft_ok:.2%}, ITL {itl_ok:.2%}), {restarts} restarts{cap}", flush=True)
     if args.ticks:
-        for now_s, tick in zip(times, policy.ticks, strict=True):
+        # The policy records each tick's decision (with its time) beside the core's full answer.
+        for decision, tick in zip(policy.decisions, policy.ticks, strict=True):
             if args.all_ticks or tick.apply is not None:
-                print(tick_line(tick, now_s))
+                print(tick_line(tick, decision.time_s))
 
 
 def main() -> int:

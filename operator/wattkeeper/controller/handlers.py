@@ -157,7 +157,8 @@ def owned_event_matters(deps: Dependencies, kind: str, event: Any, body: Any, ma
 
 
 def owned_changed(deps: Dependencies, kind: str, event: Any, body: Any, marker: str) -> None:
-    """An owned Deployment or Service changed: reconcile its LLMService unless the change is ours."""
+    """An owned Deployment or Service changed: reconcile its LLMService unless the change is ours. Asked again
+    after kopf's `when` filter: our apply may have recorded this very version while the event waited for a thread."""
     if not owned_event_matters(deps, kind, event, body, marker):
         return
     namespace, name = body.metadata.namespace, body.metadata.labels[LABEL_SERVICE]
