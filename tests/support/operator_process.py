@@ -7,12 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.wait import wait_for
 
 
 def free_port() -> int:
@@ -118,11 +119,12 @@ class OperatorProcess:
         return 0.0
 
     def wait_up(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Wait for /healthz to answer 200; fail at once, with the exit status, if the process has exited."""
+        def healthy() -> bool | str:
             if not self.alive():
-                raise RuntimeError(f"operator exited; see {self.log_path}")
-            if self.health() == 200:
-                return
-            time.sleep(0.3)
-        raise RuntimeError(f"operator not healthy after {timeout:.0f}s; see {self.log_path}")
+                assert self.process is not None
+                raise RuntimeError(f"operator exited with status {self.process.returncode}; see {self.log_path}")
+            status = self.health()
+            return True if status == 200 else f"/healthz answered {status}"
+        wait_for(f"the operator to be healthy (see {self.log_path})", healthy, timeout=timeout, every=0.3,
+                 not_yet=(str,))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from wattkeeper.energy.model import EnergyModel
 from wattkeeper.render import render_deployment, render_service
 from wattkeeper.telemetry import PrometheusSource, TelemetryUnavailable
 from wattkeeper.telemetry.batch import observe_prometheus, service_of_pod
+
+from tests.support.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -70,10 +71,7 @@ def test_the_loop_survives_connection_errors_timeouts_and_decode_errors() -> Non
                                  error_backoff_max_seconds=0.05))
         loop.start()
         try:
-            deadline = time.monotonic() + 10
-            while loop.passes < 2 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert loop.passes >= 2, f"no pass after {error!r}"
+            wait_for(f"two passes after {error!r}", lambda lp=loop: lp.passes >= 2, timeout=10, every=0.02)
             assert loop.thread.is_alive() and loop.failures == 0 and loop.problem() is None
         finally:
             loop.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.support.wait import wait_for
@@ -22,6 +24,21 @@ def test_returns_the_first_truthy_value_past_errors_and_reasons() -> None:
 def test_an_error_not_named_propagates() -> None:
     with pytest.raises(KeyError):
         wait_for("a key", lambda: {}["missing"], timeout=5, every=0)
+
+
+def test_an_error_not_named_fails_at_once_without_waiting_out_the_timeout() -> None:
+    calls = []
+
+    def exited() -> bool:  # as OperatorProcess.wait_up's check does when the process is gone
+        calls.append(time.monotonic())
+        if len(calls) == 2:
+            raise RuntimeError("operator exited with status 1; see operator.log")
+        return False
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="exited with status 1"):
+        wait_for("the operator", exited, timeout=60, every=0.01)
+    assert len(calls) == 2 and time.monotonic() - started < 5
 
 
 def test_a_timeout_names_what_and_the_last_value() -> None:
