@@ -211,7 +211,8 @@ class Demo:
                           f"seqs{plan.get('maxNumSeqs', '?')}",
                 "replicas": plan.get("replicas"), "ready": st.get("readyReplicas"),
                 "watts": observed.get("watts"), "jpt": observed.get("joulesPerToken"),
-                "rps": observed.get("requestsPerSecond"), "slo": slo.get("status", "?"),
+                "rps": observed.get("requestsPerSecond"), "peak_rps": observed.get("peakLoadRps"),
+                "slo": slo.get("status", "?"),
                 "allocated": (st.get("allocation") or {}).get("watts"),
                 "decisions": len(st.get("decisions") or []),
                 "last_decisions": [f"{d.get('time')} {d.get('action')} {d.get('configuration')}: "
@@ -382,6 +383,9 @@ class Demo:
             "slo_attainment": attainment,
             "decisions": decisions,
             "final": {name: s for name, s in (self.samples[-1].services.items() if self.samples else [])},
+            # Every sample, short: how the allocations, the plans and the loads moved (what a reader needs to see
+            # why a service degraded after the tightening).
+            "timeline": [timeline_entry(s) for s in self.samples],
         }
 
     def plot(self, path: Path) -> None:
@@ -446,6 +450,18 @@ class Demo:
 def _sim_processes(namespace: str) -> list[str]:
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
     return [line.strip() for line in out if "wattkeeper-runtime" in line and " sim " in line and namespace in line]
+
+
+def timeline_entry(sample: Sample) -> dict[str, Any]:
+    budget = sample.services.get("_budget") or {}
+    return {
+        "t_s": round(sample.t_s, 1), "phase": sample.phase, "watts": sample.watts, "limit_watts": sample.limit_watts,
+        "services": {name: {k: s.get(k) for k in ("config", "replicas", "ready", "watts", "rps", "peak_rps", "allocated",
+                                                        "slo")}
+                     for name, s in sample.services.items() if not name.startswith("_")},
+        "allocations": [{k: a.get(k) for k in ("service", "watts", "minimumWatts", "floorWatts", "degraded")}
+                        for a in budget.get("allocations") or []],
+    }
 
 
 def tightened_limit(allocations: list[dict[str, Any]], drawn_watts: float | None) -> tuple[float, str]:

@@ -68,7 +68,9 @@ class ServiceAllocation(StatusModel):
     priority: int = Field(default=100, description="The service's priority.")
     watts: float = Field(description="Allocated watts.")
     minimum_watts: float | None = Field(
-        default=None, description="Least watts that meet the service's SLOs (without burst headroom)."
+        default=None,
+        description="Least allocation under which the service's own planner meets its SLOs: 99% of requests within "
+        "both thresholds, with its learned latency margins and the 4% headroom it keeps under an allocation.",
     )
     floor_watts: float | None = Field(
         default=None, description="What the service's smallest fleet draws at its load; never allocated less."

@@ -11,12 +11,11 @@ from .budget import (
     BudgetMemory,
     BudgetShare,
     ServiceLoad,
-    allocation_changed,
     decide_budget,
     shares_to_allocation,
 )
 from .load import estimate_load, offered_rate, stabilised_rate
-from .planning import evaluate, plan_of, plan_request, significant, surge_fits
+from .planning import allocation_changed, evaluate, plan_of, plan_request, significant, surge_fits
 from .switching import OVERSHOOT_TOLERANCE, SwitchFacts, switching_rule
 from .tick import decide_tick, more_capacity, settle_seconds, settled
 from .types import (

@@ -13,15 +13,18 @@ The operator's adapter (controller/budgets.py) maps status to `BudgetMemory` and
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from ..energy.model import EnergyModel
 from ..energy.types import Workload
-from ..planner import Candidate, PlanRequest, PlanResult, ServiceDemand, allocate_watts, plan
-from .planning import plan_request
+from ..planner import Candidate, PlanRequest, ServiceDemand, allocate_watts, plan
+from .planning import allocation_for, plan_request, scored
 from .switching import OVERSHOOT_TOLERANCE
-from .types import ServiceIntent
+from .tick import search
+from .types import ConfigMargin, FleetState, LoadEstimate, Memory, ServiceIntent, TickInputs
 
 MAX_SAMPLES = 120
+DEMAND_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class ServiceLoad:
     intent: ServiceIntent
     load: Workload  # the measured load, else the planned-for one, else the spec's
     power_correction: float = 1.0
+    margins: tuple[ConfigMargin, ...] = ()  # its tick's learned latency margins, as its status keeps them
 
 
 @dataclass(frozen=True)
@@ -140,41 +144,56 @@ def account(budget: BudgetIntent, memory: BudgetMemory, measured_watts: float | 
 
 
 def service_demand(service: ServiceLoad, energy_model: EnergyModel) -> ServiceDemand:
-    """What one service asks of a budget, by the planner at its load."""
-    request = plan_request(service.intent, service.load, None, service.power_correction)
-    unconstrained = plan(request, energy_model)
-    chosen = unconstrained.chosen
-    desired = chosen.total_watts if chosen else 0.0
-    least = least_slo_plan(request, unconstrained, energy_model)
-    minimum = least.total_watts if least is not None else None
+    """What one service asks of a budget: its plans as its own tick would choose them (`tick.search`: the queued
+    latency model, 99% of requests within both thresholds, its learned latency margins, the untried prior where
+    nothing was measured), in allocation watts (each plan's watts grossed up by the headroom the tick keeps under
+    an allocation, `allocation_for`). A demand priced otherwise is a share under which the service's tick cannot
+    run the plan counted on: with the steady p95 model and no margins the demo's chat was told it met its SLO at a
+    share the tick could not meet it under, and at the bare full-batch watts the assistant ran one replica of
+    max-num-seqs 8 at 2.4x the J/token instead of one at a full batch. Memoised per (service, model): a budget
+    pass at an unchanged load asks nothing again."""
+    return _service_demand(service, energy_model)
+
+
+@lru_cache(maxsize=DEMAND_CACHE_SIZE)
+def _service_demand(service: ServiceLoad, energy_model: EnergyModel) -> ServiceDemand:
+    memory = Memory(power_correction=service.power_correction, margins=service.margins)
+    inputs = TickInputs(intent=service.intent, memory=memory, signals=None, fleet=FleetState(), now_s=0.0)
+    load = LoadEstimate(service.load, "measured", service.load.requests_per_second, 0.0)
+
+    def tick_plan(intent: ServiceIntent, allocation_watts: float | None = None) -> tuple[Candidate | None, bool]:
+        _, candidate, result = search(replace(inputs, intent=intent), memory, load, allocation_watts, energy_model)
+        return candidate, bool(result is not None and result.feasible)
+
+    chosen, feasible = tick_plan(service.intent)
+    desired = allocation_for(chosen.total_watts) if chosen else 0.0
+    least: Candidate | None = None
+    if feasible and chosen is not None:
+        # The unconstrained plan sizes each replica below the target utilisation (burst headroom); a smaller
+        # fleet, often of another configuration with better J/token, may meet the SLOs for less, and it is what
+        # the tick runs under a share between the two (search.py `plan`, the ProtectBudget fleet loop).
+        least = chosen
+        intent = service.intent
+        for replicas in fleet_sizes(intent.min_replicas, min(chosen.replicas, intent.max_replicas)):
+            smaller, ok = tick_plan(replace(intent, max_replicas=replicas))
+            if ok and smaller is not None and smaller.total_watts < least.total_watts:
+                least = smaller
+    minimum = allocation_for(least.total_watts) if least is not None else None
     # The floor: what the smallest fleet draws at this load (min replicas, serving what it can). Below it a
     # service cannot go, so the allocator hands floors out first instead of leaving a service 0 W.
-    smallest = plan(replace(request, allocation_watts=1e-6, fallback="ProtectBudget"), energy_model).chosen
-    floor = min(smallest.total_watts, desired) if smallest and chosen else (smallest.total_watts if smallest else 0.0)
-    full = full_batch_floor(request, energy_model)
+    smallest, _ = tick_plan(replace(service.intent, fallback="ProtectBudget"), 1e-6)
+    smallest_watts = allocation_for(smallest.total_watts) if smallest else 0.0
+    floor = min(smallest_watts, desired) if smallest and chosen else smallest_watts
+    request = scored(plan_request(service.intent, service.load, None, service.power_correction), service.intent,
+                     inputs.tuning)
+    full_plan = full_batch_floor(request, energy_model)
+    full = allocation_for(full_plan) if full_plan is not None else None
     return ServiceDemand(name=service.name, priority=service.priority, minimum_watts=minimum,
                          desired_watts=desired, floor_watts=floor,
                          joules_per_token=chosen.joules_per_token if chosen else float("inf"),
                          slo_tokens_per_second=service.load.requests_per_second * service.load.output_tokens
                          if least is not None else 0.0,
                          full_batch_watts=min(full, desired) if full is not None and chosen else None)
-
-
-def least_slo_plan(request: PlanRequest, unconstrained: PlanResult, energy_model: EnergyModel) -> Candidate | None:
-    """The plan with the least watts that meets the SLOs. The unconstrained plan sizes each replica below the
-    target utilisation (burst headroom); a smaller fleet, often of another configuration with better J/token, can
-    meet the SLOs for less, and it is what the planner runs under an allocation between the two (search.py `plan`,
-    the ProtectBudget fleet loop). The budget's "minimum" is this plan, so that a short budget gives a service
-    enough for it instead of a share that only a shrunken batch fits."""
-    chosen = unconstrained.chosen
-    if not unconstrained.feasible or chosen is None:
-        return None
-    best = chosen
-    for replicas in fleet_sizes(request.min_replicas, min(chosen.replicas, request.max_replicas)):
-        smaller = plan(replace(request, max_replicas=replicas), energy_model)
-        if smaller.feasible and smaller.chosen is not None and smaller.chosen.total_watts < best.total_watts:
-            best = smaller.chosen
-    return best
 
 
 def full_batch_floor(request: PlanRequest, energy_model: EnergyModel) -> float | None:
@@ -235,13 +254,6 @@ def decide_budget(budget: BudgetIntent, memory: BudgetMemory, services: list[Ser
         reason = "WithinLimit" if within else "OverLimit"
         message = f"window average {acc.window_average_watts:.0f} W against {limit:.0f} W"
     return BudgetDecision(acc, tuple(allocations), round(projected, 1), within, reason, message)
-
-
-def allocation_changed(before: float | None, after: float | None) -> bool:
-    """Whether a service's share moved enough to re-plan it now (more than 1 W and 1%)."""
-    if before is None or after is None:
-        return before != after
-    return abs(before - after) > max(1.0, 0.01 * max(before, after))
 
 
 @dataclass(frozen=True)

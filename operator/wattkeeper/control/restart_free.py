@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..planner import Candidate
-from .budget import allocation_changed
-from .planning import significant
+from .planning import allocation_changed, significant
 from .switching import CAPACITY_MARGIN, CAPACITY_STEP, configuration_key
 from .types import Memory, Plan, RecentConfiguration
 

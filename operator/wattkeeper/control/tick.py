@@ -20,7 +20,17 @@ from ..energy.types import ServingConfig, Workload
 from ..planner import Candidate, PlanRequest, PlanResult, SwitchDecision, model_load_seconds, plan, should_switch
 from .corrections import latency_correction, power_correction
 from .load import estimate_load, offered_rate
-from .planning import evaluate, evaluate_in, plan_of, plan_request, restricted, significant, surge_fits
+from .planning import (
+    evaluate,
+    evaluate_in,
+    plan_of,
+    plan_request,
+    planned_watts,
+    restricted,
+    scored,
+    significant,
+    surge_fits,
+)
 from .restart_free import (
     blocked,
     capacity_ratio,
@@ -239,17 +249,6 @@ def learned(memory: Memory, config: ServingConfig, ttft: float, itl: float) -> t
     return (*kept, ConfigMargin(key, ttft, itl))[-MARGINS_KEPT:]
 
 
-# Below this ITL SLO the plans keep every full-chunk step within it (PlanRequest.chunk_budget_within_itl).
-TIGHT_ITL_SECONDS = 0.05
-# Plans aim this far under an allocation: the power correction moves by a few percent when a new configuration
-# is first measured, and a plan right at the allocation is then cut again (a restart per swing).
-POWER_HEADROOM = 0.04
-
-
-def planned_watts(allocation_watts: float | None) -> float | None:
-    return allocation_watts * (1.0 - POWER_HEADROOM) if allocation_watts is not None else None
-
-
 def tick_request(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocation_watts: float | None,
                  only: Plan | None = None, margin: tuple[float, float] = (1.0, 1.0)) -> PlanRequest:
     """The planner's question this tick: the load, the corrections, the allocation. Every plan of a tick (the
@@ -265,25 +264,7 @@ def tick_request(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocat
     corrections = (memory.ttft_correction, memory.itl_correction) if not queued else (1.0, 1.0)
     request = plan_request(inputs.intent, load.workload, planned_watts(allocation_watts), memory.power_correction,
                            corrections, only=only)
-    if not queued:
-        return request
-    b = load.bursts
-    return replace(
-        request,
-        latency_model="queued",
-        slo_basis="requests",
-        request_share=tuning.request_share,
-        # The chunk-budget rule (every full-chunk step within the ITL SLO) only for tight ITL SLOs: what is scored
-        # is a request's mean ITL, which the queued model judges, and at 100 ms the rule cost 1.7-2.4x the energy
-        # on the benchmark (conversation x1, x4) for no share within both; at 30 ms (8B, tests/unit/test_bench.py)
-        # a few long steps already break a request's mean, and the model's per-request mean ITL is optimistic.
-        chunk_budget_within_itl=inputs.intent.slo_itl_p95_seconds < TIGHT_ITL_SECONDS,
-        tokens=b.tokens if b is not None else None,
-        rate_levels=b.rate_levels if b is not None else ((1.0, 1.0),),
-        arrival_dispersion=b.arrival_dispersion if b is not None else 1.0,
-        ttft_margin=margin[0],
-        itl_margin=margin[1],
-    )
+    return scored(request, inputs.intent, tuning, load.bursts, margin)
 
 
 def propose(inputs: TickInputs, memory: Memory, load: LoadEstimate,

@@ -21,14 +21,15 @@ from wattkeeper.control.budget import (
     BudgetIntent,
     BudgetMemory,
     ServiceLoad,
-    allocation_changed,
     decide_budget,
 )
+from wattkeeper.control.planning import allocation_changed
 from wattkeeper.energy.types import Workload
 from wattkeeper.telemetry import TelemetryUnavailable
 from wattkeeper.telemetry.batch import observe_many
 
 from .conditions import set_condition
+from .decide import memory_from_status
 from .planning import intent_from_service
 from .services import DeferredEvents, Dependencies, reconcile_service, services_selected
 from .snapshot import Snapshot
@@ -99,9 +100,12 @@ def service_load(service: LLMService, status: dict[str, Any]) -> ServiceLoad:
         input_tokens=float(plan_status.get("plannedInputTokens") or service.spec.workload.input_tokens),
         output_tokens=float(plan_status.get("plannedOutputTokens") or service.spec.workload.output_tokens),
     )
+    intent = intent_from_service(service)
     return ServiceLoad(name=service.metadata.name, priority=service.spec.priority,
-                       intent=intent_from_service(service), load=load,
-                       power_correction=float(observed.get("powerCorrection") or 1.0))
+                       intent=intent, load=load,
+                       power_correction=float(observed.get("powerCorrection") or 1.0),
+                       # Its learned latency margins: the budget prices its demand as its tick plans.
+                       margins=memory_from_status(status, intent.default_workload).margins)
 
 
 def service_loads(raws: list[dict[str, Any]]) -> list[ServiceLoad]:
