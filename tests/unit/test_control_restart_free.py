@@ -314,3 +314,26 @@ def test_a_return_after_the_load_moved_only_into_a_plan_that_meets_the_slo(
     assert tick.cause == cause, tick.reason
     into_tp4 = tick.apply is not None and configuration_key(tick.apply.config) == "bf16 tp4"
     assert into_tp4 == returns, tick.reason
+
+
+def test_a_measured_miss_at_most_doubles_the_gpus_in_one_tick() -> None:
+    """conv-x4 (issue 11): a miss measured after the cold start, at a burst three times the planned rate, sized
+    tp4 x3 (12 GPUs) into tp8 x6 (48) where the verified oracle keeps 99% on 16. Reacting to a measurement, a tick
+    grows the fleet by at most `SCALE_UP_STEP` in GPUs; without telemetry, or with an enforced allocation, it does
+    not limit the plan."""
+    from wattkeeper.control.tick import SCALE_UP_STEP
+
+    running = Plan(ServingConfig("bf16", 4, 512, 8192), 1)
+    heavy = Workload(LOAD.requests_per_second * 12, LOAD.input_tokens, LOAD.output_tokens)
+    signals = Signals(window_seconds=60.0, watts=2000.0, finished_requests_per_second=heavy.requests_per_second,
+                      waiting_requests=40.0, mean_input_tokens=heavy.input_tokens,
+                      mean_output_tokens=heavy.output_tokens, ttft_p95_seconds=9.0, itl_p95_seconds=0.3)
+    fleet = FleetState(exists=True, replicas=1, ready_replicas=1)
+    memory = Memory(running=running, last_applied_s=0.0, planned_load=LOAD)
+    measured = decide_tick(TickInputs(INTENT, memory, signals, fleet, now_s=10_000.0), EM)
+    assert measured.apply is not None, measured.reason
+    assert measured.apply.replicas * measured.apply.config.tensor_parallel <= SCALE_UP_STEP * 4, measured.reason
+    by_prediction = decide_tick(TickInputs(replace(INTENT, default_workload=heavy),
+                                           replace(memory, planned_load=heavy), None, fleet, now_s=10_000.0), EM)
+    assert by_prediction.proposed is not None
+    assert by_prediction.proposed.replicas * by_prediction.proposed.config.tensor_parallel > SCALE_UP_STEP * 4

@@ -488,6 +488,54 @@ def remember_applied(memory: Memory, applied: Plan, load: LoadEstimate, now_s: f
     return replace(memory, running=applied, last_applied_s=now_s, planned_load=planned)
 
 
+# A tick grows a running fleet by at most this factor in GPUs (the HPA's default scale-up policy also at most
+# doubles a workload per period): a miss measured right after a cold start or a burst teaches a margin and a peak
+# that are partly the backlog's, and sized at once they bought 4x the GPUs the verified oracle runs (the
+# benchmark's conversation x4 trace: tp4 x3 -> tp8 x6, 48 GPUs, where 16 keep 99%). The next tick may double
+# again once this one has settled.
+SCALE_UP_STEP = 2
+
+
+def step_gpus(inputs: TickInputs, memory: Memory) -> int | None:
+    """The most GPUs this tick may grow the running fleet to (`SCALE_UP_STEP` times the running plan's), or None
+    where it may plan freely. Only a reaction to measurements is limited: not with nothing running, a new spec
+    (that plans afresh), no telemetry (the plan by prediction), or an enforced allocation (the allocation bounds
+    the move, and a budget raised after a cut restores the plan at once)."""
+    running = memory.running
+    if running is None or not inputs.fleet.exists or inputs.spec_changed or inputs.signals is None \
+            or inputs.allocation_watts is not None or inputs.intent.pinned is not None:
+        return None
+    step = SCALE_UP_STEP * running.replicas * running.config.tensor_parallel
+    ceiling = inputs.intent.max_gpus
+    return None if ceiling is not None and ceiling <= step else step
+
+
+def within_step(inputs: TickInputs, memory: Memory, load: LoadEstimate, energy_model: EnergyModel,
+                found: tuple[Plan, Candidate | None, PlanResult | None],
+                avoid: frozenset[str] = frozenset()) -> tuple[Plan, Candidate | None, PlanResult | None]:
+    """`found` where it stays within the step (`step_gpus`); else the best plan within it, or, where nothing
+    within it carries the load, the running configuration at the step's replicas: the most capacity it may add
+    without a restart."""
+    proposed = found[0]
+    limit = step_gpus(inputs, memory)
+    if limit is None or proposed.replicas * proposed.config.tensor_parallel <= limit:
+        return found
+    limited = replace(inputs, intent=replace(inputs.intent, max_gpus=limit))
+    only = memory.running if not inputs.intent.allow_disruptive else None
+    other = search(limited, memory, load, inputs.allocation_watts, energy_model, avoid=avoid, only=only)
+    note = (f" Limited to {limit} GPUs this tick ({SCALE_UP_STEP}x the running plan's): a measured miss grows the "
+            f"fleet a step at a time.")
+    if other[0] is not None and other[2] is not None:
+        return other[0], other[1], replace(other[2], reason=other[2].reason + note)
+    running = memory.running
+    assert running is not None
+    stepped = Plan(running.config, max(running.replicas, limit // running.config.tensor_parallel))
+    request = tick_request(inputs, memory, load, None, margin=margin_of(memory, running.config, inputs.tuning))
+    result = found[2]
+    return stepped, evaluate_in(request, stepped, energy_model), \
+        replace(result, reason=result.reason + note) if result is not None else None
+
+
 def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
     """The decision of one tick. Pure: the same inputs give the same decision."""
     load = estimate_load(inputs.intent, inputs.memory, inputs.signals, inputs.now_s)
@@ -500,6 +548,7 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
         return TickDecision("Rejected", "no-plan", reason, None, None, None, result, load, memory,
                             surge=True)
     running = memory.running
+    avoided: frozenset[str] = frozenset()
     if running is not None and inputs.fleet.exists and not inputs.spec_changed and inputs.intent.allow_disruptive \
             and restarts(running, proposed) and recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts,
                                                              load.workload.requests_per_second):
@@ -510,9 +559,14 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
                                                       avoid=frozenset(avoid))
         if other is not None:
             proposed, candidate, result = other, other_candidate, other_result
+            avoided = frozenset(avoid)
+    proposed, candidate, result = within_step(inputs, memory, load, energy_model, (proposed, candidate, result),
+                                              avoided)
     in_place: Candidate | None = None
     if running is not None and inputs.fleet.exists and proposed != running and restarts(running, proposed):
-        in_place = rescale(inputs, memory, load, energy_model)
+        limit = step_gpus(inputs, memory)
+        in_place = rescale(inputs if limit is None else replace(inputs, intent=replace(inputs.intent, max_gpus=limit)),
+                           memory, load, energy_model)
     verdict = switching_rule(facts(inputs, memory, load, proposed, candidate, result, energy_model, in_place))
     before = memory
     if in_place is not None and verdict.apply == plan_of(in_place) and verdict.cause != "drift":
