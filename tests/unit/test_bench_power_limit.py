@@ -148,7 +148,9 @@ def test_cli_lever_flags() -> None:
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())
     args = parser.parse_args(["bench", "standard", "--out", "x"])
-    assert (args.power_limits, args.no_cap_power_limits) == (False, False)
+    assert (args.power_limits, args.no_plain_power_limits, args.no_cap_power_limits) == (False, False, False)
+    args = parser.parse_args(["bench", "standard", "--out", "x", "--no-plain-power-limits"])
+    assert args.no_plain_power_limits
     args = parser.parse_args(["bench", "standard", "--out", "x", "--power-limits", "--no-cap-power-limits"])
     assert (args.power_limits, args.no_cap_power_limits) == (True, True)
     args = parser.parse_args(["bench", "trace", "--model", "m", "--slo-ttft-p95", "2", "--slo-itl-p95", "0.1",

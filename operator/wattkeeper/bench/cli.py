@@ -62,6 +62,9 @@ def register(subparsers: Any) -> None:
     s.add_argument("--workloads", default=None, help="only these workloads (default: all five)")
     s.add_argument("--policies", default=",".join(POLICY_NAMES))
     s.add_argument("--no-cap", action="store_true", help="skip the capped scenarios")
+    s.add_argument("--no-plain-power-limits", action="store_true",
+                   help="no GPU power limits for Wattkeeper in the plain scenarios (default: it may set them, as "
+                   "oracle-verified does everywhere; the operator with its node agent, --power-limits)")
     s.add_argument("--no-cap-power-limits", action="store_true",
                    help="no GPU power limits for Wattkeeper in the capped scenarios either (default: it may set "
                    "them there, as the oracle that sets the cap does)")
@@ -180,7 +183,8 @@ def _standard_command(args: argparse.Namespace) -> int:
         STANDARD_SLO_TTFT_S,
         STANDARD_SLO_ITL_S,
         allowed_precisions=_precisions(args.precisions),
-        power_limits=args.power_limits,
+        # The same levers as the oracle it is compared with: a gap to oracle-verified is then the control loop's.
+        power_limits=args.power_limits or not args.no_plain_power_limits,
     )
     seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
     wanted = _precisions(args.workloads) if args.workloads else None

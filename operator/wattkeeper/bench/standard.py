@@ -7,9 +7,9 @@ Workloads (`workloads.py`), each over ground-truth seeds 1 and 2, each plain and
 Every trace is cut to its first `DURATION_S` seconds to keep the whole run within minutes on two cores. The cap is
 `CAP_OVER_ORACLE` above the verified oracle's highest 5-minute power in the plain run (a cap the bound itself
 keeps); the cap-blind baselines and the oracle are the plain run's, only Wattkeeper runs again under the cap.
-Under the cap Wattkeeper may set GPU power limits by default (`cap_power_limits`): the oracle whose power sets the
-cap uses that lever, and so does the operator under a budget when its node agent runs (--power-limits, issue 13);
-the plain runs keep the operator's default (no limits) unless the spec says otherwise.
+Wattkeeper may set GPU power limits by default, plain (the command's spec) and under the cap
+(`cap_power_limits`): oracle-verified uses that lever everywhere, and so does the operator when its node agent runs
+(--power-limits, issue 13), so a gap to the oracle is the control loop's and not a lever it was denied.
 
 The table goes into bench/README.md between `BEGIN`/`END` markers, rewritten by each run (`rewrite_readme`).
 """
@@ -230,4 +230,4 @@ def _lever_note(lever: dict[str, bool]) -> str:
     where = [name for name, key in (("plain", "plain"), ("capped (-cap)", "capped")) if lever.get(key)]
     runs = " and ".join(where) + " scenarios" if where else "no scenario"
     return (f"GPU power limits (default or 70% of it, set in place): oracle-verified everywhere; wattkeeper in "
-            f"{runs} (`--power-limits`, `--no-cap-power-limits`).")
+            f"{runs} (`--no-plain-power-limits`, `--no-cap-power-limits`).")
