@@ -177,6 +177,7 @@ def signals_from_observation(obs: ServiceObservation | None, window_seconds: flo
         waiting_requests=obs.waiting_requests, running_requests=obs.running_requests,
         mean_input_tokens=obs.mean_input_tokens, mean_output_tokens=obs.mean_output_tokens,
         ttft_p95_seconds=obs.ttft_p95_seconds, itl_p95_seconds=obs.itl_p95_seconds,
+        request_itl_p95_seconds=obs.request_itl_p95_seconds,
         burst_requests_per_second=obs.burst_requests_per_second,
     )
 
