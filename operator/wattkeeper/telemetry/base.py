@@ -25,7 +25,7 @@ class ServiceObservation:
     ttft_p95_seconds: float | None = None
     itl_p95_seconds: float | None = None  # over token gaps (vllm:inter_token_latency_seconds)
     # Over finished requests: the p95 of each one's mean inter-token latency
-    # (vllm:request_time_per_output_token_seconds); None where vLLM exports no such histogram (before 0.11).
+    # (vllm:request_time_per_output_token_seconds); None where vLLM exports no such histogram (an older vLLM).
     request_itl_p95_seconds: float | None = None
     running_requests: float | None = None
     waiting_requests: float | None = None
