@@ -45,6 +45,16 @@ def build_1_2_5_buckets(max_value: int) -> list[float]:
         exponent += 1
 
 
+def mean_itl_seconds(request: EngineRequest) -> float:
+    """A finished request's mean inter-token latency as vLLM computes mean_time_per_output_token (0.11.1
+    v1/metrics/stats.py:331-342): first to last token over the tokens after the first (the prefill's token is not
+    counted); 0 with fewer than two tokens, an abort before any included. vLLM observes it for every finished
+    request (loggers.py:1080)."""
+    if request.output_tokens < 2 or request.first_token_s is None or request.last_token_s is None:
+        return 0.0
+    return (request.last_token_s - request.first_token_s) / (request.output_tokens - 1)
+
+
 class VllmMetrics:
     """The vLLM metrics of one simulated engine, in their own registry (several simulators may share a process)."""
 
@@ -109,6 +119,13 @@ class VllmMetrics:
         self.itl = histogram(
             "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", _ITL_BUCKETS
         ).labels(*labels)
+        # Once per finished request, its mean ITL (vLLM 0.11.1 v1/metrics/loggers.py:802-830; same buckets as
+        # inter_token_latency).
+        self.request_itl = histogram(
+            "vllm:request_time_per_output_token_seconds",
+            "Histogram of time_per_output_token_seconds per request.",
+            _ITL_BUCKETS,
+        ).labels(*labels)
         self.e2e = histogram(
             "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", _REQUEST_LATENCY_BUCKETS
         ).labels(*labels)
@@ -153,6 +170,7 @@ class VllmMetrics:
         self.max_tokens_param.observe(request.max_output_tokens)
         end = request.finished_s if request.finished_s is not None else request.arrival_s
         self.e2e.observe(end - request.arrival_s)
+        self.request_itl.observe(mean_itl_seconds(request))
         if request.scheduled_s is not None:
             self.queue_time.observe(request.scheduled_s - request.arrival_s)
             self.inference_time.observe(end - request.scheduled_s)

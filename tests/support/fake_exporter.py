@@ -23,6 +23,9 @@ class ServiceLoad:
     prompt_tokens_per_request: float = 1024.0
     ttft_p95_seconds: float = 0.2
     itl_p95_seconds: float = 0.02
+    # p95 of requests' mean ITL (vllm:request_time_per_output_token_seconds); None: the same as itl_p95_seconds,
+    # so a test that sets a slow ITL sees it on both histograms.
+    request_itl_p95_seconds: float | None = None
     running: float = 0.0
     waiting: float = 0.0
     silent: bool = False  # serve nothing: telemetry gone
@@ -111,8 +114,10 @@ class FakeFleetExporter:
             f"vllm:num_requests_waiting{{{vl}}} {load.waiting / n}",
         ]
         # Histograms whose p95 lands near the set value: every observation in the bucket ending at it.
+        request_itl = load.itl_p95_seconds if load.request_itl_p95_seconds is None else load.request_itl_p95_seconds
         for name, value, count in (("vllm:time_to_first_token_seconds", load.ttft_p95_seconds, c.requests),
-                                   ("vllm:inter_token_latency_seconds", load.itl_p95_seconds, c.tokens)):
+                                   ("vllm:inter_token_latency_seconds", load.itl_p95_seconds, c.tokens),
+                                   ("vllm:request_time_per_output_token_seconds", request_itl, c.requests)):
             for le, share in ((value * 0.5, 0.0), (value, 1.0), (value * 2, 1.0), (float("inf"), 1.0)):
                 le_text = "+Inf" if le == float("inf") else f"{le:g}"
                 out.append(f'{name}_bucket{{le="{le_text}",{vl}}} {count * share}')

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 from urllib3.exceptions import MaxRetryError
 from wattkeeper.api import LLMService, ServingConfigSpec
@@ -152,6 +153,13 @@ def test_telemetry_is_one_query_per_metric_for_all_services() -> None:
         "generation_tokens": [_series("a", "llama-8b-5f6d7-abcde", 100)],
         "time_to_first_token": [_series("a", "llama-8b-5f6d7-abcde", 1.0, le="0.1"),
                                 _series("a", "llama-8b-5f6d7-abcde", 2.0, le="+Inf")],
+        # Two pods of one service, summed per bucket before the quantile; big-model's vLLM exports none.
+        "request_time_per_output_token": [_series("a", "llama-8b-5f6d7-abcde", 10.0, le="0.05"),
+                                          _series("a", "llama-8b-5f6d7-abcde", 20.0, le="0.1"),
+                                          _series("a", "llama-8b-5f6d7-abcde", 20.0, le="+Inf"),
+                                          _series("a", "llama-8b-5f6d7-xyz12", 0.0, le="0.05"),
+                                          _series("a", "llama-8b-5f6d7-xyz12", 20.0, le="0.1"),
+                                          _series("a", "llama-8b-5f6d7-xyz12", 20.0, le="+Inf")],
         "quantile_over_time": [{"metric": {"namespace": "a", "service": "llama-8b"}, "value": [0, "7.5"]}],
     })
     keys = [("a", "llama-8b"), ("b", "big-model"), ("a", "silent")]
@@ -161,12 +169,32 @@ def test_telemetry_is_one_query_per_metric_for_all_services() -> None:
     assert a.watts == 610 and a.power_source == "dcgm-power" and a.output_tokens_per_second == 100
     assert a.ttft_p95_seconds == 0.1  # in the +Inf bucket: its lower bound, as histogram_quantile says
     assert a.burst_requests_per_second == 7.5  # the service's p95 of 30-s rates (issue 11 item 1)
+    # 40 requests, 10 within 50 ms: the 38th lies 28/30 of the way through (0.05, 0.1].
+    assert a.request_itl_p95_seconds == pytest.approx(0.05 + 0.05 * 28 / 30)
+    assert a.itl_p95_seconds is None  # no token-gap series answered: None, not an error
     b = out[("b", "big-model")]
     assert not isinstance(b, TelemetryUnavailable) and b.watts == 1200
+    assert b.request_itl_p95_seconds is None  # an older vLLM exports no per-request mean ITL
     assert isinstance(out[("a", "silent")], TelemetryUnavailable)
-    assert len(queries) == 4 + 5 + 2 + 1 + 1  # per metric, not per service
+    assert len(queries) == 4 + 5 + 3 + 1 + 1  # per metric, not per service
     assert all("by (namespace, pod" in q or "by (namespace, service)" in q for q in queries)
     assert service_of_pod("llama-8b-5f6d7-abcde") == "llama-8b" and service_of_pod("stray") is None
+
+
+def test_one_service_reads_the_p95_of_requests_mean_itl_and_none_where_absent() -> None:
+    power = [{"metric": {}, "value": [0, "400"]}]
+    source, queries = _prometheus({"DCGM_FI_DEV_POWER_USAGE": power,
+                                   "request_time_per_output_token": [{"metric": {}, "value": [0, "0.042"]}]})
+    obs = source.observe_service("a", "llama-8b", 60)
+    assert obs.request_itl_p95_seconds == 0.042 and obs.itl_p95_seconds is None
+    asked = next(q for q in queries if "request_time_per_output_token" in q)
+    assert asked.startswith("histogram_quantile(0.95, sum by (le) (rate(vllm:request_time_per_output_token_seconds_bucket{")
+    assert 'pod=~"llama-8b-[a-z0-9]+-[a-z0-9]+"' in asked and "[60s]" in asked
+    older, _ = _prometheus({"DCGM_FI_DEV_POWER_USAGE": power})  # vLLM before 0.11: no such histogram
+    assert older.observe_service("a", "llama-8b", 60).request_itl_p95_seconds is None
+    nan, _ = _prometheus({"DCGM_FI_DEV_POWER_USAGE": power,  # no request finished in the window
+                          "request_time_per_output_token": [{"metric": {}, "value": [0, "NaN"]}]})
+    assert nan.observe_service("a", "llama-8b", 60).request_itl_p95_seconds is None
 
 
 def test_prometheus_down_is_silence_for_every_service() -> None:

@@ -9,8 +9,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import generate_latest
+from wattkeeper_runtime.engine import EngineRequest
 from wattkeeper_runtime.loadgen import Endpoint, TraceRequest, replay
 from wattkeeper_runtime.sim import SimServer, params_from_name, parse_sim_args, precision_of
+from wattkeeper_runtime.simmetrics import VllmMetrics, mean_itl_seconds
 from wattkeeper_runtime.timing import LinearStubTiming
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -129,6 +132,7 @@ def test_metrics_names_and_labels() -> None:
             "vllm:time_to_first_token_seconds_bucket",
             "vllm:inter_token_latency_seconds_bucket",
             "vllm:time_per_output_token_seconds_bucket",
+            "vllm:request_time_per_output_token_seconds_bucket",
             "vllm:e2e_request_latency_seconds_count",
             "vllm:request_queue_time_seconds_sum",
             "DCGM_FI_DEV_POWER_USAGE",
@@ -141,6 +145,15 @@ def test_metrics_names_and_labels() -> None:
         assert 'vllm:prompt_tokens_total{engine="0",model_name="m"} 800.0' in text
         assert 'vllm:request_success_total{engine="0",finished_reason="length",model_name="m"} 4.0' in text
         assert 'vllm:time_to_first_token_seconds_count{engine="0",model_name="m"} 4.0' in text
+        # Once per finished request (vLLM 0.11.1 loggers.py:1080), with the request's mean ITL.
+        assert 'vllm:request_time_per_output_token_seconds_count{engine="0",model_name="m"} 4.0' in text
+        # Each request's 9 gaps after its first token, averaged: 9x the sum of the means is the sum of the gaps.
+        def total(name: str) -> float:
+            return float(samples[name][0].rsplit(" ", 1)[1])
+
+        request_itl_sum = total("vllm:request_time_per_output_token_seconds_sum")
+        assert request_itl_sum > 0
+        assert 9 * request_itl_sum == pytest.approx(total("vllm:inter_token_latency_seconds_sum"))
         assert "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter" in text
         power = samples["DCGM_FI_DEV_POWER_USAGE"]
         assert len(power) == 2  # one series per GPU of the TP group
@@ -184,3 +197,27 @@ def test_power_limit_changes_in_place_within_the_cards_range() -> None:
             assert (await client.put("/wattkeeper/gpu-power-limit", json={"watts": "lots"})).status == 400
 
     asyncio.run(main())
+
+
+def test_each_finished_request_is_observed_once_with_its_mean_itl() -> None:
+    metrics = VllmMetrics("m", 4096)
+    # 11 tokens, the first at 2 s and the last at 3 s: 10 gaps after the first token (vLLM stats.py:331-342).
+    long = EngineRequest("a", 100, 11, output_tokens=11, first_token_s=2.0, last_token_s=3.0, finished_s=3.0)
+    one = EngineRequest("b", 100, 1, output_tokens=1, first_token_s=2.0, last_token_s=2.0, finished_s=2.0)
+    unstarted = EngineRequest("c", 100, 50, finished_s=4.0)  # aborted while queued
+    assert mean_itl_seconds(long) == pytest.approx(0.1)
+    assert mean_itl_seconds(one) == 0.0 and mean_itl_seconds(unstarted) == 0.0  # vLLM observes 0 then
+    metrics.record_finished(long, "length")
+    metrics.record_finished(one, "stop")
+    metrics.record_finished(unstarted, "abort")
+    text = generate_latest(metrics.registry).decode()
+    series = 'engine="0",model_name="m"'
+    assert "# HELP vllm:request_time_per_output_token_seconds Histogram of time_per_output_token_seconds per request." in text
+    assert f"vllm:request_time_per_output_token_seconds_count{{{series}}} 3.0" in text
+    assert 'vllm:request_time_per_output_token_seconds_bucket{engine="0",le="0.01",model_name="m"} 2.0' in text
+    assert 'vllm:request_time_per_output_token_seconds_bucket{engine="0",le="0.1",model_name="m"} 3.0' in text
+    bounds = [line.split('le="', 1)[1].split('"', 1)[0] for line in text.splitlines()
+              if line.startswith("vllm:request_time_per_output_token_seconds_bucket")]
+    # vLLM 0.11.1 v1/metrics/loggers.py:802-830.
+    assert bounds == ["0.01", "0.025", "0.05", "0.075", "0.1", "0.15", "0.2", "0.3", "0.4", "0.5", "0.75", "1.0",
+                      "2.5", "5.0", "7.5", "10.0", "20.0", "40.0", "80.0", "+Inf"]

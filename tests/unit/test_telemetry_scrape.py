@@ -1,11 +1,17 @@
-"""Scrape mode's pure parts: the GPU exporters by node, and a pod's power out of an exporter's exposition."""
+"""Scrape mode: the GPU exporters by node, a pod's power out of an exporter's exposition, and the latency
+histograms differenced between scrapes of the simulator's /metrics."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import httpx
+import pytest
+from prometheus_client import generate_latest
 from wattkeeper.telemetry.promql import pod_series, service_total
-from wattkeeper.telemetry.scrape import exporter_urls_by_node, pod_power
+from wattkeeper.telemetry.scrape import DirectScrapeSource, exporter_urls_by_node, pod_power
+from wattkeeper_runtime.engine import EngineRequest
+from wattkeeper_runtime.simmetrics import VllmMetrics
 
 EXPOSITION = """# TYPE DCGM_FI_DEV_POWER_USAGE gauge
 DCGM_FI_DEV_POWER_USAGE{gpu="0",UUID="GPU-a",namespace="team-a",pod="llama-1",container="vllm"} 400
@@ -52,3 +58,45 @@ def test_promql_reads_both_label_conventions() -> None:
     some = pod_series("M{{{sel}}}", namespace_regex="a|b")
     assert 'M{namespace=~"a|b",pod!="",exported_pod=""}' in some and 'M{exported_namespace=~"a|b",exported_pod!=""}' in some
     assert service_total("M{{{sel}}}", "ns", "p", 1e-3).endswith(" * 0.001")
+
+
+def _vllm_exposition(mean_itls_s: list[float]) -> str:
+    """The simulator's vLLM metrics after requests finished with the given mean ITLs (10 tokens each), plus power."""
+    metrics = VllmMetrics("m", 4096)
+    for i, itl in enumerate(mean_itls_s):
+        request = EngineRequest(f"r{i}", 100, 10, output_tokens=10, first_token_s=1.0, last_token_s=1.0 + 9 * itl)
+        request.finished_s = request.last_token_s
+        metrics.record_finished(request, "stop")
+    text = generate_latest(metrics.registry).decode()
+    return text + '# TYPE DCGM_FI_DEV_POWER_USAGE gauge\nDCGM_FI_DEV_POWER_USAGE{gpu="0"} 350\n'
+
+
+class _Pods:
+    """Each pod's /metrics as the test sets it; a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.text: dict[str, str] = {}
+        self.now = 0.0
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=self.text[request.url.host])
+
+
+def test_scrape_reads_the_p95_of_requests_mean_itl_from_the_deltas_and_none_where_absent() -> None:
+    pods = _Pods()
+    source = DirectScrapeSource(lambda ns, svc: [(f"{svc}-1-a", f"http://{svc}/metrics")],
+                                client=httpx.Client(transport=httpx.MockTransport(pods.handler)),
+                                clock=lambda: pods.now)
+    before = [0.5] * 20  # slow, but before the window: differenced away
+    pods.text["new"] = _vllm_exposition(before)
+    pods.text["old"] = '# TYPE DCGM_FI_DEV_POWER_USAGE gauge\nDCGM_FI_DEV_POWER_USAGE{gpu="0"} 350\n'
+    assert source.observe_service("ns", "new", 10).request_itl_p95_seconds is None  # first scrape: no deltas
+    pods.now = 10.0
+    pods.text["new"] = _vllm_exposition(before + [0.02] * 19 + [0.3])
+    obs = source.observe_service("ns", "new", 10)
+    # 20 new requests, 19 in (0.01, 0.025] and 1 in (0.2, 0.3]: the 19th lies at the top of the first.
+    assert obs.request_itl_p95_seconds == pytest.approx(0.025)
+    source.observe_service("ns", "old", 10)
+    pods.now = 20.0
+    old = source.observe_service("ns", "old", 10)  # a vLLM without the histogram
+    assert old.watts == 350 and old.request_itl_p95_seconds is None

@@ -453,6 +453,11 @@ class ObservedFigures(StatusModel):
     requests_per_second: float | None = Field(default=None, description="Measured finished requests per second.")
     ttft_p95_seconds: float | None = Field(default=None, description="Measured time to first token, p95, s.")
     itl_p95_seconds: float | None = Field(default=None, description="Measured inter-token latency, p95, s.")
+    request_itl_p95_seconds: float | None = Field(
+        default=None,
+        description="Measured p95 over finished requests of each one's mean inter-token latency, s "
+        "(vllm:request_time_per_output_token_seconds; absent where vLLM exports no such histogram).",
+    )
     running_requests: float | None = Field(default=None, description="Requests in the running batch, all replicas.")
     waiting_requests: float | None = Field(default=None, description="Requests queued, all replicas.")
     power_correction: float | None = Field(default=None, description="Measured over predicted power, smoothed.")

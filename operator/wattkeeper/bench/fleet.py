@@ -78,6 +78,9 @@ class Observation:
     finished_requests_per_second: float = 0.0
     mean_waiting_requests: float = 0.0
     mean_running_requests: float = 0.0
+    # The p95 over requests finished in the window of each one's mean ITL, as vLLM's
+    # vllm:request_time_per_output_token_seconds shows it (Signals.request_itl_p95_seconds).
+    request_itl_p95_seconds: float | None = None
 
     @property
     def settled(self) -> bool:
@@ -184,6 +187,7 @@ class _Window:
     """Per-sample buffers of what telemetry would have seen, kept for the trailing window."""
 
     ttft: list[float] = field(default_factory=list)
+    mean_itl: list[float] = field(default_factory=list)  # per finished request, as `FleetRun.mean_itl_s`
     itl_values: list[float] = field(default_factory=list)
     itl_counts: list[int] = field(default_factory=list)
     completed: int = 0
@@ -299,6 +303,7 @@ class FleetSimulator:
                     ttft[i] = first - req.arrival_s
                     mean_itl[i] = (res.end_s - first) / (req.output_tokens - 1) if req.output_tokens > 1 else 0.0
                     current.ttft.append(ttft[i])
+                    current.mean_itl.append(mean_itl[i])
                     current.completed += 1
                     current.completed_output_tokens += req.output_tokens
                     r.outstanding -= 1
@@ -540,6 +545,7 @@ class FleetSimulator:
         completed = sum(w.completed for w in window)
         out_tokens = sum(w.completed_output_tokens for w in window)
         ttfts = [x for w in window for x in w.ttft]
+        mean_itls = [x for w in window for x in w.mean_itl]
         itl_v = [x for w in window for x in w.itl_values]
         itl_c = [c for w in window for c in w.itl_counts]
         end = len(energy_samples) - 1 - lag_len
@@ -564,6 +570,7 @@ class FleetSimulator:
             finished_requests_per_second=completed / span_s if span_s > 0 else 0.0,
             mean_waiting_requests=float(np.mean([w.waiting_total for w in window])) if window else 0.0,
             mean_running_requests=float(np.mean([w.active_total - w.waiting_total for w in window])) if window else 0.0,
+            request_itl_p95_seconds=float(np.percentile(mean_itls, 95)) if mean_itls else None,
         )
 
 

@@ -43,6 +43,7 @@ def signals_of(obs: Observation, trace: Trace | None = None, lag_s: float = 0.0,
         mean_output_tokens=obs.mean_output_tokens,
         ttft_p95_seconds=obs.ttft_p95_seconds,
         itl_p95_seconds=obs.itl_p95_seconds,
+        request_itl_p95_seconds=obs.request_itl_p95_seconds,
     )
     if trace is None:
         return signals

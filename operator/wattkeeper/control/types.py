@@ -65,7 +65,12 @@ class Signals:
     mean_input_tokens: float | None = None
     mean_output_tokens: float | None = None
     ttft_p95_seconds: float | None = None
-    itl_p95_seconds: float | None = None
+    itl_p95_seconds: float | None = None  # over token gaps (vllm:inter_token_latency_seconds)
+    # Over requests: the p95 of each finished request's mean inter-token latency
+    # (vllm:request_time_per_output_token_seconds, vLLM 0.11.1 v1/metrics/loggers.py:802, observed once per
+    # finished request with its mean_time_per_output_token at :1080). What a user feels and what the ITL SLO is
+    # scored on; a gap p95 jumps to the length of a chunk-carrying step as soon as 5% of gaps fall in one.
+    request_itl_p95_seconds: float | None = None
     # Bursts and token distributions (issue 11 item 1), where telemetry carries them; absent, the load planned for
     # is the stabilised window rate, as before. `arrival_counts`: requests per `arrival_resolution_seconds` bin
     # over the recent history, oldest first (a counter read at fine resolution); `burst_requests_per_second`: the

@@ -177,6 +177,7 @@ def signals_from_observation(obs: ServiceObservation | None, window_seconds: flo
         waiting_requests=obs.waiting_requests, running_requests=obs.running_requests,
         mean_input_tokens=obs.mean_input_tokens, mean_output_tokens=obs.mean_output_tokens,
         ttft_p95_seconds=obs.ttft_p95_seconds, itl_p95_seconds=obs.itl_p95_seconds,
+        request_itl_p95_seconds=obs.request_itl_p95_seconds,
         burst_requests_per_second=obs.burst_requests_per_second,
     )
 
@@ -275,7 +276,7 @@ def _append_decision(status: dict[str, Any], now: datetime, action: str, reason:
 # rewrote an idle service's status; the planner reads its corrections unsteadied, so this only quiets the display.
 STATUS_DEADBAND = 0.05
 MEASURED_KEYS = ("watts", "joulesPerToken", "tokensPerSecond", "requestsPerSecond", "ttftP95Seconds", "itlP95Seconds",
-                 "runningRequests", "waitingRequests")
+                 "requestItlP95Seconds", "runningRequests", "waitingRequests")
 
 
 def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorSettings) -> ServiceDecision:
@@ -378,6 +379,7 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
             "tokensPerSecond": significant(obs.output_tokens_per_second),
             "requestsPerSecond": significant(obs.requests_per_second),
             "ttftP95Seconds": significant(obs.ttft_p95_seconds), "itlP95Seconds": significant(obs.itl_p95_seconds),
+            "requestItlP95Seconds": significant(obs.request_itl_p95_seconds),
             "runningRequests": significant(obs.running_requests),
             "waitingRequests": significant(obs.waiting_requests),
             **remembered,

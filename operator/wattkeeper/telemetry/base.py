@@ -23,7 +23,10 @@ class ServiceObservation:
     requests_per_second: float | None = None
     prompt_tokens_per_second: float | None = None
     ttft_p95_seconds: float | None = None
-    itl_p95_seconds: float | None = None
+    itl_p95_seconds: float | None = None  # over token gaps (vllm:inter_token_latency_seconds)
+    # Over finished requests: the p95 of each one's mean inter-token latency
+    # (vllm:request_time_per_output_token_seconds); None where vLLM exports no such histogram (an older vLLM).
+    request_itl_p95_seconds: float | None = None
     running_requests: float | None = None
     waiting_requests: float | None = None
     pods_reporting: int = 0

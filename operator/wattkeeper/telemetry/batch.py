@@ -38,6 +38,10 @@ BUCKETS_BY_POD = {
     # vLLM 0.11 names it inter_token_latency; older releases time_per_output_token.
     "itl_p95_seconds": "sum by (namespace, pod, le) (rate(vllm:inter_token_latency_seconds_bucket{{{sel}}}[{w}]) "
     "or rate(vllm:time_per_output_token_seconds_bucket{{{sel}}}[{w}]))",
+    # Once per finished request, its mean ITL (prometheus.py LOAD_QUERIES "request_itl_p95_seconds"); no series
+    # (an older vLLM) leaves no buckets, hence None.
+    "request_itl_p95_seconds": "sum by (namespace, pod, le) "
+    "(rate(vllm:request_time_per_output_token_seconds_bucket{{{sel}}}[{w}]))",
 }
 PODS_BY_POD = "count by (namespace, pod) (vllm:num_requests_running{{{sel}}})"
 # Bursts per service (prometheus.py LOAD_QUERIES "burst_requests_per_second"): the quantile of the service's

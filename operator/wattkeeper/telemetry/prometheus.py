@@ -28,6 +28,10 @@ LOAD_QUERIES = {
     # vLLM 0.11 names it inter_token_latency; older releases time_per_output_token.
     "itl_p95_seconds": "histogram_quantile(0.95, sum by (le) (rate(vllm:inter_token_latency_seconds_bucket{{{sel}}}[{w}]) "
     "or rate(vllm:time_per_output_token_seconds_bucket{{{sel}}}[{w}])))",
+    # Once per finished request, its mean ITL (vLLM 0.11.1 v1/metrics/loggers.py:802, observed at :1080). An older
+    # vLLM has no such series: the empty result reads as None.
+    "request_itl_p95_seconds": "histogram_quantile(0.95, sum by (le) "
+    "(rate(vllm:request_time_per_output_token_seconds_bucket{{{sel}}}[{w}])))",
     "running_requests": "sum(avg_over_time(vllm:num_requests_running{{{sel}}}[{w}]))",
     "waiting_requests": "sum(avg_over_time(vllm:num_requests_waiting{{{sel}}}[{w}]))",
     # Bursts: the p95 of 30-s rates sampled every 10 s over 10 minutes (a subquery; Prometheus >= 2.7).

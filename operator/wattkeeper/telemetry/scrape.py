@@ -41,7 +41,12 @@ COUNTERS = {
 }
 POWER_GAUGES = ("DCGM_FI_DEV_POWER_USAGE", "wattkeeper_gpu_power_watts")
 POWER_COUNTERS = ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "wattkeeper_gpu_energy_joules_total")
-HISTOGRAMS = {"ttft": "vllm:time_to_first_token_seconds", "itl": "vllm:inter_token_latency_seconds"}
+HISTOGRAMS = {
+    "ttft": "vllm:time_to_first_token_seconds",
+    "itl": "vllm:inter_token_latency_seconds",
+    # Once per finished request, its mean ITL (vLLM 0.11.1 v1/metrics/loggers.py:802, observed at :1080).
+    "request_itl": "vllm:request_time_per_output_token_seconds",
+}
 
 
 def _canonical(name: str) -> str:
@@ -238,6 +243,7 @@ class DirectScrapeSource:
             requests_per_second=rates.get("vllm:request_success_total"),
             ttft_p95_seconds=quantile_from_buckets(0.95, deltas.get("ttft", {})),
             itl_p95_seconds=quantile_from_buckets(0.95, deltas.get("itl", {})),
+            request_itl_p95_seconds=quantile_from_buckets(0.95, deltas.get("request_itl", {})),
             running_requests=gauges.get("vllm:num_requests_running"),
             waiting_requests=gauges.get("vllm:num_requests_waiting"),
             pods_reporting=reporting,
