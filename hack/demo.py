@@ -303,7 +303,7 @@ class Demo:
         out: dict[str, Any] = {"from_s": round(start_s, 1), "to_s": round(end_s, 1),
                                "average_watts": round(watts, 1) if watts is not None else None}
         tokens_total = 0.0
-        counts = {"requests": 0.0, "ttft_ok": 0.0, "gaps": 0.0, "itl_ok": 0.0}
+        counts = {"requests": 0.0, "ttft_ok": 0.0, "finished": 0.0, "itl_ok": 0.0, "gaps": 0.0, "gaps_ok": 0.0}
         services: dict[str, Any] = {}
         for svc in self.services:
             name, slo = svc["metadata"]["name"], svc["spec"]["slo"]
@@ -317,8 +317,13 @@ class Demo:
             figures = {
                 "requests": increase("vllm:time_to_first_token_seconds_count"),
                 "ttft_ok": increase("vllm:time_to_first_token_seconds_bucket", f',le="{_le(slo["ttftP95Seconds"])}"'),
+                # ITL as it is scored: each finished request's mean (vllm:request_time_per_output_token_seconds);
+                # the token gaps' share beside it.
+                "finished": increase("vllm:request_time_per_output_token_seconds_count"),
+                "itl_ok": increase("vllm:request_time_per_output_token_seconds_bucket",
+                                   f',le="{_le(slo["itlP95Seconds"])}"'),
                 "gaps": increase("vllm:inter_token_latency_seconds_count"),
-                "itl_ok": increase("vllm:inter_token_latency_seconds_bucket", f',le="{_le(slo["itlP95Seconds"])}"'),
+                "gaps_ok": increase("vllm:inter_token_latency_seconds_bucket", f',le="{_le(slo["itlP95Seconds"])}"'),
             }
             for key, value in figures.items():
                 counts[key] += value
@@ -348,8 +353,8 @@ class Demo:
             rng = f"{int(end) + 30}s"
             total = self._prom(f"sum(increase(vllm:time_to_first_token_seconds_count{{{sel}}}[{rng}]))")
             ttft_ok = self._prom(f'sum(increase(vllm:time_to_first_token_seconds_bucket{{{sel},le="{_le(slo["ttftP95Seconds"])}"}}[{rng}]))')
-            itl_total = self._prom(f"sum(increase(vllm:inter_token_latency_seconds_count{{{sel}}}[{rng}]))")
-            itl_ok = self._prom(f'sum(increase(vllm:inter_token_latency_seconds_bucket{{{sel},le="{_le(slo["itlP95Seconds"])}"}}[{rng}]))')
+            itl_total = self._prom(f"sum(increase(vllm:request_time_per_output_token_seconds_count{{{sel}}}[{rng}]))")
+            itl_ok = self._prom(f'sum(increase(vllm:request_time_per_output_token_seconds_bucket{{{sel},le="{_le(slo["itlP95Seconds"])}"}}[{rng}]))')
             attainment[name] = {
                 "requests": round(total or 0),
                 "ttft_within_slo": round(ttft_ok / total, 4) if total and ttft_ok is not None else None,
@@ -510,7 +515,8 @@ def _shares(counts: dict[str, float]) -> dict[str, Any]:
     return {
         "requests": round(counts["requests"]),
         "ttft_within_slo": _ratio(counts["ttft_ok"], counts["requests"]),
-        "itl_within_slo": _ratio(counts["itl_ok"], counts["gaps"]),
+        "itl_within_slo": _ratio(counts["itl_ok"], counts["finished"]),  # requests whose mean ITL is within
+        "token_gaps_within_itl_slo": _ratio(counts["gaps_ok"], counts["gaps"]),
     }
 
 

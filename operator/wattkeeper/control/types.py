@@ -70,6 +70,9 @@ class Signals:
     # (vllm:request_time_per_output_token_seconds, vLLM 0.11.1 v1/metrics/loggers.py:802, observed once per
     # finished request with its mean_time_per_output_token at :1080). What a user feels and what the ITL SLO is
     # scored on; a gap p95 jumps to the length of a chunk-carrying step as soon as 5% of gaps fall in one.
+    # Shown in status (observed.requestItlP95Seconds); the tick still judges misses and learns margins on the gap
+    # p95: a request's mean is known only when it finishes, so under a backlog the finished ones look fine while
+    # the queue grows (tried as the control signal, bench/README.md "Run of 2026-12-05").
     request_itl_p95_seconds: float | None = None
     # Bursts and token distributions (issue 11 item 1), where telemetry carries them; absent, the load planned for
     # is the stabilised window rate, as before. `arrival_counts`: requests per `arrival_resolution_seconds` bin
