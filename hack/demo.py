@@ -357,8 +357,8 @@ class Demo:
             itl_ok = self._prom(f'sum(increase(vllm:request_time_per_output_token_seconds_bucket{{{sel},le="{_le(slo["itlP95Seconds"])}"}}[{rng}]))')
             attainment[name] = {
                 "requests": round(total or 0),
-                "ttft_within_slo": round(ttft_ok / total, 4) if total and ttft_ok is not None else None,
-                "itl_within_slo": round(itl_ok / itl_total, 4) if itl_total and itl_ok is not None else None,
+                "ttft_within_slo": _share(ttft_ok, total),
+                "itl_within_slo": _share(itl_ok, itl_total),
             }
         decisions = {name: s["decisions"] for name, s in (self.samples[-1].services.items() if self.samples else [])
                      if not name.startswith("_")}
@@ -461,8 +461,9 @@ def timeline_entry(sample: Sample) -> dict[str, Any]:
     budget = sample.services.get("_budget") or {}
     return {
         "t_s": round(sample.t_s, 1), "phase": sample.phase, "watts": sample.watts, "limit_watts": sample.limit_watts,
-        "services": {name: {k: s.get(k) for k in ("config", "replicas", "ready", "watts", "rps", "peak_rps", "allocated",
-                                                        "slo")}
+        "services": {name: {**{k: s.get(k) for k in ("config", "replicas", "ready", "watts", "rps", "peak_rps",
+                                                       "allocated", "slo")},
+                            "last_decision": (s.get("last_decisions") or [None])[-1]}
                      for name, s in sample.services.items() if not name.startswith("_")},
         "allocations": [{k: a.get(k) for k in ("service", "watts", "minimumWatts", "floorWatts", "degraded")}
                         for a in budget.get("allocations") or []],
@@ -511,12 +512,18 @@ def _ratio(numerator: float | None, denominator: float) -> float | None:
     return round(numerator / denominator, 4) if numerator is not None and denominator > 0 else None
 
 
+def _share(ok: float | None, total: float | None) -> float | None:
+    """A share from two increase() readings: each is extrapolated over the range on its own, so a bucket can read
+    a hair above its count; a share is at most 1."""
+    return round(min(ok / total, 1.0), 4) if ok is not None and total else None
+
+
 def _shares(counts: dict[str, float]) -> dict[str, Any]:
     return {
         "requests": round(counts["requests"]),
-        "ttft_within_slo": _ratio(counts["ttft_ok"], counts["requests"]),
-        "itl_within_slo": _ratio(counts["itl_ok"], counts["finished"]),  # requests whose mean ITL is within
-        "token_gaps_within_itl_slo": _ratio(counts["gaps_ok"], counts["gaps"]),
+        "ttft_within_slo": _share(counts["ttft_ok"], counts["requests"]),
+        "itl_within_slo": _share(counts["itl_ok"], counts["finished"]),  # requests whose mean ITL is within
+        "token_gaps_within_itl_slo": _share(counts["gaps_ok"], counts["gaps"]),
     }
 
 
