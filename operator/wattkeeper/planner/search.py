@@ -361,6 +361,13 @@ _plan_cache: OrderedDict[PlanRequest, tuple[EnergyModel, PlanResult]] = OrderedD
 _plan_cache_lock = threading.Lock()
 
 
+def clear_plan_cache() -> None:
+    """Forget every memoised plan (the per-configuration features stay): what a decision costs when its question
+    is new, as `wattkeeper bench decision-time` measures it."""
+    with _plan_cache_lock:
+        _plan_cache.clear()
+
+
 def plan(request: PlanRequest, energy_model: EnergyModel | None = None) -> PlanResult:
     """The least-energy candidate meeting the SLOs within the allocation; the fallback when none does."""
     em = energy_model or EnergyModel.default()
