@@ -333,10 +333,17 @@ def test_prometheus_scrapes_every_target_it_discovers(env: dict[str, Any]) -> No
     assert {s["metric"]["pod"] for s in nvml} == {env["pods"]["nvml"]}  # honorLabels: true
     print("a dcgm-exporter series in Prometheus:", dcgm[0]["metric"])
     print("an NVML exporter series in Prometheus:", nvml[0]["metric"])
-    vllm = wait_for("vLLM series", lambda: query(env["prometheus"], "vllm:generation_tokens_total"))
+    # Both services' series: the first target up is not the last one scraped (one was still "unknown" when a
+    # single series was taken as enough, and the set below missed qwen).
+    wanted_services = {(env["work"], "llama"), (env["work"], "qwen")}
+
+    def services_seen(series: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        return {(s["metric"].get("namespace", ""), s["metric"].get("llmservice", "")) for s in series}
+
+    vllm = wait_for("vLLM series of both services", lambda: (v := query(env["prometheus"], "vllm:generation_tokens_total"))
+                    and services_seen(v) >= wanted_services and v, timeout=60)
     print("a vLLM series in Prometheus:", vllm[0]["metric"])
-    assert {(s["metric"]["namespace"], s["metric"]["llmservice"]) for s in vllm} == {
-        (env["work"], "llama"), (env["work"], "qwen")}
+    assert services_seen(vllm) == wanted_services
 
 
 def test_operator_reads_watts_and_tokens_through_that_prometheus(env: dict[str, Any]) -> None:
