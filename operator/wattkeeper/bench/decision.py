@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from ..energy.catalog import get_accelerator, model_from_name
-from ..energy.powerlimit import clamp_limit_watts
+from ..energy.powerlimit import limit_options_watts
 from ..energy.types import Workload
 from ..planner.load import ArrivalSample, estimate_load, rate_levels
 from ..planner.search import PlanRequest, clear_plan_cache, plan
 from .latency import counts_from_arrivals
+from .policies import ORACLE_LIMIT_FRACTION
 from .trace import Trace, default_trace_path, load_azure_trace, synthetic_trace
 
 MODEL = "meta-llama/Llama-3.1-70B-Instruct"
@@ -62,8 +63,8 @@ def decision_request(verify: bool = True, levels: int | None = None, power_limit
         slo_basis="requests",
         chunk_budget_within_itl=True,
         replay=sample if verify else None,
-        # The benchmark's lever (bench/README.md): the card's default limit and 70% of it, set in place.
-        gpu_power_limits_watts=(None, clamp_limit_watts(get_accelerator("H100"), 0.7 * 700.0)) if power_limits
+        # The benchmark's lever, as BenchSpec offers it: the card's default limit and the oracle's reduced one.
+        gpu_power_limits_watts=limit_options_watts(get_accelerator("H100"), (ORACLE_LIMIT_FRACTION,)) if power_limits
         else (None,),
         replay_rate_scale=load.growth_factor,
     )

@@ -510,6 +510,11 @@ def step_gpus(inputs: TickInputs, memory: Memory) -> int | None:
     return None if ceiling is not None and ceiling <= step else step
 
 
+def with_max_gpus(inputs: TickInputs, limit: int | None) -> TickInputs:
+    """`inputs` whose intent allows at most `limit` GPUs (unchanged for None)."""
+    return inputs if limit is None else replace(inputs, intent=replace(inputs.intent, max_gpus=limit))
+
+
 def within_step(inputs: TickInputs, memory: Memory, load: LoadEstimate, energy_model: EnergyModel,
                 found: tuple[Plan, Candidate | None, PlanResult | None],
                 avoid: frozenset[str] = frozenset()) -> tuple[Plan, Candidate | None, PlanResult | None]:
@@ -520,7 +525,7 @@ def within_step(inputs: TickInputs, memory: Memory, load: LoadEstimate, energy_m
     limit = step_gpus(inputs, memory)
     if limit is None or proposed.replicas * proposed.config.tensor_parallel <= limit:
         return found
-    limited = replace(inputs, intent=replace(inputs.intent, max_gpus=limit))
+    limited = with_max_gpus(inputs, limit)
     only = memory.running if not inputs.intent.allow_disruptive else None
     other = search(limited, memory, load, inputs.allocation_watts, energy_model, avoid=avoid, only=only)
     note = (f" Limited to {limit} GPUs this tick ({SCALE_UP_STEP}x the running plan's): a measured miss grows the "
@@ -564,9 +569,7 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
                                               avoided)
     in_place: Candidate | None = None
     if running is not None and inputs.fleet.exists and proposed != running and restarts(running, proposed):
-        limit = step_gpus(inputs, memory)
-        in_place = rescale(inputs if limit is None else replace(inputs, intent=replace(inputs.intent, max_gpus=limit)),
-                           memory, load, energy_model)
+        in_place = rescale(with_max_gpus(inputs, step_gpus(inputs, memory)), memory, load, energy_model)
     verdict = switching_rule(facts(inputs, memory, load, proposed, candidate, result, energy_model, in_place))
     before = memory
     if in_place is not None and verdict.apply == plan_of(in_place) and verdict.cause != "drift":
