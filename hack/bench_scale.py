@@ -132,9 +132,7 @@ def run(services: int, budgeted: int, interval_seconds: float, workers: int, out
     from tests.support.operator_process import OperatorProcess, free_port
 
     cluster = localcluster.ensure_cluster()
-    localcluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    for crd in ("llmservices", "energybudgets", "energyprofiles"):
-        localcluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.wattkeeper.io", "--timeout=60s")
+    localcluster.apply_crds(ROOT / "crds")
     api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig))
     api_client.configuration.connection_pool_maxsize = workers * 2
     namespace = f"scale-{int(time.time())}"

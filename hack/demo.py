@@ -125,9 +125,7 @@ class Demo:
         self._log("starting the local cluster (etcd, kube-apiserver, controller-manager, scheduler, KWOK GPU nodes)")
         cluster = localcluster.ensure_cluster(simulated_nodes=True)
         self.kubeconfig = str(cluster.kubeconfig)
-        localcluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-        for crd in ("llmservices", "energybudgets", "energyprofiles"):
-            localcluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.wattkeeper.io", "--timeout=60s")
+        localcluster.apply_crds(ROOT / "crds")
         # A fresh namespace: a budget left by an earlier run would carry its energy use and allocations over.
         localcluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", "--timeout=120s",
                              check=False)

@@ -163,6 +163,25 @@ def kubectl(*args: str, input_text: str | None = None, check: bool = True) -> su
                           text=True, capture_output=True, check=check)
 
 
+def apply_crds(folder: Path, names: tuple[str, ...] = ("llmservices", "energybudgets", "energyprofiles"),
+               timeout_s: float = 120.0) -> None:
+    """Apply the CRDs in `folder` and wait until each is Established. `kubectl wait` fails at once on a CRD the
+    apiserver does not list yet (right after a cold start it did: one CI run failed there), so it is retried until
+    `timeout_s`; the last error is raised."""
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(folder))
+    deadline = time.monotonic() + timeout_s
+    for name in names:
+        while True:
+            done = kubectl("wait", "--for=condition=Established", f"crd/{name}.wattkeeper.io", "--timeout=30s",
+                           check=False)
+            if done.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"crd/{name}.wattkeeper.io not Established after {timeout_s:.0f} s: "
+                                   f"{done.stderr.strip()}")
+            time.sleep(1.0)
+
+
 def up_control_plane() -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     pki = STATE / "pki"

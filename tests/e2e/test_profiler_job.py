@@ -30,9 +30,7 @@ def sim_cluster() -> Any:
     import localcluster
 
     cluster = localcluster.ensure_cluster(simulated_nodes=True)
-    localcluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    for crd in ("llmservices", "energybudgets", "energyprofiles"):
-        localcluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.wattkeeper.io", "--timeout=60s")
+    localcluster.apply_crds(ROOT / "crds")
     return cluster
 
 
