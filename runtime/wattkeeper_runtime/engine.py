@@ -166,7 +166,7 @@ class BatchingEngine:
     def _free_blocks(self) -> int | None:
         if self.kv_total_blocks is None:
             return None
-        return self.kv_total_blocks - sum(r.kv_blocks for r in self.running)
+        return self.kv_total_blocks - sum([r.kv_blocks for r in self.running])
 
     def _preempt(self, request: EngineRequest) -> None:
         """Free its blocks and recompute it later (scheduler.py:321-331, the v1 engine's only preemption mode)."""
@@ -181,58 +181,66 @@ class BatchingEngine:
         self, start_s: float
     ) -> tuple[list[EngineRequest], list[tuple[EngineRequest, int]], list[EngineRequest]]:
         """Choose the decoding sequences and the prefill chunks of this step, and whom it preempts."""
+        # The hot loop of every replay (the planner's verification runs ~1,500 steps a decision): the request
+        # properties (prefill_target, in_prefill, context_tokens) and kv_blocks() are inlined, same arithmetic.
         budget = self.max_num_batched_tokens
         decoding: list[EngineRequest] = []
         chunks: list[tuple[EngineRequest, int]] = []
         preempted: list[EngineRequest] = []
+        running = self.running
         free = self._free_blocks()
         i = 0
-        while i < len(self.running) and budget > 0:
-            request = self.running[i]
-            new = min(request.prefill_target - request.prefilled_tokens, budget) if request.in_prefill else 1
+        while i < len(running) and budget > 0:
+            request = running[i]
+            prefilled = request.prefilled_tokens
+            remaining = request.prompt_tokens + request.recompute_tokens - prefilled
+            new = min(remaining, budget) if remaining > 0 else 1
             if free is not None:
-                need = kv_blocks(request.context_tokens + new) - request.kv_blocks
-                while need > free:
-                    victim = self.running[-1]
-                    if victim is request and i == 0:
-                        break  # alone: run over rather than stall (vLLM rejects prompts longer than its cache)
-                    self.running.pop()
-                    free += victim.kv_blocks
-                    self._preempt(victim)
-                    preempted.append(victim)
-                    if victim is request:
+                context = prefilled + request.output_tokens - request.recompute_tokens
+                need = -(-(context + new) // KV_BLOCK_TOKENS) - request.kv_blocks
+                if need > free:
+                    while need > free:
+                        victim = running[-1]
+                        if victim is request and i == 0:
+                            break  # alone: run over rather than stall (vLLM rejects prompts longer than its cache)
+                        running.pop()
+                        free += victim.kv_blocks
+                        self._preempt(victim)
+                        preempted.append(victim)
+                        if victim is request:
+                            break
+                    if preempted and preempted[-1] is request:
                         break
-                if preempted and preempted[-1] is request:
-                    break
                 request.kv_blocks += need
                 free -= need
-            if request.in_prefill:
+            if remaining > 0:
                 chunks.append((request, new))
             else:
                 decoding.append(request)
             budget -= new
             i += 1
+        waiting = self.waiting
         while (
             not preempted
-            and self.waiting
-            and self.waiting[0].arrival_s <= start_s
+            and waiting
+            and waiting[0].arrival_s <= start_s
             and budget > 0
-            and len(self.running) < self.max_num_seqs
+            and len(running) < self.max_num_seqs
         ):
-            request = self.waiting[0]
+            request = waiting[0]
             new = min(request.prefill_target - request.prefilled_tokens, budget)
             need = 0
             if free is not None:
                 need = kv_blocks(request.context_tokens + new) - request.kv_blocks
-                if need > free and self.running:
+                if need > free and running:
                     break  # an empty engine always takes one request, or a huge one would wait forever
-            self.waiting.popleft()
+            waiting.popleft()
             request.kv_blocks += need
             if free is not None:
                 free -= need
             if request.scheduled_s is None:
                 request.scheduled_s = start_s
-            self.running.append(request)
+            running.append(request)
             chunks.append((request, new))
             budget -= new
         return decoding, chunks, preempted
@@ -245,17 +253,19 @@ class BatchingEngine:
             start_s = self.waiting[0].arrival_s  # nothing to do before the next request arrives
         self._energy_joules += self.idle_power_watts * (start_s - self.clock_s)
         decoding, chunks, preempted = self._schedule(start_s)
-        prefill_tokens = sum(chunk for _, chunk in chunks)
-        running = decoding + [r for r, _ in chunks]
-        mean_context = round(sum(r.context_tokens for r in running) / len(running)) if running else 0
+        prefill_tokens = sum([chunk for _, chunk in chunks])
+        # Context sums are integers, so summing the decoding and prefilling parts apart changes nothing.
+        decode_sum = sum([r.prefilled_tokens + r.output_tokens - r.recompute_tokens for r in decoding])
+        chunk_sum = sum([r.prefilled_tokens + r.output_tokens - r.recompute_tokens for r, _ in chunks])
+        batch = len(decoding) + len(chunks)
+        mean_context = round((decode_sum + chunk_sum) / batch) if batch else 0
         if decoding:
-            decode_context = round(sum(r.context_tokens for r in decoding) / len(decoding))
+            decode_context = round(decode_sum / len(decoding))
             duration_s = self.timing.decode_step_seconds(len(decoding), decode_context, prefill_tokens)
         elif prefill_tokens:
             duration_s = self.timing.prefill_seconds(prefill_tokens)
         else:
             duration_s = 0.0
-        batch = len(running)
         power_watts = self.timing.power_watts(batch, 1.0, max(1, mean_context)) if batch else self.idle_power_watts
         end_s = start_s + duration_s
         result = StepResult(
@@ -268,12 +278,14 @@ class BatchingEngine:
             generation_tokens=0,
             preempted=preempted,
         )
+        emitted = result.emitted
+        itl_samples = result.itl_samples_s
         for request in decoding:
             request.output_tokens += 1
             if request.last_token_s is not None:
-                result.itl_samples_s.append(end_s - request.last_token_s)
+                itl_samples.append(end_s - request.last_token_s)
             request.last_token_s = end_s
-            result.emitted.append((request, request.output_tokens))
+            emitted.append((request, request.output_tokens))
         for request, chunk in chunks:
             request.prefilled_tokens += chunk
             if not request.in_prefill:  # the step that ends prefill samples the next token
@@ -286,10 +298,13 @@ class BatchingEngine:
                 request.last_token_s = end_s
                 result.emitted.append((request, request.output_tokens))
         result.generation_tokens = len(result.emitted)
-        for request in [r for r in self.running if r.output_tokens >= r.max_output_tokens]:
-            request.finished_s = end_s
-            self.running.remove(request)
-            result.finished.append(request)
+        done = [r for r in self.running if r.output_tokens >= r.max_output_tokens]
+        if done:
+            for request in done:
+                request.finished_s = end_s
+            # In place and in order, as removing them one by one did (callers may hold the list).
+            self.running[:] = [r for r in self.running if r.output_tokens < r.max_output_tokens]
+            result.finished.extend(done)
         self.prompt_tokens_total += prefill_tokens
         self.generation_tokens_total += result.generation_tokens
         self.finished_total += len(result.finished)

@@ -223,14 +223,13 @@ def latency_under_load(
         b = np.broadcast_to(batch, shape)
         p = np.broadcast_to(prompt, shape)
         if len(shape) == 1:
-            s = ev.step(f, b, context, p, np.maximum(p, 1.0))
-            return np.asarray(s.step_seconds, dtype=float)
+            return np.asarray(ev.step_seconds(f, b, context, p, np.maximum(p, 1.0)), dtype=float)
         cols = shape[1]
         g = expanded.get(cols)
         if g is None:  # expanding once per width keeps the all-reduce grouping (a Python loop) cached
             g = expanded[cols] = f.take(np.repeat(np.arange(n), cols))
-        s = ev.step(g, b.ravel(), np.repeat(context, cols), p.ravel(), np.maximum(p.ravel(), 1.0))
-        return np.asarray(s.step_seconds, dtype=float).reshape(shape)
+        s = ev.step_seconds(g, b.ravel(), np.repeat(context, cols), p.ravel(), np.maximum(p.ravel(), 1.0))
+        return np.asarray(s, dtype=float).reshape(shape)
 
     # Fixed point on the decoding batch: b = rate x mean output x mean gap (Little), the gap mixing step types.
     t_decode0 = step(np.ones(n), np.zeros(n))

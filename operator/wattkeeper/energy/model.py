@@ -207,6 +207,8 @@ class Features:
     nvlink: FloatArray
     # Row indices by (all-reduce table, GPUs, NVLink): the all-reduce curves are looked up per group. Cached.
     _groups: dict[str, list[tuple[str, int, float, npt.NDArray[np.int64]]]] | None = None
+    # Evaluator.step's row-only parts, for the evaluator that made them. Cached; the arrays are never mutated.
+    _static: tuple[Evaluator, _StepStatic] | None = None
 
     def comm_groups(self) -> dict[str, list[tuple[str, int, float, npt.NDArray[np.int64]]]]:
         if self._groups is None:
@@ -229,7 +231,7 @@ class Features:
     def take(self, index: npt.NDArray[np.int64]) -> Features:
         out: dict[str, Any] = {}
         for name in self.__dataclass_fields__:
-            if name == "_groups":
+            if name.startswith("_"):
                 continue
             value = getattr(self, name)
             out[name] = [value[i] for i in index] if isinstance(value, list) else value[index]
@@ -310,7 +312,7 @@ def build_features(
         cols["nvlink"].append(acc.nvlink_bandwidth_bytes_per_second)
     arrays: dict[str, Any] = {}
     for name, values in cols.items():
-        if name == "_groups":
+        if name.startswith("_"):
             continue
         if name == "ar_table":
             arrays[name] = values
@@ -330,6 +332,25 @@ def kv_capacity_tokens(f: Features, coefficients: Coefficients) -> FloatArray:
     activations = coefficients["activation_reserve_bytes"] + f.max_num_batched_tokens * f.hidden_size * 2.0 * 8.0
     free = f.memory_bytes * f.gpu_memory_utilization - weights_bytes_per_gpu(f) - activations
     return np.maximum(free, 0.0) * f.gpus / f.kv_bytes_per_token
+
+
+@dataclass(frozen=True)
+class _StepStatic:
+    """Evaluator.step's row-only parts (see Evaluator._static)."""
+
+    has_moe: bool
+    moe_factor: FloatArray
+    weights_denominator: FloatArray
+    kv_denominator: FloatArray
+    t_weights: FloatArray | None  # dense rows only (MoE's depend on the step's tokens)
+    dequant_per_tile: FloatArray | None  # likewise
+    two_active: FloatArray
+    two_layers_hidden: FloatArray
+    compute_denominator: FloatArray
+    t_fp8: FloatArray
+    overhead: FloatArray
+    watts_span: FloatArray
+    limited: npt.NDArray[np.int64]
 
 
 @dataclass
@@ -371,6 +392,53 @@ class Evaluator:
             )
         return out
 
+    def _static(self, f: Features) -> _StepStatic:
+        """The parts of a step that depend on the rows alone, computed once per Features and evaluator: the
+        latency model steps the same rows some forty times per plan."""
+        held = f._static
+        if held is not None and held[0] is self:
+            return held[1]
+        cv = self._cv
+        moe = f.is_moe > 0
+        has_moe = bool(np.any(moe))
+        moe_factor = np.where(moe, cv["moe_weight_read_factor"], 1.0)
+        lane_bandwidth = f.gpus * f.bandwidth
+        weights_denominator = lane_bandwidth * cv["bandwidth_efficiency"]
+        t_weights: FloatArray | None = None
+        dequant_per_tile: FloatArray | None = None
+        if not has_moe:
+            # Dense rows touch every weight (touched fraction 1.0, as `step` writes it for MoE).
+            weight_bytes = f.active_weight_bytes + (f.total_weight_bytes - f.active_weight_bytes) * 1.0
+            t_weights = weight_bytes * moe_factor / weights_denominator
+            touched_params = weight_bytes / np.maximum(f.total_weight_bytes, 1.0) * f.total_params
+            dequant_per_tile = f.dequant_ops * touched_params / f.gpus
+        efficiency = np.choose(
+            f.compute_format,
+            [
+                cv["compute_efficiency_bf16"],
+                cv["compute_efficiency_bf16"] * cv["fp8_relative_efficiency"],
+                cv["compute_efficiency_fp4"],
+            ],
+        )
+        static = _StepStatic(
+            has_moe=has_moe,
+            moe_factor=moe_factor,
+            weights_denominator=weights_denominator,
+            kv_denominator=lane_bandwidth * cv["kv_bandwidth_efficiency"],
+            t_weights=t_weights,
+            dequant_per_tile=dequant_per_tile,
+            two_active=2.0 * f.active_params,
+            two_layers_hidden=2.0 * f.layers * f.hidden_size,
+            compute_denominator=f.gpus * f.peak_flops * efficiency,
+            t_fp8=f.fp8_activations * f.layers * cv["fp8_layer_overhead_seconds"],
+            overhead=cv["step_overhead_seconds"] + cv["layer_overhead_seconds"] * f.layers,
+            watts_span=f.limit_watts - f.idle_watts,
+            # Rows with a configured power limit: only they can be capped (a watt figure never exceeds inf).
+            limited=np.flatnonzero(f.gpu_power_limit_watts < np.inf),
+        )
+        f._static = (self, static)
+        return static
+
     def step(
         self,
         f: Features,
@@ -380,68 +448,119 @@ class Evaluator:
         prompt_length: FloatArray,
     ) -> StepBreakdown:
         """One engine step carrying `batch` decoding sequences and `prompt_tokens_per_step` prefill tokens."""
+        out = self._step(f, batch, context_tokens, prompt_tokens_per_step, prompt_length, True)
+        assert isinstance(out, StepBreakdown)
+        return out
+
+    def step_seconds(
+        self,
+        f: Features,
+        batch: FloatArray,
+        context_tokens: FloatArray,
+        prompt_tokens_per_step: FloatArray,
+        prompt_length: FloatArray,
+    ) -> FloatArray:
+        """`step(...).step_seconds` alone, the same figures: the watts are worked out only where a power limit
+        may slow the step, and the decode-only part not at all."""
+        shape = np.broadcast_shapes(np.shape(batch), np.shape(context_tokens), np.shape(prompt_tokens_per_step),
+                                    np.shape(prompt_length), (len(f),))
+        if shape != (len(f),):  # inputs broadcast over the rows: the plain path
+            return self.step(f, batch, context_tokens, prompt_tokens_per_step, prompt_length).step_seconds
+        out = self._step(f, batch, context_tokens, prompt_tokens_per_step, prompt_length, False)
+        assert not isinstance(out, StepBreakdown)
+        return out
+
+    def _step(
+        self,
+        f: Features,
+        batch: FloatArray,
+        context_tokens: FloatArray,
+        prompt_tokens_per_step: FloatArray,
+        prompt_length: FloatArray,
+        breakdown: bool,
+    ) -> StepBreakdown | FloatArray:
+        # Every expression keeps the plain formula's order of operations, so the cached row-only parts give
+        # bit-identical figures; row subsets are taken only of element-wise results.
         cv = self._cv
+        st = self._static(f)
         batch = np.maximum(batch, 0.0)
         tokens = batch + prompt_tokens_per_step
-        # MoE: the chance an expert is touched by none of the step's tokens falls geometrically with the tokens.
-        touched_fraction = 1.0 - np.power(1.0 - f.expert_fraction, np.maximum(tokens, 1.0))
-        touched_fraction = np.where(f.is_moe > 0, touched_fraction, 1.0)
-        expert_bytes = (f.total_weight_bytes - f.active_weight_bytes) * touched_fraction
-        weight_bytes = f.active_weight_bytes + expert_bytes
-        moe_factor = np.where(f.is_moe > 0, cv["moe_weight_read_factor"], 1.0)
-        lane_bandwidth = f.gpus * f.bandwidth
-        t_weights = weight_bytes * moe_factor / (lane_bandwidth * cv["bandwidth_efficiency"])
-        t_kv = batch * context_tokens * f.kv_bytes_per_token / (lane_bandwidth * cv["kv_bandwidth_efficiency"])
+        if st.has_moe:
+            # MoE: the chance an expert is touched by none of the step's tokens falls geometrically with the tokens.
+            touched_fraction = 1.0 - np.power(1.0 - f.expert_fraction, np.maximum(tokens, 1.0))
+            touched_fraction = np.where(f.is_moe > 0, touched_fraction, 1.0)
+            expert_bytes = (f.total_weight_bytes - f.active_weight_bytes) * touched_fraction
+            weight_bytes = f.active_weight_bytes + expert_bytes
+            t_weights = weight_bytes * st.moe_factor / st.weights_denominator
+            touched_params = weight_bytes / np.maximum(f.total_weight_bytes, 1.0) * f.total_params
+            dequant_per_tile = f.dequant_ops * touched_params / f.gpus
+        else:
+            assert st.t_weights is not None and st.dequant_per_tile is not None
+            t_weights, dequant_per_tile = st.t_weights, st.dequant_per_tile
+        t_kv = batch * context_tokens * f.kv_bytes_per_token / st.kv_denominator
         t_memory = t_weights + t_kv
-        efficiency = np.choose(
-            f.compute_format,
-            [
-                cv["compute_efficiency_bf16"],
-                cv["compute_efficiency_bf16"] * cv["fp8_relative_efficiency"],
-                cv["compute_efficiency_fp4"],
-            ],
-        )
-        flops = 2.0 * f.active_params * tokens + 2.0 * f.layers * f.hidden_size * prompt_tokens_per_step * prompt_length
-        t_compute = flops / (f.gpus * f.peak_flops * efficiency)
+        flops = st.two_active * tokens + st.two_layers_hidden * prompt_tokens_per_step * prompt_length
+        t_compute = flops / st.compute_denominator
         n = cv["roofline_sharpness"]
-        t_roof = np.power(np.power(t_memory, n) + np.power(t_compute, n), 1.0 / n)
-        touched_params = weight_bytes / np.maximum(f.total_weight_bytes, 1.0) * f.total_params
-        t_dequant = (
-            f.dequant_ops * touched_params / f.gpus * (1.0 + tokens / cv["dequant_tile_tokens"]) / f.cuda_core_flops
-        )
-        t_fp8 = f.fp8_activations * f.layers * cv["fp8_layer_overhead_seconds"]
+        memory_n = np.power(t_memory, n)
+        t_roof = np.power(memory_n + np.power(t_compute, n), 1.0 / n)
+        tiles = 1.0 + tokens / cv["dequant_tile_tokens"]
+        t_dequant = dequant_per_tile * tiles / f.cuda_core_flops
+        t_fp8 = st.t_fp8
         t_comm = self._comm_seconds(f, tokens)
-        t_overhead = (
-            cv["step_overhead_seconds"]
-            + cv["layer_overhead_seconds"] * f.layers
-            + cv["sequence_overhead_seconds"] * batch
-        )
+        t_overhead = st.overhead + cv["sequence_overhead_seconds"] * batch
         step = t_roof + t_dequant + t_fp8 + t_comm + t_overhead
+        shape = step.shape
+
+        def rows(x: FloatArray, at: npt.NDArray[np.int64] | npt.NDArray[np.bool_]) -> FloatArray:
+            return np.asarray(np.broadcast_to(x, shape)[at])
 
         # Power: the share of the step streaming HBM and the share on tensor/CUDA cores drive the board's draw.
-        u_memory = t_memory / step
-        u_compute = (t_compute + cv["dequant_power_weight"] * t_dequant + t_fp8) / step
-        drive = cv["power_base"] + cv["power_memory"] * u_memory + cv["power_compute"] * u_compute
-        watts = f.idle_watts + (f.limit_watts - f.idle_watts) * (1.0 - np.exp(-drive))
-
-        capped = watts > f.gpu_power_limit_watts
-        if capped.any():
+        watts: FloatArray | None = None
+        capped: npt.NDArray[np.int64] | npt.NDArray[np.bool_]
+        if breakdown:
+            u_memory = t_memory / step
+            u_compute = (t_compute + cv["dequant_power_weight"] * t_dequant + t_fp8) / step
+            drive = cv["power_base"] + cv["power_memory"] * u_memory + cv["power_compute"] * u_compute
+            watts = f.idle_watts + st.watts_span * (1.0 - np.exp(-drive))
+            capped = watts > f.gpu_power_limit_watts
+            any_capped = bool(capped.any())
+            watts_capped = rows(watts, capped) if any_capped else watts
+        else:
+            # Only the rows with a power limit: the rest cannot be capped, and their watts are not asked for.
+            sub = st.limited
+            step_s = step[sub]
+            u_memory = t_memory[sub] / step_s
+            u_compute = (t_compute[sub] + cv["dequant_power_weight"] * t_dequant[sub] + rows(t_fp8, sub)) / step_s
+            drive = cv["power_base"] + cv["power_memory"] * u_memory + cv["power_compute"] * u_compute
+            w_sub = f.idle_watts[sub] + st.watts_span[sub] * (1.0 - np.exp(-drive))
+            over = w_sub > f.gpu_power_limit_watts[sub]
+            capped = sub[over]
+            any_capped = capped.size > 0
+            watts_capped = w_sub[over]
+        if any_capped:
             # A power limit lowers clocks: the compute-bound parts slow down, HBM streaming does not.
+            idle_c = rows(f.idle_watts, capped)
+            limit_c = rows(f.gpu_power_limit_watts, capped)
             slow = np.power(
-                np.maximum(watts - f.idle_watts, 1e-9) / np.maximum(f.gpu_power_limit_watts - f.idle_watts, 1e-9),
+                np.maximum(watts_capped - idle_c, 1e-9) / np.maximum(limit_c - idle_c, 1e-9),
                 1.0 / cv["power_cap_exponent"],
             )
-            slow = np.where(capped, slow, 1.0)
-            t_roof_c = np.power(np.power(t_memory, n) + np.power(t_compute * slow, n), 1.0 / n)
-            step = np.where(capped, t_roof_c + (t_dequant + t_fp8 + t_overhead) * slow + t_comm, step)
-            watts = np.minimum(watts, f.gpu_power_limit_watts)
+            t_roof_c = np.power(rows(memory_n, capped) + np.power(rows(t_compute, capped) * slow, n), 1.0 / n)
+            step = np.array(step, dtype=float, copy=True)
+            step[capped] = t_roof_c + (rows(t_dequant, capped) + rows(t_fp8, capped) + rows(t_overhead, capped)) \
+                * slow + rows(t_comm, capped)
+        if not breakdown:
+            return step
+        assert watts is not None
+        watts = np.minimum(watts, f.gpu_power_limit_watts)
 
         # The same step without its prefill share, for ITL percentiles (steps with and without a prompt chunk).
         decode_tokens = np.maximum(batch, 1.0)
-        decode_compute = 2.0 * f.active_params * decode_tokens / (f.gpus * f.peak_flops * efficiency)
+        decode_compute = st.two_active * decode_tokens / st.compute_denominator
         decode_only = (
-            np.power(np.power(t_memory, n) + np.power(decode_compute, n), 1.0 / n)
-            + t_dequant * (1.0 + decode_tokens / cv["dequant_tile_tokens"]) / (1.0 + tokens / cv["dequant_tile_tokens"])
+            np.power(memory_n + np.power(decode_compute, n), 1.0 / n)
+            + t_dequant * (1.0 + decode_tokens / cv["dequant_tile_tokens"]) / tiles
             + t_fp8
             + t_comm
             + t_overhead

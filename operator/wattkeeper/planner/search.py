@@ -272,7 +272,7 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, l
         tokens = request.token_distribution()
         b = np.minimum(sat["batch"], 0.5 * f.max_num_batched_tokens)
         chunk = np.maximum(f.max_num_batched_tokens - b, 16.0)
-        full = evaluator.step(f, b, np.full(n, tokens.decode_context_tokens), chunk, chunk).step_seconds
+        full = evaluator.step_seconds(f, b, np.full(n, tokens.decode_context_tokens), chunk, chunk)
         prefill_rps = chunk / (full * tokens.mean_prompt_tokens)
         capacity_rps = np.minimum(capacity_rps, prefill_rps)
         peak = max((a for a, w in request.rate_levels if w > 0), default=1.0)
