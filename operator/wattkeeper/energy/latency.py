@@ -119,13 +119,18 @@ def _erfinv(y: FloatArray) -> FloatArray:
 
 def _weighted_quantile(values: FloatArray, weights: FloatArray, q: float) -> FloatArray:
     """Per row: the smallest value with at least q of the row's weight at or below it."""
+    return _weighted_quantiles(values, weights, (q,))[0]
+
+
+def _weighted_quantiles(values: FloatArray, weights: FloatArray, qs: Sequence[float]) -> list[FloatArray]:
+    """`_weighted_quantile` at each of `qs`, sorting once."""
     order = np.argsort(values, axis=1)
     v = np.take_along_axis(values, order, axis=1)
     w = np.take_along_axis(weights, order, axis=1)
     cum = np.cumsum(w, axis=1)
     total = np.maximum(cum[:, -1:], 1e-300)
-    idx = np.argmax(cum >= q * total - 1e-12, axis=1)
-    return v[np.arange(v.shape[0]), idx]
+    rows = np.arange(v.shape[0])
+    return [v[rows, np.argmax(cum >= q * total - 1e-12, axis=1)] for q in qs]
 
 
 def _bisect(tail: object, lo: FloatArray, hi: FloatArray, target: float) -> FloatArray:
@@ -300,9 +305,7 @@ def latency_under_load(
     if not np.any(lam > 0):
         arrivals_w = np.full((n0, n_levels), 1.0 / n_levels)
 
-    itl_p50 = _weighted_quantile(durations, gap_weights, 0.50)
-    itl_p90 = _weighted_quantile(durations, gap_weights, 0.90)
-    itl_p95 = _weighted_quantile(durations, gap_weights, 0.95)
+    itl_p50, itl_p90, itl_p95 = _weighted_quantiles(durations, gap_weights, (0.50, 0.90, 0.95))
 
     base_l = base.reshape(n0, n_levels, k)
     rho_l = rho.reshape(n0, n_levels, 1)
@@ -434,16 +437,21 @@ def _poisson_at_least(k: FloatArray, mean: FloatArray) -> FloatArray:
 # (z, probability): three-point Gauss-Hermite rule for a normal spread of the decoding batch.
 _BATCH_POINTS = ((-math.sqrt(3.0), 1.0 / 6.0), (0.0, 2.0 / 3.0), (math.sqrt(3.0), 1.0 / 6.0))
 DECODE_COLUMNS = len(_BATCH_POINTS)
-_CHUNK_NODES = (0.0, 1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0 / 2, 1.0)
+_CHUNK_NODES = (0.0, 1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0 / 2, 1.0)  # from none to a full chunk
 
 
 def _interp_rows(x: FloatArray, xp: FloatArray, fp: FloatArray) -> FloatArray:
     """Row-wise linear interpolation: x rows x K, xp and fp rows x N with xp increasing along each row."""
-    idx = np.sum(xp[:, None, 1:-1] < x[:, :, None], axis=2)
-    lo_x = np.take_along_axis(xp, idx, axis=1)
-    hi_x = np.take_along_axis(xp, idx + 1, axis=1)
-    lo_f = np.take_along_axis(fp, idx, axis=1)
-    hi_f = np.take_along_axis(fp, idx + 1, axis=1)
+    # The cell below each x: how many inner nodes lie under it (a count per node, not a rows x K x N array).
+    idx = np.zeros(x.shape, dtype=np.intp)
+    for j in range(1, xp.shape[1] - 1):
+        idx += xp[:, j : j + 1] < x
+    r = np.arange(x.shape[0])[:, None]
+    upper = idx + 1
+    lo_x = xp[r, idx]
+    hi_x = xp[r, upper]
+    lo_f = fp[r, idx]
+    hi_f = fp[r, upper]
     w = np.clip((x - lo_x) / np.maximum(hi_x - lo_x, 1e-12), 0.0, 1.0)
     return lo_f + w * (hi_f - lo_f)
 
@@ -492,7 +500,9 @@ def _step_mixture(
     # Step time against the prefill tokens, at a few fractions of the chunk and linear in between (the step is a
     # smooth roofline in the tokens): evaluating every prompt point of every row would dominate the planner.
     nodes = np.asarray(_CHUNK_NODES)[None, :] * chunk[:, None]
-    t_nodes = fn(b[:, None], nodes)  # type: ignore[operator]
+    # The end nodes (no prompt tokens, a full chunk) are the decode-only and full-chunk steps just evaluated.
+    t_inner = fn(b[:, None], nodes[:, 1:-1])  # type: ignore[operator]
+    t_nodes = np.concatenate([t_decode[:, None], t_inner, t_full[:, None]], axis=1)
     t_last = _interp_rows(last_tokens, nodes, t_nodes)
     lam_k = lam[:, None] * point_w[None, :]
     # Grouped arrivals (dispersion > 1) are not merged into shared steps here: groups spread over a second or

@@ -234,7 +234,7 @@ class Features:
             if name.startswith("_"):
                 continue
             value = getattr(self, name)
-            out[name] = [value[i] for i in index] if isinstance(value, list) else value[index]
+            out[name] = [value[i] for i in np.asarray(index).tolist()] if isinstance(value, list) else value[index]
         taken = Features(**out)
         # Carry the all-reduce grouping over by row mapping (vectorised) instead of regrouping row by row: the
         # latency model expands thousands of candidates by the token-distribution points.
@@ -246,9 +246,8 @@ class Features:
             for g, (_, _, _, rows) in enumerate(entries):
                 ids[rows] = g
             child = ids[index] if index.size else np.zeros(0, dtype=np.int64)
-            mapped[kind] = [
-                (e[0], e[1], e[2], np.flatnonzero(child == g)) for g, e in enumerate(entries) if np.any(child == g)
-            ]
+            members = [(e, np.flatnonzero(child == g)) for g, e in enumerate(entries)]
+            mapped[kind] = [(e[0], e[1], e[2], at) for e, at in members if at.size]
         taken._groups = mapped
         return taken
 
@@ -513,7 +512,7 @@ class Evaluator:
         shape = step.shape
 
         def rows(x: FloatArray, at: npt.NDArray[np.int64] | npt.NDArray[np.bool_]) -> FloatArray:
-            return np.asarray(np.broadcast_to(x, shape)[at])
+            return np.asarray(x[at] if np.shape(x) == shape else np.broadcast_to(x, shape)[at])
 
         # Power: the share of the step streaming HBM and the share on tensor/CUDA cores drive the board's draw.
         watts: FloatArray | None = None

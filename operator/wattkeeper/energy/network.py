@@ -56,6 +56,7 @@ class AllReduceModel:
 
     def __init__(self, tables: AllReduceTables) -> None:
         self._curves: dict[tuple[str, int], tuple[FloatArray, FloatArray]] = {}
+        self._chosen: dict[tuple[str, int], tuple[FloatArray, FloatArray, float]] = {}  # _curve's answers
         for table, by_gpus in tables.items():
             for gpus, points in by_gpus.items():
                 arr = np.asarray(points, dtype=float)
@@ -63,6 +64,12 @@ class AllReduceModel:
 
     def _curve(self, table: str, gpus: int) -> tuple[FloatArray, FloatArray, float]:
         """The curve and a time multiplier for GPU counts that were not measured (ring cost 2(n-1)/n)."""
+        chosen = self._chosen.get((table, gpus))
+        if chosen is None:  # the planner asks for the same few curves hundreds of times per decision
+            chosen = self._chosen[(table, gpus)] = self._find_curve(table, gpus)
+        return chosen
+
+    def _find_curve(self, table: str, gpus: int) -> tuple[FloatArray, FloatArray, float]:
         known = sorted(n for t, n in self._curves if t == table) or sorted(n for t, n in self._curves if t == "h100")
         if not known:
             raise ValueError("no all-reduce curves loaded")

@@ -287,7 +287,7 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, l
     g = f.take(expand)
     rate = wl.requests_per_second / replicas
     if tokens is not None:
-        result = _queued(evaluator, g, rate, inp[expand], out[expand], tokens, peak, request)
+        result = _queued(evaluator, g, rate, inp[expand], out[expand], tokens, peak, request, base_index[expand])
     else:
         result = evaluator.under_load(g, rate, inp[expand], out[expand])
     measured = apply_measured(request.profile, keys, base_index[expand], seqs[expand], batched[expand],
@@ -305,9 +305,14 @@ def _queued(
     tokens: TokenDistribution,
     peak: float,
     request: PlanRequest,
+    base_index: npt.NDArray[np.int64],
 ) -> dict[str, FloatArray]:
     """The queued latency model, evaluated only where the steady model leaves room for the load at its busiest
-    level and the weights fit (the rest cannot be feasible: the queued utilisation is never lower)."""
+    level and the weights fit (the rest cannot be feasible: the queued utilisation is never lower).
+
+    Each distinct question is solved once: candidates that differ only in a max-num-seqs above what the KV cache
+    holds, or in replica options that coincide (needed + 1 = 1.5 x needed for 2), are the same row to the model,
+    whose every figure is per row. `base_index` is the row of each candidate's (precision, TP, power limit)."""
     steady = evaluator.under_load(g, rate, inp, out)
     alive = np.flatnonzero((steady["utilisation"] * peak < 1.0) & (steady["max_batch"] >= 1.0))
     n = len(g)
@@ -319,9 +324,17 @@ def _queued(
         full[key] = np.full(n, default)
     if alive.size == 0:
         return full
+    # What a row's figures depend on: its base features, chunk budget, rate and decode slots. The queued model
+    # reads max-num-seqs only through the slots (Evaluator.under_load's max_batch at the distribution's means).
+    slots = np.minimum(g.max_num_seqs[alive], np.maximum(
+        np.floor(steady["kv_capacity_tokens"][alive] / (tokens.mean_prompt_tokens + tokens.mean_output_tokens)), 0.0))
+    question = np.stack([base_index[alive].astype(float), g.max_num_batched_tokens[alive], slots, rate[alive]], axis=1)
+    _, first, inverse = np.unique(question, axis=0, return_index=True, return_inverse=True)
+    solve = alive[first]
+    inverse = inverse.reshape(-1)
     part = evaluator.under_load_queued(
-            g.take(alive),
-            rate[alive],
+            g.take(solve),
+            rate[solve],
             tokens,
             quantile=request.request_share,
             rate_levels=request.rate_levels,
@@ -335,10 +348,10 @@ def _queued(
             if request.slo_basis == "requests"
             else None,
         )
-    for key, value in part.items():
-        if key not in full:
-            full[key] = np.full(n, np.nan)
-        full[key][alive] = value
+    for name, value in part.items():
+        if name not in full:
+            full[name] = np.full(n, np.nan)
+        full[name][alive] = value[inverse]
     return full
 
 
