@@ -190,7 +190,8 @@ class BatchingEngine:
         running = self.running
         free = self._free_blocks()
         i = 0
-        while i < len(running) and budget > 0:
+        count = len(running)  # kept as preemption pops the list
+        while i < count and budget > 0:
             request = running[i]
             prefilled = request.prefilled_tokens
             remaining = request.prompt_tokens + request.recompute_tokens - prefilled
@@ -204,6 +205,7 @@ class BatchingEngine:
                         if victim is request and i == 0:
                             break  # alone: run over rather than stall (vLLM rejects prompts longer than its cache)
                         running.pop()
+                        count -= 1
                         free += victim.kv_blocks
                         self._preempt(victim)
                         preempted.append(victim)

@@ -711,6 +711,7 @@ class Evaluator:
         request_quantiles: bool = True,
         thresholds: tuple[float, float] | None = None,
         arrival_dispersion: float = 1.0,
+        steady: dict[str, FloatArray] | None = None,
     ) -> dict[str, FloatArray]:
         """`under_load` with latencies from the prefill-queue and step-mixture model (energy/latency.py).
 
@@ -721,12 +722,13 @@ class Evaluator:
         `rate_levels` ((factor, time share) pairs) describes bursts; the busiest level sets the utilisation.
         Without `request_quantiles` the per-request mean ITL quantile is not computed (it is the costliest part)
         and `request_mean_itl_q` holds the ITL p95 instead. With `thresholds` (TTFT s, mean ITL s) it adds
-        `ttft_miss_share` and `itl_miss_share`: the predicted shares of requests over each.
+        `ttft_miss_share` and `itl_miss_share`: the predicted shares of requests over each. `steady`: `under_load`'s
+        figures for these rows at the distribution's mean lengths, where the caller has them already.
         """
         n = len(f)
         inp = np.full(n, tokens.mean_prompt_tokens)
         out = np.full(n, tokens.mean_output_tokens)
-        r = self.under_load(f, rate_per_replica, inp, out)
+        r = steady if steady is not None else self.under_load(f, rate_per_replica, inp, out)
         rate = np.asarray(rate_per_replica, dtype=float)
         # Waiting for a batch slot (max-num-seqs, or KV cache for prompt plus maximum output): c = slots servers
         # whose service is a request's residence, offered load = the running batch (Sakasegawa's approximation).

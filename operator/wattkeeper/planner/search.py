@@ -347,6 +347,12 @@ def _queued(
             )
             if request.slo_basis == "requests"
             else None,
+            # The steady figures above are the queued model's own where the workload's means are the distribution's.
+            steady={k: v[solve] for k, v in steady.items()}
+            if inp.dtype == np.float64 and out.dtype == np.float64
+            and request.workload.input_tokens == tokens.mean_prompt_tokens
+            and request.workload.output_tokens == tokens.mean_output_tokens
+            else None,
         )
     for name, value in part.items():
         if name not in full:
@@ -356,7 +362,11 @@ def _queued(
 
 
 def _pareto(indices: Sequence[int], energy: FloatArray, latency: FloatArray) -> list[int]:
-    ordered = sorted(indices, key=lambda i: (latency[i], energy[i]))
+    at = np.asarray(indices, dtype=np.int64)
+    if np.isnan(latency[at]).any() or np.isnan(energy[at]).any():
+        ordered = sorted(indices, key=lambda i: (latency[i], energy[i]))
+    else:  # the same stable order by (latency, energy), sorted in numpy (NaN would order differently there)
+        ordered = at[np.lexsort((energy[at], latency[at]))].tolist()
     front: list[int] = []
     best = math.inf
     for i in ordered:
@@ -723,9 +733,9 @@ def _runner_up(
 ) -> int | None:
     """The best feasible plan that differs in precision, TP or replicas (max-num-seqs alone often ties)."""
     p, tp, limit = keys[int(grid.base_index[chosen_i])]
-    same = np.array(
-        [keys[int(b)][0] == p and keys[int(b)][1] == tp and keys[int(b)][2] == limit for b in grid.base_index]
-    )
+    # Per base row, then spread over the candidates (keys may repeat, so compare them, not the indices).
+    same_key = np.array([k[0] == p and k[1] == tp and k[2] == limit for k in keys], dtype=bool)
+    same = same_key[grid.base_index]
     other = feasible & ~(same & (replicas == replicas[chosen_i]))
     return best(other)
 
