@@ -319,8 +319,9 @@ def latency_under_load(
         # The prefill wait and the slot wait add; their tails are taken as independent exponentials, the slot
         # wait's folded in as a shift by its own conditional quantile (it is small unless batches are full).
         over = x[:, None, None] - base_l
-        prefill = np.where(over <= 0.0, 1.0, rho_l * np.exp(-np.maximum(over, 0.0) / tail_l))
-        slots = pw_l * np.exp(-np.maximum(over, 0.0) / slot_l)
+        neg = -np.maximum(over, 0.0)
+        prefill = np.where(over <= 0.0, 1.0, rho_l * np.exp(neg / tail_l))
+        slots = pw_l * np.exp(neg / slot_l)
         p = np.minimum(prefill + slots, 1.0)
         p = np.where(sat_l, 1.0, p)
         return np.asarray(np.sum(a_l * np.sum(p * point_w, axis=2, keepdims=True), axis=(1, 2)), dtype=float)
@@ -446,12 +447,12 @@ def _interp_rows(x: FloatArray, xp: FloatArray, fp: FloatArray) -> FloatArray:
     idx = np.zeros(x.shape, dtype=np.intp)
     for j in range(1, xp.shape[1] - 1):
         idx += xp[:, j : j + 1] < x
-    r = np.arange(x.shape[0])[:, None]
-    upper = idx + 1
-    lo_x = xp[r, idx]
-    hi_x = xp[r, upper]
-    lo_f = fp[r, idx]
-    hi_f = fp[r, upper]
+    flat = idx + (np.arange(x.shape[0]) * xp.shape[1])[:, None]  # into the rows laid end to end
+    upper = flat + 1
+    lo_x = np.take(xp, flat)
+    hi_x = np.take(xp, upper)
+    lo_f = np.take(fp, flat)
+    hi_f = np.take(fp, upper)
     w = np.clip((x - lo_x) / np.maximum(hi_x - lo_x, 1e-12), 0.0, 1.0)
     return lo_f + w * (hi_f - lo_f)
 
