@@ -179,11 +179,13 @@ class BatchingEngine:
 
     def _schedule(
         self, start_s: float
-    ) -> tuple[list[EngineRequest], list[tuple[EngineRequest, int]], list[EngineRequest]]:
-        """Choose the decoding sequences and the prefill chunks of this step, and whom it preempts."""
+    ) -> tuple[list[EngineRequest], list[tuple[EngineRequest, int]], list[EngineRequest], int, int]:
+        """Choose the decoding sequences and the prefill chunks of this step, and whom it preempts; with the summed
+        context tokens of the decoding and of the prefilling sequences."""
         # The hot loop of every replay (the planner's verification runs ~1,500 steps a decision): the request
         # properties (prefill_target, in_prefill, context_tokens) and kv_blocks() are inlined, same arithmetic.
         budget = self.max_num_batched_tokens
+        decode_context = chunk_context = 0
         decoding: list[EngineRequest] = []
         chunks: list[tuple[EngineRequest, int]] = []
         preempted: list[EngineRequest] = []
@@ -196,8 +198,8 @@ class BatchingEngine:
             prefilled = request.prefilled_tokens
             remaining = request.prompt_tokens + request.recompute_tokens - prefilled
             new = min(remaining, budget) if remaining > 0 else 1
+            context = prefilled + request.output_tokens - request.recompute_tokens
             if free is not None:
-                context = prefilled + request.output_tokens - request.recompute_tokens
                 need = -(-(context + new) // KV_BLOCK_TOKENS) - request.kv_blocks
                 if need > free:
                     while need > free:
@@ -217,8 +219,10 @@ class BatchingEngine:
                 free -= need
             if remaining > 0:
                 chunks.append((request, new))
+                chunk_context += context
             else:
                 decoding.append(request)
+                decode_context += context
             budget -= new
             i += 1
         waiting = self.waiting
@@ -231,9 +235,10 @@ class BatchingEngine:
         ):
             request = waiting[0]
             new = min(request.prefill_target - request.prefilled_tokens, budget)
+            context = request.context_tokens
             need = 0
             if free is not None:
-                need = kv_blocks(request.context_tokens + new) - request.kv_blocks
+                need = kv_blocks(context + new) - request.kv_blocks
                 if need > free and running:
                     break  # an empty engine always takes one request, or a huge one would wait forever
             waiting.popleft()
@@ -244,8 +249,9 @@ class BatchingEngine:
                 request.scheduled_s = start_s
             running.append(request)
             chunks.append((request, new))
+            chunk_context += context
             budget -= new
-        return decoding, chunks, preempted
+        return decoding, chunks, preempted, decode_context, chunk_context
 
     def step(self, now_s: float) -> StepResult:
         """Run one iteration starting at `now_s`, or later: at the end of the previous one, or, when nothing runs,
@@ -254,11 +260,9 @@ class BatchingEngine:
         if not self.running and self.waiting and self.waiting[0].arrival_s > start_s:
             start_s = self.waiting[0].arrival_s  # nothing to do before the next request arrives
         self._energy_joules += self.idle_power_watts * (start_s - self.clock_s)
-        decoding, chunks, preempted = self._schedule(start_s)
+        decoding, chunks, preempted, decode_sum, chunk_sum = self._schedule(start_s)
         prefill_tokens = sum([chunk for _, chunk in chunks])
         # Context sums are integers, so summing the decoding and prefilling parts apart changes nothing.
-        decode_sum = sum([r.prefilled_tokens + r.output_tokens - r.recompute_tokens for r in decoding])
-        chunk_sum = sum([r.prefilled_tokens + r.output_tokens - r.recompute_tokens for r, _ in chunks])
         batch = len(decoding) + len(chunks)
         mean_context = round((decode_sum + chunk_sum) / batch) if batch else 0
         if decoding:
@@ -282,12 +286,15 @@ class BatchingEngine:
         )
         emitted = result.emitted
         itl_samples = result.itl_samples_s
+        # Only a sequence that ran this step can have reached its length (the rest were checked when they ran).
+        any_done = False
         for request in decoding:
             request.output_tokens += 1
             if request.last_token_s is not None:
                 itl_samples.append(end_s - request.last_token_s)
             request.last_token_s = end_s
             emitted.append((request, request.output_tokens))
+            any_done = any_done or request.output_tokens >= request.max_output_tokens
         for request, chunk in chunks:
             request.prefilled_tokens += chunk
             if not request.in_prefill:  # the step that ends prefill samples the next token
@@ -299,8 +306,9 @@ class BatchingEngine:
                     result.itl_samples_s.append(end_s - request.last_token_s)
                 request.last_token_s = end_s
                 result.emitted.append((request, request.output_tokens))
+            any_done = any_done or request.output_tokens >= request.max_output_tokens
         result.generation_tokens = len(result.emitted)
-        done = [r for r in self.running if r.output_tokens >= r.max_output_tokens]
+        done = [r for r in self.running if r.output_tokens >= r.max_output_tokens] if any_done else []
         if done:
             for request in done:
                 request.finished_s = end_s
