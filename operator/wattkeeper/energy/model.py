@@ -208,7 +208,7 @@ class Features:
     # Row indices by (all-reduce table, GPUs, NVLink): the all-reduce curves are looked up per group. Cached.
     _groups: dict[str, list[tuple[str, int, float, npt.NDArray[np.int64]]]] | None = None
     # Evaluator.step's row-only parts, for the evaluator that made them. Cached; the arrays are never mutated.
-    _static: tuple[Evaluator, _StepStatic] | None = None
+    _static: tuple[Evaluator, _StepStatic] | None = field(default=None, compare=False, repr=False)
 
     def comm_groups(self) -> dict[str, list[tuple[str, int, float, npt.NDArray[np.int64]]]]:
         if self._groups is None:
