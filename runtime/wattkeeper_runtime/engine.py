@@ -116,10 +116,14 @@ class BatchingEngine:
         max_num_batched_tokens: int = 8192,
         kv_cache_tokens: int | None = None,
         start_s: float = 0.0,
+        record_tokens: bool = True,
     ) -> None:
         if max_num_seqs < 1 or max_num_batched_tokens < 1:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1")
         self.timing = timing
+        # False: steps leave `emitted` and `itl_samples_s` empty, for a replay that reads only the requests' own
+        # times (it saves a list entry per token); the schedule, times and counts are the same.
+        self.record_tokens = record_tokens
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         capacity = timing.kv_cache_tokens() if kv_cache_tokens is None else kv_cache_tokens
@@ -286,28 +290,38 @@ class BatchingEngine:
         )
         emitted = result.emitted
         itl_samples = result.itl_samples_s
+        record = self.record_tokens
         # Only a sequence that ran this step can have reached its length (the rest were checked when they ran).
         any_done = False
-        for request in decoding:
-            request.output_tokens += 1
-            if request.last_token_s is not None:
-                itl_samples.append(end_s - request.last_token_s)
-            request.last_token_s = end_s
-            emitted.append((request, request.output_tokens))
-            any_done = any_done or request.output_tokens >= request.max_output_tokens
+        if record:
+            for request in decoding:
+                request.output_tokens += 1
+                if request.last_token_s is not None:
+                    itl_samples.append(end_s - request.last_token_s)
+                request.last_token_s = end_s
+                emitted.append((request, request.output_tokens))
+                any_done = any_done or request.output_tokens >= request.max_output_tokens
+        else:
+            for request in decoding:
+                request.output_tokens += 1
+                request.last_token_s = end_s
+                any_done = any_done or request.output_tokens >= request.max_output_tokens
+        generated = len(decoding)
         for request, chunk in chunks:
             request.prefilled_tokens += chunk
             if not request.in_prefill:  # the step that ends prefill samples the next token
                 request.output_tokens += 1
+                generated += 1
                 if request.first_token_s is None:
                     request.first_token_s = end_s
                     result.ttft_samples_s.append(end_s - request.arrival_s)
-                elif request.last_token_s is not None:  # resumed after a preemption: the user saw a long gap
-                    result.itl_samples_s.append(end_s - request.last_token_s)
+                elif request.last_token_s is not None and record:  # resumed after a preemption: a long gap
+                    itl_samples.append(end_s - request.last_token_s)
                 request.last_token_s = end_s
-                result.emitted.append((request, request.output_tokens))
+                if record:
+                    emitted.append((request, request.output_tokens))
             any_done = any_done or request.output_tokens >= request.max_output_tokens
-        result.generation_tokens = len(result.emitted)
+        result.generation_tokens = generated
         done = [r for r in self.running if r.output_tokens >= r.max_output_tokens] if any_done else []
         if done:
             for request in done:

@@ -214,7 +214,7 @@ def replay(
     started = time.perf_counter()
     em = energy_model or EnergyModel.default()
     timing = _TableTiming(em, model, accelerator, config)
-    engine = BatchingEngine(timing, config.max_num_seqs, config.max_num_batched_tokens)
+    engine = BatchingEngine(timing, config.max_num_seqs, config.max_num_batched_tokens, record_tokens=False)
     first = max(0, len(sample) - max_requests_per_replica * replicas)
     t0 = sample.arrival_s[first] if len(sample) else 0.0
     requests: list[EngineRequest] = []
