@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from wattkeeper.energy.catalog import ACCELERATORS, get_accelerator, get_precision, model_from_name
 from wattkeeper.energy.datasets import shared_data_dir
-from wattkeeper.energy.model import Coefficients, EnergyModel, load_default_coefficients
+from wattkeeper.energy.model import Coefficients, EnergyModel, build_features, load_default_coefficients
 from wattkeeper.energy.types import ServingConfig, Workload
 
 H100 = get_accelerator("H100")
@@ -175,3 +175,22 @@ def test_shared_data_dir_honours_the_environment(monkeypatch: pytest.MonkeyPatch
     assert shared_data_dir() == tmp_path
     monkeypatch.setenv("WATTKEEPER_DATA_DIR", str(tmp_path / "missing"))
     assert shared_data_dir() is None
+
+
+def test_step_seconds_is_the_steps_own_figure(em: EnergyModel) -> None:
+    """Evaluator.step_seconds (the latency model's path: row-only parts cached, watts only where a power limit can
+    cap) gives step().step_seconds bit for bit, dense and MoE, with and without limits."""
+    ev = em.evaluator
+    for model in (LLAMA_70B, QWEN_235B):
+        rows = [(model, H100, ServingConfig("bf16" if p == 0 else "fp8", tp, gpu_power_limit_watts=limit))
+                for p in (0, 1) for tp in (1, 2, 4, 8) for limit in (None, 350.0, 490.0)]
+        f = build_features(rows, em.coefficients)
+        rng = np.random.default_rng(3)
+        for _ in range(3):
+            batch = rng.uniform(0.0, 300.0, len(f))
+            context = rng.uniform(100.0, 8000.0, len(f))
+            prompt = rng.choice([0.0, 16.0, 700.0, 8192.0], len(f))
+            length = np.maximum(prompt, 1.0)
+            plain = ev.step(f, batch, context, prompt, length).step_seconds
+            fast = ev.step_seconds(f, batch, context, prompt, length)
+            assert np.array_equal(plain, fast)

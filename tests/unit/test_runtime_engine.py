@@ -133,3 +133,29 @@ def test_with_the_energy_model_when_available() -> None:
     assert engine.finished_total == 64
     assert all(0 < r.duration_s < 5.0 for r in results)
     assert timing.power_watts(64, 1.0) > timing.power_watts(1, 1.0) > timing.power_watts(0, 0.0) > 0
+
+
+def test_without_token_records_the_schedule_is_the_same() -> None:
+    """record_tokens=False (the planner's replay) only leaves out the per-token lists of each step."""
+    engines = [
+        BatchingEngine(LinearStubTiming(), max_num_seqs=8, max_num_batched_tokens=512, kv_cache_tokens=3000,
+                       record_tokens=record)
+        for record in (True, False)
+    ]
+    runs = []
+    for engine in engines:
+        reqs = [EngineRequest(f"r{i}", prompt_tokens=50 + 97 * i % 700, max_output_tokens=5 + 13 * i % 90)
+                for i in range(30)]
+        for i, r in enumerate(reqs):
+            engine.submit(r, 0.05 * i)
+        steps = run_to_completion(engine)
+        runs.append((reqs, steps))
+    (loud, loud_steps), (quiet, quiet_steps) = runs
+    assert engines[0].preemptions_total > 0  # the small cache exercises preemption too
+    assert [(s.start_s, s.end_s, s.running, s.generation_tokens, len(s.finished), s.ttft_samples_s)
+            for s in loud_steps] == [(s.start_s, s.end_s, s.running, s.generation_tokens, len(s.finished),
+                                      s.ttft_samples_s) for s in quiet_steps]
+    assert [(r.first_token_s, r.finished_s, r.preemptions) for r in loud] == \
+        [(r.first_token_s, r.finished_s, r.preemptions) for r in quiet]
+    assert all(not s.emitted and not s.itl_samples_s for s in quiet_steps)
+    assert engines[0].generation_tokens_total == engines[1].generation_tokens_total == sum(r.output_tokens for r in loud)
