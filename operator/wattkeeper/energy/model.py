@@ -610,8 +610,7 @@ class Evaluator:
         running = np.zeros(len(f)) if batch is None else batch
         chunk = np.maximum(np.minimum(prompt_tokens, f.max_num_batched_tokens - running), 16.0)
         chunks = np.ceil(prompt_tokens / chunk)
-        s = self.step(f, running, prompt_tokens * 0.5 + running * 0.0, chunk, prompt_tokens)
-        return chunks * s.step_seconds
+        return chunks * self.step_seconds(f, running, prompt_tokens * 0.5 + running * 0.0, chunk, prompt_tokens)
 
     def _tail_step(
         self,
@@ -629,8 +628,7 @@ class Evaluator:
         budget = np.maximum(f.max_num_batched_tokens - batch, 16.0)
         chunk = input_tokens * (np.log(np.maximum(with_prompt / share, 1.0)) + arrivals)
         chunk = np.where(with_prompt > share, np.minimum(budget, chunk), 0.0)
-        tail = self.step(f, batch, context, chunk, np.maximum(input_tokens, 1.0))
-        return tail.step_seconds * _ITL_TAIL_SCALE
+        return self.step_seconds(f, batch, context, chunk, np.maximum(input_tokens, 1.0)) * _ITL_TAIL_SCALE
 
     def under_load(
         self, f: Features, rate_per_replica: FloatArray, input_tokens: FloatArray, output_tokens: FloatArray
@@ -641,13 +639,14 @@ class Evaluator:
         max_batch = np.minimum(f.max_num_seqs, np.maximum(np.floor(cap / (input_tokens + output_tokens)), 0.0))
         max_batch_f = np.maximum(max_batch, 1.0)
         # Capacity: the full batch's throughput, in requests per second.
-        full = self.step(f, max_batch_f, context, max_batch_f * input_tokens / output_tokens, input_tokens)
-        capacity_rps = max_batch_f / (full.step_seconds * output_tokens)
+        # Only the last step below needs more than the step's duration (its ITL spread and watts).
+        full_step = self.step_seconds(f, max_batch_f, context, max_batch_f * input_tokens / output_tokens, input_tokens)
+        capacity_rps = max_batch_f / (full_step * output_tokens)
         utilisation = rate_per_replica / capacity_rps
         # Fixed point on the busy-period batch with a secant-free damped iteration: the step time is nearly linear
         # in the batch, so a few rounds of b <- rate*O*T(b) from the linearised solution converge.
-        lo = self.step(f, np.ones(len(f)), context, input_tokens / output_tokens, input_tokens).step_seconds
-        slope = np.maximum((full.step_seconds - lo) / np.maximum(max_batch_f - 1.0, 1.0), 0.0)
+        lo = self.step_seconds(f, np.ones(len(f)), context, input_tokens / output_tokens, input_tokens)
+        slope = np.maximum((full_step - lo) / np.maximum(max_batch_f - 1.0, 1.0), 0.0)
         demand = rate_per_replica * output_tokens
         denom = np.maximum(1.0 - demand * slope, 1e-3)
         batch = np.clip(demand * (lo - slope) / denom, 0.0, max_batch_f)
@@ -655,8 +654,8 @@ class Evaluator:
             occupied = np.maximum(batch, 1e-9)
             busy = 1.0 - np.exp(-occupied)
             b_busy = np.maximum(occupied / busy, 1.0)
-            s = self.step(f, b_busy, context, b_busy * input_tokens / output_tokens, input_tokens)
-            batch = np.clip(demand * s.step_seconds, 0.0, max_batch_f)
+            step_s = self.step_seconds(f, b_busy, context, b_busy * input_tokens / output_tokens, input_tokens)
+            batch = np.clip(demand * step_s, 0.0, max_batch_f)
         occupied = np.maximum(batch, 1e-9)
         busy = 1.0 - np.exp(-occupied)
         b_busy = np.maximum(occupied / busy, 1.0)
@@ -679,7 +678,7 @@ class Evaluator:
         prefill = self.prefill_seconds(f, input_tokens * (_TTFT_TAIL_PROMPTS + arrivals), b_busy)
         rho = np.clip(utilisation, 0.0, 0.999)
         slots = max_batch_f
-        residence = output_tokens * full.step_seconds
+        residence = output_tokens * full_step
         wait = np.power(rho, np.sqrt(2.0 * (slots + 1.0)) - 1.0) / (slots * (1.0 - rho)) * residence
         ttft_p95 = prefill + s.step_seconds + 3.0 * wait
         ttft_p95 = np.where(utilisation >= 1.0, np.inf, ttft_p95)
