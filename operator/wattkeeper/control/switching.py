@@ -20,7 +20,10 @@ Unchanged, names the branch (`cause`) and says why:
                   fell by a capacity step and nothing queues, nor into a fallback while the fleet keeps up as measured; a capacity move that would take
                   the only replica down (an in-place restart: no room under the allocation to surge) is not forced,
                   since it removes all capacity for a model load: it waits for the cooldown and the saving test.
-                  A capacity restart goes only into a plan predicted to meet the SLO.
+                  A capacity restart goes only into a plan predicted to meet the SLO. Measured room to spare
+                  (both p95s within 60% of their SLO, under one request waiting) outweighs the model: a queue of a
+                  request now and then is no shortfall, and a predicted miss is not acted on where the running
+                  plan was measured carrying about that load, or where the arrivals fell below the held peak.
  8. cooldown      an optional move inside the cooldown               -> hold
  9. pinned        Pinned mode serves the spec's plan                 -> apply
 10. saving / not-worth / recently-left  the saving over the horizon against the cost of moving
