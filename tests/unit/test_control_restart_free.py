@@ -29,7 +29,8 @@ from wattkeeper.control.restart_free import (
     scale_only_suffices,
 )
 from wattkeeper.control.switching import configuration_key, restarts
-from wattkeeper.control.types import ConfigMargin
+from wattkeeper.control.tick import carries_load, has_slack
+from wattkeeper.control.types import ConfigMargin, LoadEstimate
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.energy.types import ServingConfig, Workload
 from wattkeeper.planner import SwitchDecision
@@ -337,3 +338,24 @@ def test_a_measured_miss_at_most_doubles_the_gpus_in_one_tick() -> None:
                                            replace(memory, planned_load=heavy), None, fleet, now_s=10_000.0), EM)
     assert by_prediction.proposed is not None
     assert by_prediction.proposed.replicas * by_prediction.proposed.config.tensor_parallel > SCALE_UP_STEP * 4
+
+
+def test_a_measured_plan_with_room_to_spare_contradicts_a_predicted_miss() -> None:
+    """The decode-heavy trace: tp4 x1, settled, served 2.95 req/s with TTFT p95 0.16 s and ITL p95 46 ms (SLOs 2 s
+    and 100 ms) while the planner, at the 3.03 req/s held peak, predicted it to miss: the measurement of the plan
+    wins over the model's prediction of it; nearer the SLO, or well below the load planned for, it does not."""
+    running = Plan(ServingConfig("bf16", 4, 512, 8192), 1)
+    memory = Memory(running=running, last_applied_s=0.0)
+    signals = Signals(window_seconds=60.0, watts=2100.0, finished_requests_per_second=2.95, waiting_requests=0.2,
+                      ttft_p95_seconds=0.16, itl_p95_seconds=0.046)
+    inputs = TickInputs(intent=INTENT, memory=memory, signals=signals, fleet=FleetState(True, True, 1, 1), now_s=450.0)
+    load = LoadEstimate(Workload(3.03, 400.0, 1200.0), "measured", 3.03, 300.0)
+    assert has_slack(inputs, memory) and carries_load(inputs, load, memory)
+    far_above = replace(load, workload=Workload(4.0, 400.0, 1200.0))
+    assert has_slack(inputs, memory) and not carries_load(inputs, far_above, memory)
+    near_slo = replace(inputs, signals=replace(signals, itl_p95_seconds=0.07))
+    assert not has_slack(near_slo, memory) and not carries_load(near_slo, load, memory)
+    queued = replace(inputs, signals=replace(signals, waiting_requests=1.5))
+    assert not has_slack(queued, memory)
+    unsettled = replace(inputs, now_s=30.0)
+    assert not has_slack(unsettled, memory)

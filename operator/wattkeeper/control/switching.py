@@ -20,7 +20,10 @@ Unchanged, names the branch (`cause`) and says why:
                   fell by a capacity step and nothing queues, nor into a fallback while the fleet keeps up as measured; a capacity move that would take
                   the only replica down (an in-place restart: no room under the allocation to surge) is not forced,
                   since it removes all capacity for a model load: it waits for the cooldown and the saving test.
-                  A capacity restart goes only into a plan predicted to meet the SLO.
+                  A capacity restart goes only into a plan predicted to meet the SLO. Measured room to spare
+                  (both p95s within 60% of their SLO, under one request waiting) outweighs the model: a queue of a
+                  request now and then is no shortfall, and a predicted miss is not acted on where the running
+                  plan was measured carrying about that load, or where the arrivals fell below the held peak.
  8. cooldown      an optional move inside the cooldown               -> hold
  9. pinned        Pinned mode serves the spec's plan                 -> apply
 10. saving / not-worth / recently-left  the saving over the horizon against the cost of moving
@@ -80,6 +83,12 @@ class SwitchFacts:
     # Measured, the fleet keeps up: no SLO missed and under one request waits on average over the window.
     keeps_up: bool = False
     slo_missed: bool = False  # the measured p95 TTFT or ITL is over its SLO
+    # Measured, the running plan carried about the load planned for with room to spare (tick.py `carries_load`):
+    # a prediction that it misses there is the model's error, not a rise; no capacity move on it alone.
+    carries_load: bool = False
+    # Measured, the running plan has room to spare (tick.py `has_slack`): a request or two waiting now and then
+    # is then no shortfall.
+    has_slack: bool = False
     settled: bool = True  # the roll is done, old pods drained, a telemetry window has passed since the change
     outage: bool = False  # the move restarts the only replica in place (no surge): nothing serves while it loads
     cooldown_until_s: float | None = None
@@ -172,8 +181,13 @@ def switching_rule(f: SwitchFacts) -> Verdict:
     overshoot = measured_overshoot(f)
     # Pressure measured (a queue, an SLO missed), or predicted: the running plan misses what is scored at this
     # load while the proposal meets it (a rise the window's p95s do not show yet).
-    predicted_miss = f.running_meets_slo is False and bool(f.proposed_meets_slo)
-    capacity = _capacity_target(f, alt, restart=not f.load_fell) if (f.under_pressure or predicted_miss) else None
+    # Not where the measurement of the running plan contradicts it: it carried about that load with room to spare,
+    # or the arrivals fell a capacity step below the held peak and it has room to spare (no rise to get ahead of).
+    predicted_miss = f.running_meets_slo is False and bool(f.proposed_meets_slo) and not f.carries_load \
+        and not (f.load_fell and f.has_slack)
+    # A request or two waiting now and then is no shortfall where both p95s have room to spare (`carries_load`).
+    pressure = f.under_pressure and not f.has_slack
+    capacity = _capacity_target(f, alt, restart=not f.load_fell) if (pressure or predicted_miss) else None
     if (overshoot or capacity) and not f.settled:
         # Until the roll is done, the old pods have drained and a telemetry window has passed, telemetry shows
         # the old fleet too, and acting on it flaps.
