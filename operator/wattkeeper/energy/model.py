@@ -406,7 +406,7 @@ class Evaluator:
         t_weights: FloatArray | None = None
         dequant_per_tile: FloatArray | None = None
         if not has_moe:
-            # Dense rows touch every weight (touched fraction 1.0, as `step` writes it for MoE).
+            # Dense rows only: their touched fraction is 1.0 whatever the tokens (the MoE formula is in _step).
             weight_bytes = f.active_weight_bytes + (f.total_weight_bytes - f.active_weight_bytes) * 1.0
             t_weights = weight_bytes * moe_factor / weights_denominator
             touched_params = weight_bytes / np.maximum(f.total_weight_bytes, 1.0) * f.total_params
