@@ -121,3 +121,19 @@ def test_slow_swings_are_the_level_not_grouping() -> None:
     assert max(a for a, _ in est.rate_levels) > 1.2
     # The current level is where the swing stands now, not the 10-minute mean.
     assert est.level_rate == pytest.approx(float(counts[-120:].mean()))
+
+
+def test_a_histogram_expands_into_its_quantiles() -> None:
+    """As histogram_quantile reads it: linear within a bucket, the first from 0, +Inf at the largest bound."""
+    from wattkeeper.planner.load import sample_from_histogram, token_sample_from_histograms
+
+    bounds = [100.0, 1000.0, float("inf")]
+    assert sample_from_histogram(bounds, [0.0, 0.0, 0.0]) == ()
+    even = sample_from_histogram(bounds, [0.0, 10.0, 10.0], size=10)
+    assert even == pytest.approx([145.0 + 90.0 * k for k in range(10)])  # all in (100, 1000]
+    top = sample_from_histogram(bounds, [5.0, 5.0, 10.0], size=4)
+    assert top[:2] == pytest.approx([25.0, 75.0]) and top[2:] == (1000.0, 1000.0)
+    prompts, outputs = token_sample_from_histograms((bounds, [0.0, 10.0, 10.0]), (bounds, [10.0, 10.0, 10.0]), 10)
+    assert len(prompts) == len(outputs) == 10 and sorted(outputs) == pytest.approx([5.0 + 10.0 * k for k in range(10)])
+    assert list(outputs) != sorted(outputs)  # no pairing kept: not sorted beside sorted prompts
+    assert token_sample_from_histograms((bounds, [0.0] * 3), (bounds, [1.0] * 3)) == ((), ())

@@ -142,6 +142,59 @@ def counts_from_counter(
     return out
 
 
+# How many lengths a histogram is expanded into (`sample_from_histogram`): enough for the latency model's
+# quantile groups (energy/latency.py DISTRIBUTION_EDGES), few enough to keep a tick cheap.
+HISTOGRAM_SAMPLE_SIZE = 200
+
+
+def sample_from_histogram(
+    upper_bounds: Sequence[float], cumulative_counts: Sequence[float], size: int = HISTOGRAM_SAMPLE_SIZE
+) -> tuple[float, ...]:
+    """`size` values spread over a Prometheus histogram's distribution: its quantiles at (i + 0.5) / size, each
+    interpolated linearly within its bucket as PromQL's histogram_quantile does (the first bucket from 0; the
+    +Inf bucket at the largest finite bound). `upper_bounds` are the `le` labels in rising order (+Inf allowed),
+    `cumulative_counts` the bucket counts (cumulative, as exposed; e.g. their increase over a window). () when the
+    histogram counted nothing."""
+    bounds = np.asarray(upper_bounds, dtype=float)
+    cum = np.asarray(cumulative_counts, dtype=float)
+    if bounds.size != cum.size:
+        raise ValueError("histogram bounds and counts differ in length")
+    if size < 1 or bounds.size == 0:
+        return ()
+    order = np.argsort(bounds, kind="stable")
+    bounds, cum = bounds[order], np.maximum.accumulate(np.maximum(cum[order], 0.0))
+    total = float(cum[-1])
+    if total <= 0:
+        return ()
+    finite = bounds[np.isfinite(bounds)]
+    top = float(finite[-1]) if finite.size else 0.0
+    bounds = np.where(np.isfinite(bounds), bounds, top)
+    lower = np.concatenate(([0.0], bounds[:-1]))
+    below = np.concatenate(([0.0], cum[:-1]))
+    ranks = (np.arange(size) + 0.5) / size * total
+    i = np.minimum(np.searchsorted(cum, ranks, side="left"), cum.size - 1)
+    inside = cum[i] - below[i]
+    share = np.where(inside > 0, (ranks - below[i]) / np.where(inside > 0, inside, 1.0), 1.0)
+    return tuple(float(v) for v in lower[i] + (bounds[i] - lower[i]) * np.clip(share, 0.0, 1.0))
+
+
+def token_sample_from_histograms(
+    prompt: tuple[Sequence[float], Sequence[float]],
+    output: tuple[Sequence[float], Sequence[float]],
+    size: int = HISTOGRAM_SAMPLE_SIZE,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Prompt and output lengths as a paired sample from vLLM's two histograms (`vllm:request_prompt_tokens`,
+    `vllm:request_generation_tokens`; each (upper bounds, cumulative counts)). The histograms keep no pairing, so
+    the output values are put in a fixed pseudo-random order (seeded, so a tick stays a pure function): lengths
+    taken as independent rather than as perfectly correlated, which sorted quantiles side by side would say."""
+    prompts = sample_from_histogram(*prompt, size=size)
+    outputs = sample_from_histogram(*output, size=size)
+    if not prompts or not outputs:
+        return (), ()
+    order = np.random.default_rng(11).permutation(len(outputs))
+    return prompts, tuple(outputs[int(k)] for k in order)
+
+
 def window_rates(counts: npt.ArrayLike, resolution_s: float, window_s: float = BURST_WINDOW_SECONDS) -> FloatArray:
     """Rates over every window of `window_s` that slides one bin at a time (requests per second)."""
     c = np.asarray(counts, dtype=float)
