@@ -386,10 +386,13 @@ def test_arrival_counts_and_token_lengths_come_through_that_prometheus(env: dict
     source = PrometheusSource(env["prometheus"], arrival_resolution_seconds=resolution, clock=clock)
     for name in ("llama", "qwen"):
         obs = wait_for(f"{name}: arrival counts and token lengths", lambda n=name: (
-            o := source.observe_service(env["work"], n, 10)) and sum(o.arrival_counts) > 20 and o.prompt_tokens_sample
+            o := source.observe_service(env["work"], n, 10)) and sum(o.arrival_counts) > 60 and o.prompt_tokens_sample
             and o, timeout=90, retry_on=(TelemetryUnavailable,))
         assert obs.arrival_resolution_seconds == resolution and len(obs.arrival_counts) == 600
         assert min(obs.arrival_counts) >= 0
+        # ~6 requests a second without pause (10 s of scrapes at least by now): the grid ends at the last scrape,
+        # so the newest bins are full too.
+        assert all(c > 0 for c in obs.arrival_counts[-3:]), obs.arrival_counts[-10:]
         # Requests started (first tokens) against requests finished, from the same scrapes: they differ by the
         # requests in flight at either end (4 load threads per service) and at most a scrape's worth.
         sel = f'namespace="{env["work"]}",pod=~"{pod_name_pattern(name)}"'
