@@ -22,8 +22,8 @@ from wattkeeper_runtime.simmetrics import build_1_2_5_buckets
 
 from ..control import FleetState, Memory, Signals, TickDecision, TickInputs, Tuning, decide_tick, settle_seconds
 from ..energy.model import EnergyModel
-from ..planner.load import token_sample_from_histograms
 from ..render.objects import TERMINATION_GRACE_SECONDS
+from ..telemetry.history import token_samples
 from .fleet import FleetTarget, Observation
 from .policies import BenchSpec, Decision, trace_workload
 from .trace import Trace
@@ -64,7 +64,7 @@ def recent_telemetry(obs: Observation, resolution_s: float) -> dict[str, Any]:
     """What the operator's telemetry reads of the last `HISTORY_SECONDS` (telemetry/prometheus.py): requests per
     scrape interval from the first-token counter (vLLM counts no arrivals; a request's first token comes a TTFT
     after it arrived, so a backlog shows as a waiting queue, not as counts), and the token lengths as vLLM's
-    histograms hold them, expanded by `token_sample_from_histograms` as the operator expands them."""
+    histograms hold them, expanded by the operator's own `telemetry.history.token_samples`."""
     end_s = obs.history_end_s if obs.history_end_s is not None else obs.now_s
     bins = int(min(HISTORY_SECONDS, end_s) // resolution_s)
     if bins < 1:
@@ -79,8 +79,7 @@ def recent_telemetry(obs: Observation, resolution_s: float) -> dict[str, Any]:
         v = np.asarray(values, dtype=float)
         return list(bounds), [float(np.count_nonzero(v <= b)) for b in bounds]
 
-    prompts, outputs = token_sample_from_histograms(histogram(obs.finished_prompt_tokens),
-                                                    histogram(obs.finished_output_tokens))
+    prompts, outputs = token_samples(histogram(obs.finished_prompt_tokens), histogram(obs.finished_output_tokens))
     return {
         "arrival_counts": tuple(float(c) for c in counts),
         "arrival_resolution_seconds": resolution_s,
