@@ -368,6 +368,55 @@ def test_operator_reads_watts_and_tokens_through_that_prometheus(env: dict[str, 
         assert source in result["condition"]["message"]
 
 
+def test_arrival_counts_and_token_lengths_come_through_that_prometheus(env: dict[str, Any]) -> None:
+    """The recent history the plan sizes bursts from (telemetry/history.py): requests started per bin from the
+    simulators' vllm:time_to_first_token_seconds_count, and token lengths from their per-request histograms, per
+    service and through the batch of a pass."""
+    from wattkeeper.telemetry import PrometheusSource, TelemetryUnavailable
+    from wattkeeper.telemetry.base import pod_name_pattern
+    from wattkeeper.telemetry.batch import observe_prometheus
+
+    resolution = 1.0  # the PodMonitor's interval here
+    clock_at: list[float] = []
+
+    def clock() -> float:
+        clock_at.append(time.time())
+        return clock_at[-1]
+
+    source = PrometheusSource(env["prometheus"], arrival_resolution_seconds=resolution, clock=clock)
+    for name in ("llama", "qwen"):
+        obs = wait_for(f"{name}: arrival counts and token lengths", lambda n=name: (
+            o := source.observe_service(env["work"], n, 10)) and sum(o.arrival_counts) > 60 and o.prompt_tokens_sample
+            and o, timeout=90, retry_on=(TelemetryUnavailable,))
+        assert obs.arrival_resolution_seconds == resolution and len(obs.arrival_counts) == 600
+        assert min(obs.arrival_counts) >= 0
+        # ~6 requests a second without pause (10 s of scrapes at least by now): the grid ends at the last scrape,
+        # so the newest bins are full too.
+        assert all(c > 0 for c in obs.arrival_counts[-3:]), obs.arrival_counts[-10:]
+        # Requests started (first tokens) against requests finished, from the same scrapes: they differ by the
+        # requests in flight at either end (4 load threads per service) and at most a scrape's worth.
+        sel = f'namespace="{env["work"]}",pod=~"{pod_name_pattern(name)}"'
+        finished = sum(float(s["values"][-1][1]) - float(s["values"][0][1]) for s in httpx.get(
+            f"{env['prometheus']}/api/v1/query", params={"query": f"vllm:request_success_total{{{sel}}}[630s]",
+                                                         "time": f"{clock_at[-1]:.3f}"}, timeout=10,
+        ).json()["data"]["result"] if len(s["values"]) >= 2)
+        started = sum(obs.arrival_counts)
+        print(f"{name}: {started:.1f} requests started in {sum(1 for c in obs.arrival_counts if c)} 1-s bins, "
+              f"{finished:.0f} finished; prompt lengths {min(obs.prompt_tokens_sample):.0f}-"
+              f"{max(obs.prompt_tokens_sample):.0f}, output {min(obs.output_tokens_sample):.0f}-"
+              f"{max(obs.output_tokens_sample):.0f}")
+        assert abs(started - finished) <= 8 + 0.05 * finished
+        # Every request: a 384-character prompt (96 tokens at 4 characters a token) and 64 output tokens, both
+        # in vLLM's (50, 100] bucket.
+        assert len(obs.prompt_tokens_sample) == len(obs.output_tokens_sample) == 200
+        assert all(50 <= x <= 100 for x in (*obs.prompt_tokens_sample, *obs.output_tokens_sample))
+    batch = observe_prometheus(source, [(env["work"], "llama"), (env["work"], "qwen")], 10)
+    for key, outcome in batch.items():
+        assert not isinstance(outcome, TelemetryUnavailable), outcome
+        assert len(outcome.arrival_counts) == 600 and sum(outcome.arrival_counts) > 20, key
+        assert len(outcome.prompt_tokens_sample) == 200 and len(outcome.output_tokens_sample) == 200
+
+
 def test_scrape_mode_finds_each_pods_gpu_exporter_on_its_node(env: dict[str, Any]) -> None:
     """Without Prometheus: the operator's scrape source lists the vLLM pods and the exporter pods on their nodes
     through the apiserver, tokens from vLLM's port, power from the node's exporter (vLLM exports none)."""

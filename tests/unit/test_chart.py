@@ -225,6 +225,15 @@ def test_scrape_in_namespaced_mode_lists_pods_where_the_gpu_exporters_run() -> N
 
 
 @needs_helm
+def test_the_arrival_resolution_reaches_the_operator() -> None:
+    def env(*sets: str) -> list[dict[str, str]]:
+        return list(one(render(*sets), "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"])
+
+    assert {"name": "WATTKEEPER_ARRIVAL_RESOLUTION_SECONDS", "value": "15"} in env()  # the PodMonitor's interval
+    assert {"name": "WATTKEEPER_ARRIVAL_RESOLUTION_SECONDS", "value": "30"} in env("operator.arrivalResolutionSeconds=30")
+
+
+@needs_helm
 def test_no_rbac_when_disabled() -> None:
     docs = render("rbac.create=false", "serviceAccount.create=false", "serviceAccount.name=mine")
     assert not {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount"} & {

@@ -7,9 +7,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from wattkeeper.bench.fleet import Observation
 from wattkeeper.bench.groundtruth import model_shape
 from wattkeeper.bench.trace import Trace
-from wattkeeper.bench.wattkeeper_policy import recent_arrivals
+from wattkeeper.bench.wattkeeper_policy import recent_arrivals, recent_telemetry
 from wattkeeper.control import FleetState, Memory, Plan, ServiceIntent, Signals, TickInputs, Tuning
 from wattkeeper.control.corrections import latency_correction
 from wattkeeper.control.load import estimate_load
@@ -103,6 +104,33 @@ def test_the_benchmark_reads_arrivals_at_the_scrape_resolution() -> None:
     assert sum(got["arrival_counts"]) == int(np.sum((arrivals >= 300.0) & (arrivals < 900.0)))
     assert set(got["prompt_tokens_sample"]) == {500.0}
     assert recent_arrivals(trace, 10.0, 15.0) == {}
+
+
+def test_the_benchmark_reads_what_the_operators_telemetry_reads() -> None:
+    """First tokens per scrape interval (vLLM counts no arrivals) and the lengths as vLLM's 1-2-5 histograms
+    hold them, expanded as the operator expands them: PromQL's histogram_quantile, linear within a bucket."""
+    first = tuple(np.sort(np.random.default_rng(4).uniform(250, 900, 2000)))
+    obs = Observation(now_s=915.0, window_s=60.0, requests_per_second=3.0, mean_input_tokens=None,
+                      mean_output_tokens=None, watts=1000.0, ttft_p95_seconds=None, itl_p95_seconds=None,
+                      running_requests=0, waiting_requests=0, serving_replicas=1, loading_replicas=0,
+                      draining_replicas=0, active_per_replica_mean=0.0, history_end_s=900.0, first_token_s=first,
+                      finished_prompt_tokens=(700,) * 50 + (3000,) * 50, finished_output_tokens=(150,) * 100)
+    got = recent_telemetry(obs, 15.0)
+    assert got["arrival_resolution_seconds"] == 15.0 and len(got["arrival_counts"]) == 40
+    assert sum(got["arrival_counts"]) == sum(1 for t in first if 300.0 <= t < 900.0)
+    prompts, outputs = got["prompt_tokens_sample"], got["output_tokens_sample"]
+    assert len(prompts) == len(outputs) == 200
+    assert all(500.0 <= p <= 1000.0 for p in prompts[:100]) and all(2000.0 <= p <= 5000.0 for p in prompts[100:])
+    assert all(100.0 <= o <= 200.0 for o in outputs)
+
+
+def test_the_token_means_are_the_historys_where_telemetry_carries_it() -> None:
+    """Under a backlog the window's finished requests are the short ones (conv-x4-cap: 16 output tokens read
+    where 230 is the mean): the history's lengths set the load's means."""
+    signals = replace(BASE, mean_output_tokens=16.0, arrival_counts=bursty_counts(), arrival_resolution_seconds=15.0,
+                      prompt_tokens_sample=tuple([800.0, 1200.0] * 20), output_tokens_sample=tuple([200.0, 260.0] * 20))
+    load = estimate_load(INTENT, Memory(), signals, 100.0)
+    assert load.workload.output_tokens == pytest.approx(230.0) and load.workload.input_tokens == pytest.approx(1000.0)
 
 
 def test_margins_are_learned_per_configuration() -> None:

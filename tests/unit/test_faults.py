@@ -176,8 +176,12 @@ def test_telemetry_is_one_query_per_metric_for_all_services() -> None:
     assert not isinstance(b, TelemetryUnavailable) and b.watts == 1200
     assert b.request_itl_p95_seconds is None  # an older vLLM exports no per-request mean ITL
     assert isinstance(out[("a", "silent")], TelemetryUnavailable)
-    assert len(queries) == 4 + 5 + 3 + 1 + 1  # per metric, not per service
-    assert all("by (namespace, pod" in q or "by (namespace, service)" in q for q in queries)
+    assert len(queries) == 4 + 5 + 3 + 1 + 1 + 3  # per metric, not per service
+    # The arrival counter's raw samples come per series (a range vector): grouped into services here.
+    raw = [q for q in queries if q.startswith("vllm:time_to_first_token_seconds_count{")]
+    assert raw == ['vllm:time_to_first_token_seconds_count{namespace=~"a|b",pod!=""}[630s]']
+    assert all("by (namespace, pod" in q or "by (namespace, service" in q for q in queries if q not in raw)
+    assert a.arrival_counts == () and a.prompt_tokens_sample == ()  # no such series answered: empty, not an error
     assert service_of_pod("llama-8b-5f6d7-abcde") == "llama-8b" and service_of_pod("stray") is None
 
 

@@ -221,3 +221,32 @@ def test_each_finished_request_is_observed_once_with_its_mean_itl() -> None:
     # vLLM 0.11.1 v1/metrics/loggers.py:802-830.
     assert bounds == ["0.01", "0.025", "0.05", "0.075", "0.1", "0.15", "0.2", "0.3", "0.4", "0.5", "0.75", "1.0",
                       "2.5", "5.0", "7.5", "10.0", "20.0", "40.0", "80.0", "+Inf"]
+
+
+def test_ttft_is_observed_at_the_first_token_and_token_lengths_at_the_finish() -> None:
+    """As vLLM 0.11.1: TTFT in the step that gives a request its first token (v1/metrics/stats.py:251-255,
+    loggers.py:1049-1050), so its _count counts requests started (the operator's arrival counts); the prompt and
+    generation lengths once the request finishes (loggers.py:1074-1079)."""
+    from wattkeeper_runtime.engine import BatchingEngine
+
+    metrics = VllmMetrics("m", 4096)
+    engine = BatchingEngine(LinearStubTiming(), max_num_seqs=8, max_num_batched_tokens=8192)
+    engine.submit(EngineRequest("a", prompt_tokens=100, max_output_tokens=10), 0.0)
+    series = 'engine="0",model_name="m"'
+
+    def count(name: str) -> float:
+        line = next(x for x in generate_latest(metrics.registry).decode().splitlines() if x.startswith(f"{name}{{"))
+        return float(line.rsplit(" ", 1)[1])
+
+    metrics.record_step(engine.step(engine.clock_s))  # the prefill: the first token
+    assert count("vllm:time_to_first_token_seconds_count") == 1.0
+    assert count("vllm:request_success_total") == 0.0 and count("vllm:request_prompt_tokens_count") == 0.0
+    while engine.has_work():
+        metrics.record_step(engine.step(engine.clock_s))
+    text = generate_latest(metrics.registry).decode()
+    assert count("vllm:time_to_first_token_seconds_count") == 1.0  # once per request, not per token
+    assert f"vllm:request_prompt_tokens_count{{{series}}} 1.0" in text
+    assert f"vllm:request_generation_tokens_count{{{series}}} 1.0" in text
+    assert 'vllm:request_prompt_tokens_bucket{engine="0",le="100.0",model_name="m"} 1.0' in text
+    assert 'vllm:request_generation_tokens_bucket{engine="0",le="5.0",model_name="m"} 0.0' in text
+    assert 'vllm:request_generation_tokens_bucket{engine="0",le="10.0",model_name="m"} 1.0' in text

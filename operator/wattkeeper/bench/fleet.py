@@ -81,6 +81,14 @@ class Observation:
     # The p95 over requests finished in the window of each one's mean ITL, as vLLM's
     # vllm:request_time_per_output_token_seconds shows it (Signals.request_itl_p95_seconds).
     request_itl_p95_seconds: float | None = None
+    # For a policy that reads the history as the operator's telemetry does (`Policy.history_seconds` > 0), over
+    # that long up to the window's end: when each request got its first token (vllm:time_to_first_token_seconds is
+    # observed then, its _count read at every scrape), and the prompt and output lengths of the requests that
+    # finished (vllm:request_prompt_tokens / request_generation_tokens are observed at the finish).
+    history_end_s: float | None = None
+    first_token_s: tuple[float, ...] = ()
+    finished_prompt_tokens: tuple[int, ...] = ()
+    finished_output_tokens: tuple[int, ...] = ()
 
     @property
     def settled(self) -> bool:
@@ -242,6 +250,11 @@ class FleetSimulator:
         changes: list[Change] = []
         configs_used: list[str] = []
         pending: deque[int] = deque()  # arrived while nothing served (only possible while everything loads)
+        # What the operator's telemetry keeps a history of (Observation.first_token_s and the finished lengths),
+        # in the order the replicas' steps ran: each replica's steps in time order, the replicas interleaved.
+        history_s = float(getattr(policy, "history_seconds", 0.0))
+        first_tokens: list[float] = []
+        finished_log: list[tuple[float, int, int]] = []
         settling: deque[tuple[float, Replica, ServingConfig]] = deque()  # limits set, in effect from the time given
         steps = 0
         misses = 0
@@ -284,6 +297,9 @@ class FleetSimulator:
             while (e.running or e.waiting) and e.clock_s < t_s:
                 res = e.step(e.clock_s)
                 steps += 1
+                if history_s > 0:
+                    first_tokens.extend(res.end_s for _ in res.ttft_samples_s)
+                    finished_log.extend((res.end_s, q.prompt_tokens, q.output_tokens) for q in res.finished)
                 s = res.itl_samples_s
                 if s:
                     if s[0] == s[-1]:
@@ -499,6 +515,8 @@ class FleetSimulator:
                 next_policy_s += policy.interval_s
                 obs = self._observe(t_sample, window, energy_samples, replicas, arrivals, inputs, arrival_i,
                                     window_len, lag_len)
+                if history_s > 0:
+                    obs = with_history(obs, first_tokens, finished_log, history_s)
                 proposal = policy.decide(obs, target)
                 if proposal is not None and not proposal.same_shape(target):
                     apply(proposal, t_sample)
@@ -571,7 +589,32 @@ class FleetSimulator:
             mean_waiting_requests=float(np.mean([w.waiting_total for w in window])) if window else 0.0,
             mean_running_requests=float(np.mean([w.active_total - w.waiting_total for w in window])) if window else 0.0,
             request_itl_p95_seconds=float(np.percentile(mean_itls, 95)) if mean_itls else None,
+            history_end_s=end_s,
         )
+
+
+def with_history(obs: Observation, first_tokens: list[float], finished: list[tuple[float, int, int]],
+                 history_s: float) -> Observation:
+    """`obs` with the last `history_s` of first tokens and finished requests up to the window's end."""
+    from dataclasses import replace
+
+    end_s = obs.history_end_s if obs.history_end_s is not None else obs.now_s
+    start_s = end_s - history_s
+    times = sorted(t for t in first_tokens[len(first_tokens) - _tail(first_tokens, start_s):] if start_s <= t < end_s)
+    recent = finished[len(finished) - _tail([f[0] for f in finished], start_s):]
+    done = [f for f in recent if start_s <= f[0] < end_s]
+    return replace(obs, history_end_s=end_s, first_token_s=tuple(times),
+                   finished_prompt_tokens=tuple(f[1] for f in done), finished_output_tokens=tuple(f[2] for f in done))
+
+
+def _tail(times: list[float], start_s: float) -> int:
+    """How many of the last entries of a roughly time-ordered log can fall after `start_s` (a generous bound:
+    the replicas' steps interleave within a sample, never by minutes)."""
+    slack_s = 120.0
+    i = len(times)
+    while i > 0 and times[i - 1] >= start_s - slack_s:
+        i -= 1
+    return len(times) - i
 
 
 def _bisect_left(values: list[float], x: float, lo: int, hi: int) -> int:

@@ -12,15 +12,18 @@ rule, the corrections, the cooldown and the switching rule are the operator's, w
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from wattkeeper_runtime.simmetrics import build_1_2_5_buckets
 
 from ..control import FleetState, Memory, Signals, TickDecision, TickInputs, Tuning, decide_tick, settle_seconds
 from ..energy.model import EnergyModel
 from ..render.objects import TERMINATION_GRACE_SECONDS
+from ..telemetry.history import token_samples
 from .fleet import FleetTarget, Observation
 from .policies import BenchSpec, Decision, trace_workload
 from .trace import Trace
@@ -47,7 +50,42 @@ def signals_of(obs: Observation, trace: Trace | None = None, lag_s: float = 0.0,
     )
     if trace is None:
         return signals
+    if obs.history_end_s is not None and (obs.first_token_s or obs.finished_prompt_tokens):
+        return replace(signals, **recent_telemetry(obs, resolution_s))
     return replace(signals, **recent_arrivals(trace, obs.now_s - lag_s, resolution_s))
+
+
+# vLLM's token histograms' buckets: 1, 2, 5, 10, ... up to max-model-len (vLLM 0.11.1 v1/metrics/loggers.py
+# build_1_2_5_buckets(max_model_len)); Llama 3.1's context: 131,072 tokens.
+TOKEN_BUCKETS = (*build_1_2_5_buckets(131072), math.inf)
+
+
+def recent_telemetry(obs: Observation, resolution_s: float) -> dict[str, Any]:
+    """What the operator's telemetry reads of the last `HISTORY_SECONDS` (telemetry/prometheus.py): requests per
+    scrape interval from the first-token counter (vLLM counts no arrivals; a request's first token comes a TTFT
+    after it arrived, so a backlog shows as a waiting queue, not as counts), and the token lengths as vLLM's
+    histograms hold them, expanded by the operator's own `telemetry.history.token_samples`."""
+    end_s = obs.history_end_s if obs.history_end_s is not None else obs.now_s
+    bins = int(min(HISTORY_SECONDS, end_s) // resolution_s)
+    if bins < 1:
+        return {}
+    start_s = end_s - bins * resolution_s
+    times = np.asarray(obs.first_token_s, dtype=float)
+    times = times[(times >= start_s) & (times < end_s)]
+    counts = np.bincount(((times - start_s) // resolution_s).astype(np.int64), minlength=bins)[:bins]
+    bounds = np.asarray(TOKEN_BUCKETS, dtype=float)
+
+    def histogram(values: tuple[int, ...]) -> tuple[list[float], list[float]]:
+        v = np.asarray(values, dtype=float)
+        return list(bounds), [float(np.count_nonzero(v <= b)) for b in bounds]
+
+    prompts, outputs = token_samples(histogram(obs.finished_prompt_tokens), histogram(obs.finished_output_tokens))
+    return {
+        "arrival_counts": tuple(float(c) for c in counts),
+        "arrival_resolution_seconds": resolution_s,
+        "prompt_tokens_sample": prompts,
+        "output_tokens_sample": outputs,
+    }
 
 
 def recent_arrivals(trace: Trace, end_s: float, resolution_s: float) -> dict[str, Any]:
@@ -100,10 +138,18 @@ class WattkeeperPolicy:
     tuning: Tuning = field(default_factory=Tuning)
     # Feed the core the bursts and token lengths of recent arrivals at the scrape resolution (issue 11 item 1).
     bursts: bool = True
+    # Read the history as the operator's telemetry does (first-token counts and token histograms, `recent_telemetry`);
+    # False: the arrivals themselves (a router's counter) and the exact lengths (`recent_arrivals`).
+    as_operator: bool = True
     memory: Memory = field(default_factory=Memory)
     decisions: list[Decision] = field(default_factory=list)
     ticks: list[TickDecision] = field(default_factory=list)  # every decision of the core, for tests and reports
     note: str = ""
+
+    @property
+    def history_seconds(self) -> float:
+        """Read by the fleet simulator: how much history the observations carry (`recent_telemetry`)."""
+        return HISTORY_SECONDS if self.bursts and self.as_operator else 0.0
 
     @property
     def telemetry_lag_s(self) -> float:

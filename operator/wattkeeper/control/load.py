@@ -105,8 +105,14 @@ def estimate_load(intent: ServiceIntent, memory: Memory, signals: Signals | None
             offered = significant(max(drained, bursts.queued_rate) if bursts is not None else drained) or 0.0
         rate, at = stabilised_rate(offered, memory.peak_load_rps, memory.peak_load_at_s, now_s,
                                    intent.cooldown_seconds)
-        mean_in = signals.mean_input_tokens or (bursts.mean_prompt_tokens if bursts is not None else None)
-        mean_out = signals.mean_output_tokens or (bursts.mean_output_tokens if bursts is not None else None)
+        # The lengths of the whole history where telemetry carries them: the window's finished requests are few
+        # and biased under a backlog (the short ones finish, the long ones wait: conv-x4-cap read 16 output tokens
+        # where 230 is the mean, and planned max-num-seqs 32).
+        history = bursts is not None and bursts.tokens is not None
+        mean_in = (bursts.mean_prompt_tokens if history and bursts is not None else None) or signals.mean_input_tokens \
+            or (bursts.mean_prompt_tokens if bursts is not None else None)
+        mean_out = (bursts.mean_output_tokens if history and bursts is not None else None) \
+            or signals.mean_output_tokens or (bursts.mean_output_tokens if bursts is not None else None)
         workload = Workload(
             requests_per_second=significant(rate) or 0.0,
             input_tokens=significant(mean_in) or spec.input_tokens,

@@ -179,6 +179,8 @@ def signals_from_observation(obs: ServiceObservation | None, window_seconds: flo
         ttft_p95_seconds=obs.ttft_p95_seconds, itl_p95_seconds=obs.itl_p95_seconds,
         request_itl_p95_seconds=obs.request_itl_p95_seconds,
         burst_requests_per_second=obs.burst_requests_per_second,
+        arrival_counts=obs.arrival_counts, arrival_resolution_seconds=obs.arrival_resolution_seconds,
+        prompt_tokens_sample=obs.prompt_tokens_sample, output_tokens_sample=obs.output_tokens_sample,
     )
 
 

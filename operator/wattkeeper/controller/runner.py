@@ -71,7 +71,7 @@ def telemetry_source(settings: OperatorSettings, kube: Kube) -> TelemetrySource:
                     yield ScrapeTarget(pod["metadata"]["name"], f"http://{ip}:{settings.scrape_port}/metrics",
                                        exporters.get(node, ()))
         return DirectScrapeSource(list_pods)
-    return PrometheusSource(settings.prometheus_url)
+    return PrometheusSource(settings.prometheus_url, arrival_resolution_seconds=settings.arrival_resolution_seconds)
 
 
 def build_dependencies(settings: OperatorSettings, api_client: client.ApiClient,

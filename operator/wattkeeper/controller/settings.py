@@ -15,6 +15,10 @@ class OperatorSettings(BaseSettings):
     telemetry: str = Field(default="prometheus", description="prometheus or scrape.")
     prometheus_url: str = Field(default="http://prometheus-operated.monitoring:9090")
     telemetry_window_seconds: float = Field(default=60.0, gt=0, description="Window of rates and averages.")
+    # Bins of the arrival history read from Prometheus (telemetry/history.py): the vLLM pods' scrape interval (the
+    # chart's podMonitor.interval); finer bins only spread one scrape's increase over several.
+    arrival_resolution_seconds: float = Field(
+        default=15.0, gt=0, description="Bin width of the arrival counts (the vLLM scrape interval).")
     field_manager: str = Field(default="wattkeeper", description="Server-side apply field manager.")
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty: all.")
     peering: str | None = Field(default=None, description="kopf peering name; None runs standalone.")

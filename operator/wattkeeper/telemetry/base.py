@@ -35,6 +35,13 @@ class ServiceObservation:
     # (BURST_QUERY): the short-window peak the plan is sized for (issue 11 item 1). None where the source keeps no
     # history (direct scraping).
     burst_requests_per_second: float | None = None
+    # The last 10 minutes at fine resolution (telemetry/history.py): requests started per
+    # `arrival_resolution_seconds` bin, oldest first (vllm:time_to_first_token_seconds_count), and prompt and
+    # output lengths expanded from vLLM's per-request token histograms. Empty where Prometheus has no such series.
+    arrival_counts: tuple[float, ...] = ()
+    arrival_resolution_seconds: float | None = None
+    prompt_tokens_sample: tuple[float, ...] = ()
+    output_tokens_sample: tuple[float, ...] = ()
 
     @property
     def joules_per_token(self) -> float | None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import httpx
 
 from .base import ServiceObservation, TelemetrySource, TelemetryUnavailable, pod_name_pattern
+from .history import ARRIVALS_QUERY, History, arrival_counts, histogram_buckets, history_range, token_samples
 from .prometheus import POWER_QUERIES, PrometheusSource
 from .promql import pod_series
 from .scrape import quantile_from_buckets
@@ -50,6 +52,15 @@ PODS_BY_POD = "count by (namespace, pod) (vllm:num_requests_running{{{sel}}})"
 BURST_BY_SERVICE = (
     'quantile_over_time(0.95, sum by (namespace, service) (label_replace('
     'rate(vllm:request_success_total{{{sel}}}[30s]), "service", "$1", "pod", "(.+)-[^-]+-[^-]+"))[10m:10s])'
+)
+
+# The arrival and token history (telemetry/history.py), one query per metric for every service of the pass. The
+# counters' raw samples come per pod (label_replace takes no range vector) and are grouped here; the token
+# histograms are summed per service in Prometheus, like BURST_BY_SERVICE.
+ARRIVALS_BY_POD = ARRIVALS_QUERY
+TOKENS_BY_SERVICE = (
+    'sum by (namespace, service, le) (label_replace('
+    'increase({metric}{{{sel}}}[{r}]), "service", "$1", "pod", "(.+)-[^-]+-[^-]+"))'
 )
 
 
@@ -118,6 +129,44 @@ class _Batch:
                 out[key] = value
         return out
 
+    def history(self) -> dict[ServiceKey, History]:
+        """Each service's arrival counts and token samples (ServiceObservation fields); a service without such
+        series (an older vLLM, nothing scraped twice yet) has none, and the pass goes on without them when
+        Prometheus refuses these queries (e.g. a sample limit at a large fleet)."""
+        res = self.source.arrival_resolution_seconds
+        now = self.source.clock()
+        span = history_range(res)
+        try:
+            raw = self.source.query_result(ARRIVALS_BY_POD.format(sel=self.sel, r=span), at=now)
+            tokens = {
+                name: self.source.query_result(
+                    TOKENS_BY_SERVICE.format(metric=metric, sel=self.sel, r=span), at=now)
+                for name, metric in (("prompt", "vllm:request_prompt_tokens_bucket"),
+                                     ("output", "vllm:request_generation_tokens_bucket"))
+            }
+        except TelemetryUnavailable:
+            return {}
+        pods: dict[ServiceKey, list[dict[str, Any]]] = defaultdict(list)
+        for series in raw:
+            labels = series.get("metric") or {}
+            key = (str(labels.get("namespace")), service_of_pod(str(labels.get("pod") or "")) or "")
+            if key in self.keys:
+                pods[key].append(series)
+        histograms: dict[str, dict[ServiceKey, list[dict[str, Any]]]] = {name: defaultdict(list) for name in tokens}
+        for name, result in tokens.items():
+            for series in result:
+                labels = series.get("metric") or {}
+                key = (str(labels.get("namespace")), str(labels.get("service") or ""))
+                if key in self.keys:
+                    histograms[name][key].append(series)
+        out: dict[ServiceKey, History] = {}
+        for key in self.keys:
+            counts = arrival_counts(pods.get(key, []), now, res)
+            sample = token_samples(histogram_buckets(histograms["prompt"].get(key, [])),
+                                   histogram_buckets(histograms["output"].get(key, [])))
+            out[key] = History.of(counts, res, sample)
+        return out
+
     def buckets(self, template: str) -> dict[ServiceKey, dict[float, float]]:
         out: dict[ServiceKey, dict[float, float]] = defaultdict(lambda: defaultdict(float))
         for series in self.vector(template):
@@ -146,6 +195,7 @@ def observe_prometheus(source: PrometheusSource, keys: Iterable[ServiceKey],
         quantiles = {field: batch.buckets(template) for field, template in BUCKETS_BY_POD.items()}
         pods = batch.per_service(PODS_BY_POD)
         bursts = batch.by_service(BURST_BY_SERVICE)
+        history = batch.history()
     except TelemetryUnavailable as err:
         return {key: err for key in wanted}
     out: dict[ServiceKey, Outcome] = {}
@@ -156,11 +206,12 @@ def observe_prometheus(source: PrometheusSource, keys: Iterable[ServiceKey],
                 f"(DCGM_FI_DEV_* or wattkeeper_gpu_*) over the last {batch.window}")
             continue
         watts, source_name = power[key]
-        fields: dict[str, float | None] = {field: values.get(key) for field, values in sums.items()}
+        fields: dict[str, Any] = {field: values.get(key) for field, values in sums.items()}
         for field, per_key in quantiles.items():
             fields[field] = quantile_from_buckets(0.95, per_key.get(key, {}))
-        out[key] = ServiceObservation(watts=watts, pods_reporting=int(pods.get(key, 0)), power_source=source_name,
+        observed = ServiceObservation(watts=watts, pods_reporting=int(pods.get(key, 0)), power_source=source_name,
                                       burst_requests_per_second=bursts.get(key), **fields)
+        out[key] = replace(observed, **history.get(key, History())._asdict())
     return out
 
 

@@ -6,10 +6,25 @@ Queries are instant queries over a window (rate / avg_over_time), per service by
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 import httpx
 
 from .base import ServiceObservation, TelemetryUnavailable, pod_name_pattern
+from .history import (
+    ARRIVALS_QUERY,
+    DEFAULT_ARRIVAL_RESOLUTION_SECONDS,
+    OUTPUT_TOKENS_QUERY,
+    PROMPT_TOKENS_QUERY,
+    History,
+    arrival_counts,
+    histogram_buckets,
+    history_range,
+    token_samples,
+)
 from .promql import service_total
 
 # Power, in order of preference: the energy counter is exact over the window; the gauge is a 1 s sample. Each is
@@ -44,22 +59,51 @@ PODS_QUERY = "count(count by (pod) (vllm:num_requests_running{{{sel}}}))"
 class PrometheusSource:
     """TelemetrySource over the Prometheus HTTP API."""
 
-    def __init__(self, url: str, timeout_seconds: float = 5.0, client: httpx.Client | None = None) -> None:
+    def __init__(self, url: str, timeout_seconds: float = 5.0, client: httpx.Client | None = None,
+                 arrival_resolution_seconds: float = DEFAULT_ARRIVAL_RESOLUTION_SECONDS,
+                 clock: Callable[[], float] = time.time) -> None:
         self.url = url.rstrip("/")
         self._client = client or httpx.Client(timeout=timeout_seconds)
+        self.arrival_resolution_seconds = arrival_resolution_seconds
+        self.clock = clock
 
-    def _query(self, promql: str) -> float | None:
+    def query_result(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """The `result` of an instant query (at `at`, else Prometheus' now): a vector's or a matrix's series."""
+        params: dict[str, str] = {"query": promql}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
         try:
-            response = self._client.get(f"{self.url}/api/v1/query", params={"query": promql})
+            response = self._client.get(f"{self.url}/api/v1/query", params=params)
         except httpx.HTTPError as err:
             raise TelemetryUnavailable(f"Prometheus at {self.url} unreachable: {err}") from err
         if response.status_code != 200:
             raise TelemetryUnavailable(f"Prometheus answered {response.status_code}: {response.text[:200]}")
-        result = response.json().get("data", {}).get("result", [])
+        try:
+            return list(response.json().get("data", {}).get("result", []))
+        except ValueError as err:
+            raise TelemetryUnavailable(f"Prometheus answered something that is not JSON: {err}") from err
+
+    def _query(self, promql: str) -> float | None:
+        result = self.query_result(promql)
         if not result:
             return None
         value = float(result[0]["value"][1])
         return None if math.isnan(value) or math.isinf(value) else value
+
+    def _history(self, sel: str) -> History:
+        """Arrival counts and token samples over the last 10 minutes (telemetry/history.py); empty where
+        Prometheus has no such series (an older vLLM, nothing scraped yet): the core then plans as before."""
+        res = self.arrival_resolution_seconds
+        now = self.clock()
+        span = history_range(res)
+        try:
+            counts = arrival_counts(self.query_result(ARRIVALS_QUERY.format(sel=sel, r=span), at=now), now, res)
+            tokens = token_samples(
+                histogram_buckets(self.query_result(PROMPT_TOKENS_QUERY.format(sel=sel, r=span), at=now)),
+                histogram_buckets(self.query_result(OUTPUT_TOKENS_QUERY.format(sel=sel, r=span), at=now)))
+        except TelemetryUnavailable:  # e.g. a sample limit hit: the window figures still stand
+            return History()
+        return History.of(counts, res, tokens)
 
     def observe_service(self, namespace: str, service: str, window_seconds: float) -> ServiceObservation:
         sel = f'namespace="{namespace}",pod=~"{pod_name_pattern(service)}"'
@@ -76,6 +120,8 @@ class PrometheusSource:
                 f"no GPU power series for pods {namespace}/{pod_name_pattern(service)} in Prometheus "
                 "(DCGM_FI_DEV_* or wattkeeper_gpu_*) over the last " + window
             )
-        load = {key: self._query(template.format(sel=sel, w=window)) for key, template in LOAD_QUERIES.items()}
+        load: dict[str, Any] = {key: self._query(template.format(sel=sel, w=window))
+                                for key, template in LOAD_QUERIES.items()}
         pods = self._query(PODS_QUERY.format(sel=sel))
-        return ServiceObservation(watts=watts, pods_reporting=int(pods or 0), power_source=source, **load)
+        observed = ServiceObservation(watts=watts, pods_reporting=int(pods or 0), power_source=source, **load)
+        return replace(observed, **self._history(sel)._asdict())
