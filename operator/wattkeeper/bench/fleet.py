@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +35,8 @@ from ..energy.types import Plan, ServingConfig
 from ..planner.inplace import is_in_place_change
 from .groundtruth import GroundTruth
 from .trace import Trace
+
+T = TypeVar("T")
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -595,26 +598,26 @@ class FleetSimulator:
 
 def with_history(obs: Observation, first_tokens: list[float], finished: list[tuple[float, int, int]],
                  history_s: float) -> Observation:
-    """`obs` with the last `history_s` of first tokens and finished requests up to the window's end."""
+    """`obs` with the last `history_s` of first tokens and finished requests up to the window's end. The logs are
+    in step order (each replica's steps in time order, the replicas interleaved within a sample), so only their
+    tails are read, back to a minute before the history starts."""
     from dataclasses import replace
 
     end_s = obs.history_end_s if obs.history_end_s is not None else obs.now_s
     start_s = end_s - history_s
-    times = sorted(t for t in first_tokens[len(first_tokens) - _tail(first_tokens, start_s):] if start_s <= t < end_s)
-    recent = finished[len(finished) - _tail([f[0] for f in finished], start_s):]
-    done = [f for f in recent if start_s <= f[0] < end_s]
+    times = sorted(t for t in _tail(first_tokens, start_s, lambda t: t) if start_s <= t < end_s)
+    done = [f for f in _tail(finished, start_s, lambda f: f[0]) if start_s <= f[0] < end_s]
     return replace(obs, history_end_s=end_s, first_token_s=tuple(times),
                    finished_prompt_tokens=tuple(f[1] for f in done), finished_output_tokens=tuple(f[2] for f in done))
 
 
-def _tail(times: list[float], start_s: float) -> int:
-    """How many of the last entries of a roughly time-ordered log can fall after `start_s` (a generous bound:
-    the replicas' steps interleave within a sample, never by minutes)."""
-    slack_s = 120.0
-    i = len(times)
-    while i > 0 and times[i - 1] >= start_s - slack_s:
+def _tail(log: list[T], start_s: float, time_of: Callable[[T], float]) -> list[T]:
+    """The entries from the last one more than a minute older than `start_s` on (a generous bound: the replicas'
+    steps interleave within a sample, never by minutes)."""
+    i = len(log)
+    while i > 0 and time_of(log[i - 1]) >= start_s - 60.0:
         i -= 1
-    return len(times) - i
+    return log[i:]
 
 
 def _bisect_left(values: list[float], x: float, lo: int, hi: int) -> int:

@@ -109,10 +109,9 @@ def estimate_load(intent: ServiceIntent, memory: Memory, signals: Signals | None
         # and biased under a backlog (the short ones finish, the long ones wait: conv-x4-cap read 16 output tokens
         # where 230 is the mean, and planned max-num-seqs 32).
         history = bursts is not None and bursts.tokens is not None
-        mean_in = (bursts.mean_prompt_tokens if history and bursts is not None else None) or signals.mean_input_tokens \
-            or (bursts.mean_prompt_tokens if bursts is not None else None)
-        mean_out = (bursts.mean_output_tokens if history and bursts is not None else None) \
-            or signals.mean_output_tokens or (bursts.mean_output_tokens if bursts is not None else None)
+        means = (bursts.mean_prompt_tokens, bursts.mean_output_tokens) if bursts is not None else (None, None)
+        window = (signals.mean_input_tokens, signals.mean_output_tokens)
+        mean_in, mean_out = ((h if history else None) or w or h for h, w in zip(means, window, strict=True))
         workload = Workload(
             requests_per_second=significant(rate) or 0.0,
             input_tokens=significant(mean_in) or spec.input_tokens,

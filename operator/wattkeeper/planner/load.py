@@ -109,37 +109,48 @@ class ArrivalSample:
         return cls(tuple(float(x) for x in a), tuple(int(x) for x in p), tuple(int(x) for x in o))
 
 
-def counts_from_counter(
-    timestamps_s: Sequence[float], totals: Sequence[float], resolution_s: float
-) -> FloatArray:
-    """Arrivals per `resolution_s` bin from samples of a cumulative counter (resets tolerated, as PromQL's
-    increase does: a drop means the counter restarted from zero). Bins without a sample share the increase of the
-    interval that spans them evenly."""
-    if resolution_s <= 0:
-        raise ValueError("resolution must be > 0")
+def counts_on_grid(timestamps_s: Sequence[float], totals: Sequence[float], end_s: float, resolution_s: float,
+                   bins: int) -> FloatArray:
+    """Increases of a cumulative counter per bin of the grid of `bins` bins of `resolution_s` ending at `end_s`.
+
+    As PromQL's increase: a drop is a reset (the new value is the increase since it), nothing is extrapolated
+    beyond the first and last samples. The increase between two samples is spread over the time between them
+    evenly, so a bin gets it in proportion to its overlap: the cumulative increase is piecewise linear through the
+    samples, and a bin's count is its rise across the bin."""
+    if resolution_s <= 0 or bins < 1:
+        raise ValueError("resolution must be > 0 and bins >= 1")
     t = np.asarray(timestamps_s, dtype=float)
     v = np.asarray(totals, dtype=float)
     if t.size != v.size:
         raise ValueError("timestamps and totals differ in length")
     if t.size < 2:
+        return np.zeros(bins)
+    order = np.argsort(t, kind="stable")
+    t, v = t[order], v[order]
+    step = np.diff(v)
+    step = np.where(step < 0, v[1:], step)  # a reset: counted from zero
+    cumulative = np.concatenate(([0.0], np.cumsum(step)))
+    edges = end_s - resolution_s * np.arange(bins, -1, -1, dtype=float)
+    # np.interp holds the end values outside the samples: no increase before the first or after the last.
+    return np.maximum(np.diff(np.interp(edges, t, cumulative)), 0.0)
+
+
+def counts_from_counter(
+    timestamps_s: Sequence[float], totals: Sequence[float], resolution_s: float
+) -> FloatArray:
+    """Arrivals per `resolution_s` bin from samples of a cumulative counter, on the grid that starts at the first
+    sample (`counts_on_grid`: resets tolerated, an interval's increase spread over the bins it spans)."""
+    if resolution_s <= 0:
+        raise ValueError("resolution must be > 0")
+    t = np.asarray(timestamps_s, dtype=float)
+    if t.size != np.asarray(totals).size:
+        raise ValueError("timestamps and totals differ in length")
+    if t.size < 2:
         return np.zeros(0)
     if np.any(np.diff(t) <= 0):
         raise ValueError("counter timestamps must increase")
-    inc = np.diff(v)
-    inc = np.where(inc < 0, v[1:], inc)  # a reset: the new value is the increase since it
-    start = t[0]
-    bins = max(1, math.ceil((t[-1] - start) / resolution_s - 1e-9))
-    out = np.zeros(bins)
-    # Spread each interval's increase over the bins it covers, in proportion to the overlap.
-    edges = start + resolution_s * np.arange(bins + 1)
-    for a, b, x in zip(t[:-1], t[1:], inc, strict=True):
-        lo = int((a - start) // resolution_s)
-        hi = min(bins - 1, math.ceil((b - start) / resolution_s) - 1)
-        for i in range(lo, hi + 1):
-            overlap = min(b, edges[i + 1]) - max(a, edges[i])
-            if overlap > 0:
-                out[i] += x * overlap / (b - a)
-    return out
+    bins = max(1, math.ceil((t[-1] - t[0]) / resolution_s - 1e-9))
+    return counts_on_grid(timestamps_s, totals, float(t[0]) + bins * resolution_s, resolution_s, bins)
 
 
 # How many lengths a histogram is expanded into (`sample_from_histogram`): enough for the latency model's

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from ..planner.load import HISTORY_SECONDS, MIN_TOKEN_SAMPLE, token_sample_from_histograms
+from ..planner.load import HISTORY_SECONDS, MIN_TOKEN_SAMPLE, counts_on_grid, token_sample_from_histograms
 
 # The chart's PodMonitor interval and the benchmark's scrape interval: finer bins than the scrape only spread one
 # scrape's increase evenly over them.
@@ -55,33 +55,6 @@ def history_range(resolution_s: float, history_s: float = HISTORY_SECONDS) -> st
     """The range to read raw counter samples over: the history plus two scrapes, so that the interval spanning the
     grid's first edge is there to be split (without it the oldest bin misses up to a scrape's worth)."""
     return f"{math.ceil(history_s + 2 * resolution_s)}s"
-
-
-def counts_on_grid(timestamps_s: Sequence[float], totals: Sequence[float], end_s: float, resolution_s: float,
-                   bins: int) -> FloatArray:
-    """Increases of a cumulative counter per bin of the grid of `bins` bins of `resolution_s` ending at `end_s`.
-
-    As PromQL's increase: a drop is a reset (the new value is the increase since it), nothing is extrapolated
-    beyond the first and last samples. The increase between two samples is spread over the time between them
-    evenly, so a bin gets it in proportion to its overlap (planner/load.py counts_from_counter does the same on a
-    grid that starts at the first sample). The cumulative increase is piecewise linear through the samples, and a
-    bin's count is its rise across the bin."""
-    if resolution_s <= 0 or bins < 1:
-        raise ValueError("resolution must be > 0 and bins >= 1")
-    t = np.asarray(timestamps_s, dtype=float)
-    v = np.asarray(totals, dtype=float)
-    if t.size != v.size:
-        raise ValueError("timestamps and totals differ in length")
-    if t.size < 2:
-        return np.zeros(bins)
-    order = np.argsort(t, kind="stable")
-    t, v = t[order], v[order]
-    step = np.diff(v)
-    step = np.where(step < 0, v[1:], step)  # a reset: counted from zero
-    cumulative = np.concatenate(([0.0], np.cumsum(step)))
-    edges = end_s - resolution_s * np.arange(bins, -1, -1, dtype=float)
-    # np.interp holds the end values outside the samples: no increase before the first or after the last.
-    return np.maximum(np.diff(np.interp(edges, t, cumulative)), 0.0)
 
 
 def _samples(series: dict[str, Any]) -> tuple[list[float], list[float]]:
