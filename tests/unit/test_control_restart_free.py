@@ -136,6 +136,20 @@ CASES: list[tuple[str, SwitchFacts, str, str, Plan | None]] = [
                                                settled=False), "Held", "settling", None),
     ("optional: back to a configuration just left -> hold",
      facts(recently_left=True), "Held", "recently-left", None),
+    ("optional: pods restarted < 30 min ago -> hold (at most 2 restarts an hour)",
+     facts(restarted_recently=True), "Held", "restart-spacing", None),
+    ("optional: pods restarted < 30 min ago, the rescale saves -> rescale",
+     facts(restarted_recently=True, in_place=SCALED, in_place_worth_it=lambda: SAVES), "Applied", "saving", SCALED),
+    ("SLO missed, pods restarted < 30 min ago: capacity from the rescale, no restart",
+     facts(under_pressure=True, slo_missed=True, more_capacity=True, restarted_recently=True, in_place=MORE,
+           in_place_more_capacity=True, cooldown_until_s=5000.0), "Applied", "capacity", MORE),
+    ("SLO missed, pods restarted < 30 min ago, nothing to rescale: no restart",
+     facts(under_pressure=True, slo_missed=True, more_capacity=True, restarted_recently=True,
+           cooldown_until_s=5000.0), "Held", "cooldown", None),
+    ("cut, pods restarted < 30 min ago: a forced move still restarts",
+     facts(allocation_watts=600.0, restarted_recently=True), "Applied", "allocation-cut", OTHER),
+    ("cut, pods restarted < 30 min ago, a close rescale: rescale",
+     facts(allocation_watts=600.0, restarted_recently=True, in_place=SCALED), "Applied", "allocation-cut", SCALED),
     ("optional: back to a configuration just left, the rescale saves -> rescale",
      facts(recently_left=True, in_place=SCALED, in_place_worth_it=lambda: SAVES), "Applied", "saving", SCALED),
     ("optional: the rescale saves more net of its cost -> rescale",
@@ -289,7 +303,9 @@ def test_a_configuration_just_left_is_not_proposed_again() -> None:
 # (case, load now in req/s, load when bf16 tp4 was left, power correction, the verdict's cause, restarts into tp4)
 RETURNS: list[tuple[str, float, float, float, str, bool]] = [
     ("a fallback predicted to miss the SLO, load up 1.8x since: no return", 33.5, 33.5 / 1.8, 0.9, "not-worth", False),
-    ("a return predicted to meet the SLO, load up 1.8x since: the ban lifts", 30.0, 30.0 / 1.8, 0.8, "capacity", True),
+    # The load lifts the A -> B -> A ban, but pods were restarted 24 minutes ago: at most 2 restarts an hour.
+    ("a return predicted to meet the SLO, load up 1.8x since, restarted 24 min ago: no restart", 30.0, 30.0 / 1.8,
+     0.8, "restart-spacing", False),
     ("about the same load: the ban holds", 30.0, 30.0, 0.8, "not-worth", False),
 ]
 

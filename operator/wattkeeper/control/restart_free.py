@@ -20,6 +20,11 @@ from .switching import CAPACITY_MARGIN, CAPACITY_STEP, configuration_key
 from .types import Memory, Plan, RecentConfiguration
 
 RECENT_SECONDS = 1800.0  # no A -> B -> A within 30 minutes
+# At most 2 restarts an hour (issue 11): after a restart the next one that is not forced by the budget waits this
+# long under the same allocation, whatever the load did. Each restart takes a replica's capacity away for a model
+# load; two within minutes under a cap (conv-x1-cap: tok8192 -> tok2048 at 510 s for an ITL miss, back at 1740 s
+# when the load moved) cost more SLO than the second one bought.
+RESTART_SPACING_SECONDS = 1800.0
 RECENT_KEPT = 4
 # A rescale of the running configuration is taken over a restart when it draws at most this much more than the
 # planner's proposal: a restart costs a model load of idle GPUs and a replica's capacity for a minute.
@@ -75,6 +80,14 @@ def blocked(memory: Memory, now_s: float, allocation_watts: float | None, load_r
     return {r.configuration for r in memory.recent_configurations
             if now_s - r.left_at_s < RECENT_SECONDS and not allocation_changed(r.allocation_watts, allocation_watts)
             and not load_moved(r.load_rps, load_rps)}
+
+
+def restarted_recently(memory: Memory, now_s: float, allocation_watts: float | None) -> bool:
+    """Whether pods were restarted within `RESTART_SPACING_SECONDS` under the same allocation (each restart left a
+    configuration, so the anti-flap history dates them; it keeps `RECENT_SECONDS` >= the spacing)."""
+    return any(now_s - r.left_at_s < RESTART_SPACING_SECONDS and not allocation_changed(r.allocation_watts,
+                                                                                       allocation_watts)
+               for r in memory.recent_configurations)
 
 
 def recently_left(memory: Memory, proposed: Plan, now_s: float, allocation_watts: float | None,

@@ -34,6 +34,9 @@ replicas, GPU power limit) is applied instead of a restart when it does what the
 restart would return to a configuration left < 30 minutes ago under the same allocation (`recently_left`).
 A capacity restart into a cap's fallback (predicted to miss the SLO) never returns to a configuration left < 30
 minutes ago, even when the load moved since (`left_at_any_load`).
+At most 2 restarts an hour (`restarted_recently`, cause `restart-spacing`): within 30 minutes of a restart under
+the same allocation only a forced move (a cut, a measured overshoot) restarts pods again; capacity comes from a
+rescale, a saving waits.
 Whenever the rule holds but the pods no longer match the running plan (changed by hand), the running plan is
 re-applied (cause `drift`): holding a plan means keeping it, not just not changing it.
 """
@@ -104,6 +107,9 @@ class SwitchFacts:
     # ... and so it was whatever the load did since (the load lift of the ban is for a return that meets the SLO at
     # the new load, not for a cap's fallback: `_capacity_target`).
     left_at_any_load: bool = False
+    # Pods were restarted within 30 minutes under the same allocation (restart_free.restarted_recently): at most 2
+    # restarts an hour, so only a forced move (a cut, an overshoot) restarts again; capacity comes from a rescale.
+    restarted_recently: bool = False
     # Load carried at this tick's load (load / predicted utilisation): the proposal's over the running plan's, the
     # rescale's over the proposal's (None: not evaluated).
     proposed_capacity_ratio: float | None = None
@@ -225,7 +231,7 @@ def _forced_target(f: SwitchFacts, alt: Plan | None) -> tuple[Plan, str]:
     # Rescaling gives up less than a capacity step: taken over a restart that would return to a configuration
     # just left, or that would miss the SLO as well (a cap's fallback: a restart buys no SLO there).
     close = f.in_place_capacity_ratio is None or f.in_place_capacity_ratio * CAPACITY_STEP >= 1.0
-    if alt is not None and close and (f.recently_left or not f.proposed_meets_slo):
+    if alt is not None and close and (f.recently_left or f.restarted_recently or not f.proposed_meets_slo):
         return alt, _no_restart(f, alt)
     return f.proposed, f.plan_reason
 
@@ -259,11 +265,12 @@ def _capacity_target(f: SwitchFacts, alt: Plan | None, restart: bool = True) -> 
     close = f.in_place_capacity_ratio is None or f.in_place_capacity_ratio * CAPACITY_STEP >= 1.0
     if alt is not None and f.in_place_more_capacity and not f.proposed_meets_slo and close:
         return alt, _no_restart(f, alt)
-    if f.more_capacity and (f.proposed_meets_slo or step) and not f.outage and not f.recently_left:
+    spaced = not f.recently_left and not f.restarted_recently
+    if f.more_capacity and (f.proposed_meets_slo or step) and not f.outage and spaced:
         return f.proposed, f.plan_reason
     # The SLO measured missed, the proposal predicted to meet it: a restart even without more load carried (a
     # smaller batch limit that keeps the ITL, say).
-    if f.slo_missed and f.proposed_meets_slo and not f.outage and not f.recently_left:
+    if f.slo_missed and f.proposed_meets_slo and not f.outage and spaced:
         return f.proposed, f.plan_reason
     if alt is not None and f.in_place_more_capacity:
         return alt, _no_restart(f, alt)
@@ -283,7 +290,8 @@ def _optional(f: SwitchFacts, alt: Plan | None) -> Verdict:
     # for watts, which only a forced move (a cut, an overshoot) may do; a saving bought so, under a cap, was a
     # reload into an untried precision that then needed more replicas than the cap holds.
     gamble = f.proposed_restarts and f.proposed_meets_slo is False
-    restart = f.worth_it() if not (f.recently_left and f.proposed_restarts) and not gives_up and not gamble else None
+    spaced = not (f.proposed_restarts and (f.recently_left or f.restarted_recently))
+    restart = f.worth_it() if spaced and not gives_up and not gamble else None
     if restart is not None:
         options.append((f.proposed, restart))
     shrinks = f.slo_missed and alt is not None and f.running is not None and alt.replicas < f.running.replicas
@@ -302,6 +310,10 @@ def _optional(f: SwitchFacts, alt: Plan | None) -> Verdict:
     if restart is None and gives_up:
         return _hold(f, Verdict("Held", "not-worth", f"keeping {f.running.describe() if f.running else ''}: "
                                 "the SLO is missed, no optional move gives up capacity"))
+    if restart is None and not f.recently_left:
+        return _hold(f, Verdict("Held", "restart-spacing",
+                                f"keeping {f.running.describe() if f.running else 'the running plan'}: pods were "
+                                "restarted less than 30 minutes ago (at most 2 restarts an hour)"))
     if restart is None:
         return _hold(f, Verdict("Held", "recently-left",
                                 f"keeping {f.running.describe() if f.running else 'the running plan'}: "

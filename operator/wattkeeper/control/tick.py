@@ -37,6 +37,7 @@ from .restart_free import (
     more_capacity,
     recently_left,
     remember_left,
+    restarted_recently,
     scale_only_suffices,
 )
 from .switching import CAPACITY_STEP, OVERSHOOT_TOLERANCE, SwitchFacts, configuration_key, restarts, switching_rule
@@ -470,6 +471,7 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         recently_left=recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts,
                                     load.workload.requests_per_second),
         left_at_any_load=recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts),
+        restarted_recently=restarted_recently(memory, inputs.now_s, inputs.allocation_watts),
         proposed_capacity_ratio=capacity_ratio(prop_c, run_c),
         in_place_capacity_ratio=capacity_ratio(alt_c, prop_c),
     )
