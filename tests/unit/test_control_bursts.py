@@ -180,3 +180,24 @@ def test_an_unmeasured_precision_carries_the_models_own_error() -> None:
     assert cold[0] == "bf16" and cold[1] < 2 * naive[1]  # not half enough to trust what the model says of fp8
     fp8_measured = Memory(margins=(ConfigMargin("fp8 tp2", 1.0, 1.0),))
     assert best(fp8_measured, DEFAULT)[0] == "fp8"  # measured, it is trusted
+
+
+def test_the_margin_is_learned_at_the_rate_that_entered_service() -> None:
+    """A fleet short of capacity finishes less than it admits (conv-x4: 11 req/s finished, 27 first tokens a
+    second): its latency is judged against the model at what it admitted, not read as a model error of 2x."""
+    from wattkeeper.control.tick import corrections
+
+    running = Plan(ServingConfig("bf16", 4, 256, 8192), 1)
+    memory = Memory(running=running, last_applied_s=0.0)
+    fleet = FleetState(exists=True, replicas=1, ready_replicas=1)
+    tokens = {"prompt_tokens_sample": (1000.0,) * 40, "output_tokens_sample": (250.0,) * 40}
+    slow = replace(BASE, finished_requests_per_second=3.0, itl_p95_seconds=0.09, ttft_p95_seconds=1.0,
+                   arrival_resolution_seconds=15.0, **tokens)
+    finished = replace(slow, arrival_counts=(45.0,) * 40)  # 3 req/s admitted: as many as finished
+    admitted = replace(slow, arrival_counts=(90.0,) * 40)  # 6 req/s admitted, 3 finished
+    learned = []
+    for signals in (finished, admitted):
+        tick_inputs = TickInputs(INTENT, memory, signals, fleet, now_s=1000.0)
+        learned.append(corrections(tick_inputs, estimate_load(INTENT, memory, signals, 1000.0), EM))
+    assert learned[1].itl_correction < learned[0].itl_correction
+    assert learned[1].ttft_correction < learned[0].ttft_correction

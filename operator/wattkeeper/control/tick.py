@@ -180,8 +180,13 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
         # The learned margin: measured latency over the queued model's own prediction for the running plan, at
         # the load of the window it was measured in (not the stabilised peak planned for, which would read as a
         # pessimistic model whenever the load is below its recent peak).
-        window = replace(load.workload, requests_per_second=offered_rate(
-            s.finished_requests_per_second, s.waiting_requests, s.window_seconds))
+        # The rate it served is what entered service: its first tokens (the arrival counts), where they exceed
+        # what finished. A fleet short of capacity finishes less than it admits, the rest running in long batches:
+        # predicted at what finished, that window's latency read as a model error of 2x (conv-x4: 11 req/s
+        # finished, 27 admitted, ITL margin 2.03, the fleet grown to 16 replicas where 5 carry the load).
+        rates = arrival_rates(s)
+        served = offered_rate(s.finished_requests_per_second, s.waiting_requests, s.window_seconds)
+        window = replace(load.workload, requests_per_second=max(served, rates[0]) if rates is not None else served)
         measured = replace(load, workload=window)
         predicted = evaluate_in(tick_request(inputs, m, measured, None), m.running, energy_model)
     ttft, itl = latency_correction((m.ttft_correction, m.itl_correction), *args, predicted=predicted)
