@@ -13,6 +13,7 @@ from wattkeeper.planner import SwitchDecision
 RUNNING = Plan(ServingConfig("bf16", 1, 256, 8192), 2)
 BIGGER = Plan(ServingConfig("bf16", 1, 256, 8192), 3)
 FP8 = Plan(ServingConfig("fp8", 1, 256, 8192), 1)
+SMALLER = Plan(ServingConfig("bf16", 1, 256, 8192), 1)
 SAVES = SwitchDecision(True, "saves 0.5 kWh", 2e6, 1e6)
 NOT_WORTH = SwitchDecision(False, "saving does not beat the cost", 1e5, 1e6)
 
@@ -86,6 +87,15 @@ CASES: list[tuple[str, SwitchFacts, str, str, Plan | None]] = [
     ("capacity by restarting the only replica in place: not forced",
      facts(more_capacity=True, under_pressure=True, outage=True, cooldown_until_s=5000.0), "Held", "cooldown", None),
     ("cooldown", facts(cooldown_until_s=1200.0), "Held", "cooldown", None),
+    ("cooldown, room to spare, a scale-down without restart: the held peak is the stabilisation, no wait",
+     facts(proposed=SMALLER, has_slack=True, cooldown_until_s=1200.0), "Applied", "saving", SMALLER),
+    ("cooldown, a scale-down without restart but no room to spare: wait",
+     facts(proposed=SMALLER, cooldown_until_s=1200.0), "Held", "cooldown", None),
+    ("cooldown, room to spare, a restart proposed: only its rescale may move",
+     facts(has_slack=True, in_place=SMALLER, in_place_worth_it=lambda: SAVES, cooldown_until_s=1200.0),
+     "Applied", "saving", SMALLER),
+    ("cooldown, room to spare, a restart proposed and nothing to shed in place: wait",
+     facts(has_slack=True, cooldown_until_s=1200.0), "Held", "cooldown", None),
     ("cooldown, drifted: re-apply", facts(cooldown_until_s=1200.0, fleet_matches_plan=False), "Applied", "drift",
      RUNNING),
     ("cooldown over, saving beats the cost", facts(cooldown_until_s=900.0), "Applied", "saving", FP8),

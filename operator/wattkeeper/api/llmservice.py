@@ -242,7 +242,10 @@ class ReconfigurationSpec(ApiModel):
     """How eagerly the operator changes a running configuration."""
 
     cooldown_seconds: int = Field(
-        default=300, description="Least time between two changes of the configuration, in seconds.", ge=0, le=86400
+        default=300, ge=0, le=86400,
+        description="Least time between two optional changes of the configuration, in seconds. Not held: a budget "
+        "cut, a measured overshoot or SLO miss, and giving up replicas without a restart while the service has "
+        "room to spare (the load is already held at its recent peak).",
     )
     allow_disruptive: bool = Field(
         default=True,

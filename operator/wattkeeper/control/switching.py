@@ -24,7 +24,10 @@ Unchanged, names the branch (`cause`) and says why:
                   (both p95s within 60% of their SLO, under one request waiting) outweighs the model: a queue of a
                   request now and then is no shortfall, and a predicted miss is not acted on where the running
                   plan was measured carrying about that load, or where the arrivals fell below the held peak.
- 8. cooldown      an optional move inside the cooldown               -> hold
+ 8. cooldown      an optional move inside the cooldown               -> hold; but with room to spare measured, giving up
+                  replicas without a restart is not held: the load planned for is already the peak held over the
+                  stabilisation window (as the HPA's scale-down stabilisation), and a second wait kept 16 replicas
+                  where 5 carried the load (conv-x4)
  9. pinned        Pinned mode serves the spec's plan                 -> apply
 10. saving / not-worth / recently-left  the saving over the horizon against the cost of moving
                   (planner.should_switch), the proposal's and the rescale's, the larger net saving wins; a
@@ -203,13 +206,25 @@ def switching_rule(f: SwitchFacts) -> Verdict:
         return Verdict("Applied", "measured-overshoot", f"over the power allocation: {why}", target)
     if capacity is not None:
         return Verdict("Applied", "capacity", f"more capacity needed: {capacity[1]}", capacity[0])
-    if f.cooldown_until_s is not None and f.now_s < f.cooldown_until_s:
+    cooling = f.cooldown_until_s is not None and f.now_s < f.cooldown_until_s
+    if cooling and not (f.has_slack and _sheds_without_restart(f, alt)):
         # An absolute time, not "N s left": the reason must not change every tick, or every tick would write.
+        assert f.cooldown_until_s is not None
         return _hold(f, Verdict("Held", "cooldown",
                                 f"cooldown until {format_time(f.cooldown_until_s)} before moving to {to}"))
     if f.pinned or f.worth_it is None:
         return Verdict("Applied", "pinned", f.plan_reason, f.proposed)
-    return _optional(f, alt)
+    return _optional(f, alt, in_place_only=cooling)
+
+
+def _sheds_without_restart(f: SwitchFacts, alt: Plan | None) -> bool:
+    """Whether the move on offer gives up replicas without restarting any: the proposal, or else the running
+    configuration rescaled."""
+    if f.running is None:
+        return False
+    if not f.proposed_restarts:
+        return f.proposed.replicas < f.running.replicas
+    return alt is not None and alt.replicas < f.running.replicas
 
 
 def _draws_less(f: SwitchFacts) -> bool:
@@ -277,7 +292,7 @@ def _capacity_target(f: SwitchFacts, alt: Plan | None, restart: bool = True) -> 
     return None
 
 
-def _optional(f: SwitchFacts, alt: Plan | None) -> Verdict:
+def _optional(f: SwitchFacts, alt: Plan | None, in_place_only: bool = False) -> Verdict:
     """An optional move: the one whose saving over the horizon beats its cost by the most; never back to a
     configuration just left."""
     assert f.worth_it is not None
@@ -291,7 +306,8 @@ def _optional(f: SwitchFacts, alt: Plan | None) -> Verdict:
     # reload into an untried precision that then needed more replicas than the cap holds.
     gamble = f.proposed_restarts and f.proposed_meets_slo is False
     spaced = not (f.proposed_restarts and (f.recently_left or f.restarted_recently))
-    restart = f.worth_it() if spaced and not gives_up and not gamble else None
+    restart = f.worth_it() if spaced and not gives_up and not gamble \
+        and not (in_place_only and f.proposed_restarts) else None
     if restart is not None:
         options.append((f.proposed, restart))
     shrinks = f.slo_missed and alt is not None and f.running is not None and alt.replicas < f.running.replicas
