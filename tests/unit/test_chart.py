@@ -231,6 +231,8 @@ def test_the_arrival_resolution_reaches_the_operator() -> None:
 
     assert {"name": "WATTKEEPER_ARRIVAL_RESOLUTION_SECONDS", "value": "15"} in env()  # the PodMonitor's interval
     assert {"name": "WATTKEEPER_ARRIVAL_RESOLUTION_SECONDS", "value": "30"} in env("operator.arrivalResolutionSeconds=30")
+    assert {"name": "WATTKEEPER_VERIFY_BY_REPLAY", "value": "false"} in env()  # verify before rollout: off
+    assert {"name": "WATTKEEPER_VERIFY_BY_REPLAY", "value": "true"} in env("operator.verifyByReplay=true")
 
 
 @needs_helm

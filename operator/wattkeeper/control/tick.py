@@ -18,6 +18,7 @@ from ..energy.catalog import get_accelerator, get_precision
 from ..energy.model import EnergyModel
 from ..energy.types import ServingConfig, Workload
 from ..planner import Candidate, PlanRequest, PlanResult, SwitchDecision, model_load_seconds, plan, should_switch
+from ..planner.load import ArrivalSample, synthesised_sample
 from .corrections import latency_correction, power_correction
 from .load import estimate_load, offered_rate
 from .planning import (
@@ -305,7 +306,22 @@ def tick_request(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocat
     corrections = (memory.ttft_correction, memory.itl_correction) if not queued else (1.0, 1.0)
     request = plan_request(inputs.intent, load.workload, planned_watts(allocation_watts), memory.power_correction,
                            corrections, only=only)
-    return scored(request, inputs.intent, tuning, load.bursts, margin)
+    request = scored(request, inputs.intent, tuning, load.bursts, margin)
+    sample = replay_sample(inputs.signals) if queued and tuning.verify_by_replay else None
+    if sample is None:
+        return request
+    growth = load.bursts.growth_factor if load.bursts is not None else 1.0
+    return replace(request, replay=sample, replay_rate_scale=growth,
+                   verify_relaxed_share=tuning.verify_relaxed_share)
+
+
+def replay_sample(signals: Signals | None) -> ArrivalSample | None:
+    """The recent arrivals to verify plans on (issue 11 item 3), synthesised from the arrival counts and token
+    samples telemetry carries; None without them (a cold start, a spec load: plans as the model alone says)."""
+    if signals is None or not signals.arrival_counts or not signals.arrival_resolution_seconds:
+        return None
+    return synthesised_sample(signals.arrival_counts, signals.arrival_resolution_seconds,
+                              signals.prompt_tokens_sample, signals.output_tokens_sample)
 
 
 def propose(inputs: TickInputs, memory: Memory, load: LoadEstimate,

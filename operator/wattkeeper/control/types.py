@@ -160,6 +160,14 @@ class Tuning:
     # (bench/groundtruth.py `hidden_sigmas`: log-normal sigma 0.27), so at the 99% planned for a prediction may be
     # e^(2.33 x 0.27) = 1.9x short: plan with 2x until the running plan has been measured. 1.0 trusts the model.
     unmeasured_margin: float = 2.0
+    # Verify before rollout (issue 11 item 3): where telemetry carries arrival counts and token lengths, the
+    # tick's search replays its cheapest candidates on arrivals synthesised from them (planner/load.py
+    # `synthesised_sample`), and the cheapest verified one wins. Off by default: on the benchmark it cost energy
+    # (plain 23.60 -> 23.98 kWh, capped 20.49 -> 20.71 kWh) for no criterion met (bench/README.md).
+    verify_by_replay: bool = False
+    # With it, the replay also judges cheaper plans the model doubts a little (predicted share within both at
+    # least this; None: only plans the model finds feasible). 0.95 cost more still (24.09 / 20.69 kWh).
+    verify_relaxed_share: float | None = None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,10 @@ class OperatorSettings(BaseSettings):
     # chart's podMonitor.interval); finer bins only spread one scrape's increase over several.
     arrival_resolution_seconds: float = Field(
         default=15.0, gt=0, description="Bin width of the arrival counts (the vLLM scrape interval).")
+    # Verify before rollout (issue 11 item 3): replay the cheapest candidates on arrivals synthesised from the
+    # arrival counts and token histograms before one is chosen (control/types.py Tuning.verify_by_replay).
+    verify_by_replay: bool = Field(
+        default=False, description="Verify the cheapest plans by replaying the recent arrivals.")
     field_manager: str = Field(default="wattkeeper", description="Server-side apply field manager.")
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty: all.")
     peering: str | None = Field(default=None, description="kopf peering name; None runs standalone.")

@@ -189,6 +189,45 @@ def sample_from_histogram(
     return tuple(float(v) for v in lower[i] + (bounds[i] - lower[i]) * np.clip(share, 0.0, 1.0))
 
 
+# A synthesised replay sample keeps at most the last this many seconds of arrivals: the replay judges the most
+# recent requests only (verify.py MAX_REPLAY_REQUESTS_PER_REPLICA), and a shorter sample hashes and replays faster.
+SYNTHESISED_SAMPLE_SECONDS = 300.0
+
+
+def synthesised_sample(counts: Sequence[float], resolution_s: float, prompt_tokens: Sequence[float],
+                       output_tokens: Sequence[float],
+                       max_seconds: float = SYNTHESISED_SAMPLE_SECONDS) -> ArrivalSample | None:
+    """Recent arrivals for a replay, synthesised from what telemetry keeps: requests per `resolution_s` bin
+    (`counts`, oldest first) and token-length samples (prompt and output, paired by position). None when either
+    is empty or nothing arrived.
+
+    Pure and deterministic: a bin's fractional counts are rounded on the running total (so whole bins keep their
+    sum, and the total is preserved to within one request), and each bin's requests are spread at evenly spaced
+    instants within it. Even spreading within a bin keeps the bursts the replay exists to see: with 15-s bins a
+    10-s burst stays a bin at its own rate, where spreading a minute evenly would average it away. Requests are
+    paired with the token samples in a fixed order (the i-th request takes pair i modulo the sample size: the
+    histogram-expanded samples are already in a seeded pseudo-random order, see `token_sample_from_histograms`)."""
+    n_tokens = min(len(prompt_tokens), len(output_tokens))
+    if resolution_s <= 0 or not counts or n_tokens == 0:
+        return None
+    keep = max(1, int(max_seconds // resolution_s))
+    recent = [max(float(c), 0.0) for c in counts[-keep:]]
+    arrivals: list[float] = []
+    done = 0
+    running = 0.0
+    for b, c in enumerate(recent):
+        running += c
+        k = math.floor(running + 0.5) - done
+        done += k
+        start = b * resolution_s
+        arrivals.extend(start + (i + 0.5) * resolution_s / k for i in range(k))
+    if not arrivals:
+        return None
+    prompts = tuple(max(1, round(float(prompt_tokens[i % n_tokens]))) for i in range(len(arrivals)))
+    outputs = tuple(max(1, round(float(output_tokens[i % n_tokens]))) for i in range(len(arrivals)))
+    return ArrivalSample(tuple(arrivals), prompts, outputs)
+
+
 def token_sample_from_histograms(
     prompt: tuple[Sequence[float], Sequence[float]],
     output: tuple[Sequence[float], Sequence[float]],
