@@ -73,3 +73,12 @@ def test_the_tick_verifies_by_replay_where_telemetry_carries_arrivals() -> None:
     assert tick_request(replace(inputs, tuning=Tuning()), memory, load, None).replay is None  # off by default
     cold = replace(inputs, signals=BASE)
     assert tick_request(cold, memory, estimate_load(INTENT, memory, BASE, 100.0), None).replay is None
+
+
+def test_the_operator_setting_is_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wattkeeper.controller.settings import OperatorSettings
+
+    monkeypatch.delenv("WATTKEEPER_VERIFY_BY_REPLAY", raising=False)
+    assert OperatorSettings().verify_by_replay is False and Tuning().verify_by_replay is False
+    monkeypatch.setenv("WATTKEEPER_VERIFY_BY_REPLAY", "true")
+    assert OperatorSettings().verify_by_replay is True
