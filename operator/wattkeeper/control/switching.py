@@ -326,14 +326,18 @@ def _optional(f: SwitchFacts, alt: Plan | None, in_place_only: bool = False) -> 
     if restart is None and gives_up:
         return _hold(f, Verdict("Held", "not-worth", f"keeping {f.running.describe() if f.running else ''}: "
                                 "the SLO is missed, no optional move gives up capacity"))
-    if restart is None and not f.recently_left:
-        return _hold(f, Verdict("Held", "restart-spacing",
-                                f"keeping {f.running.describe() if f.running else 'the running plan'}: pods were "
-                                "restarted less than 30 minutes ago (at most 2 restarts an hour)"))
-    if restart is None:
+    keeping = f"keeping {f.running.describe() if f.running else 'the running plan'}"
+    if restart is None and f.recently_left:
         return _hold(f, Verdict("Held", "recently-left",
-                                f"keeping {f.running.describe() if f.running else 'the running plan'}: "
-                                f"{f.proposed.config.short()} was left less than 30 minutes ago"))
+                                f"{keeping}: {f.proposed.config.short()} was left less than 30 minutes ago"))
+    if restart is None and f.restarted_recently:
+        return _hold(f, Verdict("Held", "restart-spacing", f"{keeping}: pods were restarted less than 30 minutes "
+                                "ago (at most 2 restarts an hour)"))
+    if restart is None:
+        # Inside the cooldown only a shed without a restart may move (`in_place_only`), and it was not worth it.
+        assert f.cooldown_until_s is not None
+        return _hold(f, Verdict("Held", "cooldown", f"cooldown until {format_time(f.cooldown_until_s)} before "
+                                f"moving to {f.proposed.describe()}"))
     return _hold(f, Verdict("Held", "not-worth",
                             f"keeping {f.running.describe() if f.running else ''}: {restart.reason}"))
 
