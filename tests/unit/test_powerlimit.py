@@ -94,6 +94,17 @@ def test_a_power_limit_never_changes_the_pod_template() -> None:
     assert b["metadata"]["annotations"]["wattkeeper.io/gpu-power-limit-watts"] == "450"
 
 
+def test_a_rescale_never_changes_the_pod_template() -> None:
+    # The digest lives in the pod template: were the replica count in it, every scale-up or scale-down would roll
+    # all pods (a new ReplicaSet), and the restart-free moves would restart everything.
+    one = Plan(EngineConfig("bf16", max_num_seqs=128), 1)
+    three = Plan(one.config, 3)
+    assert config_hash(SERVICE, one) == config_hash(SERVICE, three)
+    a, b = render_deployment(SERVICE, one), render_deployment(SERVICE, three)
+    assert a["spec"]["template"] == b["spec"]["template"]
+    assert (a["spec"]["replicas"], b["spec"]["replicas"]) == (1, 3)
+
+
 def test_pod_patches_carry_the_limit_to_running_pods() -> None:
     pods = [
         {"metadata": {"name": "a", "annotations": {"wattkeeper.io/gpu-power-limit-watts": "450"}}},

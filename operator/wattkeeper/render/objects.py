@@ -66,11 +66,13 @@ def _owner_reference(service: LLMService) -> dict[str, Any]:
 def config_hash(service: LLMService, plan: Plan) -> str:
     """A short digest of everything that shapes the pods; a change rolls them.
 
-    The GPU power limit is left out: it changes in place (a pod annotation the node agent applies), never by a
-    restart; so is it from the pod template (see controller/powerlimits.py)."""
+    The replica count and the GPU power limit are left out: both change in place (the Deployment's scale; a pod
+    annotation the node agent applies, see controller/powerlimits.py), never by a restart. The digest sits in the
+    pod template, so anything in it that is not the pod's own shape would roll every pod on a mere rescale."""
     spec = service.spec
+    in_place = {"gpuPowerLimitWatts", "replicas"}
     payload = {
-        "config": {k: v for k, v in ServingConfigSpec.from_plan(plan).to_wire().items() if k != "gpuPowerLimitWatts"},
+        "config": {k: v for k, v in ServingConfigSpec.from_plan(plan).to_wire().items() if k not in in_place},
         "model": spec.model.to_wire(),
         "engine": spec.engine.to_wire(),
         "accelerator": spec.accelerator.to_wire(),
