@@ -109,6 +109,21 @@ def test_power_correction_moves_only_on_a_settled_fleet() -> None:
     assert tiny == 1.0  # hysteresis: under 2% of movement is not written
 
 
+def test_power_is_not_learned_right_after_a_scale_down() -> None:
+    # 3 -> 1 replicas 10 s ago: the window still averages the two removed (and draining) over a prediction for the
+    # one kept. Read as a 3x power error it priced the demo's demands 50% up at the budget cut.
+    plan, memory = first_plan()
+    kept = Plan(plan.config, 1)
+    wl = Workload(4.0, 500.0, 150.0)
+    one = EM.predict(INTENT.model, get_accelerator("H100"), kept.config, wl).watts
+    memory = replace(memory, running=kept, last_applied_s=100.0)
+    fleet = FleetState(exists=True, replicas=1, ready_replicas=1)
+    now = decide_tick(TickInputs(INTENT, memory, signals(4.0, watts=3 * one), fleet, now_s=110.0), EM)
+    assert now.memory.power_correction == 1.0
+    later = decide_tick(TickInputs(INTENT, memory, signals(4.0, watts=1.5 * one), fleet, now_s=400.0), EM)
+    assert later.memory.power_correction > 1.1
+
+
 # --- whole ticks -------------------------------------------------------------------------------------------------
 
 

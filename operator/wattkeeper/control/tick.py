@@ -167,12 +167,17 @@ def under_pressure(inputs: TickInputs) -> bool:
 def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyModel) -> Memory:
     m = inputs.memory
     args = (inputs.intent, m.running, inputs.signals, inputs.fleet, load.workload, energy_model, inputs.tuning)
-    power = power_correction(m.power_correction, *args)
+    since = inputs.now_s - m.last_applied_s if m.last_applied_s is not None else None
+    is_settled = settled(since, settle_after(inputs, m), inputs.fleet.rolling)
+    # Power, too, is learned on a settled plan only: the window right after a scale-down still averages the
+    # replicas just removed (and they draw while they drain), over a prediction for the ones kept. The demo's
+    # budget cut read 3 -> 1 replicas as a 1.85x power error, which priced both services' demands 50% up and
+    # starved the lower priority one into its smallest batch.
+    power = power_correction(m.power_correction, *args) if is_settled else m.power_correction
     predicted: Candidate | None = None
     s = inputs.signals
     queued = inputs.tuning.latency_model == "queued"
-    since = inputs.now_s - m.last_applied_s if m.last_applied_s is not None else None
-    if queued and not settled(since, settle_after(inputs, m), inputs.fleet.rolling):
+    if queued and not is_settled:
         # The margin is learned on a settled plan only: right after a change the latency shows the backlog of
         # the plan before, not this plan's model error.
         return replace(m, power_correction=power, peak_load_rps=load.peak_load_rps,
