@@ -30,6 +30,17 @@ def test_tightened_limit(case: str, allocations: list[dict[str, Any]], drawn: fl
     assert rule
 
 
+@pytest.mark.parametrize(("case", "at_headroom", "limit"), [
+    ("room for more load: its least watts +5%", 2200.0, 2200 * 1.05),
+    ("more than a real cut allows: 95% of the power drawn", 2600.0, 2500 * 0.95),
+    ("no higher than the peak's own: unchanged", 1900.0, 1940 * 1.05),
+])
+def test_tightened_limit_leaves_room_for_more_load(case: str, at_headroom: float, limit: float) -> None:
+    got, rule = demo.tightened_limit([alloc(1254, 545), alloc(686, 539)], 2500.0, at_headroom)
+    assert got == pytest.approx(limit), case
+    assert "more load" in rule or at_headroom <= 1940
+
+
 @pytest.mark.parametrize(("after_watts", "before_jpt", "after_jpt", "passed"), [
     (1000.0, 0.30, 0.29, [True, True]),
     (1030.0, 0.30, 0.33, [False, True]),  # 3% over the limit; J/token +10% is allowed
