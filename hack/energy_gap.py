@@ -4,20 +4,23 @@
 Replays each scenario twice on the hidden ground truth of `wattkeeper bench standard`, as hack/bench_ticks.py
 does: Wattkeeper (the control core, power limits allowed) and oracle-verified's schedule as a standard run
 recorded it (`tuning.oracle-verified.windows` in the scenario JSONs; the oracle does not depend on the core, so
-its schedule is replayed with `oracle.ScheduledFleet`, not searched again). Every 5-s sample of both runs is read
-per replica (its energy, its state, its configuration at the time), and each sample's difference in energy is put
-in one bucket:
+its schedule is replayed with `oracle.ScheduledFleet`, not searched again: the replay must give the recorded
+energy, and the script prints both). Every 5-s sample of both runs is read per replica (its energy, its state, its
+configuration at the time), and the difference is split into buckets:
 
-- cold start: before Wattkeeper's first tick with a full telemetry window (`--cold-s`, 90 s), all of it;
+- cold start: everything before Wattkeeper's first tick with a full telemetry window (`--cold-s`, 90 s);
 - transitions: replicas loading (a restart or a scale-up) or draining, Wattkeeper's less the oracle's;
-- more replicas, same configuration: both serve one and the same configuration, Wattkeeper with other counts;
-- configuration: the serving configurations differ. Their GPU count difference is priced at the GPUs' idle power
-  (`gpus`, what an added replica costs at least), the rest is put on the knobs that differ between the two
-  fleets' main configurations (precision, tp, seqs, tok, limit);
-- same fleet: the same serving fleet in both (routing, queues: what the fleet carries over).
+- after the last arrival: both fleets finishing and idling to the end of the run;
+- the serving replicas' energy, per oracle window (300 s), against a counterfactual: each configuration Wattkeeper
+  served in the window, right-sized on the ground truth (the fewest replicas of it that keep 99% of the window's
+  requests within both SLOs, found by replay as the oracle finds its own; `right_sized`).
+  Wattkeeper's serving energy less that of the right-sized fleet is "more replicas than its configuration needs"
+  (before and after `EARLY_S`); the right-sized fleet's less the oracle's is "configuration", put on the knobs
+  that differ between the two configurations serving at that time (precision, tp, tok, seqs, limit; in the table
+  on the first of them in `KNOB_ORDER`).
 
-    python hack/energy_gap.py                       # the ten plain scenarios, against out/bench
-    python hack/energy_gap.py --workloads conv-x4 --seeds 1 --timeline
+    python hack/energy_gap.py --bench out/bench                 # the ten plain scenarios, about 8 minutes
+    python hack/energy_gap.py --bench out/bench --workloads conv-x4 --seeds 1 --timeline
 """
 
 from __future__ import annotations
@@ -49,7 +52,13 @@ from wattkeeper.planner import model_load_seconds
 
 KWH = 3.6e6
 KNOBS = ("precision", "tp", "seqs", "tok", "limit")
-BUCKETS = ("cold start", "transitions", "more replicas", "tail", "other")
+BUCKETS = ("cold start", "transitions", "more replicas early", "more replicas", "tail", "other")
+# Replicas beyond what a configuration needs before this time are the start-up's (the first forecasts and the
+# peak they hold for a cooldown), after it the steady state's.
+EARLY_S = 600.0
+# A configuration that differs in several knobs is put on the first of them in this order (the others follow it:
+# fp8 fits in fewer GPUs, a TP has its own best chunk budget).
+KNOB_ORDER = ("precision", "tp", "tok", "seqs", "limit")
 
 
 @dataclass(eq=False)
@@ -73,11 +82,11 @@ def recording() -> Iterator[list[RecordingReplica]]:
     """While inside, the fleet simulator makes `RecordingReplica`s; yields the list they are kept in."""
     original = fleet_module.Replica
     RecordingReplica.made = []
-    fleet_module.Replica = RecordingReplica  # type: ignore[misc]
+    fleet_module.Replica = RecordingReplica
     try:
         yield RecordingReplica.made
     finally:
-        fleet_module.Replica = original  # type: ignore[misc]
+        fleet_module.Replica = original
 
 
 @dataclass
@@ -242,13 +251,13 @@ def attribute(wk: list[Sample], orc: list[Sample], sample_s: float, cold_s: floa
             if rs is not None:
                 per_sample[c] = rs.joules / ((t1 - t0) / sample_s)
                 notes.append(f"{c.short()} up to x{count}, right-sized x{rs.replicas} ({rs.share:.2%})")
-        for w, o, c in zip(ws, os_, mains, strict=True):
+        for i, (w, o, c) in enumerate(zip(ws, os_, mains, strict=True), start=i0 + 1):
             co = main_of(o)
             if c is None or co is None or c not in per_sample:
                 b["other"] += (w.serving - o.serving) / KWH
                 continue
             need = per_sample[c]
-            b["more replicas"] += (w.serving - need) / KWH
+            b["more replicas early" if i * sample_s <= EARLY_S else "more replicas"] += (w.serving - need) / KWH
             knobs = knobs_between(c, co)
             out.knobs["+".join(knobs) if knobs else "same config"] += (need - o.serving) / KWH
         serving_w = sum(w.serving for w in ws) / KWH
@@ -305,24 +314,33 @@ def run_one(workload: tuple[str, str, float], seed: int, bench: Path, cold_s: fl
                      spec.max_replicas)
 
 
+def knob_column(key: str) -> str:
+    """The column a set of differing knobs ("precision+tp+tok") is put in: its first in `KNOB_ORDER`."""
+    knobs = key.split("+")
+    return next((k for k in KNOB_ORDER if k in knobs), key)
+
+
 def table(rows: list[Attribution]) -> str:
-    knob_keys = sorted({k for r in rows for k in r.knobs}, key=lambda k: -sum(abs(r.knobs[k]) for r in rows))
-    head = ["run", "Wattkeeper", "oracle", "excess", "cold start (first 90 s)", "transitions (load, drain)",
-            "more replicas than its configuration needs", *(f"configuration: {k}" for k in knob_keys),
-            "after the last arrival", "other"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-
-    def cells(values: list[float]) -> list[str]:
-        return [f"{v:+.3f}" for v in values]
-
+    columns = [*KNOB_ORDER, "same config"]
+    head = ["run", "Wattkeeper", "oracle", "excess", "cold start (0-90 s)", "transitions (load, drain)",
+            "more replicas than its configuration needs, 90-600 s", "the same, 600 s-end",
+            *(f"configuration: {k}" for k in columns), "after the last arrival",
+            *(["other"] if any(r.buckets["other"] for r in rows) else [])]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     total = [0.0] * (len(head) - 1)
     for r in rows:
         b = r.buckets
+        by_column = dict.fromkeys(columns, 0.0)
+        for key, kwh in r.knobs.items():
+            by_column[knob_column(key)] += kwh
         values = [r.wattkeeper_kwh, r.oracle_kwh, r.excess_kwh, b["cold start"], b["transitions"],
-                  b["more replicas"], *(r.knobs.get(k, 0.0) for k in knob_keys), b["tail"], b["other"]]
+                  b["more replicas early"], b["more replicas"], *by_column.values(), b["tail"],
+                  *([b["other"]] if len(head) > len(columns) + 9 else [])]
         total = [a + v for a, v in zip(total, values, strict=True)]
-        lines.append("| " + " | ".join([r.name, *(f"{v:.3f}" for v in values[:2]), *cells(values[2:])]) + " |")
-    lines.append("| " + " | ".join(["**total**", *(f"{v:.3f}" for v in total[:2]), *cells(total[2:])]) + " |")
+        lines.append("| " + " | ".join([r.name, *(f"{v:.3f}" for v in values[:2]), *(f"{v:+.3f}" for v in values[2:])])
+                     + " |")
+    lines.append("| " + " | ".join(["**total**", *(f"**{v:.3f}**" for v in total[:2]),
+                                    *(f"**{v:+.3f}**" for v in total[2:])]) + " |")
     return "\n".join(lines)
 
 
