@@ -80,6 +80,10 @@ class FakeFleetExporter:
         return [p.metadata.name for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
 
     def render(self) -> str:
+        # The counters advance to the time the scrape began: Prometheus stamps the samples with it, and the pod list
+        # below takes a variable while under load (a stamp and a value 0.3 s apart read a steady 110 W as 104 W
+        # over a 5-s window: a status write a converged service should not make).
+        now = time.monotonic()
         with self.lock:
             loads = dict(self.loads)
         lines: list[str] = []
@@ -89,14 +93,13 @@ class FakeFleetExporter:
             pods = self._pods(namespace, service)
             n = max(len(pods), 1)
             for pod in pods:
-                lines += self._pod_lines(namespace, pod, load, n)
+                lines += self._pod_lines(namespace, pod, load, n, now)
         return "\n".join(lines) + "\n"
 
-    def _pod_lines(self, namespace: str, pod: str, load: ServiceLoad, n: int) -> list[str]:
-        now = time.monotonic()
-        c = self.counters.setdefault(f"{namespace}/{pod}", _Counters())
-        dt = now - c.at
-        c.at = now
+    def _pod_lines(self, namespace: str, pod: str, load: ServiceLoad, n: int, now: float) -> list[str]:
+        c = self.counters.setdefault(f"{namespace}/{pod}", _Counters(at=now))
+        dt = max(now - c.at, 0.0)
+        c.at = max(c.at, now)
         c.energy_mj += load.watts_per_pod * dt * 1000
         c.tokens += load.tokens_per_second / n * dt
         c.requests += load.requests_per_second / n * dt
