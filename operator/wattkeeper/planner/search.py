@@ -811,7 +811,8 @@ def _fallback(
             "power",
             (
                 f"No plan carries the load within {request.allocation_watts or 0:.0f} W; fallback ProtectBudget serves "
-                f"what fits ({utilisation[i] * 100:.0f}% of capacity asked) and misses the SLO."
+                f"what fits (the load planned for, at its busiest burst level, asks {utilisation[i] * 100:.0f}% of "
+                "its capacity) and is predicted to miss the SLO."
             ),
         )
     if request.fallback == "ProtectBudget" and not (base_ok & within_power).any():
