@@ -9,8 +9,8 @@ an EnergyBudget, replays the Azure conversation trace against them and plays a s
 
 The tightened limit comes from the budget's status, not a constant: the sum of each service's least watts that meet
 its SLO (`minimumWatts`, without burst headroom) plus a margin, raised towards the same at 15% more load where the
-power drawn leaves room, never below the services' floors and always below the power drawn. A live table shows plans, replicas, watts, J/token and the budget; at the end a PNG of power
-against the budget and of J/token over time is written to out/demo/, with a summary JSON that compares J/token and
+power drawn leaves room, never below the services' floors and always below the power drawn. A live table shows
+plans, replicas, watts, J/token and the budget; at the end a PNG of power against the budget and of J/token over time is written to out/demo/, with a summary JSON that compares J/token and
 the share of requests within the SLOs before and after the tightening, and a PASS/FAIL line per check (the budget
 holds; J/token rises by at most 10%). Ctrl-C stops everything cleanly.
 """
@@ -274,15 +274,17 @@ class Demo:
         # The power drawn as the operator measured it (the budget's status: energy counters over its telemetry
         # window); the DCGM gauge is a 1-s sample per GPU, and the last samples' sum swung 1.8-3.8 kW at a steady
         # 3.9 kW, which once read a real cut as none and forced a degrading one.
-        budgets = self._objects("energybudgets")
-        measured = ((budgets[0].get("status") or {}).get("measuredWatts") if budgets else None)
+        # One read of each kind: the cut, its inputs and what is recorded of them come from the same statuses.
+        budget_status = next((b.get("status") or {} for b in self._objects("energybudgets")), {})
+        services = self._objects("llmservices")
+        measured = budget_status.get("measuredWatts")
         recent = [s.watts for s in self.samples[-10:] if s.watts]
         drawn = float(measured) if measured else (sum(recent) / len(recent) if recent else None)
-        allocations = self._budget_allocations()
-        limit, rule = tightened_limit(allocations, drawn, self._needs_at_headroom(allocations))
+        allocations = list(budget_status.get("allocations") or [])
+        limit, rule = tightened_limit(allocations, drawn, self._needs_at_headroom(allocations, services))
         self.tightened_to_watts, self.tightening_rule = round(limit), rule
         self.tightening_inputs = {"drawn_watts": round(drawn, 1) if drawn is not None else None,
-                                  "allocations": allocations, "services": self._loads_seen()}
+                                  "allocations": allocations, "services": self._loads_seen(services)}
         self.tightened_at_s = time.monotonic() - self.started
         self._log(f"tightening the budget to {self.tightened_to_watts} W: {rule}")
         # The whole object again: server-side apply drops the fields a manager stops sending.
@@ -290,7 +292,8 @@ class Demo:
         body["spec"]["power"]["limitWatts"] = self.tightened_to_watts
         self._apply([body])
 
-    def _needs_at_headroom(self, allocations: list[dict[str, Any]]) -> float | None:
+    @staticmethod
+    def _needs_at_headroom(allocations: list[dict[str, Any]], services: list[dict[str, Any]]) -> float | None:
         """The services' least watts for their SLOs at TIGHTEN_LOAD_HEADROOM more load than the peak their status
         says, priced by the operator's own budget code (control/budget.py `service_demand`, on the loads
         controller/budgets.py `service_loads` reads from the statuses): as `minimumWatts`, at a higher load.
@@ -304,7 +307,7 @@ class Demo:
         floors = {str(a.get("service")): float(a.get("floorWatts") or 0.0) for a in allocations}
         energy_model = EnergyModel.default()
         total = 0.0
-        loads = service_loads(self._objects("llmservices"))
+        loads = service_loads(services)
         if not loads:
             return None
         for load in loads:
@@ -314,11 +317,12 @@ class Demo:
             total += max(least or 0.0, floors.get(load.name, 0.0))
         return total
 
-    def _loads_seen(self) -> dict[str, dict[str, Any]]:
+    @staticmethod
+    def _loads_seen(services: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """What each service's status says of its load when the budget is cut: the budget sizes its demand on
         `observed.peakLoadRps` and the planned token lengths (controller/budgets.py `service_load`)."""
         out: dict[str, dict[str, Any]] = {}
-        for obj in self._objects("llmservices"):
+        for obj in services:
             status = obj.get("status") or {}
             observed, plan = status.get("observed") or {}, status.get("plan") or {}
             out[obj["metadata"]["name"]] = {
@@ -329,9 +333,6 @@ class Demo:
                 "predictedWatts": (plan.get("predicted") or {}).get("watts")}
         return out
 
-    def _budget_allocations(self) -> list[dict[str, Any]]:
-        budgets = self._objects("energybudgets")
-        return list((budgets[0].get("status") or {}).get("allocations") or []) if budgets else []
 
     def window(self, start_s: float, end_s: float) -> dict[str, Any]:
         """J/token and the shares within the SLOs over [start_s, end_s] (scenario seconds), from Prometheus:
