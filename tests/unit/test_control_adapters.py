@@ -37,13 +37,15 @@ def test_serving_config_spec_converts_both_ways() -> None:
 def test_status_round_trip_of_the_core_memory() -> None:
     status = {
         "plan": {**ServingConfigSpec.from_plan(PLAN).to_wire(), "plannedLoadRps": 4.2, "plannedInputTokens": 512.0},
-        "observed": {"peakLoadRps": 5.0, "peakLoadAt": "2026-01-01T12:00:00Z", "powerCorrection": 1.1},
+        "observed": {"peakLoadRps": 5.0, "peakLoadAt": "2026-01-01T12:00:00Z", "peakForecastRps": 0.8,
+                     "powerCorrection": 1.1},
         "lastAppliedAt": "2026-01-01T11:59:00Z",
     }
     memory = memory_from_status(json.loads(json.dumps(status)), Workload(1.0, 1000.0, 200.0))
     assert memory.running == PLAN == running_plan(status)
     assert memory.planned_load == Workload(4.2, 512.0, 200.0)  # a token count status lacks: the spec's
     assert memory.peak_load_at_s == datetime(2026, 1, 1, 12, 0, tzinfo=UTC).timestamp()
+    assert memory.peak_forecast_rps == 0.8  # the part of the peak a trend forecast (control/load.py)
     assert (memory.power_correction, memory.ttft_correction) == (1.1, 1.0)
     assert memory_from_status({}, Workload(1.0)).running is None
 

@@ -201,3 +201,41 @@ def test_the_margin_is_learned_at_the_rate_that_entered_service() -> None:
         learned.append(corrections(tick_inputs, estimate_load(INTENT, memory, signals, 1000.0), EM))
     assert learned[1].itl_correction < learned[0].itl_correction
     assert learned[1].ttft_correction < learned[0].ttft_correction
+
+
+def ramp_signals(bins: list[float]) -> Signals:
+    return replace(BASE, arrival_counts=tuple(bins), arrival_resolution_seconds=15.0)
+
+
+def test_a_forecast_is_held_until_its_time_and_dropped_when_the_rate_did_not_rise() -> None:
+    """decode-heavy's start: three 15-s bins at 1.1, 1.6 and 2.0 req/s read as a trend of +1.7 req/s one model
+    load ahead; the fleet was doubled for the whole cooldown at 1.5 req/s."""
+    start = [17.0, 24.0, 30.0]
+    first = estimate_load(INTENT, Memory(), ramp_signals(start), 60.0)
+    assert first.bursts is not None and first.bursts.forecast_rise > 1.0
+    assert first.peak_forecast_rps == pytest.approx(first.bursts.forecast_rise, rel=0.01)
+    memory = Memory(peak_load_rps=first.peak_load_rps, peak_load_at_s=first.peak_load_at_s,
+                    peak_forecast_rps=first.peak_forecast_rps)
+    level = [17.0, 24.0, 30.0, 25.0, 17.0, 23.0, 19.0]  # it levelled off
+    # Before the time the forecast was for, it is held as any peak is.
+    early = estimate_load(INTENT, memory, ramp_signals(level[:5]), 90.0)
+    assert early.workload.requests_per_second == first.workload.requests_per_second
+    # Its time has come and the rate measured has not risen: only the measured part is held (from when it was
+    # measured, for the rest of the cooldown).
+    later = estimate_load(INTENT, memory, ramp_signals(level), 150.0)
+    measured_part = first.workload.requests_per_second - first.peak_forecast_rps
+    assert later.workload.requests_per_second == pytest.approx(measured_part, abs=0.01)
+    assert (later.peak_load_at_s, later.peak_forecast_rps) == (60.0, 0.0)
+
+
+def test_a_forecast_the_rate_followed_keeps_its_hold() -> None:
+    start = [17.0, 24.0, 30.0]
+    first = estimate_load(INTENT, Memory(), ramp_signals(start), 60.0)
+    memory = Memory(peak_load_rps=first.peak_load_rps, peak_load_at_s=first.peak_load_at_s,
+                    peak_forecast_rps=first.peak_forecast_rps)
+    rising = [17.0, 24.0, 30.0, 33.0, 34.0, 36.0, 36.0]  # it rose, if less than forecast
+    later = estimate_load(INTENT, memory, ramp_signals(rising), 150.0)
+    assert later.workload.requests_per_second >= first.workload.requests_per_second
+    # A forecast that was never made (a peak measured, not forecast) is held for the cooldown as before.
+    measured_peak = Memory(peak_load_rps=9.0, peak_load_at_s=60.0)
+    assert estimate_load(INTENT, measured_peak, ramp_signals([17.0] * 7), 150.0).workload.requests_per_second == 9.0

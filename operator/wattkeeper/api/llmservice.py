@@ -472,6 +472,11 @@ class ObservedFigures(StatusModel):
         "for (a lull shorter than the cooldown does not shrink the fleet).",
     )
     peak_load_at: datetime | None = Field(default=None, description="When peakLoadRps was measured.")
+    peak_forecast_rps: float | None = Field(
+        default=None, ge=0,
+        description="The part of peakLoadRps a trend forecast one model load ahead rather than measured; dropped "
+        "once that time has come and the measured rate has not risen.",
+    )
     latency_margins: list[LatencyMarginStatus] = Field(
         default_factory=list, max_length=8,
         description="Learned latency margins per configuration (the running one's are ttftCorrection and "

@@ -103,8 +103,19 @@ def estimate_load(intent: ServiceIntent, memory: Memory, signals: Signals | None
             drained = offered_rate(signals.finished_requests_per_second, signals.waiting_requests,
                                    max(intent.cooldown_seconds, signals.window_seconds))
             offered = significant(max(drained, bursts.queued_rate) if bursts is not None else drained) or 0.0
-        rate, at = stabilised_rate(offered, memory.peak_load_rps, memory.peak_load_at_s, now_s,
-                                   intent.cooldown_seconds)
+        rise = bursts.forecast_rise if bursts is not None and signals.arrival_counts else 0.0
+        peak, peak_at, peak_rise = memory.peak_load_rps, memory.peak_load_at_s, memory.peak_forecast_rps
+        lead = bursts.lead_seconds if bursts is not None else DEFAULT_LEAD_SECONDS
+        if peak is not None and peak_at is not None and peak_rise > 0 and now_s - peak_at >= lead \
+                and offered - rise <= peak - peak_rise:
+            # The time the forecast was for has come and the rate measured then has not risen at all: the trend
+            # was noise, so the rise it added is dropped and only what was measured is held. Three 15-s bins of
+            # decode-heavy's start (1.1, 1.6, 2.0 req/s) read as +1.8 req/s a minute on, and the fleet doubled
+            # for a cooldown at 1.5 req/s. A rise that came, if slower than forecast, keeps its hold.
+            peak, peak_rise = max(peak - peak_rise, 0.0), 0.0
+        rate, at = stabilised_rate(offered, peak, peak_at, now_s, intent.cooldown_seconds)
+        # What of the rate held a trend forecast: the held peak's own part, or this measurement's rise.
+        forecast = significant(peak_rise if (rate, at) == (peak, peak_at) else min(rise, rate)) or 0.0
         # The lengths of the whole history where telemetry carries them: the window's finished requests are few
         # and biased under a backlog (the short ones finish, the long ones wait: conv-x4-cap read 16 output tokens
         # where 230 is the mean, and planned max-num-seqs 32).
@@ -117,7 +128,7 @@ def estimate_load(intent: ServiceIntent, memory: Memory, signals: Signals | None
             input_tokens=significant(mean_in) or spec.input_tokens,
             output_tokens=significant(mean_out) or spec.output_tokens,
         )
-        return LoadEstimate(workload, "measured", rate, at, bursts)
+        return LoadEstimate(workload, "measured", rate, at, bursts, peak_forecast_rps=forecast)
     if signals is None and memory.planned_load is not None and memory.running is not None:
         return LoadEstimate(memory.planned_load, "held", memory.peak_load_rps, memory.peak_load_at_s)
     return LoadEstimate(spec, "spec", memory.peak_load_rps, memory.peak_load_at_s)

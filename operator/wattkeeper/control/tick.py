@@ -181,7 +181,7 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
         # The margin is learned on a settled plan only: right after a change the latency shows the backlog of
         # the plan before, not this plan's model error.
         return replace(m, power_correction=power, peak_load_rps=load.peak_load_rps,
-                       peak_load_at_s=load.peak_load_at_s)
+                       peak_load_at_s=load.peak_load_at_s, peak_forecast_rps=load.peak_forecast_rps)
     if queued and m.running is not None and s is not None and s.finished_requests_per_second:
         # The learned margin: measured latency over the queued model's own prediction for the running plan, at
         # the load of the window it was measured in (not the stabilised peak planned for, which would read as a
@@ -203,7 +203,8 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
             and (ttft, itl) != margin_of(m, m.running.config, inputs.tuning):
         margins = learned(m, m.running.config, ttft, itl)
     return replace(m, power_correction=power, ttft_correction=ttft, itl_correction=itl, margins=margins,
-                   peak_load_rps=load.peak_load_rps, peak_load_at_s=load.peak_load_at_s)
+                   peak_load_rps=load.peak_load_rps, peak_load_at_s=load.peak_load_at_s,
+                   peak_forecast_rps=load.peak_forecast_rps)
 
 
 # Per precision, TP and chunk budget: a few precisions x TPs x the budgets tried.

@@ -133,6 +133,9 @@ class Memory:
     planned_load: Workload | None = None
     peak_load_rps: float | None = None
     peak_load_at_s: float | None = None
+    # The part of `peak_load_rps` a trend forecast rather than measured: dropped once the time it forecast has come
+    # and the rate did not follow (`control/load.py estimate_load`).
+    peak_forecast_rps: float = 0.0
     power_correction: float = 1.0
     ttft_correction: float = 1.0
     itl_correction: float = 1.0
@@ -193,6 +196,7 @@ class LoadEstimate:
     # The planner's view of the bursts (rate levels, clustering, token distribution, trend) when telemetry carried
     # them; None plans for `workload` as Poisson.
     bursts: PlannerLoad | None = None
+    peak_forecast_rps: float = 0.0  # Memory.peak_forecast_rps
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,7 @@ def memory_from_status(status: dict[str, Any], default_workload: Workload) -> Me
         planned_load=planned,
         peak_load_rps=float(peak) if peak is not None else None,
         peak_load_at_s=_seconds(observed.get("peakLoadAt")),
+        peak_forecast_rps=float(observed.get("peakForecastRps") or 0.0),
         power_correction=float(observed.get("powerCorrection") or 1.0),
         ttft_correction=float(observed.get("ttftCorrection") or 1.0),
         itl_correction=float(observed.get("itlCorrection") or 1.0),
@@ -391,6 +392,8 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
             status["observed"].update({"peakLoadRps": memory.peak_load_rps,
                                        "peakLoadAt": _iso(datetime.fromtimestamp(memory.peak_load_at_s,
                                                                                  tz=now.tzinfo))})
+            if memory.peak_forecast_rps > 0:
+                status["observed"]["peakForecastRps"] = memory.peak_forecast_rps
         status["observed"] = _steady(status["observed"], old.get("observed") or {}, MEASURED_KEYS)
     elif any(v != 1.0 for v in remembered.values()):  # (a list of margins is never 1.0)
         status.setdefault("observed", {}).update(remembered)
