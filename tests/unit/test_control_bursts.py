@@ -239,3 +239,29 @@ def test_a_forecast_the_rate_followed_keeps_its_hold() -> None:
     # A forecast that was never made (a peak measured, not forecast) is held for the cooldown as before.
     measured_peak = Memory(peak_load_rps=9.0, peak_load_at_s=60.0)
     assert estimate_load(INTENT, measured_peak, ramp_signals([17.0] * 7), 150.0).workload.requests_per_second == 9.0
+
+
+def test_a_held_peak_counts_the_bursts_once_while_the_fleet_keeps_up() -> None:
+    """The peak held over the cooldown already is a busy stretch: while the fleet keeps up, each rate level counts
+    only where today's rate at that level reaches above the peak. prefill-heavy s1: tp8 x1 was judged to miss at
+    the very rate it had been chosen for, because the falling load lifted the busiest level to 1.37x the mean."""
+    # Ten minutes whose rate swings +-40% around 5 req/s over five minutes: levels, not clustering.
+    swing = tuple(float(round(15.0 * 5.0 * (1.0 + 0.4 * np.sin(2 * np.pi * i / 20)))) for i in range(40))
+    signals = replace(BASE, arrival_counts=swing, arrival_resolution_seconds=15.0)
+    today = estimate_load(INTENT, Memory(), signals, 1000.0)
+    assert today.bursts is not None
+    busiest = max(f for f, _ in today.bursts.rate_levels)
+    assert busiest > 1.2
+    peak = today.workload.requests_per_second * 1.3
+    held = Memory(peak_load_rps=peak, peak_load_at_s=900.0)
+    load = estimate_load(INTENT, held, signals, 1000.0)
+    assert load.workload.requests_per_second == peak and load.bursts is not None
+    # The busiest level is planned at today's busiest rate or the peak, whichever is higher; none below the peak.
+    planned = [load.workload.requests_per_second * f for f, _ in load.bursts.rate_levels]
+    assert max(planned) == pytest.approx(max(peak, today.bursts.queued_rate * busiest), rel=0.02)
+    assert min(planned) == pytest.approx(peak)
+    # A fleet that is behind (a queue, a p95 over its SLO) keeps the levels whole: the backlog is what it must catch.
+    behind = estimate_load(INTENT, held, replace(signals, waiting_requests=3.0), 1000.0)
+    assert behind.bursts is not None and behind.bursts.rate_levels == today.bursts.rate_levels
+    missed = estimate_load(INTENT, held, replace(signals, itl_p95_seconds=0.2), 1000.0)
+    assert missed.bursts is not None and missed.bursts.rate_levels == today.bursts.rate_levels
