@@ -79,6 +79,17 @@ def test_several_pods_are_summed_on_one_grid_ending_at_the_newest_sample() -> No
     assert sum(counts) == pytest.approx(40 * 3 - 2 * 7 / 15)
 
 
+def test_a_service_younger_than_the_history_gets_bins_for_its_life_only() -> None:
+    """200 s of a steady 2 requests per 15 s: 13 bins of 2, not 40 bins of which 27 are zeros before the service
+    existed (which the load estimate read as idle two thirds of the time and three times as busy the rest)."""
+    young = [(NOW - 200 + 1.0 * i, 2.0 * i / 15.0) for i in range(200)]
+    counts = arrival_counts([_matrix(young)], NOW, 15.0)
+    assert len(counts) == 13
+    assert counts == pytest.approx([2.0] * 13)
+    # Just started: one bin, never none.
+    assert len(arrival_counts([_matrix([(NOW - 6, 0.0), (NOW - 1, 1.0)])], NOW, 15.0)) == 1
+
+
 def test_arrival_counts_are_empty_without_a_counter_scraped_twice() -> None:
     assert arrival_counts([], NOW, 15.0) == ()
     assert arrival_counts([_matrix([(NOW - 1, 3.0)])], NOW, 15.0) == ()
