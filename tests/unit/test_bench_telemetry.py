@@ -7,14 +7,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pytest
 from wattkeeper.api import LLMService
 from wattkeeper.bench.fleet import FleetSimulator, FleetTarget, Observation
 from wattkeeper.bench.groundtruth import GroundTruth, model_shape
 from wattkeeper.bench.trace import synthetic_trace
 from wattkeeper.bench.wattkeeper_policy import signals_of
-from wattkeeper.controller.budgets import service_load
 from wattkeeper.controller.decide import (
     Allocation,
     DeploymentState,
@@ -22,7 +20,6 @@ from wattkeeper.controller.decide import (
     decide,
     signals_from_observation,
 )
-from wattkeeper.controller.loadshape import shape_from_status
 from wattkeeper.controller.settings import OperatorSettings
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.energy.types import ServingConfig
@@ -113,36 +110,3 @@ def test_status_shows_the_p95_of_requests_mean_itl_where_measured() -> None:
     shown = observed(ServiceObservation(watts=400.0, itl_p95_seconds=0.2, request_itl_p95_seconds=0.031))
     assert shown["requestItlP95Seconds"] == 0.031 and shown["itlP95Seconds"] == 0.2
     assert "requestItlP95Seconds" not in observed(ServiceObservation(watts=400.0, itl_p95_seconds=0.2))
-
-
-def test_status_keeps_the_load_shape_the_plan_was_made_for_and_the_budget_reads_it() -> None:
-    """observed.loadShape: the rate levels, clustering and lengths of the arrivals telemetry counted, as the tick
-    planned with them; a budget selecting the service prices its demand with them (controller/budgets.py)."""
-    svc = LLMService.model_validate({
-        "metadata": {"name": "chat", "namespace": "ns", "generation": 1},
-        "spec": {"model": {"name": "meta-llama/Llama-3.1-8B-Instruct", "parametersBillions": 8, "layers": 32,
-                           "kvHeads": 8, "headDim": 128},
-                 "slo": {"ttftP95Seconds": 2.0, "itlP95Seconds": 0.05}, "accelerator": {"type": "H100"}},
-    })
-    settings = OperatorSettings(telemetry_window_seconds=60.0, metrics_port=0, health_port=0)
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    swing = tuple(float(round(75.0 * (1.0 + 0.4 * np.sin(2 * np.pi * i / 20)))) for i in range(40))
-    lengths = tuple(float(v) for v in np.linspace(200.0, 3000.0, 50))
-    obs = ServiceObservation(watts=1500.0, output_tokens_per_second=1200.0, requests_per_second=5.0,
-                             prompt_tokens_per_second=5000.0, ttft_p95_seconds=0.2, itl_p95_seconds=0.02,
-                             arrival_counts=swing, arrival_resolution_seconds=15.0,
-                             prompt_tokens_sample=lengths, output_tokens_sample=lengths[::-1])
-    inputs = ServiceInputs(svc, {}, Allocation(), obs, None, DeploymentState(), now, telemetry_window_seconds=60.0)
-    status = decide(inputs, EnergyModel.default(), settings).status
-    raw = status["observed"]["loadShape"]
-    assert LLMService.model_validate({**svc.model_dump(by_alias=True), "status": status}).status is not None
-    shape = shape_from_status(raw)
-    assert shape is not None and shape.tokens is not None and len(shape.rate_levels) == 3
-    assert max(f for f, _ in shape.rate_levels) > 1.1  # the swing is planned for
-    load = service_load(svc, status)
-    assert load.shape == shape
-    # Without arrival counts (direct scraping) no shape is kept, and the budget prices as before.
-    plain = decide(ServiceInputs(svc, {}, Allocation(), ServiceObservation(watts=1500.0, requests_per_second=5.0),
-                                 None, DeploymentState(), now, telemetry_window_seconds=60.0),
-                   EnergyModel.default(), settings).status
-    assert "loadShape" not in plain["observed"] and service_load(svc, plain).shape is None

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
-import numpy as np
 import pytest
 from wattkeeper.bench.groundtruth import model_shape
-from wattkeeper.control import FleetState, LoadShape, Memory, ServiceIntent, Signals, TickInputs, decide_tick
+from wattkeeper.control import FleetState, Memory, ServiceIntent, TickInputs, decide_tick
 from wattkeeper.control.budget import (
     BudgetIntent,
     BudgetMemory,
@@ -21,7 +19,6 @@ from wattkeeper.control.budget import (
     shares_to_allocation,
 )
 from wattkeeper.control.planning import allocation_changed
-from wattkeeper.controller.loadshape import shape_from_status, shape_status, steady_shape
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.energy.types import Workload
 from wattkeeper.planner import ServiceDemand, allocate_watts
@@ -224,82 +221,3 @@ def test_shares_to_allocation(shares: list[BudgetShare], watts: float | None, ad
                               budgets: tuple[str, ...]) -> None:
     combined = shares_to_allocation(shares)
     assert (combined.allocation_watts, combined.advised_watts, combined.budgets) == (watts, advised, budgets)
-
-
-def bursty_signals(rate: float) -> Signals:
-    """Ten minutes of arrivals at 15-s resolution around `rate`: the level swings +-40% over five minutes and one
-    bin in five carries twice its share; lengths spread as a conversation trace's."""
-    rng = np.random.default_rng(3)
-    level = rate * (1.0 + 0.4 * np.sin(2 * np.pi * np.arange(40) / 20))
-    counts = rng.poisson(level * 15.0 * np.where(np.arange(40) % 5 == 0, 5 / 3, 5 / 6))
-    prompts = np.maximum(rng.lognormal(np.log(700.0), 0.9, 400), 8.0).round()
-    outputs = np.maximum(rng.lognormal(np.log(180.0), 0.8, 400), 4.0).round()
-    return Signals(window_seconds=60.0, watts=1500.0, finished_requests_per_second=rate, waiting_requests=0.0,
-                   mean_input_tokens=float(prompts.mean()), mean_output_tokens=float(outputs.mean()),
-                   ttft_p95_seconds=0.3, itl_p95_seconds=0.03, arrival_counts=tuple(float(c) for c in counts),
-                   arrival_resolution_seconds=15.0, prompt_tokens_sample=tuple(float(p) for p in prompts),
-                   output_tokens_sample=tuple(float(o) for o in outputs))
-
-
-def test_a_budget_prices_the_bursts_its_services_plan_with() -> None:
-    """The services' ticks plan with the bursts and lengths their telemetry shows; their status keeps that shape
-    (`observed.loadShape`) and the budget prices their demands with it. A budget at the least watts so priced is
-    met by the services' own ticks; priced as Poisson arrivals at the mean lengths (before the shape was kept),
-    the share was short of what the tick needs: the demo's chat, handed 1687 W after a cut, found no plan meeting
-    its SLO and missed the ITL SLO for a minute."""
-    signals = bursty_signals(8.0)
-    services, poisson, ticks = [], [], {}
-    for name, priority, intent in (("chat", 200, CHAT), ("assistant", 100, ASSISTANT)):
-        tick = decide_tick(TickInputs(intent, Memory(), signals, FleetState(), now_s=1000.0), EM)
-        assert tick.load.bursts is not None and tick.load.bursts.tokens is not None
-        ticks[name] = (intent, tick)
-        shape = shape_from_status(json.loads(json.dumps(shape_status(LoadShape.of(tick.load.bursts)))))
-        assert shape is not None and shape.tokens is not None
-        services.append(ServiceLoad(name, priority, intent, tick.load.workload, shape=shape))
-        poisson.append(ServiceLoad(name, priority, intent, tick.load.workload))
-    shaped = {s.name: service_demand(s, EM) for s in services}
-    bare = {s.name: service_demand(s, EM) for s in poisson}
-    for name in shaped:
-        assert shaped[name].minimum_watts is not None and bare[name].minimum_watts is not None
-        assert shaped[name].minimum_watts >= bare[name].minimum_watts
-    # The budget at the least watts priced with the shape: each tick, with its own telemetry, meets its SLO.
-    need = sum(d.minimum_watts for d in shaped.values() if d.minimum_watts is not None)
-    tight = decide_budget(BudgetIntent(power_limit_watts=need * 1.01), BudgetMemory(), services, None, 0.0, 30.0,
-                          EM)
-    assert tight.degraded == ()
-    short = []
-    for share in tight.allocations:
-        intent, _ = ticks[share.name]
-        capped = decide_tick(TickInputs(intent, Memory(), signals, FleetState(), now_s=1000.0,
-                                        allocation_watts=share.allocation_watts), EM).candidate
-        assert capped is not None and capped.meets_slo, (share.reason, capped.describe() if capped else None)
-        # Priced as Poisson, the same service's share: its tick finds no plan meeting the SLO where the shape
-        # asks for more.
-        bare_share = bare[share.name].minimum_watts
-        assert bare_share is not None
-        if shaped[share.name].minimum_watts > bare_share * 1.02:  # type: ignore[operator]
-            under = decide_tick(TickInputs(intent, Memory(), signals, FleetState(), now_s=1000.0,
-                                           allocation_watts=bare_share), EM).candidate
-            short.append(under is None or not under.meets_slo)
-    assert short and all(short)
-
-
-def test_the_load_shape_round_trips_through_status_and_steadies() -> None:
-    from wattkeeper.energy.latency import TokenDistribution
-
-    tokens = TokenDistribution.from_sample(np.array([100.0, 800.0, 2000.0, 400.0]), np.array([50.0, 300.0, 20.0, 90.0]))
-    shape = LoadShape(((0.8, 0.33), (1.0, 0.34), (1.3, 0.33)), 2.5, tokens)
-    status = json.loads(json.dumps(shape_status(shape)))
-    back = shape_from_status(status)
-    assert back is not None and back.tokens is not None
-    assert back.rate_levels == ((0.8, 0.33), (1.0, 0.34), (1.3, 0.33)) and back.arrival_dispersion == 2.5
-    assert back.tokens.prompt_tokens == pytest.approx(tokens.prompt_tokens, rel=0.005)
-    assert back.tokens.decode_context_tokens == pytest.approx(tokens.decode_context_tokens, rel=0.005)
-    # Within 10% everywhere: the shape written stays (no status write); a level that moved more rewrites it.
-    nudged = shape_status(LoadShape(((0.84, 0.33), (1.0, 0.34), (1.25, 0.33)), 2.6, tokens))
-    assert steady_shape(nudged, status) is status
-    moved = shape_status(LoadShape(((0.6, 0.33), (1.0, 0.34), (1.6, 0.33)), 2.5, tokens))
-    assert steady_shape(moved, status) == moved
-    # What does not parse prices the service as before (Poisson at the mean lengths), never fails the budget.
-    assert shape_from_status(None) is None and shape_from_status({"rateLevels": [{"factor": "x"}]}) is None
-    assert shape_from_status({"arrivalDispersion": 1.5}) == LoadShape(((1.0, 1.0),), 1.5, None)

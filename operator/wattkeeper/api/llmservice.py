@@ -447,37 +447,6 @@ class LatencyMarginStatus(StatusModel):
     itl: float = Field(description="Measured over predicted inter-token latency; multiplies the prediction.")
 
 
-class RateLevelStatus(StatusModel):
-    """One level of the arrival rate: a factor on the rate planned for, and the share of time at it."""
-
-    factor: float = Field(ge=0, description="Rate at this level over the rate planned for (peakLoadRps).")
-    share: float = Field(ge=0, le=1, description="Share of time at this level.")
-
-
-class TokenDistributionStatus(StatusModel):
-    """Prompt and output lengths as weighted quantile points (what the latency model needs of them)."""
-
-    prompt_tokens: list[float] = Field(max_length=16, description="Prompt length at each quantile point.")
-    output_tokens: list[float] = Field(max_length=16, description="Output length at each quantile point.")
-    weights: list[float] = Field(max_length=16, description="Share of requests each point stands for.")
-    mean_prompt_tokens: float = Field(ge=0, description="Mean prompt length.")
-    mean_output_tokens: float = Field(ge=0, description="Mean output length.")
-    prompt_second_moment: float = Field(ge=0, description="Mean squared prompt length.")
-    decode_context_tokens: float = Field(ge=0, description="Mean context over decode steps.")
-
-
-class LoadShapeStatus(StatusModel):
-    """The bursts and lengths the plan was made for, from the arrival counts and token histograms telemetry
-    reads. A budget prices the service's demand with them, as the service's own control loop plans."""
-
-    rate_levels: list[RateLevelStatus] = Field(default_factory=list, max_length=8,
-                                               description="The arrival rate's levels, busiest last.")
-    arrival_dispersion: float = Field(default=1.0, ge=0, description="Variance over mean of the burst-window "
-                                      "arrival counts around their level (1: Poisson; above: requests in groups).")
-    tokens: TokenDistributionStatus | None = Field(default=None, description="The observed lengths; absent "
-                                                   "where too few requests were seen (the mean lengths are used).")
-
-
 class ObservedFigures(StatusModel):
     """What telemetry measured over the last interval."""
 
@@ -507,10 +476,6 @@ class ObservedFigures(StatusModel):
         default=None, ge=0,
         description="The part of peakLoadRps a trend forecast one model load ahead rather than measured; dropped "
         "once that time has come and the measured rate has not risen.",
-    )
-    load_shape: LoadShapeStatus | None = Field(
-        default=None, description="The bursts and lengths the plan was made for (from the arrival counts and "
-        "token histograms); a budget prices this service's demand with them.",
     )
     latency_margins: list[LatencyMarginStatus] = Field(
         default_factory=list, max_length=8,

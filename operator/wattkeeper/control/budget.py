@@ -15,11 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from ..energy.latency import TokenDistribution
 from ..energy.model import EnergyModel
 from ..energy.types import Workload
 from ..planner import Candidate, PlanRequest, ServiceDemand, allocate_watts, plan
-from ..planner import LoadEstimate as PlannerLoad
 from .planning import allocation_for, plan_request, scored
 from .switching import OVERSHOOT_TOLERANCE
 from .tick import search
@@ -60,36 +58,6 @@ class BudgetAccounting:
 
 
 @dataclass(frozen=True)
-class LoadShape:
-    """The bursts and lengths a service's tick planned with (its status keeps them, `observed.loadShape`): rate
-    levels (factor on the rate planned for, share of time), clustering, and the token distribution. A budget
-    prices the service's demand with them, so that the least watts it hands the service are what the service's
-    own tick needs: priced as Poisson arrivals at the mean lengths, the demo's chat was handed 1687 W after a cut
-    where its tick, planning the bursts it saw, found no plan meeting the SLO, ran one replica of its old
-    configuration and missed the ITL SLO for a minute."""
-
-    rate_levels: tuple[tuple[float, float], ...] = ((1.0, 1.0),)
-    arrival_dispersion: float = 1.0
-    tokens: TokenDistribution | None = None
-
-    @classmethod
-    def of(cls, bursts: PlannerLoad) -> LoadShape:
-        return cls(bursts.rate_levels, bursts.arrival_dispersion, bursts.tokens)
-
-    def planner_load(self, load: Workload) -> PlannerLoad:
-        """The planner's view of `load` with this shape (the rate as measured: no trend, no rise)."""
-        rate = load.requests_per_second
-        tokens = self.tokens
-        return PlannerLoad(
-            requests_per_second=rate, mean_rate=rate, recent_rate=rate, level_rate=rate, burst_rate=rate,
-            trend_per_second=0.0, forecast_rise=0.0, lead_seconds=0.0, rate_levels=self.rate_levels,
-            arrival_dispersion=self.arrival_dispersion, tokens=tokens,
-            mean_prompt_tokens=tokens.mean_prompt_tokens if tokens is not None else None,
-            mean_output_tokens=tokens.mean_output_tokens if tokens is not None else None,
-        )
-
-
-@dataclass(frozen=True)
 class ServiceLoad:
     """One service a budget selects, as the allocation sees it."""
 
@@ -99,7 +67,6 @@ class ServiceLoad:
     load: Workload  # the measured load, else the planned-for one, else the spec's
     power_correction: float = 1.0
     margins: tuple[ConfigMargin, ...] = ()  # its tick's learned latency margins, as its status keeps them
-    shape: LoadShape | None = None  # its tick's bursts and lengths; None: Poisson at the mean lengths
 
 
 @dataclass(frozen=True)
@@ -178,9 +145,8 @@ def account(budget: BudgetIntent, memory: BudgetMemory, measured_watts: float | 
 
 def service_demand(service: ServiceLoad, energy_model: EnergyModel) -> ServiceDemand:
     """What one service asks of a budget: its plans as its own tick would choose them (`tick.search`: the queued
-    latency model at the bursts and lengths its tick planned with (`ServiceLoad.shape`), 99% of requests within
-    both thresholds, its learned latency margins, the untried prior where nothing was measured), in allocation
-    watts (each plan's watts grossed up by the headroom the tick keeps under
+    latency model, 99% of requests within both thresholds, its learned latency margins, the untried prior where
+    nothing was measured), in allocation watts (each plan's watts grossed up by the headroom the tick keeps under
     an allocation, `allocation_for`). A demand priced otherwise is a share under which the service's tick cannot
     run the plan counted on: with the steady p95 model and no margins the demo's chat was told it met its SLO at a
     share the tick could not meet it under, and at the bare full-batch watts the assistant ran one replica of
@@ -193,8 +159,7 @@ def service_demand(service: ServiceLoad, energy_model: EnergyModel) -> ServiceDe
 def _service_demand(service: ServiceLoad, energy_model: EnergyModel) -> ServiceDemand:
     memory = Memory(power_correction=service.power_correction, margins=service.margins)
     inputs = TickInputs(intent=service.intent, memory=memory, signals=None, fleet=FleetState(), now_s=0.0)
-    bursts = service.shape.planner_load(service.load) if service.shape is not None else None
-    load = LoadEstimate(service.load, "measured", service.load.requests_per_second, 0.0, bursts)
+    load = LoadEstimate(service.load, "measured", service.load.requests_per_second, 0.0)
 
     def tick_plan(intent: ServiceIntent, allocation_watts: float | None = None) -> tuple[Candidate | None, bool]:
         _, candidate, result = search(replace(inputs, intent=intent), memory, load, allocation_watts, energy_model)
@@ -220,7 +185,7 @@ def _service_demand(service: ServiceLoad, energy_model: EnergyModel) -> ServiceD
     smallest_watts = allocation_for(smallest.total_watts) if smallest else 0.0
     floor = min(smallest_watts, desired) if smallest and chosen else smallest_watts
     request = scored(plan_request(service.intent, service.load, None, service.power_correction), service.intent,
-                     inputs.tuning, bursts)
+                     inputs.tuning)
     full_plan = full_batch_floor(request, energy_model)
     full = allocation_for(full_plan) if full_plan is not None else None
     return ServiceDemand(name=service.name, priority=service.priority, minimum_watts=minimum,

@@ -30,7 +30,6 @@ from wattkeeper.telemetry.batch import observe_many
 
 from .conditions import set_condition
 from .decide import memory_from_status
-from .loadshape import shape_from_status
 from .planning import intent_from_service
 from .services import DeferredEvents, Dependencies, reconcile_service, services_selected
 from .snapshot import Snapshot
@@ -105,10 +104,8 @@ def service_load(service: LLMService, status: dict[str, Any]) -> ServiceLoad:
     return ServiceLoad(name=service.metadata.name, priority=service.spec.priority,
                        intent=intent, load=load,
                        power_correction=float(observed.get("powerCorrection") or 1.0),
-                       # Its learned latency margins, bursts and lengths: the budget prices its demand as its
-                       # tick plans.
-                       margins=memory_from_status(status, intent.default_workload).margins,
-                       shape=shape_from_status(observed.get("loadShape")))
+                       # Its learned latency margins: the budget prices its demand as its tick plans.
+                       margins=memory_from_status(status, intent.default_workload).margins)
 
 
 def service_loads(raws: list[dict[str, Any]]) -> list[ServiceLoad]:

@@ -17,7 +17,6 @@ from wattkeeper.control import (
     OVERSHOOT_TOLERANCE,
     ConfigMargin,
     FleetState,
-    LoadShape,
     Memory,
     Plan,
     RecentConfiguration,
@@ -36,7 +35,6 @@ from wattkeeper.render.objects import TERMINATION_GRACE_SECONDS, vllm_argv
 from wattkeeper.telemetry import ServiceObservation
 
 from .conditions import set_condition
-from .loadshape import shape_status, steady_shape
 from .planning import intent_from_service, predicted_figures
 from .settings import OperatorSettings
 
@@ -396,10 +394,6 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
                                                                                  tz=now.tzinfo))})
             if memory.peak_forecast_rps > 0:
                 status["observed"]["peakForecastRps"] = memory.peak_forecast_rps
-            if tick.load.bursts is not None:
-                # What the plan was made for, for the budgets to price this service with (loadshape.py).
-                status["observed"]["loadShape"] = steady_shape(shape_status(LoadShape.of(tick.load.bursts)),
-                                                               (old.get("observed") or {}).get("loadShape"))
         status["observed"] = _steady(status["observed"], old.get("observed") or {}, MEASURED_KEYS)
     elif any(v != 1.0 for v in remembered.values()):  # (a list of margins is never 1.0)
         status.setdefault("observed", {}).update(remembered)
