@@ -388,7 +388,9 @@ def test_arrival_counts_and_token_lengths_come_through_that_prometheus(env: dict
         obs = wait_for(f"{name}: arrival counts and token lengths", lambda n=name: (
             o := source.observe_service(env["work"], n, 10)) and sum(o.arrival_counts) > 60 and o.prompt_tokens_sample
             and o, timeout=90, retry_on=(TelemetryUnavailable,))
-        assert obs.arrival_resolution_seconds == resolution and len(obs.arrival_counts) == 600
+        # One bin a second for the time the counters cover (at most the 10-minute history): these pods are
+        # younger than that, and bins before they existed would read as a lull (telemetry/history.py).
+        assert obs.arrival_resolution_seconds == resolution and 10 <= len(obs.arrival_counts) <= 600
         assert min(obs.arrival_counts) >= 0
         # ~6 requests a second without pause (10 s of scrapes at least by now): the grid ends at the last scrape,
         # so the newest bins are full too.
@@ -413,7 +415,7 @@ def test_arrival_counts_and_token_lengths_come_through_that_prometheus(env: dict
     batch = observe_prometheus(source, [(env["work"], "llama"), (env["work"], "qwen")], 10)
     for key, outcome in batch.items():
         assert not isinstance(outcome, TelemetryUnavailable), outcome
-        assert len(outcome.arrival_counts) == 600 and sum(outcome.arrival_counts) > 20, key
+        assert 10 <= len(outcome.arrival_counts) <= 600 and sum(outcome.arrival_counts) > 20, key
         assert len(outcome.prompt_tokens_sample) == 200 and len(outcome.output_tokens_sample) == 200
 
 
