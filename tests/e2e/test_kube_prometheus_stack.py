@@ -390,7 +390,7 @@ def test_arrival_counts_and_token_lengths_come_through_that_prometheus(env: dict
             and o, timeout=90, retry_on=(TelemetryUnavailable,))
         # One bin a second for the time the counters cover (at most the 10-minute history): these pods are
         # younger than that, and bins before they existed would read as a lull (telemetry/history.py).
-        assert obs.arrival_resolution_seconds == resolution and 10 <= len(obs.arrival_counts) <= 600
+        assert obs.arrival_resolution_seconds == resolution and 0 < len(obs.arrival_counts) <= 600
         assert min(obs.arrival_counts) >= 0
         # ~6 requests a second without pause (10 s of scrapes at least by now): the grid ends at the last scrape,
         # so the newest bins are full too.
@@ -415,7 +415,7 @@ def test_arrival_counts_and_token_lengths_come_through_that_prometheus(env: dict
     batch = observe_prometheus(source, [(env["work"], "llama"), (env["work"], "qwen")], 10)
     for key, outcome in batch.items():
         assert not isinstance(outcome, TelemetryUnavailable), outcome
-        assert 10 <= len(outcome.arrival_counts) <= 600 and sum(outcome.arrival_counts) > 20, key
+        assert 0 < len(outcome.arrival_counts) <= 600 and sum(outcome.arrival_counts) > 20, key
         assert len(outcome.prompt_tokens_sample) == 200 and len(outcome.output_tokens_sample) == 200
 
 
