@@ -69,11 +69,16 @@ def observed_bursts(signals: Signals | None, rate_rps: float, lead_seconds: floa
     )
 
 
+def p95_over_slo(intent: ServiceIntent, signals: Signals) -> bool:
+    """A measured TTFT or ITL p95 over its SLO."""
+    return bool((signals.ttft_p95_seconds and signals.ttft_p95_seconds > intent.slo_ttft_p95_seconds)
+                or (signals.itl_p95_seconds and signals.itl_p95_seconds > intent.slo_itl_p95_seconds))
+
+
 def keeps_up(intent: ServiceIntent, signals: Signals) -> bool:
-    """Under one request waiting, and both measured p95s within the SLO."""
-    ttft, itl = signals.ttft_p95_seconds, signals.itl_p95_seconds
-    return (signals.waiting_requests or 0.0) < 1.0 and ttft is not None and itl is not None \
-        and ttft <= intent.slo_ttft_p95_seconds and itl <= intent.slo_itl_p95_seconds
+    """Under one request waiting, and both p95s measured and within the SLO."""
+    return (signals.waiting_requests or 0.0) < 1.0 and signals.ttft_p95_seconds is not None \
+        and signals.itl_p95_seconds is not None and not p95_over_slo(intent, signals)
 
 
 def lead_seconds(intent: ServiceIntent, running: Plan | None) -> float:

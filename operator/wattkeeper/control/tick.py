@@ -20,7 +20,7 @@ from ..energy.types import ServingConfig, Workload
 from ..planner import Candidate, PlanRequest, PlanResult, SwitchDecision, model_load_seconds, plan, should_switch
 from ..planner.load import ArrivalSample, synthesised_sample
 from .corrections import latency_correction, power_correction
-from .load import estimate_load, offered_rate
+from .load import estimate_load, offered_rate, p95_over_slo
 from .planning import (
     evaluate,
     evaluate_in,
@@ -151,11 +151,7 @@ def carries_load(inputs: TickInputs, load: LoadEstimate, memory: Memory) -> bool
 
 
 def slo_missed(inputs: TickInputs) -> bool:
-    s, intent = inputs.signals, inputs.intent
-    if s is None:
-        return False
-    return bool((s.ttft_p95_seconds and s.ttft_p95_seconds > intent.slo_ttft_p95_seconds)
-                or (s.itl_p95_seconds and s.itl_p95_seconds > intent.slo_itl_p95_seconds))
+    return inputs.signals is not None and p95_over_slo(inputs.intent, inputs.signals)
 
 
 def under_pressure(inputs: TickInputs) -> bool:

@@ -91,11 +91,11 @@ def arrival_counts(series: Sequence[dict[str, Any]], query_time_s: float, resolu
     # holds for less) gets fewer bins, not bins of zeros before it existed. Read as arrivals, those zeros made a
     # 200-s-old service look idle for two thirds of the time and three times as busy for the rest (the demo's
     # rate levels 0.04 / 0.05 / 2.98 and clustering 15-28), and its plans asked 2-3x the watts it needed.
-    first = min(_samples(s)[0][0] for s in usable)
+    samples = [_samples(s) for s in usable]
+    first = min((times[0] for times, _ in samples if times), default=end)
     bins = max(1, min(round(history_s / resolution_s), int((end - first) // resolution_s)))
     total = np.zeros(bins)
-    for s in usable:
-        times, values = _samples(s)
+    for times, values in samples:
         total += counts_on_grid(times, values, end, resolution_s, bins)
     return tuple(float(c) for c in total)
 
