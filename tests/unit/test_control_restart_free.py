@@ -20,7 +20,7 @@ from wattkeeper.control import (
     decide_tick,
     switching_rule,
 )
-from wattkeeper.control.planning import evaluate
+from wattkeeper.control.planning import allocation_for, evaluate
 from wattkeeper.control.restart_free import (
     RECENT_SECONDS,
     more_capacity,
@@ -375,3 +375,24 @@ def test_a_measured_plan_with_room_to_spare_contradicts_a_predicted_miss() -> No
     assert not has_slack(queued, memory)
     unsettled = replace(inputs, now_s=30.0)
     assert not has_slack(unsettled, memory)
+
+
+def test_a_rescale_is_held_to_no_stricter_bound_than_the_restart_it_replaces() -> None:
+    """conv-x1-cap s2 (issue 11 item 5): bf16 tp4 at 490 W x1 needed a second replica. tp4 x2 and tp8 x1, both at
+    490 W, draw 3920 W where the tick allows itself 3917 W under the cap. The planner's fallback ran the least
+    power, tp8 x1, while the rescale was held under the 3917 W and cut to x1: the restart into tp8 won and, with
+    at most 2 restarts an hour, held the service all run (1.81 kWh against 1.44). A rescale that draws no more
+    than the proposal is offered first."""
+    intent = replace(INTENT, allowed_precisions=("bf16",), gpu_power_limits_watts=(None, 490.0))
+    running = Plan(ServingConfig("bf16", 4, 512, 8192, gpu_power_limit_watts=490.0), 1)
+    two = evaluate(intent, Plan(running.config, 2), Workload(9.0, 1000.0, 220.0), EM)
+    assert two is not None
+    signals = Signals(window_seconds=60.0, watts=1900.0, finished_requests_per_second=9.0, waiting_requests=3.0,
+                      mean_input_tokens=1000.0, mean_output_tokens=220.0, ttft_p95_seconds=1.5, itl_p95_seconds=0.16)
+    fleet = FleetState(exists=True, replicas=1, ready_replicas=1)
+    just_short = allocation_for(two.total_watts) * 0.999
+    tick = decide_tick(TickInputs(intent, Memory(running=running, last_applied_s=0.0), signals, fleet,
+                                  now_s=10_000.0, allocation_watts=just_short), EM)
+    assert tick.cause == "capacity", tick.reason
+    assert tick.apply == Plan(running.config, 2), tick.reason
+    assert tick.candidate is not None and tick.candidate.total_watts == pytest.approx(two.total_watts)

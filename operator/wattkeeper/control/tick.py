@@ -22,6 +22,7 @@ from ..planner.load import ArrivalSample, synthesised_sample
 from .corrections import latency_correction, power_correction
 from .load import estimate_load, offered_rate, p95_over_slo
 from .planning import (
+    allocation_for,
     evaluate,
     evaluate_in,
     plan_of,
@@ -406,12 +407,19 @@ def search(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocation_wa
     return plan_of(best.chosen), best.chosen, best
 
 
-def rescale(inputs: TickInputs, memory: Memory, load: LoadEstimate, energy_model: EnergyModel) -> Candidate | None:
+def rescale(inputs: TickInputs, memory: Memory, load: LoadEstimate, energy_model: EnergyModel,
+            proposed: Candidate | None = None) -> Candidate | None:
     """The running configuration with its replicas (and GPU power limit, where the node agent sets one) planned
-    within the allocation: the move that restarts nothing."""
+    within the allocation: the move that restarts nothing. Where the proposal itself draws more than the tick
+    allows itself (the fallback's least power), the rescale may draw as much: it is held to no stricter bound
+    than the restart it would replace (conv-x1-cap s2: tp4 x2 and tp8 x1 at 490 W both 3920 W against 3917 W
+    allowed; the rescale was cut to x1, and the restart into tp8 held the service for the whole run)."""
     running = memory.running
     if running is None or inputs.intent.pinned is not None:
         return None
+    allowed = planned_watts(inputs.allocation_watts)
+    if allowed is not None and proposed is not None and proposed.total_watts > allowed:
+        inputs = replace(inputs, allocation_watts=allocation_for(proposed.total_watts) * (1 + 1e-9))  # rounding
     limits = tuple(dict.fromkeys((running.config.gpu_power_limit_watts, *inputs.intent.gpu_power_limits_watts)))
     request = restricted(tick_request(inputs, memory, load, inputs.allocation_watts,
                                       margin=margin_of(memory, running.config, inputs.tuning)), running, limits)
@@ -631,7 +639,8 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
                                               avoided)
     in_place: Candidate | None = None
     if running is not None and inputs.fleet.exists and proposed != running and restarts(running, proposed):
-        in_place = rescale(with_max_gpus(inputs, step_gpus(inputs, memory)), memory, load, energy_model)
+        in_place = rescale(with_max_gpus(inputs, step_gpus(inputs, memory)), memory, load, energy_model,
+                           candidate)
     verdict = switching_rule(facts(inputs, memory, load, proposed, candidate, result, energy_model, in_place))
     before = memory
     if in_place is not None and verdict.apply == plan_of(in_place) and verdict.cause != "drift":
