@@ -203,8 +203,11 @@ def test_the_margin_is_learned_at_the_rate_that_entered_service() -> None:
     assert learned[1].ttft_correction < learned[0].ttft_correction
 
 
-def ramp_signals(bins: list[float]) -> Signals:
-    return replace(BASE, arrival_counts=tuple(bins), arrival_resolution_seconds=15.0)
+def ramp_signals(bins: list[float], behind: bool = True) -> Signals:
+    """Arrival counts in 15-s bins, from a fleet behind them (two requests waiting: the trend is taken whole) or
+    keeping up (none waiting, both p95s within the SLO)."""
+    return replace(BASE, arrival_counts=tuple(bins), arrival_resolution_seconds=15.0,
+                   waiting_requests=2.0 if behind else 0.0)
 
 
 def test_a_forecast_is_held_until_its_time_and_dropped_when_the_rate_did_not_rise() -> None:
@@ -265,3 +268,24 @@ def test_a_held_peak_counts_the_bursts_once_while_the_fleet_keeps_up() -> None:
     assert behind.bursts is not None and behind.bursts.rate_levels == today.bursts.rate_levels
     missed = estimate_load(INTENT, held, replace(signals, itl_p95_seconds=0.2), 1000.0)
     assert missed.bursts is not None and missed.bursts.rate_levels == today.bursts.rate_levels
+
+
+def test_a_fleet_that_keeps_up_plans_a_trend_only_beyond_the_scatter() -> None:
+    """decode-heavy s1: the first bins (1.1, 1.6, 2.0 req/s) read as a rise of +1.7 req/s one model load ahead,
+    and the fleet that kept up with them was doubled for a cooldown at 1.5 req/s. While the fleet keeps up, a
+    trend counts only by what stands a standard error out of the arrivals' scatter: three bins leave none to
+    judge by; a steady ramp keeps most of its rise; a fleet behind takes it whole."""
+    start = [17.0, 24.0, 30.0]
+    keeping_up = estimate_load(INTENT, Memory(), ramp_signals(start, behind=False), 60.0)
+    assert keeping_up.bursts is not None and keeping_up.bursts.forecast_rise == 0.0
+    assert keeping_up.peak_forecast_rps == 0.0
+    behind = estimate_load(INTENT, Memory(), ramp_signals(start), 60.0)
+    assert behind.bursts is not None and behind.bursts.forecast_rise > 1.0
+    rng = np.random.default_rng(3)
+    steady = [float(rng.poisson(30.0 + 3.0 * i)) for i in range(20)]  # +0.2 req/s a bin, Poisson scatter
+    whole = estimate_load(INTENT, Memory(), ramp_signals(steady), 300.0)
+    shrunk = estimate_load(INTENT, Memory(), ramp_signals(steady, behind=False), 300.0)
+    assert whole.bursts is not None and shrunk.bursts is not None
+    assert 0.6 * whole.bursts.forecast_rise < shrunk.bursts.forecast_rise < whole.bursts.forecast_rise
+    noisy = [30.0, 45.0, 28.0, 50.0, 26.0, 31.0, 52.0, 27.0, 33.0, 55.0]  # bursts, no ramp to speak of
+    assert estimate_load(INTENT, Memory(), ramp_signals(noisy, behind=False), 150.0).peak_forecast_rps == 0.0

@@ -103,6 +103,11 @@ def test_window_rates_rate_levels_and_trend_helpers() -> None:
     assert rates.size == 11 and rates[0] == pytest.approx(4.5)
     assert rate_levels([1, 1, 1], 1.0) == ((1.0, 1.0),)
     assert linear_trend([1, 2], 1.0) == 0.0
+    # Shrunk by standard errors of the fit: nothing left of a slope within the scatter, or with three points.
+    assert linear_trend([1, 2, 3], 1.0, confidence=1.0) == 0.0
+    assert linear_trend([3, 1, 4, 1, 5, 2, 3], 1.0, confidence=1.0) == 0.0
+    line = np.arange(60, dtype=float)  # six 10-s buckets on a line: no scatter, nothing shrunk
+    assert linear_trend(line, 1.0, confidence=1.0) == pytest.approx(linear_trend(line, 1.0))
 
 
 def test_arrival_sample_sorts_and_measures() -> None:

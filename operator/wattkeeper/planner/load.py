@@ -318,8 +318,11 @@ def arrival_dispersion(
     return max(1.0, residual / mean)
 
 
-def linear_trend(counts: npt.ArrayLike, resolution_s: float, span_s: float = TREND_SECONDS) -> float:
-    """Least-squares slope of the rate over the last `span_s` (requests/s per second); 0 with too little data."""
+def linear_trend(counts: npt.ArrayLike, resolution_s: float, span_s: float = TREND_SECONDS,
+                 confidence: float = 0.0) -> float:
+    """Least-squares slope of the rate over the last `span_s` (requests/s per second); 0 with too little data.
+    `confidence` > 0 shrinks the slope towards 0 by that many standard errors (from the fit's residuals: bursty
+    arrivals scatter more than Poisson ones); 0 where fewer than 4 points leave no residual to judge by."""
     c = np.asarray(counts, dtype=float)
     width = max(1, round(span_s / resolution_s))
     c = c[-width:]
@@ -335,8 +338,17 @@ def linear_trend(counts: npt.ArrayLike, resolution_s: float, span_s: float = TRE
         c = c / resolution_s
         step = resolution_s
     x = np.arange(c.size) * step
-    slope = float(np.polyfit(x, c, 1)[0])
-    return slope if math.isfinite(slope) else 0.0
+    fit = np.polyfit(x, c, 1)
+    slope = float(fit[0])
+    if not math.isfinite(slope):
+        return 0.0
+    if confidence > 0:
+        if c.size < 4:
+            return 0.0
+        resid = c - np.polyval(fit, x)
+        se = math.sqrt(float(resid @ resid) / (c.size - 2) / float(((x - x.mean()) ** 2).sum()))
+        slope = math.copysign(max(0.0, abs(slope) - confidence * se), slope)
+    return slope
 
 
 def estimate_load(
@@ -350,6 +362,7 @@ def estimate_load(
     burst_quantile: float = BURST_QUANTILE,
     history_s: float = HISTORY_SECONDS,
     trend_s: float = TREND_SECONDS,
+    trend_confidence: float = 0.0,
 ) -> LoadEstimate:
     """The load to plan for from arrival counts per bin (oldest first) and the observed token lengths.
 
@@ -369,7 +382,7 @@ def estimate_load(
     recent = float(rates[-1]) if rates.size else 0.0
     level_bins = history[-max(1, round(LEVEL_SECONDS / resolution_s)) :]
     level = float(level_bins.sum() / (level_bins.size * resolution_s)) if level_bins.size else 0.0
-    slope = linear_trend(history, resolution_s, trend_s)
+    slope = linear_trend(history, resolution_s, trend_s, trend_confidence)
     dispersion = arrival_dispersion(history, resolution_s, burst_window_s)
     rise = max(0.0, slope * lead_seconds)
     tokens: TokenDistribution | None = None
