@@ -112,7 +112,8 @@ def estimate_load(intent: ServiceIntent, memory: Memory, signals: Signals | None
                                            signals.window_seconds)) or 0.0
         # While the fleet keeps up as measured, a trend is planned for only as far as it stands out of the
         # arrivals' own scatter; a fleet behind takes it whole (its shortfall says the rise is real).
-        confidence = TREND_CONFIDENCE_KEEPING_UP if keeps_up(intent, signals) else 0.0
+        keeping_up = keeps_up(intent, signals)
+        confidence = TREND_CONFIDENCE_KEEPING_UP if keeping_up else 0.0
         bursts = observed_bursts(signals, offered, lead_seconds(intent, memory.running), confidence)
         if bursts is not None and signals.arrival_counts:
             # Arrivals counted: the rate offered is theirs (the queued rate), plus the backlog drained within a
@@ -154,7 +155,7 @@ def estimate_load(intent: ServiceIntent, memory: Memory, signals: Signals | None
             input_tokens=significant(mean_in) or spec.input_tokens,
             output_tokens=significant(mean_out) or spec.output_tokens,
         )
-        if bursts is not None and rate > offered > 0 and len(bursts.rate_levels) > 1 and keeps_up(intent, signals):
+        if bursts is not None and rate > offered > 0 and len(bursts.rate_levels) > 1 and keeping_up:
             # A held peak already is a busy stretch: while the fleet keeps up as measured, the rate levels (factors
             # over today's mean) count only where they reach above it, or the busy stretch is planned for twice
             # (prefill-heavy: tp8 x1 judged to miss at the rate it was chosen for when the falling load lifted the
