@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from .timing import StepTiming
 
 KV_BLOCK_TOKENS = 16  # vLLM's default block size on CUDA (--block-size 16)
+POWER_AVERAGE_SECONDS = 1.0  # NVML's power reading on Hopper: an average over the last second
+MARKS_KEPT_SECONDS = 2.0
 
 
 def kv_blocks(tokens: int) -> int:
@@ -136,6 +138,9 @@ class BatchingEngine:
         self._energy_joules = 0.0
         self._busy_seconds = 0.0
         self._last_step_power_watts = self.idle_power_watts
+        # (virtual time, energy) at the recent step boundaries: energy is linear between two of them (a step's
+        # power, or idle power between steps), which gives the power averaged over the last second exactly.
+        self._energy_marks: deque[tuple[float, float]] = deque([(start_s, 0.0)])
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.finished_total = 0
@@ -162,6 +167,7 @@ class BatchingEngine:
         if now_s > self.clock_s and not self.has_work():
             self._energy_joules += self.idle_power_watts * (now_s - self.clock_s)
             self.clock_s = now_s
+            self._mark(now_s)
         self.timing = timing
         self.idle_power_watts = timing.power_watts(0, 0.0)
 
@@ -264,6 +270,7 @@ class BatchingEngine:
         if not self.running and self.waiting and self.waiting[0].arrival_s > start_s:
             start_s = self.waiting[0].arrival_s  # nothing to do before the next request arrives
         self._energy_joules += self.idle_power_watts * (start_s - self.clock_s)
+        self._mark(start_s)
         decoding, chunks, preempted, decode_sum, chunk_sum = self._schedule(start_s)
         prefill_tokens = sum([chunk for _, chunk in chunks])
         # Context sums are integers, so summing the decoding and prefilling parts apart changes nothing.
@@ -336,6 +343,7 @@ class BatchingEngine:
         self._busy_seconds += duration_s if batch else 0.0
         self._last_step_power_watts = power_watts
         self.clock_s = end_s
+        self._mark(end_s)
         return result
 
     # --- readings at any virtual time ---------------------------------------------------------------------------
@@ -347,7 +355,32 @@ class BatchingEngine:
         return max(0.0, self._energy_joules - self._last_step_power_watts * (self.clock_s - t_s))
 
     def power_watts_at(self, t_s: float) -> float:
+        """The power of the step running at `t_s` (instantaneous: idle between two steps)."""
         return self._last_step_power_watts if t_s < self.clock_s else self.idle_power_watts
+
+    def average_power_watts_at(self, t_s: float, over_s: float = POWER_AVERAGE_SECONDS) -> float:
+        """The power averaged over the `over_s` before `t_s`: what NVML's nvmlDeviceGetPowerUsage (and so
+        dcgm-exporter's DCGM_FI_DEV_POWER_USAGE) reads on Ampere and newer, except GA100 (nvml.h: "the API returns
+        power averaged over 1 sec interval"). An instantaneous reading is biased towards idle: a scrape is
+        answered between two steps."""
+        return (self._energy_at(t_s) - self._energy_at(t_s - over_s)) / over_s
+
+    def _mark(self, t_s: float) -> None:
+        marks = self._energy_marks
+        marks.append((t_s, self._energy_joules))
+        while len(marks) > 2 and marks[1][0] < t_s - MARKS_KEPT_SECONDS:
+            marks.popleft()
+
+    def _energy_at(self, t_s: float) -> float:
+        """Energy at `t_s` within the marks kept (up to MARKS_KEPT_SECONDS before the last step), or after them."""
+        marks = self._energy_marks
+        if t_s >= marks[-1][0]:
+            return self.energy_joules_at(t_s)
+        if t_s <= marks[0][0]:  # before what is kept (or before start): idle power back from the oldest mark
+            return max(0.0, marks[0][1] - self.idle_power_watts * (marks[0][0] - t_s))
+        later = next(i for i, (when, _) in enumerate(marks) if when > t_s)
+        (t0, e0), (t1, e1) = marks[later - 1], marks[later]
+        return e0 + (e1 - e0) * (t_s - t0) / (t1 - t0)
 
     def busy_seconds_at(self, t_s: float) -> float:
         if t_s >= self.clock_s:

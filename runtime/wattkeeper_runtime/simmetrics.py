@@ -257,7 +257,7 @@ class DcgmMetrics:
 
     def render(self, engine: BatchingEngine, t_s: float) -> bytes:
         n = self.gpu_count
-        power_w = engine.power_watts_at(t_s) / n
+        power_w = engine.average_power_watts_at(t_s) / n
         energy_mj = engine.energy_joules_at(t_s) * 1000.0 / n
         util = self._utilisation_percent(engine, t_s)
         families = [

@@ -17,9 +17,9 @@ def alloc(minimum: float | None, floor: float, watts: float = 5000.0) -> dict[st
 
 @pytest.mark.parametrize(("case", "allocations", "drawn", "limit"), [
     ("the services' least watts for their SLOs, +5%", [alloc(1254, 545), alloc(686, 539)], 2500.0, 1940 * 1.05),
-    ("no cut the services can meet: forced to 90% of the power drawn", [alloc(1254, 545), alloc(1200, 539)],
-     2500.0, 2250.0),
-    ("forced, but never below the floors +5%", [alloc(545, 545), alloc(539, 539)], 1150.0, 1084 * 1.05),
+    ("drawing about their least watts already: cut to those +5%, not below", [alloc(1254, 545), alloc(1200, 539)],
+     2500.0, 2454 * 1.05),
+    ("at their floors: the floors +5%", [alloc(545, 545), alloc(539, 539)], 1150.0, 1084 * 1.05),
     ("a service without an SLO plan counts its floor", [alloc(None, 545), alloc(686, 539)], 2500.0,
      (545 + 686) * 1.05),
     ("nothing allocated yet: 90% of the power drawn", [], 2000.0, 1800.0),
@@ -52,3 +52,26 @@ def test_judge(after_watts: float | None, before_jpt: float | None, after_jpt: f
     checks = demo.judge(1000.0, {"joules_per_token": before_jpt},
                         {"average_watts": after_watts, "joules_per_token": after_jpt})
     assert [c["passed"] for c in checks] == passed
+
+
+def sample(t_s: float, **services: dict[str, Any]) -> demo.Sample:
+    base = {"config": "bf16 tp1 seqs512", "replicas": 2, "settled": True, "slo": "True"}
+    return demo.Sample(t_s, "p", 1000.0, 2000.0, {"_budget": {}, **{n: {**base, **v} for n, v in services.items()}})
+
+
+@pytest.mark.parametrize(("case", "late", "reasons"), [
+    ("one plan, ready and within its SLO through the window: settled", {}, []),
+    ("a rollout within the window", {"settled": False}, ["chat: rolling out or not ready"]),
+    ("a plan that changed within the window", {"replicas": 3}, ["chat: its plan changed"]),
+    ("an SLO missed within the window", {"slo": "False"}, ["chat: SLO missed"]),
+])
+def test_the_cut_waits_for_a_settled_fleet(case: str, late: dict[str, Any], reasons: list[str]) -> None:
+    samples = [sample(t, chat={}, assistant={}) for t in range(0, 40, 2)]
+    samples.append(sample(40, chat=late, assistant={}))
+    assert demo.unsettled(samples, 42.0, 30.0) == reasons, case
+    # What happened before the window does not count.
+    assert demo.unsettled(samples + [sample(t, chat={}, assistant={}) for t in range(42, 80, 2)], 80.0, 30.0) == []
+
+
+def test_no_cut_before_a_whole_window_is_observed() -> None:
+    assert demo.unsettled([demo.Sample(10.0, "p", None, None)], 20.0, 30.0) == ["not observed for a whole window yet"]

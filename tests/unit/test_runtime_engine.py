@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from wattkeeper_runtime.engine import BatchingEngine, EngineRequest, run_to_completion
+from wattkeeper_runtime.engine import BatchingEngine, EngineRequest, StepResult, run_to_completion
 from wattkeeper_runtime.timing import LinearStubTiming, SimSpec, make_timing
 
 
@@ -92,6 +92,35 @@ def test_energy_integrates_busy_and_idle_power() -> None:
     assert readings == sorted(readings, reverse=True)
     assert engine.power_watts_at(end - 1e-6) == results[-1].power_watts
     assert engine.power_watts_at(end + 1.0) == idle
+
+
+def test_the_power_reading_is_the_last_seconds_average_as_nvml_gives_it_on_hopper() -> None:
+    """nvmlDeviceGetPowerUsage averages over 1 s on Ampere and newer (but GA100): a reading between two steps is
+    not idle power while the engine is busy; it is the energy of the last second, steps and idle gaps alike."""
+    timing = LinearStubTiming()
+    engine = BatchingEngine(timing, max_num_seqs=8, max_num_batched_tokens=8192)
+    idle = timing.power_watts(0, 0.0)
+
+    def energy(results: list[StepResult], u: float) -> float:  # brute force: every step, idle between
+        busy = [(max(0.0, min(r.end_s, u) - r.start_s), r.power_watts) for r in results if r.start_s < u]
+        return sum(d * w for d, w in busy) + idle * (u - sum(d for d, _ in busy))
+
+    results: list[StepResult] = []
+    readings = 0
+    for burst in (5.0, 9.0):
+        for i in range(40):
+            engine.submit(EngineRequest(f"r{burst}-{i}", 300, 60), burst + 0.01 * i)
+        while engine.has_work():
+            results.append(engine.step(engine.clock_s))
+            # A scrape in the middle of the step just computed (the server sleeps until its end), and one at its end.
+            for t in ((results[-1].start_s + results[-1].end_s) / 2, results[-1].end_s):
+                expected = energy(results, t) - energy(results, t - 1.0)
+                assert engine.average_power_watts_at(t) == pytest.approx(expected, rel=1e-9), t
+                readings += 1
+    assert readings > 20
+    assert engine.average_power_watts_at(results[-1].end_s - 0.5) > idle * 1.5  # busy reads busy
+    assert engine.average_power_watts_at(results[-1].end_s + 1.0) == pytest.approx(idle)
+    assert engine.average_power_watts_at(engine.clock_s + 30.0) == pytest.approx(idle)
 
 
 def test_kv_cache_admits_by_prompt_and_preempts_when_out_of_blocks() -> None:
