@@ -48,6 +48,11 @@ def test_status_round_trip_of_the_core_memory() -> None:
     assert memory.peak_forecast_rps == 0.8  # the part of the peak a trend forecast (control/load.py)
     assert (memory.power_correction, memory.ttft_correction) == (1.1, 1.0)
     assert memory_from_status({}, Workload(1.0)).running is None
+    # Applied and not seen rolled out since: awaited (a status from before rollouts were tracked, too).
+    assert memory.awaiting_rollout and memory.rolled_out_s is None
+    rolled = memory_from_status({**status, "rolledOutAt": "2026-01-01T11:59:04Z"}, Workload(1.0))
+    assert not rolled.awaiting_rollout and rolled.rolled_out_s == memory.last_applied_s + 4  # type: ignore[operator]
+    assert memory_from_status({**status, "rolledOutAt": "2026-01-01T11:58:00Z"}, Workload(1.0)).awaiting_rollout
 
 
 def test_fleet_state_sees_drift_and_rolls() -> None:

@@ -21,7 +21,7 @@ from wattkeeper.control import (
     stabilised_rate,
 )
 from wattkeeper.control.corrections import power_correction
-from wattkeeper.control.tick import learned, margin_key, margin_of, search, settled
+from wattkeeper.control.tick import learned, margin_key, margin_of, running_settled, search, settle_after, settled
 from wattkeeper.control.types import Tuning
 from wattkeeper.energy.catalog import get_accelerator
 from wattkeeper.energy.model import EnergyModel
@@ -90,6 +90,38 @@ def test_load_sources() -> None:
 ])
 def test_settled(since: float | None, rolling: bool, expected: bool) -> None:
     assert settled(since, 90.0, rolling) is expected
+
+
+def test_a_rollout_seen_done_sooner_than_the_model_load_settles_from_when_it_was_seen() -> None:
+    """tp1 -> tp2 at 100 s, its pods serving by 104 s: judged one settle time after 104 s, not after the model load
+    the planner predicts (the demo's chat waited 100 s behind a rise for a load its pods did in seconds); seen
+    later than predicted, the prediction holds."""
+    tp2 = Plan(ServingConfig("bf16", 2, 256, 8192), 1)
+    memory = Memory(running=tp2, last_applied_s=100.0,
+                    recent_configurations=(RecentConfiguration("bf16 tp1 seqs256 tok8192", 100.0),))
+    steady = FleetState(exists=True, replicas=1, ready_replicas=1)
+    inputs = TickInputs(INTENT, memory, signals(4.0), steady, now_s=160.0, settle_seconds=50.0)
+    predicted_s = settle_after(inputs, memory)
+    assert predicted_s > 90.0  # the window, the drain and the model load
+    assert not running_settled(inputs, memory)  # the rollout not seen: the prediction
+    seen = replace(memory, rolled_out_s=104.0)
+    assert running_settled(inputs, seen)
+    assert not running_settled(replace(inputs, now_s=150.0), seen)
+    assert not running_settled(inputs, replace(seen, awaiting_rollout=True))
+    assert not running_settled(replace(inputs, fleet=replace(steady, rolling=True)), seen)
+    late = replace(memory, rolled_out_s=100.0 + predicted_s)
+    assert running_settled(replace(inputs, now_s=100.0 + predicted_s), late)
+
+
+def test_a_tick_marks_the_rollout_it_sees_done_and_an_apply_awaits_the_next() -> None:
+    plan, memory = first_plan()
+    assert memory.awaiting_rollout  # applied at 0 s
+    rolling = FleetState(exists=True, replicas=plan.replicas, ready_replicas=0, rolling=True)
+    still = decide_tick(TickInputs(INTENT, memory, None, rolling, now_s=30.0), EM)
+    assert still.memory.awaiting_rollout and still.memory.rolled_out_s is None
+    ready = FleetState(exists=True, replicas=plan.replicas, ready_replicas=plan.replicas)
+    done = decide_tick(TickInputs(INTENT, still.memory, signals(4.0), ready, now_s=60.0), EM)
+    assert not done.memory.awaiting_rollout and done.memory.rolled_out_s == 60.0
 
 
 def test_power_correction_moves_only_on_a_settled_fleet() -> None:

@@ -519,6 +519,11 @@ class LLMServiceStatus(StatusModel):
     )
     decisions: list[Decision] = Field(default_factory=list, description="The last decisions, newest last.")
     last_applied_at: datetime | None = Field(default=None, description="When a configuration was last applied.")
+    rolled_out_at: datetime | None = Field(
+        default=None,
+        description="When the last applied configuration was seen rolled out (earlier than lastAppliedAt while it "
+                    "rolls out); the running plan is judged one telemetry window and the pods' drain after it.",
+    )
 
 
 class LLMService(ApiModel):

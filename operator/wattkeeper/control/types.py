@@ -142,6 +142,10 @@ class Memory:
     recent_configurations: tuple[RecentConfiguration, ...] = ()
     # Learned margins per configuration, most recent last; `ttft_correction`/`itl_correction` are the running one's.
     margins: tuple[ConfigMargin, ...] = ()
+    # The last change's rollout: awaited from the apply until a tick sees the fleet no longer rolling, at
+    # `rolled_out_s`; the running plan is judged one settle time after that (`control/tick.py running_settled`).
+    awaiting_rollout: bool = False
+    rolled_out_s: float | None = None
 
 
 @dataclass(frozen=True)

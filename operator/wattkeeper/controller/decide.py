@@ -148,9 +148,13 @@ def memory_from_status(status: dict[str, Any], default_workload: Workload) -> Me
                            float(plan_status.get("plannedInputTokens") or default_workload.input_tokens),
                            float(plan_status.get("plannedOutputTokens") or default_workload.output_tokens))
     peak = observed.get("peakLoadRps")
+    last_applied_s, rolled_out_s = _seconds(status.get("lastAppliedAt")), _seconds(status.get("rolledOutAt"))
     return Memory(
         running=running,
-        last_applied_s=_seconds(status.get("lastAppliedAt")),
+        last_applied_s=last_applied_s,
+        # Applied and not seen rolled out since (a status from before rollouts were tracked, too: one wait more).
+        awaiting_rollout=last_applied_s is not None and (rolled_out_s is None or rolled_out_s < last_applied_s),
+        rolled_out_s=rolled_out_s,
         planned_load=planned,
         peak_load_rps=float(peak) if peak is not None else None,
         peak_load_at_s=_seconds(observed.get("peakLoadAt")),
@@ -372,6 +376,8 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
     # Observed figures and what the core remembers, rounded so that noise does not cause writes.
     memory = tick.memory
     _sync_recent(status, memory, now)
+    if memory.rolled_out_s is not None and not memory.awaiting_rollout:
+        status["rolledOutAt"] = _iso(datetime.fromtimestamp(memory.rolled_out_s, tz=now.tzinfo))
     remembered: dict[str, Any] = {"powerCorrection": memory.power_correction,
                                   "ttftCorrection": memory.ttft_correction, "itlCorrection": memory.itl_correction}
     if memory.margins:
