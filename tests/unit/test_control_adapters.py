@@ -53,6 +53,9 @@ def test_status_round_trip_of_the_core_memory() -> None:
     rolled = memory_from_status({**status, "rolledOutAt": "2026-01-01T11:59:04Z"}, Workload(1.0))
     assert not rolled.awaiting_rollout and rolled.rolled_out_s == memory.last_applied_s + 4  # type: ignore[operator]
     assert memory_from_status({**status, "rolledOutAt": "2026-01-01T11:58:00Z"}, Workload(1.0)).awaiting_rollout
+    # A scale-up bridged with the GPU power limit: the plan keeps its limit, the pods go without it meanwhile.
+    assert memory.bridged_limit_watts is None
+    assert memory_from_status({**status, "powerLimitLiftedFromWatts": 500.0}, Workload(1.0)).bridged_limit_watts == 500
 
 
 def test_fleet_state_sees_drift_and_rolls() -> None:

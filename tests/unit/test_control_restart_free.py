@@ -396,3 +396,61 @@ def test_a_rescale_is_held_to_no_stricter_bound_than_the_restart_it_replaces() -
     assert tick.cause == "capacity", tick.reason
     assert tick.apply == Plan(running.config, 2), tick.reason
     assert tick.candidate is not None and tick.candidate.total_watts == pytest.approx(two.total_watts)
+
+
+# --- bridging a scale-up with the GPU power limit ------------------------------------------------------------------
+
+LIMITED = replace(A, gpu_power_limit_watts=490.0)
+
+
+def bridge_inputs(memory: Memory, itl_s: float = 0.15, allocation: float | None = None,
+                  rolling: bool = False) -> TickInputs:
+    intent = ServiceIntent(model=model_shape("meta-llama/Llama-3.1-70B-Instruct"), accelerator="H100",
+                           allowed_precisions=("bf16",), slo_ttft_p95_seconds=2.0, slo_itl_p95_seconds=0.1)
+    signals = Signals(window_seconds=60.0, watts=1960.0, finished_requests_per_second=5.0, waiting_requests=2.0,
+                      ttft_p95_seconds=1.2, itl_p95_seconds=itl_s)
+    fleet = FleetState(exists=True, replicas=1, ready_replicas=1, rolling=rolling)
+    return TickInputs(intent, memory, signals, fleet, now_s=1000.0, allocation_watts=allocation)
+
+
+@pytest.mark.parametrize(("case", "running", "applied", "itl_s", "allocation", "bridged"), [
+    ("1 -> 2 replicas under a limit for a measured miss: lifted", 1, 2, 0.15, None, 490.0),
+    ("2 -> 3: the added one is a third of the capacity, lifted", 2, 3, 0.15, None, 490.0),
+    ("5 -> 6: the five running carry most of it, not lifted", 5, 6, 0.15, None, None),
+    ("under a power allocation: never lifted", 1, 2, 0.15, 5000.0, None),
+    ("a queue alone, both p95s within the SLO: not lifted", 1, 2, 0.08, None, None),
+])
+def test_a_scale_up_for_a_measured_miss_is_bridged_with_the_power_limit(
+        case: str, running: int, applied: int, itl_s: float, allocation: float | None, bridged: float | None) -> None:
+    """The running pods go without their GPU power limit until the replicas added for a measured miss serve
+    (issue 11 item 5: the limit is the restart-free lever that acts in seconds, a replica in a model load)."""
+    from wattkeeper.control.tick import bridge
+    from wattkeeper.control.types import Verdict
+
+    memory = Memory(running=Plan(LIMITED, running), last_applied_s=0.0)
+    verdict = Verdict("Applied", "capacity", "more capacity needed", Plan(LIMITED, applied))
+    assert bridge(bridge_inputs(memory, itl_s, allocation), memory, verdict).bridged_limit_watts == bridged, case
+    # A move of another kind never bridges, and applying any plan ends a bridge: its own limit applies.
+    saving = Verdict("Applied", "saving", "saves", Plan(LIMITED, applied))
+    lifted = replace(memory, bridged_limit_watts=490.0)
+    assert bridge(bridge_inputs(lifted, itl_s, allocation), lifted, saving).bridged_limit_watts is None
+
+
+def test_a_bridge_ends_when_the_added_replicas_serve() -> None:
+    from wattkeeper.control.tick import bridge
+    from wattkeeper.control.types import Verdict
+
+    held = Verdict("Held", "settling", "settling")
+    lifted = Memory(running=Plan(LIMITED, 2), last_applied_s=900.0, awaiting_rollout=True, bridged_limit_watts=490.0)
+    assert bridge(bridge_inputs(lifted, rolling=True), lifted, held).bridged_limit_watts == 490.0  # still loading
+    assert bridge(bridge_inputs(lifted), lifted, held).bridged_limit_watts == 490.0  # not seen rolled out yet
+    served = replace(lifted, awaiting_rollout=False, rolled_out_s=990.0)
+    assert bridge(bridge_inputs(served), served, held).bridged_limit_watts is None
+
+
+def test_the_benchmark_runs_the_pods_without_the_limit_while_bridged() -> None:
+    from wattkeeper.bench.wattkeeper_policy import pods_config
+
+    plan = Plan(LIMITED, 2)
+    assert pods_config(plan, Memory(running=plan, bridged_limit_watts=490.0)).gpu_power_limit_watts is None
+    assert pods_config(plan, Memory(running=plan)) == LIMITED

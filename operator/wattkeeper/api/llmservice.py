@@ -524,6 +524,11 @@ class LLMServiceStatus(StatusModel):
         description="When the last applied configuration was seen rolled out (earlier than lastAppliedAt while it "
                     "rolls out); the running plan is judged one telemetry window and the pods' drain after it.",
     )
+    power_limit_lifted_from_watts: float | None = Field(
+        default=None,
+        description="The plan's GPU power limit while it is lifted on the running pods to bridge a scale-up: "
+                    "replicas added for a measured SLO miss are loading; set back when they serve.",
+    )
 
 
 class LLMService(ApiModel):

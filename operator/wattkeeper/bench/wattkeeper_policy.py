@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 from wattkeeper_runtime.simmetrics import build_1_2_5_buckets
 
-from ..control import FleetState, Memory, Signals, TickDecision, TickInputs, Tuning, decide_tick, settle_seconds
+from ..control import FleetState, Memory, Plan, Signals, TickDecision, TickInputs, Tuning, decide_tick, settle_seconds
 from ..energy.model import EnergyModel
+from ..energy.types import ServingConfig
 from ..render.objects import TERMINATION_GRACE_SECONDS
 from ..telemetry.history import token_samples
 from .fleet import FleetTarget, Observation
@@ -110,6 +111,14 @@ def recent_arrivals(trace: Trace, end_s: float, resolution_s: float) -> dict[str
     }
 
 
+def pods_config(plan: Plan, memory: Memory) -> ServingConfig:
+    """What the pods run: the plan, without its GPU power limit while a scale-up is bridged (as the operator
+    annotates the pods, `controller/services.py`)."""
+    if memory.bridged_limit_watts is not None:
+        return replace(plan.config, gpu_power_limit_watts=None)
+    return plan.config
+
+
 def fleet_of(obs: Observation, current: FleetTarget) -> FleetState:
     """The Deployment as the operator sees it: rolling while a replica loads or an old one drains."""
     return FleetState(
@@ -182,7 +191,7 @@ class WattkeeperPolicy:
 
     def _target(self, tick: TickDecision) -> FleetTarget:
         assert tick.apply is not None
-        return FleetTarget(tick.apply.config, tick.apply.replicas, tick.reason, surge=tick.surge)
+        return FleetTarget(pods_config(tick.apply, tick.memory), tick.apply.replicas, tick.reason, surge=tick.surge)
 
     def initial(self) -> FleetTarget:
         tick = self._tick(0.0, None, FleetState(exists=False), 60.0)
@@ -192,5 +201,13 @@ class WattkeeperPolicy:
 
     def decide(self, obs: Observation, current: FleetTarget) -> FleetTarget | None:
         signals = signals_of(obs, self.trace if self.bursts else None, self.telemetry_lag_s, self.scrape_interval_s)
+        bridged = self.memory.bridged_limit_watts is not None
         tick = self._tick(obs.now_s, signals, fleet_of(obs, current), obs.window_s)
-        return self._target(tick) if tick.apply is not None else None
+        if tick.apply is not None:
+            return self._target(tick)
+        running = tick.memory.running
+        if bridged and tick.memory.bridged_limit_watts is None and running is not None:
+            # The bridge ends: the plan's own GPU power limit back on its pods, as the operator syncs it.
+            return FleetTarget(running.config, running.replicas, "the added replicas serve: the power limit back",
+                               surge=False)
+        return None

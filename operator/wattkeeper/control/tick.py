@@ -43,7 +43,18 @@ from .restart_free import (
     scale_only_suffices,
 )
 from .switching import CAPACITY_STEP, OVERSHOOT_TOLERANCE, SwitchFacts, configuration_key, restarts, switching_rule
-from .types import ConfigMargin, LoadEstimate, Memory, Plan, ServiceIntent, Signals, TickDecision, TickInputs, Tuning
+from .types import (
+    ConfigMargin,
+    LoadEstimate,
+    Memory,
+    Plan,
+    ServiceIntent,
+    Signals,
+    TickDecision,
+    TickInputs,
+    Tuning,
+    Verdict,
+)
 
 __all__ = ["decide_tick", "more_capacity", "settle_seconds", "settled"]
 
@@ -579,6 +590,32 @@ def remember_applied(memory: Memory, applied: Plan, load: LoadEstimate, now_s: f
     return replace(memory, running=applied, last_applied_s=now_s, planned_load=planned, awaiting_rollout=True)
 
 
+# A scale-up is bridged where the replicas it adds bring at least this share of the new fleet's capacity (1 -> 2,
+# 2 -> 3 replicas): until they serve, the running ones carry the whole shortfall. Bridging every scale-up under a
+# limit cost conv-x4 0.12-0.17 kWh a run (5 -> 6 replicas: all five lifted for a sixth's load) for no SLO gained.
+BRIDGE_ADDED_SHARE = 1.0 / 3.0
+
+
+def bridge(inputs: TickInputs, memory: Memory, verdict: Verdict) -> Memory:
+    """Lift the GPU power limit of the running pods while replicas added for a measured SLO miss load, and set it
+    back once they serve (issue 11 item 5: the power limit is the restart-free lever that acts in seconds, a
+    replica in a model load). The plan keeps its limit; `bridged_limit_watts` says that the pods run without it.
+    Only with no power allocation to keep: lifted, the fleet draws more than the plan predicts. bursty s3 kept
+    98.34% within both SLOs for want of it: a burst 20 s after tp8 x1 -> x2 at 490 W, carried by the one replica
+    while the second loaded (132 requests late in one minute); bridged, 99.11%, at 2.120 kWh instead of 2.257."""
+    running, applied = memory.running, verdict.apply
+    if applied is not None:
+        added = applied.replicas - running.replicas if running is not None and applied.config == running.config else 0
+        limit = applied.config.gpu_power_limit_watts
+        if added >= max(1.0, BRIDGE_ADDED_SHARE * applied.replicas) and limit is not None \
+                and verdict.cause == "capacity" and inputs.allocation_watts is None and slo_missed(inputs):
+            return replace(memory, bridged_limit_watts=limit)
+        return replace(memory, bridged_limit_watts=None)  # a new plan: its own limit applies
+    if memory.bridged_limit_watts is not None and not inputs.fleet.rolling and not memory.awaiting_rollout:
+        return replace(memory, bridged_limit_watts=None)  # the added replicas serve
+    return memory
+
+
 # A tick grows a running fleet by at most this factor in GPUs (the HPA's default scale-up policy also at most
 # doubles a workload per period): a miss measured right after a cold start or a burst teaches a margin and a peak
 # that are partly the backlog's, and sized at once they bought 4x the GPUs the verified oracle runs (the
@@ -664,6 +701,10 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
         in_place = rescale(with_max_gpus(inputs, step_gpus(inputs, memory)), memory, load, energy_model,
                            candidate)
     verdict = switching_rule(facts(inputs, memory, load, proposed, candidate, result, energy_model, in_place))
+    memory = bridge(inputs, memory, verdict)
+    if verdict.apply is not None and memory.bridged_limit_watts is not None:
+        verdict = replace(verdict, reason=f"{verdict.reason}; the GPU power limit ({memory.bridged_limit_watts:g} W) "
+                                          "is lifted on the running pods until the added replicas serve")
     before = memory
     if in_place is not None and verdict.apply == plan_of(in_place) and verdict.cause != "drift":
         proposed, candidate = verdict.apply, in_place  # what is applied is what status shows

@@ -146,6 +146,9 @@ class Memory:
     # `rolled_out_s`; the running plan is judged one settle time after that (`control/tick.py running_settled`).
     awaiting_rollout: bool = False
     rolled_out_s: float | None = None
+    # The running plan's GPU power limit while it is lifted on the running pods to bridge a scale-up
+    # (`control/tick.py bridge`); None when the plan's own limit applies.
+    bridged_limit_watts: float | None = None
 
 
 @dataclass(frozen=True)

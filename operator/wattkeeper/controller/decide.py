@@ -155,6 +155,7 @@ def memory_from_status(status: dict[str, Any], default_workload: Workload) -> Me
         # Applied and not seen rolled out since (a status from before rollouts were tracked, too: one wait more).
         awaiting_rollout=last_applied_s is not None and (rolled_out_s is None or rolled_out_s < last_applied_s),
         rolled_out_s=rolled_out_s,
+        bridged_limit_watts=status.get("powerLimitLiftedFromWatts"),
         planned_load=planned,
         peak_load_rps=float(peak) if peak is not None else None,
         peak_load_at_s=_seconds(observed.get("peakLoadAt")),
@@ -378,6 +379,18 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
     _sync_recent(status, memory, now)
     if memory.rolled_out_s is not None and not memory.awaiting_rollout:
         status["rolledOutAt"] = _iso(datetime.fromtimestamp(memory.rolled_out_s, tz=now.tzinfo))
+    lifted = status.get("powerLimitLiftedFromWatts")
+    if memory.bridged_limit_watts is not None:
+        status["powerLimitLiftedFromWatts"] = memory.bridged_limit_watts
+        if lifted is None:
+            events.append(("Normal", "PowerLimitLifted",
+                           f"GPU power limit {memory.bridged_limit_watts:g} W lifted on the running pods while the "
+                           "added replicas load"))
+    elif lifted is not None:
+        status.pop("powerLimitLiftedFromWatts", None)
+        if tick.apply is None:
+            events.append(("Normal", "PowerLimitRestored",
+                           f"the added replicas serve: GPU power limit back to {float(lifted):g} W"))
     remembered: dict[str, Any] = {"powerCorrection": memory.power_correction,
                                   "ttftCorrection": memory.ttft_correction, "itlCorrection": memory.itl_correction}
     if memory.margins:

@@ -334,7 +334,8 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
     kube.patch_status("llmservices", namespace, name, old_status, status)
     limit = (status.get("plan") or {}).get("gpuPowerLimitWatts")
     if deps.settings.power_limits:
-        _sync_power_limits(kube, namespace, name, limit)
+        # While a scale-up is bridged the running pods go without the plan's limit (control/tick.py `bridge`).
+        _sync_power_limits(kube, namespace, name, None if status.get("powerLimitLiftedFromWatts") else limit)
     elif limit is not None and decision.apply is not None:
         # A pinned limit without the node agent: say that nothing applies it rather than pretend.
         kube.event(body, "Warning", "PowerLimitNotApplied",
