@@ -225,14 +225,13 @@ class Demo:
             st = svc.get("status") or {}
             plan = st.get("plan") or {}
             observed = st.get("observed") or {}
-            slo: dict[str, Any] = next((c for c in st.get("conditions", []) if c["type"] == "SLOMet"), {})
             sample.services[svc["metadata"]["name"]] = {
                 "config": f"{plan.get('precision', '?')} tp{plan.get('tensorParallel', '?')} "
                           f"seqs{plan.get('maxNumSeqs', '?')}",
                 "replicas": plan.get("replicas"), "ready": st.get("readyReplicas"),
                 "watts": observed.get("watts"), "jpt": observed.get("joulesPerToken"),
                 "rps": observed.get("requestsPerSecond"), "peak_rps": observed.get("peakLoadRps"),
-                "slo": slo.get("status", "?"),
+                "slo": _condition(st, "SLOMet") or "?",
                 "settled": _condition(st, "Ready") == "True" and _condition(st, "Progressing") == "False",
                 "allocated": (st.get("allocation") or {}).get("watts"),
                 "decisions": len(st.get("decisions") or []),
