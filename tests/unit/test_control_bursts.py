@@ -203,6 +203,29 @@ def test_the_margin_is_learned_at_the_rate_that_entered_service() -> None:
     assert learned[1].ttft_correction < learned[0].ttft_correction
 
 
+def test_a_window_whose_arrivals_fell_teaches_no_margin() -> None:
+    """conv-x1 at the trace's end: arrivals 7.6 -> 2.0 req/s over one window, ITL 90 ms within its SLO; its
+    latencies belong to requests admitted at the rate before, and predicted at this window's rate they read as a
+    2.6x margin that sent x2 to x4 with no SLO missed. Such a window keeps the margins; a steady one teaches."""
+    from wattkeeper.control.tick import arrivals_fell, corrections
+
+    running = Plan(ServingConfig("bf16", 4, 256, 8192), 2)
+    memory = Memory(running=running, last_applied_s=0.0)
+    fleet = FleetState(exists=True, replicas=2, ready_replicas=2)
+    steady = replace(BASE, finished_requests_per_second=7.5, itl_p95_seconds=0.09, ttft_p95_seconds=0.5,
+                     arrival_resolution_seconds=15.0, arrival_counts=(114.0,) * 36 + (120.0, 3.0, 0.0, 0.0))
+    fell = replace(steady, finished_requests_per_second=2.45)
+    kept = replace(steady, arrival_counts=(114.0,) * 40)
+    assert arrivals_fell(fell) and not arrivals_fell(kept)
+    assert not arrivals_fell(replace(fell, arrival_counts=(0.0, 0.0, 0.0, 0.0)))  # no window before to compare
+    got = []
+    for signals in (fell, kept):
+        tick_inputs = TickInputs(INTENT, memory, signals, fleet, now_s=1000.0)
+        got.append(corrections(tick_inputs, estimate_load(INTENT, memory, signals, 1000.0), EM))
+    assert got[0].margins == memory.margins and got[0].itl_correction == memory.itl_correction
+    assert got[1].margins != memory.margins
+
+
 def ramp_signals(bins: list[float], behind: bool = True) -> Signals:
     """Arrival counts in 15-s bins, from a fleet behind them (two requests waiting: the trend is taken whole) or
     keeping up (none waiting, both p95s within the SLO)."""

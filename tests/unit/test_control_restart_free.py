@@ -377,6 +377,24 @@ def test_a_measured_plan_with_room_to_spare_contradicts_a_predicted_miss() -> No
     assert not has_slack(unsettled, memory)
 
 
+def test_an_idle_window_has_room_to_spare() -> None:
+    """conv-x4 at the trace's end: two windows with no arrivals, nothing finished and no latency measured; read as
+    "unknown", the held peak's prediction alone grew the fleet from 9 to 14 replicas. Idle is room to spare, and
+    no capacity is added; a window that measured nothing but where requests came (or wait) is not idle."""
+    running = Plan(ServingConfig("bf16", 4, 512, 2048), 9)
+    memory = Memory(running=running, last_applied_s=0.0, planned_load=Workload(33.7, 1390.0, 165.0))
+    idle = Signals(window_seconds=60.0, watts=9 * 4 * 120.0, finished_requests_per_second=0.0, waiting_requests=0.0,
+                   arrival_counts=(480.0,) * 32 + (12.0,) + (0.0,) * 7, arrival_resolution_seconds=15.0)
+    fleet = FleetState(True, True, 9, 9)
+    inputs = TickInputs(intent=INTENT, memory=memory, signals=idle, fleet=fleet, now_s=1890.0)
+    assert has_slack(inputs, memory)
+    assert not has_slack(replace(inputs, signals=replace(idle, waiting_requests=2.0)), memory)
+    assert not has_slack(replace(inputs, signals=replace(idle, arrival_counts=(480.0,) * 40)), memory)
+    assert not has_slack(replace(inputs, now_s=30.0, memory=replace(memory, last_applied_s=0.0)), memory)
+    tick = decide_tick(replace(inputs, memory=replace(memory, peak_load_rps=32.0, peak_load_at_s=1770.0)), EM)
+    assert tick.cause != "capacity" and (tick.apply is None or tick.apply.replicas <= running.replicas), tick.reason
+
+
 def test_a_rescale_is_held_to_no_stricter_bound_than_the_restart_it_replaces() -> None:
     """conv-x1-cap s2 (issue 11 item 5): bf16 tp4 at 490 W x1 needed a second replica. tp4 x2 and tp8 x1, both at
     490 W, draw 3920 W where the tick allows itself 3917 W under the cap. The planner's fallback ran the least
