@@ -56,6 +56,10 @@ def test_status_round_trip_of_the_core_memory() -> None:
     # A scale-up bridged with the GPU power limit: the plan keeps its limit, the pods go without it meanwhile.
     assert memory.bridged_limit_watts is None
     assert memory_from_status({**status, "powerLimitLiftedFromWatts": 500.0}, Workload(1.0)).bridged_limit_watts == 500
+    # A streak of measured SLO misses (control/tick.py missed_since) outlives the operator's restart.
+    assert memory.missed_since_s is None
+    missed = memory_from_status({**status, "sloMissedSince": "2026-01-01T11:59:30Z"}, Workload(1.0))
+    assert missed.missed_since_s == memory.last_applied_s + 30  # type: ignore[operator]
 
 
 def test_fleet_state_sees_drift_and_rolls() -> None:

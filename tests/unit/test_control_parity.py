@@ -145,7 +145,8 @@ def comparable(memory: Any, offset_s: float) -> tuple[Any, ...]:
     recent = tuple((r.configuration, shift(r.left_at_s), r.allocation_watts) for r in memory.recent_configurations)
     return (memory.running, shift(memory.last_applied_s), memory.planned_load, memory.peak_load_rps,
             shift(memory.peak_load_at_s), memory.power_correction, memory.ttft_correction, memory.itl_correction,
-            recent, memory.margins, memory.awaiting_rollout, shift(memory.rolled_out_s), memory.bridged_limit_watts)
+            recent, memory.margins, memory.awaiting_rollout, shift(memory.rolled_out_s), memory.bridged_limit_watts,
+            shift(memory.missed_since_s))
 
 
 def test_operator_and_benchmark_decide_the_same() -> None:

@@ -472,3 +472,48 @@ def test_the_benchmark_runs_the_pods_without_the_limit_while_bridged() -> None:
     plan = Plan(LIMITED, 2)
     assert pods_config(plan, Memory(running=plan, bridged_limit_watts=490.0)).gpu_power_limit_watts is None
     assert pods_config(plan, Memory(running=plan)) == LIMITED
+
+
+# --- a measured miss the model does not predict ---------------------------------------------------------------------
+
+
+def test_a_miss_measured_twice_where_the_model_predicts_none_adds_a_replica() -> None:
+    """bursty s5: tp8 x1, settled, measured at 137 ms gap ITL p95 (requests' mean ITL p95 69 ms) with 1.5 requests
+    waiting, tick after tick, while the planner proposed tp8 x1 again: one more replica of the running
+    configuration once the miss is still measured a tick later (`measured_step`). Not on one window, not where
+    the requests' own ITL has room to spare (a few long chunk-carrying steps), not without a queue, and not beyond
+    the allocation."""
+    from wattkeeper.control.load import estimate_load
+    from wattkeeper.control.tick import MEASURED_MISS_SECONDS, measured_step, missed_since
+
+    running = Plan(ServingConfig("bf16", 8, 512, 8192, gpu_power_limit_watts=490.0), 1)
+    memory = Memory(running=running, last_applied_s=0.0, planned_load=Workload(6.7, 1270.0, 230.0))
+    missed = Signals(window_seconds=60.0, watts=3000.0, finished_requests_per_second=6.3, waiting_requests=1.5,
+                     mean_input_tokens=1270.0, mean_output_tokens=230.0, ttft_p95_seconds=0.67,
+                     itl_p95_seconds=0.138, request_itl_p95_seconds=0.069)
+    fleet = FleetState(exists=True, replicas=1, ready_replicas=1)
+
+    def step(signals: Signals, memory: Memory, now_s: float, allocation: float | None = None) -> tuple[Any, Memory]:
+        inputs = TickInputs(INTENT, memory, signals, fleet, now_s=now_s, allocation_watts=allocation)
+        memory = replace(memory, missed_since_s=missed_since(inputs, memory))
+        load = estimate_load(INTENT, memory, signals, now_s)
+        return measured_step(inputs, memory, load, EM, (running, None, None)), memory
+
+    (first, _, _), after_first = step(missed, memory, 1290.0)
+    assert first == running and after_first.missed_since_s == 1290.0
+    (second, candidate, _), after_second = step(missed, after_first, 1290.0 + MEASURED_MISS_SECONDS)
+    assert second == Plan(running.config, 2) and after_second.missed_since_s == 1290.0
+    assert candidate is not None and candidate.replicas == 2
+    # Requests' own ITL with room to spare: the gap p95 alone is no miss, and the streak ends.
+    (kept, _, _), thin = step(replace(missed, request_itl_p95_seconds=0.046), after_first, 1320.0)
+    assert kept == running and thin.missed_since_s is None
+    # No queue: no streak.
+    assert step(replace(missed, waiting_requests=0.5), after_first, 1320.0)[1].missed_since_s is None
+    # A TTFT p95 over its SLO is a miss whatever the ITL.
+    ttft = replace(missed, ttft_p95_seconds=2.5, itl_p95_seconds=0.05, request_itl_p95_seconds=0.04)
+    assert step(ttft, memory, 1290.0)[1].missed_since_s == 1290.0
+    # Within an allocation that does not fit a second replica, nothing is added this way.
+    tight = allocation_for(candidate.total_watts) * 0.9
+    assert step(missed, after_first, 1320.0, allocation=tight)[0][0] == running
+    # Not while the last change settles.
+    assert step(missed, replace(after_first, last_applied_s=1280.0), 1320.0)[0][0] == running

@@ -529,6 +529,11 @@ class LLMServiceStatus(StatusModel):
         description="The plan's GPU power limit while it is lifted on the running pods to bridge a scale-up: "
                     "replicas added for a measured SLO miss are loading; set back when they serve.",
     )
+    slo_missed_since: datetime | None = Field(
+        default=None,
+        description="Since when the service's SLO has been measured missed with requests queueing (absent while "
+                    "it is not): still missed a tick later where the plan predicts it met, one replica is added.",
+    )
 
 
 class LLMService(ApiModel):

@@ -149,6 +149,8 @@ class Memory:
     # The running plan's GPU power limit while it is lifted on the running pods to bridge a scale-up
     # (`control/tick.py bridge`); None when the plan's own limit applies.
     bridged_limit_watts: float | None = None
+    # When the running streak of SLO misses measured with a queue began (`control/tick.py missed_since`).
+    missed_since_s: float | None = None
 
 
 @dataclass(frozen=True)

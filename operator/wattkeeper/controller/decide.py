@@ -156,6 +156,7 @@ def memory_from_status(status: dict[str, Any], default_workload: Workload) -> Me
         awaiting_rollout=last_applied_s is not None and (rolled_out_s is None or rolled_out_s < last_applied_s),
         rolled_out_s=rolled_out_s,
         bridged_limit_watts=status.get("powerLimitLiftedFromWatts"),
+        missed_since_s=_seconds(status.get("sloMissedSince")),
         planned_load=planned,
         peak_load_rps=float(peak) if peak is not None else None,
         peak_load_at_s=_seconds(observed.get("peakLoadAt")),
@@ -379,6 +380,10 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
     _sync_recent(status, memory, now)
     if memory.rolled_out_s is not None and not memory.awaiting_rollout:
         status["rolledOutAt"] = _iso(datetime.fromtimestamp(memory.rolled_out_s, tz=now.tzinfo))
+    if memory.missed_since_s is not None:
+        status["sloMissedSince"] = _iso(datetime.fromtimestamp(memory.missed_since_s, tz=now.tzinfo))
+    else:
+        status.pop("sloMissedSince", None)
     lifted = status.get("powerLimitLiftedFromWatts")
     if memory.bridged_limit_watts is not None:
         status["powerLimitLiftedFromWatts"] = memory.bridged_limit_watts
