@@ -116,8 +116,9 @@ def running_settled(inputs: TickInputs, memory: Memory) -> bool:
 def load_fell(inputs: TickInputs, load: LoadEstimate) -> bool:
     """The load measured in the window (arrivals; without their counts, what finished and the queue's growth) is a
     capacity step below the recent load (the history's arrivals; without them, the load planned for), and under
-    one request waits on average: the planned load is a peak the stabilisation holds, not a load to restart for (decode-heavy-cap, bursty-cap: traffic stopped, a held peak read as a predicted miss restarted the
-    fleet into fp8)."""
+    one request waits on average: the planned load is a peak the stabilisation holds, not a load to restart for
+    (decode-heavy-cap, bursty-cap: traffic stopped, a held peak read as a predicted miss restarted the fleet into
+    fp8)."""
     s = inputs.signals
     if s is None or (s.waiting_requests or 0.0) >= 1.0:
         return False
@@ -145,6 +146,10 @@ def arrival_rates(s: Signals) -> tuple[float, float] | None:
     return sum(last) / (len(last) * res), sum(s.arrival_counts) / (len(s.arrival_counts) * res)
 
 
+# A window whose arrivals fell below this share of the window before's teaches no latency margin.
+FALLEN_ARRIVALS_SHARE = 0.5
+
+
 def arrivals_fell(s: Signals) -> bool:
     """Arrivals over the telemetry window fell below `FALLEN_ARRIVALS_SHARE` of the window before's."""
     res = s.arrival_resolution_seconds
@@ -161,10 +166,6 @@ def idle(s: Signals) -> bool:
     """Nothing arrived over the telemetry window (where telemetry counts arrivals), nothing finished, none waits."""
     rates = arrival_rates(s)
     return rates is not None and rates[0] == 0 and not s.finished_requests_per_second and not s.waiting_requests
-
-
-# A window whose arrivals fell below this share of the window before's teaches no latency margin.
-FALLEN_ARRIVALS_SHARE = 0.5
 
 
 def keeps_up(inputs: TickInputs) -> bool:
@@ -248,15 +249,12 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
     predicted: Candidate | None = None
     s = inputs.signals
     queued = inputs.tuning.latency_model == "queued"
-    if queued and not is_settled:
-        # The margin is learned on a settled plan only: right after a change the latency shows the backlog of
-        # the plan before, not this plan's model error.
-        return replace(m, power_correction=power, peak_load_rps=load.peak_load_rps,
-                       peak_load_at_s=load.peak_load_at_s, peak_forecast_rps=load.peak_forecast_rps)
-    if queued and s is not None and arrivals_fell(s):
-        # Its latencies are those of requests admitted in the window before, at the higher rate: predicted at
-        # this window's rate they read as a model error (conv-x1 at the trace's end: arrivals 7.6 -> 2.0 req/s,
-        # ITL 90 ms within its SLO read as a 2.6x margin, and the fleet went x2 -> x4 with no SLO missed).
+    # The margin is learned on a settled plan only: right after a change the latency shows the backlog of the
+    # plan before, not this plan's model error. Nor from a window whose arrivals fell by half: its latencies are
+    # those of requests admitted in the window before, at the higher rate, and predicted at this window's rate they
+    # read as a model error (conv-x1 at the trace's end: arrivals 7.6 -> 2.0 req/s, ITL 90 ms within its SLO read
+    # as a 2.6x margin, and the fleet went x2 -> x4 with no SLO missed).
+    if queued and (not is_settled or (s is not None and arrivals_fell(s))):
         return replace(m, power_correction=power, peak_load_rps=load.peak_load_rps,
                        peak_load_at_s=load.peak_load_at_s, peak_forecast_rps=load.peak_forecast_rps)
     if queued and m.running is not None and s is not None and s.finished_requests_per_second:
@@ -510,6 +508,13 @@ def rescale(inputs: TickInputs, memory: Memory, load: LoadEstimate, energy_model
     return chosen
 
 
+def evaluate_own(inputs: TickInputs, memory: Memory, load: LoadEstimate, plan: Plan,
+                 energy_model: EnergyModel) -> Candidate | None:
+    """The planner's figures for `plan` at `load`, with its configuration's own learned margin."""
+    request = tick_request(inputs, memory, load, None, margin=margin_of(memory, plan.config, inputs.tuning))
+    return evaluate_in(request, plan, energy_model)
+
+
 def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan, candidate: Candidate | None,
           result: PlanResult | None, energy_model: EnergyModel,
           in_place: Candidate | None = None) -> SwitchFacts:
@@ -517,8 +522,7 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
     accelerator = get_accelerator(intent.accelerator)
     running_candidate: Candidate | None = None
     if running is not None and fleet.exists and proposed != running:
-        running_candidate = evaluate_in(tick_request(inputs, memory, load, None, margin=margin_of(memory, running.config, inputs.tuning)),
-                                        running, energy_model)
+        running_candidate = evaluate_own(inputs, memory, load, running, energy_model)
 
     def worth_it() -> SwitchDecision:
         assert candidate is not None
@@ -710,9 +714,8 @@ def within_step(inputs: TickInputs, memory: Memory, load: LoadEstimate, energy_m
     running = memory.running
     assert running is not None
     stepped = Plan(running.config, max(running.replicas, limit // running.config.tensor_parallel))
-    request = tick_request(inputs, memory, load, None, margin=margin_of(memory, running.config, inputs.tuning))
     result = found[2]
-    return stepped, evaluate_in(request, stepped, energy_model), \
+    return stepped, evaluate_own(inputs, memory, load, stepped, energy_model), \
         replace(result, reason=result.reason + note) if result is not None else None
 
 
@@ -737,9 +740,10 @@ def measured_step(inputs: TickInputs, memory: Memory, load: LoadEstimate, energy
     """One more replica of the running configuration where the planner keeps the running plan but its
     measurement contradicts that (the counterpart of `carries_load`): settled, an SLO missed where requests feel
     it (`requests_missed`) with requests queueing, for `MEASURED_MISS_SECONDS` or more, at a load that did not
-    fall. The model's share within the SLO is a prediction; a queue and a p95 over the SLO are not. bursty s5: tp8 x1 measured at 137-175 ms ITL p95 with 1.3-1.5 requests waiting for four
-    ticks, each proposing tp8 x1 again on a margin that had risen from 1.0 to 2.0, and 47 of one minute's 408
-    requests were late (98.90% within both SLOs; with the step 99.77%). Else `found`."""
+    fall. The model's share within the SLO is a prediction; a queue and a p95 over the SLO are not. bursty s5:
+    tp8 x1 measured at 137-175 ms ITL p95 with 1.3-1.5 requests waiting for four ticks, each proposing tp8 x1
+    again on a margin that had risen from 1.0 to 2.0, and 47 of one minute's 408 requests were late (98.90%
+    within both SLOs; with the step 99.77%). Else `found`."""
     running, s = memory.running, inputs.signals
     since = memory.missed_since_s
     if running is None or s is None or not inputs.fleet.exists or inputs.spec_changed \
@@ -752,8 +756,7 @@ def measured_step(inputs: TickInputs, memory: Memory, load: LoadEstimate, energy
             or (ceiling is not None and (running.replicas + 1) * tp > ceiling):
         return found
     stepped = Plan(running.config, running.replicas + 1)
-    request = tick_request(inputs, memory, load, None, margin=margin_of(memory, running.config, inputs.tuning))
-    candidate = evaluate_in(request, stepped, energy_model)
+    candidate = evaluate_own(inputs, memory, load, stepped, energy_model)
     allocation = inputs.allocation_watts
     if candidate is None or (allocation is not None and candidate.total_watts > allocation * OVERSHOOT_TOLERANCE):
         return found
