@@ -19,6 +19,7 @@ from .planning import allocation_changed, evaluate, plan_of, plan_request, signi
 from .switching import OVERSHOOT_TOLERANCE, SwitchFacts, switching_rule
 from .tick import decide_tick, more_capacity, settle_seconds, settled
 from .types import (
+    Canary,
     ConfigMargin,
     FleetState,
     LoadEstimate,
@@ -34,6 +35,7 @@ from .types import (
 )
 
 __all__ = [
+    "Canary",
     "OVERSHOOT_TOLERANCE",
     "BudgetDecision",
     "BudgetIntent",

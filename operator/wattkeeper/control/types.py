@@ -123,6 +123,17 @@ class ConfigMargin:
 
 
 @dataclass(frozen=True)
+class Canary:
+    """One replica of an untried configuration serving beside the fleet, its share of the traffic measured on its
+    own pods, so that its latency margin is learned before any restart trusts it (`control/canary.py`)."""
+
+    plan: Plan  # one replica
+    started_s: float
+    ready_s: float | None = None  # when a tick first saw it serve
+    windows: int = 0  # telemetry windows measured so far
+
+
+@dataclass(frozen=True)
 class Memory:
     """What the core remembers between ticks (the operator keeps it in status, the benchmark in the policy).
 
@@ -151,6 +162,11 @@ class Memory:
     bridged_limit_watts: float | None = None
     # When the running streak of SLO misses measured with a queue began (`control/tick.py missed_since`).
     missed_since_s: float | None = None
+    # The canary running beside the fleet (`control/canary.py`), and the configurations canaried lately
+    # (`configuration`: tick.margin_key; `left_at_s`: when the canary ended): not canaried again within the
+    # service's horizon.
+    canary: Canary | None = None
+    canaries_ended: tuple[RecentConfiguration, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -180,6 +196,10 @@ class Tuning:
     # With it, the replay also judges cheaper plans the model doubts a little (predicted share within both at
     # least this; None: only plans the model finds feasible). 0.95 cost more still (24.09 / 20.69 kWh).
     verify_relaxed_share: float | None = None
+    # Canaries (`control/canary.py`): where the model says an untried configuration would save enough, one replica
+    # of it serves beside the fleet until its own margin is learned. False: an untried configuration carries the
+    # prior until the fleet itself restarts into it (operator --no-canaries).
+    canaries: bool = True
 
 
 @dataclass(frozen=True)
@@ -194,6 +214,10 @@ class TickInputs:
     advised_allocation_watts: float | None = None  # from an Advise budget: recorded, never enforced
     settle_seconds: float = 90.0  # see `settle_seconds()`
     tuning: Tuning = field(default_factory=Tuning)
+    # The canary's own pods (`control/canary.py`): what telemetry showed of them over the window, and their rollout.
+    # `signals` and `fleet` are the fleet's pods only.
+    canary_signals: Signals | None = None
+    canary_fleet: FleetState = field(default_factory=FleetState)
 
 
 @dataclass(frozen=True)
@@ -231,3 +255,5 @@ class TickDecision:
     memory: Memory  # to remember for the next tick
     surge: bool  # roll with one extra replica (only when it fits under the allocation)
     advised: Plan | None = None  # what an Advise budget would move to (never applied)
+    canary: Plan | None = None  # what runs beside the fleet (one replica), None: no canary (remove one that runs)
+    canary_reason: str = ""  # why the canary started, runs or ended this tick ("" when nothing changed)
