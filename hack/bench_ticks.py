@@ -43,6 +43,8 @@ def tick_line(tick: TickDecision, now_s: float) -> str:
             f"(in {w.input_tokens:.0f}, out {w.output_tokens:.0f}) proposed {proposed} margins [{margins}]")
     if tick.apply is not None:
         line += f"\n         -> {tick.apply.describe()}: {tick.reason[:240]}"
+    if tick.canary_reason:
+        line += f"\n         canary: {tick.canary_reason[:240]}"
     return line
 
 
@@ -63,14 +65,15 @@ def run(workload: tuple[str, str, float], seed: int, args: argparse.Namespace) -
     ttft_ok = float(np.mean(np.nan_to_num(fleet_run.ttft_s, nan=np.inf) <= STANDARD_SLO_TTFT_S))
     itl_ok = float(np.mean(np.nan_to_num(fleet_run.mean_itl_s, nan=np.inf) <= STANDARD_SLO_ITL_S))
     restarts = sum(1 for c in fleet_run.changes if c.kind == "restart")
+    canaries = sum(1 for c in fleet_run.changes if c.kind == "canary")
     kwh = float(fleet_run.energy_joules[-1]) / 3.6e6
     cap = f", cap held {scored.get('capHeld')}" if spec.allocation_watts is not None else ""
     print(f"{name}{'-cap' if args.caps else ''} s{seed}: {kwh:.3f} kWh, within both {scored['withinBothSlos']:.2%} "
-          f"(TTFT {ttft_ok:.2%}, ITL {itl_ok:.2%}), {restarts} restarts{cap}", flush=True)
+          f"(TTFT {ttft_ok:.2%}, ITL {itl_ok:.2%}), {restarts} restarts{cap}, {canaries} canaries", flush=True)
     if args.ticks:
         # The policy records each tick's decision (with its time) beside the core's full answer.
         for decision, tick in zip(policy.decisions, policy.ticks, strict=True):
-            if args.all_ticks or tick.apply is not None:
+            if args.all_ticks or tick.apply is not None or tick.canary_reason:
                 print(tick_line(tick, decision.time_s))
 
 

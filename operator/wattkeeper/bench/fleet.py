@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Protocol, TypeVar
 
@@ -50,9 +50,13 @@ class FleetTarget:
     # old one (capacity never dips, power does rise); False, in place like maxSurge 0 / maxUnavailable 1 (one old
     # replica stops before each new one loads, so power never rises above the running fleet's).
     surge: bool = True
+    # One replica of another configuration serving beside the fleet (control/canary.py; the operator's Deployment
+    # `<service>-canary`): routed its share like any replica, measured on its own. None: no canary.
+    canary: ServingConfig | None = None
 
     def same_shape(self, other: FleetTarget | None) -> bool:
-        return other is not None and other.config == self.config and other.replicas == self.replicas
+        return other is not None and other.config == self.config and other.replicas == self.replicas \
+            and other.canary == self.canary
 
     def describe(self) -> str:
         return Plan(self.config, self.replicas).describe()
@@ -92,6 +96,9 @@ class Observation:
     first_token_s: tuple[float, ...] = ()
     finished_prompt_tokens: tuple[int, ...] = ()
     finished_output_tokens: tuple[int, ...] = ()
+    # The canary's pods, observed on their own (every other field is the fleet's pods only); None: no canary
+    # replica is live.
+    canary: Observation | None = None
 
     @property
     def settled(self) -> bool:
@@ -125,6 +132,7 @@ class Replica:
     state: State
     stopped_s: float | None = None
     outstanding: int = 0
+    canary: bool = False  # the canary beside the fleet: routed to, never part of the fleet's rollouts
 
     @property
     def gpus(self) -> int:
@@ -258,6 +266,8 @@ class FleetSimulator:
         history_s = float(getattr(policy, "history_seconds", 0.0))
         first_tokens: list[float] = []
         finished_log: list[tuple[float, int, int]] = []
+        canary_first_tokens: list[float] = []
+        canary_finished_log: list[tuple[float, int, int]] = []
         settling: deque[tuple[float, Replica, ServingConfig]] = deque()  # limits set, in effect from the time given
         steps = 0
         misses = 0
@@ -266,7 +276,7 @@ class FleetSimulator:
         now = 0.0
         target = policy.initial()
 
-        def start_replica(config: ServingConfig, now_s: float, warm: bool) -> Replica:
+        def start_replica(config: ServingConfig, now_s: float, warm: bool, canary: bool = False) -> Replica:
             load_s = 0.0 if warm else self.load_seconds(config)
             engine = BatchingEngine(
                 self.gt.timing(config),
@@ -282,6 +292,7 @@ class FleetSimulator:
                 ready_s=now_s + load_s,
                 loading_watts=self.gt.idle_watts(config),
                 state=State.SERVING if warm else State.LOADING,
+                canary=canary,
             )
             replicas.append(r)
             if config.short() not in configs_used:
@@ -290,6 +301,9 @@ class FleetSimulator:
 
         window: deque[_Window] = deque()
         current = _Window()
+        canary_window: deque[_Window] = deque()
+        canary_current = _Window()
+        canary_energy = [0.0]
         window_len = max(1, round(self.telemetry_window_s / self.sample_s))
         # A policy that reads Prometheus sees the window that ended at the last scrape (`telemetry_lag_s`).
         lag_len = max(0, round(float(getattr(policy, "telemetry_lag_s", 0.0)) / self.sample_s))
@@ -297,34 +311,37 @@ class FleetSimulator:
         def advance(r: Replica, t_s: float) -> None:
             nonlocal steps, misses
             e = r.engine
+            cur = canary_current if r.canary else current
+            tokens_log = canary_first_tokens if r.canary else first_tokens
+            done_log = canary_finished_log if r.canary else finished_log
             while (e.running or e.waiting) and e.clock_s < t_s:
                 res = e.step(e.clock_s)
                 steps += 1
                 if history_s > 0:
-                    first_tokens.extend(res.end_s for _ in res.ttft_samples_s)
-                    finished_log.extend((res.end_s, q.prompt_tokens, q.output_tokens) for q in res.finished)
+                    tokens_log.extend(res.end_s for _ in res.ttft_samples_s)
+                    done_log.extend((res.end_s, q.prompt_tokens, q.output_tokens) for q in res.finished)
                 s = res.itl_samples_s
                 if s:
                     if s[0] == s[-1]:
                         itl_values.append(s[0])
                         itl_counts.append(len(s))
-                        current.itl_values.append(s[0])
-                        current.itl_counts.append(len(s))
+                        cur.itl_values.append(s[0])
+                        cur.itl_counts.append(len(s))
                     else:
                         for x in s:
                             itl_values.append(x)
                             itl_counts.append(1)
-                            current.itl_values.append(x)
-                            current.itl_counts.append(1)
+                            cur.itl_values.append(x)
+                            cur.itl_counts.append(1)
                 for req in res.finished:
                     i = int(req.request_id)
                     first = req.first_token_s if req.first_token_s is not None else res.end_s
                     ttft[i] = first - req.arrival_s
                     mean_itl[i] = (res.end_s - first) / (req.output_tokens - 1) if req.output_tokens > 1 else 0.0
-                    current.ttft.append(ttft[i])
-                    current.mean_itl.append(mean_itl[i])
-                    current.completed += 1
-                    current.completed_output_tokens += req.output_tokens
+                    cur.ttft.append(ttft[i])
+                    cur.mean_itl.append(mean_itl[i])
+                    cur.completed += 1
+                    cur.completed_output_tokens += req.output_tokens
                     r.outstanding -= 1
                     if cutoff is not None and i >= cutoff.scored_from and (
                         ttft[i] > cutoff.ttft_seconds or mean_itl[i] > cutoff.itl_seconds
@@ -349,7 +366,7 @@ class FleetSimulator:
             """A Deployment rolling with maxSurge 0 and maxUnavailable 1: never more pods than desired, at most one
             of them unavailable; old replicas go first, one per new replica."""
             while True:
-                live = [r for r in replicas if r.state in (State.LOADING, State.SERVING)]
+                live = [r for r in replicas if r.state in (State.LOADING, State.SERVING) and not r.canary]
                 old = [r for r in live if r.config != target.config]
                 new = [r for r in live if r.config == target.config]
                 available = sum(1 for r in live if r.state is State.SERVING)
@@ -376,10 +393,11 @@ class FleetSimulator:
             if not target.surge:
                 roll_in_place(t_s)
             target_cfg = target.config
-            new_serving = [r for r in replicas if r.state is State.SERVING and r.config == target_cfg]
-            loading_new = any(r.state is State.LOADING and r.config == target_cfg for r in replicas)
+            fleet = [r for r in replicas if not r.canary]
+            new_serving = [r for r in fleet if r.state is State.SERVING and r.config == target_cfg]
+            loading_new = any(r.state is State.LOADING and r.config == target_cfg for r in fleet)
             if not loading_new and len(new_serving) >= 1:
-                for r in replicas:
+                for r in fleet:
                     if r.state is State.SERVING and r.config != target_cfg:
                         drain(r)
             while pending and any(r.state is State.SERVING for r in replicas):
@@ -404,7 +422,8 @@ class FleetSimulator:
             management algorithm kicks in", nvmlDeviceGetPowerManagementLimit); no process is restarted and it
             needs none (runtime/wattkeeper_runtime/powercontrol.py applies it to GPUs with vLLM running)."""
             for r in replicas:
-                if r.state in (State.LOADING, State.SERVING) and is_in_place_change(r.config, config):
+                if r.state in (State.LOADING, State.SERVING) and not r.canary \
+                        and is_in_place_change(r.config, config):
                     r.config = config
                     settling.append((t_s + LIMIT_SETTLE_SECONDS, r, config))
             if config.short() not in configs_used:
@@ -421,6 +440,27 @@ class FleetSimulator:
 
         def apply(new: FleetTarget, t_s: float) -> None:
             nonlocal target
+            old = target
+            if new.config != old.config or new.replicas != old.replicas:
+                apply_fleet(new, t_s)
+            target = new
+            if new.canary != old.canary:
+                sync_canary(new, t_s)
+
+        def sync_canary(new: FleetTarget, t_s: float) -> None:
+            """One replica of `new.canary` beside the fleet (a Deployment of its own), or none: a canary of another
+            configuration, or one no longer wanted, drains."""
+            live = [r for r in replicas if r.canary and r.state in (State.LOADING, State.SERVING)]
+            for r in live:
+                if r.config != new.canary:
+                    drain(r)
+            kind = "canary-end" if new.canary is None else "canary"
+            changes.append(Change(t_s, new.canary.short() if new.canary else "", kind, new.reason))
+            if new.canary is not None and not any(r.config == new.canary for r in live):
+                start_replica(new.canary, t_s, warm=False, canary=True)
+
+        def apply_fleet(new: FleetTarget, t_s: float) -> None:
+            nonlocal target
             limit_only = is_in_place_change(target.config, new.config)
             if limit_only:
                 set_limit(new.config, t_s)
@@ -428,13 +468,14 @@ class FleetSimulator:
             kind = "limit" if limit_only else "scale" if same_config else "restart"
             changes.append(Change(t_s, new.describe(), kind, new.reason))
             target = new
-            for r in replicas:  # a rollout superseded before it finished: its loading replicas are cancelled
+            fleet = [r for r in replicas if not r.canary]
+            for r in fleet:  # a rollout superseded before it finished: its loading replicas are cancelled
                 if r.state is State.LOADING and r.config != new.config:
                     drain(r)
             if not same_config and not new.surge:
                 roll_in_place(t_s)
                 return
-            live = [r for r in replicas if r.state in (State.LOADING, State.SERVING) and r.config == new.config]
+            live = [r for r in fleet if r.state in (State.LOADING, State.SERVING) and r.config == new.config]
             if len(live) < new.replicas:
                 for _ in range(new.replicas - len(live)):
                     start_replica(new.config, t_s, warm=False)
@@ -447,8 +488,9 @@ class FleetSimulator:
                 return
             # A rollout: old replicas keep serving until the new set serves (see activate); if the new set is
             # already serving (a rollback to a configuration still running), drain the others now.
-            if not any(r.state is State.LOADING and r.config == new.config for r in replicas):
-                for r in replicas:
+            fleet = [r for r in replicas if not r.canary]
+            if not any(r.state is State.LOADING and r.config == new.config for r in fleet):
+                for r in fleet:
                     if r.state is State.SERVING and r.config != new.config:
                         drain(r)
 
@@ -492,14 +534,16 @@ class FleetSimulator:
                     gpu_seconds += overlap * r.gpus
             gpu_samples.append(gpu_seconds / self.sample_s)
             energy_samples.append(sum(r.energy_joules_at(t_sample) for r in replicas))
-            serving = [r for r in replicas if r.state is State.SERVING]
-            current.serving = len(serving)
-            current.active_total = float(sum(len(r.engine.running) + len(r.engine.waiting) for r in serving))
-            current.waiting_total = float(sum(len(r.engine.waiting) for r in serving))
-            window.append(current)
-            if len(window) > window_len + lag_len:
-                window.popleft()
-            current = _Window()
+            canary_energy.append(sum(r.energy_joules_at(t_sample) for r in replicas if r.canary))
+            for buffer, of_role, is_canary in ((window, current, False), (canary_window, canary_current, True)):
+                serving = [r for r in replicas if r.state is State.SERVING and r.canary == is_canary]
+                of_role.serving = len(serving)
+                of_role.active_total = float(sum(len(r.engine.running) + len(r.engine.waiting) for r in serving))
+                of_role.waiting_total = float(sum(len(r.engine.waiting) for r in serving))
+                buffer.append(of_role)
+                if len(buffer) > window_len + lag_len:
+                    buffer.popleft()
+            current, canary_current = _Window(), _Window()
             done = (
                 arrival_i >= n
                 and not pending
@@ -516,10 +560,19 @@ class FleetSimulator:
                 break
             if t_sample + 1e-9 >= next_policy_s:
                 next_policy_s += policy.interval_s
-                obs = self._observe(t_sample, window, energy_samples, replicas, arrivals, inputs, arrival_i,
-                                    window_len, lag_len)
+                # The fleet's pods and the canary's, each on its own (the operator's queries match pod names).
+                fleet_energy = [a - b for a, b in zip(energy_samples, canary_energy, strict=True)]
+                obs = self._observe(t_sample, window, fleet_energy, [r for r in replicas if not r.canary],
+                                    arrivals, inputs, arrival_i, window_len, lag_len)
                 if history_s > 0:
                     obs = with_history(obs, first_tokens, finished_log, history_s)
+                canaries = [r for r in replicas if r.canary]
+                if any(r.state is not State.STOPPED for r in canaries):
+                    seen = self._observe(t_sample, canary_window, canary_energy, canaries, arrivals, inputs,
+                                         arrival_i, window_len, lag_len)
+                    if history_s > 0:
+                        seen = with_history(seen, canary_first_tokens, canary_finished_log, history_s)
+                    obs = replace(obs, canary=seen)
                 proposal = policy.decide(obs, target)
                 if proposal is not None and not proposal.same_shape(target):
                     apply(proposal, t_sample)
@@ -601,8 +654,6 @@ def with_history(obs: Observation, first_tokens: list[float], finished: list[tup
     """`obs` with the last `history_s` of first tokens and finished requests up to the window's end. The logs are
     in step order (each replica's steps in time order, the replicas interleaved within a sample), so only their
     tails are read, back to a minute before the history starts."""
-    from dataclasses import replace
-
     end_s = obs.history_end_s if obs.history_end_s is not None else obs.now_s
     start_s = end_s - history_s
     times = sorted(t for t in _tail(first_tokens, start_s, lambda t: t) if start_s <= t < end_s)

@@ -111,12 +111,24 @@ def recent_arrivals(trace: Trace, end_s: float, resolution_s: float) -> dict[str
     }
 
 
+def canary_config(tick: TickDecision) -> ServingConfig | None:
+    return tick.canary.config if tick.canary is not None else None
+
+
 def pods_config(plan: Plan, memory: Memory) -> ServingConfig:
     """What the pods run: the plan, without its GPU power limit while a scale-up is bridged (as the operator
     annotates the pods, `controller/services.py`)."""
     if memory.bridged_limit_watts is not None:
         return replace(plan.config, gpu_power_limit_watts=None)
     return plan.config
+
+
+def canary_of(obs: Observation) -> FleetState:
+    """The canary's Deployment as the operator sees it: one replica, rolling while it loads or drains."""
+    seen = obs.canary
+    if seen is None:
+        return FleetState()
+    return FleetState(exists=True, replicas=1, ready_replicas=seen.serving_replicas, rolling=not seen.settled)
 
 
 def fleet_of(obs: Observation, current: FleetTarget) -> FleetState:
@@ -169,7 +181,8 @@ class WattkeeperPolicy:
         warm = trace_workload(self.trace, 0.0, self.warmup_s, peak_bin_s=self.warmup_s)
         self.intent = self.spec.intent(warm, cooldown_seconds=self.cooldown_s, horizon_seconds=self.horizon_s)
 
-    def _tick(self, now_s: float, signals: Signals | None, fleet: FleetState, window_s: float) -> TickDecision:
+    def _tick(self, now_s: float, signals: Signals | None, fleet: FleetState, window_s: float,
+              canary_signals: Signals | None = None, canary_fleet: FleetState | None = None) -> TickDecision:
         inputs = TickInputs(
             intent=self.intent,
             memory=self.memory,
@@ -179,6 +192,8 @@ class WattkeeperPolicy:
             allocation_watts=self.spec.allocation_watts,
             settle_seconds=settle_seconds(window_s, self.drain_s),
             tuning=self.tuning,
+            canary_signals=canary_signals,
+            canary_fleet=canary_fleet or FleetState(),
         )
         t0 = time.perf_counter()
         tick = decide_tick(inputs, self.energy_model)
@@ -191,7 +206,8 @@ class WattkeeperPolicy:
 
     def _target(self, tick: TickDecision) -> FleetTarget:
         assert tick.apply is not None
-        return FleetTarget(pods_config(tick.apply, tick.memory), tick.apply.replicas, tick.reason, surge=tick.surge)
+        return FleetTarget(pods_config(tick.apply, tick.memory), tick.apply.replicas, tick.reason, surge=tick.surge,
+                           canary=canary_config(tick))
 
     def initial(self) -> FleetTarget:
         tick = self._tick(0.0, None, FleetState(exists=False), 60.0)
@@ -201,13 +217,23 @@ class WattkeeperPolicy:
 
     def decide(self, obs: Observation, current: FleetTarget) -> FleetTarget | None:
         signals = signals_of(obs, self.trace if self.bursts else None, self.telemetry_lag_s, self.scrape_interval_s)
+        # The canary's own pods: their history as the operator's telemetry reads it (first tokens, token
+        # histograms); where the fleet's counts are the trace's arrivals (a router's counter) they hold the
+        # canary's share already.
+        canary_signals = signals_of(obs.canary) if obs.canary is not None else None
+        if canary_signals is not None and self.bursts and self.as_operator and obs.canary is not None \
+                and obs.canary.history_end_s is not None:
+            canary_signals = replace(canary_signals, **recent_telemetry(obs.canary, self.scrape_interval_s))
         bridged = self.memory.bridged_limit_watts is not None
-        tick = self._tick(obs.now_s, signals, fleet_of(obs, current), obs.window_s)
+        tick = self._tick(obs.now_s, signals, fleet_of(obs, current), obs.window_s, canary_signals,
+                          canary_of(obs))
         if tick.apply is not None:
             return self._target(tick)
         running = tick.memory.running
         if bridged and tick.memory.bridged_limit_watts is None and running is not None:
             # The bridge ends: the plan's own GPU power limit back on its pods, as the operator syncs it.
             return FleetTarget(running.config, running.replicas, "the added replicas serve: the power limit back",
-                               surge=False)
+                               surge=False, canary=canary_config(tick))
+        if canary_config(tick) != current.canary:
+            return replace(current, reason=tick.canary_reason, canary=canary_config(tick))
         return None

@@ -35,12 +35,12 @@ from .types import (
 )
 
 __all__ = [
-    "Canary",
     "OVERSHOOT_TOLERANCE",
     "BudgetDecision",
     "BudgetIntent",
     "BudgetMemory",
     "BudgetShare",
+    "Canary",
     "ConfigMargin",
     "FleetState",
     "LoadEstimate",

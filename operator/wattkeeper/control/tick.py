@@ -19,6 +19,7 @@ from ..energy.model import EnergyModel
 from ..energy.types import ServingConfig, Workload
 from ..planner import Candidate, PlanRequest, PlanResult, SwitchDecision, model_load_seconds, plan, should_switch
 from ..planner.load import ArrivalSample, synthesised_sample
+from . import canary as canaries
 from .corrections import latency_correction, power_correction
 from .load import estimate_load, offered_rate, p95_over_slo
 from .planning import (
@@ -245,7 +246,8 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
     # replicas just removed (and they draw while they drain), over a prediction for the ones kept. The demo's
     # budget cut read 3 -> 1 replicas as a 1.85x power error, which priced both services' demands 50% up and
     # starved the lower priority one into its smallest batch.
-    power = power_correction(m.power_correction, *args) if is_settled else m.power_correction
+    # Nor while a canary serves a share of the load the fleet's prediction is made at.
+    power = power_correction(m.power_correction, *args) if is_settled and m.canary is None else m.power_correction
     predicted: Candidate | None = None
     s = inputs.signals
     queued = inputs.tuning.latency_model == "queued"
@@ -771,9 +773,12 @@ def measured_step(inputs: TickInputs, memory: Memory, load: LoadEstimate, energy
 def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
     """The decision of one tick. Pure: the same inputs give the same decision."""
     inputs = seen_rolled_out(inputs)
-    load = estimate_load(inputs.intent, inputs.memory, inputs.signals, inputs.now_s)
+    # The load is the whole service's: the fleet's pods and the canary's (`canary.with_canary_load`).
+    load = estimate_load(inputs.intent, inputs.memory,
+                         canaries.with_canary_load(inputs.signals, inputs.canary_signals), inputs.now_s)
     memory = corrections(inputs, load, energy_model)
     memory = replace(memory, missed_since_s=missed_since(inputs, memory))
+    memory, canary_reason = canaries.learn(inputs, memory, load, energy_model)
     if inputs.spec_changed:
         memory = replace(memory, recent_configurations=())  # a new spec: nothing left before counts
     proposed, candidate, result = propose(inputs, memory, load, energy_model)
@@ -818,5 +823,33 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
         memory = remember_applied(memory, verdict.apply, load, inputs.now_s)
     advised = advise(inputs, memory, load, verdict.apply or memory.running, energy_model)
     surge = rolls_with_surge(inputs, before, load, candidate, energy_model)
+    memory, canary_reason = canary_after(inputs, memory, load, verdict, energy_model, canary_reason)
     return TickDecision(verdict.action, verdict.cause, verdict.reason, verdict.apply, proposed, candidate, result,
-                        load, memory, surge, advised)
+                        load, memory, surge, advised,
+                        canary=memory.canary.plan if memory.canary is not None else None,
+                        canary_reason=canary_reason)
+
+
+def canary_after(inputs: TickInputs, memory: Memory, load: LoadEstimate, verdict: Verdict,
+                 energy_model: EnergyModel, reason: str) -> tuple[Memory, str]:
+    """The canary after the verdict: ended where the fleet restarts (into its configuration, it has served its
+    purpose; into another, the running plan it was judged against is gone) or the allocation no longer holds it;
+    started where the tick changes nothing (`canary.start`)."""
+    applied = verdict.apply if verdict.cause != "drift" else None
+    running = memory.running
+    if memory.canary is not None:
+        restarted = applied is not None and inputs.memory.running is not None \
+            and restarts(inputs.memory.running, applied)
+        if restarted:
+            return canaries.end(memory, inputs.now_s), f"canary {memory.canary.plan.config.short()} ended: " \
+                f"the fleet restarts into {applied.describe() if applied else ''}"
+        if running is not None and inputs.allocation_watts is not None:
+            own = evaluate_own(inputs, memory, load, running, energy_model)
+            if own is None or not canaries.fits(inputs, memory, load, memory.canary.plan, energy_model,
+                                                own.total_watts * memory.power_correction):
+                return canaries.end(memory, inputs.now_s), f"canary {memory.canary.plan.config.short()} ended: " \
+                    "it no longer fits under the allocation beside the fleet"
+        return memory, reason
+    if applied is not None or reason:
+        return memory, reason
+    return canaries.start(inputs, memory, load, energy_model, keeps_up(inputs), running_settled(inputs, memory))
