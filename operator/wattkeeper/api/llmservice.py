@@ -503,6 +503,36 @@ class Decision(StatusModel):
     configuration: str | None = Field(default=None, description="The configuration decided on, in short.")
 
 
+class CanaryStatus(StatusModel):
+    """The canary: one replica of an untried configuration serving beside the service's Deployment, in the
+    Deployment `<name>-canary`, taking its share of the traffic, so that its own latency is measured before the
+    service restarts into it."""
+
+    configuration: str | None = Field(default=None, description="The canary's configuration, in short.")
+    precision: str | None = Field(default=None, description="The canary's precision.")
+    tensor_parallel: int | None = Field(default=None, description="The canary's tensor-parallel degree.")
+    max_num_seqs: int | None = Field(default=None, description="The canary's --max-num-seqs.")
+    max_num_batched_tokens: int | None = Field(default=None, description="The canary's --max-num-batched-tokens.")
+    replicas: int | None = Field(default=None, description="The canary's replica count (always 1).")
+    kv_cache_dtype: str | None = Field(default=None, description="The canary's --kv-cache-dtype.")
+    gpu_power_limit_watts: float | None = Field(default=None, description="The canary's GPU power limit, W.")
+    started_at: datetime | None = Field(default=None, description="When the canary was started.")
+    ready_at: datetime | None = Field(default=None, description="When the canary was first seen serving.")
+    measured_windows: int | None = Field(
+        default=None, ge=0, description="Telemetry windows of the canary's own pods measured so far."
+    )
+
+
+class CanaryEndedStatus(StatusModel):
+    """A configuration canaried lately: not canaried again within the service's horizon."""
+
+    configuration: str = Field(description="The configuration canaried: precision, tensor-parallel degree, chunk "
+                               "budget (e.g. bf16 tp8 tok8192).")
+    ended_at: datetime = Field(description="When its canary ended.")
+    allocation_watts: float | None = Field(default=None, description="The enforced allocation when it ended, W.")
+    load_rps: float | None = Field(default=None, description="The request rate planned for when it ended.")
+
+
 class LLMServiceStatus(StatusModel):
     """What the operator decided and measured. Written only by the operator."""
 
@@ -533,6 +563,16 @@ class LLMServiceStatus(StatusModel):
         default=None,
         description="Since when the service's SLO has been measured missed with requests queueing (absent while "
                     "it is not): still missed a tick later where the plan predicts it met, one replica is added.",
+    )
+    canary: CanaryStatus | None = Field(
+        default=None,
+        description="The canary running beside the service's Deployment (absent when none runs): one replica of an "
+                    "untried configuration whose latency is measured before the service restarts into it.",
+    )
+    canaries_ended: list[CanaryEndedStatus] = Field(
+        default_factory=list, max_length=16,
+        description="Configurations canaried lately, oldest first: not canaried again within the service's "
+                    "horizon.",
     )
 
 

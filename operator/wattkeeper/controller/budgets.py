@@ -25,13 +25,14 @@ from wattkeeper.control.budget import (
 )
 from wattkeeper.control.planning import allocation_changed
 from wattkeeper.energy.types import Workload
-from wattkeeper.telemetry import TelemetryUnavailable
+from wattkeeper.render import canary_name
+from wattkeeper.telemetry import ServiceObservation, TelemetryUnavailable
 from wattkeeper.telemetry.batch import observe_many
 
 from .conditions import set_condition
-from .decide import memory_from_status
+from .decide import measured_watts, memory_from_status
 from .planning import intent_from_service
-from .services import DeferredEvents, Dependencies, reconcile_service, services_selected
+from .services import DeferredEvents, Dependencies, canary_expected, reconcile_service, services_selected
 from .snapshot import Snapshot
 
 log = logging.getLogger("wattkeeper.budgets")
@@ -153,8 +154,19 @@ def reconcile_budget(deps: Dependencies, body: dict[str, Any], trigger: str, sna
     measured: float | None = None
     missing: list[str] = []
     running = [raw["metadata"]["name"] for raw in selected if (raw.get("status") or {}).get("readyReplicas")]
-    batch = snapshot.observations if snapshot is not None else \
-        observe_many(deps.telemetry, [(namespace, n) for n in running], deps.settings.telemetry_window_seconds)
+    # A canary's watts belong to its service (it serves the service's traffic from the service's allocation):
+    # added where this pass measured them. A canary not measured (not ready yet, or silent) adds nothing rather
+    # than making the whole sum unknown: one replica beside the fleet, for a few windows.
+    # (Not where an LLMService bears the canary's name: that Deployment is its own, and counted as such.)
+    known = {raw["metadata"]["name"] for raw in candidates}
+    canaries = {raw["metadata"]["name"] for raw in selected
+                if canary_expected(raw.get("status") or {}) and canary_name(raw["metadata"]["name"]) not in known}
+    if snapshot is not None:
+        batch = snapshot.observations
+    else:
+        batch = observe_many(deps.telemetry, [(namespace, n) for n in running]
+                             + [(namespace, canary_name(n)) for n in running if n in canaries],
+                             deps.settings.telemetry_window_seconds)
     outcomes = {n: batch.get((namespace, n)) for n in running}
     for service_name in running:
         outcome = outcomes.get(service_name)
@@ -163,7 +175,9 @@ def reconcile_budget(deps: Dependencies, body: dict[str, Any], trigger: str, sna
         elif isinstance(outcome, TelemetryUnavailable):
             missing.append(f"{service_name}: {outcome.reason}")
         else:
-            measured = (measured or 0.0) + outcome.watts
+            canary = batch.get((namespace, canary_name(service_name))) if service_name in canaries else None
+            measured = (measured or 0.0) + measured_watts(
+                outcome, canary if isinstance(canary, ServiceObservation) else None)
     if missing:
         measured = None  # a partial sum would read as a saving; account nothing rather than too little
         conditions = set_condition(conditions, "TelemetryAvailable", False, "TelemetryUnavailable",

@@ -8,13 +8,14 @@ conditions users read. No I/O: `services.py` reads and writes around it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from wattkeeper.api import LLMService, ProfilePoint, ServingConfigSpec
+from wattkeeper.api import LLMService, ProfilePoint, ServiceMode, ServingConfigSpec
 from wattkeeper.control import (
     OVERSHOOT_TOLERANCE,
+    Canary,
     ConfigMargin,
     FleetState,
     Memory,
@@ -91,6 +92,13 @@ class ServiceInputs:
     trigger: str = "tick"
     telemetry_window_seconds: float = 60.0
     power_limits: bool = False  # plan GPU power limits (the node agent applies them)
+    # The canary's Deployment (`<name>-canary`) and what telemetry showed of its pods (None: not measured, or
+    # nothing usable: a canary's silence never fails the service's tick).
+    canary_deployment: DeploymentState = field(default_factory=DeploymentState)
+    canary_observation: ServiceObservation | None = None
+    # Why this service may not run a canary: `<name>-canary` is a Deployment it does not own (another service's
+    # own Deployment), or its own Deployment is another service's canary. None: no conflict.
+    canary_conflict: str | None = None
 
 
 @dataclass
@@ -101,6 +109,7 @@ class ServiceDecision:
     events: list[tuple[str, str, str]]  # (type, reason, message)
     action: str  # Applied, Held, Unchanged, Advised, Rejected
     cause: str = ""  # the branch of the switching rule (control/switching.py)
+    canary: Plan | None = None  # the canary to run beside the Deployment (one replica); None: none (delete it)
 
 
 # --- Kubernetes -> core ----------------------------------------------------------------------------------------------
@@ -108,7 +117,15 @@ class ServiceDecision:
 
 def running_plan(status: dict[str, Any]) -> Plan | None:
     """The plan the operator applied last, as its status records it."""
-    plan_status = status.get("plan") or {}
+    return _plan_from_wire(status.get("plan") or {})
+
+
+def canary_plan(status: dict[str, Any]) -> Plan | None:
+    """The canary's plan as status records it (status.canary, the wire format of status.plan); None: none runs."""
+    return _plan_from_wire(status.get("canary") or {})
+
+
+def _plan_from_wire(plan_status: dict[str, Any]) -> Plan | None:
     if not plan_status.get("precision"):
         return None
     return ServingConfigSpec(
@@ -173,7 +190,43 @@ def memory_from_status(status: dict[str, Any], default_workload: Workload) -> Me
             for r in plan_status.get("recentConfigurations") or []
             if r.get("configuration") and (left := _seconds(r.get("leftAt"))) is not None
         ),
+        canary=canary_from_status(status),
+        canaries_ended=tuple(
+            RecentConfiguration(str(r["configuration"]), ended, r.get("allocationWatts"), r.get("loadRps"))
+            for r in status.get("canariesEnded") or []
+            if r.get("configuration") and (ended := _seconds(r.get("endedAt"))) is not None
+        ),
     )
+
+
+def canary_from_status(status: dict[str, Any]) -> Canary | None:
+    """Memory.canary from status.canary (None without a plan or a start time: nothing the core can judge)."""
+    plan = canary_plan(status)
+    started = _seconds((status.get("canary") or {}).get("startedAt"))
+    if plan is None or started is None:
+        return None
+    raw = status["canary"]
+    return Canary(plan=plan, started_s=started, ready_s=_seconds(raw.get("readyAt")),
+                  windows=int(raw.get("measuredWindows") or 0))
+
+
+def canary_status(canary: Canary, now: datetime) -> dict[str, Any]:
+    """status.canary: the plan in status.plan's wire format, its short description, and the core's memory of it."""
+    out: dict[str, Any] = {"configuration": canary.plan.describe(),
+                           **ServingConfigSpec.from_plan(canary.plan).to_wire(),
+                           "startedAt": _iso(datetime.fromtimestamp(canary.started_s, tz=now.tzinfo)),
+                           "measuredWindows": canary.windows}
+    if canary.ready_s is not None:
+        out["readyAt"] = _iso(datetime.fromtimestamp(canary.ready_s, tz=now.tzinfo))
+    return out
+
+
+def canaries_ended_status(memory: Memory, now: datetime) -> list[dict[str, Any]]:
+    return [{"configuration": r.configuration,
+             "endedAt": _iso(datetime.fromtimestamp(r.left_at_s, tz=now.tzinfo)),
+             **({"allocationWatts": r.allocation_watts} if r.allocation_watts is not None else {}),
+             **({"loadRps": r.load_rps} if r.load_rps is not None else {})}
+            for r in memory.canaries_ended]
 
 
 def signals_from_observation(obs: ServiceObservation | None, window_seconds: float) -> Signals | None:
@@ -201,14 +254,22 @@ def fleet_state(service: LLMService, dep: DeploymentState, running: Plan | None)
     )
 
 
+def canaries_allowed(inputs: ServiceInputs, settings: OperatorSettings) -> bool:
+    """Whether the core may run a canary for this service: the operator's setting (--no-canaries), never for a
+    Pinned service (served as written), never where the name `<name>-canary` is taken (`canary_conflict`)."""
+    return settings.canaries and inputs.service.spec.mode != ServiceMode.PINNED and inputs.canary_conflict is None
+
+
 def tick_inputs(inputs: ServiceInputs, settings: OperatorSettings) -> TickInputs:
     """The core's inputs from what the operator read: the service, its status, the Deployment, telemetry."""
     svc = inputs.service
     alloc = inputs.allocation
     intent = intent_from_service(svc, inputs.profile, inputs.power_limits)
+    memory = memory_from_status(inputs.status, intent.default_workload)
+    canary = memory.canary.plan if memory.canary is not None else None
     return TickInputs(
         intent=intent,
-        memory=memory_from_status(inputs.status, intent.default_workload),
+        memory=memory,
         signals=signals_from_observation(inputs.observation, inputs.telemetry_window_seconds),
         fleet=fleet_state(svc, inputs.deployment, running_plan(inputs.status)),
         now_s=inputs.now.timestamp(),
@@ -219,7 +280,12 @@ def tick_inputs(inputs: ServiceInputs, settings: OperatorSettings) -> TickInputs
         settle_seconds=settle_seconds(settings.telemetry_window_seconds, TERMINATION_GRACE_SECONDS),
         tuning=Tuning(power_correction_smoothing=settings.power_correction_smoothing,
                       power_correction_bounds=settings.power_correction_bounds,
-                      verify_by_replay=settings.verify_by_replay),
+                      verify_by_replay=settings.verify_by_replay,
+                      canaries=canaries_allowed(inputs, settings)),
+        # The canary's own pods: measured only while status says one runs (`canary_observation` is None else).
+        canary_signals=signals_from_observation(inputs.canary_observation, inputs.telemetry_window_seconds)
+        if canary is not None else None,
+        canary_fleet=fleet_state(svc, inputs.canary_deployment, canary),
     )
 
 
@@ -312,7 +378,8 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
             events.append(("Warning", reason, message))
         status["conditions"] = conditions
         status["observedGeneration"] = generation
-        return ServiceDecision(None, True, _clean(status), events, "Rejected", "invalid")
+        # Nothing that runs is touched: a canary status records runs on.
+        return ServiceDecision(None, True, _clean(status), events, "Rejected", "invalid", canary_plan(old))
 
     # Telemetry: silence is not zero.
     obs = inputs.observation
@@ -341,7 +408,7 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
         _write_allocation(status, alloc)  # the share holds whether or not a plan fits it: say what it is
         status["conditions"] = conditions
         status["observedGeneration"] = generation
-        return ServiceDecision(None, True, _clean(status), events, "Rejected", tick.cause)
+        return ServiceDecision(None, True, _clean(status), events, "Rejected", tick.cause, canary_plan(old))
 
     # Render once to reject specs that cannot become a command line (extra args overriding planned flags).
     try:
@@ -378,6 +445,8 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
     # Observed figures and what the core remembers, rounded so that noise does not cause writes.
     memory = tick.memory
     _sync_recent(status, memory, now)
+    canary, memory = _sync_canary(status, tick, memory, canaries_allowed(inputs, settings), now)
+    events.extend(canary_events(canary_plan(old), canary, tick.canary_reason))
     if memory.rolled_out_s is not None and not memory.awaiting_rollout:
         status["rolledOutAt"] = _iso(datetime.fromtimestamp(memory.rolled_out_s, tz=now.tzinfo))
     if memory.missed_since_s is not None:
@@ -435,6 +504,10 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
     cond("SLOMet", slo_state, slo_reason, slo_message)
     within, within_reason, within_message = _budget_condition(inputs, status, alloc.allocation_watts, alloc)
     cond("WithinBudget", within, within_reason, within_message)
+    if inputs.canary_conflict is not None:
+        cond("NameConflict", True, "CanaryNameTaken", inputs.canary_conflict)
+    else:  # written only while there is a conflict: a service without one carries no such condition
+        conditions = [c for c in conditions if c.get("type") != "NameConflict"]
     feasible = tick.result.feasible if tick.result is not None else True
     if feasible:
         cond("Degraded", False, "AsPlanned", "the plan meets both SLOs within the allocation")
@@ -445,7 +518,43 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
     status["observedGeneration"] = generation
     status["replicas"] = dep.replicas
     status["readyReplicas"] = dep.ready_replicas
-    return ServiceDecision(apply_config, tick.surge, _clean(status), events, tick.action, tick.cause)
+    return ServiceDecision(apply_config, tick.surge, _clean(status), events, tick.action, tick.cause, canary)
+
+
+def _sync_canary(status: dict[str, Any], tick: TickDecision, memory: Memory, allowed: bool,
+                 now: datetime) -> tuple[Plan | None, Memory]:
+    """status.canary and status.canariesEnded from the core's decision; returns the canary to run (None: none,
+    delete one that exists) and the memory as status now holds it. The core decides; the operator never runs a
+    canary that is not allowed here (`canaries_allowed`), and status records exactly the canary that runs."""
+    canary = tick.canary if allowed else None
+    if canary is None:
+        memory = replace(memory, canary=None)
+        status.pop("canary", None)
+    else:
+        remembered = memory.canary
+        if remembered is None or remembered.plan != canary:  # the core decided one it does not remember: now
+            remembered = Canary(plan=canary, started_s=now.timestamp())
+            memory = replace(memory, canary=remembered)
+        status["canary"] = canary_status(remembered, now)
+    ended = canaries_ended_status(memory, now)
+    if ended:
+        status["canariesEnded"] = ended
+    else:
+        status.pop("canariesEnded", None)
+    return canary, memory
+
+
+def canary_events(before: Plan | None, after: Plan | None, reason: str) -> list[tuple[str, str, str]]:
+    """CanaryEnded when the canary status recorded stops (or gives way to another configuration), CanaryStarted
+    when one starts; the message is the core's reason (`TickDecision.canary_reason`)."""
+    if (before.config if before else None) == (after.config if after else None):
+        return []
+    out: list[tuple[str, str, str]] = []
+    if before is not None:
+        out.append(("Normal", "CanaryEnded", reason or f"canary {before.describe()} ended"))
+    if after is not None:
+        out.append(("Normal", "CanaryStarted", reason or f"canary {after.describe()} started beside the fleet"))
+    return out
 
 
 def _write_allocation(status: dict[str, Any], alloc: Allocation) -> None:
@@ -503,7 +612,8 @@ def _budget_condition(inputs: ServiceInputs, status: dict[str, Any], allocation_
     if limit is None:
         return None, "NoAllocation", f"budgets {', '.join(alloc.budgets)} have not allocated watts yet"
     source = "measured" if inputs.observation is not None else "predicted"
-    watts = inputs.observation.watts if inputs.observation is not None else \
+    # A canary's watts are the service's: it draws from the same allocation (controller/budgets.py adds them too).
+    watts = measured_watts(inputs.observation, inputs.canary_observation) if inputs.observation is not None else \
         ((status.get("plan") or {}).get("predicted") or {}).get("watts")
     bound = f"allocation {limit:.0f} W from budget {alloc.budget or alloc.advised_budget}"
     if len(alloc.budgets) > 1:
@@ -512,6 +622,11 @@ def _budget_condition(inputs: ServiceInputs, status: dict[str, Any], allocation_
         return None, "NoMeasurement", bound
     ok = watts <= limit * OVERSHOOT_TOLERANCE
     return ok, ("WithinAllocation" if ok else "OverAllocation"), f"{source} {watts:.0f} W against {bound}"
+
+
+def measured_watts(fleet: ServiceObservation, canary: ServiceObservation | None) -> float:
+    """A service's measured watts: its Deployment's pods and, while one runs and is measured, its canary's."""
+    return fleet.watts + (canary.watts if canary is not None else 0.0)
 
 
 def _fmt(value: float | None) -> str:

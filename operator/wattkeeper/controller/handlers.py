@@ -153,7 +153,9 @@ def owned_event_matters(deps: Dependencies, kind: str, event: Any, body: Any, ma
     name = (body.metadata.labels or {}).get(LABEL_SERVICE)
     if not namespace or not name:
         return False
-    return bool(type_ == "DELETED" or deps.kube.applied_marker(kind, namespace, name) != marker)
+    # The object's own name: a service's canary Deployment (`<name>-canary`) carries the service's label too.
+    own = body.metadata.name or name
+    return bool(type_ == "DELETED" or deps.kube.applied_marker(kind, namespace, own) != marker)
 
 
 def owned_changed(deps: Dependencies, kind: str, event: Any, body: Any, marker: str) -> None:
@@ -163,5 +165,5 @@ def owned_changed(deps: Dependencies, kind: str, event: Any, body: Any, marker: 
         return
     namespace, name = body.metadata.namespace, body.metadata.labels[LABEL_SERVICE]
     if event.get("type") == "DELETED":
-        deps.kube.forget(kind, namespace, name)
+        deps.kube.forget(kind, namespace, body.metadata.name or name)
     reconcile_service(deps, {"metadata": {"namespace": namespace, "name": name}}, "drift")

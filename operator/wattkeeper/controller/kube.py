@@ -331,6 +331,19 @@ class Kube:
         self.remember(out)
         return out
 
+    def delete_deployment(self, namespace: str, name: str) -> bool:
+        """Delete a Deployment (its pods go with it, in the background); False when it was gone already."""
+        self._count_write("delete", "Deployment")
+        self.forget("Deployment", namespace, name)
+        try:
+            self.apps.delete_namespaced_deployment(name, namespace, propagation_policy="Background",
+                                                   _request_timeout=self.timeout_seconds)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
     def patch_status(self, plural: str, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
         """Write the status subresource only where it changed. Returns whether it wrote."""
         patch = merge_patch(old or {}, new)

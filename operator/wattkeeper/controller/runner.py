@@ -19,7 +19,7 @@ from .handlers import build_registry
 from .kube import Kube
 from .loop import ControlLoop
 from .metrics import OperatorMetrics
-from .services import Dependencies, pods_selector
+from .services import Dependencies, scrape_selectors
 from .settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,11 @@ def telemetry_source(settings: OperatorSettings, kube: Kube) -> TelemetrySource:
         warned: list[bool] = []
 
         def list_pods(namespace: str, service: str) -> Iterable[ScrapeTarget]:
-            pods = kube.running_pods(namespace, pods_selector(service))
+            pods: list[dict[str, Any]] = []
+            for selector in scrape_selectors(service):  # a canary's name (`<service>-canary`) tries its own
+                pods = kube.running_pods(namespace, selector)
+                if pods:
+                    break
             exporters: dict[str, tuple[str, ...]] = {}
             try:
                 if pods:

@@ -19,12 +19,31 @@ from wattkeeper.api import EnergyBudget, EnergyProfile, Enforcement, LLMService
 from wattkeeper.control.budget import BudgetShare, shares_to_allocation
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.energy.types import Plan
-from wattkeeper.render import LABEL_SERVICE, RenderError, render_deployment, render_service
+from wattkeeper.render import (
+    CANARY_SUFFIX,
+    LABEL_ROLE,
+    LABEL_SERVICE,
+    ROLE_CANARY,
+    RenderError,
+    canary_name,
+    render_canary_deployment,
+    render_deployment,
+    render_service,
+)
 from wattkeeper.render.objects import ANNOTATION_CONFIG_HASH, GPU_RESOURCE
 from wattkeeper.telemetry import ServiceObservation, TelemetrySource, TelemetryUnavailable
 
 from .conditions import set_condition
-from .decide import Allocation, DeploymentState, ServiceDecision, ServiceInputs, decide, running_plan
+from .decide import (
+    Allocation,
+    DeploymentState,
+    ServiceDecision,
+    ServiceInputs,
+    canary_plan,
+    decide,
+    measured_watts,
+    running_plan,
+)
 from .kube import Kube
 from .metrics import OperatorMetrics, set_if_changed
 from .powerlimits import pod_limit_patches
@@ -167,6 +186,64 @@ class Reads:
     service: dict[str, Any] | None
     observation: ServiceObservation | TelemetryUnavailable | None = None  # None: not measured in the batch
     listed_at: float = 0.0  # monotonic time of the LISTs these reads come from
+    # The Deployment named `<name>-canary` (the service's canary, or a conflict: see `canary_conflict`), and its
+    # pods' observation (None: not measured in the batch).
+    canary_deployment: dict[str, Any] | None = None
+    canary_observation: ServiceObservation | TelemetryUnavailable | None = None
+
+
+def canary_expected(status: dict[str, Any]) -> bool:
+    """Whether status says a canary runs: only then are its Deployment read and its pods measured, so a service
+    without one costs no extra request or query."""
+    return canary_plan(status) is not None
+
+
+def _owned_by(service: LLMService, obj: dict[str, Any]) -> bool:
+    meta = obj.get("metadata") or {}
+    uid = service.metadata.uid
+    owners = meta.get("ownerReferences") or []
+    if uid and owners:
+        return any(o.get("uid") == uid and o.get("kind") == "LLMService" for o in owners)
+    return (meta.get("labels") or {}).get(LABEL_SERVICE) == service.metadata.name  # no uid to compare: the label
+
+
+def is_canary_of(service: LLMService, deployment: dict[str, Any] | None) -> bool:
+    """Whether a Deployment is this service's canary (labelled so and owned by it)."""
+    if deployment is None:
+        return False
+    labels = (deployment.get("metadata") or {}).get("labels") or {}
+    return labels.get(LABEL_ROLE) == ROLE_CANARY and labels.get(LABEL_SERVICE) == service.metadata.name \
+        and _owned_by(service, deployment)
+
+
+def canary_conflict(service: LLMService, deployment: dict[str, Any] | None,
+                    canary_deployment: dict[str, Any] | None) -> str | None:
+    """Why this service may not run a canary, where a name is taken (None: no conflict). Canaries are Deployments
+    named `<service>-canary`, so an LLMService named `foo-canary` shares its Deployment's name with the canary of
+    `foo`: `foo` runs no canary while a Deployment `foo-canary` it does not own exists, and `foo-canary` reports a
+    Deployment of its name that is another service's canary (and leaves it alone: it is not its own)."""
+    name = service.metadata.name
+    if canary_deployment is not None and not is_canary_of(service, canary_deployment):
+        return (f"Deployment {canary_name(name)} exists and is not this service's canary (another LLMService's "
+                "Deployment?): no canary runs for this service")
+    labels = ((deployment or {}).get("metadata") or {}).get("labels") or {}
+    if labels.get(LABEL_ROLE) == ROLE_CANARY and labels.get(LABEL_SERVICE) != name:
+        return (f"Deployment {name} is the canary of LLMService {labels.get(LABEL_SERVICE)}: this service's "
+                "Deployment is not applied until it ends; a name that does not end in -canary avoids this")
+    return None
+
+
+def canary_write(desired: dict[str, Any] | None, live: dict[str, Any] | None, owned: bool) -> str | None:
+    """What to do with the canary Deployment (pure): "apply" (missing, or drifted from `desired`), "delete" (no
+    canary is decided and ours runs), or None (as it should be). A Deployment of that name that is not ours is
+    never touched."""
+    if live is not None and not owned:
+        return None
+    if desired is None:
+        return "delete" if live is not None else None
+    if live is None or deployment_drift(desired, live) is not None:
+        return "apply"
+    return None
 
 
 def planned_config(status: dict[str, Any]) -> Plan | None:
@@ -254,12 +331,15 @@ def reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
                 deps.written_at[key] = time.monotonic()
 
 
-def _reads_for(deps: Dependencies, namespace: str, name: str) -> Reads:
+def _reads_for(deps: Dependencies, namespace: str, name: str, canary: bool) -> Reads:
+    """`canary`: status says one runs, so its Deployment is read too (a stray one without status is found by the
+    next pass's LIST, which lists every Deployment of the operator's)."""
     return Reads(
         budgets=deps.lists.get(deps.kube, "energybudgets", namespace),
         profiles=deps.lists.get(deps.kube, "energyprofiles", namespace),
         deployment=deps.kube.get_deployment(namespace, name),
         service=deps.kube.get_service(namespace, name),
+        canary_deployment=deps.kube.get_deployment(namespace, canary_name(name)) if canary else None,
     )
 
 
@@ -286,30 +366,34 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
         return None
 
     if reads is None:
-        reads = _reads_for(deps, namespace, name)
+        reads = _reads_for(deps, namespace, name, canary_expected(old_status))
     deployment = reads.deployment
     state = deployment_state(deployment)
     observation: ServiceObservation | None = None
     telemetry_error: str | None = None
     if state.exists and state.ready_replicas > 0:
-        outcome = reads.observation
-        if outcome is None:
-            try:
-                outcome = deps.telemetry.observe_service(namespace, name, deps.settings.telemetry_window_seconds)
-            except TelemetryUnavailable as err:
-                outcome = err
-            except Exception as err:  # a broken source is a silent one: hold, never crash or scale down
-                outcome = TelemetryUnavailable(f"telemetry failed: {type(err).__name__}: {err}")
+        outcome = _observe(deps, namespace, name, reads.observation)
         if isinstance(outcome, TelemetryUnavailable):
             telemetry_error = outcome.reason
         else:
             observation = outcome
+    # The canary: its Deployment only where it is ours, its pods measured only while status says it runs and a
+    # replica is ready; its telemetry failing leaves its signals None, never the service's tick.
+    conflict = canary_conflict(service, deployment, reads.canary_deployment)
+    live_canary = reads.canary_deployment if is_canary_of(service, reads.canary_deployment) else None
+    canary_state = deployment_state(live_canary)
+    canary_observation: ServiceObservation | None = None
+    if canary_expected(old_status) and canary_state.ready_replicas > 0:
+        canary_outcome = _observe(deps, namespace, canary_name(name), reads.canary_observation)
+        if not isinstance(canary_outcome, TelemetryUnavailable):
+            canary_observation = canary_outcome
     inputs = ServiceInputs(
         service=service, status=old_status, allocation=allocation_for(service, reads.budgets),
         observation=observation, telemetry_error=telemetry_error, deployment=state, now=datetime.now(UTC),
         profile=profile_points(service, reads.profiles), trigger=trigger,
         telemetry_window_seconds=deps.settings.telemetry_window_seconds,
         power_limits=deps.settings.power_limits,
+        canary_deployment=canary_state, canary_observation=canary_observation, canary_conflict=conflict,
     )
     started = time.perf_counter()
     decision = decide(inputs, deps.energy_model, deps.settings)
@@ -320,6 +404,7 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
     events = list(decision.events)
     try:
         _write_objects(deps, service, decision, deployment, reads.service, events)
+        _write_canary(deps, service, decision, reads.canary_deployment)
     except ApiException as err:
         if not _rejected_input(err):
             raise  # the apiserver or the network: the caller retries with backoff
@@ -335,7 +420,11 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
     limit = (status.get("plan") or {}).get("gpuPowerLimitWatts")
     if deps.settings.power_limits:
         # While a scale-up is bridged the running pods go without the plan's limit (control/tick.py `bridge`).
-        _sync_power_limits(kube, namespace, name, None if status.get("powerLimitLiftedFromWatts") else limit)
+        _sync_power_limits(kube, namespace, pods_selector(name),
+                           None if status.get("powerLimitLiftedFromWatts") else limit)
+        if decision.canary is not None and live_canary is not None:  # the canary's pods: its own plan's limit
+            _sync_power_limits(kube, namespace, canary_pods_selector(name),
+                               decision.canary.config.gpu_power_limit_watts)
     elif limit is not None and decision.apply is not None:
         # A pinned limit without the node agent: say that nothing applies it rather than pretend.
         kube.event(body, "Warning", "PowerLimitNotApplied",
@@ -350,17 +439,31 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
     if predicted is not None:
         set_if_changed(metrics.predicted_watts.labels(namespace, name), predicted)
     if observation is not None:
-        set_if_changed(metrics.measured_watts.labels(namespace, name), observation.watts)
+        set_if_changed(metrics.measured_watts.labels(namespace, name), measured_watts(observation, canary_observation))
     return decision
 
 
-def _sync_power_limits(kube: Kube, namespace: str, name: str, watts: float | None) -> None:
-    """The planned limit onto the service's pods, for the node agent (a metadata patch: nothing restarts)."""
+def _observe(deps: Dependencies, namespace: str, name: str,
+             outcome: ServiceObservation | TelemetryUnavailable | None) -> ServiceObservation | TelemetryUnavailable:
+    """The batch's outcome for the pods of Deployment `name`, or one observation of them now."""
+    if outcome is not None:
+        return outcome
     try:
-        for pod, patch in pod_limit_patches(kube.service_pods(namespace, pods_selector(name)), watts):
+        return deps.telemetry.observe_service(namespace, name, deps.settings.telemetry_window_seconds)
+    except TelemetryUnavailable as err:
+        return err
+    except Exception as err:  # a broken source is a silent one: hold, never crash or scale down
+        return TelemetryUnavailable(f"telemetry failed: {type(err).__name__}: {err}")
+
+
+def _sync_power_limits(kube: Kube, namespace: str, selector: str, watts: float | None) -> None:
+    """The planned limit onto the pods `selector` selects, for the node agent (a metadata patch: nothing
+    restarts)."""
+    try:
+        for pod, patch in pod_limit_patches(kube.service_pods(namespace, selector), watts):
             kube.patch_pod(namespace, pod, patch)
     except ApiException as err:  # a pod that went away meanwhile; the next tick catches up
-        log.warning("cannot annotate pods of %s/%s with the power limit: %s %s", namespace, name, err.status,
+        log.warning("cannot annotate pods %s in %s with the power limit: %s %s", selector, namespace, err.status,
                     err.reason)
 
 
@@ -379,12 +482,40 @@ def _api_reason(err: ApiException) -> str:
         return str(err.reason)
 
 
+def _write_canary(deps: Dependencies, service: LLMService, decision: ServiceDecision,
+                  live: dict[str, Any] | None) -> None:
+    """The canary Deployment as decided: applied (created, or repaired where it drifted), or deleted when the
+    decision has none. The core decides; this only renders."""
+    kube = deps.kube
+    namespace, name = service.metadata.namespace or "", canary_name(service.metadata.name)
+    desired: dict[str, Any] | None = None
+    if decision.canary is not None:
+        try:
+            desired = render_canary_deployment(service, decision.canary)
+        except RenderError as err:
+            log.warning("cannot render the canary of %s/%s: %s", namespace, service.metadata.name, err)
+            desired = None
+    if desired is not None and live is None:
+        # Not read (a handler's reconcile reads it only while status says one runs; a pass lists only the
+        # operator's Deployments): never apply over a Deployment of that name that is not ours.
+        live = kube.get_deployment(namespace, name)
+    action = canary_write(desired, live, is_canary_of(service, live))
+    if action == "apply" and desired is not None:
+        kube.apply(desired)
+    elif action == "delete":
+        kube.delete_deployment(namespace, name)
+    elif live is not None and desired is not None:
+        kube.remember({**live, "kind": "Deployment"})
+
+
 def _write_objects(deps: Dependencies, service: LLMService, decision: ServiceDecision,
                    deployment: dict[str, Any] | None, live_service: dict[str, Any] | None,
                    events: list[tuple[str, str, str]]) -> None:
     """Apply what the decision changed; else hold the plan by re-applying it where the live objects drifted
     (scaled by hand, edited by another tool, deleted). Level-triggered: the plan in status is the truth."""
     kube = deps.kube
+    if deployment is not None and _is_foreign_canary(service, deployment):
+        return  # another service's canary has this name (`canary_conflict` says so in a condition): not ours
     if decision.apply is not None:
         kube.apply(render_deployment(service, decision.apply, surge=decision.surge))
         # The Service does not depend on the plan: a new plan re-applies it only when it is missing or drifted
@@ -432,5 +563,27 @@ def services_selected(budget: EnergyBudget, services: list[dict[str, Any]]) -> l
             if budget.spec.selector.matches((raw.get("metadata") or {}).get("labels") or {})]
 
 
+def _is_foreign_canary(service: LLMService, deployment: dict[str, Any]) -> bool:
+    labels = (deployment.get("metadata") or {}).get("labels") or {}
+    return labels.get(LABEL_ROLE) == ROLE_CANARY and labels.get(LABEL_SERVICE) != service.metadata.name
+
+
 def pods_selector(service_name: str) -> str:
-    return f"{LABEL_SERVICE}={service_name}"
+    """The pods of the service's own Deployment: its canary's pods carry the same service label (the Service sends
+    them traffic) and are left out by their role."""
+    return f"{LABEL_SERVICE}={service_name},{LABEL_ROLE}!={ROLE_CANARY}"
+
+
+def canary_pods_selector(service_name: str) -> str:
+    """The pods of the service's canary Deployment."""
+    return f"{LABEL_SERVICE}={service_name},{LABEL_ROLE}={ROLE_CANARY}"
+
+
+def scrape_selectors(deployment_name: str) -> list[str]:
+    """The label selectors that may find the pods of the Deployment `deployment_name` (direct scraping, which is
+    asked by Deployment name like Prometheus): the service's own pods, and for `<service>-canary` the canary's
+    pods of `<service>` (tried second: an LLMService may itself be named so, see `canary_conflict`)."""
+    out = [pods_selector(deployment_name)]
+    if deployment_name.endswith(CANARY_SUFFIX) and len(deployment_name) > len(CANARY_SUFFIX):
+        out.append(canary_pods_selector(deployment_name[: -len(CANARY_SUFFIX)]))
+    return out

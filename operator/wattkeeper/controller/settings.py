@@ -23,6 +23,10 @@ class OperatorSettings(BaseSettings):
     # arrival counts and token histograms before one is chosen (control/types.py Tuning.verify_by_replay).
     verify_by_replay: bool = Field(
         default=False, description="Verify the cheapest plans by replaying the recent arrivals.")
+    # Canaries (control/types.py Tuning.canaries): one replica of an untried configuration the model says would save
+    # enough serves beside the service's Deployment (`<name>-canary`) until its own latency margin is learned.
+    canaries: bool = Field(
+        default=True, description="Canary untried configurations beside the fleet before restarting into them.")
     field_manager: str = Field(default="wattkeeper", description="Server-side apply field manager.")
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty: all.")
     peering: str | None = Field(default=None, description="kopf peering name; None runs standalone.")

@@ -9,17 +9,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from wattkeeper.render import canary_name
 from wattkeeper.telemetry import ServiceObservation, TelemetryUnavailable
 from wattkeeper.telemetry.batch import observe_many
 
 from .kube import Kube
-from .services import Dependencies, Reads
+from .services import Dependencies, Reads, canary_expected
 
 Key = tuple[str, str]  # (namespace, name)
 
 
 def _by_key(items: list[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
     return {(i["metadata"]["namespace"], i["metadata"]["name"]): i for i in items}
+
+
+def _ready(deployment: dict[str, Any]) -> bool:
+    return int((deployment.get("status") or {}).get("readyReplicas") or 0) > 0
 
 
 def _by_namespace(items: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -67,18 +72,37 @@ class Snapshot:
         )
 
     def measure(self, deps: Dependencies) -> None:
-        """One telemetry batch for every service with ready replicas."""
+        """One telemetry batch for every service with ready replicas, and for the canary of each service whose
+        status says one runs (`<name>-canary`: its pods are told apart by name, telemetry/base.py
+        `pod_name_pattern`; in the Prometheus batch they cost no query more). A service without a canary adds
+        nothing."""
         keys = [key for key, dep in self.deployments.items()
-                if key in self.services and int((dep.get("status") or {}).get("readyReplicas") or 0) > 0]
+                if key in self.services and _ready(dep)]
+        keys += [canary for canary in self.canary_keys() if canary not in self.services
+                 and (dep := self.deployments.get(canary)) is not None and _ready(dep)]
         self.observations = observe_many(deps.telemetry, keys, deps.settings.telemetry_window_seconds)
+
+    def canary_keys(self) -> list[Key]:
+        """The canary Deployments' keys of the services whose status says a canary runs."""
+        return [(ns, canary_name(name)) for (ns, name), body in self.services.items()
+                if canary_expected(body.get("status") or {})]
 
     def reads(self, namespace: str, name: str) -> Reads:
         key = (namespace, name)
         with self.lock:
             budgets = list(self.budgets.get(namespace, []))
+        canary = (namespace, canary_name(name))
         return Reads(budgets=budgets, profiles=self.profiles.get(namespace, []),
                      deployment=self.deployments.get(key), service=self.core_services.get(key),
-                     observation=self.observations.get(key), listed_at=self.listed_at)
+                     observation=self.observations.get(key), listed_at=self.listed_at,
+                     canary_deployment=self.deployments.get(canary),
+                     canary_observation=self.observations.get(canary) if canary not in self.services else None)
+
+    def canary_observation(self, namespace: str, name: str) -> ServiceObservation | None:
+        """The canary's watts as this pass measured them (None: no canary, or nothing usable)."""
+        canary = (namespace, canary_name(name))
+        outcome = self.observations.get(canary) if canary not in self.services else None
+        return outcome if isinstance(outcome, ServiceObservation) else None
 
     def services_in(self, namespace: str) -> list[dict[str, Any]]:
         return [body for (ns, _), body in self.services.items() if ns == namespace]

@@ -27,6 +27,11 @@ ANNOTATION_PARAMS = "wattkeeper.io/model-params-b"
 ANNOTATION_ACTIVE_PARAMS = "wattkeeper.io/active-params-b"
 LABEL_ACCELERATOR = "wattkeeper.io/accelerator"
 GPU_RESOURCE = "nvidia.com/gpu"
+# The canary (control/types.py Canary): one replica of an untried configuration beside the service's Deployment,
+# in its own Deployment `<service>-canary`, its pods marked with this label.
+LABEL_ROLE = "wattkeeper.io/role"
+ROLE_CANARY = "canary"
+CANARY_SUFFIX = "-canary"
 # Old pods finish their requests in flight, and draw power, for up to this long after a change: the preStop drain
 # waits for them (bounded DRAIN_MARGIN_SECONDS short of it, so vLLM still gets SIGTERM before SIGKILL).
 TERMINATION_GRACE_SECONDS = 30
@@ -40,6 +45,17 @@ class RenderError(ValueError):
 
 def selector_labels(service_name: str) -> dict[str, str]:
     return {LABEL_SERVICE: service_name}
+
+
+def canary_name(service_name: str) -> str:
+    """The name of a service's canary Deployment; its pods are `<service>-canary-<hash>-<suffix>`, which the
+    service's own pod-name pattern (telemetry/base.py `pod_name_pattern`, anchored) does not match."""
+    return f"{service_name}{CANARY_SUFFIX}"
+
+
+def canary_selector_labels(service_name: str) -> dict[str, str]:
+    """The canary Deployment's selector: the service's pods that are canaries, and only those."""
+    return {**selector_labels(service_name), LABEL_ROLE: ROLE_CANARY}
 
 
 def _labels(service: LLMService) -> dict[str, str]:
@@ -249,6 +265,30 @@ def render_deployment(
             },
         },
     }
+
+
+def render_canary_deployment(service: LLMService, plan: Plan) -> dict[str, Any]:
+    """The canary's Deployment: one replica of `plan`'s configuration, named `<service>-canary`, beside the
+    service's own Deployment (the main one is never touched by it).
+
+    Its pods carry the labels the Service selects (`selector_labels`), so they take their share of the traffic,
+    plus `wattkeeper.io/role: canary`, which the canary Deployment's own selector includes: it selects canary pods
+    only. The main Deployment's selector (`selector_labels`, immutable once created) does match canary pods, but
+    neither it nor its ReplicaSets adopt them: the Deployment controller adopts only ReplicaSets without a
+    controller (the canary's ReplicaSet is the canary Deployment's), and a ReplicaSet's selector carries its own
+    `pod-template-hash`, which the canary's pods (another template) do not share. Telemetry tells the pods apart by
+    name (telemetry/base.py `pod_name_pattern`), direct scraping by the role label (controller/services.py
+    `pods_selector`, `canary_pods_selector`)."""
+    name = canary_name(service.metadata.name)
+    out = render_deployment(service, Plan(plan.config, 1), surge=True)
+    meta = out["metadata"]
+    meta["name"] = name
+    meta["labels"] = {**meta["labels"], LABEL_ROLE: ROLE_CANARY}
+    spec = out["spec"]
+    spec["selector"] = {"matchLabels": canary_selector_labels(service.metadata.name)}
+    template_meta = spec["template"]["metadata"]
+    template_meta["labels"] = {**template_meta["labels"], LABEL_ROLE: ROLE_CANARY}
+    return out
 
 
 def render_service(service: LLMService) -> dict[str, Any]:
