@@ -60,6 +60,19 @@ def test_status_round_trip_of_the_core_memory() -> None:
     assert memory.missed_since_s is None
     missed = memory_from_status({**status, "sloMissedSince": "2026-01-01T11:59:30Z"}, Workload(1.0))
     assert missed.missed_since_s == memory.last_applied_s + 30  # type: ignore[operator]
+    # The canary beside the fleet and the configurations canaried lately (control/canary.py) outlive it too.
+    assert memory.canary is None and memory.canaries_ended == ()
+    canaried = memory_from_status(json.loads(json.dumps({
+        **status,
+        "canary": {**ServingConfigSpec.from_plan(Plan(PLAN.config, 1)).to_wire(), "configuration": "fp8 tp2",
+                   "startedAt": "2026-01-01T11:59:10Z", "readyAt": "2026-01-01T11:59:40Z", "measuredWindows": 2},
+        "canariesEnded": [{"configuration": "bf16 tp4 tok8192", "endedAt": "2026-01-01T11:40:00Z"}],
+    })), Workload(1.0))
+    assert canaried.canary is not None and canaried.canary.plan == Plan(PLAN.config, 1)
+    assert (canaried.canary.started_s, canaried.canary.ready_s, canaried.canary.windows) == (
+        memory.last_applied_s + 10, memory.last_applied_s + 40, 2)  # type: ignore[operator]
+    assert [(r.configuration, r.left_at_s) for r in canaried.canaries_ended] == [
+        ("bf16 tp4 tok8192", memory.last_applied_s - 19 * 60)]  # type: ignore[operator]
 
 
 def test_fleet_state_sees_drift_and_rolls() -> None:

@@ -143,10 +143,13 @@ def comparable(memory: Any, offset_s: float) -> tuple[Any, ...]:
         return None if value is None else round(value - offset_s, 3)
 
     recent = tuple((r.configuration, shift(r.left_at_s), r.allocation_watts) for r in memory.recent_configurations)
+    canary = None if memory.canary is None else (memory.canary.plan, shift(memory.canary.started_s),
+                                                   shift(memory.canary.ready_s), memory.canary.windows)
+    ended = tuple((r.configuration, shift(r.left_at_s), r.allocation_watts) for r in memory.canaries_ended)
     return (memory.running, shift(memory.last_applied_s), memory.planned_load, memory.peak_load_rps,
             shift(memory.peak_load_at_s), memory.power_correction, memory.ttft_correction, memory.itl_correction,
             recent, memory.margins, memory.awaiting_rollout, shift(memory.rolled_out_s), memory.bridged_limit_watts,
-            shift(memory.missed_since_s))
+            shift(memory.missed_since_s), canary, ended)
 
 
 def test_operator_and_benchmark_decide_the_same() -> None:
