@@ -544,7 +544,8 @@ class LLMServiceStatus(StatusModel):
     ready_replicas: int | None = Field(default=None, description="Replicas ready to serve.")
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready, Progressing, SLOMet, WithinBudget, TelemetryAvailable, Degraded.",
+        description="Ready, Progressing, SLOMet, WithinBudget, TelemetryAvailable, Degraded; NameConflict while "
+                    "the name of the service's canary Deployment (<name>-canary) is taken.",
         json_schema_extra=CONDITIONS_FIELD_EXTRA,
     )
     decisions: list[Decision] = Field(default_factory=list, description="The last decisions, newest last.")
