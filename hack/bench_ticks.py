@@ -10,6 +10,7 @@ and, with --ticks, each tick's load estimate, measurements, learned margins and 
     python hack/bench_ticks.py --workloads bursty --seeds 2 --ticks
     python hack/bench_ticks.py --power-limits                    # Wattkeeper may set GPU power limits
     python hack/bench_ticks.py --caps out/bench                  # under the caps of an earlier standard run
+    python hack/bench_ticks.py --power-limits --canaries         # with canaries (control/canary.py)
 
 Energy ratios against the baselines need their runs: compare against `policies.<name>.energyKWh` in the
 scenario JSONs of a `wattkeeper bench standard` run on the same commit (the baselines do not depend on the core).
@@ -30,7 +31,7 @@ from wattkeeper.bench.groundtruth import GroundTruth, model_shape
 from wattkeeper.bench.policies import BenchSpec
 from wattkeeper.bench.scoring import Thresholds, score
 from wattkeeper.bench.wattkeeper_policy import WattkeeperPolicy
-from wattkeeper.control import TickDecision
+from wattkeeper.control import TickDecision, Tuning
 from wattkeeper.energy.model import EnergyModel
 
 
@@ -58,7 +59,7 @@ def run(workload: tuple[str, str, float], seed: int, args: argparse.Namespace) -
         cap = json.loads((args.caps / f"{name}-cap-s{seed}.json").read_text())["powerCapWatts"]
         spec = replace(spec, allocation_watts=float(cap), power_limits=True)
     trace = standard.workload_trace(family, scale, seed, standard.DURATION_S, None)
-    policy = WattkeeperPolicy(spec, trace, gt.energy_model)
+    policy = WattkeeperPolicy(spec, trace, gt.energy_model, tuning=Tuning(canaries=args.canaries))
     fleet_run = FleetSimulator(trace, gt).run(policy)
     scored = score(fleet_run, trace.arrival_s, Thresholds(STANDARD_SLO_TTFT_S, STANDARD_SLO_ITL_S),
                    spec.allocation_watts, trace.duration_s).to_dict()
@@ -85,6 +86,8 @@ def main() -> int:
     parser.add_argument("--caps", type=Path, help="a standard run's output folder: replay under its caps")
     parser.add_argument("--ticks", action="store_true", help="print the ticks that applied a change")
     parser.add_argument("--all-ticks", action="store_true", help="with --ticks: every tick")
+    parser.add_argument("--canaries", action="store_true",
+                        help="canaries on (control/canary.py; off by default, Tuning.canaries)")
     args = parser.parse_args()
     wanted = {w.strip() for w in args.workloads.split(",") if w.strip()}
     for seed in (int(s) for s in args.seeds.split(",") if s.strip()):

@@ -197,9 +197,10 @@ class Tuning:
     # least this; None: only plans the model finds feasible). 0.95 cost more still (24.09 / 20.69 kWh).
     verify_relaxed_share: float | None = None
     # Canaries (`control/canary.py`): where the model says an untried configuration would save enough, one replica
-    # of it serves beside the fleet until its own margin is learned. False: an untried configuration carries the
-    # prior until the fleet itself restarts into it (operator --no-canaries).
-    canaries: bool = True
+    # of it serves beside the fleet until its own margin is learned. Off by default: on the benchmark's one-hour
+    # traces a canary cost more than it found (plain 23.205 -> 23.529 kWh, bench/README.md "Canaries"); without
+    # one an untried configuration carries the prior until the fleet itself restarts into it.
+    canaries: bool = False
 
 
 @dataclass(frozen=True)
