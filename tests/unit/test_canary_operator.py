@@ -232,29 +232,29 @@ def test_tick_inputs_carry_the_canary_only_while_one_runs() -> None:
     obs = ServiceObservation(watts=300.0, requests_per_second=2.0)
     dep = DeploymentState(True, config_hash(svc, CANARY), 1, 1, 1)
     none = tick_inputs(ServiceInputs(svc, {}, Allocation(), None, None, DeploymentState(), NOW,
-                                     canary_deployment=dep, canary_observation=obs), settings())
+                                     canary_deployment=dep, canary_observation=obs), settings(canaries=True))
     assert none.canary_signals is None and none.tuning.canaries
     status = {"canary": canary_status(Canary(CANARY, NOW.timestamp()), NOW)}
     inputs = ServiceInputs(svc, status, Allocation(), None, None, DeploymentState(), NOW,
                            canary_deployment=dep, canary_observation=obs)
-    running = tick_inputs(inputs, settings())
+    running = tick_inputs(inputs, settings(canaries=True))
     assert running.canary_signals is not None and running.canary_signals.watts == 300.0
     assert running.canary_fleet.exists and running.canary_fleet.matches_plan and not running.canary_fleet.rolling
     assert running.memory.canary is not None and running.memory.canary.plan == CANARY
     # Switched off, pinned, or the name taken: the core is told no canary may run.
     assert not tick_inputs(inputs, settings(canaries=False)).tuning.canaries
-    assert not tick_inputs(replace(inputs, service=service(mode="Pinned")), settings()).tuning.canaries
-    assert not tick_inputs(replace(inputs, canary_conflict="taken"), settings()).tuning.canaries
+    assert not tick_inputs(replace(inputs, service=service(mode="Pinned")), settings(canaries=True)).tuning.canaries
+    assert not tick_inputs(replace(inputs, canary_conflict="taken"), settings(canaries=True)).tuning.canaries
 
 
 def test_settings_switch_canaries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WATTKEEPER_CANARIES", raising=False)
+    assert OperatorSettings().canaries is False  # off by default, as in the core (Tuning.canaries)
+    monkeypatch.setenv("WATTKEEPER_CANARIES", "true")
     assert OperatorSettings().canaries is True
-    monkeypatch.setenv("WATTKEEPER_CANARIES", "false")
-    assert OperatorSettings().canaries is False
 
 
-def test_the_run_flag_switches_canaries_off(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_run_flag_switches_canaries_on(monkeypatch: pytest.MonkeyPatch) -> None:
     from wattkeeper.controller import cli
 
     seen: list[OperatorSettings] = []
@@ -266,9 +266,9 @@ def test_the_run_flag_switches_canaries_off(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(cli, "run_operator", lambda *_, **__: None)
     parser = __import__("argparse").ArgumentParser()
     cli.register(parser.add_subparsers())
-    args = parser.parse_args(["run", "--no-canaries", "--metrics-port", "0", "--health-port", "0"])
+    args = parser.parse_args(["run", "--canaries", "--metrics-port", "0", "--health-port", "0"])
     args.func(args)
-    assert seen and seen[0].canaries is False
+    assert seen and seen[0].canaries is True
 
 
 # --- decide: status, events ------------------------------------------------------------------------------------
@@ -293,18 +293,18 @@ def _with_canary(monkeypatch: pytest.MonkeyPatch, canary: Plan | None, reason: s
 def test_decide_writes_the_canary_and_says_when_it_starts_and_ends(monkeypatch: pytest.MonkeyPatch) -> None:
     svc = service()
     _with_canary(monkeypatch, CANARY, "fp8 tp1 would save 20%: measured beside the fleet first")
-    first = decide(ServiceInputs(svc, {}, Allocation(), None, None, DeploymentState(), NOW), EM, settings())
+    first = decide(ServiceInputs(svc, {}, Allocation(), None, None, DeploymentState(), NOW), EM, settings(canaries=True))
     assert first.canary == CANARY
     assert first.status["canary"]["configuration"] == CANARY.describe()
     assert ("Normal", "CanaryStarted", "fp8 tp1 would save 20%: measured beside the fleet first") in first.events
     status = json.loads(json.dumps(first.status))
     again = decide(ServiceInputs(svc, status, Allocation(), None, None, DeploymentState(), NOW + timedelta(seconds=30)),
-                   EM, settings())
+                   EM, settings(canaries=True))
     assert again.canary == CANARY and again.status["canary"] == status["canary"]  # unchanged: no write, no event
     assert not [e for e in again.events if e[1].startswith("Canary")]
     _with_canary(monkeypatch, None, "fp8 tp1 learned: margin 1.1")
     ended = decide(ServiceInputs(svc, status, Allocation(), None, None, DeploymentState(), NOW + timedelta(seconds=60)),
-                   EM, settings())
+                   EM, settings(canaries=True))
     assert ended.canary is None and "canary" not in ended.status
     assert ended.status["canariesEnded"][0]["configuration"] == "fp8 tp1 tok4096"
     assert ("Normal", "CanaryEnded", "fp8 tp1 learned: margin 1.1") in ended.events
@@ -313,19 +313,19 @@ def test_decide_writes_the_canary_and_says_when_it_starts_and_ends(monkeypatch: 
 def test_decide_never_runs_a_canary_that_may_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
     _with_canary(monkeypatch, CANARY, "would save")
     for inputs, conf in (
-        (ServiceInputs(service(mode="Pinned"), {}, Allocation(), None, None, DeploymentState(), NOW), settings()),
+        (ServiceInputs(service(mode="Pinned"), {}, Allocation(), None, None, DeploymentState(), NOW), settings(canaries=True)),
         (ServiceInputs(service(), {}, Allocation(), None, None, DeploymentState(), NOW), settings(canaries=False)),
         (ServiceInputs(service(), {}, Allocation(), None, None, DeploymentState(), NOW, canary_conflict="taken"),
-         settings()),
+         settings(canaries=True)),
     ):
         decision = decide(inputs, EM, conf)
         assert decision.canary is None and "canary" not in decision.status
         assert not [e for e in decision.events if e[1].startswith("Canary")]
     conflict = decide(ServiceInputs(service(), {}, Allocation(), None, None, DeploymentState(), NOW,
-                                    canary_conflict="Deployment chat-canary is taken"), EM, settings())
+                                    canary_conflict="Deployment chat-canary is taken"), EM, settings(canaries=True))
     assert any(c["type"] == "NameConflict" and c["status"] == "True" for c in conflict.status["conditions"])
     clear = decide(ServiceInputs(service(), json.loads(json.dumps(conflict.status)), Allocation(), None, None,
-                                 DeploymentState(), NOW), EM, settings())
+                                 DeploymentState(), NOW), EM, settings(canaries=True))
     assert not any(c["type"] == "NameConflict" for c in clear.status["conditions"])
 
 

@@ -233,8 +233,8 @@ def test_the_arrival_resolution_reaches_the_operator() -> None:
     assert {"name": "WATTKEEPER_ARRIVAL_RESOLUTION_SECONDS", "value": "30"} in env("operator.arrivalResolutionSeconds=30")
     assert {"name": "WATTKEEPER_VERIFY_BY_REPLAY", "value": "false"} in env()  # verify before rollout: off
     assert {"name": "WATTKEEPER_VERIFY_BY_REPLAY", "value": "true"} in env("operator.verifyByReplay=true")
-    assert {"name": "WATTKEEPER_CANARIES", "value": "true"} in env()  # canaries: on
-    assert {"name": "WATTKEEPER_CANARIES", "value": "false"} in env("operator.canaries=false")
+    assert {"name": "WATTKEEPER_CANARIES", "value": "false"} in env()  # canaries: off by default
+    assert {"name": "WATTKEEPER_CANARIES", "value": "true"} in env("operator.canaries=true")
 
 
 @needs_helm

@@ -24,8 +24,8 @@ def _run(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, key)
     if args.power_limits:
         overrides["power_limits"] = True
-    if args.no_canaries:
-        overrides["canaries"] = False
+    if args.canaries:
+        overrides["canaries"] = True
     if args.namespace:
         overrides["namespaces"] = args.namespace
     settings = OperatorSettings(**overrides)
@@ -49,8 +49,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--health-port", type=int, default=None)
     parser.add_argument("--power-limits", action="store_true", default=False,
                         help="plan GPU power limits and annotate running pods for the node agent (chart: agent.enabled)")
-    parser.add_argument("--no-canaries", action="store_true", default=False,
-                        help="never canary an untried configuration beside the fleet (env WATTKEEPER_CANARIES=false)")
+    parser.add_argument("--canaries", action="store_true", default=False,
+                        help="canary untried configurations beside the fleet (env WATTKEEPER_CANARIES=true)")
     parser.add_argument("--profiler-image", default=None, help="image of the profiler Job (EnergyProfile sweeps)")
     parser.add_argument("--profiler-service-account", default=None, help="ServiceAccount of the profiler Job")
     parser.set_defaults(func=_run)
