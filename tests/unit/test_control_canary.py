@@ -14,6 +14,7 @@ from wattkeeper.control import Canary, FleetState, Memory, Plan, ServiceIntent, 
 from wattkeeper.control import canary as canaries
 from wattkeeper.control.load import estimate_load
 from wattkeeper.control.planning import allocation_for
+from wattkeeper.control.switching import configuration_key
 from wattkeeper.control.tick import canary_after, decide_tick, evaluate_own, margin_key, margin_of
 from wattkeeper.control.types import ConfigMargin, RecentConfiguration, Verdict
 from wattkeeper.energy.model import EnergyModel
@@ -125,8 +126,17 @@ def test_a_canary_that_misses_its_slo_ends_at_once() -> None:
     late = signals(rps=4.0, ttft=6.0, itl=0.05)
     tick = decide_tick(inputs(m, now_s=1300.0, canary_fleet=ready, canary_signals=late), EM)
     assert tick.canary is None and "missed the SLO" in tick.canary_reason
-    ttft, _ = margin_of(tick.memory, started.canary.config, ON)
-    assert ttft > 2.0  # what it measured is remembered: worse than the prior
+    ttft, itl = margin_of(tick.memory, started.canary.config, ON)
+    assert ttft > 2.0 and itl >= 2.0  # remembered as no better than a configuration never tried
+    # Its configuration is not planned for within the horizon (one window at a share does not bound the error at
+    # the fleet's load), nor canaried again.
+    assert tick.memory.canaries_ended[-1].missed
+    key = configuration_key(started.canary.config)
+    assert canaries.failed(tick.memory, 1400.0, INTENT.horizon_seconds) == {key}
+    assert canaries.failed(tick.memory, 1300.0 + INTENT.horizon_seconds, INTENT.horizon_seconds) == frozenset()
+    later = decide_tick(inputs(replace(tick.memory, running=RUNNING), now_s=1500.0), EM)
+    assert later.proposed is not None and configuration_key(later.proposed.config) != key
+    assert later.canary is None or configuration_key(later.canary.config) != key
 
 
 def test_a_canary_ends_on_timeout_and_when_the_fleet_restarts() -> None:

@@ -531,6 +531,8 @@ class CanaryEndedStatus(StatusModel):
     ended_at: datetime = Field(description="When its canary ended.")
     allocation_watts: float | None = Field(default=None, description="The enforced allocation when it ended, W.")
     load_rps: float | None = Field(default=None, description="The request rate planned for when it ended.")
+    missed: bool | None = Field(default=None, description="Its requests missed the SLO: the configuration is not "
+                                "planned for within the service's horizon.")
 
 
 class LLMServiceStatus(StatusModel):

@@ -415,7 +415,10 @@ def propose(inputs: TickInputs, memory: Memory, load: LoadEstimate,
         return intent.pinned, evaluate(intent, intent.pinned, load.workload, energy_model,
                                        memory.power_correction), None
     only = memory.running if (memory.running is not None and not intent.allow_disruptive) else None
-    return search(inputs, memory, load, inputs.allocation_watts, energy_model, only=only)
+    avoid = canaries.failed(memory, inputs.now_s, intent.horizon_seconds)
+    if memory.running is not None:
+        avoid -= {configuration_key(memory.running.config)}
+    return search(inputs, memory, load, inputs.allocation_watts, energy_model, avoid=avoid, only=only)
 
 
 def search(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocation_watts: float | None,
@@ -792,8 +795,9 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
             and restarts(running, proposed) and recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts,
                                                              load.workload.requests_per_second):
         # No A -> B -> A within RECENT_SECONDS under the same allocation: the best plan elsewhere instead.
-        avoid = blocked(memory, inputs.now_s, inputs.allocation_watts,
-                        load.workload.requests_per_second) - {configuration_key(running.config)}
+        avoid = (blocked(memory, inputs.now_s, inputs.allocation_watts, load.workload.requests_per_second)
+                 | canaries.failed(memory, inputs.now_s, inputs.intent.horizon_seconds)) \
+            - {configuration_key(running.config)}
         other, other_candidate, other_result = search(inputs, memory, load, inputs.allocation_watts, energy_model,
                                                       avoid=frozenset(avoid))
         if other is not None:
