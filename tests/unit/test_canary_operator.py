@@ -217,8 +217,8 @@ def test_status_round_trip_of_the_canary() -> None:
     assert status["canary"]["precision"] == "fp8" and status["canary"]["replicas"] == 1
     assert status["canary"]["startedAt"] == "2026-01-01T12:00:00Z"
     assert status["canariesEnded"][0] == {"configuration": "bf16 tp8 tok8192", "endedAt": "2026-01-01T11:50:00Z"}
-    missed = replace(memory, canaries_ended=(replace(ended[0], missed=True),))
-    assert canaries_ended_status(missed, NOW)[0]["missed"] is True
+    missed = replace(memory, canaries_ended=(replace(ended[0], failed=True),))
+    assert canaries_ended_status(missed, NOW)[0]["failed"] is True
     assert memory_from_status({"canariesEnded": canaries_ended_status(missed, NOW)},
                               Workload(1.0)).canaries_ended == missed.canaries_ended
     back = memory_from_status(json.loads(json.dumps(status)), Workload(1.0))

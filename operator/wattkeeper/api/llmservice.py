@@ -531,8 +531,9 @@ class CanaryEndedStatus(StatusModel):
     ended_at: datetime = Field(description="When its canary ended.")
     allocation_watts: float | None = Field(default=None, description="The enforced allocation when it ended, W.")
     load_rps: float | None = Field(default=None, description="The request rate planned for when it ended.")
-    missed: bool | None = Field(default=None, description="Its requests missed the SLO: the configuration is not "
-                                "planned for within the service's horizon.")
+    failed: bool | None = Field(default=None, description="It failed: its requests missed the SLO, or its latency "
+                                "was further from the model than an untried configuration's margin allows. The "
+                                "configuration is not planned for within the service's horizon.")
 
 
 class LLMServiceStatus(StatusModel):

@@ -86,28 +86,30 @@ def canary_load(load: LoadEstimate, served_rps: float, total_rps: float) -> Load
     return replace(load, workload=replace(load.workload, requests_per_second=served_rps), bursts=bursts)
 
 
-def end(memory: Memory, now_s: float, missed: bool = False) -> Memory:
-    """The memory with its canary ended now (kept in `canaries_ended`, so it is not canaried again soon; `missed`:
-    its requests missed the SLO, see `failed`)."""
+def end(memory: Memory, now_s: float, failed: bool = False) -> Memory:
+    """The memory with its canary ended now (kept in `canaries_ended`, so it is not canaried again soon; `failed`:
+    see `failed`)."""
     if memory.canary is None:
         return memory
     from .tick import margin_key
 
     key = margin_key(memory.canary.plan.config)
     kept = tuple(r for r in memory.canaries_ended if r.configuration != key)
-    ended = (*kept, RecentConfiguration(key, now_s, missed=missed))[-CANARIES_KEPT:]
+    ended = (*kept, RecentConfiguration(key, now_s, failed=failed))[-CANARIES_KEPT:]
     return replace(memory, canary=None, canaries_ended=ended)
 
 
 def failed(memory: Memory, now_s: float, horizon_s: float) -> frozenset[str]:
-    """The configurations (`switching.configuration_key`: precision, TP, KV dtype) whose canary missed the SLO
-    within the horizon: never planned for until then. One window at a canary's share does not bound the error at
-    the fleet's load: prefill-heavy s3's fp8 tp4 canary missed at a TTFT margin of 2.63, and with that margin
-    learned (and fp8 no longer untried) the fleet restarted into fp8 tp4 x4, whose TTFT margin then rose to 4.3
-    and kept 93.2% of requests within both SLOs."""
+    """The configurations (`switching.configuration_key`: precision, TP, KV dtype) whose canary failed within the
+    horizon: its requests missed the SLO, or its margin exceeded the untried prior (`Tuning.unmeasured_margin`, the
+    model's own p90 error). Never planned for until then: the margin a canary measures at its share of the load
+    does not bound the error at the load a fleet of it would carry, where the model is that wrong (queueing
+    amplifies a slow prefill). prefill-heavy s3: the fp8 tp4 canary missed at a TTFT margin of 2.63, and with that
+    margin learned (fp8 no longer untried) the fleet restarted into fp8 tp4 x4, whose TTFT margin rose to 4.3 (93.2%
+    within both SLOs); the fp8 tp8 canary met the SLO at a margin of 3.3, and fp8 tp8 x1 then ran at 4.6 (87.8%)."""
     # A margin key is the configuration key and the chunk budget (tick.margin_key): "fp8 tp4 tok8192".
     return frozenset(r.configuration.rsplit(" tok", 1)[0] for r in memory.canaries_ended
-                     if r.missed and now_s - r.left_at_s < horizon_s)
+                     if r.failed and now_s - r.left_at_s < horizon_s)
 
 
 def timeout_seconds(inputs: TickInputs, canary: Canary) -> float:
@@ -170,6 +172,7 @@ def learn(inputs: TickInputs, memory: Memory, load: LoadEstimate,
     margins: list[float] = []
     before = margin_of(memory, config, inputs.tuning)
     missed = canary_missed(inputs)
+    prior = inputs.tuning.unmeasured_margin
     for i, (measured, model) in enumerate(((s.ttft_p95_seconds, predicted.ttft_p95_seconds if predicted else None),
                                            (s.itl_p95_seconds, predicted.itl_p95_seconds if predicted else None))):
         if not measured or not model or not math.isfinite(model) or model <= 0:
@@ -179,14 +182,17 @@ def learn(inputs: TickInputs, memory: Memory, load: LoadEstimate,
         ratio = min(max(measured / model, low), high)
         margin = ratio if canary.windows == 0 else (before[i] * canary.windows + ratio) / (canary.windows + 1)
         if missed:
-            margin = max(margin, inputs.tuning.unmeasured_margin)  # no better than a configuration never tried
+            margin = max(margin, prior)  # no better than a configuration never tried
         margins.append(significant(margin) or 1.0)
     canary = replace(canary, windows=canary.windows + 1)
     memory = replace(memory, canary=canary, margins=learned(memory, config, margins[0], margins[1]))
     what = f"margin TTFT {margins[0]:g}, ITL {margins[1]:g}"
     if missed:
-        return end(memory, now, missed=True), (f"canary {config.short()} ended: its requests missed the SLO "
+        return end(memory, now, failed=True), (f"canary {config.short()} failed: its requests missed the SLO "
                                                f"({what}); not planned for within the horizon")
+    if max(margins) > prior:
+        return end(memory, now, failed=True), (f"canary {config.short()} failed: {what}, beyond the untried "
+                                               f"configuration's {prior:g}; not planned for within the horizon")
     if canary.windows >= CANARY_WINDOWS:
         return end(memory, now), f"canary {config.short()} measured over {canary.windows} windows: {what}"
     return memory, ""

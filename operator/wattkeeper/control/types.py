@@ -108,9 +108,9 @@ class RecentConfiguration:
     left_at_s: float
     allocation_watts: float | None = None  # the enforced allocation when it was left
     load_rps: float | None = None  # the load planned for when it was left
-    # In Memory.canaries_ended: the canary's requests missed the SLO; its configuration is not planned for within
-    # the service's horizon (`control/canary.py failed`).
-    missed: bool = False
+    # In Memory.canaries_ended: the canary failed (its requests missed the SLO, or its margin exceeded the untried
+    # prior); its configuration is not planned for within the service's horizon (`control/canary.py failed`).
+    failed: bool = False
 
 
 @dataclass(frozen=True)

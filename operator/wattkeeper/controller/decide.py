@@ -193,7 +193,7 @@ def memory_from_status(status: dict[str, Any], default_workload: Workload) -> Me
         canary=canary_from_status(status),
         canaries_ended=tuple(
             RecentConfiguration(str(r["configuration"]), ended, r.get("allocationWatts"), r.get("loadRps"),
-                                missed=bool(r.get("missed")))
+                                failed=bool(r.get("failed")))
             for r in status.get("canariesEnded") or []
             if r.get("configuration") and (ended := _seconds(r.get("endedAt"))) is not None
         ),
@@ -227,7 +227,7 @@ def canaries_ended_status(memory: Memory, now: datetime) -> list[dict[str, Any]]
              "endedAt": _iso(datetime.fromtimestamp(r.left_at_s, tz=now.tzinfo)),
              **({"allocationWatts": r.allocation_watts} if r.allocation_watts is not None else {}),
              **({"loadRps": r.load_rps} if r.load_rps is not None else {}),
-             **({"missed": True} if r.missed else {})}
+             **({"failed": True} if r.failed else {})}
             for r in memory.canaries_ended]
 
 
