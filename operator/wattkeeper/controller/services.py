@@ -8,7 +8,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -397,6 +397,18 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
     )
     started = time.perf_counter()
     decision = decide(inputs, deps.energy_model, deps.settings)
+    canary_live = reads.canary_deployment
+    if decision.canary is not None and canary_live is None:
+        # Not read (a handler's reconcile reads it only while status says one runs; a pass lists only the
+        # operator's Deployments): read it before a canary is started, and where the name is taken decide again
+        # with the conflict, so that status never records (nor an Event announces) a canary that cannot run.
+        canary_live = kube.get_deployment(namespace, canary_name(name))
+        conflict = canary_conflict(service, deployment, canary_live)
+        if conflict is not None:
+            inputs = replace(inputs, canary_conflict=conflict)
+            decision = decide(inputs, deps.energy_model, deps.settings)
+        elif is_canary_of(service, canary_live):
+            live_canary = canary_live
     metrics.plan_seconds.observe(time.perf_counter() - started)
     metrics.decisions.labels(decision.action).inc()
 
@@ -404,7 +416,7 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
     events = list(decision.events)
     try:
         _write_objects(deps, service, decision, deployment, reads.service, events)
-        _write_canary(deps, service, decision, reads.canary_deployment)
+        _write_canary(deps, service, decision, canary_live)
     except ApiException as err:
         if not _rejected_input(err):
             raise  # the apiserver or the network: the caller retries with backoff
@@ -495,10 +507,8 @@ def _write_canary(deps: Dependencies, service: LLMService, decision: ServiceDeci
         except RenderError as err:
             log.warning("cannot render the canary of %s/%s: %s", namespace, service.metadata.name, err)
             desired = None
-    if desired is not None and live is None:
-        # Not read (a handler's reconcile reads it only while status says one runs; a pass lists only the
-        # operator's Deployments): never apply over a Deployment of that name that is not ours.
-        live = kube.get_deployment(namespace, name)
+    # `live`: read by the reconcile wherever a canary is decided (`_reconcile_service`), so a Deployment of that
+    # name that is not ours is never applied over.
     action = canary_write(desired, live, is_canary_of(service, live))
     if action == "apply" and desired is not None:
         kube.apply(desired)
