@@ -24,6 +24,7 @@ from ..energy.catalog import get_accelerator
 from ..energy.model import EnergyModel
 from ..energy.types import Workload
 from ..planner import model_load_seconds
+from . import tick  # imports this module in turn: its helpers are looked up when called
 from .planning import evaluate, evaluate_in, planned_watts, significant
 from .types import Canary, LoadEstimate, Memory, Plan, RecentConfiguration, Signals, TickInputs
 
@@ -91,9 +92,7 @@ def end(memory: Memory, now_s: float, failed: bool = False) -> Memory:
     see `failed`)."""
     if memory.canary is None:
         return memory
-    from .tick import margin_key
-
-    key = margin_key(memory.canary.plan.config)
+    key = tick.margin_key(memory.canary.plan.config)
     kept = tuple(r for r in memory.canaries_ended if r.configuration != key)
     ended = (*kept, RecentConfiguration(key, now_s, failed=failed))[-CANARIES_KEPT:]
     return replace(memory, canary=None, canaries_ended=ended)
@@ -159,18 +158,16 @@ def learn(inputs: TickInputs, memory: Memory, load: LoadEstimate,
         return memory, ""
     # The margin is learned as the fleet's is (control/tick.py `corrections`): measured over the model's own
     # prediction for one replica at the rate it served (its first tokens, where more entered than finished).
-    from .tick import arrival_rates, learned, margin_of, tick_request
-
-    rates = arrival_rates(s)
+    rates = tick.arrival_rates(s)
     served = s.finished_requests_per_second
     if rates is not None:
         served = max(served, rates[0])
     total = load.workload.requests_per_second
-    predicted = evaluate_in(tick_request(inputs, memory, canary_load(load, served, total), None), canary.plan,
+    predicted = evaluate_in(tick.tick_request(inputs, memory, canary_load(load, served, total), None), canary.plan,
                             energy_model)
     low, high = inputs.tuning.latency_margin_bounds
     margins: list[float] = []
-    before = margin_of(memory, config, inputs.tuning)
+    before = tick.margin_of(memory, config, inputs.tuning)
     missed = canary_missed(inputs)
     prior = inputs.tuning.unmeasured_margin
     for i, (measured, model) in enumerate(((s.ttft_p95_seconds, predicted.ttft_p95_seconds if predicted else None),
@@ -185,7 +182,7 @@ def learn(inputs: TickInputs, memory: Memory, load: LoadEstimate,
             margin = max(margin, prior)  # no better than a configuration never tried
         margins.append(significant(margin) or 1.0)
     canary = replace(canary, windows=canary.windows + 1)
-    memory = replace(memory, canary=canary, margins=learned(memory, config, margins[0], margins[1]))
+    memory = replace(memory, canary=canary, margins=tick.learned(memory, config, margins[0], margins[1]))
     what = f"margin TTFT {margins[0]:g}, ITL {margins[1]:g}"
     if missed:
         return end(memory, now, failed=True), (f"canary {config.short()} failed: its requests missed the SLO "
@@ -229,20 +226,18 @@ def start(inputs: TickInputs, memory: Memory, load: LoadEstimate, energy_model: 
             or memory.missed_since_s is not None or inputs.fleet.ready_replicas < CANARY_MIN_REPLICAS \
             or memory.bridged_limit_watts is not None:
         return memory, ""
-    from .tick import evaluate_own, margin_key, margin_of, search
-
-    own = evaluate_own(inputs, memory, load, running, energy_model)
+    own = tick.evaluate_own(inputs, memory, load, running, energy_model)
     if own is None:
         return memory, ""
     # The running configuration's error stands for every untried one's: what the planner would choose were the
     # model no more wrong elsewhere than here.
-    assumed = max(1.0, *margin_of(memory, running.config, tuning))
+    assumed = max(1.0, *tick.margin_of(memory, running.config, tuning))
     hopeful = replace(inputs, tuning=replace(tuning, unmeasured_margin=assumed))
     avoid = failed(memory, inputs.now_s, intent.horizon_seconds)
-    best, candidate, result = search(hopeful, memory, load, inputs.allocation_watts, energy_model, avoid=avoid)
+    best, candidate, result = tick.search(hopeful, memory, load, inputs.allocation_watts, energy_model, avoid=avoid)
     if best is None or candidate is None or result is None or not result.feasible:
         return memory, ""
-    key = margin_key(best.config)
+    key = tick.margin_key(best.config)
     if any(r.configuration == key for r in memory.margins):
         return memory, ""  # measured already: the planner judges it with its own margin
     if any(r.configuration == key and inputs.now_s - r.left_at_s < intent.horizon_seconds
