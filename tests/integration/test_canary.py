@@ -6,22 +6,22 @@ service does not own is never touched, and a NameConflict condition says why no 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from wattkeeper.control import Canary, Plan, RecentConfiguration, TickDecision
-from wattkeeper.controller import decide as decide_module
+from wattkeeper.control import Plan
+from wattkeeper.control.tick import margin_key
 from wattkeeper.controller.decide import running_plan
 from wattkeeper.controller.loop import ControlLoop
 from wattkeeper.controller.runner import build_dependencies
 from wattkeeper.controller.services import reconcile_service
 from wattkeeper.controller.settings import OperatorSettings
-from wattkeeper.energy.model import EnergyModel
 from wattkeeper.energy.types import ServingConfig
 from wattkeeper.render import LABEL_ROLE, LABEL_SERVICE, ROLE_CANARY, canary_name
+
+from tests.support.canary import fake_canary
 
 pytestmark = pytest.mark.integration
 
@@ -37,22 +37,6 @@ def service(name: str) -> dict[str, Any]:
                  "slo": {"ttftP95Seconds": 2, "itlP95Seconds": 0.1}, "accelerator": {"type": "H100"},
                  "scaling": {"minReplicas": 1, "maxReplicas": 2}},
     }
-
-
-def fake_canary(monkeypatch: pytest.MonkeyPatch, canary: Plan | None, reason: str) -> None:
-    """The core's decision as it is, with the canary this test decides (as tests/unit/test_canary_operator.py)."""
-    real = decide_module.decide_tick
-
-    def fake(inputs: Any, model: EnergyModel) -> TickDecision:
-        tick = real(inputs, model)
-        remembered = inputs.memory.canary if inputs.memory.canary is not None and canary is not None \
-            and inputs.memory.canary.plan == canary else (Canary(canary, inputs.now_s) if canary else None)
-        ended = tick.memory.canaries_ended
-        if canary is None and inputs.memory.canary is not None:
-            ended += (RecentConfiguration(inputs.memory.canary.plan.describe(), inputs.now_s),)
-        return replace(tick, canary=canary, canary_reason=reason,
-                       memory=replace(tick.memory, canary=remembered, canaries_ended=ended))
-    monkeypatch.setattr(decide_module, "decide_tick", fake)
 
 
 def reasons(core: client.CoreV1Api, namespace: str, name: str) -> list[str]:
@@ -118,7 +102,7 @@ def test_a_canary_runs_beside_the_fleet_and_ends(api_client, namespace, monkeypa
     assert gone.value.status == 404
     status = body()["status"]
     assert "canary" not in status
-    assert [e["configuration"] for e in status["canariesEnded"]] == [CANARY.describe()]
+    assert [e["configuration"] for e in status["canariesEnded"]] == [margin_key(CANARY.config)]
     assert "CanaryEnded" in reasons(core, namespace, "chat")
     assert apps.read_namespaced_deployment("chat", namespace).metadata.uid == main.metadata.uid  # the fleet stays
 

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 from wattkeeper.api import LLMService
-from wattkeeper.control import Canary, Memory, Plan, RecentConfiguration, TickDecision
-from wattkeeper.controller import decide as decide_module
+from wattkeeper.control import Canary, Memory, Plan, RecentConfiguration
 from wattkeeper.controller.decide import (
     Allocation,
     DeploymentState,
@@ -45,6 +44,8 @@ from wattkeeper.render import canary_name, config_hash, render_canary_deployment
 from wattkeeper.telemetry import ServiceObservation, TelemetryUnavailable
 from wattkeeper.telemetry.base import pod_name_pattern
 from wattkeeper.telemetry.batch import service_of_pod
+
+from tests.support.canary import fake_canary
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 FLEET = Plan(ServingConfig("bf16", 2, 256, 8192), 2)
@@ -124,7 +125,7 @@ def test_a_canary_is_measured_only_while_status_says_one_runs() -> None:
     assert sorted(source.asked) == [("ns", "a"), ("ns", "b"), ("ns", "b-canary")]  # a's stray canary: no query
     reads = snap.reads("ns", "b")
     assert reads.canary_deployment is not None and isinstance(reads.canary_observation, ServiceObservation)
-    assert snap.canary_observation("ns", "b") is not None and snap.canary_observation("ns", "a") is None
+    assert snap.reads("ns", "a").canary_observation is None
     # A service named like another's canary is measured as itself, never as that canary.
     clash = _snapshot({"b": with_canary, "b-canary": {}}, ["b", "b-canary"])
     clash.measure(SimpleNamespace(telemetry=Recording(), settings=settings()))  # type: ignore[arg-type]
@@ -278,25 +279,9 @@ def test_the_run_flag_switches_canaries_on(monkeypatch: pytest.MonkeyPatch) -> N
 # --- decide: status, events ------------------------------------------------------------------------------------
 
 
-def _with_canary(monkeypatch: pytest.MonkeyPatch, canary: Plan | None, reason: str) -> None:
-    """The core's decision as it is, with the canary this test decides (the core's own rule is tested there)."""
-    real = decide_module.decide_tick
-
-    def fake(inputs: Any, model: EnergyModel) -> TickDecision:
-        tick = real(inputs, model)
-        remembered = inputs.memory.canary if inputs.memory.canary is not None and canary is not None \
-            and inputs.memory.canary.plan == canary else (Canary(canary, inputs.now_s) if canary else None)
-        ended = tick.memory.canaries_ended
-        if canary is None and inputs.memory.canary is not None:
-            ended += (RecentConfiguration("fp8 tp1 tok4096", inputs.now_s),)
-        return replace(tick, canary=canary, canary_reason=reason,
-                       memory=replace(tick.memory, canary=remembered, canaries_ended=ended))
-    monkeypatch.setattr(decide_module, "decide_tick", fake)
-
-
 def test_decide_writes_the_canary_and_says_when_it_starts_and_ends(monkeypatch: pytest.MonkeyPatch) -> None:
     svc = service()
-    _with_canary(monkeypatch, CANARY, "fp8 tp1 would save 20%: measured beside the fleet first")
+    fake_canary(monkeypatch, CANARY, "fp8 tp1 would save 20%: measured beside the fleet first")
     first = decide(ServiceInputs(svc, {}, Allocation(), None, None, DeploymentState(), NOW), EM, settings(canaries=True))
     assert first.canary == CANARY
     assert first.status["canary"]["configuration"] == CANARY.describe()
@@ -306,7 +291,7 @@ def test_decide_writes_the_canary_and_says_when_it_starts_and_ends(monkeypatch: 
                    EM, settings(canaries=True))
     assert again.canary == CANARY and again.status["canary"] == status["canary"]  # unchanged: no write, no event
     assert not [e for e in again.events if e[1].startswith("Canary")]
-    _with_canary(monkeypatch, None, "fp8 tp1 learned: margin 1.1")
+    fake_canary(monkeypatch, None, "fp8 tp1 learned: margin 1.1")
     ended = decide(ServiceInputs(svc, status, Allocation(), None, None, DeploymentState(), NOW + timedelta(seconds=60)),
                    EM, settings(canaries=True))
     assert ended.canary is None and "canary" not in ended.status
@@ -315,7 +300,7 @@ def test_decide_writes_the_canary_and_says_when_it_starts_and_ends(monkeypatch: 
 
 
 def test_decide_never_runs_a_canary_that_may_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    _with_canary(monkeypatch, CANARY, "would save")
+    fake_canary(monkeypatch, CANARY, "would save")
     for inputs, conf in (
         (ServiceInputs(service(mode="Pinned"), {}, Allocation(), None, None, DeploymentState(), NOW), settings(canaries=True)),
         (ServiceInputs(service(), {}, Allocation(), None, None, DeploymentState(), NOW), settings(canaries=False)),

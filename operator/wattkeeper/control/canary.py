@@ -57,9 +57,12 @@ def with_canary_load(signals: Signals | None, canary: Signals | None) -> Signals
         return x if y is None else (y if x is None else x + y)
 
     def weighted(x: float | None, y: float | None) -> float | None:
+        """Means weighted by the requests each finished."""
         wx, wy = signals.finished_requests_per_second or 0.0, canary.finished_requests_per_second or 0.0
-        if x is None or y is None or wx + wy <= 0:
-            return x if y is None or wy <= 0 else y if x is None else x
+        if y is None or wy <= 0:
+            return x
+        if x is None or wx <= 0:
+            return y
         return (x * wx + y * wy) / (wx + wy)
 
     return replace(

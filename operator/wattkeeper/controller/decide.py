@@ -257,7 +257,7 @@ def fleet_state(service: LLMService, dep: DeploymentState, running: Plan | None)
 
 
 def canaries_allowed(inputs: ServiceInputs, settings: OperatorSettings) -> bool:
-    """Whether the core may run a canary for this service: the operator's setting (--no-canaries), never for a
+    """Whether the core may run a canary for this service: the operator's setting (`canaries`, off by default), never for a
     Pinned service (served as written), never where the name `<name>-canary` is taken (`canary_conflict`)."""
     return settings.canaries and inputs.service.spec.mode != ServiceMode.PINNED and inputs.canary_conflict is None
 

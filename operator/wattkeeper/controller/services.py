@@ -226,9 +226,9 @@ def canary_conflict(service: LLMService, deployment: dict[str, Any] | None,
     if canary_deployment is not None and not is_canary_of(service, canary_deployment):
         return (f"Deployment {canary_name(name)} exists and is not this service's canary (another LLMService's "
                 "Deployment?): no canary runs for this service")
-    labels = ((deployment or {}).get("metadata") or {}).get("labels") or {}
-    if labels.get(LABEL_ROLE) == ROLE_CANARY and labels.get(LABEL_SERVICE) != name:
-        return (f"Deployment {name} is the canary of LLMService {labels.get(LABEL_SERVICE)}: this service's "
+    if deployment is not None and _is_foreign_canary(service, deployment):
+        owner = ((deployment.get("metadata") or {}).get("labels") or {}).get(LABEL_SERVICE)
+        return (f"Deployment {name} is the canary of LLMService {owner}: this service's "
                 "Deployment is not applied until it ends; a name that does not end in -canary avoids this")
     return None
 

@@ -98,12 +98,6 @@ class Snapshot:
                      canary_deployment=self.deployments.get(canary),
                      canary_observation=self.observations.get(canary) if canary not in self.services else None)
 
-    def canary_observation(self, namespace: str, name: str) -> ServiceObservation | None:
-        """The canary's watts as this pass measured them (None: no canary, or nothing usable)."""
-        canary = (namespace, canary_name(name))
-        outcome = self.observations.get(canary) if canary not in self.services else None
-        return outcome if isinstance(outcome, ServiceObservation) else None
-
     def services_in(self, namespace: str) -> list[dict[str, Any]]:
         return [body for (ns, _), body in self.services.items() if ns == namespace]
 
