@@ -372,7 +372,7 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
     observation: ServiceObservation | None = None
     telemetry_error: str | None = None
     if state.exists and state.ready_replicas > 0:
-        outcome = _observe(deps, namespace, name, reads.observation)
+        outcome = _observe_pods(deps, namespace, name, reads.observation)
         if isinstance(outcome, TelemetryUnavailable):
             telemetry_error = outcome.reason
         else:
@@ -384,7 +384,7 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
     canary_state = deployment_state(live_canary)
     canary_observation: ServiceObservation | None = None
     if canary_expected(old_status) and canary_state.ready_replicas > 0:
-        canary_outcome = _observe(deps, namespace, canary_name(name), reads.canary_observation)
+        canary_outcome = _observe_pods(deps, namespace, canary_name(name), reads.canary_observation)
         if not isinstance(canary_outcome, TelemetryUnavailable):
             canary_observation = canary_outcome
     inputs = ServiceInputs(
@@ -455,7 +455,7 @@ def _reconcile_service(deps: Dependencies, body: dict[str, Any], trigger: str,
     return decision
 
 
-def _observe(deps: Dependencies, namespace: str, name: str,
+def _observe_pods(deps: Dependencies, namespace: str, name: str,
              outcome: ServiceObservation | TelemetryUnavailable | None) -> ServiceObservation | TelemetryUnavailable:
     """The batch's outcome for the pods of Deployment `name`, or one observation of them now."""
     if outcome is not None:
