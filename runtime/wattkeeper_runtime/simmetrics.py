@@ -18,11 +18,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from .engine import BatchingEngine, EngineRequest, StepResult
 
-_TTFT_BUCKETS = (
+TTFT_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
     160.0, 640.0, 2560.0,
 )  # fmt: skip
-_ITL_BUCKETS = (
+ITL_BUCKETS = (
     0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
 )  # fmt: skip
 _REQUEST_LATENCY_BUCKETS = (
@@ -108,23 +108,23 @@ class VllmMetrics:
             "vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.", token_buckets
         ).labels(*labels)
         self.ttft = histogram(
-            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", _TTFT_BUCKETS
+            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS
         ).labels(*labels)
         # 0.11 keeps the deprecated name alongside its replacement; dashboards use either.
         self.tpot = histogram(
             "vllm:time_per_output_token_seconds",
             "Histogram of time per output token in seconds.DEPRECATED: Use vllm:inter_token_latency_seconds instead.",
-            _ITL_BUCKETS,
+            ITL_BUCKETS,
         ).labels(*labels)
         self.itl = histogram(
-            "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", _ITL_BUCKETS
+            "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", ITL_BUCKETS
         ).labels(*labels)
         # Once per finished request, its mean ITL (vLLM 0.11.1 v1/metrics/loggers.py:802-830; same buckets as
         # inter_token_latency).
         self.request_itl = histogram(
             "vllm:request_time_per_output_token_seconds",
             "Histogram of time_per_output_token_seconds per request.",
-            _ITL_BUCKETS,
+            ITL_BUCKETS,
         ).labels(*labels)
         self.e2e = histogram(
             "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", _REQUEST_LATENCY_BUCKETS

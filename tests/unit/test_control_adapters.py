@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,10 +11,18 @@ import pytest
 from wattkeeper.api import EnergyBudget, LLMService, ServingConfigSpec
 from wattkeeper.control.budget import decide_budget
 from wattkeeper.controller.budgets import accounting_status, budget_intent, budget_memory, service_load
-from wattkeeper.controller.decide import DeploymentState, fleet_state, memory_from_status, running_plan
+from wattkeeper.controller.decide import (
+    DeploymentState,
+    fleet_state,
+    memory_from_status,
+    running_plan,
+    signals_from_observation,
+    within_slo_share,
+)
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.energy.types import Plan, ServingConfig, Workload
 from wattkeeper.render import config_hash
+from wattkeeper.telemetry import ServiceObservation
 
 PLAN = Plan(ServingConfig("fp8", 2, 128, 8192, gpu_power_limit_watts=500.0), 3)
 
@@ -73,6 +82,25 @@ def test_status_round_trip_of_the_core_memory() -> None:
         memory.last_applied_s + 10, memory.last_applied_s + 40, 2)  # type: ignore[operator]
     assert [(r.configuration, r.left_at_s) for r in canaried.canaries_ended] == [
         ("bf16 tp4 tok8192", memory.last_applied_s - 19 * 60)]  # type: ignore[operator]
+    # The tail's evidence (control/tail.py) outlives it as well.
+    assert (memory.tail_measured_misses, memory.tail_predicted_misses) == (0.0, 0.0)
+    tailed = memory_from_status({**status, "observed": {**status["observed"], "sloMissesMeasured": 1.5,
+                                                        "sloMissesPredicted": 6.0}}, Workload(1.0))
+    assert (tailed.tail_measured_misses, tailed.tail_predicted_misses) == (1.5, 6.0)
+
+
+def test_requests_over_the_slos_are_read_from_the_histograms_buckets() -> None:
+    obs = ServiceObservation(watts=500.0, requests_per_second=5.0,
+                             ttft_bucket_rates=((1.0, 4.0), (2.5, 4.9), (math.inf, 5.0)),
+                             request_itl_bucket_rates=((0.075, 4.0), (0.1, 4.75), (math.inf, 5.0)))
+    s = signals_from_observation(obs, 60.0, (2.0, 0.1))
+    assert s is not None
+    # TTFT over 2 s: those over the 2.5-s bound (a lower bound); mean ITL over 0.1 s: exact, a bound.
+    assert (s.ttft_misses, s.ttft_observed) == pytest.approx((6.0, 300.0))
+    assert (s.itl_misses, s.itl_observed) == pytest.approx((15.0, 300.0))
+    assert within_slo_share(obs, 60.0, (2.0, 0.1)) == pytest.approx(0.93)
+    assert signals_from_observation(obs, 60.0).ttft_misses is None  # type: ignore[union-attr]  # no SLOs asked
+    assert within_slo_share(ServiceObservation(watts=1.0), 60.0, (2.0, 0.1)) is None
 
 
 def test_fleet_state_sees_drift_and_rolls() -> None:

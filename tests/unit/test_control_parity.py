@@ -9,6 +9,7 @@ status (serialised as the API server holds it); the benchmark keeps it in the po
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +26,7 @@ from wattkeeper.controller.settings import OperatorSettings
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.render import config_hash
 from wattkeeper.telemetry import ServiceObservation
+from wattkeeper_runtime.simmetrics import ITL_BUCKETS, TTFT_BUCKETS
 
 BASE = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 EM = EnergyModel.default()
@@ -75,9 +77,24 @@ def steps() -> list[Step]:
     return out
 
 
+def window_latencies(step: Step) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The window's TTFTs and finished requests' mean ITLs: most well within the SLOs, 2% over each."""
+    n = int(step.finished_rps * WINDOW_S)
+    late = max(n // 50, 1)
+    return ((step.ttft_s,) * (n - late) + (3.0,) * late, (step.itl_s * 0.8,) * (n - late) + (0.06,) * late)
+
+
+def cumulative_rates(values: tuple[float, ...], bounds: tuple[float, ...]) -> tuple[tuple[float, float], ...]:
+    """A histogram's cumulative bucket rates as Prometheus' `sum by (le) (rate(..._bucket[60s]))` gives them."""
+    return tuple((le, sum(1 for v in values if v <= le) / WINDOW_S) for le in (*bounds, math.inf))
+
+
 def observation(step: Step, replicas: int) -> ServiceObservation:
     ready = replicas - 1 if step.rolling else replicas
+    ttfts, itls = window_latencies(step)
     return ServiceObservation(
+        ttft_bucket_rates=cumulative_rates(ttfts, TTFT_BUCKETS),
+        request_itl_bucket_rates=cumulative_rates(itls, ITL_BUCKETS),
         watts=step.watts_per_replica * replicas, output_tokens_per_second=step.finished_rps * OUT_TOKENS,
         requests_per_second=step.finished_rps, prompt_tokens_per_second=step.finished_rps * IN_TOKENS,
         ttft_p95_seconds=step.ttft_s, itl_p95_seconds=step.itl_s, running_requests=10.0,
@@ -93,7 +110,8 @@ def bench_observation(step: Step, replicas: int) -> Observation:
         itl_p95_seconds=step.itl_s, running_requests=10, waiting_requests=int(step.waiting), serving_replicas=ready,
         loading_replicas=1 if step.rolling else 0, draining_replicas=0, active_per_replica_mean=0.0,
         finished_requests_per_second=step.finished_rps, mean_waiting_requests=step.waiting,
-        mean_running_requests=10.0,
+        mean_running_requests=10.0, window_ttfts_s=window_latencies(step)[0],
+        window_mean_itls_s=window_latencies(step)[1],
     )
 
 
@@ -149,7 +167,7 @@ def comparable(memory: Any, offset_s: float) -> tuple[Any, ...]:
     return (memory.running, shift(memory.last_applied_s), memory.planned_load, memory.peak_load_rps,
             shift(memory.peak_load_at_s), memory.power_correction, memory.ttft_correction, memory.itl_correction,
             recent, memory.margins, memory.awaiting_rollout, shift(memory.rolled_out_s), memory.bridged_limit_watts,
-            shift(memory.missed_since_s), canary, ended)
+            shift(memory.missed_since_s), canary, ended, memory.tail_measured_misses, memory.tail_predicted_misses)
 
 
 def test_operator_and_benchmark_decide_the_same() -> None:
@@ -178,6 +196,8 @@ def test_operator_and_benchmark_decide_the_same() -> None:
         remembered = memory_from_status(op.status, intent_from_service(op.svc).default_workload)
         assert comparable(remembered, BASE.timestamp()) == comparable(policy.memory, 0.0), f"t={step.t_s}"
 
+    # Both learned the model's tail from the same requests over the SLOs (control/tail.py).
+    assert policy.memory.tail_measured_misses > 0 and policy.memory.tail_predicted_misses > 0
     causes = {cause for _, cause, _ in operator_log}
     # The sequence exercises the rule's main branches, so that parity means something.
     assert {"initial", "capacity", "unchanged", "allocation-cut"} <= causes, causes

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import generate_latest
+from wattkeeper.telemetry.buckets import over_threshold
 from wattkeeper.telemetry.promql import pod_series, service_total
 from wattkeeper.telemetry.scrape import DirectScrapeSource, exporter_urls_by_node, pod_power
 from wattkeeper_runtime.engine import EngineRequest
@@ -96,6 +97,8 @@ def test_scrape_reads_the_p95_of_requests_mean_itl_from_the_deltas_and_none_wher
     obs = source.observe_service("ns", "new", 10)
     # 20 new requests, 19 in (0.01, 0.025] and 1 in (0.2, 0.3]: the 19th lies at the top of the first.
     assert obs.request_itl_p95_seconds == pytest.approx(0.025)
+    # The buckets as read, per second over the window: one request of 20 over a 100-ms ITL SLO (control/tail.py).
+    assert over_threshold(0.1, obs.request_itl_bucket_rates, 10.0) == pytest.approx((1.0, 20.0))
     source.observe_service("ns", "old", 10)
     pods.now = 20.0
     old = source.observe_service("ns", "old", 10)  # a vLLM without the histogram

@@ -461,6 +461,13 @@ class ObservedFigures(StatusModel):
         description="Measured p95 over finished requests of each one's mean inter-token latency, s "
         "(vllm:request_time_per_output_token_seconds; absent where vLLM exports no such histogram).",
     )
+    within_slo_share: float | None = Field(
+        default=None, ge=0, le=1,
+        description="Share of the window's requests within both SLOs, at least: one minus the shares over the TTFT "
+        "SLO (vllm:time_to_first_token_seconds) and over the ITL SLO by their mean inter-token latency "
+        "(vllm:request_time_per_output_token_seconds), counted above the first histogram bucket at or over each "
+        "SLO.",
+    )
     running_requests: float | None = Field(default=None, description="Requests in the running batch, all replicas.")
     waiting_requests: float | None = Field(default=None, description="Requests queued, all replicas.")
     power_correction: float | None = Field(default=None, description="Measured over predicted power, smoothed.")
@@ -476,6 +483,20 @@ class ObservedFigures(StatusModel):
         default=None, ge=0,
         description="The part of peakLoadRps a trend forecast one model load ahead rather than measured; dropped "
         "once that time has come and the measured rate has not risen.",
+    )
+    slo_misses_measured: float | None = Field(
+        default=None, ge=0,
+        description="Requests measured over an SLO in the recent windows, each window counting 0.9x the one after "
+        "it: the evidence the planner's tail is learned from (missScale).",
+    )
+    slo_misses_predicted: float | None = Field(
+        default=None, ge=0,
+        description="Requests the model predicted over an SLO for the same windows, at their load, as planned.",
+    )
+    miss_scale: float | None = Field(
+        default=None, gt=0,
+        description="What the planner multiplies its predicted shares of late requests by: measured over predicted "
+        "misses, each with a prior of 5, within 0.5-4.",
     )
     latency_margins: list[LatencyMarginStatus] = Field(
         default_factory=list, max_length=8,

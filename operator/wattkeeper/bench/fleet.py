@@ -93,6 +93,10 @@ class Observation:
     # observed then, its _count read at every scrape), and the prompt and output lengths of the requests that
     # finished (vllm:request_prompt_tokens / request_generation_tokens are observed at the finish).
     history_end_s: float | None = None
+    # Each TTFT observed in the window (at the first token) and each finished request's mean ITL (at its finish):
+    # vLLM's histograms hold them as bucket counts (the share over an SLO is a bucket's count over the total).
+    window_ttfts_s: tuple[float, ...] = ()
+    window_mean_itls_s: tuple[float, ...] = ()
     first_token_s: tuple[float, ...] = ()
     finished_prompt_tokens: tuple[int, ...] = ()
     finished_output_tokens: tuple[int, ...] = ()
@@ -646,6 +650,8 @@ class FleetSimulator:
             mean_running_requests=float(np.mean([w.active_total - w.waiting_total for w in window])) if window else 0.0,
             request_itl_p95_seconds=float(np.percentile(mean_itls, 95)) if mean_itls else None,
             history_end_s=end_s,
+            window_ttfts_s=tuple(ttfts),
+            window_mean_itls_s=tuple(mean_itls),
         )
 
 

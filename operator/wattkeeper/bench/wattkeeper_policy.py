@@ -18,12 +18,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from wattkeeper_runtime.simmetrics import build_1_2_5_buckets
+from wattkeeper_runtime.simmetrics import ITL_BUCKETS, TTFT_BUCKETS, build_1_2_5_buckets
 
 from ..control import FleetState, Memory, Plan, Signals, TickDecision, TickInputs, Tuning, decide_tick, settle_seconds
 from ..energy.model import EnergyModel
 from ..energy.types import ServingConfig
 from ..render.objects import TERMINATION_GRACE_SECONDS
+from ..telemetry.buckets import over_threshold
 from ..telemetry.history import token_samples
 from .fleet import FleetTarget, Observation
 from .policies import BenchSpec, Decision, trace_workload
@@ -34,7 +35,7 @@ MAX_TOKEN_SAMPLE = 2000
 
 
 def signals_of(obs: Observation, trace: Trace | None = None, lag_s: float = 0.0,
-               resolution_s: float = 15.0) -> Signals:
+               resolution_s: float = 15.0, slos: tuple[float, float] | None = None) -> Signals:
     """What the operator's telemetry shows of the simulated fleet over the trailing window; with `trace`, also the
     bursts and token lengths of the last `HISTORY_SECONDS` up to the last scrape (`recent_arrivals`)."""
     signals = Signals(
@@ -49,6 +50,12 @@ def signals_of(obs: Observation, trace: Trace | None = None, lag_s: float = 0.0,
         itl_p95_seconds=obs.itl_p95_seconds,
         request_itl_p95_seconds=obs.request_itl_p95_seconds,
     )
+    if slos is not None:
+        # As the operator reads them: vLLM's histograms' bucket counts, linear within the bucket an SLO falls in.
+        ttft = over_threshold(slos[0], window_bucket_rates(obs.window_ttfts_s, TTFT_BUCKETS, obs.window_s), obs.window_s)
+        itl = over_threshold(slos[1], window_bucket_rates(obs.window_mean_itls_s, ITL_BUCKETS, obs.window_s), obs.window_s)
+        signals = replace(signals, ttft_misses=ttft[0] if ttft else None, ttft_observed=ttft[1] if ttft else None,
+                          itl_misses=itl[0] if itl else None, itl_observed=itl[1] if itl else None)
     if trace is None:
         return signals
     if obs.history_end_s is not None and (obs.first_token_s or obs.finished_prompt_tokens):
@@ -59,6 +66,16 @@ def signals_of(obs: Observation, trace: Trace | None = None, lag_s: float = 0.0,
 # vLLM's token histograms' buckets: 1, 2, 5, 10, ... up to max-model-len (vLLM 0.11.1 v1/metrics/loggers.py
 # build_1_2_5_buckets(max_model_len)); Llama 3.1's context: 131,072 tokens.
 TOKEN_BUCKETS = (*build_1_2_5_buckets(131072), math.inf)
+
+
+def window_bucket_rates(values: tuple[float, ...], bounds: tuple[float, ...],
+                 window_s: float) -> tuple[tuple[float, float], ...]:
+    """A window's observations as a Prometheus histogram's cumulative bucket rates (per second), +Inf last."""
+    if not values or window_s <= 0:
+        return ()
+    v = np.sort(np.asarray(values, dtype=float))
+    edges = (*bounds, math.inf)
+    return tuple((le, float(np.searchsorted(v, le, side="right")) / window_s) for le in edges)
 
 
 def recent_telemetry(obs: Observation, resolution_s: float) -> dict[str, Any]:
@@ -216,7 +233,8 @@ class WattkeeperPolicy:
         return self._target(tick)
 
     def decide(self, obs: Observation, current: FleetTarget) -> FleetTarget | None:
-        signals = signals_of(obs, self.trace if self.bursts else None, self.telemetry_lag_s, self.scrape_interval_s)
+        signals = signals_of(obs, self.trace if self.bursts else None, self.telemetry_lag_s, self.scrape_interval_s,
+                             (self.spec.slo_ttft_p95_seconds, self.spec.slo_itl_p95_seconds))
         # The canary's own pods: their history as the operator's telemetry reads it (first tokens, token
         # histograms); where the fleet's counts are the trace's arrivals (a router's counter) they hold the
         # canary's share already.

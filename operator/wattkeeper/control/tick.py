@@ -20,6 +20,7 @@ from ..energy.types import ServingConfig, Workload
 from ..planner import Candidate, PlanRequest, PlanResult, SwitchDecision, model_load_seconds, plan, should_switch
 from ..planner.load import ArrivalSample, synthesised_sample
 from . import canary as canaries
+from . import tail
 from .corrections import latency_correction, power_correction
 from .load import estimate_load, offered_rate, p95_over_slo
 from .planning import (
@@ -271,7 +272,8 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
         served = offered_rate(s.finished_requests_per_second, s.waiting_requests, s.window_seconds)
         window = replace(load.workload, requests_per_second=max(served, rates[0]) if rates is not None else served)
         measured = replace(load, workload=window)
-        predicted = evaluate_in(tick_request(inputs, m, measured, None), m.running, energy_model)
+        predicted = evaluate_in(tick_request(inputs, m, measured, None, miss_scale=False), m.running,
+                                energy_model)
     ttft, itl = latency_correction((m.ttft_correction, m.itl_correction), *args, predicted=predicted)
     margins = m.margins
     # Only a measurement teaches a margin: without one (telemetry silent, nothing finished) the running
@@ -279,6 +281,14 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
     if queued and m.running is not None and predicted is not None \
             and (ttft, itl) != margin_of(m, m.running.config, inputs.tuning):
         margins = learned(m, m.running.config, ttft, itl)
+    if queued and inputs.tuning.learn_tail and predicted is not None and m.running is not None:
+        # The tail's evidence: the running plan's share within both at this window's load as it is planned (the
+        # margins just learned), against the requests measured over the SLOs.
+        with_margins = replace(m, margins=margins)
+        as_planned = evaluate_in(tick_request(inputs, with_margins, measured, None, miss_scale=False,
+                                              margin=margin_of(with_margins, m.running.config, inputs.tuning)),
+                                 m.running, energy_model)
+        m = tail.learned(m, s, as_planned.predicted_within_share if as_planned is not None else None)
     return replace(m, power_correction=power, ttft_correction=ttft, itl_correction=itl, margins=margins,
                    peak_load_rps=load.peak_load_rps, peak_load_at_s=load.peak_load_at_s,
                    peak_forecast_rps=load.peak_forecast_rps)
@@ -375,7 +385,8 @@ def learned(memory: Memory, config: ServingConfig, ttft: float, itl: float) -> t
 
 
 def tick_request(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocation_watts: float | None,
-                 only: Plan | None = None, margin: tuple[float, float] = (1.0, 1.0)) -> PlanRequest:
+                 only: Plan | None = None, margin: tuple[float, float] = (1.0, 1.0),
+                 miss_scale: bool = True) -> PlanRequest:
     """The planner's question this tick: the load, the corrections, the allocation. Every plan of a tick (the
     proposal, the running plan, the rescale) is judged by this one question, so their figures compare.
 
@@ -390,6 +401,8 @@ def tick_request(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocat
     request = plan_request(inputs.intent, load.workload, planned_watts(allocation_watts), memory.power_correction,
                            corrections, only=only)
     request = scored(request, inputs.intent, tuning, load.bursts, margin)
+    if queued and tuning.learn_tail and miss_scale:
+        request = replace(request, miss_scale=tail.scale(memory))
     sample = replay_sample(inputs.signals) if queued and tuning.verify_by_replay else None
     if sample is None:
         return request

@@ -84,6 +84,13 @@ class Signals:
     burst_requests_per_second: float | None = None
     prompt_tokens_sample: tuple[float, ...] = ()
     output_tokens_sample: tuple[float, ...] = ()
+    # Requests over each SLO over the window, and how many were measured: TTFTs observed over the TTFT SLO
+    # (vllm:time_to_first_token_seconds buckets) and finished requests whose mean ITL exceeded the ITL SLO
+    # (vllm:request_time_per_output_token_seconds buckets). `control/tail.py` learns the model's tail from them.
+    ttft_misses: float | None = None
+    ttft_observed: float | None = None
+    itl_misses: float | None = None
+    itl_observed: float | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,10 @@ class Memory:
     # service's horizon.
     canary: Canary | None = None
     canaries_ended: tuple[RecentConfiguration, ...] = ()
+    # The model's tail (`control/tail.py`): requests measured over an SLO and those the model predicted for the
+    # same windows, both decayed; their ratio scales the predicted shares of misses.
+    tail_measured_misses: float = 0.0
+    tail_predicted_misses: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -196,6 +207,8 @@ class Tuning:
     # `synthesised_sample`), and the cheapest verified one wins. Off by default: on the benchmark it cost energy
     # (plain 23.60 -> 23.98 kWh, capped 20.49 -> 20.71 kWh) for no criterion met (bench/README.md).
     verify_by_replay: bool = False
+    # Learn the model's tail from the requests measured over the SLOs (`control/tail.py`).
+    learn_tail: bool = True
     # With it, the replay also judges cheaper plans the model doubts a little (predicted share within both at
     # least this; None: only plans the model finds feasible). 0.95 cost more still (24.09 / 20.69 kWh).
     verify_relaxed_share: float | None = None

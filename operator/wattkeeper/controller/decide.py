@@ -28,12 +28,14 @@ from wattkeeper.control import (
     decide_tick,
     settle_seconds,
     significant,
+    tail,
 )
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.energy.types import Workload
 from wattkeeper.render import RenderError, config_hash
 from wattkeeper.render.objects import TERMINATION_GRACE_SECONDS, vllm_argv
 from wattkeeper.telemetry import ServiceObservation
+from wattkeeper.telemetry.buckets import over_threshold
 
 from .conditions import set_condition
 from .planning import intent_from_service, predicted_figures
@@ -181,6 +183,8 @@ def memory_from_status(status: dict[str, Any], default_workload: Workload) -> Me
         power_correction=float(observed.get("powerCorrection") or 1.0),
         ttft_correction=float(observed.get("ttftCorrection") or 1.0),
         itl_correction=float(observed.get("itlCorrection") or 1.0),
+        tail_measured_misses=float(observed.get("sloMissesMeasured") or 0.0),
+        tail_predicted_misses=float(observed.get("sloMissesPredicted") or 0.0),
         margins=tuple(
             ConfigMargin(str(r["configuration"]), float(r.get("ttft") or 1.0), float(r.get("itl") or 1.0))
             for r in observed.get("latencyMargins") or [] if r.get("configuration")
@@ -231,9 +235,14 @@ def canaries_ended_status(memory: Memory, now: datetime) -> list[dict[str, Any]]
             for r in memory.canaries_ended]
 
 
-def signals_from_observation(obs: ServiceObservation | None, window_seconds: float) -> Signals | None:
+def signals_from_observation(obs: ServiceObservation | None, window_seconds: float,
+                             slos: tuple[float, float] | None = None) -> Signals | None:
+    """The core's signals from a telemetry read; with `slos` (TTFT, ITL seconds), the requests over each counted
+    on vLLM's histograms (`telemetry/buckets.py over_threshold`)."""
     if obs is None:
         return None
+    ttft = over_threshold(slos[0], obs.ttft_bucket_rates, window_seconds) if slos else None
+    itl = over_threshold(slos[1], obs.request_itl_bucket_rates, window_seconds) if slos else None
     return Signals(
         window_seconds=window_seconds, watts=obs.watts, finished_requests_per_second=obs.requests_per_second,
         waiting_requests=obs.waiting_requests, running_requests=obs.running_requests,
@@ -243,7 +252,25 @@ def signals_from_observation(obs: ServiceObservation | None, window_seconds: flo
         burst_requests_per_second=obs.burst_requests_per_second,
         arrival_counts=obs.arrival_counts, arrival_resolution_seconds=obs.arrival_resolution_seconds,
         prompt_tokens_sample=obs.prompt_tokens_sample, output_tokens_sample=obs.output_tokens_sample,
+        ttft_misses=ttft[0] if ttft else None, ttft_observed=ttft[1] if ttft else None,
+        itl_misses=itl[0] if itl else None, itl_observed=itl[1] if itl else None,
     )
+
+
+def svc_slos(service: LLMService) -> tuple[float, float]:
+    """A service's (TTFT, ITL) SLOs in seconds."""
+    return service.spec.slo.ttft_p95_seconds, service.spec.slo.itl_p95_seconds
+
+
+def within_slo_share(obs: ServiceObservation | None, window_seconds: float,
+                     slos: tuple[float, float]) -> float | None:
+    """The share of the window's requests within both SLOs, at least (status.observed.withinSloShare): one minus the
+    shares over each (the two may overlap), counted on vLLM's histograms; None without the TTFT histogram."""
+    s = signals_from_observation(obs, window_seconds, slos)
+    if s is None or not s.ttft_observed or s.ttft_misses is None:
+        return None
+    over = s.ttft_misses / s.ttft_observed + ((s.itl_misses or 0.0) / s.itl_observed if s.itl_observed else 0.0)
+    return round(max(0.0, 1.0 - over), 4)
 
 
 def fleet_state(service: LLMService, dep: DeploymentState, running: Plan | None) -> FleetState:
@@ -272,7 +299,8 @@ def tick_inputs(inputs: ServiceInputs, settings: OperatorSettings) -> TickInputs
     return TickInputs(
         intent=intent,
         memory=memory,
-        signals=signals_from_observation(inputs.observation, inputs.telemetry_window_seconds),
+        signals=signals_from_observation(inputs.observation, inputs.telemetry_window_seconds,
+                                         (intent.slo_ttft_p95_seconds, intent.slo_itl_p95_seconds)),
         fleet=fleet_state(svc, inputs.deployment, running_plan(inputs.status)),
         now_s=inputs.now.timestamp(),
         spec_changed=inputs.status.get("observedGeneration") != svc.metadata.generation,
@@ -285,7 +313,8 @@ def tick_inputs(inputs: ServiceInputs, settings: OperatorSettings) -> TickInputs
                       verify_by_replay=settings.verify_by_replay,
                       canaries=canaries_allowed(inputs, settings)),
         # The canary's own pods: measured only while status says one runs (`canary_observation` is None else).
-        canary_signals=signals_from_observation(inputs.canary_observation, inputs.telemetry_window_seconds)
+        canary_signals=signals_from_observation(inputs.canary_observation, inputs.telemetry_window_seconds,
+                                                (intent.slo_ttft_p95_seconds, intent.slo_itl_p95_seconds))
         if canary is not None else None,
         canary_fleet=fleet_state(svc, inputs.canary_deployment, canary),
     )
@@ -354,7 +383,7 @@ def _append_decision(status: dict[str, Any], now: datetime, action: str, reason:
 # rewrote an idle service's status; the planner reads its corrections unsteadied, so this only quiets the display.
 STATUS_DEADBAND = 0.05
 MEASURED_KEYS = ("watts", "joulesPerToken", "tokensPerSecond", "requestsPerSecond", "ttftP95Seconds", "itlP95Seconds",
-                 "requestItlP95Seconds", "runningRequests", "waitingRequests")
+                 "requestItlP95Seconds", "withinSloShare", "runningRequests", "waitingRequests")
 
 
 def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorSettings) -> ServiceDecision:
@@ -469,6 +498,9 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
                            f"the added replicas serve: GPU power limit back to {float(lifted):g} W"))
     remembered: dict[str, Any] = {"powerCorrection": memory.power_correction,
                                   "ttftCorrection": memory.ttft_correction, "itlCorrection": memory.itl_correction}
+    if memory.tail_measured_misses or memory.tail_predicted_misses:
+        remembered.update(sloMissesMeasured=memory.tail_measured_misses,
+                          sloMissesPredicted=memory.tail_predicted_misses, missScale=significant(tail.scale(memory)))
     if memory.margins:
         remembered["latencyMargins"] = [{"configuration": r.configuration, "ttft": r.ttft, "itl": r.itl}
                                         for r in memory.margins]
@@ -479,6 +511,7 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
             "requestsPerSecond": significant(obs.requests_per_second),
             "ttftP95Seconds": significant(obs.ttft_p95_seconds), "itlP95Seconds": significant(obs.itl_p95_seconds),
             "requestItlP95Seconds": significant(obs.request_itl_p95_seconds),
+            "withinSloShare": within_slo_share(obs, inputs.telemetry_window_seconds, svc_slos(inputs.service)),
             "runningRequests": significant(obs.running_requests),
             "waitingRequests": significant(obs.waiting_requests),
             **remembered,

@@ -86,6 +86,9 @@ class PlanRequest:
     # Learned measured/predicted latency (planner/verify.py LatencyMargin): predictions are multiplied by these.
     ttft_margin: float = 1.0
     itl_margin: float = 1.0
+    # With slo_basis "requests": measured over predicted requests over the SLOs (control/tail.py), on the
+    # predicted shares of misses.
+    miss_scale: float = 1.0
     # Queued model: max-num-batched-tokens from 512 up (CHUNK_BUDGET_OPTIONS), keeping only budgets whose step
     # with a full chunk beside the planned batch stays within the ITL SLO; ties prefer the largest.
     chunk_budget_within_itl: bool = False
@@ -513,6 +516,10 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
         allowed = 1.0 - request.request_share
         ttft_miss = r["ttft_miss_share"]
         itl_miss = r["itl_miss_share"]
+        if request.miss_scale != 1.0:
+            # A fleet that cannot carry the load misses all its requests, whatever the tail.
+            ttft_miss = np.minimum(ttft_miss * np.where(has_capacity, request.miss_scale, 1.0), 1.0)
+            itl_miss = np.minimum(itl_miss * request.miss_scale, 1.0)
         within_share = 1.0 - np.minimum(ttft_miss + itl_miss, 1.0)
         meets_ttft = (ttft_miss <= allowed) & (ttft_miss + itl_miss <= allowed) & has_capacity
         meets_itl = itl_miss <= allowed

@@ -42,6 +42,11 @@ class ServiceObservation:
     arrival_resolution_seconds: float | None = None
     prompt_tokens_sample: tuple[float, ...] = ()
     output_tokens_sample: tuple[float, ...] = ()
+    # Cumulative bucket rates (le, observations per second over the window; +Inf last) of
+    # vllm:time_to_first_token_seconds and vllm:request_time_per_output_token_seconds: how many requests were over
+    # an SLO (telemetry/buckets.py `over_threshold`). Empty where no such histogram was read.
+    ttft_bucket_rates: tuple[tuple[float, float], ...] = ()
+    request_itl_bucket_rates: tuple[tuple[float, float], ...] = ()
 
     @property
     def joules_per_token(self) -> float | None:

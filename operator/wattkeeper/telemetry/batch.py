@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from .base import ServiceObservation, TelemetrySource, TelemetryUnavailable, pod_name_pattern
+from .buckets import bucket_rates
 from .history import ARRIVALS_QUERY, History, arrival_counts, histogram_buckets, history_range, token_samples
 from .prometheus import POWER_QUERIES, PrometheusSource
 from .promql import pod_series
@@ -45,6 +46,8 @@ BUCKETS_BY_POD = {
     "request_itl_p95_seconds": "sum by (namespace, pod, le) "
     "(rate(vllm:request_time_per_output_token_seconds_bucket{{{sel}}}[{w}]))",
 }
+# The histograms whose buckets are also kept as read (ServiceObservation): requests over an SLO are counted on them.
+BUCKET_RATE_FIELDS = {"ttft_p95_seconds": "ttft_bucket_rates", "request_itl_p95_seconds": "request_itl_bucket_rates"}
 PODS_BY_POD = "count by (namespace, pod) (vllm:num_requests_running{{{sel}}})"
 # Bursts per service (prometheus.py LOAD_QUERIES "burst_requests_per_second"): the quantile of the service's
 # summed rate, not a sum of per-pod quantiles, so pods are grouped into their service (the Deployment's name, as
@@ -209,6 +212,8 @@ def observe_prometheus(source: PrometheusSource, keys: Iterable[ServiceKey],
         fields: dict[str, Any] = {field: values.get(key) for field, values in sums.items()}
         for field, per_key in quantiles.items():
             fields[field] = quantile_from_buckets(0.95, per_key.get(key, {}))
+        for field, bucket_field in BUCKET_RATE_FIELDS.items():
+            fields[bucket_field] = bucket_rates(quantiles[field].get(key, {}))
         observed = ServiceObservation(watts=watts, pods_reporting=int(pods.get(key, 0)), power_source=source_name,
                                       burst_requests_per_second=bursts.get(key), **fields)
         out[key] = replace(observed, **history.get(key, History())._asdict())

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from .base import ServiceObservation, TelemetryUnavailable, pod_name_pattern
+from .buckets import bucket_rates
 from .history import (
     ARRIVALS_QUERY,
     DEFAULT_ARRIVAL_RESOLUTION_SECONDS,
@@ -54,6 +55,11 @@ LOAD_QUERIES = {
     "[10m:10s])",
 }
 PODS_QUERY = "count(count by (pod) (vllm:num_requests_running{{{sel}}}))"
+# The buckets themselves (ServiceObservation.ttft_bucket_rates, request_itl_bucket_rates).
+BUCKET_QUERIES = {
+    "ttft_bucket_rates": "sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{{sel}}}[{w}]))",
+    "request_itl_bucket_rates": "sum by (le) (rate(vllm:request_time_per_output_token_seconds_bucket{{{sel}}}[{w}]))",
+}
 
 
 class PrometheusSource:
@@ -90,6 +96,19 @@ class PrometheusSource:
         value = float(result[0]["value"][1])
         return None if math.isnan(value) or math.isinf(value) else value
 
+    def _buckets(self, promql: str) -> tuple[tuple[float, float], ...]:
+        """A `sum by (le)` query's result as cumulative bucket rates; empty where it has no series."""
+        cumulative: dict[float, float] = {}
+        for row in self.query_result(promql):
+            try:
+                le = float(row["metric"]["le"])
+                value = float(row["value"][1])
+            except (KeyError, IndexError, TypeError, ValueError):
+                continue
+            if math.isfinite(value):
+                cumulative[le] = value
+        return bucket_rates(cumulative)
+
     def _history(self, sel: str) -> History:
         """Arrival counts and token samples over the last 10 minutes (telemetry/history.py); empty where
         Prometheus has no such series (an older vLLM, nothing scraped yet): the core then plans as before."""
@@ -123,5 +142,7 @@ class PrometheusSource:
         load: dict[str, Any] = {key: self._query(template.format(sel=sel, w=window))
                                 for key, template in LOAD_QUERIES.items()}
         pods = self._query(PODS_QUERY.format(sel=sel))
+        for key, template in BUCKET_QUERIES.items():
+            load[key] = self._buckets(template.format(sel=sel, w=window))
         observed = ServiceObservation(watts=watts, pods_reporting=int(pods or 0), power_source=source, **load)
         return replace(observed, **self._history(sel)._asdict())

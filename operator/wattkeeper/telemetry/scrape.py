@@ -18,6 +18,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from .base import ServiceObservation, TelemetryUnavailable
+from .buckets import bucket_rates
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ class DirectScrapeSource:
         rates: dict[str, float] = {}
         gauges: dict[str, float] = {}
         deltas: dict[str, dict[float, float]] = {}
+        bucket_per_second: dict[str, dict[float, float]] = {}
         reporting = 0
         exporters: dict[str, str | None] = {}
         for target in pods:
@@ -229,8 +231,11 @@ class DirectScrapeSource:
                 for hist, buckets in current.buckets.items():
                     before_buckets = previous.buckets.get(hist, {})
                     acc = deltas.setdefault(hist, {})
+                    per_second = bucket_per_second.setdefault(hist, {})
                     for le, count in buckets.items():
-                        acc[le] = acc.get(le, 0.0) + max(0.0, count - before_buckets.get(le, 0.0))
+                        delta = max(0.0, count - before_buckets.get(le, 0.0))
+                        acc[le] = acc.get(le, 0.0) + delta
+                        per_second[le] = per_second.get(le, 0.0) + delta / dt
         if not have_power:
             raise TelemetryUnavailable(
                 f"none of {len(pods)} pods of {namespace}/{service} reported GPU power: vLLM exports none, and no GPU "
@@ -244,6 +249,8 @@ class DirectScrapeSource:
             ttft_p95_seconds=quantile_from_buckets(0.95, deltas.get("ttft", {})),
             itl_p95_seconds=quantile_from_buckets(0.95, deltas.get("itl", {})),
             request_itl_p95_seconds=quantile_from_buckets(0.95, deltas.get("request_itl", {})),
+            ttft_bucket_rates=bucket_rates(bucket_per_second.get("ttft", {})),
+            request_itl_bucket_rates=bucket_rates(bucket_per_second.get("request_itl", {})),
             running_requests=gauges.get("vllm:num_requests_running"),
             waiting_requests=gauges.get("vllm:num_requests_waiting"),
             pods_reporting=reporting,
