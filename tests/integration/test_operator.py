@@ -203,6 +203,10 @@ def test_load_up_adds_capacity(operator, api_client, exporter, namespace) -> Non
     assert dep.spec.replicas == plan["replicas"]
     wait_for("the measured rate in status", lambda: get(api_client, namespace, "llmservices", "llama-8b")
              ["status"]["observed"].get("requestsPerSecond", 0) > 30)
+    # Every request over both SLOs (TTFT 3 s against 1 s, ITL 200 ms against 50 ms), read from the histograms'
+    # buckets through Prometheus (telemetry/buckets.py): none within.
+    wait_for("the share within the SLOs in status", lambda: get(api_client, namespace, "llmservices", "llama-8b")
+             ["status"]["observed"].get("withinSloShare") == 0)
 
 
 def test_telemetry_gone_holds_the_configuration(operator, api_client, exporter, namespace) -> None:  # type: ignore[no-untyped-def]
