@@ -250,6 +250,7 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
     # Nor while a canary serves a share of the load the fleet's prediction is made at.
     power = power_correction(m.power_correction, *args) if is_settled and m.canary is None else m.power_correction
     predicted: Candidate | None = None
+    measured: LoadEstimate | None = None  # the load of the window measured, where a prediction is made for it
     s = inputs.signals
     queued = inputs.tuning.latency_model == "queued"
     # The margin is learned on a settled plan only: right after a change the latency shows the backlog of the
@@ -281,7 +282,7 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
     if queued and m.running is not None and predicted is not None \
             and (ttft, itl) != margin_of(m, m.running.config, inputs.tuning):
         margins = learned(m, m.running.config, ttft, itl)
-    if queued and inputs.tuning.learn_tail and predicted is not None and m.running is not None:
+    if queued and inputs.tuning.learn_tail and measured is not None and m.running is not None:
         # The tail's evidence: the running plan's share within both at this window's load as it is planned (the
         # margins just learned), against the requests measured over the SLOs.
         with_margins = replace(m, margins=margins)
