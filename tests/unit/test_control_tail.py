@@ -100,3 +100,10 @@ def test_prometheus_source_reads_a_histograms_buckets() -> None:
 
     source = PrometheusSource("http://prom", client=httpx.Client(transport=httpx.MockTransport(answer)))
     assert source._buckets("sum by (le) (rate(x_bucket[60s]))") == ((0.05, 1.0), (0.1, 3.0), (math.inf, 4.0))
+
+
+@pytest.mark.parametrize("miss_scale", [0.5, 0.8, 1.0, 1.7, 4.0])
+def test_a_budget_prices_a_demand_with_the_services_own_tail(miss_scale: float) -> None:
+    measured, predicted = tail.evidence_for(miss_scale)
+    assert tail.scale(Memory(tail_measured_misses=measured, tail_predicted_misses=predicted)) == \
+        pytest.approx(miss_scale)

@@ -18,6 +18,7 @@ from functools import lru_cache
 from ..energy.model import EnergyModel
 from ..energy.types import Workload
 from ..planner import Candidate, PlanRequest, ServiceDemand, allocate_watts, plan
+from . import tail
 from .planning import allocation_for, plan_request, scored
 from .switching import OVERSHOOT_TOLERANCE
 from .tick import search
@@ -67,6 +68,7 @@ class ServiceLoad:
     load: Workload  # the measured load, else the planned-for one, else the spec's
     power_correction: float = 1.0
     margins: tuple[ConfigMargin, ...] = ()  # its tick's learned latency margins, as its status keeps them
+    miss_scale: float = 1.0  # its tick's learned tail (control/tail.py), as its status keeps it
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,9 @@ def service_demand(service: ServiceLoad, energy_model: EnergyModel) -> ServiceDe
 
 @lru_cache(maxsize=DEMAND_CACHE_SIZE)
 def _service_demand(service: ServiceLoad, energy_model: EnergyModel) -> ServiceDemand:
-    memory = Memory(power_correction=service.power_correction, margins=service.margins)
+    measured, predicted = tail.evidence_for(service.miss_scale)
+    memory = Memory(power_correction=service.power_correction, margins=service.margins,
+                    tail_measured_misses=measured, tail_predicted_misses=predicted)
     inputs = TickInputs(intent=service.intent, memory=memory, signals=None, fleet=FleetState(), now_s=0.0)
     load = LoadEstimate(service.load, "measured", service.load.requests_per_second, 0.0)
 

@@ -55,3 +55,11 @@ def scale(memory: Memory) -> float:
     ratio = (memory.tail_measured_misses + TAIL_PRIOR_MISSES) / (memory.tail_predicted_misses + TAIL_PRIOR_MISSES)
     lo, hi = TAIL_SCALE_BOUNDS
     return min(max(ratio, lo), hi)
+
+
+def evidence_for(miss_scale: float) -> tuple[float, float]:
+    """(measured, predicted) misses that give `miss_scale` (status keeps the scale): how a budget prices a
+    service's demand as the service's own tick plans (control/budget.py)."""
+    if miss_scale >= 1.0:
+        return TAIL_PRIOR_MISSES * (miss_scale - 1.0), 0.0
+    return 0.0, TAIL_PRIOR_MISSES * (1.0 / miss_scale - 1.0)

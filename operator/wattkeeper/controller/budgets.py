@@ -106,7 +106,8 @@ def service_load(service: LLMService, status: dict[str, Any]) -> ServiceLoad:
                        intent=intent, load=load,
                        power_correction=float(observed.get("powerCorrection") or 1.0),
                        # Its learned latency margins: the budget prices its demand as its tick plans.
-                       margins=memory_from_status(status, intent.default_workload).margins)
+                       margins=memory_from_status(status, intent.default_workload).margins,
+                       miss_scale=float(observed.get("missScale") or 1.0))
 
 
 def service_loads(raws: list[dict[str, Any]]) -> list[ServiceLoad]:
