@@ -496,7 +496,7 @@ class ObservedFigures(StatusModel):
     miss_scale: float | None = Field(
         default=None, gt=0,
         description="What the planner multiplies its predicted shares of late requests by: measured over predicted "
-        "misses, each with a prior of 5, within 0.5-4.",
+        "misses, each with a prior of 5, within 0.35-4.",
     )
     latency_margins: list[LatencyMarginStatus] = Field(
         default_factory=list, max_length=8,

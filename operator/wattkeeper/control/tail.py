@@ -24,7 +24,7 @@ from .types import Memory, Signals
 # about two of them, on both sides alike).
 TAIL_DECAY = 0.9
 TAIL_PRIOR_MISSES = 5.0
-TAIL_SCALE_BOUNDS = (0.5, 4.0)
+TAIL_SCALE_BOUNDS = (0.35, 4.0)
 # Windows whose running plan the model predicts to keep less than this share teach nothing of the tail.
 MIN_PREDICTED_SHARE = 0.9
 
