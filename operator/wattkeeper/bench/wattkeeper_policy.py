@@ -51,7 +51,8 @@ def signals_of(obs: Observation, trace: Trace | None = None, lag_s: float = 0.0,
         request_itl_p95_seconds=obs.request_itl_p95_seconds,
     )
     if slos is not None:
-        # As the operator reads them: vLLM's histograms' bucket counts, linear within the bucket an SLO falls in.
+        # As the operator reads them: vLLM's histograms' bucket counts, late above the first bound at or over an
+        # SLO (telemetry/buckets.py `over_threshold`).
         ttft = over_threshold(slos[0], window_bucket_rates(obs.window_ttfts_s, TTFT_BUCKETS, obs.window_s), obs.window_s)
         itl = over_threshold(slos[1], window_bucket_rates(obs.window_mean_itls_s, ITL_BUCKETS, obs.window_s), obs.window_s)
         signals = replace(signals, ttft_misses=ttft[0] if ttft else None, ttft_observed=ttft[1] if ttft else None,

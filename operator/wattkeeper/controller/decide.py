@@ -266,10 +266,13 @@ def within_slo_share(obs: ServiceObservation | None, window_seconds: float,
                      slos: tuple[float, float]) -> float | None:
     """The share of the window's requests within both SLOs, at least (status.observed.withinSloShare): one minus the
     shares over each (the two may overlap), counted on vLLM's histograms; None without the TTFT histogram."""
-    s = signals_from_observation(obs, window_seconds, slos)
-    if s is None or not s.ttft_observed or s.ttft_misses is None:
+    if obs is None:
         return None
-    over = s.ttft_misses / s.ttft_observed + ((s.itl_misses or 0.0) / s.itl_observed if s.itl_observed else 0.0)
+    ttft = over_threshold(slos[0], obs.ttft_bucket_rates, window_seconds)
+    itl = over_threshold(slos[1], obs.request_itl_bucket_rates, window_seconds)
+    if ttft is None or not ttft[1]:
+        return None
+    over = ttft[0] / ttft[1] + (itl[0] / itl[1] if itl and itl[1] else 0.0)
     return round(max(0.0, 1.0 - over), 4)
 
 
