@@ -21,7 +21,15 @@ from wattkeeper.control import (
     stabilised_rate,
 )
 from wattkeeper.control.corrections import power_correction
-from wattkeeper.control.tick import learned, margin_key, margin_of, running_settled, search, settle_after, settled
+from wattkeeper.control.tick import (
+    learned,
+    margin_key,
+    margin_of,
+    running_settled,
+    search,
+    settle_after,
+    settled,
+)
 from wattkeeper.control.types import Tuning
 from wattkeeper.energy.catalog import get_accelerator
 from wattkeeper.energy.model import EnergyModel
@@ -386,3 +394,44 @@ def test_tick_surges_on_the_running_fleets_draw() -> None:
     assert rolls_with_surge(inputs, memory, load, candidate, EM)
     hot = replace(inputs, signals=signals(4.0, watts=3950.0))  # the running fleet measured near the allocation
     assert not rolls_with_surge(hot, memory, load, candidate, EM)
+
+
+
+@pytest.mark.parametrize(("rps", "prompt", "output"), [(19.0, 1230.0, 248.0), (8.0, 1230.0, 248.0),
+                                                       (4.0, 900.0, 200.0), (26.0, 900.0, 200.0)])
+def test_ties_across_margin_groups_are_broken_as_one_search_breaks_them(
+        rps: float, prompt: float, output: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tick searches once per learned-margin group and merges the results; plans within the tie tolerance of
+    the least watts are then ordered as one search orders them (`tie_order`: fewer GPUs, larger max-num-seqs,
+    larger chunk budget), not by which group was searched first. conv-x4-cap s1: bf16 tp4 tok2048 x4 and tp8
+    tok8192 x2, both 7448 W at a 490-W limit; the groups took tp4, which then could not carry the rise under the
+    cap, where tp8 did."""
+    import wattkeeper.control.tick as tick
+    from wattkeeper.planner.search import TIE_TOLERANCE, tie_order
+
+    intent = ServiceIntent(model=model_shape("meta-llama/Llama-3.1-70B-Instruct"), accelerator="H100",
+                           allowed_precisions=("bf16",), slo_ttft_p95_seconds=2.0, slo_itl_p95_seconds=0.1,
+                           gpu_power_limits_watts=(None, 490.0))
+    s = Signals(window_seconds=60.0, watts=3000.0, finished_requests_per_second=rps, waiting_requests=0.0,
+                mean_input_tokens=prompt, mean_output_tokens=output, ttft_p95_seconds=0.4, itl_p95_seconds=0.06)
+    load = estimate_load(intent, Memory(), s, 100.0)
+    memory = Memory(margins=(ConfigMargin("bf16 tp4 tok8192", 0.94, 1.01),))
+    searched: list[tuple[Candidate, float]] = []
+    chunk_rule: list[bool] = []
+    real_plan = tick.plan
+
+    def recording(request, em):  # type: ignore[no-untyped-def]
+        result = real_plan(request, em)
+        chunk_rule.append(request.latency_model == "queued" and request.chunk_budget_within_itl)
+        if result.feasible and result.chosen is not None:
+            searched.append((result.chosen, max(1.0, request.ttft_margin, request.itl_margin)))
+        return result
+
+    monkeypatch.setattr(tick, "plan", recording)
+    merged, _, _ = search(TickInputs(intent, memory, s, FleetState(), now_s=100.0), memory, load, None, EM)
+    assert merged is not None and len(searched) > 1
+    least = min(c.total_watts for c, _ in searched)
+    ties = [(c, m) for c, m in searched if c.total_watts <= least * (1.0 + TIE_TOLERANCE)]
+    assert len({(c.config, c.replicas) for c, _ in ties}) > 1  # a real tie between groups
+    expected, _ = min(ties, key=lambda cm: (cm[1], *tie_order(cm[0], chunk_rule[0])))
+    assert (merged.config, merged.replicas) == (expected.config, expected.replicas)

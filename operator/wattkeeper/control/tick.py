@@ -19,6 +19,7 @@ from ..energy.model import EnergyModel
 from ..energy.types import ServingConfig, Workload
 from ..planner import Candidate, PlanRequest, PlanResult, SwitchDecision, model_load_seconds, plan, should_switch
 from ..planner.load import ArrivalSample, synthesised_sample
+from ..planner.search import TIE_TOLERANCE, tie_order
 from . import canary as canaries
 from . import tail
 from .corrections import latency_correction, power_correction
@@ -499,7 +500,23 @@ def search(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocation_wa
         # The most capacity, as the learned margins say (see `with_margin`).
         return (1 if within else 2), c.prediction.utilisation * margin, 0.0
 
-    best, _ = min(results, key=rank)
+    first = min(rank(rq) for rq in results)
+    if first[0] == 0:
+        # Feasible plans within the planner's tie tolerance of the least watts are ties, and broken as one search
+        # breaks them (`tie_order`), not by which margin group came first (conv-x4-cap s1: bf16 tp4 tok2048 x4 and
+        # tp8 tok8192 x2 at the same 7448 W; one search takes tp8's larger chunk budget, the groups took tp4).
+        # A precision the model doubts must beat a known one (see `rank`): at a tie the known one stays.
+        near = [rq for rq in results if rank(rq)[0] == 0 and rank(rq)[1] <= first[1] * (1.0 + TIE_TOLERANCE)]
+
+        def order(rq: tuple[PlanResult, PlanRequest]) -> tuple[float, ...]:
+            c = rq[0].chosen
+            assert c is not None
+            doubted = bool(trusted) and c.config.precision not in trusted
+            return (float(doubted), rank(rq)[2], *tie_order(c, chunked))
+
+        best, _ = min(near, key=order)
+    else:
+        best, _ = min(results, key=rank)
     assert best.chosen is not None
     return plan_of(best.chosen), best.chosen, best
 

@@ -625,6 +625,13 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
     )
 
 
+def tie_order(c: Candidate, chunk_rule: bool) -> tuple[float, ...]:
+    """The order among plans within TIE_TOLERANCE of the least power, as `plan` breaks its ties: fewer GPUs, the
+    largest max-num-seqs, with the chunk rule the largest chunk budget, then the lowest ITL p95."""
+    budget = -float(c.config.max_num_batched_tokens) if chunk_rule else 0.0
+    return float(c.gpus), -float(c.config.max_num_seqs), budget, c.itl_p95_seconds
+
+
 def _cheapest_distinct(
     feasible: npt.NDArray[np.bool_],
     watts: FloatArray,
