@@ -540,11 +540,10 @@ def _step_mixture(
     chunk_steps = np.sum(weights[:, DECODE_COLUMNS:], axis=1)
     chunk_gaps = chunk_steps * occupied
     decode_gaps = np.clip(gap_rate - chunk_gaps, 0.0, rate_decode * b)
-    dec_share = np.stack(dec_w, axis=1) / np.maximum(np.sum(np.stack(dec_w, axis=1), axis=1, keepdims=True), 1e-300)
-    gap_weights = np.concatenate(
-        [dec_share * decode_gaps[:, None], weights[:, DECODE_COLUMNS:] * occupied[:, None]],
-        axis=1,
-    )
+    dec_steps = weights[:, :DECODE_COLUMNS]
+    dec_share = dec_steps / np.maximum(dec_steps.sum(axis=1, keepdims=True), 1e-300)
+    gap_weights = np.concatenate([dec_share * decode_gaps[:, None], weights[:, DECODE_COLUMNS:] * occupied[:, None]],
+                                 axis=1)
     gap_total = gap_weights.sum(axis=1)
     gap_fraction = np.where(
         gap_total[:, None] > 0, gap_weights / np.maximum(gap_total, 1e-300)[:, None], np.eye(1, weights.shape[1], 1)
