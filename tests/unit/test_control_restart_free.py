@@ -377,6 +377,36 @@ def test_a_measured_plan_with_room_to_spare_contradicts_a_predicted_miss() -> No
     assert not has_slack(unsettled, memory)
 
 
+def test_a_saving_is_judged_against_the_running_plan_as_measured() -> None:
+    """The same decode-heavy window, on the saving path: with the running plan measured carrying the load with
+    room to spare, the model's prediction that it misses is no reason for a second replica "for the SLO"
+    (decode-heavy s2 went x1 -> x2 at 360 s and at 1,800 s, and back to x1 90 s later each time); the move is
+    judged on its watts alone, and a second replica draws more."""
+    from wattkeeper.control.tick import evaluate_own, tick_request
+    from wattkeeper.control.tick import facts as tick_facts
+    from wattkeeper.planner import plan
+
+    running = Plan(ServingConfig("bf16", 4, 512, 8192), 1)
+    memory = Memory(running=running, last_applied_s=0.0)
+    signals = Signals(window_seconds=60.0, watts=2100.0, finished_requests_per_second=2.95, waiting_requests=0.2,
+                      ttft_p95_seconds=0.16, itl_p95_seconds=0.046)
+    inputs = TickInputs(intent=INTENT, memory=memory, signals=signals, fleet=FleetState(True, True, 1, 1), now_s=450.0)
+    load = LoadEstimate(Workload(3.03, 400.0, 1200.0), "measured", 3.03, 300.0)
+    two = Plan(running.config, 2)
+    asked = tick_request(inputs, memory, load, None)
+    result = plan(replace(asked, allowed_precisions=("bf16",), tensor_parallel_options=(4,),
+                          max_num_seqs_options=(512,), max_num_batched_tokens_options=(8192,),
+                          chunk_budget_options=(8192,), min_replicas=2, max_replicas=2), EM)
+    assert result.chosen is not None and (result.chosen.config, result.chosen.replicas) == (two.config, 2)
+    predicted = evaluate_own(inputs, memory, load, running, EM)
+    assert predicted is not None and not predicted.meets_slo  # the model's prediction: it misses
+    f = tick_facts(inputs, memory, load, two, result.chosen, result, EM)
+    assert f.worth_it is not None and f.carries_load and f.has_slack
+    decision = f.worth_it()
+    assert not decision.switch, decision.reason
+    assert "misses its SLO" not in decision.reason
+
+
 def test_an_idle_window_has_room_to_spare() -> None:
     """conv-x4 at the trace's end: two windows with no arrivals, nothing finished and no latency measured; read as
     "unknown", the held peak's prediction alone grew the fleet from 9 to 14 replicas. Idle is room to spare, and
