@@ -356,16 +356,23 @@ def test_a_measured_miss_at_most_doubles_the_gpus_in_one_tick() -> None:
     assert by_prediction.proposed.replicas * by_prediction.proposed.config.tensor_parallel > SCALE_UP_STEP * 4
 
 
-def test_a_measured_plan_with_room_to_spare_contradicts_a_predicted_miss() -> None:
+def decode_heavy_window() -> tuple[Plan, Memory, Signals, TickInputs, LoadEstimate]:
     """The decode-heavy trace: tp4 x1, settled, served 2.95 req/s with TTFT p95 0.16 s and ITL p95 46 ms (SLOs 2 s
-    and 100 ms) while the planner, at the 3.03 req/s held peak, predicted it to miss: the measurement of the plan
-    wins over the model's prediction of it; nearer the SLO, or well below the load planned for, it does not."""
+    and 100 ms), planned at the 3.03 req/s held peak."""
     running = Plan(ServingConfig("bf16", 4, 512, 8192), 1)
     memory = Memory(running=running, last_applied_s=0.0)
     signals = Signals(window_seconds=60.0, watts=2100.0, finished_requests_per_second=2.95, waiting_requests=0.2,
                       ttft_p95_seconds=0.16, itl_p95_seconds=0.046)
     inputs = TickInputs(intent=INTENT, memory=memory, signals=signals, fleet=FleetState(True, True, 1, 1), now_s=450.0)
     load = LoadEstimate(Workload(3.03, 400.0, 1200.0), "measured", 3.03, 300.0)
+    return running, memory, signals, inputs, load
+
+
+def test_a_measured_plan_with_room_to_spare_contradicts_a_predicted_miss() -> None:
+    """The decode-heavy trace: tp4 x1, settled, served 2.95 req/s with TTFT p95 0.16 s and ITL p95 46 ms (SLOs 2 s
+    and 100 ms) while the planner, at the 3.03 req/s held peak, predicted it to miss: the measurement of the plan
+    wins over the model's prediction of it; nearer the SLO, or well below the load planned for, it does not."""
+    _, memory, signals, inputs, load = decode_heavy_window()
     assert has_slack(inputs, memory) and carries_load(inputs, load, memory)
     far_above = replace(load, workload=Workload(4.0, 400.0, 1200.0))
     assert has_slack(inputs, memory) and not carries_load(inputs, far_above, memory)
@@ -386,12 +393,7 @@ def test_a_saving_is_judged_against_the_running_plan_as_measured() -> None:
     from wattkeeper.control.tick import facts as tick_facts
     from wattkeeper.planner import plan
 
-    running = Plan(ServingConfig("bf16", 4, 512, 8192), 1)
-    memory = Memory(running=running, last_applied_s=0.0)
-    signals = Signals(window_seconds=60.0, watts=2100.0, finished_requests_per_second=2.95, waiting_requests=0.2,
-                      ttft_p95_seconds=0.16, itl_p95_seconds=0.046)
-    inputs = TickInputs(intent=INTENT, memory=memory, signals=signals, fleet=FleetState(True, True, 1, 1), now_s=450.0)
-    load = LoadEstimate(Workload(3.03, 400.0, 1200.0), "measured", 3.03, 300.0)
+    running, memory, _, inputs, load = decode_heavy_window()
     two = Plan(running.config, 2)
     asked = tick_request(inputs, memory, load, None)
     result = plan(replace(asked, allowed_precisions=("bf16",), tensor_parallel_options=(4,),
