@@ -33,7 +33,7 @@ class ServiceLoad:
 
 @dataclass
 class _Counters:
-    at: float = field(default_factory=time.monotonic)
+    at: float = field(default_factory=time.time)
     energy_mj: float = 0.0
     tokens: float = 0.0
     prompt: float = 0.0
@@ -80,10 +80,11 @@ class FakeFleetExporter:
         return [p.metadata.name for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
 
     def render(self) -> str:
-        # The counters advance to the time the scrape began: Prometheus stamps the samples with it, and the pod list
-        # below takes a variable while under load (a stamp and a value 0.3 s apart read a steady 110 W as 104 W
-        # over a 5-s window: a status write a converged service should not make).
-        now = time.monotonic()
+        # The counters advance to one instant and carry it as their sample timestamp (Prometheus keeps it:
+        # honor_timestamps defaults to true). Left to Prometheus, the stamp is when the scrape began, and under CPU
+        # load the handler runs up to a second later: a steady 110 W read as 101 W over a 5-s window, a status
+        # write that a converged service should not make.
+        now = time.time()
         with self.lock:
             loads = dict(self.loads)
         lines: list[str] = []
@@ -104,15 +105,16 @@ class FakeFleetExporter:
         c.tokens += load.tokens_per_second / n * dt
         c.requests += load.requests_per_second / n * dt
         c.prompt += load.requests_per_second / n * load.prompt_tokens_per_request * dt
+        stamp = f" {round(now * 1000)}"  # exposition format: milliseconds since the epoch
         pl = f'namespace="{namespace}",pod="{pod}"'
         gpu = f'gpu="0",UUID="GPU-{pod}",modelName="NVIDIA H100 80GB HBM3",container="vllm",{pl}'
         vl = f'model_name="m",engine="0",{pl}'
         out = [
             f"DCGM_FI_DEV_POWER_USAGE{{{gpu}}} {load.watts_per_pod}",
-            f"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{gpu}}} {c.energy_mj:.0f}",
-            f"vllm:generation_tokens_total{{{vl}}} {c.tokens}",
-            f"vllm:prompt_tokens_total{{{vl}}} {c.prompt}",
-            f'vllm:request_success_total{{finished_reason="stop",{vl}}} {c.requests}',
+            f"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{gpu}}} {c.energy_mj:.0f}{stamp}",
+            f"vllm:generation_tokens_total{{{vl}}} {c.tokens}{stamp}",
+            f"vllm:prompt_tokens_total{{{vl}}} {c.prompt}{stamp}",
+            f'vllm:request_success_total{{finished_reason="stop",{vl}}} {c.requests}{stamp}',
             f"vllm:num_requests_running{{{vl}}} {load.running / n}",
             f"vllm:num_requests_waiting{{{vl}}} {load.waiting / n}",
         ]
@@ -123,7 +125,7 @@ class FakeFleetExporter:
                                    ("vllm:request_time_per_output_token_seconds", request_itl, c.requests)):
             for le, share in ((value * 0.5, 0.0), (value, 1.0), (value * 2, 1.0), (float("inf"), 1.0)):
                 le_text = "+Inf" if le == float("inf") else f"{le:g}"
-                out.append(f'{name}_bucket{{le="{le_text}",{vl}}} {count * share}')
-            out.append(f"{name}_count{{{vl}}} {count}")
-            out.append(f"{name}_sum{{{vl}}} {count * value * 0.9}")
+                out.append(f'{name}_bucket{{le="{le_text}",{vl}}} {count * share}{stamp}')
+            out.append(f"{name}_count{{{vl}}} {count}{stamp}")
+            out.append(f"{name}_sum{{{vl}}} {count * value * 0.9}{stamp}")
         return out
