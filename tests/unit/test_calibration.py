@@ -35,7 +35,15 @@ def test_calibration_reproduces_the_committed_coefficients() -> None:
     path = _csv()
     fitted, rows = calibrate(path, vidur_network_dir())
     committed = load_default_coefficients()
-    assert fitted.all_reduce_tables == committed.all_reduce_tables
+    # The same tables to the last few bits: a message size interpolated in log space differs in its last bit
+    # between CPUs (2899535.2643465186 against 2899535.264346518), which exact equality would call a change.
+    assert fitted.all_reduce_tables.keys() == committed.all_reduce_tables.keys()
+    for gpu, by_tp in committed.all_reduce_tables.items():
+        assert fitted.all_reduce_tables[gpu].keys() == by_tp.keys(), gpu
+        for tp, points in by_tp.items():
+            assert len(fitted.all_reduce_tables[gpu][tp]) == len(points), (gpu, tp)
+            for got, want in zip(fitted.all_reduce_tables[gpu][tp], points, strict=True):
+                assert all(math.isclose(g, w, rel_tol=1e-12) for g, w in zip(got, want, strict=True)), (gpu, tp, got)
     for name, value in committed.values.items():
         assert math.isclose(fitted.values[name], value, rel_tol=2e-3, abs_tol=1e-9), name
     errors = {s.metric: s for s in error_summary(rows, predict_rows(rows, committed))}

@@ -547,12 +547,11 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
             return None
         least = float(np.min(watts[idx]))
         near = idx[watts[idx] <= least * (1.0 + TIE_TOLERANCE)]
-        if queued and request.chunk_budget_within_itl:
-            # The chunk rule already bounds the ITL: among ties the largest budget prefills fastest (TTFT headroom).
-            order = np.lexsort((itl[near], -grid.batched[near], -grid.seqs[near], replicas[near] * tp[near]))
-        else:
-            order = np.lexsort((itl[near], -grid.seqs[near], replicas[near] * tp[near]))
-        return int(near[order[0]])
+        # The chunk rule already bounds the ITL: among ties the largest budget prefills fastest (TTFT headroom).
+        chunk_rule = queued and request.chunk_budget_within_itl
+        # Python's min keeps the first of equal keys, as a stable sort would; `near` holds a few dozen at most.
+        return int(min(near, key=lambda i: _tie_key(float(replicas[i] * tp[i]), float(grid.seqs[i]),
+                                                    float(grid.batched[i]), float(itl[i]), chunk_rule)))
 
     def candidate(i: int) -> Candidate:
         p, tpi, limit = keys[int(grid.base_index[i])]
@@ -625,11 +624,19 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
     )
 
 
+def _tie_key(gpus: float, max_num_seqs: float, max_num_batched_tokens: float, itl_p95_seconds: float,
+             chunk_rule: bool) -> tuple[float, float, float, float]:
+    """The order among plans within TIE_TOLERANCE of the least power: fewer GPUs, the largest max-num-seqs, with
+    the chunk rule the largest chunk budget, then the lowest ITL p95. One rule for the planner's own ties (`best`
+    in `_plan_once`) and for the control core's ties across searches (`tie_order`)."""
+    return gpus, -max_num_seqs, -max_num_batched_tokens if chunk_rule else 0.0, itl_p95_seconds
+
+
 def tie_order(c: Candidate, chunk_rule: bool) -> tuple[float, ...]:
-    """The order among plans within TIE_TOLERANCE of the least power, as `plan` breaks its ties: fewer GPUs, the
-    largest max-num-seqs, with the chunk rule the largest chunk budget, then the lowest ITL p95."""
-    budget = -float(c.config.max_num_batched_tokens) if chunk_rule else 0.0
-    return float(c.gpus), -float(c.config.max_num_seqs), budget, c.itl_p95_seconds
+    """`_tie_key` of a candidate: the order among plans within TIE_TOLERANCE of the least power, as `plan` breaks
+    its ties."""
+    return _tie_key(float(c.gpus), float(c.config.max_num_seqs), float(c.config.max_num_batched_tokens),
+                    c.itl_p95_seconds, chunk_rule)
 
 
 def _cheapest_distinct(
