@@ -25,7 +25,6 @@ from wattkeeper.control.tick import (
     learned,
     margin_key,
     margin_of,
-    rollout_seen_settled,
     running_settled,
     search,
     settle_after,
@@ -120,24 +119,6 @@ def test_a_rollout_seen_done_sooner_than_the_model_load_settles_from_when_it_was
     assert not running_settled(replace(inputs, fleet=replace(steady, rolling=True)), seen)
     late = replace(memory, rolled_out_s=100.0 + predicted_s)
     assert running_settled(replace(inputs, now_s=100.0 + predicted_s), late)
-
-
-def test_a_rollout_seen_late_settles_from_the_last_tick_that_saw_it_rolling() -> None:
-    """x3 -> x6 of one configuration at 90 s: the prediction (no restart, so no model load) settles it at 180 s,
-    but the ticks saw it rolling until 150 s (the added replicas loading); a capacity move waits for the window
-    after 150 s. Seen within one interval of the prediction, the prediction stands."""
-    six = Plan(ServingConfig("bf16", 4, 512, 8192), 6)
-    memory = Memory(running=six, last_applied_s=90.0, rolled_out_s=180.0)
-    steady = FleetState(exists=True, replicas=6, ready_replicas=6)
-    inputs = TickInputs(INTENT, memory, signals(20.0), steady, now_s=180.0, settle_seconds=90.0,
-                        interval_seconds=30.0)
-    assert settle_after(inputs, memory) == 90.0  # a rescale: no model load predicted
-    assert running_settled(inputs, memory)
-    assert not rollout_seen_settled(inputs, memory)
-    assert not rollout_seen_settled(replace(inputs, now_s=239.0), memory)
-    assert rollout_seen_settled(replace(inputs, now_s=240.0), memory)
-    on_time = replace(memory, rolled_out_s=120.0)  # seen one interval after the change: nothing to add
-    assert rollout_seen_settled(inputs, on_time)
 
 
 def test_a_tick_marks_the_rollout_it_sees_done_and_an_apply_awaits_the_next() -> None:

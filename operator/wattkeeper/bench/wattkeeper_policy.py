@@ -209,7 +209,6 @@ class WattkeeperPolicy:
             now_s=now_s,
             allocation_watts=self.spec.allocation_watts,
             settle_seconds=settle_seconds(window_s, self.drain_s),
-            interval_seconds=self.interval_s,
             tuning=self.tuning,
             canary_signals=canary_signals,
             canary_fleet=canary_fleet or FleetState(),

@@ -96,8 +96,6 @@ class SwitchFacts:
     # is then no shortfall.
     has_slack: bool = False
     settled: bool = True  # the roll is done, old pods drained, a telemetry window has passed since the change
-    # ... and a window has passed since the last tick that saw the roll going on (`tick.rollout_seen_settled`)
-    rollout_seen_settled: bool = True
     outage: bool = False  # the move restarts the only replica in place (no surge): nothing serves while it loads
     cooldown_until_s: float | None = None
     pinned: bool = False
@@ -199,8 +197,7 @@ def switching_rule(f: SwitchFacts) -> Verdict:
     # A request or two waiting now and then is no shortfall where both p95s have room to spare (`carries_load`).
     pressure = f.under_pressure and not f.has_slack
     capacity = _capacity_target(f, alt, restart=not f.load_fell) if (pressure or predicted_miss) else None
-    # A capacity move waits, too, for a window of the fleet now serving (`rollout_seen_settled`).
-    if ((overshoot or capacity) and not f.settled) or (capacity and not f.rollout_seen_settled):
+    if (overshoot or capacity) and not f.settled:
         # Until the roll is done, the old pods have drained and a telemetry window has passed, telemetry shows
         # the old fleet too, and acting on it flaps.
         return _hold(f, Verdict("Held", "settling", f"settling after the last change before moving to {to}"))
@@ -288,7 +285,8 @@ def _capacity_target(f: SwitchFacts, alt: Plan | None, restart: bool = True) -> 
         return f.proposed, f.plan_reason
     # The SLO measured missed, the proposal predicted to meet it: a restart even without more load carried (a
     # smaller batch limit that keeps the ITL, say). A restart only: fewer replicas of the running configuration
-    # are not "more capacity" (with the wait above, conv-x4 s1 went x6 -> x4 here at 690 s, as "capacity").
+    # are not "more capacity" (with a longer settling wait, tried, conv-x4 s1 went x6 -> x4 here at 690 s, as
+    # "capacity").
     if f.slo_missed and f.proposed_meets_slo and f.proposed_restarts and not f.outage and spaced:
         return f.proposed, f.plan_reason
     if alt is not None and f.in_place_more_capacity:

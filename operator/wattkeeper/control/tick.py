@@ -99,25 +99,6 @@ def seen_rolled_out(inputs: TickInputs) -> TickInputs:
     return replace(inputs, memory=replace(m, awaiting_rollout=False, rolled_out_s=inputs.now_s))
 
 
-def rollout_seen_settled(inputs: TickInputs, memory: Memory) -> bool:
-    """`running_settled`, and where a tick saw the rollout done more than one tick interval after its predicted
-    end (a scale-up's new replicas load the model before they serve, which the prediction leaves out), one
-    settle time after the last tick that saw it rolling: the window judged then shows the fleet now serving. Like
-    the HPA's initial-readiness delay, which leaves out the metrics of pods that are still starting. Before it, a
-    queue or a p95 over the SLO measured while added replicas loaded reads as a shortfall of the fleet that now
-    serves (conv-x4 s1: x3 -> x6 at 90 s, its new replicas serving from about 152 s, judged at 180 s on the window
-    105-165 s and grown to x10)."""
-    if not running_settled(inputs, memory):
-        return False
-    last, seen = memory.last_applied_s, memory.rolled_out_s
-    if last is None or seen is None or seen < last:
-        return True
-    predicted_end_s = settle_after(inputs, memory) - inputs.settle_seconds
-    if seen - last <= predicted_end_s + inputs.interval_seconds:
-        return True
-    return inputs.now_s - (seen - inputs.interval_seconds) >= inputs.settle_seconds
-
-
 def running_settled(inputs: TickInputs, memory: Memory) -> bool:
     """Whether the running plan has been measured long enough to be judged: its rollout is done (the new replicas
     serve, the old ones drained) and one settle time has passed since, the rollout's end taken as the model load
@@ -637,7 +618,6 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         has_slack=has_slack(inputs, memory),
         slo_missed=slo_missed(inputs),
         settled=running_settled(inputs, memory),
-        rollout_seen_settled=rollout_seen_settled(inputs, memory),
         outage=outage,
         cooldown_until_s=last + intent.cooldown_seconds if last is not None else None,
         pinned=intent.pinned is not None,

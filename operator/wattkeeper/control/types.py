@@ -230,7 +230,6 @@ class TickInputs:
     allocation_watts: float | None = None  # enforced: the tightest Enforce budget's share for this service
     advised_allocation_watts: float | None = None  # from an Advise budget: recorded, never enforced
     settle_seconds: float = 90.0  # see `settle_seconds()`
-    interval_seconds: float = 30.0  # the control loop's: a tick sees a change at most this long after it happened
     tuning: Tuning = field(default_factory=Tuning)
     # The canary's own pods (`control/canary.py`): what telemetry showed of them over the window, and their rollout.
     # `signals` and `fleet` are the fleet's pods only.

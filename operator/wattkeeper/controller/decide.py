@@ -311,7 +311,6 @@ def tick_inputs(inputs: ServiceInputs, settings: OperatorSettings) -> TickInputs
         advised_allocation_watts=alloc.advised_watts,
         # The operator cannot see terminating pods: their termination grace bounds the drain.
         settle_seconds=settle_seconds(settings.telemetry_window_seconds, TERMINATION_GRACE_SECONDS),
-        interval_seconds=settings.interval_seconds,
         tuning=Tuning(power_correction_smoothing=settings.power_correction_smoothing,
                       power_correction_bounds=settings.power_correction_bounds,
                       verify_by_replay=settings.verify_by_replay,
