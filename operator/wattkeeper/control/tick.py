@@ -39,13 +39,24 @@ from .planning import (
 from .restart_free import (
     blocked,
     capacity_ratio,
+    measured_short,
     more_capacity,
     recently_left,
     remember_left,
+    remember_short,
     restarted_recently,
     scale_only_suffices,
+    short_key,
 )
-from .switching import CAPACITY_STEP, OVERSHOOT_TOLERANCE, SwitchFacts, configuration_key, restarts, switching_rule
+from .switching import (
+    CAPACITY_STEP,
+    OVERSHOOT_TOLERANCE,
+    SwitchFacts,
+    configuration_key,
+    format_time,
+    restarts,
+    switching_rule,
+)
 from .types import (
     ConfigMargin,
     LoadEstimate,
@@ -633,7 +644,21 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         restarted_recently=restarted_recently(memory, inputs.now_s, inputs.allocation_watts),
         proposed_capacity_ratio=capacity_ratio(prop_c, run_c),
         in_place_capacity_ratio=capacity_ratio(alt_c, prop_c),
+        proposed_short=short_words(memory, proposed, inputs, load),
+        in_place_short=short_words(memory, alt, inputs, load) if alt is not None else None,
     )
+
+
+def short_words(memory: Memory, target: Plan, inputs: TickInputs, load: LoadEstimate) -> str | None:
+    """Where a saving would go back to a fleet measured short lately (`restart_free.measured_short`), in words."""
+    running = memory.running
+    if running is None or (target.replicas >= running.replicas and short_key(target) == short_key(running)):
+        return None
+    e = measured_short(memory, target, inputs.now_s, inputs.allocation_watts, load.workload.requests_per_second)
+    if e is None:
+        return None
+    return (f"{e.configuration} x{e.replicas} was measured short at {format_time(e.at_s)} at {e.load_rps:g} req/s, "
+            f"and the load planned for ({load.workload.requests_per_second:.3g} req/s) is not a capacity step below")
 
 
 def rolls_with_surge(inputs: TickInputs, memory: Memory, load: LoadEstimate, candidate: Candidate | None,
@@ -860,6 +885,11 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
     before = memory
     if in_place is not None and verdict.apply == plan_of(in_place) and verdict.cause != "drift":
         proposed, candidate = verdict.apply, in_place  # what is applied is what status shows
+    if verdict.apply is not None and verdict.cause == "capacity" and running is not None \
+            and under_pressure(inputs) and inputs.signals is not None and not has_slack(inputs, memory):
+        # Settled (the capacity branch waits for that) and short as measured, not by prediction alone.
+        memory = remember_short(memory, running, inputs.now_s, inputs.allocation_watts,
+                                load.workload.requests_per_second)
     if verdict.apply is not None and verdict.cause != "drift":
         if running is not None and restarts(running, verdict.apply):
             memory = remember_left(memory, running, inputs.now_s, inputs.allocation_watts,
