@@ -654,8 +654,7 @@ def short_words(memory: Memory, target: Plan, inputs: TickInputs, load: LoadEsti
     running = memory.running
     if running is None or (target.replicas >= running.replicas and short_key(target) == short_key(running)):
         return None
-    e = measured_short(memory, target, inputs.now_s, inputs.allocation_watts, load.workload.requests_per_second,
-                       inputs.intent.cooldown_seconds)
+    e = measured_short(memory, target, inputs.now_s, inputs.allocation_watts, load.workload.requests_per_second)
     if e is None:
         return None
     return (f"{e.configuration} x{e.replicas} was measured short at {format_time(e.at_s)} at {e.load_rps:g} req/s, "
