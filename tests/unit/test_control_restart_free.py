@@ -275,10 +275,13 @@ def test_a_fleet_measured_short_is_not_gone_back_to() -> None:
     assert measured_short(memory, Plan(A, 1), 200.0, None, 3.1) is None  # 25% below: a new question
     assert measured_short(memory, Plan(A, 1), 100.0 + RECENT_SECONDS, None, 4.0) is None  # 30 minutes on
     assert measured_short(memory, Plan(A, 1), 200.0, 3000.0, 4.0) is None  # the budget changed
-    # Short at x2 later: the entry for x1 says less and goes.
+    # Short at x2 at a higher load later: x1's entry still bans x1 at loads x2's does not cover.
     later = remember_short(memory, Plan(A, 2), 300.0, None, 6.0)
-    assert [(e.replicas, e.load_rps) for e in later.measured_short] == [(2, 6.0)]
-    assert measured_short(later, Plan(A, 1), 400.0, None, 5.0) is not None
+    assert [(e.replicas, e.load_rps) for e in later.measured_short] == [(1, 4.0), (2, 6.0)]
+    assert measured_short(later, Plan(A, 1), 400.0, None, 3.5) is not None
+    # Short at x2 at as low a load: x1's entry says less and goes.
+    lower = remember_short(memory, Plan(A, 2), 300.0, None, 3.0)
+    assert [(e.replicas, e.load_rps) for e in lower.measured_short] == [(2, 3.0)]
 
 
 def test_a_cut_rescales_the_running_configuration_in_one_tick() -> None:

@@ -117,10 +117,11 @@ def short_key(plan: Plan) -> str:
 def remember_short(memory: Memory, short: Plan, now_s: float, allocation_watts: float | None,
                    load_rps: float) -> Memory:
     """Add a fleet measured short (`ShortFleet`); entries older than `RECENT_SECONDS` (and beyond `SHORT_KEPT`) go,
-    and so does one of the same arguments and as many replicas or fewer (the new one says more)."""
+    and so does one the new one says more than: the same arguments, as many replicas or fewer, short at as much load
+    or more. x1 short at 4 req/s still bans x1 at 3.5 req/s after x2 was short at 6."""
     key = short_key(short)
     kept = [e for e in memory.measured_short if now_s - e.at_s < RECENT_SECONDS
-            and not (e.configuration == key and e.replicas <= short.replicas)]
+            and not (e.configuration == key and e.replicas <= short.replicas and e.load_rps >= load_rps)]
     entry = ShortFleet(key, short.replicas, round(now_s, 3), significant(load_rps) or load_rps,
                        round(allocation_watts, 1) if allocation_watts else None)
     return replace(memory, measured_short=(*kept, entry)[-SHORT_KEPT:])
