@@ -413,12 +413,12 @@ class RecentConfigurationStatus(StatusModel):
 
 class MeasuredShortStatus(StatusModel):
     """A fleet measured short (settled, under pressure, and left by a capacity move): for 30 minutes no saving goes
-    back to as few replicas of its arguments unless the load planned for fell by 25% or the budget changed."""
+    back to as few replicas of its arguments unless the load planned for is 25% below what it served or the budget changed."""
 
     configuration: str = Field(description="Its vLLM arguments (precision, TP, batch limits), without a power limit.")
     replicas: int = Field(description="Its replica count.")
     measured_at: datetime = Field(description="When it was measured short.")
-    load_rps: float = Field(description="The request rate planned for then.")
+    load_rps: float = Field(description="The request rate it served then.")
     allocation_watts: float | None = Field(default=None, description="The enforced allocation then, W.")
 
 
