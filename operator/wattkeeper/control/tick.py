@@ -660,11 +660,16 @@ def short_words(memory: Memory, target: Plan, inputs: TickInputs, load: LoadEsti
     running = memory.running
     if running is None or (target.replicas >= running.replicas and short_key(target) == short_key(running)):
         return None
-    e = measured_short(memory, target, inputs.now_s, inputs.allocation_watts, load.workload.requests_per_second)
+    if inputs.signals is None:
+        return None
+    # Like for like: the rate served over this window against the rate served when it was measured short (the
+    # load planned for is a held peak that expires while the load stays).
+    now_rps = window_rate(inputs.signals)
+    e = measured_short(memory, target, inputs.now_s, inputs.allocation_watts, now_rps)
     if e is None:
         return None
-    return (f"{e.configuration} x{e.replicas} was measured short at {format_time(e.at_s)} at {e.load_rps:g} req/s, "
-            f"and the load planned for ({load.workload.requests_per_second:.3g} req/s) is not a capacity step below")
+    return (f"{e.configuration} x{e.replicas} was measured short at {format_time(e.at_s)} serving {e.load_rps:g} "
+            f"req/s, and this window's {now_rps:.3g} req/s is not a capacity step below")
 
 
 def rolls_with_surge(inputs: TickInputs, memory: Memory, load: LoadEstimate, candidate: Candidate | None,
