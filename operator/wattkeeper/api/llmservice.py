@@ -413,7 +413,7 @@ class RecentConfigurationStatus(StatusModel):
 
 class MeasuredShortStatus(StatusModel):
     """A fleet measured short (settled, under pressure, and left by a capacity move): for 30 minutes no saving goes
-    back to as few replicas of its arguments unless the load planned for is 25% below what it served or the budget changed."""
+    back to as few replicas of its arguments unless the rate served falls 25% below what it served or the budget changed."""
 
     configuration: str = Field(description="Its vLLM arguments (precision, TP, batch limits), without a power limit.")
     replicas: int = Field(description="Its replica count.")

@@ -130,8 +130,8 @@ def remember_short(memory: Memory, short: Plan, now_s: float, allocation_watts: 
 def measured_short(memory: Memory, target: Plan, now_s: float, allocation_watts: float | None,
                    load_rps: float) -> ShortFleet | None:
     """The fleet measured short within `RECENT_SECONDS`, under the same allocation, that `target` would go back to:
-    its arguments with as many replicas or fewer, at a load planned for that is not a capacity step below the rate
-    it served when it was measured short."""
+    its arguments with as many replicas or fewer, while the rate served (`load_rps`, measured as `ShortFleet.load_rps`
+    was) is not a capacity step below the rate it served when it was measured short."""
     key = short_key(target)
     for e in reversed(memory.measured_short):
         if e.configuration == key and target.replicas <= e.replicas and now_s - e.at_s < RECENT_SECONDS \

@@ -33,7 +33,8 @@ Unchanged, names the branch (`cause`) and says why:
                   (planner.should_switch), the proposal's and the rescale's, the larger net saving wins; a
                   restart for a saving only into a plan predicted to meet the SLO; never back to a fleet measured
                   short lately (`measured-short`: settled, under pressure, left by a capacity move; as few
-                  replicas of its arguments, within 30 minutes, at a load planned for not a capacity step below)
+                  replicas of its arguments, within 30 minutes, while the rate served is not a capacity step below
+                  what it served then)
 Restart-free first (control/restart_free.py): in 4, 5 and 7 the running configuration rescaled (`in_place`:
 replicas, GPU power limit) is applied instead of a restart when it does what the restart would, or when the
 restart would return to a configuration left < 30 minutes ago under the same allocation (`recently_left`).

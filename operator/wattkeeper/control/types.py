@@ -147,7 +147,7 @@ class Canary:
 class ShortFleet:
     """A fleet measured short: the running plan (its vLLM arguments, `short_key`, and replicas) was settled, under
     pressure as measured, and a capacity move left it. Within `RECENT_SECONDS` no saving goes back to as few
-    replicas of those arguments while the load planned for is not a capacity step below the rate it served
+    replicas of those arguments while the rate served is not a capacity step below the rate it served then
     (`control/restart_free.py measured_short`): a measurement of it outweighs the model that plans it again."""
 
     configuration: str  # restart_free.short_key: the vLLM arguments, without the GPU power limit
