@@ -127,6 +127,18 @@ def running_settled(inputs: TickInputs, memory: Memory) -> bool:
     return settled(inputs.now_s - last, wait_s, False)
 
 
+def seen_serving(inputs: TickInputs, memory: Memory) -> bool:
+    """Whether the whole telemetry window was measured after a tick saw the running plan's rollout done: evidence
+    of the plan itself, not of the fleet before it. `running_settled` may judge sooner, on the model load predicted;
+    a fleet recorded short on that (conv-x4 s1: x6 "short" at 180 s, its three new replicas still loading in the
+    window) banned the plan that carried the load."""
+    seen = memory.rolled_out_s
+    last = memory.last_applied_s
+    if seen is None or (last is not None and seen < last):
+        return last is None
+    return inputs.now_s - seen >= inputs.settle_seconds
+
+
 def load_fell(inputs: TickInputs, load: LoadEstimate) -> bool:
     """The load measured in the window (arrivals; without their counts, what finished and the queue's growth) is a
     capacity step below the recent load (the history's arrivals; without them, the load planned for), and under
@@ -897,7 +909,8 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
     if in_place is not None and verdict.apply == plan_of(in_place) and verdict.cause != "drift":
         proposed, candidate = verdict.apply, in_place  # what is applied is what status shows
     if verdict.apply is not None and verdict.cause == "capacity" and running is not None \
-            and under_pressure(inputs) and inputs.signals is not None and not has_slack(inputs, memory):
+            and under_pressure(inputs) and inputs.signals is not None and not has_slack(inputs, memory) \
+            and seen_serving(inputs, memory):
         # Settled (the capacity branch waits for that) and short as measured, not by prediction alone; at the rate
         # it served over the window, not the held peak planned for, which expires while the load stays (bursty s3:
         # x2 short at 3.9 req/s served, 6.89 planned; the peak expired to 4.69 at 420 s and x3 -> x1 missed again).
