@@ -128,15 +128,17 @@ def running_settled(inputs: TickInputs, memory: Memory) -> bool:
 
 
 def seen_serving(inputs: TickInputs, memory: Memory) -> bool:
-    """Whether the whole telemetry window was measured after a tick saw the running plan's rollout done: evidence
-    of the plan itself, not of the fleet before it. `running_settled` may judge sooner, on the model load predicted;
+    """Whether the telemetry window was measured after a tick saw the running plan's rollout done (a window's
+    length since; the rollout was done by then, so at most the scrape lag of the window precedes it): evidence of
+    the plan itself, not of the fleet before it. `running_settled` may judge sooner, on the model load predicted;
     a fleet recorded short on that (conv-x4 s1: x6 "short" at 180 s, its three new replicas still loading in the
     window) banned the plan that carried the load."""
-    seen = memory.rolled_out_s
-    last = memory.last_applied_s
+    seen, last, s = memory.rolled_out_s, memory.last_applied_s, inputs.signals
+    if s is None:
+        return False
     if seen is None or (last is not None and seen < last):
         return last is None
-    return inputs.now_s - seen >= inputs.settle_seconds
+    return inputs.now_s - seen >= s.window_seconds
 
 
 def load_fell(inputs: TickInputs, load: LoadEstimate) -> bool:
