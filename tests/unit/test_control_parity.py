@@ -164,10 +164,13 @@ def comparable(memory: Any, offset_s: float) -> tuple[Any, ...]:
     canary = None if memory.canary is None else (memory.canary.plan, shift(memory.canary.started_s),
                                                    shift(memory.canary.ready_s), memory.canary.windows)
     ended = tuple((r.configuration, shift(r.left_at_s), r.allocation_watts) for r in memory.canaries_ended)
+    short = tuple((e.configuration, e.replicas, shift(e.at_s), e.load_rps, e.allocation_watts)
+                  for e in memory.measured_short)
     return (memory.running, shift(memory.last_applied_s), memory.planned_load, memory.peak_load_rps,
             shift(memory.peak_load_at_s), memory.power_correction, memory.ttft_correction, memory.itl_correction,
             recent, memory.margins, memory.awaiting_rollout, shift(memory.rolled_out_s), memory.bridged_limit_watts,
-            shift(memory.missed_since_s), canary, ended, memory.tail_measured_misses, memory.tail_predicted_misses)
+            shift(memory.missed_since_s), canary, ended, memory.tail_measured_misses, memory.tail_predicted_misses,
+            short)
 
 
 def test_operator_and_benchmark_decide_the_same() -> None:

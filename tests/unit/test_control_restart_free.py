@@ -14,6 +14,7 @@ from wattkeeper.control import (
     Plan,
     RecentConfiguration,
     ServiceIntent,
+    ShortFleet,
     Signals,
     SwitchFacts,
     TickInputs,
@@ -23,10 +24,13 @@ from wattkeeper.control import (
 from wattkeeper.control.planning import allocation_for, evaluate
 from wattkeeper.control.restart_free import (
     RECENT_SECONDS,
+    measured_short,
     more_capacity,
     recently_left,
     remember_left,
+    remember_short,
     scale_only_suffices,
+    short_key,
 )
 from wattkeeper.control.switching import configuration_key, restarts
 from wattkeeper.control.tick import carries_load, has_slack
@@ -171,6 +175,15 @@ CASES: list[tuple[str, SwitchFacts, str, str, Plan | None]] = [
     ("optional: neither is worth it -> hold",
      facts(worth_it=lambda: NOT_WORTH, in_place=SCALED, in_place_worth_it=lambda: NOT_WORTH), "Held", "not-worth",
      None),
+    ("optional: the rescale gives up replicas to a fleet measured short at this load -> hold",
+     facts(worth_it=lambda: NOT_WORTH, in_place=SCALED, in_place_worth_it=lambda: SAVES,
+           in_place_short="measured short"), "Held", "measured-short", None),
+    ("optional: the proposal goes back to a fleet measured short, the rescale saves -> rescale",
+     facts(proposed_short="measured short", in_place=SCALED, in_place_worth_it=lambda: SAVES), "Applied", "saving",
+     SCALED),
+    ("optional, in the cooldown with room to spare: no shed to a fleet measured short",
+     facts(proposed=SCALED, has_slack=True, cooldown_until_s=5000.0, proposed_short="measured short"),
+     "Held", "measured-short", None),
     ("spec changed: the history does not hold", facts(spec_changed=True, recently_left=True, in_place=SCALED),
      "Applied", "spec-changed", OTHER),
 ]
@@ -247,6 +260,28 @@ def test_a_load_that_moved_by_a_capacity_step_lifts_the_ban() -> None:
     assert not recently_left(memory, MORE, 200.0, None, 2.4)  # 25% less
     assert recently_left(memory, MORE, 200.0, None, None)  # nothing known of the load: the ban holds
     assert recently_left(remember_left(Memory(), RUNNING, 100.0, None), MORE, 200.0, None, 9.0)  # nor then
+
+
+def test_a_fleet_measured_short_is_not_gone_back_to() -> None:
+    """x1 measured short at 4 req/s and left by a capacity move: for 30 minutes no saving goes back to x1 (or to
+    fewer replicas) of those arguments, whatever the power limit, unless the load fell by a capacity step or the
+    budget changed (prefill-heavy s7: x1 -> x2 at 90 s, back to x1 at 180 s on the model's word, 98.21%)."""
+    memory = remember_short(Memory(), Plan(replace(A, gpu_power_limit_watts=490.0), 1), 100.0, None, 4.0)
+    assert memory.measured_short == (ShortFleet(short_key(Plan(A, 1)), 1, 100.0, 4.0, None),)
+    assert measured_short(memory, Plan(A, 1), 200.0, None, 4.0) is not None
+    assert measured_short(memory, Plan(replace(A, gpu_power_limit_watts=400.0), 1), 200.0, None, 3.5) is not None
+    assert measured_short(memory, Plan(A, 2), 200.0, None, 4.0) is None  # more replicas than were short
+    assert measured_short(memory, Plan(replace(A, max_num_batched_tokens=2048), 1), 200.0, None, 4.0) is None
+    assert measured_short(memory, Plan(A, 1), 200.0, None, 3.1) is None  # 25% below: a new question
+    assert measured_short(memory, Plan(A, 1), 100.0 + RECENT_SECONDS, None, 4.0) is None  # 30 minutes on
+    assert measured_short(memory, Plan(A, 1), 200.0, 3000.0, 4.0) is None  # the budget changed
+    # Short at x2 at a higher load later: x1's entry still bans x1 at loads x2's does not cover.
+    later = remember_short(memory, Plan(A, 2), 300.0, None, 6.0)
+    assert [(e.replicas, e.load_rps) for e in later.measured_short] == [(1, 4.0), (2, 6.0)]
+    assert measured_short(later, Plan(A, 1), 400.0, None, 3.5) is not None
+    # Short at x2 at as low a load: x1's entry says less and goes.
+    lower = remember_short(memory, Plan(A, 2), 300.0, None, 3.0)
+    assert [(e.replicas, e.load_rps) for e in lower.measured_short] == [(2, 3.0)]
 
 
 def test_a_cut_rescales_the_running_configuration_in_one_tick() -> None:
@@ -552,3 +587,22 @@ def test_a_miss_measured_twice_where_the_model_predicts_none_adds_a_replica() ->
     assert step(missed, after_first, 1320.0, allocation=tight)[0][0] == running
     # Not while the last change settles.
     assert step(missed, replace(after_first, last_applied_s=1280.0), 1320.0)[0][0] == running
+
+
+def test_fleets_measured_short_survive_the_status_round_trip() -> None:
+    """The operator keeps them in status.plan.measuredShort, in the shape the CRD's schema admits."""
+    from datetime import UTC, datetime
+
+    from wattkeeper.api.llmservice import PlanStatus
+    from wattkeeper.controller.decide import _sync_recent, memory_from_status
+
+    now = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    memory = remember_short(Memory(), Plan(A, 1), now.timestamp() - 60.0, 3000.0, 4.0)
+    status: dict[str, Any] = {"plan": {"precision": "bf16", "tensorParallel": 4, "replicas": 2}}
+    _sync_recent(status, memory, now)
+    PlanStatus.model_validate(status["plan"])
+    assert status["plan"]["measuredShort"][0]["replicas"] == 1
+    back = memory_from_status(status, Workload(1.0))
+    assert back.measured_short == memory.measured_short
+    _sync_recent(status, Memory(), now)
+    assert "measuredShort" not in status["plan"]

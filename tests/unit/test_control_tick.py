@@ -27,6 +27,7 @@ from wattkeeper.control.tick import (
     margin_of,
     running_settled,
     search,
+    seen_serving,
     settle_after,
     settled,
 )
@@ -435,3 +436,31 @@ def test_ties_across_margin_groups_are_broken_as_one_search_breaks_them(
     assert len({(c.config, c.replicas) for c, _ in ties}) > 1  # a real tie between groups
     expected, _ = min(ties, key=lambda cm: (cm[1], *tie_order(cm[0], chunk_rule[0])))
     assert (merged.config, merged.replicas) == (expected.config, expected.replicas)
+
+
+def test_a_capacity_move_records_the_fleet_measured_short_only_on_a_window_of_it() -> None:
+    """x1, seen serving since 30 s, measured with a queue and the TTFT over its SLO: the capacity move records it
+    short at the rate it served (4 req/s and the queue's growth), so no saving goes back to it for 30 minutes. The
+    same pressure on a window that began before its rollout was seen done is no evidence of it (conv-x4 s1: x6
+    "short" at 180 s with three of its replicas still loading)."""
+    one = Plan(BF16, 1)
+    memory = Memory(running=one, last_applied_s=0.0, rolled_out_s=30.0)
+    ready = FleetState(exists=True, replicas=1, ready_replicas=1)
+    pressed = signals(4.0, waiting=5.0, ttft_p95_seconds=3.0, itl_p95_seconds=0.05)
+    tick = decide_tick(TickInputs(INTENT, memory, pressed, ready, now_s=200.0, settle_seconds=90.0), EM)
+    assert tick.cause == "capacity"
+    assert [(e.configuration, e.replicas, e.load_rps) for e in tick.memory.measured_short] == \
+        [("bf16 tp1 seqs256 tok8192", 1, 4.08)]
+    early = decide_tick(TickInputs(INTENT, replace(memory, rolled_out_s=150.0), pressed, ready, now_s=200.0,
+                                   settle_seconds=40.0), EM)
+    assert early.cause == "capacity" and early.memory.measured_short == ()
+
+
+def test_seen_serving() -> None:
+    inputs = TickInputs(INTENT, Memory(), signals(4.0), FleetState(exists=True), now_s=200.0, settle_seconds=90.0)
+    assert seen_serving(inputs, Memory(last_applied_s=None))  # ran before the operator: nothing rolled
+    assert seen_serving(inputs, Memory(last_applied_s=100.0, rolled_out_s=140.0))  # a window's length since
+    assert not seen_serving(inputs, Memory(last_applied_s=100.0, rolled_out_s=141.0))
+    assert not seen_serving(inputs, Memory(last_applied_s=100.0))  # not seen yet
+    assert not seen_serving(inputs, Memory(last_applied_s=100.0, rolled_out_s=90.0))  # the rollout before
+    assert not seen_serving(replace(inputs, signals=None), Memory(last_applied_s=None))

@@ -411,6 +411,17 @@ class RecentConfigurationStatus(StatusModel):
     )
 
 
+class MeasuredShortStatus(StatusModel):
+    """A fleet measured short (settled, under pressure, and left by a capacity move): for 30 minutes no saving goes
+    back to as few replicas of its arguments unless the rate served falls 25% below what it served or the budget changed."""
+
+    configuration: str = Field(description="Its vLLM arguments (precision, TP, batch limits), without a power limit.")
+    replicas: int = Field(description="Its replica count.")
+    measured_at: datetime = Field(description="When it was measured short.")
+    load_rps: float = Field(description="The request rate it served then.")
+    allocation_watts: float | None = Field(default=None, description="The enforced allocation then, W.")
+
+
 class PlanStatus(StatusModel):
     """The configuration the operator chose and why."""
 
@@ -435,6 +446,10 @@ class PlanStatus(StatusModel):
     recent_configurations: list[RecentConfigurationStatus] = Field(
         default_factory=list, max_length=8,
         description="Configurations left within the last 30 minutes, oldest first (the anti-flap history).",
+    )
+    measured_short: list[MeasuredShortStatus] = Field(
+        default_factory=list, max_length=8,
+        description="Fleets measured short within the last 30 minutes, oldest first: no saving goes back to them.",
     )
 
 

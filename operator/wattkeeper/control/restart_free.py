@@ -17,7 +17,7 @@ from dataclasses import replace
 from ..planner import Candidate
 from .planning import allocation_changed, significant
 from .switching import CAPACITY_MARGIN, CAPACITY_STEP, configuration_key
-from .types import Memory, Plan, RecentConfiguration
+from .types import Memory, Plan, RecentConfiguration, ShortFleet
 
 RECENT_SECONDS = 1800.0  # no A -> B -> A within 30 minutes
 # At most 2 restarts an hour (issue 11): after a restart the next one that is not forced by the budget waits this
@@ -104,3 +104,38 @@ def remember_left(memory: Memory, left: Plan, now_s: float, allocation_watts: fl
     entry = RecentConfiguration(key, round(now_s, 3), round(allocation_watts, 1) if allocation_watts else None,
                                 significant(load_rps) if load_rps else None)
     return replace(memory, recent_configurations=(*kept, entry)[-RECENT_KEPT:])
+
+
+SHORT_KEPT = 4
+
+
+def short_key(plan: Plan) -> str:
+    """A fleet's vLLM arguments, without the GPU power limit (set in place, and lifted to bridge a scale-up)."""
+    return replace(plan.config, gpu_power_limit_watts=None).short()
+
+
+def remember_short(memory: Memory, short: Plan, now_s: float, allocation_watts: float | None,
+                   load_rps: float) -> Memory:
+    """Add a fleet measured short (`ShortFleet`); entries older than `RECENT_SECONDS` (and beyond `SHORT_KEPT`) go,
+    and so does one the new one says more than: the same arguments, as many replicas or fewer, short at as much load
+    or more. x1 short at 4 req/s still bans x1 at 3.5 req/s after x2 was short at 6."""
+    key = short_key(short)
+    kept = [e for e in memory.measured_short if now_s - e.at_s < RECENT_SECONDS
+            and not (e.configuration == key and e.replicas <= short.replicas and e.load_rps >= load_rps)]
+    entry = ShortFleet(key, short.replicas, round(now_s, 3), significant(load_rps) or load_rps,
+                       round(allocation_watts, 1) if allocation_watts else None)
+    return replace(memory, measured_short=(*kept, entry)[-SHORT_KEPT:])
+
+
+def measured_short(memory: Memory, target: Plan, now_s: float, allocation_watts: float | None,
+                   load_rps: float) -> ShortFleet | None:
+    """The fleet measured short within `RECENT_SECONDS`, under the same allocation, that `target` would go back to:
+    its arguments with as many replicas or fewer, while the rate served (`load_rps`, measured as `ShortFleet.load_rps`
+    was) is not a capacity step below the rate it served when it was measured short."""
+    key = short_key(target)
+    for e in reversed(memory.measured_short):
+        if e.configuration == key and target.replicas <= e.replicas and now_s - e.at_s < RECENT_SECONDS \
+                and not allocation_changed(e.allocation_watts, allocation_watts) \
+                and load_rps * CAPACITY_STEP > e.load_rps:
+            return e
+    return None

@@ -31,7 +31,10 @@ Unchanged, names the branch (`cause`) and says why:
  9. pinned        Pinned mode serves the spec's plan                 -> apply
 10. saving / not-worth / recently-left  the saving over the horizon against the cost of moving
                   (planner.should_switch), the proposal's and the rescale's, the larger net saving wins; a
-                  restart for a saving only into a plan predicted to meet the SLO
+                  restart for a saving only into a plan predicted to meet the SLO; never back to a fleet measured
+                  short lately (`measured-short`: settled, under pressure, left by a capacity move; as few
+                  replicas of its arguments, within 30 minutes, while the rate served is not a capacity step below
+                  what it served then)
 Restart-free first (control/restart_free.py): in 4, 5 and 7 the running configuration rescaled (`in_place`:
 replicas, GPU power limit) is applied instead of a restart when it does what the restart would, or when the
 restart would return to a configuration left < 30 minutes ago under the same allocation (`recently_left`).
@@ -117,6 +120,10 @@ class SwitchFacts:
     # rescale's over the proposal's (None: not evaluated).
     proposed_capacity_ratio: float | None = None
     in_place_capacity_ratio: float | None = None
+    # The proposal's / the rescale's fleet was measured short lately at about this load (restart_free.measured_short):
+    # when, in words; None where it was not. No saving goes back to it.
+    proposed_short: str | None = None
+    in_place_short: str | None = None
 
     @property
     def proposed_restarts(self) -> bool:
@@ -308,12 +315,14 @@ def _optional(f: SwitchFacts, alt: Plan | None, in_place_only: bool = False) -> 
     # reload into an untried precision that then needed more replicas than the cap holds.
     gamble = f.proposed_restarts and f.proposed_meets_slo is False
     spaced = not (f.proposed_restarts and (f.recently_left or f.restarted_recently))
-    restart = f.worth_it() if spaced and not gives_up and not gamble \
+    # A fleet measured short at about this load is no saving, whatever the model says of it: x2 -> x1 90 s after
+    # x1 was measured short took prefill-heavy s7 to 98.21% within both SLOs.
+    restart = f.worth_it() if spaced and not gives_up and not gamble and f.proposed_short is None \
         and not (in_place_only and f.proposed_restarts) else None
     if restart is not None:
         options.append((f.proposed, restart))
     shrinks = f.slo_missed and alt is not None and f.running is not None and alt.replicas < f.running.replicas
-    if alt is not None and f.in_place_worth_it is not None and not shrinks:
+    if alt is not None and f.in_place_worth_it is not None and not shrinks and f.in_place_short is None:
         options.append((alt, f.in_place_worth_it()))
     moves = [(p, d) for p, d in options if d.switch]
     if moves:
@@ -329,6 +338,9 @@ def _optional(f: SwitchFacts, alt: Plan | None, in_place_only: bool = False) -> 
         return _hold(f, Verdict("Held", "not-worth", f"keeping {f.running.describe() if f.running else ''}: "
                                 "the SLO is missed, no optional move gives up capacity"))
     keeping = f"keeping {f.running.describe() if f.running else 'the running plan'}"
+    short = f.proposed_short if restart is None and f.proposed_short is not None else f.in_place_short
+    if short is not None:
+        return _hold(f, Verdict("Held", "measured-short", f"{keeping}: {short}"))
     if restart is None and f.recently_left:
         return _hold(f, Verdict("Held", "recently-left",
                                 f"{keeping}: {f.proposed.config.short()} was left less than 30 minutes ago"))

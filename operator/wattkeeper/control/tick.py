@@ -39,13 +39,24 @@ from .planning import (
 from .restart_free import (
     blocked,
     capacity_ratio,
+    measured_short,
     more_capacity,
     recently_left,
     remember_left,
+    remember_short,
     restarted_recently,
     scale_only_suffices,
+    short_key,
 )
-from .switching import CAPACITY_STEP, OVERSHOOT_TOLERANCE, SwitchFacts, configuration_key, restarts, switching_rule
+from .switching import (
+    CAPACITY_STEP,
+    OVERSHOOT_TOLERANCE,
+    SwitchFacts,
+    configuration_key,
+    format_time,
+    restarts,
+    switching_rule,
+)
 from .types import (
     ConfigMargin,
     LoadEstimate,
@@ -116,6 +127,20 @@ def running_settled(inputs: TickInputs, memory: Memory) -> bool:
     return settled(inputs.now_s - last, wait_s, False)
 
 
+def seen_serving(inputs: TickInputs, memory: Memory) -> bool:
+    """Whether the telemetry window was measured after a tick saw the running plan's rollout done (a window's
+    length since; the rollout was done by then, so at most the scrape lag of the window precedes it): evidence of
+    the plan itself, not of the fleet before it. `running_settled` may judge sooner, on the model load predicted;
+    a fleet recorded short on that (conv-x4 s1: x6 "short" at 180 s, its three new replicas still loading in the
+    window) banned the plan that carried the load."""
+    seen, last, s = memory.rolled_out_s, memory.last_applied_s, inputs.signals
+    if s is None:
+        return False
+    if seen is None or (last is not None and seen < last):
+        return last is None
+    return inputs.now_s - seen >= s.window_seconds
+
+
 def load_fell(inputs: TickInputs, load: LoadEstimate) -> bool:
     """The load measured in the window (arrivals; without their counts, what finished and the queue's growth) is a
     capacity step below the recent load (the history's arrivals; without them, the load planned for), and under
@@ -151,6 +176,14 @@ def arrival_rates(s: Signals) -> tuple[float, float] | None:
 
 # A window whose arrivals fell below this share of the window before's teaches no latency margin.
 FALLEN_ARRIVALS_SHARE = 0.5
+
+
+def window_rate(s: Signals) -> float:
+    """The rate the fleet served over the window: what finished and the queue's growth, or what entered service (the
+    arrival counts) where more did."""
+    served = offered_rate(s.finished_requests_per_second or 0.0, s.waiting_requests, s.window_seconds)
+    rates = arrival_rates(s)
+    return max(served, rates[0]) if rates is not None else served
 
 
 def arrivals_fell(s: Signals) -> bool:
@@ -270,9 +303,7 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
         # what finished. A fleet short of capacity finishes less than it admits, the rest running in long batches:
         # predicted at what finished, that window's latency read as a model error of 2x (conv-x4: 11 req/s
         # finished, 27 admitted, ITL margin 2.03, the fleet grown to 16 replicas where 5 carry the load).
-        rates = arrival_rates(s)
-        served = offered_rate(s.finished_requests_per_second, s.waiting_requests, s.window_seconds)
-        window = replace(load.workload, requests_per_second=max(served, rates[0]) if rates is not None else served)
+        window = replace(load.workload, requests_per_second=window_rate(s))
         measured = replace(load, workload=window)
         predicted = evaluate_in(tick_request(inputs, m, measured, None, miss_scale=False), m.running,
                                 energy_model)
@@ -633,7 +664,26 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         restarted_recently=restarted_recently(memory, inputs.now_s, inputs.allocation_watts),
         proposed_capacity_ratio=capacity_ratio(prop_c, run_c),
         in_place_capacity_ratio=capacity_ratio(alt_c, prop_c),
+        proposed_short=short_words(memory, proposed, inputs, load),
+        in_place_short=short_words(memory, alt, inputs, load) if alt is not None else None,
     )
+
+
+def short_words(memory: Memory, target: Plan, inputs: TickInputs, load: LoadEstimate) -> str | None:
+    """Where a saving would go back to a fleet measured short lately (`restart_free.measured_short`), in words."""
+    running = memory.running
+    if running is None or (target.replicas >= running.replicas and short_key(target) == short_key(running)):
+        return None
+    if inputs.signals is None:
+        return None
+    # Like for like: the rate served over this window against the rate served when it was measured short (the
+    # load planned for is a held peak that expires while the load stays).
+    now_rps = window_rate(inputs.signals)
+    e = measured_short(memory, target, inputs.now_s, inputs.allocation_watts, now_rps)
+    if e is None:
+        return None
+    return (f"{e.configuration} x{e.replicas} was measured short at {format_time(e.at_s)} serving {e.load_rps:g} "
+            f"req/s, and this window's {now_rps:.3g} req/s is not a capacity step below")
 
 
 def rolls_with_surge(inputs: TickInputs, memory: Memory, load: LoadEstimate, candidate: Candidate | None,
@@ -860,6 +910,13 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
     before = memory
     if in_place is not None and verdict.apply == plan_of(in_place) and verdict.cause != "drift":
         proposed, candidate = verdict.apply, in_place  # what is applied is what status shows
+    if verdict.apply is not None and verdict.cause == "capacity" and running is not None \
+            and under_pressure(inputs) and inputs.signals is not None and not has_slack(inputs, memory) \
+            and seen_serving(inputs, memory):
+        # Settled (the capacity branch waits for that) and short as measured, not by prediction alone; at the rate
+        # it served over the window, not the held peak planned for, which expires while the load stays (bursty s3:
+        # x2 short at 3.9 req/s served, 6.89 planned; the peak expired to 4.69 at 420 s and x3 -> x1 missed again).
+        memory = remember_short(memory, running, inputs.now_s, inputs.allocation_watts, window_rate(inputs.signals))
     if verdict.apply is not None and verdict.cause != "drift":
         if running is not None and restarts(running, verdict.apply):
             memory = remember_left(memory, running, inputs.now_s, inputs.allocation_watts,

@@ -144,6 +144,20 @@ class Canary:
 
 
 @dataclass(frozen=True)
+class ShortFleet:
+    """A fleet measured short: the running plan (its vLLM arguments, `short_key`, and replicas) was settled, under
+    pressure as measured, and a capacity move left it. Within `RECENT_SECONDS` no saving goes back to as few
+    replicas of those arguments while the rate served is not a capacity step below the rate it served then
+    (`control/restart_free.py measured_short`): a measurement of it outweighs the model that plans it again."""
+
+    configuration: str  # restart_free.short_key: the vLLM arguments, without the GPU power limit
+    replicas: int
+    at_s: float
+    load_rps: float  # the rate it served over the window it was measured short in (tick.window_rate)
+    allocation_watts: float | None = None
+
+
+@dataclass(frozen=True)
 class Memory:
     """What the core remembers between ticks (the operator keeps it in status, the benchmark in the policy).
 
@@ -181,6 +195,8 @@ class Memory:
     # same windows, both decayed; their ratio scales the predicted shares of misses.
     tail_measured_misses: float = 0.0
     tail_predicted_misses: float = 0.0
+    # Fleets measured short lately (`ShortFleet`), most recent last.
+    measured_short: tuple[ShortFleet, ...] = ()
 
 
 @dataclass(frozen=True)

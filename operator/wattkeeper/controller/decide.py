@@ -21,6 +21,7 @@ from wattkeeper.control import (
     Memory,
     Plan,
     RecentConfiguration,
+    ShortFleet,
     Signals,
     TickDecision,
     TickInputs,
@@ -194,6 +195,12 @@ def memory_from_status(status: dict[str, Any], default_workload: Workload) -> Me
             for r in plan_status.get("recentConfigurations") or []
             if r.get("configuration") and (left := _seconds(r.get("leftAt"))) is not None
         ),
+        measured_short=tuple(
+            ShortFleet(str(r["configuration"]), int(r["replicas"]), at, float(r["loadRps"]), r.get("allocationWatts"))
+            for r in plan_status.get("measuredShort") or []
+            if r.get("configuration") and r.get("replicas") and r.get("loadRps") is not None
+            and (at := _seconds(r.get("measuredAt"))) is not None
+        ),
         canary=canary_from_status(status),
         canaries_ended=tuple(
             RecentConfiguration(str(r["configuration"]), ended, r.get("allocationWatts"), r.get("loadRps"),
@@ -359,13 +366,19 @@ def _sync_recent(status: dict[str, Any], memory: Memory, now: datetime) -> None:
                **({"allocationWatts": r.allocation_watts} if r.allocation_watts is not None else {}),
                **({"loadRps": r.load_rps} if r.load_rps is not None else {})}
               for r in memory.recent_configurations]
-    if recent == (plan_status.get("recentConfigurations") or []):
+    short = [{"configuration": e.configuration, "replicas": e.replicas,
+              "measuredAt": _iso(datetime.fromtimestamp(e.at_s, tz=now.tzinfo)), "loadRps": e.load_rps,
+              **({"allocationWatts": e.allocation_watts} if e.allocation_watts is not None else {})}
+             for e in memory.measured_short]
+    if recent == (plan_status.get("recentConfigurations") or []) \
+            and short == (plan_status.get("measuredShort") or []):
         return
     plan_status = dict(plan_status)
-    if recent:
-        plan_status["recentConfigurations"] = recent
-    else:
-        plan_status.pop("recentConfigurations", None)
+    for key, value in (("recentConfigurations", recent), ("measuredShort", short)):
+        if value:
+            plan_status[key] = value
+        else:
+            plan_status.pop(key, None)
     status["plan"] = plan_status
 
 
