@@ -664,12 +664,12 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         restarted_recently=restarted_recently(memory, inputs.now_s, inputs.allocation_watts),
         proposed_capacity_ratio=capacity_ratio(prop_c, run_c),
         in_place_capacity_ratio=capacity_ratio(alt_c, prop_c),
-        proposed_short=short_words(memory, proposed, inputs, load),
-        in_place_short=short_words(memory, alt, inputs, load) if alt is not None else None,
+        proposed_short=short_words(memory, proposed, inputs),
+        in_place_short=short_words(memory, alt, inputs) if alt is not None else None,
     )
 
 
-def short_words(memory: Memory, target: Plan, inputs: TickInputs, load: LoadEstimate) -> str | None:
+def short_words(memory: Memory, target: Plan, inputs: TickInputs) -> str | None:
     """Where a saving would go back to a fleet measured short lately (`restart_free.measured_short`), in words."""
     running = memory.running
     if running is None or (target.replicas >= running.replicas and short_key(target) == short_key(running)):
