@@ -13,6 +13,7 @@ from wattkeeper.control import (
     Plan,
     RecentConfiguration,
     ServiceIntent,
+    ShortFleet,
     Signals,
     TickInputs,
     decide_tick,
@@ -30,6 +31,7 @@ from wattkeeper.control.tick import (
     seen_serving,
     settle_after,
     settled,
+    short_words,
 )
 from wattkeeper.control.types import Tuning
 from wattkeeper.energy.catalog import get_accelerator
@@ -464,3 +466,15 @@ def test_seen_serving() -> None:
     assert not seen_serving(inputs, Memory(last_applied_s=100.0))  # not seen yet
     assert not seen_serving(inputs, Memory(last_applied_s=100.0, rolled_out_s=90.0))  # the rollout before
     assert not seen_serving(replace(inputs, signals=None), Memory(last_applied_s=None))
+
+
+def test_the_reason_a_shed_is_held_for_a_fleet_measured_short_is_the_same_every_tick() -> None:
+    """A held service writes its decision once: the reason carries no figure of the window (status would get a new
+    decision entry every tick)."""
+    memory = Memory(running=Plan(BF16, 2), last_applied_s=0.0, rolled_out_s=30.0,
+                    measured_short=(ShortFleet("bf16 tp1 seqs256 tok8192", 1, 100.0, 4.0),))
+    ready = FleetState(exists=True, replicas=2, ready_replicas=2)
+    words = [short_words(memory, Plan(BF16, 1), TickInputs(INTENT, memory, signals(rps), ready, now_s=400.0))
+             for rps in (4.0, 4.4)]
+    assert words[0] is not None and words[0] == words[1]
+    assert short_words(memory, Plan(BF16, 1), TickInputs(INTENT, memory, signals(3.0), ready, now_s=400.0)) is None

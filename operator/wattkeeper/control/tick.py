@@ -682,8 +682,9 @@ def short_words(memory: Memory, target: Plan, inputs: TickInputs) -> str | None:
     e = measured_short(memory, target, inputs.now_s, inputs.allocation_watts, now_rps)
     if e is None:
         return None
+    # No figure of this window in the words: a held service writes its reason once, not every tick.
     return (f"{e.configuration} x{e.replicas} was measured short at {format_time(e.at_s)} serving {e.load_rps:g} "
-            f"req/s, and this window's {now_rps:.3g} req/s is not a capacity step below")
+            f"req/s; no saving goes back to it until the rate served falls a capacity step below that")
 
 
 def rolls_with_surge(inputs: TickInputs, memory: Memory, load: LoadEstimate, candidate: Candidate | None,
