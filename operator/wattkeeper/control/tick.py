@@ -912,11 +912,12 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
     if in_place is not None and verdict.apply == plan_of(in_place) and verdict.cause != "drift":
         proposed, candidate = verdict.apply, in_place  # what is applied is what status shows
     if verdict.apply is not None and verdict.cause == "capacity" and running is not None \
-            and under_pressure(inputs) and inputs.signals is not None and not has_slack(inputs, memory) \
+            and inputs.signals is not None and under_pressure(inputs) and not has_slack(inputs, memory) \
             and seen_serving(inputs, memory):
-        # Settled (the capacity branch waits for that) and short as measured, not by prediction alone; at the rate
-        # it served over the window, not the held peak planned for, which expires while the load stays (bursty s3:
-        # x2 short at 3.9 req/s served, 6.89 planned; the peak expired to 4.69 at 420 s and x3 -> x1 missed again).
+        # Settled (the capacity branch waits for that) and short as measured on a window of this plan, not by
+        # prediction alone; at the rate it served over the window, not the held peak planned for, which expires
+        # while the load stays (bursty s3: x2 short at 3.9 req/s served, 6.89 planned; the peak expired to 4.69 at
+        # 420 s and x3 -> x1 missed again).
         memory = remember_short(memory, running, inputs.now_s, inputs.allocation_watts, window_rate(inputs.signals))
     if verdict.apply is not None and verdict.cause != "drift":
         if running is not None and restarts(running, verdict.apply):

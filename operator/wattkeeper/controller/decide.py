@@ -356,8 +356,8 @@ def _plan_status(tick: TickDecision, applied: Plan, now: datetime) -> dict[str, 
 
 
 def _sync_recent(status: dict[str, Any], memory: Memory, now: datetime) -> None:
-    """status.plan.recentConfigurations as the core remembers them (they change only when a restart is applied
-    or the spec changes, so a settled service writes nothing)."""
+    """status.plan.recentConfigurations and measuredShort as the core remembers them (they change only when a
+    restart or a capacity move is applied or the spec changes, so a settled service writes nothing)."""
     plan_status = status.get("plan")
     if not isinstance(plan_status, dict):
         return
