@@ -38,14 +38,18 @@ def variants() -> list[Any]:
     from wattkeeper.energy.catalog import model_from_name
     from wattkeeper.energy.types import Workload
 
-    bases = [decision_request(True, None, True), decision_request(True, 6, False), decision_request(True, None, False)]
+    def full(r: Any) -> Any:  # every candidate solved, as trees before the lazy search answered (`--no-frontier`)
+        return replace(r, frontier=True) if "frontier" in r.__dataclass_fields__ else r
+
+    bases = [full(decision_request(True, None, True)), full(decision_request(True, 6, False)),
+             full(decision_request(True, None, False))]
     models = [
         model_from_name("meta-llama/Llama-3.1-70B-Instruct", 70.0),
         model_from_name("mistralai/Mixtral-8x7B-Instruct-v0.1", 46.7, 12.9, "moe"),
         model_from_name("openai/gpt-oss-120b", 117.0, 5.1, "moe"),
         model_from_name("meta-llama/Llama-3.1-8B-Instruct", 8.0),
     ]
-    out = [decision_request(*a) for a in ((False, None, False), (True, None, False), (True, 6, False),
+    out = [full(decision_request(*a)) for a in ((False, None, False), (True, None, False), (True, 6, False),
                                           (True, None, True))]
     for b in bases:
         for m in models:
@@ -102,7 +106,7 @@ def record(out: Path, tests: str) -> None:
     print(f"recorded {len(unique)} distinct requests")
 
 
-def dump(out: Path, requests: Path | None) -> None:
+def dump(out: Path, requests: Path | None, no_frontier: bool = False) -> None:
     from wattkeeper.energy.model import EnergyModel
     from wattkeeper.planner import search
 
@@ -113,7 +117,9 @@ def dump(out: Path, requests: Path | None) -> None:
         entry: dict[str, Any] = {}
         try:
             search.clear_plan_cache()
-            res = search._plan(r, em)
+            # Without the frontier the planner solves the queued model lazily (search._plan_once): the same
+            # answers but for the frontier itself, which `compare --ignore-frontier` leaves out.
+            res = search._plan(replace(r, frontier=False) if no_frontier else r, em)
             entry["dict"] = res.to_dict()
             entry["alternatives"] = [c.to_dict() for c in res.alternatives]
             entry["replays"] = [repr({**o.__dict__, "cpu_seconds": 0}) for o in res.verification]
@@ -129,7 +135,7 @@ def dump(out: Path, requests: Path | None) -> None:
     print(f"answered {len(answers)} requests")
 
 
-def compare(old_path: Path, new_path: Path) -> int:
+def compare(old_path: Path, new_path: Path, ignore_frontier: bool = False) -> int:
     old, new = pickle.loads(old_path.read_bytes()), pickle.loads(new_path.read_bytes())
     if len(old) != len(new):
         print(f"{len(old)} against {len(new)} answers")
@@ -142,6 +148,9 @@ def compare(old_path: Path, new_path: Path) -> int:
                 print(i, "error", x.get("error"), y.get("error"))
                 bad += 1
             continue
+        if ignore_frontier:
+            x["dict"] = {k: v for k, v in x["dict"].items() if k != "frontier"}
+            y["dict"] = {k: v for k, v in y["dict"].items() if k != "frontier"}
         for k in ("dict", "alternatives", "replays", "prediction"):
             if x[k] != y[k]:
                 print(i, k, "differs")
@@ -182,17 +191,19 @@ def main() -> int:
     d = sub.add_parser("dump", help="answer the requests with the code on PYTHONPATH")
     d.add_argument("out", type=Path)
     d.add_argument("--requests", type=Path, help="a file written by record")
+    d.add_argument("--no-frontier", action="store_true", help="ask every request without the Pareto frontier")
     c = sub.add_parser("compare", help="compare two dumps")
     c.add_argument("old", type=Path)
     c.add_argument("new", type=Path)
+    c.add_argument("--ignore-frontier", action="store_true", help="compare the answers but for the frontier")
     args = parser.parse_args()
     if args.command == "record":
         record(args.out, args.tests)
         return 0
     if args.command == "dump":
-        dump(args.out, args.requests)
+        dump(args.out, args.requests, args.no_frontier)
         return 0
-    return compare(args.old, args.new)
+    return compare(args.old, args.new, args.ignore_frontier)
 
 
 if __name__ == "__main__":

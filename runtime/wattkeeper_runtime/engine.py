@@ -346,6 +346,111 @@ class BatchingEngine:
         self._mark(end_s)
         return result
 
+    def run_until(self, until_s: float, max_steps: int) -> int:
+        """Step back to back, as `step(self.clock_s)` in a loop, while there is work, the clock is before `until_s`
+        and fewer than `max_steps` steps were taken; returns the steps taken. Every request, counter and energy
+        figure ends as that loop leaves it.
+
+        Without `record_tokens` (a replay reads only the requests' own times) a run of steps in which nothing but
+        decoding can happen is advanced without visiting each sequence at each step: every running sequence is
+        decoding, none reaches its length, no admission is possible and the KV cache has the blocks for all of
+        them. Such a step's schedule is then known (all running sequences, one token each, in order) and its
+        duration depends only on the batch and its mean context, which grows by one token a step."""
+        taken = 0
+        while taken < max_steps and self.has_work() and self.clock_s < until_s:
+            fast = self._decode_run(until_s, max_steps - taken) if not self.record_tokens else 0
+            if fast == 0:
+                self.step(self.clock_s)
+                fast = 1
+            taken += fast
+        return taken
+
+    def _decode_run(self, until_s: float, max_steps: int) -> int:
+        """Up to `max_steps` pure-decode steps (see `run_until`) starting at the clock; the steps taken (0 when
+        the next step is not one)."""
+        running = self.running
+        n = len(running)
+        if n == 0 or n > self.max_num_batched_tokens:
+            return 0
+        newest = running[-1]  # admitted last: the one most likely still prefilling
+        if newest.prefilled_tokens < newest.prompt_tokens + newest.recompute_tokens:
+            return 0
+        context_sum = held = 0
+        last = max_steps + 1  # steps until the first sequence reaches its length
+        contexts: list[int] = []
+        for r in running:
+            prefilled, recompute, out = r.prefilled_tokens, r.recompute_tokens, r.output_tokens
+            if prefilled < r.prompt_tokens + recompute:
+                return 0
+            left = r.max_output_tokens - out
+            if left < last:
+                last = left
+                if last <= 1:
+                    return 0  # the step in which a sequence finishes goes through `step` (it changes the batch)
+            context = prefilled + out - recompute
+            context_sum += context
+            contexts.append(context)
+            held += r.kv_blocks
+        limit = min(max_steps, last - 1)
+        total = self.kv_total_blocks
+        if total is not None:
+            free = total - held
+            if any(-(-(c + 1) // KV_BLOCK_TOKENS) < r.kv_blocks for c, r in zip(contexts, running, strict=True)):
+                return 0  # a sequence holding more blocks than its next token needs: `step` frees them
+
+            def blocks(k: int) -> int:  # blocks the batch needs beyond what it holds, k steps on
+                return sum([-(-(c + k) // KV_BLOCK_TOKENS) for c in contexts]) - held
+
+            if blocks(limit) > free:
+                if blocks(1) > free:
+                    return 0
+                lo, hi = 1, limit  # the most steps whose blocks are all free: no preemption within them
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if blocks(mid) <= free:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                limit = lo
+        waiting = self.waiting
+        admits = bool(waiting) and n < self.max_num_seqs and self.max_num_batched_tokens - n > 0
+        next_arrival = waiting[0].arrival_s if admits else float("inf")
+        timing = self.timing
+        taken = 0
+        clock = self.clock_s
+        energy = self._energy_joules
+        busy = self._busy_seconds
+        power = self._last_step_power_watts
+        mark = self._mark
+        while taken < limit and clock < until_s and next_arrival > clock:
+            # As `step`: no idle time before it (it starts at the clock), one token for each of n sequences.
+            energy += self.idle_power_watts * 0.0
+            self._energy_joules = energy
+            mark(clock)
+            context = round(context_sum / n)
+            duration = timing.decode_step_seconds(n, context, 0)
+            power = timing.power_watts(n, 1.0, max(1, context))
+            end = clock + duration
+            energy += power * duration
+            busy += duration
+            clock = end
+            self._energy_joules = energy
+            mark(end)
+            context_sum += n
+            taken += 1
+        if taken == 0:
+            return 0
+        for r in running:
+            r.output_tokens += taken
+            r.last_token_s = clock
+            if self.kv_total_blocks is not None:
+                r.kv_blocks = -(-(r.prefilled_tokens + r.output_tokens - r.recompute_tokens) // KV_BLOCK_TOKENS)
+        self.generation_tokens_total += n * taken
+        self._busy_seconds = busy
+        self._last_step_power_watts = power
+        self.clock_s = clock
+        return taken
+
     # --- readings at any virtual time ---------------------------------------------------------------------------
 
     def energy_joules_at(self, t_s: float) -> float:

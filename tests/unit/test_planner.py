@@ -143,3 +143,61 @@ def test_allocation_degrades_lowest_priority_first() -> None:
     starved = allocate_watts(100, demands)
     # Below the floors: the budget is shared in proportion to the floors, never exceeded.
     assert all(a.degraded for a in starved) and sum(a.watts for a in starved) == pytest.approx(100)
+
+
+def _without_frontier(result: object) -> dict[str, object]:
+    d = result.to_dict()  # type: ignore[attr-defined]
+    d.pop("frontier")
+    return {**d, "alternatives": [c.to_dict() for c in result.alternatives]}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("case", ["decision", "lever", "cap", "protect-budget", "margins", "overload", "idle"])
+def test_a_plan_without_the_frontier_is_the_plan_with_it(case: str) -> None:
+    """Without the frontier the queued model is solved cheapest first, only as far as the answer needs
+    (search._plan_once): the chosen plan, runner-up, binding, reason, alternatives and replays must be those of the
+    full evaluation. hack/plan_equivalence.py checks the same over 1,545 requests."""
+    from wattkeeper.bench.decision import decision_request
+    from wattkeeper.planner.search import clear_plan_cache
+
+    base = replace(decision_request(verify=True, power_limits=case == "lever"), frontier=True)
+    wl = base.workload
+    asked = {
+        "decision": base,
+        "lever": base,
+        "cap": replace(base, allocation_watts=2000.0),
+        "protect-budget": replace(base, allocation_watts=1500.0, fallback="ProtectBudget"),
+        "margins": replace(base, ttft_margin=1.4, itl_margin=1.8, verify_relaxed_share=0.95, max_gpus=8),
+        "overload": replace(base, workload=Workload(wl.requests_per_second * 40, wl.input_tokens, wl.output_tokens)),
+        "idle": replace(base, workload=Workload(0.05, wl.input_tokens, wl.output_tokens), replay=None),
+    }[case]
+    clear_plan_cache()
+    full = plan(asked)
+    clear_plan_cache()
+    lazy = plan(replace(asked, frontier=False))
+    assert full.candidates and not lazy.candidates
+    assert _without_frontier(lazy) == _without_frontier(full)
+    assert [o.within_share for o in lazy.verification] == [o.within_share for o in full.verification]
+
+
+def test_a_plan_without_the_frontier_solves_only_the_cheap_end_of_the_grid() -> None:
+    """What makes the control core's decision cheap: for the decision-time benchmark's 70B request the queued
+    model solves under half of its distinct questions."""
+    from wattkeeper.bench.decision import decision_request
+    from wattkeeper.energy.model import EnergyModel
+    from wattkeeper.planner import search
+
+    asked = replace(decision_request(verify=False, power_limits=True), frontier=False)
+    solved: list[int] = []
+    original = search._QueuedFigures.solve
+
+    def counting(self: search._QueuedFigures, questions: object) -> None:
+        original(self, questions)  # type: ignore[arg-type]
+        solved.append(int(self.solved.sum()))
+        solved.append(self.questions)
+
+    search._QueuedFigures.solve = counting  # type: ignore[method-assign]
+    try:
+        search._plan_once(asked, EnergyModel.default())
+    finally:
+        search._QueuedFigures.solve = original  # type: ignore[method-assign]
+    assert 0 < solved[-2] < 0.5 * solved[-1]

@@ -188,3 +188,70 @@ def test_without_token_records_the_schedule_is_the_same() -> None:
         [(r.first_token_s, r.finished_s, r.preemptions) for r in quiet]
     assert all(not s.emitted and not s.itl_samples_s for s in quiet_steps)
     assert engines[0].generation_tokens_total == engines[1].generation_tokens_total == sum(r.output_tokens for r in loud)
+
+
+def _state(engine: BatchingEngine, reqs: list[EngineRequest]) -> tuple[object, ...]:
+    return (
+        engine.clock_s, engine._energy_joules, engine._busy_seconds, engine._last_step_power_watts,
+        tuple(engine._energy_marks), engine.prompt_tokens_total, engine.generation_tokens_total,
+        engine.finished_total, engine.preemptions_total,
+        tuple(r.request_id for r in engine.running), tuple(r.request_id for r in engine.waiting),
+        tuple((r.prefilled_tokens, r.output_tokens, r.recompute_tokens, r.kv_blocks, r.preemptions, r.scheduled_s,
+               r.first_token_s, r.last_token_s, r.finished_s) for r in reqs),
+    )
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_run_until_leaves_everything_as_stepping_one_by_one(seed: int) -> None:
+    """The replay's `run_until` skips visiting each sequence in runs of pure-decode steps: the same engine driven
+    step by step must end bit for bit where it does, through KV-cache preemptions, max-num-seqs, chunked prompts,
+    step budgets and a clock limit."""
+    import random
+
+    rng = random.Random(seed)
+    seqs = rng.choice([2, 8, 64, 256])
+    budget = rng.choice([64, 512, 2048])
+    kv = rng.choice([None, 300, 2_000, 20_000])
+    arrivals: list[tuple[float, int, int]] = []
+    t = 0.0
+    for _ in range(rng.randint(1, 80)):
+        t += rng.expovariate(rng.choice([2.0, 20.0]))
+        arrivals.append((t, rng.randint(1, 3000), rng.randint(1, 400)))
+    max_steps = rng.choice([50, 100_000])
+
+    def drive(fast: bool) -> tuple[object, ...]:
+        engine = BatchingEngine(LinearStubTiming(), seqs, budget, kv_cache_tokens=kv, record_tokens=False)
+        reqs = [EngineRequest(f"r{i}", p, o) for i, (_, p, o) in enumerate(arrivals)]
+        steps = 0
+        for (at, _, _), r in zip(arrivals, reqs, strict=True):
+            if fast:
+                steps += engine.run_until(at, max_steps - steps)
+            else:
+                while engine.has_work() and engine.clock_s < at and steps < max_steps:
+                    engine.step(engine.clock_s)
+                    steps += 1
+            engine.submit(r, at)
+        if fast:
+            steps += engine.run_until(float("inf"), max_steps - steps)
+        else:
+            while engine.has_work() and steps < max_steps:
+                engine.step(engine.clock_s)
+                steps += 1
+        return (steps, *_state(engine, reqs))
+
+    assert drive(True) == drive(False)
+
+
+def test_run_until_steps_one_by_one_when_tokens_are_recorded() -> None:
+    def started(record: bool) -> BatchingEngine:
+        engine = BatchingEngine(LinearStubTiming(), 8, 512, record_tokens=record)
+        for r in requests(3, prompt=50, output=30):
+            engine.submit(r, 0.0)
+        engine.step(0.0)  # the prompts: every sequence decodes from here on
+        return engine
+
+    assert started(False)._decode_run(float("inf"), 100) == 28  # a pure-decode run to skip, up to the last step
+    recorded = started(True)
+    steps = []
+    recorded.step = lambda now_s: steps.append(now_s) or BatchingEngine.step(recorded, now_s)  # type: ignore[method-assign]
+    assert recorded.run_until(float("inf"), 10_000) == 29 == len(steps)  # with tokens recorded, every step is taken

@@ -38,8 +38,10 @@ def _telemetry() -> Trace:
     return synthetic_trace([(600.0, 5.5)], 1155, 211, seed=2, spread=1.0)
 
 
-def decision_request(verify: bool = True, levels: int | None = None, power_limits: bool = False) -> PlanRequest:
-    """The planning request of one tick: what telemetry of the last ten minutes says, every opt-in on."""
+def decision_request(verify: bool = True, levels: int | None = None, power_limits: bool = False,
+                     frontier: bool = False) -> PlanRequest:
+    """The planning request of one tick: what telemetry of the last ten minutes says, every opt-in on. As the
+    control core asks it, without the Pareto frontier (`frontier`: with it, every candidate is solved)."""
     trace = _telemetry()
     load = estimate_load(counts_from_arrivals(trace.arrival_s), 1.0, trace.input_tokens, trace.output_tokens)
     recent = trace.window(trace.duration_s - 60.0, trace.duration_s + 1.0)
@@ -67,18 +69,22 @@ def decision_request(verify: bool = True, levels: int | None = None, power_limit
         gpu_power_limits_watts=limit_options_watts(get_accelerator("H100"), (ORACLE_LIMIT_FRACTION,)) if power_limits
         else (None,),
         replay_rate_scale=load.growth_factor,
+        frontier=frontier,  # the control core asks without it (control/planning.py); the what-if CLI with it
     )
 
 
 def measure(repeats: int = 21) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, verify, levels, limits in (
-        ("planOnly", False, None, False),
-        ("planAndVerify", True, None, False),
-        ("planAndVerifySixRateLevels", True, 6, False),
-        ("planAndVerifyWithPowerLimits", True, None, True),
+    for name, verify, levels, limits, frontier in (
+        ("planOnly", False, None, False, False),
+        ("planAndVerify", True, None, False, False),
+        ("planAndVerifySixRateLevels", True, 6, False, False),
+        ("planAndVerifyWithPowerLimits", True, None, True, False),
+        # The same decision solving every candidate (the frontier needs them all): the cost of the lazy search's
+        # alternative, side by side in one run.
+        ("planAndVerifyWithPowerLimitsEveryCandidate", True, None, True, True),
     ):
-        request = decision_request(verify, levels, limits)
+        request = decision_request(verify, levels, limits, frontier)
         plan(request)  # warm caches (features per configuration), as a running operator has them
         cpu, wall = [], []
         result = None

@@ -65,6 +65,7 @@ def plan_request(
         profile=tuple(intent.profile) if intent.profile else None,
         gpu_memory_utilization=intent.gpu_memory_utilization,
         gpu_power_limits_watts=intent.gpu_power_limits_watts,
+        frontier=False,  # never read by the control core; without it the queued model is solved lazily
     )
     if only is not None:
         request = replace(request, allowed_precisions=(only.config.precision,),

@@ -3,6 +3,9 @@
 The search space is precision x TP x max-num-seqs x max-num-batched-tokens (x GPU power limit) x replicas. All
 candidates are evaluated at once by the energy model's vectorised evaluator, so a decision takes milliseconds.
 At a fixed offered load every candidate serves the same tokens, so least power is least energy per token.
+The queued latency model, the costly part, is solved for every candidate only when the Pareto frontier is asked
+for; without it (`PlanRequest.frontier`, as the control core asks) it is solved cheapest first until no
+unsolved candidate can change the answer (`_plan_once`).
 """
 
 from __future__ import annotations
@@ -102,6 +105,11 @@ class PlanRequest:
     # With slo_basis "requests": also replay cheaper candidates whose predicted share within both is at least
     # this (None: only candidates the model finds feasible).
     verify_relaxed_share: float | None = None
+    # The Pareto frontier (J/token against ITL p95) in `PlanResult.candidates`: it needs the latency of every
+    # candidate. Without it the queued model solves candidates cheapest first, only as far as the answer needs
+    # (`_plan_once`): the same chosen plan, runner-up, binding and alternatives at a fraction of the cost. The
+    # control core never reads the frontier; the what-if CLI does.
+    frontier: bool = True
 
     def token_distribution(self) -> TokenDistribution:
         wl = self.workload
@@ -229,9 +237,14 @@ class _Grid:
     features: Features
     result: dict[str, FloatArray]
     measured: npt.NDArray[np.bool_]  # figures from measured profile points (planner/measured.py), not the model
+    # The queued model's figures, when solved only as far as needed (`_QueuedFigures`); None: all are in `result`.
+    queued: _QueuedFigures | None = None
 
 
-def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, list[tuple[str, int, float | None]]]:
+def _evaluate(request: PlanRequest, energy_model: EnergyModel, lazy: bool = False,
+              ) -> tuple[_Grid, list[tuple[str, int, float | None]]]:
+    """Every candidate and its figures. `lazy` (with the queued model, without the frontier or profile points):
+    the queued model's figures are left to `_Grid.queued` to solve, cheapest first."""
     accelerator = get_accelerator(request.accelerator)
     precisions = []
     for name in request.allowed_precisions:
@@ -289,56 +302,105 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel) -> tuple[_Grid, l
     expand = np.tile(np.arange(n), len(options))
     g = f.take(expand)
     rate = wl.requests_per_second / replicas
+    queued: _QueuedFigures | None = None
     if tokens is not None:
-        result = _queued(evaluator, g, rate, inp[expand], out[expand], tokens, peak, request, base_index[expand])
+        queued = _QueuedFigures(evaluator, g, rate, inp[expand], out[expand], tokens, peak, request,
+                                base_index[expand])
+        result = queued.full
+        # Measured profile points replace figures of some candidates after the model: those need every figure.
+        if request.frontier or request.profile or not lazy or not queued.steady_is_queued:
+            queued.solve_all()
+            queued = None
     else:
         result = evaluator.under_load(g, rate, inp[expand], out[expand])
     measured = apply_measured(request.profile, keys, base_index[expand], seqs[expand], batched[expand],
                               rate * wl.output_tokens, wl.input_tokens, wl.output_tokens, result)
-    grid = _Grid(base_index[expand], seqs[expand], batched[expand], replicas, g, result, measured)
+    grid = _Grid(base_index[expand], seqs[expand], batched[expand], replicas, g, result, measured, queued)
     return grid, list(keys)
 
 
-def _queued(
-    evaluator: Any,
-    g: Features,
-    rate: FloatArray,
-    inp: FloatArray,
-    out: FloatArray,
-    tokens: TokenDistribution,
-    peak: float,
-    request: PlanRequest,
-    base_index: npt.NDArray[np.int64],
-) -> dict[str, FloatArray]:
-    """The queued latency model, evaluated only where the steady model leaves room for the load at its busiest
-    level and the weights fit (the rest cannot be feasible: the queued utilisation is never lower).
+class _QueuedFigures:
+    """The queued latency model's figures of a grid's candidates, solved all at once or a set of questions at a
+    time, cheapest first (`_plan_once`). Evaluated only where the steady model leaves room for the load at its
+    busiest level and the weights fit (the rest cannot be feasible: the queued utilisation is never lower).
 
     Each distinct question is solved once: candidates that differ only in a max-num-seqs above what the KV cache
     holds, or in replica options that coincide (needed + 1 = 1.5 x needed for 2), are the same row to the model,
-    whose every figure is per row. `base_index` is the row of each candidate's (precision, TP, power limit)."""
-    steady = evaluator.under_load(g, rate, inp, out)
-    alive = np.flatnonzero((steady["utilisation"] * peak < 1.0) & (steady["max_batch"] >= 1.0))
-    n = len(g)
-    full: dict[str, FloatArray] = {k: np.array(v, dtype=float, copy=True) for k, v in steady.items()}
-    full["utilisation"] = np.maximum(full["utilisation"] * peak, 1.0)
-    for key, default in (("ttft_p95", np.inf), ("itl_p95", np.inf), ("ttft_q", np.inf),
-                         ("request_mean_itl_q", np.inf), ("chunk_step_seconds", np.inf),
-                         ("ttft_miss_share", 1.0), ("itl_miss_share", 1.0), ("prefill_utilisation", np.inf)):
-        full[key] = np.full(n, default)
-    if alive.size == 0:
-        return full
-    # What a row's figures depend on: its base features, chunk budget, rate and decode slots. The queued model
-    # reads max-num-seqs only through the slots (Evaluator.under_load's max_batch at the distribution's means).
-    slots = np.minimum(g.max_num_seqs[alive], np.maximum(
-        np.floor(steady["kv_capacity_tokens"][alive] / (tokens.mean_prompt_tokens + tokens.mean_output_tokens)), 0.0))
-    question = np.stack([base_index[alive].astype(float), g.max_num_batched_tokens[alive], slots, rate[alive]], axis=1)
-    _, first, inverse = np.unique(question, axis=0, return_index=True, return_inverse=True)
-    solve = alive[first]
-    inverse = inverse.reshape(-1)
-    part = evaluator.under_load_queued(
-            g.take(solve),
-            rate[solve],
-            tokens,
+    whose every figure is per row. `base_index` is the row of each candidate's (precision, TP, power limit). A
+    question is solved on its first candidate with all its candidates at once, so a figure does not depend on
+    which questions were solved before it. Until solved, a candidate holds the figures of one the model skips
+    (no capacity, every request missed), so it can be neither chosen nor counted as binding."""
+
+    def __init__(
+        self,
+        evaluator: Any,
+        g: Features,
+        rate: FloatArray,
+        inp: FloatArray,
+        out: FloatArray,
+        tokens: TokenDistribution,
+        peak: float,
+        request: PlanRequest,
+        base_index: npt.NDArray[np.int64],
+    ) -> None:
+        steady = evaluator.under_load(g, rate, inp, out)
+        alive = np.flatnonzero((steady["utilisation"] * peak < 1.0) & (steady["max_batch"] >= 1.0))
+        n = len(g)
+        full: dict[str, FloatArray] = {k: np.array(v, dtype=float, copy=True) for k, v in steady.items()}
+        full["utilisation"] = np.maximum(full["utilisation"] * peak, 1.0)
+        for key, default in (("ttft_p95", np.inf), ("itl_p95", np.inf), ("ttft_q", np.inf),
+                             ("request_mean_itl_q", np.inf), ("chunk_step_seconds", np.inf),
+                             ("ttft_miss_share", 1.0), ("itl_miss_share", 1.0), ("prefill_utilisation", np.inf)):
+            full[key] = np.full(n, default)
+        self.full = full
+        self._evaluator, self._g, self._rate, self._tokens, self._request = evaluator, g, rate, tokens, request
+        self._steady = steady
+        # The steady figures are the queued model's own where the workload's means are the distribution's.
+        self.steady_is_queued = (inp.dtype == np.float64 and out.dtype == np.float64
+                                  and request.workload.input_tokens == tokens.mean_prompt_tokens
+                                  and request.workload.output_tokens == tokens.mean_output_tokens)
+        self._alive = alive
+        if alive.size == 0:
+            self._first = self._of = np.zeros(0, dtype=np.int64)
+        else:
+            # What a row's figures depend on: its base features, chunk budget, rate and decode slots. The queued
+            # model reads max-num-seqs only through the slots (Evaluator.under_load's max_batch at the means).
+            slots = np.minimum(g.max_num_seqs[alive], np.maximum(np.floor(
+                steady["kv_capacity_tokens"][alive] / (tokens.mean_prompt_tokens + tokens.mean_output_tokens)), 0.0))
+            question = np.stack([base_index[alive].astype(float), g.max_num_batched_tokens[alive], slots, rate[alive]],
+                                axis=1)
+            _, first, inverse = np.unique(question, axis=0, return_index=True, return_inverse=True)
+            self._first = alive[first]  # the candidate each question is solved on
+            self._of = inverse.reshape(-1)  # the question of each alive candidate
+        self.solved = np.zeros(self._first.size, dtype=bool)
+
+    @property
+    def questions(self) -> int:
+        return int(self._first.size)
+
+    def pending_rows(self) -> npt.NDArray[np.int64]:
+        """The candidates whose question is not solved yet."""
+        return self._alive[~self.solved[self._of]] if self._alive.size else self._alive
+
+    def question_order(self, key: FloatArray) -> npt.NDArray[np.int64]:
+        """The questions by the least `key` (e.g. a candidate's total watts) among their candidates."""
+        least = np.full(self.questions, np.inf)
+        np.minimum.at(least, self._of, key[self._alive])
+        return np.argsort(least, kind="stable")
+
+    def solve_all(self) -> None:
+        self.solve(np.flatnonzero(~self.solved))
+
+    def solve(self, questions: npt.NDArray[np.int64]) -> None:
+        questions = np.sort(np.asarray(questions, dtype=np.int64))
+        questions = questions[~self.solved[questions]]
+        if questions.size == 0:
+            return
+        request, solve = self._request, self._first[questions]
+        part = self._evaluator.under_load_queued(
+            self._g.take(solve),
+            self._rate[solve],
+            self._tokens,
             quantile=request.request_share,
             rate_levels=request.rate_levels,
             request_quantiles=False,
@@ -350,18 +412,18 @@ def _queued(
             )
             if request.slo_basis == "requests"
             else None,
-            # The steady figures above are the queued model's own where the workload's means are the distribution's.
-            steady={k: v[solve] for k, v in steady.items()}
-            if inp.dtype == np.float64 and out.dtype == np.float64
-            and request.workload.input_tokens == tokens.mean_prompt_tokens
-            and request.workload.output_tokens == tokens.mean_output_tokens
-            else None,
+            steady={k: v[solve] for k, v in self._steady.items()} if self.steady_is_queued else None,
         )
-    for name, value in part.items():
-        if name not in full:
-            full[name] = np.full(n, np.nan)
-        full[name][alive] = value[inverse]
-    return full
+        position = np.full(self.questions, -1, dtype=np.int64)
+        position[questions] = np.arange(questions.size)
+        members = position[self._of] >= 0
+        rows, at = self._alive[members], position[self._of[members]]
+        n = len(self._g)
+        for name, value in part.items():
+            if name not in self.full:
+                self.full[name] = np.full(n, np.nan)
+            self.full[name][rows] = value[at]
+        self.solved[questions] = True
 
 
 def _pareto(indices: Sequence[int], energy: FloatArray, latency: FloatArray) -> list[int]:
@@ -493,10 +555,37 @@ def _verified(request: PlanRequest, result: PlanResult, em: EnergyModel) -> Plan
     return replace(result, chosen=winner, reason=result.reason + verdict, verification=tuple(outcomes))
 
 
+# Without the frontier, the queued model first solves the questions of the cheapest candidates, then twice as many
+# each round, until no unsolved candidate could change the answer.
+LAZY_FIRST_QUESTIONS = 64
+
+
 def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
     if request.workload.requests_per_second < 0:
         raise ValueError("request rate must be >= 0")
-    grid, keys = _evaluate(request, em)
+    grid, keys = _evaluate(request, em, lazy=True)
+    queued = grid.queued
+    if queued is None:
+        return _select(request, em, grid, keys, math.inf)[0]
+    # Every answer is the least-power candidate of some set (`best`), so once the least power of the unsolved is
+    # above an answer's tie band, no unsolved candidate can change it.
+    watts = grid.result["watts"] * grid.replicas * request.power_correction
+    order = queued.question_order(watts)
+    done, size = 0, LAZY_FIRST_QUESTIONS
+    while True:
+        queued.solve(order[done : done + size])
+        done, size = done + size, size * 2
+        pending = queued.pending_rows()
+        next_watts = float(np.min(watts[pending])) if pending.size else math.inf
+        result, certain = _select(request, em, grid, keys, next_watts)
+        if certain or pending.size == 0:
+            return result
+
+
+def _select(request: PlanRequest, em: EnergyModel, grid: _Grid, keys: list[tuple[str, int, float | None]],
+            unsolved_watts: float) -> tuple[PlanResult, bool]:
+    """The plan from the grid's figures, and whether it is certain: False when a candidate not solved yet, the
+    cheapest of them at `unsolved_watts`, could be the answer to one of its choices."""
     r = grid.result
     replicas = grid.replicas
     watts = r["watts"] * replicas * request.power_correction
@@ -541,11 +630,16 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
     # power, prefer fewer GPUs, then the largest max-num-seqs (headroom: a burst queues behind a small limit, and
     # a queue forces a restart), then lower latency.
 
+    uncertain = False
+
     def best(mask: npt.NDArray[np.bool_]) -> int | None:
+        nonlocal uncertain
         idx = np.flatnonzero(mask)
         if idx.size == 0:
+            uncertain = uncertain or unsolved_watts < math.inf
             return None
         least = float(np.min(watts[idx]))
+        uncertain = uncertain or unsolved_watts <= least * (1.0 + TIE_TOLERANCE)
         near = idx[watts[idx] <= least * (1.0 + TIE_TOLERANCE)]
         # The chunk rule already bounds the ITL: among ties the largest budget prefills fastest (TTFT headroom).
         chunk_rule = queued and request.chunk_budget_within_itl
@@ -579,6 +673,8 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
         )
 
     chosen_i = best(feasible)
+    if uncertain:  # an unsolved candidate may be cheaper, or the only feasible one
+        return PlanResult(None, None, "none", False, "", evaluated=len(replicas)), False
     binding: Binding
     chosen: Candidate | None
     runner: Candidate | None
@@ -599,8 +695,10 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
         is_feasible = False
         if chosen is not None:
             reason += f" Chosen instead: {chosen.describe()}."
-    front_pool = [int(i) for i in np.flatnonzero(base_ok & meets_ttft)]
-    frontier = tuple(candidate(i) for i in _pareto(front_pool, jpt, itl))
+    frontier: tuple[Candidate, ...] = ()
+    if request.frontier:
+        front_pool = [int(i) for i in np.flatnonzero(base_ok & meets_ttft)]
+        frontier = tuple(candidate(i) for i in _pareto(front_pool, jpt, itl))
     alternatives: tuple[Candidate, ...] = ()
     if request.replay is not None and is_feasible and request.verify_candidates > 0:
         pool_mask = feasible
@@ -621,7 +719,7 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
         candidates=frontier,
         evaluated=len(replicas),
         alternatives=alternatives,
-    )
+    ), not uncertain
 
 
 def _tie_key(gpus: float, max_num_seqs: float, max_num_batched_tokens: float, itl_p95_seconds: float,
@@ -651,8 +749,8 @@ def _cheapest_distinct(
     replicas): max-num-seqs and the chunk budget alone rarely change what a replay shows."""
     mask = feasible.copy()
     out: list[int] = []
-    while len(out) < count and mask.any():
-        i = best(mask)
+    while len(out) < count:
+        i = best(mask)  # None when none is left (`best` then tells `_select` whether an unsolved one could be)
         if i is None:
             break
         out.append(i)

@@ -222,15 +222,11 @@ def replay(
     complete = True
     for i in range(first, len(sample), replicas):
         t = (sample.arrival_s[i] - t0) / rate_scale
-        while engine.has_work() and engine.clock_s < t and steps < max_steps:
-            engine.step(engine.clock_s)
-            steps += 1
+        steps += engine.run_until(t, max_steps - steps)
         req = EngineRequest(str(i), max(int(sample.prompt_tokens[i]), 1), max(int(sample.output_tokens[i]), 1))
         requests.append(req)
         engine.submit(req, t)
-    while engine.has_work() and steps < max_steps:
-        engine.step(engine.clock_s)
-        steps += 1
+    steps += engine.run_until(math.inf, max_steps - steps)
     if engine.has_work():
         complete = False
     ttft_ok = itl_ok = both = 0
