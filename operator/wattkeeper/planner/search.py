@@ -479,9 +479,17 @@ def plan(request: PlanRequest, energy_model: EnergyModel | None = None) -> PlanR
 
 def _plan(request: PlanRequest, em: EnergyModel) -> PlanResult:
     _check(request)
-    result = _plan_once(request, em)
-    if request.replay is not None and result.feasible and result.alternatives:
-        result = _verified(request, result, em)
+    # Without the frontier the chosen plan is replayed first on its own: the replay tries it first anyway (the
+    # cheapest feasible, its own tie-break), and where it passes, as it mostly does, the alternatives it would
+    # have tried next are never needed, nor solved (`PlanResult.alternatives` then holds the chosen plan only).
+    chosen_first = request.replay is not None and not request.frontier and request.verify_candidates > 0 \
+        and request.verify_relaxed_share is None and not request.profile
+    result = _plan_once(request, em, alternatives=not chosen_first)
+    if chosen_first and result.feasible and result.chosen is not None:
+        alone = _verified(request, replace(result, alternatives=(result.chosen,)), em, chosen_only=True)
+        result = alone if alone is not None else _verified_or_same(request, _plan_once(request, em), em)
+    elif request.replay is not None and result.feasible and result.alternatives:
+        result = _verified_or_same(request, result, em)
     allocation = request.allocation_watts
     if request.fallback != "ProtectBudget" or allocation is None or result.feasible or \
             (result.chosen is not None and result.chosen.total_watts <= allocation and _has_capacity(result.chosen)):
@@ -524,13 +532,21 @@ def _check(request: PlanRequest) -> None:
         raise ValueError("replay rate scale must be > 0")
 
 
-def _verified(request: PlanRequest, result: PlanResult, em: EnergyModel) -> PlanResult:
-    """Replay the cheapest feasible candidates on the recent arrivals; the cheapest that passes wins."""
+def _verified_or_same(request: PlanRequest, result: PlanResult, em: EnergyModel) -> PlanResult:
+    verified = _verified(request, result, em)
+    assert verified is not None
+    return verified
+
+
+def _verified(request: PlanRequest, result: PlanResult, em: EnergyModel, chosen_only: bool = False,
+              ) -> PlanResult | None:
+    """Replay the cheapest feasible candidates on the recent arrivals; the cheapest that passes wins. With
+    `chosen_only`, only `result.alternatives` (the chosen plan) are replayed, and None says that none passed."""
     from .verify import choose_verified  # verify imports this module's types
 
     pool = list(result.alternatives)
     chosen = result.chosen
-    if chosen is not None:
+    if chosen is not None and not chosen_only:
         # The chosen plan with one and two more replicas, for when the model was optimistic; their power is
         # bounded by scaling the chosen total (each replica then carries less).
         pool += [
@@ -543,6 +559,8 @@ def _verified(request: PlanRequest, result: PlanResult, em: EnergyModel) -> Plan
     if winner is None:
         return result
     passed = bool(outcomes) and outcomes[-1].within_share >= request.request_share
+    if chosen_only and not passed:
+        return None
     if passed:
         verdict = f" Verified by replay: {outcomes[-1].describe()}."
     else:
@@ -560,13 +578,14 @@ def _verified(request: PlanRequest, result: PlanResult, em: EnergyModel) -> Plan
 LAZY_FIRST_QUESTIONS = 64
 
 
-def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
+def _plan_once(request: PlanRequest, em: EnergyModel, alternatives: bool = True) -> PlanResult:
+    """One search. `alternatives`: fill `PlanResult.alternatives` for the replay (when the request has one)."""
     if request.workload.requests_per_second < 0:
         raise ValueError("request rate must be >= 0")
     grid, keys = _evaluate(request, em, lazy=True)
     queued = grid.queued
     if queued is None:
-        return _select(request, em, grid, keys, math.inf)[0]
+        return _select(request, em, grid, keys, math.inf, alternatives)[0]
     # Every answer is the least-power candidate of some set (`best`), so once the least power of the unsolved is
     # above an answer's tie band, no unsolved candidate can change it.
     watts = grid.result["watts"] * grid.replicas * request.power_correction
@@ -577,13 +596,13 @@ def _plan_once(request: PlanRequest, em: EnergyModel) -> PlanResult:
         done, size = done + size, size * 2
         pending = queued.pending_rows()
         next_watts = float(np.min(watts[pending])) if pending.size else math.inf
-        result, certain = _select(request, em, grid, keys, next_watts)
+        result, certain = _select(request, em, grid, keys, next_watts, alternatives)
         if certain or pending.size == 0:
             return result
 
 
 def _select(request: PlanRequest, em: EnergyModel, grid: _Grid, keys: list[tuple[str, int, float | None]],
-            unsolved_watts: float) -> tuple[PlanResult, bool]:
+            unsolved_watts: float, with_alternatives: bool = True) -> tuple[PlanResult, bool]:
     """The plan from the grid's figures, and whether it is certain: False when a candidate not solved yet, the
     cheapest of them at `unsolved_watts`, could be the answer to one of its choices."""
     r = grid.result
@@ -700,7 +719,7 @@ def _select(request: PlanRequest, em: EnergyModel, grid: _Grid, keys: list[tuple
         front_pool = [int(i) for i in np.flatnonzero(base_ok & meets_ttft)]
         frontier = tuple(candidate(i) for i in _pareto(front_pool, jpt, itl))
     alternatives: tuple[Candidate, ...] = ()
-    if request.replay is not None and is_feasible and request.verify_candidates > 0:
+    if with_alternatives and request.replay is not None and is_feasible and request.verify_candidates > 0:
         pool_mask = feasible
         if request.verify_relaxed_share is not None and within_share is not None and chosen_i is not None:
             # Let the replay judge cheaper plans the model doubts a little (predicted share within both at least
