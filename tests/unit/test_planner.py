@@ -209,3 +209,37 @@ def test_a_plan_without_the_frontier_solves_only_the_cheap_end_of_the_grid() -> 
     finally:
         search._QueuedFigures.solve = original  # type: ignore[method-assign]
     assert 0 < solved[-2] < 0.5 * solved[-1]
+
+
+def test_the_control_cores_searches_are_solved_lazily_too() -> None:
+    """The control core plans at the workload's means rounded (control/load.py `significant`), which are not the
+    token distribution's own: the queued model then starts from the steady figures at the distribution's means,
+    worked out per question up front, so the lazy search still knows every candidate's power. Its answers are
+    the full evaluation's, and it solves under half of the questions."""
+    from wattkeeper.bench.decision import decision_request
+    from wattkeeper.energy.model import EnergyModel
+    from wattkeeper.planner import search
+
+    asked = decision_request(verify=False, power_limits=True)
+    tokens = asked.token_distribution()
+    rounded = Workload(asked.workload.requests_per_second, round(tokens.mean_prompt_tokens, -1),
+                       round(tokens.mean_output_tokens, -1))
+    assert (rounded.input_tokens, rounded.output_tokens) != (tokens.mean_prompt_tokens, tokens.mean_output_tokens)
+    asked = replace(asked, workload=rounded, tokens=tokens)
+    search.clear_plan_cache()
+    full = plan(replace(asked, frontier=True))
+    search.clear_plan_cache()
+    solved: list[tuple[int, int]] = []
+    original = search._QueuedFigures.solve
+
+    def counting(self: search._QueuedFigures, questions: object) -> None:
+        original(self, questions)  # type: ignore[arg-type]
+        solved.append((int(self.solved.sum()), self.questions))
+
+    search._QueuedFigures.solve = counting  # type: ignore[method-assign]
+    try:
+        lazy = search._plan(asked, EnergyModel.default())
+    finally:
+        search._QueuedFigures.solve = original  # type: ignore[method-assign]
+    assert _without_frontier(lazy) == _without_frontier(full)
+    assert 0 < solved[-1][0] < 0.5 * solved[-1][1]

@@ -308,7 +308,7 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel, lazy: bool = Fals
                                 base_index[expand])
         result = queued.full
         # Measured profile points replace figures of some candidates after the model: those need every figure.
-        if request.frontier or request.profile or not lazy or not queued.steady_is_queued:
+        if request.frontier or request.profile or not lazy:
             queued.solve_all()
             queued = None
     else:
@@ -373,6 +373,23 @@ class _QueuedFigures:
             self._first = alive[first]  # the candidate each question is solved on
             self._of = inverse.reshape(-1)  # the question of each alive candidate
         self.solved = np.zeros(self._first.size, dtype=bool)
+        # Elsewhere (the workload's means rounded, as the control core plans them) the queued model starts from
+        # the steady figures at the distribution's means, power included: worked out for every question at once,
+        # so that the power of a candidate not solved yet is known (`final_watts`).
+        self._steady_per_question: dict[str, FloatArray] | None = None
+        if not self.steady_is_queued and self._first.size:
+            m = self._first.size
+            self._steady_per_question = evaluator.under_load(
+                g.take(self._first), rate[self._first], np.full(m, tokens.mean_prompt_tokens),
+                np.full(m, tokens.mean_output_tokens))
+
+    def final_watts(self) -> FloatArray:
+        """Each candidate's power per replica as it stands once solved."""
+        if self._steady_per_question is None:
+            return self.full["watts"]
+        watts = np.array(self.full["watts"], copy=True)
+        watts[self._alive] = self._steady_per_question["watts"][self._of]
+        return watts
 
     @property
     def questions(self) -> int:
@@ -412,7 +429,8 @@ class _QueuedFigures:
             )
             if request.slo_basis == "requests"
             else None,
-            steady={k: v[solve] for k, v in self._steady.items()} if self.steady_is_queued else None,
+            steady={k: v[solve] for k, v in self._steady.items()} if self._steady_per_question is None
+            else {k: v[questions] for k, v in self._steady_per_question.items()},
         )
         position = np.full(self.questions, -1, dtype=np.int64)
         position[questions] = np.arange(questions.size)
@@ -588,7 +606,7 @@ def _plan_once(request: PlanRequest, em: EnergyModel, alternatives: bool = True)
         return _select(request, em, grid, keys, math.inf, alternatives)[0]
     # Every answer is the least-power candidate of some set (`best`), so once the least power of the unsolved is
     # above an answer's tie band, no unsolved candidate can change it.
-    watts = grid.result["watts"] * grid.replicas * request.power_correction
+    watts = queued.final_watts() * grid.replicas * request.power_correction
     order = queued.question_order(watts)
     done, size = 0, LAZY_FIRST_QUESTIONS
     while True:
