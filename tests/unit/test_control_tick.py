@@ -421,16 +421,17 @@ def test_ties_across_margin_groups_are_broken_as_one_search_breaks_them(
     memory = Memory(margins=(ConfigMargin("bf16 tp4 tok8192", 0.94, 1.01),))
     searched: list[tuple[Candidate, float]] = []
     chunk_rule: list[bool] = []
-    real_plan = tick.plan
+    real_plan_groups = tick.plan_groups
 
-    def recording(request, em):  # type: ignore[no-untyped-def]
-        result = real_plan(request, em)
-        chunk_rule.append(request.latency_model == "queued" and request.chunk_budget_within_itl)
-        if result.feasible and result.chosen is not None:
-            searched.append((result.chosen, max(1.0, request.ttft_margin, request.itl_margin)))
-        return result
+    def recording(requests, em):  # type: ignore[no-untyped-def]
+        results = real_plan_groups(requests, em)
+        for request, result in zip(requests, results, strict=True):
+            chunk_rule.append(request.latency_model == "queued" and request.chunk_budget_within_itl)
+            if result.feasible and result.chosen is not None:
+                searched.append((result.chosen, max(1.0, request.ttft_margin, request.itl_margin)))
+        return results
 
-    monkeypatch.setattr(tick, "plan", recording)
+    monkeypatch.setattr(tick, "plan_groups", recording)
     merged, _, _ = search(TickInputs(intent, memory, s, FleetState(), now_s=100.0), memory, load, None, EM)
     assert merged is not None and len(searched) > 1
     least = min(c.total_watts for c, _ in searched)

@@ -243,3 +243,58 @@ def test_the_control_cores_searches_are_solved_lazily_too() -> None:
         search._QueuedFigures.solve = original  # type: ignore[method-assign]
     assert _without_frontier(lazy) == _without_frontier(full)
     assert 0 < solved[-1][0] < 0.5 * solved[-1][1]
+
+
+def _groups_of(base: PlanRequest) -> list[PlanRequest]:
+    """Margin groups as the control core asks them (control/tick.py `search`): per precision, TPs sharing chunk
+    budgets, each with its own latency margins."""
+    return [
+        replace(base, allowed_precisions=("bf16",), tensor_parallel_options=(8,), max_num_batched_tokens_options=(
+            2048, 8192), chunk_budget_options=(2048, 8192), ttft_margin=0.9, itl_margin=1.3),
+        replace(base, allowed_precisions=("bf16",), tensor_parallel_options=(1, 2, 4), max_num_batched_tokens_options=(
+            2048, 8192), chunk_budget_options=(2048, 8192), ttft_margin=2.0, itl_margin=2.0),
+        replace(base, allowed_precisions=("fp8",), tensor_parallel_options=(1, 2, 4, 8),
+                max_num_batched_tokens_options=(8192,), chunk_budget_options=(8192,), ttft_margin=1.2, itl_margin=1.1),
+        replace(base, allowed_precisions=("fp8",), tensor_parallel_options=(1, 2, 4, 8),
+                max_num_batched_tokens_options=(2048,), chunk_budget_options=(2048,), ttft_margin=1.0, itl_margin=1.0),
+    ]
+
+
+@pytest.mark.parametrize("case", ["plain", "cap", "protect-budget", "overload"])
+def test_margin_groups_planned_together_answer_as_planned_apart(case: str) -> None:
+    """planner.plan_groups evaluates the control core's margin groups in one pass of the queued model, each
+    candidate against its own group's margins: every answer must be the one `plan` gives the group alone."""
+    from wattkeeper.bench.decision import decision_request
+    from wattkeeper.planner import plan_groups
+    from wattkeeper.planner.search import _groupable, clear_plan_cache
+
+    base = decision_request(verify=False, power_limits=True)
+    wl = base.workload
+    base = {
+        "plain": base,
+        "cap": replace(base, allocation_watts=2500.0),
+        "protect-budget": replace(base, allocation_watts=1200.0, fallback="ProtectBudget"),
+        "overload": replace(base, workload=Workload(wl.requests_per_second * 60, wl.input_tokens, wl.output_tokens),
+                            max_replicas=8),
+    }[case]
+    groups = _groups_of(base)
+    assert _groupable(groups)
+    clear_plan_cache()
+    apart = [plan(g) for g in groups]
+    clear_plan_cache()
+    together = plan_groups(groups)
+    for a, t in zip(apart, together, strict=True):
+        assert t.to_dict() == a.to_dict()
+        assert t.chosen == a.chosen and t.runner_up == a.runner_up
+    assert plan_groups(groups) == together  # memoised as plan() memoises
+
+
+def test_requests_that_differ_otherwise_are_planned_apart() -> None:
+    from wattkeeper.bench.decision import decision_request
+    from wattkeeper.planner.search import _groupable
+
+    groups = _groups_of(decision_request(verify=False))
+    assert not _groupable([groups[0], replace(groups[1], workload=Workload(9.0, 1000, 200))])
+    assert not _groupable([groups[0], replace(groups[1], tensor_parallel_options=(8,))])  # the same candidates twice
+    assert not _groupable([replace(g, frontier=True) for g in groups])
+    assert not _groupable([replace(g, latency_model="steady", slo_basis="p95") for g in groups])

@@ -17,7 +17,16 @@ from dataclasses import replace
 from ..energy.catalog import get_accelerator, get_precision
 from ..energy.model import EnergyModel
 from ..energy.types import ServingConfig, Workload
-from ..planner import Candidate, PlanRequest, PlanResult, SwitchDecision, model_load_seconds, plan, should_switch
+from ..planner import (
+    Candidate,
+    PlanRequest,
+    PlanResult,
+    SwitchDecision,
+    model_load_seconds,
+    plan,
+    plan_groups,
+    should_switch,
+)
 from ..planner.load import ArrivalSample, synthesised_sample
 from ..planner.search import TIE_TOLERANCE, tie_order
 from . import canary as canaries
@@ -505,7 +514,9 @@ def search(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocation_wa
                 requests.append(replace(base, allowed_precisions=(precision,), tensor_parallel_options=tuple(same),
                                         max_num_batched_tokens_options=chunks, chunk_budget_options=chunks,
                                         ttft_margin=margin[0], itl_margin=margin[1]))
-    results = [(r, q) for r, q in ((plan(q, energy_model), q) for q in requests) if r.chosen is not None]
+    # One evaluation for all the margin groups: a tick's searches cost mostly per call (planner.plan_groups).
+    results = [(r, q) for r, q in zip(plan_groups(requests, energy_model), requests, strict=True)
+               if r.chosen is not None]
     if not results:
         return None, None, None
 

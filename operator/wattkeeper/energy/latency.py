@@ -181,7 +181,7 @@ def latency_under_load(
     rate_levels: Sequence[tuple[float, float]] = ((1.0, 1.0),),
     level_window_s: float = 10.0,
     request_quantiles: bool = True,
-    thresholds: tuple[float, float] | None = None,
+    thresholds: tuple[float | FloatArray, float | FloatArray] | None = None,
     iterations: int = 3,
     arrival_dispersion: float = 1.0,
 ) -> LoadedLatency:
@@ -192,7 +192,7 @@ def latency_under_load(
     arrivals as (factor on the rate, share of time) pairs: each level is solved as its own steady state and the
     token gaps (by gaps per second) and requests (by arrivals) of the levels are mixed; the factors should average
     to 1 over the time shares for the rate to stay the mean; a level lasts about `level_window_s` at a time.
-    With `thresholds` (TTFT seconds, mean-ITL seconds) the shares of requests over each are returned too: one
+    With `thresholds` (TTFT seconds, mean-ITL seconds; each a number or one per row) the shares of requests over each are returned too: one
     tail evaluation each, what the planner needs (the quantiles take a bisection; `request_quantiles=False` skips
     the per-request mean ITL one). `arrival_dispersion` (>= 1) is the clustering of arrivals within a level
     (planner/load.py `arrival_dispersion`).
@@ -401,8 +401,9 @@ def latency_under_load(
     itl_miss: FloatArray | None = None
     if thresholds is not None:
         stuck_share = np.sum(arrivals_w * saturated.reshape(n0, n_levels), axis=1)
-        ttft_miss = np.maximum(ttft_tail(np.full(n0, float(thresholds[0]))), stuck_share)
-        itl_miss = mean_itl_tail(np.full(n0, float(thresholds[1])))
+        # A threshold per row (each row's own latency margin) or one for all.
+        ttft_miss = np.maximum(ttft_tail(np.broadcast_to(np.asarray(thresholds[0], dtype=float), (n0,))), stuck_share)
+        itl_miss = mean_itl_tail(np.broadcast_to(np.asarray(thresholds[1], dtype=float), (n0,)))
 
     def time_mean(x: FloatArray) -> FloatArray:
         return np.asarray(np.sum(x.reshape(n0, n_levels) * shares[None, :], axis=1), dtype=float)

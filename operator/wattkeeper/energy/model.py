@@ -708,7 +708,7 @@ class Evaluator:
         quantile: float = 0.99,
         rate_levels: Sequence[tuple[float, float]] = ((1.0, 1.0),),
         request_quantiles: bool = True,
-        thresholds: tuple[float, float] | None = None,
+        thresholds: tuple[float | FloatArray, float | FloatArray] | None = None,
         arrival_dispersion: float = 1.0,
         steady: dict[str, FloatArray] | None = None,
     ) -> dict[str, FloatArray]:

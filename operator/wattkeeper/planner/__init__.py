@@ -2,7 +2,7 @@
 
 from .allocation import ServiceAllocation, ServiceDemand, allocate_watts
 from .load import ArrivalSample, LoadEstimate, counts_from_counter, estimate_load
-from .search import Candidate, PlanRequest, PlanResult, minimum_watts_for_slo, observed_request, plan
+from .search import Candidate, PlanRequest, PlanResult, minimum_watts_for_slo, observed_request, plan, plan_groups
 from .switching import SwitchDecision, model_load_seconds, should_switch
 
 __all__ = [
@@ -21,5 +21,6 @@ __all__ = [
     "model_load_seconds",
     "observed_request",
     "plan",
+    "plan_groups",
     "should_switch",
 ]

@@ -239,12 +239,16 @@ class _Grid:
     measured: npt.NDArray[np.bool_]  # figures from measured profile points (planner/measured.py), not the model
     # The queued model's figures, when solved only as far as needed (`_QueuedFigures`); None: all are in `result`.
     queued: _QueuedFigures | None = None
+    # With `_evaluate(groups=...)`: the request each candidate belongs to (its index in `groups`).
+    group: npt.NDArray[np.int64] | None = None
 
 
 def _evaluate(request: PlanRequest, energy_model: EnergyModel, lazy: bool = False,
-              ) -> tuple[_Grid, list[tuple[str, int, float | None]]]:
+              groups: Sequence[PlanRequest] | None = None) -> tuple[_Grid, list[tuple[str, int, float | None]]]:
     """Every candidate and its figures. `lazy` (with the queued model, without the frontier or profile points):
-    the queued model's figures are left to `_Grid.queued` to solve, cheapest first."""
+    the queued model's figures are left to `_Grid.queued` to solve, cheapest first. `groups` (`_plan_grouped`):
+    only the candidates of these requests, each judged against the SLO with its own request's latency margins
+    (`request` is then their union)."""
     accelerator = get_accelerator(request.accelerator)
     precisions = []
     for name in request.allowed_precisions:
@@ -268,6 +272,13 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel, lazy: bool = Fals
     base_index = np.repeat(np.arange(n_base), n_seq * n_tok)
     seqs = np.tile(np.repeat(seqs_opts, n_tok), n_base)
     batched = np.tile(tok_opts, n_base * n_seq)
+    group_of: npt.NDArray[np.int64] | None = None
+    if groups is not None:
+        owner = {triple: i for i, g in enumerate(groups) for triple in _triples(g)}
+        group_of = np.array([owner.get((keys[b][0], keys[b][1], int(t)), -1)
+                             for b, t in zip(base_index.tolist(), batched.tolist(), strict=True)], dtype=np.int64)
+        keep = group_of >= 0
+        base_index, seqs, batched, group_of = base_index[keep], seqs[keep], batched[keep], group_of[keep]
     f = base.take(base_index)
     f.max_num_seqs = seqs
     f.max_num_batched_tokens = batched
@@ -303,9 +314,15 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel, lazy: bool = Fals
     g = f.take(expand)
     rate = wl.requests_per_second / replicas
     queued: _QueuedFigures | None = None
+    row_group = group_of[expand] if group_of is not None else None
     if tokens is not None:
+        thresholds = None
+        if groups is not None and row_group is not None:
+            # Each candidate against the SLOs over its own request's margins (predicted x margin <= SLO).
+            thresholds = (np.array([g.slo_ttft_p95_seconds / g.ttft_margin for g in groups])[row_group],
+                          np.array([g.slo_itl_p95_seconds / g.itl_margin for g in groups])[row_group])
         queued = _QueuedFigures(evaluator, g, rate, inp[expand], out[expand], tokens, peak, request,
-                                base_index[expand])
+                                base_index[expand], thresholds, row_group)
         result = queued.full
         # Measured profile points replace figures of some candidates after the model: those need every figure.
         if request.frontier or request.profile or not lazy:
@@ -315,8 +332,36 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel, lazy: bool = Fals
         result = evaluator.under_load(g, rate, inp[expand], out[expand])
     measured = apply_measured(request.profile, keys, base_index[expand], seqs[expand], batched[expand],
                               rate * wl.output_tokens, wl.input_tokens, wl.output_tokens, result)
-    grid = _Grid(base_index[expand], seqs[expand], batched[expand], replicas, g, result, measured, queued)
+    grid = _Grid(base_index[expand], seqs[expand], batched[expand], replicas, g, result, measured, queued, row_group)
     return grid, list(keys)
+
+
+def _request_tps(request: PlanRequest) -> list[int]:
+    tps = [tp for tp in request.tensor_parallel_options if tp <= request.max_tensor_parallel]
+    if request.max_gpus is not None:
+        tps = [tp for tp in tps if tp <= request.max_gpus] or [1]
+    return tps
+
+
+def _request_budgets(request: PlanRequest) -> tuple[int, ...]:
+    if request.latency_model == "queued" and request.chunk_budget_within_itl:
+        return request.chunk_budget_options
+    return request.max_num_batched_tokens_options
+
+
+def _request_precisions(request: PlanRequest) -> list[str]:
+    out: list[str] = []
+    for name in request.allowed_precisions:
+        spec = get_precision(name)
+        if spec.name not in out:
+            out.append(spec.name)
+    return out
+
+
+def _triples(request: PlanRequest) -> list[tuple[str, int, int]]:
+    """The (precision, TP, chunk budget) a request's candidates are made of."""
+    return [(p, tp, int(b)) for p in _request_precisions(request) for tp in _request_tps(request)
+            for b in _request_budgets(request)]
 
 
 class _QueuedFigures:
@@ -342,8 +387,11 @@ class _QueuedFigures:
         peak: float,
         request: PlanRequest,
         base_index: npt.NDArray[np.int64],
+        thresholds: tuple[FloatArray, FloatArray] | None = None,
+        group: npt.NDArray[np.int64] | None = None,
     ) -> None:
         steady = evaluator.under_load(g, rate, inp, out)
+        self._thresholds = thresholds  # per candidate (TTFT s, mean ITL s); None: the request's
         alive = np.flatnonzero((steady["utilisation"] * peak < 1.0) & (steady["max_batch"] >= 1.0))
         n = len(g)
         full: dict[str, FloatArray] = {k: np.array(v, dtype=float, copy=True) for k, v in steady.items()}
@@ -367,8 +415,10 @@ class _QueuedFigures:
             # model reads max-num-seqs only through the slots (Evaluator.under_load's max_batch at the means).
             slots = np.minimum(g.max_num_seqs[alive], np.maximum(np.floor(
                 steady["kv_capacity_tokens"][alive] / (tokens.mean_prompt_tokens + tokens.mean_output_tokens)), 0.0))
-            question = np.stack([base_index[alive].astype(float), g.max_num_batched_tokens[alive], slots, rate[alive]],
-                                axis=1)
+            columns = [base_index[alive].astype(float), g.max_num_batched_tokens[alive], slots, rate[alive]]
+            if group is not None:  # implied by the rest (a request's own TPs and budgets), kept for clarity
+                columns.append(group[alive].astype(float))
+            question = np.stack(columns, axis=1)
             _, first, inverse = np.unique(question, axis=0, return_index=True, return_inverse=True)
             self._first = alive[first]  # the candidate each question is solved on
             self._of = inverse.reshape(-1)  # the question of each alive candidate
@@ -424,8 +474,8 @@ class _QueuedFigures:
             arrival_dispersion=request.arrival_dispersion,
             # Predicted x margin <= SLO  <=>  predicted <= SLO / margin.
             thresholds=(
-                request.slo_ttft_p95_seconds / request.ttft_margin,
-                request.slo_itl_p95_seconds / request.itl_margin,
+                (self._thresholds[0][solve], self._thresholds[1][solve]) if self._thresholds is not None else
+                (request.slo_ttft_p95_seconds / request.ttft_margin, request.slo_itl_p95_seconds / request.itl_margin)
             )
             if request.slo_basis == "requests"
             else None,
@@ -493,6 +543,104 @@ def plan(request: PlanRequest, energy_model: EnergyModel | None = None) -> PlanR
         while len(_plan_cache) > PLAN_CACHE_SIZE:
             _plan_cache.popitem(last=False)
     return result
+
+
+def plan_groups(requests: Sequence[PlanRequest], energy_model: EnergyModel | None = None) -> list[PlanResult]:
+    """`[plan(r) for r in requests]`, the same answers, memoised alike. Requests that differ only in the
+    candidates they allow (precision, TP, chunk budgets) and their latency margins, as the control core asks one
+    per learned margin, are evaluated together: one pass of the queued model over all their candidates, each
+    judged with its own request's margins, then each request's answer chosen among its own (`_plan_grouped`).
+    A tick asks five to eight such searches of a few dozen candidates each, where the queued model's cost is
+    mostly per call, not per candidate."""
+    em = energy_model or EnergyModel.default()
+    answers: list[PlanResult | None] = []
+    for r in requests:
+        with _plan_cache_lock:
+            hit = _plan_cache.get(r)
+            if hit is not None and hit[0] is em:
+                _plan_cache.move_to_end(r)
+        answers.append(hit[1] if hit is not None and hit[0] is em else None)
+    todo = [i for i, a in enumerate(answers) if a is None]
+    asked = [requests[i] for i in todo]
+    if len(asked) >= 2 and _groupable(asked):
+        for i, result in zip(todo, _plan_grouped(asked, em), strict=True):
+            answers[i] = result
+            with _plan_cache_lock:
+                _plan_cache[requests[i]] = (em, result)
+                _plan_cache.move_to_end(requests[i])
+                while len(_plan_cache) > PLAN_CACHE_SIZE:
+                    _plan_cache.popitem(last=False)
+    else:
+        for i in todo:
+            answers[i] = plan(requests[i], em)
+    return [a for a in answers if a is not None]
+
+
+def _groupable(requests: Sequence[PlanRequest]) -> bool:
+    """Whether `_plan_grouped` answers these as `_plan` would: the queued model with the requests' basis (margins
+    only move the thresholds), nothing replayed or measured, no frontier, the same question but for the
+    candidates and margins, each request's candidates its own, in an order the union keeps."""
+    first = requests[0]
+
+    def bare(r: PlanRequest) -> PlanRequest:
+        return replace(r, allowed_precisions=(), tensor_parallel_options=(), max_num_batched_tokens_options=(),
+                       chunk_budget_options=(), ttft_margin=1.0, itl_margin=1.0)
+
+    if any(r.latency_model != "queued" or r.slo_basis != "requests" or r.replay is not None or r.profile
+           or r.frontier or bare(r) != bare(first) for r in requests):
+        return False
+    try:
+        triples = [t for r in requests for t in _triples(r)]
+    except ValueError:
+        return False
+    if len(triples) != len(set(triples)):
+        return False
+    union = _union(requests)
+
+    def kept(mine: Sequence[object], theirs: Sequence[object]) -> bool:  # in the union, in the same order
+        at = [theirs.index(x) for x in mine if x in theirs]
+        return len(at) == len(mine) and at == sorted(at)
+
+    return all(kept(_request_precisions(r), _request_precisions(union)) and kept(_request_tps(r), _request_tps(union))
+               and kept(_request_budgets(r), _request_budgets(union)) for r in requests)
+
+
+def _union(requests: Sequence[PlanRequest]) -> PlanRequest:
+    precisions: list[str] = []
+    for r in requests:
+        precisions += [p for p in _request_precisions(r) if p not in precisions]
+    tps = sorted({tp for r in requests for tp in r.tensor_parallel_options})
+    budgets = tuple(sorted({int(b) for r in requests for b in _request_budgets(r)}))
+    return replace(requests[0], allowed_precisions=tuple(precisions), tensor_parallel_options=tuple(tps),
+                   max_num_batched_tokens_options=budgets, chunk_budget_options=budgets, ttft_margin=1.0,
+                   itl_margin=1.0)
+
+
+def _plan_grouped(requests: Sequence[PlanRequest], em: EnergyModel) -> list[PlanResult]:
+    """`_plan` for each request (see `plan_groups`), from one evaluation of all their candidates."""
+    for r in requests:
+        _check(r)
+        if r.workload.requests_per_second < 0:
+            raise ValueError("request rate must be >= 0")
+    # Eagerly: a tick's groups hold a few hundred questions together, and one pass of the queued model over
+    # them costs less than the rounds of a lazy search (each pass costs mostly per call).
+    grid, keys = _evaluate(_union(requests), em, groups=requests)
+    group = grid.group
+    assert group is not None
+    answers: list[PlanResult | None] = [_select(r, em, grid, keys, math.inf, rows=group == i)[0]
+                                        for i, r in enumerate(requests)]
+    out: list[PlanResult] = []
+    for r, maybe in zip(requests, answers, strict=True):
+        assert maybe is not None
+        result = maybe
+        allocation = r.allocation_watts
+        if r.fallback != "ProtectBudget" or allocation is None or result.feasible or (
+                result.chosen is not None and result.chosen.total_watts <= allocation
+                and _has_capacity(result.chosen)):
+            out.append(result)
+        else:  # ProtectBudget's smaller fleets: searched one by one, as `_plan` does
+            out.append(_plan(r, em))
+    return out
 
 
 def _plan(request: PlanRequest, em: EnergyModel) -> PlanResult:
@@ -620,9 +768,11 @@ def _plan_once(request: PlanRequest, em: EnergyModel, alternatives: bool = True)
 
 
 def _select(request: PlanRequest, em: EnergyModel, grid: _Grid, keys: list[tuple[str, int, float | None]],
-            unsolved_watts: float, with_alternatives: bool = True) -> tuple[PlanResult, bool]:
+            unsolved_watts: float, with_alternatives: bool = True,
+            rows: npt.NDArray[np.bool_] | None = None) -> tuple[PlanResult, bool]:
     """The plan from the grid's figures, and whether it is certain: False when a candidate not solved yet, the
-    cheapest of them at `unsolved_watts`, could be the answer to one of its choices."""
+    cheapest of them at `unsolved_watts`, could be the answer to one of its choices. `rows`: only these
+    candidates are the request's (a grid evaluated for several, `_plan_grouped`)."""
     r = grid.result
     replicas = grid.replicas
     watts = r["watts"] * replicas * request.power_correction
@@ -658,6 +808,10 @@ def _select(request: PlanRequest, em: EnergyModel, grid: _Grid, keys: list[tuple
         chunk_ok = r["chunk_step_seconds"] * request.itl_margin <= request.slo_itl_p95_seconds
         meets_itl &= chunk_ok
     within_gpus = np.ones_like(fits) if request.max_gpus is None else (replicas * tp <= request.max_gpus)
+    if rows is not None:
+        # Every choice below is among candidates within the GPUs (fits, capacity and SLO are each ANDed with it):
+        # another request's candidates are simply outside.
+        within_gpus = within_gpus & rows
     within_power = np.ones_like(fits) if request.allocation_watts is None else (watts <= request.allocation_watts)
     base_ok = fits & within_gpus & has_capacity
     slo_ok = meets_ttft & meets_itl
@@ -754,7 +908,7 @@ def _select(request: PlanRequest, em: EnergyModel, grid: _Grid, keys: list[tuple
         feasible=is_feasible,
         reason=reason,
         candidates=frontier,
-        evaluated=len(replicas),
+        evaluated=len(replicas) if rows is None else int(np.count_nonzero(rows)),
         alternatives=alternatives,
     ), not uncertain
 
