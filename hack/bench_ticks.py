@@ -69,8 +69,12 @@ def run(workload: tuple[str, str, float], seed: int, args: argparse.Namespace) -
     canaries = sum(1 for c in fleet_run.changes if c.kind == "canary")
     kwh = float(fleet_run.energy_joules[-1]) / 3.6e6
     cap = f", cap held {scored.get('capHeld')}" if spec.allocation_watts is not None else ""
+    # The control core's time per tick (wall clock of `decide_tick`; run one process on a quiet machine to read it
+    # as CPU time): every search of the tick, memo hits included, as the operator pays it per service.
+    tick_ms = float(np.median([d.plan_ms for d in policy.decisions])) if policy.decisions else 0.0
     print(f"{name}{'-cap' if args.caps else ''} s{seed}: {kwh:.3f} kWh, within both {scored['withinBothSlos']:.2%} "
-          f"(TTFT {ttft_ok:.2%}, ITL {itl_ok:.2%}), {restarts} restarts{cap}, {canaries} canaries", flush=True)
+          f"(TTFT {ttft_ok:.2%}, ITL {itl_ok:.2%}), {restarts} restarts{cap}, {canaries} canaries, "
+          f"tick {tick_ms:.1f} ms median", flush=True)
     if args.ticks:
         # The policy records each tick's decision (with its time) beside the core's full answer.
         for decision, tick in zip(policy.decisions, policy.ticks, strict=True):

@@ -298,3 +298,17 @@ def test_requests_that_differ_otherwise_are_planned_apart() -> None:
     assert not _groupable([groups[0], replace(groups[1], tensor_parallel_options=(8,))])  # the same candidates twice
     assert not _groupable([replace(g, frontier=True) for g in groups])
     assert not _groupable([replace(g, latency_model="steady", slo_basis="p95") for g in groups])
+
+
+def test_margin_groups_with_profile_points_are_planned_one_by_one() -> None:
+    """An EnergyProfile's points (api.ProfilePoint, unhashable) travel in the request: plan_groups answers those as
+    `plan` does, each on its own, rather than failing the service's tick (TypeError: unhashable type)."""
+    from wattkeeper.api import ProfilePoint
+    from wattkeeper.bench.decision import decision_request
+    from wattkeeper.planner import plan_groups
+
+    pts = [ProfilePoint(precision="bf16", tensor_parallel=8, max_num_seqs=64, batch_size=60,
+                        output_tokens_per_second=3000, watts=4000, joules_per_token=4000 / 3000)]
+    groups = [replace(g, profile=pts) for g in _groups_of(decision_request(verify=False))]
+    answers = plan_groups(groups)
+    assert len(answers) == len(groups) and answers[0].to_dict() == plan(groups[0]).to_dict()

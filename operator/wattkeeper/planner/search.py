@@ -553,6 +553,11 @@ def plan_groups(requests: Sequence[PlanRequest], energy_model: EnergyModel | Non
     A tick asks five to eight such searches of a few dozen candidates each, where the queued model's cost is
     mostly per call, not per candidate."""
     em = energy_model or EnergyModel.default()
+    try:
+        for r in requests:
+            hash(r)
+    except TypeError:  # a request carrying something unhashable (profile points, a replay): as `plan` answers it
+        return [plan(r, em) for r in requests]
     answers: list[PlanResult | None] = []
     for r in requests:
         with _plan_cache_lock:
