@@ -424,7 +424,6 @@ class BatchingEngine:
         mark = self._mark
         while taken < limit and clock < until_s and next_arrival > clock:
             # As `step`: no idle time before it (it starts at the clock), one token for each of n sequences.
-            energy += self.idle_power_watts * 0.0
             self._energy_joules = energy
             mark(clock)
             context = round(context_sum / n)

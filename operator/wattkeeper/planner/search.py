@@ -250,24 +250,15 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel, lazy: bool = Fals
     only the candidates of these requests, each judged against the SLO with its own request's latency margins
     (`request` is then their union)."""
     accelerator = get_accelerator(request.accelerator)
-    precisions = []
-    for name in request.allowed_precisions:
-        spec = get_precision(name)  # raises ValueError for an unknown precision
-        if spec.name not in precisions:
-            precisions.append(spec.name)
-    tps = [tp for tp in request.tensor_parallel_options if tp <= request.max_tensor_parallel]
-    if request.max_gpus is not None:
-        tps = [tp for tp in tps if tp <= request.max_gpus] or [1]
+    precisions = _request_precisions(request)  # raises ValueError for an unknown precision
+    tps = _request_tps(request)
     keys = tuple((p, tp, limit) for p in precisions for tp in tps for limit in request.gpu_power_limits_watts)
     base = _base_features(request.model, accelerator.name, keys, request.gpu_memory_utilization, energy_model)
     wl = request.workload
 
     # Expand each base row over max-num-seqs x max-num-batched-tokens.
     seqs_opts = np.asarray(request.max_num_seqs_options, dtype=float)
-    budgets = request.max_num_batched_tokens_options
-    if request.latency_model == "queued" and request.chunk_budget_within_itl:
-        budgets = request.chunk_budget_options
-    tok_opts = np.asarray(budgets, dtype=float)
+    tok_opts = np.asarray(_request_budgets(request), dtype=float)
     n_base, n_seq, n_tok = len(keys), seqs_opts.size, tok_opts.size
     base_index = np.repeat(np.arange(n_base), n_seq * n_tok)
     seqs = np.tile(np.repeat(seqs_opts, n_tok), n_base)
@@ -322,7 +313,7 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel, lazy: bool = Fals
             thresholds = (np.array([g.slo_ttft_p95_seconds / g.ttft_margin for g in groups])[row_group],
                           np.array([g.slo_itl_p95_seconds / g.itl_margin for g in groups])[row_group])
         queued = _QueuedFigures(evaluator, g, rate, inp[expand], out[expand], tokens, peak, request,
-                                base_index[expand], thresholds, row_group)
+                                base_index[expand], thresholds)
         result = queued.full
         # Measured profile points replace figures of some candidates after the model: those need every figure.
         if request.frontier or request.profile or not lazy:
@@ -388,7 +379,6 @@ class _QueuedFigures:
         request: PlanRequest,
         base_index: npt.NDArray[np.int64],
         thresholds: tuple[FloatArray, FloatArray] | None = None,
-        group: npt.NDArray[np.int64] | None = None,
     ) -> None:
         steady = evaluator.under_load(g, rate, inp, out)
         self._thresholds = thresholds  # per candidate (TTFT s, mean ITL s); None: the request's
@@ -404,7 +394,7 @@ class _QueuedFigures:
         self._evaluator, self._g, self._rate, self._tokens, self._request = evaluator, g, rate, tokens, request
         self._steady = steady
         # The steady figures are the queued model's own where the workload's means are the distribution's.
-        self.steady_is_queued = (inp.dtype == np.float64 and out.dtype == np.float64
+        self._steady_is_queued = (inp.dtype == np.float64 and out.dtype == np.float64
                                   and request.workload.input_tokens == tokens.mean_prompt_tokens
                                   and request.workload.output_tokens == tokens.mean_output_tokens)
         self._alive = alive
@@ -415,10 +405,9 @@ class _QueuedFigures:
             # model reads max-num-seqs only through the slots (Evaluator.under_load's max_batch at the means).
             slots = np.minimum(g.max_num_seqs[alive], np.maximum(np.floor(
                 steady["kv_capacity_tokens"][alive] / (tokens.mean_prompt_tokens + tokens.mean_output_tokens)), 0.0))
-            columns = [base_index[alive].astype(float), g.max_num_batched_tokens[alive], slots, rate[alive]]
-            if group is not None:  # implied by the rest (a request's own TPs and budgets), kept for clarity
-                columns.append(group[alive].astype(float))
-            question = np.stack(columns, axis=1)
+            # (With per-candidate thresholds, `_plan_grouped`, a request's own (precision, TP, budget) set them.)
+            question = np.stack([base_index[alive].astype(float), g.max_num_batched_tokens[alive], slots,
+                                 rate[alive]], axis=1)
             _, first, inverse = np.unique(question, axis=0, return_index=True, return_inverse=True)
             self._first = alive[first]  # the candidate each question is solved on
             self._of = inverse.reshape(-1)  # the question of each alive candidate
@@ -427,7 +416,7 @@ class _QueuedFigures:
         # the steady figures at the distribution's means, power included: worked out for every question at once,
         # so that the power of a candidate not solved yet is known (`final_watts`).
         self._steady_per_question: dict[str, FloatArray] | None = None
-        if not self.steady_is_queued and self._first.size:
+        if not self._steady_is_queued and self._first.size:
             m = self._first.size
             self._steady_per_question = evaluator.under_load(
                 g.take(self._first), rate[self._first], np.full(m, tokens.mean_prompt_tokens),
@@ -531,18 +520,29 @@ def plan(request: PlanRequest, energy_model: EnergyModel | None = None) -> PlanR
         hash(request)
     except TypeError:  # a request carrying something unhashable (a replay sample) is planned afresh
         return _plan(request, em)
+    hit = _memo_get(request, em)
+    if hit is not None:
+        return hit
+    result = _plan(request, em)
+    _memo_put(request, em, result)
+    return result
+
+
+def _memo_get(request: PlanRequest, em: EnergyModel) -> PlanResult | None:
     with _plan_cache_lock:
         hit = _plan_cache.get(request)
-        if hit is not None and hit[0] is em:  # the model is held by the entry, so `is` cannot see a reused id
-            _plan_cache.move_to_end(request)
-            return hit[1]
-    result = _plan(request, em)
+        if hit is None or hit[0] is not em:  # the model is held by the entry, so `is` cannot see a reused id
+            return None
+        _plan_cache.move_to_end(request)
+        return hit[1]
+
+
+def _memo_put(request: PlanRequest, em: EnergyModel, result: PlanResult) -> None:
     with _plan_cache_lock:
         _plan_cache[request] = (em, result)
         _plan_cache.move_to_end(request)
         while len(_plan_cache) > PLAN_CACHE_SIZE:
             _plan_cache.popitem(last=False)
-    return result
 
 
 def plan_groups(requests: Sequence[PlanRequest], energy_model: EnergyModel | None = None) -> list[PlanResult]:
@@ -558,23 +558,13 @@ def plan_groups(requests: Sequence[PlanRequest], energy_model: EnergyModel | Non
             hash(r)
     except TypeError:  # a request carrying something unhashable (profile points, a replay): as `plan` answers it
         return [plan(r, em) for r in requests]
-    answers: list[PlanResult | None] = []
-    for r in requests:
-        with _plan_cache_lock:
-            hit = _plan_cache.get(r)
-            if hit is not None and hit[0] is em:
-                _plan_cache.move_to_end(r)
-        answers.append(hit[1] if hit is not None and hit[0] is em else None)
+    answers = [_memo_get(r, em) for r in requests]
     todo = [i for i, a in enumerate(answers) if a is None]
     asked = [requests[i] for i in todo]
     if len(asked) >= 2 and _groupable(asked):
         for i, result in zip(todo, _plan_grouped(asked, em), strict=True):
             answers[i] = result
-            with _plan_cache_lock:
-                _plan_cache[requests[i]] = (em, result)
-                _plan_cache.move_to_end(requests[i])
-                while len(_plan_cache) > PLAN_CACHE_SIZE:
-                    _plan_cache.popitem(last=False)
+            _memo_put(requests[i], em, result)
     else:
         for i in todo:
             answers[i] = plan(requests[i], em)
@@ -632,20 +622,9 @@ def _plan_grouped(requests: Sequence[PlanRequest], em: EnergyModel) -> list[Plan
     grid, keys = _evaluate(_union(requests), em, groups=requests)
     group = grid.group
     assert group is not None
-    answers: list[PlanResult | None] = [_select(r, em, grid, keys, math.inf, rows=group == i)[0]
-                                        for i, r in enumerate(requests)]
-    out: list[PlanResult] = []
-    for r, maybe in zip(requests, answers, strict=True):
-        assert maybe is not None
-        result = maybe
-        allocation = r.allocation_watts
-        if r.fallback != "ProtectBudget" or allocation is None or result.feasible or (
-                result.chosen is not None and result.chosen.total_watts <= allocation
-                and _has_capacity(result.chosen)):
-            out.append(result)
-        else:  # ProtectBudget's smaller fleets: searched one by one, as `_plan` does
-            out.append(_plan(r, em))
-    return out
+    answers = [_select(r, em, grid, keys, math.inf, rows=group == i)[0] for i, r in enumerate(requests)]
+    # ProtectBudget's smaller fleets are searched one by one, as `_plan` searches them.
+    return [a if _stands(r, a) else _plan(r, em) for r, a in zip(requests, answers, strict=True)]
 
 
 def _plan(request: PlanRequest, em: EnergyModel) -> PlanResult:
@@ -662,8 +641,7 @@ def _plan(request: PlanRequest, em: EnergyModel) -> PlanResult:
     elif request.replay is not None and result.feasible and result.alternatives:
         result = _verified_or_same(request, result, em)
     allocation = request.allocation_watts
-    if request.fallback != "ProtectBudget" or allocation is None or result.feasible or \
-            (result.chosen is not None and result.chosen.total_watts <= allocation and _has_capacity(result.chosen)):
+    if _stands(request, result) or allocation is None:
         return result
     # Protecting the budget when no fleet sized for the whole load fits the watts: the search sizes replicas for
     # the load, so try smaller fleets (more replicas draw more power: stop at the first that does not fit) and
@@ -682,6 +660,13 @@ def _plan(request: PlanRequest, em: EnergyModel) -> PlanResult:
     if within:
         return min(within, key=lambda r: (_utilisation(r.chosen), r.chosen.total_watts if r.chosen else 0.0))
     return smallest or result
+
+
+def _stands(request: PlanRequest, result: PlanResult) -> bool:
+    """Whether one search's answer is the plan; else ProtectBudget tries smaller fleets (`_plan`)."""
+    allocation = request.allocation_watts
+    return request.fallback != "ProtectBudget" or allocation is None or result.feasible or (
+        result.chosen is not None and result.chosen.total_watts <= allocation and _has_capacity(result.chosen))
 
 
 def _utilisation(c: Candidate | None) -> float:
