@@ -23,6 +23,8 @@ from wattkeeper.control import (
 )
 from wattkeeper.control.corrections import power_correction
 from wattkeeper.control.tick import (
+    beyond_learned_load,
+    evaluate_in,
     learned,
     margin_key,
     margin_of,
@@ -32,6 +34,7 @@ from wattkeeper.control.tick import (
     settle_after,
     settled,
     short_words,
+    tick_request,
 )
 from wattkeeper.control.types import Tuning
 from wattkeeper.energy.catalog import get_accelerator
@@ -479,3 +482,57 @@ def test_the_reason_a_shed_is_held_for_a_fleet_measured_short_is_the_same_every_
              for rps in (4.0, 4.4)]
     assert words[0] is not None and words[0] == words[1]
     assert short_words(memory, Plan(BF16, 1), TickInputs(INTENT, memory, signals(3.0), ready, now_s=400.0)) is None
+
+
+def test_a_margin_keeps_the_most_load_per_replica_it_was_learned_at() -> None:
+    first = learned(Memory(), BF16, 1.0, 1.0, 3.0)
+    assert first == (ConfigMargin("bf16 tp1 tok8192", 1.0, 1.0, 3.0),)
+    lower = learned(Memory(margins=first), BF16, 1.1, 1.2, 1.5)
+    assert lower == (ConfigMargin("bf16 tp1 tok8192", 1.1, 1.2, 3.0),)
+    higher = learned(Memory(margins=lower), BF16, 1.1, 1.2, 4.25)
+    assert higher[0].rps_per_replica == 4.25
+    assert learned(Memory(margins=higher), BF16, 1.0, 1.0)[0].rps_per_replica == 4.25  # a canary's: no load
+
+
+def test_a_margin_learned_at_a_load_per_replica_survives_the_status_round_trip() -> None:
+    from wattkeeper.api.llmservice import LatencyMarginStatus
+    from wattkeeper.controller.decide import memory_from_status
+
+    stored = {"configuration": "bf16 tp4 tok8192", "ttft": 0.94, "itl": 0.94, "rpsPerReplica": 3.23}
+    LatencyMarginStatus.model_validate(stored)
+    memory = memory_from_status({"observed": {"latencyMargins": [stored, {"configuration": "bf16 tp8", "ttft": 1.0,
+                                                                          "itl": 1.0}]}}, Workload(1.0))
+    assert memory.margins == (ConfigMargin("bf16 tp4 tok8192", 0.94, 0.94, 3.23), ConfigMargin("bf16 tp8", 1.0, 1.0))
+
+
+def test_a_shed_beyond_the_load_its_margin_was_learned_at_is_judged_with_the_models_doubt() -> None:
+    """x2 learned its margin at 2 req/s a replica; x1 at many times that is an extrapolation of the margin, and goes
+    ahead only where it meets the SLO with its predicted late requests doubled (the untried prior, 2). Where a
+    window at about that load per replica confirmed the margin, the model's own judgement stands (bursty s4: 0.94
+    learned on x2, x1 at twice the load per replica predicted 99.2% within both, 166 requests late)."""
+    ready = FleetState(exists=True, replicas=2, ready_replicas=2)
+
+    def memory(at: float) -> Memory:
+        return Memory(running=Plan(BF16, 2), last_applied_s=0.0, rolled_out_s=30.0,
+                      margins=(ConfigMargin(margin_key(BF16), 1.0, 1.0, at),))
+
+    one = Plan(BF16, 1)
+
+    def judged(rps: float, at: float, target: Plan = one) -> tuple[bool, bool, str | None]:
+        m = memory(at)
+        inputs = TickInputs(INTENT, m, signals(rps), ready, now_s=400.0)
+        load = estimate_load(INTENT, m, inputs.signals, 400.0)
+        request = tick_request(inputs, m, load, None)
+        alone, doubted = (evaluate_in(replace(request, miss_scale=scale), one, EM) for scale in (1.0, 2.0))
+        assert alone is not None and doubted is not None
+        return alone.meets_slo, doubted.meets_slo, beyond_learned_load(inputs, m, load, target, EM)
+
+    # A load where x1 meets the SLO as the model says, and not with its late requests doubled.
+    edge = next(r for r in (10.0 + 0.05 * i for i in range(800)) if judged(r, 2.0)[:2] == (True, False))
+    words = judged(edge, 2.0)[2]
+    assert words is not None and "2 req/s" in words
+    assert judged(edge, edge / 1.2)[2] is None  # learned within a capacity step of that load per replica
+    assert judged(edge, 2.0, Plan(replace(BF16, max_num_batched_tokens=2048), 1))[2] is None  # a restart: no shed
+    assert judged(edge, 2.0, Plan(BF16, 2))[2] is None  # not fewer replicas
+    calm = next(r for r in (edge - 0.05 * i for i in range(1, 200)) if judged(r, 2.0)[:2] == (True, True))
+    assert judged(calm, 2.0)[2] is None  # meets the SLO with the doubt too

@@ -460,6 +460,11 @@ class LatencyMarginStatus(StatusModel):
                                "tok8192); without a budget, for every budget of that precision and degree.")
     ttft: float = Field(description="Measured over predicted TTFT; multiplies the prediction.")
     itl: float = Field(description="Measured over predicted inter-token latency; multiplies the prediction.")
+    rps_per_replica: float | None = Field(
+        default=None, ge=0,
+        description="The most requests a second per replica it was measured at. Fewer replicas loaded more than "
+        "25% beyond that are judged with the untried prior on their late requests before a saving goes there.",
+    )
 
 
 class ObservedFigures(StatusModel):

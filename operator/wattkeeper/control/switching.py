@@ -15,7 +15,9 @@ Unchanged, names the branch (`cause`) and says why:
                   degraded that its budget no longer degrades
     telemetry-lost telemetry is silent otherwise                      -> hold: never move *because of* silence
  6. settling      a forced move (measured overshoot, capacity needed) before the fleet has settled -> hold:
-                  judge a plan only on measurements of it
+                  judge a plan only on measurements of it; but replicas of the running configuration added on a
+                  predicted miss alone, the load planned for a capacity step above the one the running plan was
+                  applied at, are not held (the estimate reads arrivals, not the fleet in transition)
  7. measured-overshoot / capacity  forced and settled                -> apply; no capacity restart while the arrivals
                   fell by a capacity step and nothing queues, nor into a fallback while the fleet keeps up as measured; a capacity move that would take
                   the only replica down (an in-place restart: no room under the allocation to surge) is not forced,
@@ -34,7 +36,8 @@ Unchanged, names the branch (`cause`) and says why:
                   restart for a saving only into a plan predicted to meet the SLO; never back to a fleet measured
                   short lately (`measured-short`: settled, under pressure, left by a capacity move; as few
                   replicas of its arguments, within 30 minutes, while the rate served is not a capacity step below
-                  what it served then)
+                  what it served then); nor to fewer replicas loaded a capacity step beyond what their latency
+                  margin was learned at, where they miss the SLO with the model's doubt (`beyond-measured-load`)
 Restart-free first (control/restart_free.py): in 4, 5 and 7 the running configuration rescaled (`in_place`:
 replicas, GPU power limit) is applied instead of a restart when it does what the restart would, or when the
 restart would return to a configuration left < 30 minutes ago under the same allocation (`recently_left`).
@@ -92,6 +95,8 @@ class SwitchFacts:
     # Measured, the fleet keeps up: no SLO missed and under one request waits on average over the window.
     keeps_up: bool = False
     slo_missed: bool = False  # the measured p95 TTFT or ITL is over its SLO
+    # The load planned for is a capacity step above the load the running plan was applied at.
+    load_rose: bool = False
     # Measured, the running plan carried about the load planned for with room to spare (tick.py `carries_load`):
     # a prediction that it misses there is the model's error, not a rise; no capacity move on it alone.
     carries_load: bool = False
@@ -124,6 +129,11 @@ class SwitchFacts:
     # when, in words; None where it was not. No saving goes back to it.
     proposed_short: str | None = None
     in_place_short: str | None = None
+    # The proposal / the rescale gives up replicas of the running arguments, loading each one beyond what their
+    # latency margin was learned at, and misses the SLO with the model's doubt on it (tick.beyond_learned_load): in
+    # words; None where not. No saving goes there.
+    proposed_beyond: str | None = None
+    in_place_beyond: str | None = None
 
     @property
     def proposed_restarts(self) -> bool:
@@ -204,7 +214,14 @@ def switching_rule(f: SwitchFacts) -> Verdict:
     # A request or two waiting now and then is no shortfall where both p95s have room to spare (`carries_load`).
     pressure = f.under_pressure and not f.has_slack
     capacity = _capacity_target(f, alt, restart=not f.load_fell) if (pressure or predicted_miss) else None
-    if (overshoot or capacity) and not f.settled:
+    # Replicas of the running configuration added on a predicted miss alone (nothing measured short) after the load
+    # rose a capacity step above the one the running plan was applied at are not held for settling: the estimate
+    # reads the arrivals, not the fleet in transition, and adding restarts nothing (bursty s4: 3.2 -> 4.7 req/s in
+    # the first minute; x2 held until 180 s lost 91 requests). Without the rise the wait stays: a prediction a
+    # tick after a shed (prefill-heavy s8: x1 <-> x2 every 90-150 s) is the model's scatter, not a rise.
+    adds_only = capacity is not None and predicted_miss and f.load_rose and not pressure and not overshoot \
+        and not restarts(f.running, capacity[0]) and capacity[0].replicas > f.running.replicas
+    if (overshoot or capacity) and not f.settled and not adds_only:
         # Until the roll is done, the old pods have drained and a telemetry window has passed, telemetry shows
         # the old fleet too, and acting on it flaps.
         return _hold(f, Verdict("Held", "settling", f"settling after the last change before moving to {to}"))
@@ -318,11 +335,12 @@ def _optional(f: SwitchFacts, alt: Plan | None, in_place_only: bool = False) -> 
     # A fleet measured short at about this load is no saving, whatever the model says of it: x2 -> x1 90 s after
     # x1 was measured short took prefill-heavy s7 to 98.21% within both SLOs.
     restart = f.worth_it() if spaced and not gives_up and not gamble and f.proposed_short is None \
-        and not (in_place_only and f.proposed_restarts) else None
+        and f.proposed_beyond is None and not (in_place_only and f.proposed_restarts) else None
     if restart is not None:
         options.append((f.proposed, restart))
     shrinks = f.slo_missed and alt is not None and f.running is not None and alt.replicas < f.running.replicas
-    if alt is not None and f.in_place_worth_it is not None and not shrinks and f.in_place_short is None:
+    if alt is not None and f.in_place_worth_it is not None and not shrinks and f.in_place_short is None \
+            and f.in_place_beyond is None:
         options.append((alt, f.in_place_worth_it()))
     moves = [(p, d) for p, d in options if d.switch]
     if moves:
@@ -341,6 +359,9 @@ def _optional(f: SwitchFacts, alt: Plan | None, in_place_only: bool = False) -> 
     short = f.proposed_short if restart is None and f.proposed_short is not None else f.in_place_short
     if short is not None:
         return _hold(f, Verdict("Held", "measured-short", f"{keeping}: {short}"))
+    beyond = f.proposed_beyond if restart is None and f.proposed_beyond is not None else f.in_place_beyond
+    if beyond is not None:
+        return _hold(f, Verdict("Held", "beyond-measured-load", f"{keeping}: {beyond}"))
     if restart is None and f.recently_left:
         return _hold(f, Verdict("Held", "recently-left",
                                 f"{keeping}: {f.proposed.config.short()} was left less than 30 minutes ago"))

@@ -320,9 +320,15 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
     margins = m.margins
     # Only a measurement teaches a margin: without one (telemetry silent, nothing finished) the running
     # configuration keeps the prior of an untried one, or every settled service would "learn" the model as it is.
-    if queued and m.running is not None and predicted is not None \
-            and (ttft, itl) != margin_of(m, m.running.config, inputs.tuning):
-        margins = learned(m, m.running.config, ttft, itl)
+    if queued and m.running is not None and predicted is not None and s is not None:
+        # The rate per replica it was measured at counts even where the margin stays: a window at a higher load
+        # that confirms the margin extends where it holds (`beyond_learned_load`).
+        per_replica = window_rate(s) / max(1, m.running.replicas)
+        own = next((r for r in m.margins if r.configuration == margin_key(m.running.config)), None)
+        higher = own is not None and (own.rps_per_replica is None
+                                      or per_replica > own.rps_per_replica * LEARNED_LOAD_RECORDED)
+        if higher or (ttft, itl) != margin_of(m, m.running.config, inputs.tuning):
+            margins = learned(m, m.running.config, ttft, itl, per_replica)
     if queued and inputs.tuning.learn_tail and measured is not None and m.running is not None:
         # The tail's evidence: the running plan's share within both at this window's load as it is planned (the
         # margins just learned), against the requests measured over the SLOs.
@@ -338,6 +344,8 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
 
 # Per precision, TP and chunk budget: a few precisions x TPs x the budgets tried.
 MARGINS_KEPT = 8
+# A margin's most load per replica is rewritten when a window serves 5% more (not every tick: status writes).
+LEARNED_LOAD_RECORDED = 1.05
 REFERENCE_PRECISION = "bf16"
 
 
@@ -418,12 +426,16 @@ def untried_tp_margin(tuning: Tuning | None) -> float:
     return math.sqrt(max(tuning.unmeasured_margin, 1.0))
 
 
-def learned(memory: Memory, config: ServingConfig, ttft: float, itl: float) -> tuple[ConfigMargin, ...]:
+def learned(memory: Memory, config: ServingConfig, ttft: float, itl: float,
+            rps_per_replica: float | None = None) -> tuple[ConfigMargin, ...]:
     """The margins with `config`'s learned one, most recent last; it supersedes one stored for its precision and
-    TP without a chunk budget (the old key)."""
+    TP without a chunk budget (the old key). `rps_per_replica`: the rate served per replica of the window it was
+    learned on; the record keeps the most it was learned at."""
     key, old = margin_key(config), configuration_key(config)
+    before = [r.rps_per_replica for r in memory.margins if r.configuration == key and r.rps_per_replica]
+    most = max([*before, rps_per_replica]) if rps_per_replica else (before[0] if before else None)
     kept = tuple(r for r in memory.margins if r.configuration not in (key, old))
-    return (*kept, ConfigMargin(key, ttft, itl))[-MARGINS_KEPT:]
+    return (*kept, ConfigMargin(key, ttft, itl, significant(most) if most else None))[-MARGINS_KEPT:]
 
 
 def tick_request(inputs: TickInputs, memory: Memory, load: LoadEstimate, allocation_watts: float | None,
@@ -659,6 +671,8 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         carries_load=carries_load(inputs, load, memory),
         has_slack=has_slack(inputs, memory),
         slo_missed=slo_missed(inputs),
+        load_rose=(memory.planned_load is not None and load.workload.requests_per_second
+                   >= memory.planned_load.requests_per_second * CAPACITY_STEP),
         settled=running_settled(inputs, memory),
         outage=outage,
         cooldown_until_s=last + intent.cooldown_seconds if last is not None else None,
@@ -677,7 +691,39 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         in_place_capacity_ratio=capacity_ratio(alt_c, prop_c),
         proposed_short=short_words(memory, proposed, inputs),
         in_place_short=short_words(memory, alt, inputs) if alt is not None else None,
+        proposed_beyond=beyond_learned_load(inputs, memory, load, proposed, energy_model),
+        in_place_beyond=beyond_learned_load(inputs, memory, load, alt, energy_model) if alt is not None else None,
     )
+
+
+def beyond_learned_load(inputs: TickInputs, memory: Memory, load: LoadEstimate, target: Plan,
+                        energy_model: EnergyModel) -> str | None:
+    """Where giving up replicas (fewer of the running arguments) would load each one a capacity step beyond the
+    most its configuration's margin was learned at, and the target misses the SLO once its predicted late
+    requests carry the untried prior (`Tuning.unmeasured_margin`), in words; else None.
+
+    Queueing error grows with utilisation, so a margin learned on a fleet does not carry to a smaller one: bursty
+    s4 learned 0.94 on x2, shed to x1 at twice the load per replica (predicted 99.2% within both against 99%),
+    and lost 166 requests. Where a window at that load per replica confirmed the margin, it is no extrapolation
+    (prefill-heavy: x1 measured at 7.7 req/s, shed back to at 6.2). The load compared is the larger of the rate
+    served and the load planned for: the shed must carry both."""
+    running = memory.running
+    if running is None or inputs.signals is None or target.replicas >= running.replicas \
+            or short_key(target) != short_key(running):
+        return None
+    key = margin_key(target.config)
+    at = next((r.rps_per_replica for r in memory.margins if r.configuration == key and r.rps_per_replica), None)
+    rps = max(window_rate(inputs.signals), load.workload.requests_per_second)
+    if at is None or rps / target.replicas <= at * CAPACITY_STEP:
+        return None
+    request = tick_request(inputs, memory, load, None, margin=margin_of(memory, target.config, inputs.tuning))
+    doubt = max(1.0, inputs.tuning.unmeasured_margin)
+    judged = evaluate_in(replace(request, miss_scale=request.miss_scale * doubt), target, energy_model)
+    if judged is not None and judged.meets_slo:
+        return None
+    # No figure of this window in the words: a held service writes its reason once, not every tick.
+    return (f"{target.describe()} would load each replica more than a capacity step beyond the {at:g} req/s its "
+            f"latency margin was learned at, and misses the SLO with the untried prior on its late requests")
 
 
 def short_words(memory: Memory, target: Plan, inputs: TickInputs) -> str | None:

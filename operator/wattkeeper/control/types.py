@@ -130,6 +130,9 @@ class ConfigMargin:
     configuration: str  # tick.margin_key: precision, TP, KV-cache dtype, chunk budget (older keys: no budget)
     ttft: float
     itl: float
+    # The most requests a second per replica it was learned at (the rate served over its windows): queueing error
+    # grows with utilisation, so beyond that the margin is an extrapolation (tick.beyond_learned_load).
+    rps_per_replica: float | None = None
 
 
 @dataclass(frozen=True)

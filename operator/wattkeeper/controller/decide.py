@@ -187,7 +187,8 @@ def memory_from_status(status: dict[str, Any], default_workload: Workload) -> Me
         tail_measured_misses=float(observed.get("sloMissesMeasured") or 0.0),
         tail_predicted_misses=float(observed.get("sloMissesPredicted") or 0.0),
         margins=tuple(
-            ConfigMargin(str(r["configuration"]), float(r.get("ttft") or 1.0), float(r.get("itl") or 1.0))
+            ConfigMargin(str(r["configuration"]), float(r.get("ttft") or 1.0), float(r.get("itl") or 1.0),
+                         float(r["rpsPerReplica"]) if r.get("rpsPerReplica") else None)
             for r in observed.get("latencyMargins") or [] if r.get("configuration")
         ),
         recent_configurations=tuple(
@@ -518,7 +519,8 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
         remembered.update(sloMissesMeasured=memory.tail_measured_misses,
                           sloMissesPredicted=memory.tail_predicted_misses, missScale=significant(tail.scale(memory)))
     if memory.margins:
-        remembered["latencyMargins"] = [{"configuration": r.configuration, "ttft": r.ttft, "itl": r.itl}
+        remembered["latencyMargins"] = [{"configuration": r.configuration, "ttft": r.ttft, "itl": r.itl,
+                                         **({"rpsPerReplica": r.rps_per_replica} if r.rps_per_replica else {})}
                                         for r in memory.margins]
     if obs is not None:
         status["observed"] = {k: v for k, v in {
