@@ -209,6 +209,47 @@ def test_load_up_adds_capacity(operator, api_client, exporter, namespace) -> Non
              ["status"]["observed"].get("withinSloShare") == 0)
 
 
+def test_a_fleet_measured_short_is_not_shed_back_to(operator, api_client, exporter, namespace) -> None:  # type: ignore[no-untyped-def]
+    """The running fleet measured short (requests waiting, TTFT p95 three times its SLO) at a load the model says it
+    carries: the operator moves to more capacity (a smaller chunk budget first, then a second replica), recording
+    each fleet left short in status.plan.measuredShort with the rate it served. Then the load stays and the two
+    replicas have room to spare: the model would shed back to one, and the operator holds instead (a Held
+    decision that names the fleet measured short), keeping the replicas."""
+    # One precision on one GPU a replica: more capacity can only come from the batch limits or replicas.
+    body = load_example("llmservice-llama-8b.yaml", workload={"requestsPerSecond": 4},
+                        quality={"allowedPrecisions": ["bf16"]}, accelerator={"type": "H100", "maxTensorParallel": 1})
+    body["spec"]["reconfiguration"] = {"cooldownSeconds": 0}
+    create(api_client, namespace, "llmservices", body)
+    wait_for("ready", lambda: ready(api_client, namespace, "llama-8b"))
+    first = wait_for("the plan in status", lambda: (get(api_client, namespace, "llmservices", "llama-8b")
+                                                    .get("status") or {}).get("plan"))
+    assert first["replicas"] == 1
+    exporter.set(namespace, "llama-8b", ServiceLoad(watts_per_pod=650, tokens_per_second=4 * 256,
+                                                    requests_per_second=4, running=30, waiting=6,
+                                                    ttft_p95_seconds=3.0, itl_p95_seconds=0.04))
+    def second_replica() -> bool | str:
+        if deployment(api_client, namespace, "llama-8b").spec.replicas > 1:
+            return True
+        decisions = get(api_client, namespace, "llmservices", "llama-8b")["status"].get("decisions") or []
+        return f"last decision: {decisions[-1] if decisions else None}"
+
+    wait_for("a second replica", second_replica, timeout=300, not_yet=(str,))
+    grown = deployment(api_client, namespace, "llama-8b").spec.replicas
+    recorded = get(api_client, namespace, "llmservices", "llama-8b")["status"]["plan"].get("measuredShort") or []
+    assert any(e["replicas"] == 1 and e["loadRps"] >= 3.0 for e in recorded), recorded
+    exporter.set(namespace, "llama-8b", ServiceLoad(watts_per_pod=450, tokens_per_second=4 * 256,
+                                                    requests_per_second=4, running=12))
+
+    def held() -> dict[str, Any] | str:
+        status = get(api_client, namespace, "llmservices", "llama-8b")["status"]
+        decisions = status.get("decisions") or []
+        found = next((d for d in decisions if d["action"] == "Held" and "x1 was measured short" in d["reason"]), None)
+        return found or f"decisions {decisions[-3:]}, measuredShort {status['plan'].get('measuredShort')}"
+
+    wait_for("a shed back to the short fleet held", held, timeout=180, not_yet=(str,))
+    assert deployment(api_client, namespace, "llama-8b").spec.replicas >= grown
+
+
 def test_telemetry_gone_holds_the_configuration(operator, api_client, exporter, namespace) -> None:  # type: ignore[no-untyped-def]
     body = load_example("llmservice-llama-8b.yaml", workload={"requestsPerSecond": 8})
     body["spec"]["reconfiguration"] = {"cooldownSeconds": 0}
