@@ -324,7 +324,7 @@ def corrections(inputs: TickInputs, load: LoadEstimate, energy_model: EnergyMode
         # The rate per replica it was measured at counts even where the margin stays: a window at a higher load
         # that confirms the margin extends where it holds (`beyond_learned_load`).
         per_replica = window_rate(s) / max(1, m.running.replicas)
-        own = next((r for r in m.margins if r.configuration == margin_key(m.running.config)), None)
+        own = own_margin(m, m.running.config)
         higher = own is not None and (own.rps_per_replica is None
                                       or per_replica > own.rps_per_replica * LEARNED_LOAD_RECORDED)
         if higher or (ttft, itl) != margin_of(m, m.running.config, inputs.tuning):
@@ -426,14 +426,21 @@ def untried_tp_margin(tuning: Tuning | None) -> float:
     return math.sqrt(max(tuning.unmeasured_margin, 1.0))
 
 
+def own_margin(memory: Memory, config: ServingConfig) -> ConfigMargin | None:
+    """The margin learned on `config` itself (its `margin_key`), if any: not one borrowed from its precision."""
+    key = margin_key(config)
+    return next((r for r in memory.margins if r.configuration == key), None)
+
+
 def learned(memory: Memory, config: ServingConfig, ttft: float, itl: float,
             rps_per_replica: float | None = None) -> tuple[ConfigMargin, ...]:
     """The margins with `config`'s learned one, most recent last; it supersedes one stored for its precision and
     TP without a chunk budget (the old key). `rps_per_replica`: the rate served per replica of the window it was
     learned on; the record keeps the most it was learned at."""
     key, old = margin_key(config), configuration_key(config)
-    before = [r.rps_per_replica for r in memory.margins if r.configuration == key and r.rps_per_replica]
-    most = max([*before, rps_per_replica]) if rps_per_replica else (before[0] if before else None)
+    own = own_margin(memory, config)
+    loads = [x for x in (own.rps_per_replica if own is not None else None, rps_per_replica) if x]
+    most = max(loads) if loads else None
     kept = tuple(r for r in memory.margins if r.configuration not in (key, old))
     return (*kept, ConfigMargin(key, ttft, itl, significant(most) if most else None))[-MARGINS_KEPT:]
 
@@ -711,8 +718,8 @@ def beyond_learned_load(inputs: TickInputs, memory: Memory, load: LoadEstimate, 
     if running is None or inputs.signals is None or target.replicas >= running.replicas \
             or short_key(target) != short_key(running):
         return None
-    key = margin_key(target.config)
-    at = next((r.rps_per_replica for r in memory.margins if r.configuration == key and r.rps_per_replica), None)
+    own = own_margin(memory, target.config)
+    at = own.rps_per_replica if own is not None else None
     rps = max(window_rate(inputs.signals), load.workload.requests_per_second)
     if at is None or rps / target.replicas <= at * CAPACITY_STEP:
         return None
