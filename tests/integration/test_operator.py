@@ -224,8 +224,11 @@ def test_a_fleet_measured_short_is_not_shed_back_to(operator, api_client, export
     first = wait_for("the plan in status", lambda: (get(api_client, namespace, "llmservices", "llama-8b")
                                                     .get("status") or {}).get("plan"))
     assert first["replicas"] == 1
+    # Two waiting: the telemetry window is 5 s and a standing queue counts as its growth over the window
+    # (control/load.py offered_rate), so 6 would record x1 short at 5.2 req/s, a capacity step above the 4 served
+    # after, where a shed back to it is a new question.
     exporter.set(namespace, "llama-8b", ServiceLoad(watts_per_pod=650, tokens_per_second=4 * 256,
-                                                    requests_per_second=4, running=30, waiting=6,
+                                                    requests_per_second=4, running=30, waiting=2,
                                                     ttft_p95_seconds=3.0, itl_p95_seconds=0.04))
     def second_replica() -> bool | str:
         if deployment(api_client, namespace, "llama-8b").spec.replicas > 1:
@@ -247,7 +250,11 @@ def test_a_fleet_measured_short_is_not_shed_back_to(operator, api_client, export
         return found or f"decisions {decisions[-3:]}, measuredShort {status['plan'].get('measuredShort')}"
 
     wait_for("a shed back to the short fleet held", held, timeout=180, not_yet=(str,))
-    assert deployment(api_client, namespace, "llama-8b").spec.replicas >= grown
+    # And it stays held over the ticks after, not only on the first.
+    time.sleep(6 * INTERVAL_S)
+    status = get(api_client, namespace, "llmservices", "llama-8b")["status"]
+    assert deployment(api_client, namespace, "llama-8b").spec.replicas >= grown, \
+        (status.get("decisions"), status["plan"].get("measuredShort"))
 
 
 def test_telemetry_gone_holds_the_configuration(operator, api_client, exporter, namespace) -> None:  # type: ignore[no-untyped-def]

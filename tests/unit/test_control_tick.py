@@ -484,6 +484,18 @@ def test_the_reason_a_shed_is_held_for_a_fleet_measured_short_is_the_same_every_
     assert short_words(memory, Plan(BF16, 1), TickInputs(INTENT, memory, signals(3.0), ready, now_s=400.0)) is None
 
 
+def test_a_shed_to_a_fleet_measured_short_is_judged_at_the_whole_services_rate() -> None:
+    """x1 measured short at 4 req/s; x2 serves 2.7 req/s beside a canary that takes the rest. The x1 shed back to
+    would carry all 4 once the canary ends: it is still the fleet measured short."""
+    memory = Memory(running=Plan(BF16, 2), last_applied_s=0.0, rolled_out_s=30.0,
+                    measured_short=(ShortFleet("bf16 tp1 seqs256 tok8192", 1, 100.0, 4.0),))
+    ready = FleetState(exists=True, replicas=2, ready_replicas=2)
+    alone = TickInputs(INTENT, memory, signals(2.7), ready, now_s=400.0)
+    assert short_words(memory, Plan(BF16, 1), alone) is None  # the fleet's share alone: a capacity step below
+    beside = replace(alone, canary_signals=signals(1.3))
+    assert short_words(memory, Plan(BF16, 1), beside) is not None
+
+
 def test_a_margin_keeps_the_most_load_per_replica_it_was_learned_at() -> None:
     first = learned(Memory(), BF16, 1.0, 1.0, 3.0)
     assert first == (ConfigMargin("bf16 tp1 tok8192", 1.0, 1.0, 3.0),)

@@ -195,6 +195,14 @@ def window_rate(s: Signals) -> float:
     return max(served, rates[0]) if rates is not None else served
 
 
+def service_rate(inputs: TickInputs) -> float | None:
+    """The rate the whole service served over the window: the fleet's and, where one runs beside it, a canary's.
+    A fleet that gives up replicas carries it all once the canary ends; judged at the fleet's share alone, x2 beside
+    a canary read 2.7 of its 4 req/s and was shed back to the x1 measured short at 4."""
+    s = canaries.with_canary_load(inputs.signals, inputs.canary_signals)
+    return window_rate(s) if s is not None else None
+
+
 def arrivals_fell(s: Signals) -> bool:
     """Arrivals over the telemetry window fell below `FALLEN_ARRIVALS_SHARE` of the window before's."""
     res = s.arrival_resolution_seconds
@@ -720,7 +728,7 @@ def beyond_learned_load(inputs: TickInputs, memory: Memory, load: LoadEstimate, 
         return None
     own = own_margin(memory, target.config)
     at = own.rps_per_replica if own is not None else None
-    rps = max(window_rate(inputs.signals), load.workload.requests_per_second)
+    rps = max(service_rate(inputs) or 0.0, load.workload.requests_per_second)
     if at is None or rps / target.replicas <= at * CAPACITY_STEP:
         return None
     request = tick_request(inputs, memory, load, None, margin=margin_of(memory, target.config, inputs.tuning))
@@ -738,11 +746,12 @@ def short_words(memory: Memory, target: Plan, inputs: TickInputs) -> str | None:
     running = memory.running
     if running is None or (target.replicas >= running.replicas and short_key(target) == short_key(running)):
         return None
-    if inputs.signals is None:
-        return None
     # Like for like: the rate served over this window against the rate served when it was measured short (the
-    # load planned for is a held peak that expires while the load stays).
-    now_rps = window_rate(inputs.signals)
+    # load planned for is a held peak that expires while the load stays), the service's whole rate: the target
+    # carries a canary's share too once it ends.
+    now_rps = service_rate(inputs)
+    if now_rps is None:
+        return None
     e = measured_short(memory, target, inputs.now_s, inputs.allocation_watts, now_rps)
     if e is None:
         return None
