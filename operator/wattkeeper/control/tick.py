@@ -197,8 +197,9 @@ def window_rate(s: Signals) -> float:
 
 def service_rate(inputs: TickInputs) -> float | None:
     """The rate the whole service served over the window: the fleet's and, where one runs beside it, a canary's.
-    A fleet that gives up replicas carries it all once the canary ends; judged at the fleet's share alone, x2 beside
-    a canary read 2.7 of its 4 req/s and was shed back to the x1 measured short at 4."""
+    A fleet that gives up replicas carries it all once the canary ends; judged at the fleet's share alone, x2
+    serving 2.7 of the service's 4 req/s beside a canary reads a capacity step below an x1 measured short at 4, and
+    would be shed back to it (`tests/unit/test_control_tick.py`)."""
     s = canaries.with_canary_load(inputs.signals, inputs.canary_signals)
     return window_rate(s) if s is not None else None
 
