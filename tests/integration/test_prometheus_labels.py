@@ -29,8 +29,10 @@ def _free_port() -> int:
 class Exporter:
     """Serves dcgm-exporter-format power and energy for GPUs held by the given pods, plus one idle GPU."""
 
-    def __init__(self, pods: dict[tuple[str, str], float]) -> None:
+    def __init__(self, pods: dict[tuple[str, str], float],
+                 waiting: dict[tuple[str, str], tuple[float, float]] | None = None) -> None:
         self.pods = pods  # (namespace, pod) -> watts per pod
+        self.waiting = waiting or {}  # (namespace, pod) -> vLLM's queue: (requests at the start, growth a second)
         self.started = time.monotonic()
         exporter = self
 
@@ -58,6 +60,9 @@ class Exporter:
                      f'namespace="{namespace}",pod="{pod}"'
             lines.append(f"DCGM_FI_DEV_POWER_USAGE{{{labels}}} {watts}")
             lines.append(f"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{labels}}} {1e9 + watts * elapsed * 1000:.0f}")
+        for (namespace, pod), (start, growth) in self.waiting.items():
+            lines.append(f'vllm:num_requests_waiting{{model_name="m",namespace="{namespace}",pod="{pod}"}} '
+                         f"{start + growth * elapsed:.3f}")
         return "\n".join(lines) + "\n"
 
 
@@ -65,7 +70,10 @@ class Exporter:
 def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import prometheus as prom
 
-    honored = Exporter({("team-a", "llama-7c9f8d-abcde"): 400.0, ("team-a", "llama-7c9f8d-fghij"): 300.0})
+    # vLLM's queue on team-a's pods (served beside the power here; in a cluster each pod exports its own): one
+    # standing at 3, one growing by 0.5 a second.
+    honored = Exporter({("team-a", "llama-7c9f8d-abcde"): 400.0, ("team-a", "llama-7c9f8d-fghij"): 300.0},
+                       waiting={("team-a", "llama-7c9f8d-abcde"): (3.0, 0.0), ("team-a", "llama-7c9f8d-fghij"): (0.0, 0.5)})
     renamed = Exporter({("team-b", "qwen-5b6d7f-klmno"): 250.0})
     both = Exporter({("team-c", "mixtral-6c5d4e-pqrst"): 500.0})
     # Target labels as prometheus-operator's ServiceMonitor relabelling sets them for a dcgm-exporter pod.
@@ -118,3 +126,22 @@ def test_power_under_both_label_conventions(prometheus_url: str) -> None:
     # The idle GPU (no pod) belongs to no service; an unknown service has no power.
     with pytest.raises(TelemetryUnavailable):
         source.observe_service("gpu-operator", "dcgm-exporter", 10)
+
+
+def test_the_queues_growth_is_the_waiting_gauges_slope(prometheus_url: str) -> None:
+    """PromQL deriv over the window: the standing queue of 3 grows by nothing, the other by 0.5 a second, while
+    the mean queue over the window counts the standing 3 in full (control/load.py offered_rate)."""
+    source = PrometheusSource(prometheus_url)
+
+    def grown() -> Any:
+        observed = source.observe_service("team-a", "llama", 10)
+        growth = observed.waiting_growth_per_second
+        return observed if growth is not None and abs(growth - 0.5) < 0.05 else None
+
+    observed = wait_for("team-a's queue growing by 0.5 a second", grown, timeout=40, retry_on=(TelemetryUnavailable,))
+    assert observed.waiting_requests is not None and observed.waiting_requests > 3.0
+    from wattkeeper.telemetry.batch import observe_prometheus
+
+    batch = observe_prometheus(source, [("team-a", "llama")], 10)[("team-a", "llama")]
+    assert not isinstance(batch, TelemetryUnavailable)
+    assert batch.waiting_growth_per_second == pytest.approx(0.5, abs=0.05)

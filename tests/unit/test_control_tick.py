@@ -35,6 +35,7 @@ from wattkeeper.control.tick import (
     settled,
     short_words,
     tick_request,
+    window_rate,
 )
 from wattkeeper.control.types import Tuning
 from wattkeeper.energy.catalog import get_accelerator
@@ -68,6 +69,18 @@ def signals(rps: float, watts: float = 500.0, waiting: float = 0.0, **kw: float)
 ])
 def test_offered_rate(finished: float, waiting: float | None, window: float, offered: float) -> None:
     assert offered_rate(finished, waiting, window) == pytest.approx(offered)
+
+
+def test_a_standing_queue_is_no_new_load_where_its_growth_is_measured() -> None:
+    """6 waiting on a 5-s window read as 1.2 req/s more arrivals in every window the queue stands; its measured
+    growth (the waiting gauge's slope) says what arrived beyond what finished."""
+    assert offered_rate(4.0, 6.0, 5.0) == pytest.approx(5.2)
+    assert offered_rate(4.0, 6.0, 5.0, 0.0) == 4.0
+    assert offered_rate(4.0, 6.0, 5.0, 0.5) == 4.5
+    assert offered_rate(4.0, 6.0, 5.0, -2.0) == 4.0  # a draining queue is not less load than what finished
+    standing = replace(signals(4.0, waiting=6.0, waiting_growth_per_second=0.0), window_seconds=5.0)
+    assert window_rate(standing) == 4.0  # the rate a fleet measured short is recorded at
+    assert window_rate(replace(standing, waiting_growth_per_second=None)) == pytest.approx(5.2)
 
 
 def test_stabilised_rate_holds_the_peak_for_the_window() -> None:

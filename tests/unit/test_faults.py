@@ -176,7 +176,7 @@ def test_telemetry_is_one_query_per_metric_for_all_services() -> None:
     assert not isinstance(b, TelemetryUnavailable) and b.watts == 1200
     assert b.request_itl_p95_seconds is None  # an older vLLM exports no per-request mean ITL
     assert isinstance(out[("a", "silent")], TelemetryUnavailable)
-    assert len(queries) == 4 + 5 + 3 + 1 + 1 + 3  # per metric, not per service
+    assert len(queries) == 4 + 6 + 3 + 1 + 1 + 3  # per metric, not per service
     # The arrival counter's raw samples come per series (a range vector): grouped into services here.
     raw = [q for q in queries if q.startswith("vllm:time_to_first_token_seconds_count{")]
     assert raw == ['vllm:time_to_first_token_seconds_count{namespace=~"a|b",pod!=""}[630s]']

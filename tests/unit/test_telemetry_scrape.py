@@ -103,3 +103,24 @@ def test_scrape_reads_the_p95_of_requests_mean_itl_from_the_deltas_and_none_wher
     pods.now = 20.0
     old = source.observe_service("ns", "old", 10)  # a vLLM without the histogram
     assert old.watts == 350 and old.request_itl_p95_seconds is None
+
+
+def test_scrape_reads_the_queues_growth_between_scrapes() -> None:
+    """The waiting gauge's change since the last scrape, per second: a standing queue grows by nothing."""
+    pods = _Pods()
+    source = DirectScrapeSource(lambda ns, svc: [(f"{svc}-1-a", f"http://{svc}/metrics")],
+                                client=httpx.Client(transport=httpx.MockTransport(pods.handler)),
+                                clock=lambda: pods.now)
+
+    def exposition(waiting: int) -> str:
+        return (f'# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{model_name="m"}} {waiting}\n'
+                '# TYPE DCGM_FI_DEV_POWER_USAGE gauge\nDCGM_FI_DEV_POWER_USAGE{gpu="0"} 350\n')
+
+    pods.text["svc"] = exposition(2)
+    first = source.observe_service("ns", "svc", 10)
+    assert first.waiting_requests == 2 and first.waiting_growth_per_second is None  # one scrape: no change yet
+    pods.now, pods.text["svc"] = 10.0, exposition(6)
+    assert source.observe_service("ns", "svc", 10).waiting_growth_per_second == pytest.approx(0.4)
+    pods.now = 20.0
+    standing = source.observe_service("ns", "svc", 10)
+    assert standing.waiting_requests == 6 and standing.waiting_growth_per_second == 0.0

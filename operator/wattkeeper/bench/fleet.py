@@ -85,6 +85,9 @@ class Observation:
     finished_requests_per_second: float = 0.0
     mean_waiting_requests: float = 0.0
     mean_running_requests: float = 0.0
+    # The slope of the waiting count over the window's samples (least squares, as PromQL deriv reads
+    # vllm:num_requests_waiting); None with fewer than two samples.
+    waiting_growth_per_second: float | None = None
     # The p95 over requests finished in the window of each one's mean ITL, as vLLM's
     # vllm:request_time_per_output_token_seconds shows it (Signals.request_itl_p95_seconds).
     request_itl_p95_seconds: float | None = None
@@ -648,11 +651,20 @@ class FleetSimulator:
             finished_requests_per_second=completed / span_s if span_s > 0 else 0.0,
             mean_waiting_requests=float(np.mean([w.waiting_total for w in window])) if window else 0.0,
             mean_running_requests=float(np.mean([w.active_total - w.waiting_total for w in window])) if window else 0.0,
+            waiting_growth_per_second=_slope([w.waiting_total for w in window], self.sample_s),
             request_itl_p95_seconds=float(np.percentile(mean_itls, 95)) if mean_itls else None,
             history_end_s=end_s,
             window_ttfts_s=tuple(ttfts),
             window_mean_itls_s=tuple(mean_itls),
         )
+
+
+def _slope(values: list[int] | list[float], step_s: float) -> float | None:
+    """The least-squares slope per second of evenly spaced samples (PromQL deriv); None with fewer than two."""
+    if len(values) < 2 or step_s <= 0:
+        return None
+    x = np.arange(len(values), dtype=float) * step_s
+    return float(np.polyfit(x, np.asarray(values, dtype=float), 1)[0])
 
 
 def with_history(obs: Observation, first_tokens: list[float], finished: list[tuple[float, int, int]],

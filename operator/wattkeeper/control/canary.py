@@ -70,6 +70,7 @@ def with_canary_load(signals: Signals | None, canary: Signals | None) -> Signals
         finished_requests_per_second=total(signals.finished_requests_per_second,
                                            canary.finished_requests_per_second),
         waiting_requests=total(signals.waiting_requests, canary.waiting_requests),
+        waiting_growth_per_second=total(signals.waiting_growth_per_second, canary.waiting_growth_per_second),
         running_requests=total(signals.running_requests, canary.running_requests),
         mean_input_tokens=weighted(signals.mean_input_tokens, canary.mean_input_tokens),
         mean_output_tokens=weighted(signals.mean_output_tokens, canary.mean_output_tokens),

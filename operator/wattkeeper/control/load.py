@@ -28,9 +28,14 @@ DEFAULT_LEAD_SECONDS = 60.0
 TREND_CONFIDENCE_KEEPING_UP = 1.0
 
 
-def offered_rate(finished_per_second: float, waiting_requests: float | None, window_s: float) -> float:
+def offered_rate(finished_per_second: float, waiting_requests: float | None, window_s: float,
+                 growth_per_second: float | None = None) -> float:
     """The load offered, not just served: a saturated fleet finishes fewer requests than arrive, and the rest
-    queue. Counting the queue over the window keeps a saturated plan from looking over-provisioned."""
+    queue. Counting the queue's growth keeps a saturated plan from looking over-provisioned. Where the growth is
+    measured (`Signals.waiting_growth_per_second`) it is that; else the window's queue counts as grown within it,
+    which reads a standing queue as new load in every window it lasts (6 waiting on a 5-s window: +1.2 req/s)."""
+    if growth_per_second is not None:
+        return max(finished_per_second, 0.0) + max(growth_per_second, 0.0)
     return max(finished_per_second, 0.0) + max(waiting_requests or 0.0, 0.0) / max(window_s, 1.0)
 
 
@@ -109,7 +114,7 @@ def estimate_load(intent: ServiceIntent, memory: Memory, signals: Signals | None
     spec = intent.default_workload
     if signals is not None and signals.finished_requests_per_second is not None:
         offered = significant(offered_rate(signals.finished_requests_per_second, signals.waiting_requests,
-                                           signals.window_seconds)) or 0.0
+                                           signals.window_seconds, signals.waiting_growth_per_second)) or 0.0
         # While the fleet keeps up as measured, a trend is planned for only as far as it stands out of the
         # arrivals' own scatter; a fleet behind takes it whole (its shortfall says the rise is real).
         keeping_up = keeps_up(intent, signals)

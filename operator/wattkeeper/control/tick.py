@@ -190,7 +190,8 @@ FALLEN_ARRIVALS_SHARE = 0.5
 def window_rate(s: Signals) -> float:
     """The rate the fleet served over the window: what finished and the queue's growth, or what entered service (the
     arrival counts) where more did."""
-    served = offered_rate(s.finished_requests_per_second or 0.0, s.waiting_requests, s.window_seconds)
+    served = offered_rate(s.finished_requests_per_second or 0.0, s.waiting_requests, s.window_seconds,
+                          s.waiting_growth_per_second)
     rates = arrival_rates(s)
     return max(served, rates[0]) if rates is not None else served
 

@@ -62,6 +62,9 @@ class Signals:
     finished_requests_per_second: float | None = None
     waiting_requests: float | None = None
     running_requests: float | None = None
+    # The queue's growth over the window (requests/s; the waiting gauge's slope), where telemetry has it: what
+    # arrived beyond what finished. None: `offered_rate` counts the mean queue as grown within the window.
+    waiting_growth_per_second: float | None = None
     mean_input_tokens: float | None = None
     mean_output_tokens: float | None = None
     ttft_p95_seconds: float | None = None

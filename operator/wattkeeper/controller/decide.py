@@ -254,6 +254,7 @@ def signals_from_observation(obs: ServiceObservation | None, window_seconds: flo
     return Signals(
         window_seconds=window_seconds, watts=obs.watts, finished_requests_per_second=obs.requests_per_second,
         waiting_requests=obs.waiting_requests, running_requests=obs.running_requests,
+        waiting_growth_per_second=obs.waiting_growth_per_second,
         mean_input_tokens=obs.mean_input_tokens, mean_output_tokens=obs.mean_output_tokens,
         ttft_p95_seconds=obs.ttft_p95_seconds, itl_p95_seconds=obs.itl_p95_seconds,
         request_itl_p95_seconds=obs.request_itl_p95_seconds,

@@ -29,6 +29,11 @@ class ServiceObservation:
     request_itl_p95_seconds: float | None = None
     running_requests: float | None = None
     waiting_requests: float | None = None
+    # The queue's growth over the window (requests/s): the slope of the waiting gauge (PromQL deriv, a least-squares
+    # fit over the window's samples; https://prometheus.io/docs/prometheus/latest/querying/functions/#deriv). A
+    # standing queue grows by nothing, where the mean waiting over the window counts all of it in every window.
+    # None where the source has fewer than two samples of it.
+    waiting_growth_per_second: float | None = None
     pods_reporting: int = 0
     power_source: str = ""  # which metric gave the watts
     # The 95th percentile of the service's 30-s finished-request rates, every 10 s over the last 10 minutes

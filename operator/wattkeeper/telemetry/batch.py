@@ -35,6 +35,7 @@ SUMS_BY_POD = {
     "requests_per_second": "sum by (namespace, pod) (rate(vllm:request_success_total{{{sel}}}[{w}]))",
     "running_requests": "sum by (namespace, pod) (avg_over_time(vllm:num_requests_running{{{sel}}}[{w}]))",
     "waiting_requests": "sum by (namespace, pod) (avg_over_time(vllm:num_requests_waiting{{{sel}}}[{w}]))",
+    "waiting_growth_per_second": "sum by (namespace, pod) (deriv(vllm:num_requests_waiting{{{sel}}}[{w}]))",
 }
 BUCKETS_BY_POD = {
     "ttft_p95_seconds": "sum by (namespace, pod, le) (rate(vllm:time_to_first_token_seconds_bucket{{{sel}}}[{w}]))",

@@ -50,6 +50,9 @@ LOAD_QUERIES = {
     "(rate(vllm:request_time_per_output_token_seconds_bucket{{{sel}}}[{w}])))",
     "running_requests": "sum(avg_over_time(vllm:num_requests_running{{{sel}}}[{w}]))",
     "waiting_requests": "sum(avg_over_time(vllm:num_requests_waiting{{{sel}}}[{w}]))",
+    # The queue's growth (ServiceObservation.waiting_growth_per_second); a pod with one sample in the window has
+    # none, and no pod with two gives an empty result, None.
+    "waiting_growth_per_second": "sum(deriv(vllm:num_requests_waiting{{{sel}}}[{w}]))",
     # Bursts: the p95 of 30-s rates sampled every 10 s over 10 minutes (a subquery; Prometheus >= 2.7).
     "burst_requests_per_second": "quantile_over_time(0.95, sum(rate(vllm:request_success_total{{{sel}}}[30s]))"
     "[10m:10s])",

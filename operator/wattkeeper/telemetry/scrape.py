@@ -200,6 +200,7 @@ class DirectScrapeSource:
         deltas: dict[str, dict[float, float]] = {}
         bucket_per_second: dict[str, dict[float, float]] = {}
         reporting = 0
+        growth: float | None = None  # the waiting gauge's change since the last scrape, pods seen at both
         exporters: dict[str, str | None] = {}
         for target in pods:
             key = f"{namespace}/{target.pod}"
@@ -223,6 +224,10 @@ class DirectScrapeSource:
                     have_power = True
             for name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
                 gauges[name] = gauges.get(name, 0.0) + current.gauges.get(name, 0.0)
+            waiting_before = previous.gauges.get("vllm:num_requests_waiting") if previous else None
+            waiting_now = current.gauges.get("vllm:num_requests_waiting")
+            if waiting_before is not None and waiting_now is not None and dt > 0:
+                growth = (growth or 0.0) + (waiting_now - waiting_before) / dt
             if previous and dt > 0:
                 for name, value in current.counters.items():
                     before = previous.counters.get(name)
@@ -253,6 +258,7 @@ class DirectScrapeSource:
             request_itl_bucket_rates=bucket_rates(bucket_per_second.get("request_itl", {})),
             running_requests=gauges.get("vllm:num_requests_running"),
             waiting_requests=gauges.get("vllm:num_requests_waiting"),
+            waiting_growth_per_second=growth,
             pods_reporting=reporting,
             power_source="scrape",
         )
