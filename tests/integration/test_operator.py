@@ -224,9 +224,9 @@ def test_a_fleet_measured_short_is_not_shed_back_to(operator, api_client, export
     first = wait_for("the plan in status", lambda: (get(api_client, namespace, "llmservices", "llama-8b")
                                                     .get("status") or {}).get("plan"))
     assert first["replicas"] == 1
-    # Two waiting: the telemetry window is 5 s and a standing queue counts as its growth over the window
-    # (control/load.py offered_rate), so 6 would record x1 short at 5.2 req/s, a capacity step above the 4 served
-    # after, where a shed back to it is a new question.
+    # Two waiting: the telemetry window is 5 s, and the window in which the queue builds up reads it as growth
+    # (control/load.py offered_rate: 0 -> 6 in 5 s is +1.2 req/s). 6 could record x1 short at 5.2 req/s, a
+    # capacity step above the 4 served after, where a shed back to it is a new question.
     exporter.set(namespace, "llama-8b", ServiceLoad(watts_per_pod=650, tokens_per_second=4 * 256,
                                                     requests_per_second=4, running=30, waiting=2,
                                                     ttft_p95_seconds=3.0, itl_p95_seconds=0.04))

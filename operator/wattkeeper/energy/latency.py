@@ -514,7 +514,7 @@ def _step_mixture(
     zeros = np.zeros(n)
     if n * (2 + len(others_b) + inner.shape[1]) <= _ONE_CALL_ROWS:
         # Every kind of step in one evaluation, element by element the same figures as one call per kind: a call
-        # costs ~0.2 ms whatever its rows, and a tick's few-row evaluations are mostly that (a tick 0-20% faster).
+        # costs ~0.2 ms whatever its rows, and a tick's few-row evaluations are mostly that (a tick 0-12% faster).
         batches = np.column_stack([b, b, *others_b, np.broadcast_to(b[:, None], inner.shape)])
         prompts = np.column_stack([zeros, chunk, *([zeros] * len(others_b)), inner])
         t_all = fn(batches, prompts)  # type: ignore[operator]

@@ -224,11 +224,11 @@ class DirectScrapeSource:
                     have_power = True
             for name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
                 gauges[name] = gauges.get(name, 0.0) + current.gauges.get(name, 0.0)
-            waiting_before = previous.gauges.get("vllm:num_requests_waiting") if previous else None
-            waiting_now = current.gauges.get("vllm:num_requests_waiting")
-            if waiting_before is not None and waiting_now is not None and dt > 0:
-                growth = (growth or 0.0) + (waiting_now - waiting_before) / dt
             if previous and dt > 0:
+                waiting_before = previous.gauges.get("vllm:num_requests_waiting")
+                waiting_now = current.gauges.get("vllm:num_requests_waiting")
+                if waiting_before is not None and waiting_now is not None:
+                    growth = (growth or 0.0) + (waiting_now - waiting_before) / dt
                 for name, value in current.counters.items():
                     before = previous.counters.get(name)
                     if before is not None and value >= before:  # a restarted pod resets its counters
