@@ -11,6 +11,7 @@ and, with --ticks, each tick's load estimate, measurements, learned margins and 
     python hack/bench_ticks.py --power-limits                    # Wattkeeper may set GPU power limits
     python hack/bench_ticks.py --caps out/bench                  # under the caps of an earlier standard run
     python hack/bench_ticks.py --power-limits --canaries         # with canaries (control/canary.py)
+    python hack/bench_ticks.py --power-limits --per-request-routing  # each replica planned for its share of a burst
 
 Energy ratios against the baselines need their runs: compare against `policies.<name>.energyKWh` in the
 scenario JSONs of a `wattkeeper bench standard` run on the same commit (the baselines do not depend on the core).
@@ -59,7 +60,8 @@ def run(workload: tuple[str, str, float], seed: int, args: argparse.Namespace) -
         cap = json.loads((args.caps / f"{name}-cap-s{seed}.json").read_text())["powerCapWatts"]
         spec = replace(spec, allocation_watts=float(cap), power_limits=True)
     trace = standard.workload_trace(family, scale, seed, standard.DURATION_S, None)
-    policy = WattkeeperPolicy(spec, trace, gt.energy_model, tuning=Tuning(canaries=args.canaries))
+    policy = WattkeeperPolicy(spec, trace, gt.energy_model,
+                              tuning=Tuning(canaries=args.canaries, per_request_routing=args.per_request_routing))
     fleet_run = FleetSimulator(trace, gt).run(policy)
     scored = score(fleet_run, trace.arrival_s, Thresholds(STANDARD_SLO_TTFT_S, STANDARD_SLO_ITL_S),
                    spec.allocation_watts, trace.duration_s).to_dict()
@@ -90,6 +92,9 @@ def main() -> int:
     parser.add_argument("--caps", type=Path, help="a standard run's output folder: replay under its caps")
     parser.add_argument("--ticks", action="store_true", help="print the ticks that applied a change")
     parser.add_argument("--all-ticks", action="store_true", help="with --ticks: every tick")
+    parser.add_argument("--per-request-routing", action="store_true",
+                        help="plan each replica for its share of a burst (Tuning.per_request_routing; the fleet "
+                             "simulator routes per request)")
     parser.add_argument("--canaries", action="store_true",
                         help="canaries on (control/canary.py; off by default, Tuning.canaries)")
     args = parser.parse_args()

@@ -252,6 +252,12 @@ def test_tick_inputs_carry_the_canary_only_while_one_runs() -> None:
     assert not tick_inputs(replace(inputs, canary_conflict="taken"), settings(canaries=True)).tuning.canaries
 
 
+def test_tick_inputs_carry_the_operators_routing() -> None:
+    inputs = ServiceInputs(service(), {}, Allocation(), None, None, DeploymentState(), NOW)
+    assert not tick_inputs(inputs, settings()).tuning.per_request_routing
+    assert tick_inputs(inputs, settings(per_request_routing=True)).tuning.per_request_routing
+
+
 def test_settings_switch_canaries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WATTKEEPER_CANARIES", raising=False)
     assert OperatorSettings().canaries is False  # off by default, as in the core (Tuning.canaries)

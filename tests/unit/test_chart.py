@@ -235,6 +235,8 @@ def test_the_arrival_resolution_reaches_the_operator() -> None:
     assert {"name": "WATTKEEPER_VERIFY_BY_REPLAY", "value": "true"} in env("operator.verifyByReplay=true")
     assert {"name": "WATTKEEPER_CANARIES", "value": "false"} in env()  # canaries: off by default
     assert {"name": "WATTKEEPER_CANARIES", "value": "true"} in env("operator.canaries=true")
+    assert {"name": "WATTKEEPER_PER_REQUEST_ROUTING", "value": "false"} in env()  # the Service balances connections
+    assert {"name": "WATTKEEPER_PER_REQUEST_ROUTING", "value": "true"} in env("operator.perRequestRouting=true")
 
 
 @needs_helm

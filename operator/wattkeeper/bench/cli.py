@@ -75,6 +75,8 @@ def register(subparsers: Any) -> None:
     lat = sub.add_parser("latency", help="latency model against BatchingEngine runs per workload family (issue 11)")
     lat.add_argument("--out", type=Path, default=None, help="JSON file")
     lat.add_argument("--duration-s", type=float, default=600.0, help="simulated seconds per case")
+    lat.add_argument("--fleets", action="store_true",
+                     help="fleets of 2 and 4 replicas behind the router instead of the 48 one-replica cases")
     lat.set_defaults(func=lambda a: _latency_command(a))
 
     dt = sub.add_parser("decision-time", help="time one planning decision for a 70B service (issue 11)")
@@ -90,7 +92,7 @@ def register(subparsers: Any) -> None:
 def _latency_command(args: argparse.Namespace) -> int:
     from . import latency
 
-    latency.main(args.out, args.duration_s)
+    latency.main(args.out, args.duration_s, fleets=args.fleets)
     return 0
 
 

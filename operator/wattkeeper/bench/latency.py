@@ -29,7 +29,7 @@ from ..energy.catalog import get_accelerator, model_from_name
 from ..energy.latency import TokenDistribution
 from ..energy.model import EnergyModel
 from ..energy.types import ModelShape, ServingConfig
-from ..planner.load import LoadEstimate, estimate_load
+from ..planner.load import LoadEstimate, estimate_load, thinned_dispersion
 from . import workloads
 from .groundtruth import GroundTruth
 from .trace import Trace, default_trace_path, load_azure_trace
@@ -50,9 +50,13 @@ class Case:
     load_share: float  # of the replica's predicted capacity
     duration_s: float = 300.0
     seed: int = 3
+    # Replicas behind a least-outstanding-requests router (the fleet simulator's, bench/fleet.py `route`); the load
+    # share is of each replica's capacity.
+    replicas: int = 1
 
     def name(self) -> str:
-        return f"{self.family} {self.model.name.split('/')[-1]} {self.config.short()} {self.load_share:.0%}"
+        fleet = f" x{self.replicas}" if self.replicas > 1 else ""
+        return f"{self.family} {self.model.name.split('/')[-1]} {self.config.short()}{fleet} {self.load_share:.0%}"
 
 
 def _lognormal(rng: np.random.Generator, mean: float, sigma: float, n: int) -> IntArray:
@@ -103,23 +107,27 @@ def simulate(
     prompts: IntArray,
     outputs: IntArray,
     warmup_s: float = 0.0,
+    replicas: int = 1,
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """(TTFT per request, every token gap, per-request mean ITL) of one engine replica, for requests arriving
-    after `warmup_s` (token gaps: of steps ending after it)."""
-    engine = BatchingEngine(timing, config.max_num_seqs, config.max_num_batched_tokens)
+    """(TTFT per request, every token gap, per-request mean ITL) of `replicas` engine replicas, each request sent
+    to the one with the fewest outstanding (as the fleet simulator routes), for requests arriving after `warmup_s`
+    (token gaps: of steps ending after it)."""
+    engines = [BatchingEngine(timing, config.max_num_seqs, config.max_num_batched_tokens) for _ in range(replicas)]
     gaps: list[float] = []
     requests: list[EngineRequest] = []
     for i, t in enumerate(arrival_s):
-        while engine.has_work() and engine.clock_s < t:
-            r = engine.step(engine.clock_s)
-            if r.end_s >= warmup_s:
-                gaps += r.itl_samples_s
+        for engine in engines:
+            while engine.has_work() and engine.clock_s < t:
+                r = engine.step(engine.clock_s)
+                if r.end_s >= warmup_s:
+                    gaps += r.itl_samples_s
         req = EngineRequest(str(i), int(prompts[i]), int(outputs[i]))
         requests.append(req)
-        engine.submit(req, float(t))
-    while engine.has_work():
-        r = engine.step(engine.clock_s)
-        gaps += r.itl_samples_s
+        min(engines, key=lambda e: len(e.running) + len(e.waiting)).submit(req, float(t))
+    for engine in engines:
+        while engine.has_work():
+            r = engine.step(engine.clock_s)
+            gaps += r.itl_samples_s
     scored = [r for r in requests if r.arrival_s >= warmup_s]
     ttft = [r.first_token_s - r.arrival_s for r in scored if r.first_token_s is not None]
     mean_itl = np.array(
@@ -144,24 +152,31 @@ def run_case(case: Case, em: EnergyModel, gt: GroundTruth) -> dict[str, Any]:
     sample_in, sample_out = token_pairs(case.family, 4000, rng)
     tokens = TokenDistribution.from_sample(sample_in, sample_out)
     cap = capacity_rps(em, case.model, case.config, tokens)
-    mean_rate = case.load_share * cap
+    mean_rate = case.load_share * cap * case.replicas
     arrival_s = arrivals(case.family, mean_rate, case.duration_s, rng, case.seed)
     prompts, outputs = token_pairs(case.family, arrival_s.size, rng)
     started = time.perf_counter()
     ttft, gaps, mean_itl = simulate(
-        gt.timing(case.config), case.config, arrival_s, prompts, outputs, case.duration_s * WARMUP_SHARE
+        gt.timing(case.config), case.config, arrival_s, prompts, outputs, case.duration_s * WARMUP_SHARE,
+        case.replicas,
     )
     sim_seconds = time.perf_counter() - started
     load: LoadEstimate = estimate_load(counts_from_arrivals(arrival_s), 1.0, prompts, outputs)
     # What telemetry shows: the mean rate, its 10-s rate levels and the clustering of arrivals within them
     # (planner/load.py, from 1-s counts), and the token lengths.
     levels = load.rate_levels
-    plan_rate = load.mean_rate
+    plan_rate = load.mean_rate / case.replicas
     observed = TokenDistribution.from_sample(prompts, outputs)
     f = em.features(case.model, get_accelerator("H100"), case.config)
+    # As the planner predicts a replica of a fleet by default: the service's clustering at each replica.
     r = em.evaluator.under_load_queued(
         f, np.array([plan_rate]), observed, rate_levels=levels, arrival_dispersion=load.arrival_dispersion
     )
+    # And with per-request routing (PlanRequest.per_request_routing): each replica's random share of a cluster.
+    shared = em.evaluator.under_load_queued(
+        f, np.array([plan_rate]), observed, rate_levels=levels,
+        arrival_dispersion=float(thinned_dispersion(load.arrival_dispersion, 1.0 / case.replicas)),
+    ) if case.replicas > 1 else r
     # The steady model the planner used before (Poisson at the rate, mean lengths), for comparison.
     steady = em.evaluator.under_load(
         f, np.array([plan_rate]), np.array([observed.mean_prompt_tokens]), np.array([observed.mean_output_tokens])
@@ -175,6 +190,7 @@ def run_case(case: Case, em: EnergyModel, gt: GroundTruth) -> dict[str, Any]:
         "family": case.family,
         "model": case.model.name,
         "config": case.config.short(),
+        "replicas": case.replicas,
         "loadShare": case.load_share,
         "meanRate": round(mean_rate, 4),
         "planRate": round(plan_rate, 4),
@@ -193,6 +209,12 @@ def run_case(case: Case, em: EnergyModel, gt: GroundTruth) -> dict[str, Any]:
         "requestMeanItlP99": {
             "predicted": float(r["request_mean_itl_q"][0]),
             "simulated": float(np.percentile(mean_itl, 99)) if mean_itl.size else float("nan"),
+        },
+        "perRequestRouting": {
+            "ttftP95": float(shared["ttft_p95"][0]),
+            "itlP95": float(shared["itl_p95"][0]),
+            "ttftP99": float(shared["ttft_q"][0]),
+            "requestMeanItlP99": float(shared["request_mean_itl_q"][0]),
         },
         "simulationSeconds": round(sim_seconds, 2),
     }
@@ -225,6 +247,38 @@ def standard_cases(duration_s: float = 600.0) -> list[Case]:
         for model, config in configs
         for share in (0.3, 0.6, 0.85)
     ]
+
+
+def fleet_cases(duration_s: float = 400.0) -> list[Case]:
+    """Fleets of two and four 70B replicas behind the least-outstanding router, on the bursty and conversation
+    families at 50% and 80% of each replica's capacity: how a cluster of arrivals spreads over replicas."""
+    m70 = model_from_name("meta-llama/Llama-3.1-70B-Instruct", 70.0)
+    configs = [ServingConfig("bf16", 4, 512, 8192), ServingConfig("bf16", 8, 512, 8192)]
+    return [
+        Case(family, m70, config, share, duration_s, replicas=replicas)
+        for family in ("bursty", "conversation")
+        for config in configs
+        for replicas in (2, 4)
+        for share in (0.5, 0.8)
+    ]
+
+
+def fleet_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Predicted (as planned by default / with per-request routing) against simulated, per fleet case."""
+    lines = [
+        "| family | config | replicas | load | dispersion | TTFT p95 pred / per-request / sim (s) | "
+        "TTFT p99 pred / per-request / sim (s) | request mean ITL p99 pred / per-request / sim (ms) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        t, q, m, s = row["ttftP95"], row["ttftP99"], row["requestMeanItlP99"], row["perRequestRouting"]
+        lines.append(
+            f"| {row['family']} | {row['config']} | {row['replicas']} | {row['loadShare']:.0%} | "
+            f"{row['arrivalDispersion']:.1f} | {t['predicted']:.2f} / {s['ttftP95']:.2f} / {t['simulated']:.2f} | "
+            f"{q['predicted']:.2f} / {s['ttftP99']:.2f} / {q['simulated']:.2f} | "
+            f"{m['predicted'] * 1e3:.0f} / {s['requestMeanItlP99'] * 1e3:.0f} / {m['simulated'] * 1e3:.0f} |"
+        )
+    return "\n".join(lines)
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -284,11 +338,11 @@ def run(cases: Sequence[Case], em: EnergyModel | None = None, verbose: bool = Fa
     return {"cases": rows, "summary": summarise(rows)}
 
 
-def main(out: Path | None, duration_s: float = 300.0, verbose: bool = True) -> dict[str, Any]:
-    result = run(standard_cases(duration_s), verbose=verbose)
+def main(out: Path | None, duration_s: float = 300.0, verbose: bool = True, fleets: bool = False) -> dict[str, Any]:
+    result = run(fleet_cases(duration_s) if fleets else standard_cases(duration_s), verbose=verbose)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")
-    print(table(result["cases"]))
+    print(fleet_table(result["cases"]) if fleets else table(result["cases"]))
     print(json.dumps(result["summary"], indent=1))
     return result

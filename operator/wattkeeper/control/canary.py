@@ -24,6 +24,7 @@ from ..energy.catalog import get_accelerator
 from ..energy.model import EnergyModel
 from ..energy.types import Workload
 from ..planner import model_load_seconds
+from ..planner.load import thinned_dispersion
 from . import tick  # imports this module in turn: its helpers are looked up when called
 from .planning import evaluate, evaluate_in, planned_watts, significant
 from .types import Canary, LoadEstimate, Memory, Plan, RecentConfiguration, Signals, TickInputs
@@ -87,7 +88,7 @@ def canary_load(load: LoadEstimate, served_rps: float, total_rps: float) -> Load
     bursts = load.bursts
     if bursts is not None and total_rps > 0:
         share = min(1.0, served_rps / total_rps)
-        bursts = replace(bursts, arrival_dispersion=1.0 + share * (bursts.arrival_dispersion - 1.0))
+        bursts = replace(bursts, arrival_dispersion=float(thinned_dispersion(bursts.arrival_dispersion, share)))
     return replace(load, workload=replace(load.workload, requests_per_second=served_rps), bursts=bursts)
 
 

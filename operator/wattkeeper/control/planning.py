@@ -100,6 +100,7 @@ def scored(request: PlanRequest, intent: ServiceIntent, tuning: Tuning, load: Pl
         tokens=load.tokens if load is not None else None,
         rate_levels=load.rate_levels if load is not None else ((1.0, 1.0),),
         arrival_dispersion=load.arrival_dispersion if load is not None else 1.0,
+        per_request_routing=tuning.per_request_routing,
         ttft_margin=margin[0],
         itl_margin=margin[1],
     )

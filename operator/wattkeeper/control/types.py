@@ -239,6 +239,11 @@ class Tuning:
     # traces a canary cost more than it found (plain 23.205 -> 23.529 kWh, bench/README.md "Canaries"); without
     # one an untried configuration carries the prior until the fleet itself restarts into it.
     canaries: bool = False
+    # Per-request routing (planner/search.py PlanRequest.per_request_routing): each replica is planned for its
+    # random share of a cluster of arrivals, not the whole cluster. Off by default: the Service the operator
+    # renders balances connections, and on the benchmark's bursty family it kept two seeds below 99% (bench/README.md,
+    # "Per-request routing").
+    per_request_routing: bool = False
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ def _run(args: argparse.Namespace) -> int:
         overrides["power_limits"] = True
     if args.canaries:
         overrides["canaries"] = True
+    if args.per_request_routing:
+        overrides["per_request_routing"] = True
     if args.namespace:
         overrides["namespaces"] = args.namespace
     settings = OperatorSettings(**overrides)
@@ -51,6 +53,9 @@ def register(subparsers: Any) -> None:
                         help="plan GPU power limits and annotate running pods for the node agent (chart: agent.enabled)")
     parser.add_argument("--canaries", action="store_true", default=False,
                         help="canary untried configurations beside the fleet (env WATTKEEPER_CANARIES=true)")
+    parser.add_argument("--per-request-routing", action="store_true", default=False,
+                        help="requests reach the pods through a per-request router: plan each replica for its share "
+                             "of a burst (env WATTKEEPER_PER_REQUEST_ROUTING=true)")
     parser.add_argument("--profiler-image", default=None, help="image of the profiler Job (EnergyProfile sweeps)")
     parser.add_argument("--profiler-service-account", default=None, help="ServiceAccount of the profiler Job")
     parser.set_defaults(func=_run)

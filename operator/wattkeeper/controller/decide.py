@@ -323,7 +323,8 @@ def tick_inputs(inputs: ServiceInputs, settings: OperatorSettings) -> TickInputs
         tuning=Tuning(power_correction_smoothing=settings.power_correction_smoothing,
                       power_correction_bounds=settings.power_correction_bounds,
                       verify_by_replay=settings.verify_by_replay,
-                      canaries=canaries_allowed(inputs, settings)),
+                      canaries=canaries_allowed(inputs, settings),
+                      per_request_routing=settings.per_request_routing),
         # The canary's own pods: measured only while status says one runs (`canary_observation` is None else).
         canary_signals=signals_from_observation(inputs.canary_observation, inputs.telemetry_window_seconds,
                                                 (intent.slo_ttft_p95_seconds, intent.slo_itl_p95_seconds))

@@ -28,6 +28,11 @@ class OperatorSettings(BaseSettings):
     # default, as in the core: on the benchmark's one-hour traces a canary cost more than it found (bench/README.md).
     canaries: bool = Field(
         default=False, description="Canary untried configurations beside the fleet before restarting into them.")
+    # Per-request routing (control/types.py Tuning.per_request_routing): the vLLM pods sit behind a router that
+    # picks a pod per request (vLLM's router, the Gateway API inference extension), so a burst spreads over them.
+    # Off: the Service the chart renders balances connections, and one client's burst may reach one pod.
+    per_request_routing: bool = Field(
+        default=False, description="Requests are routed one by one: plan each replica for its share of a burst.")
     field_manager: str = Field(default="wattkeeper", description="Server-side apply field manager.")
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty: all.")
     peering: str | None = Field(default=None, description="kopf peering name; None runs standalone.")

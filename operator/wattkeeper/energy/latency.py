@@ -183,7 +183,7 @@ def latency_under_load(
     request_quantiles: bool = True,
     thresholds: tuple[float | FloatArray, float | FloatArray] | None = None,
     iterations: int = 3,
-    arrival_dispersion: float = 1.0,
+    arrival_dispersion: float | FloatArray = 1.0,
 ) -> LoadedLatency:
     """TTFT and ITL percentiles of replicas under `rate_per_replica` Poisson arrivals (see module doc).
 
@@ -194,8 +194,9 @@ def latency_under_load(
     to 1 over the time shares for the rate to stay the mean; a level lasts about `level_window_s` at a time.
     With `thresholds` (TTFT seconds, mean-ITL seconds; each a number or one per row) the shares of requests over each are returned too: one
     tail evaluation each, what the planner needs (the quantiles take a bisection; `request_quantiles=False` skips
-    the per-request mean ITL one). `arrival_dispersion` (>= 1) is the clustering of arrivals within a level
-    (planner/load.py `arrival_dispersion`).
+    the per-request mean ITL one). `arrival_dispersion` (>= 1; a number or one per row) is the clustering of
+    arrivals at each replica within a level (planner/load.py `arrival_dispersion`, a replica's share under
+    per-request routing: `thinned_dispersion`).
     """
     levels = [(float(a), float(w)) for a, w in rate_levels if w > 0]
     if not levels or any(a < 0 for a, _ in levels):
@@ -212,7 +213,10 @@ def latency_under_load(
         max_batch = np.asarray(max_batch, dtype=float)[rows]
         slot_wait_mean_seconds = np.asarray(slot_wait_mean_seconds, dtype=float)[rows]
         slot_wait_probability = np.asarray(slot_wait_probability, dtype=float)[rows]
+        if np.ndim(arrival_dispersion):
+            arrival_dispersion = np.asarray(arrival_dispersion, dtype=float)[rows]
     n = len(f)
+    dispersion = np.maximum(np.broadcast_to(np.asarray(arrival_dispersion, dtype=float), (n,)), 1.0)
     lam = np.maximum(np.asarray(rate_per_replica, dtype=float), 0.0)
     inp = np.asarray(tokens.prompt_tokens, dtype=float)[None, :]  # 1 x K
     out = np.asarray(tokens.output_tokens, dtype=float)[None, :]
@@ -252,7 +256,7 @@ def latency_under_load(
         busy = 1.0 - np.exp(-occupied)
         b_busy = np.clip(occupied / busy, 1.0, np.maximum(max_batch, 1.0))
         mix = _step_mixture(
-            step, b_busy, lam, inp, point_w, mean_in, budget, gap, batch, gap_rate(batch, gap), arrival_dispersion
+            step, b_busy, lam, inp, point_w, mean_in, budget, gap, batch, gap_rate(batch, gap), dispersion
         )
         batch = np.clip(lam * mean_out * mix.mean_gap, 0.0, max_batch)
         gap = mix.mean_gap
@@ -260,14 +264,14 @@ def latency_under_load(
     busy = 1.0 - np.exp(-occupied)
     b_busy = np.clip(occupied / busy, 1.0, np.maximum(max_batch, 1.0))
     mix = _step_mixture(
-        step, b_busy, lam, inp, point_w, mean_in, budget, gap, batch, gap_rate(batch, gap), arrival_dispersion
+        step, b_busy, lam, inp, point_w, mean_in, budget, gap, batch, gap_rate(batch, gap), dispersion
     )
     saturated = mix.rho >= 1.0
 
     # --- TTFT: residual of the step in progress + wait behind the prefill backlog + own chunks + slot wait.
     rho = np.clip(mix.rho, 0.0, 0.999)
     tau = mix.t_full / mix.chunk  # seconds per prompt token while the stream has a backlog
-    group_term = max(arrival_dispersion - 1.0, 0.0) * mean_in**2
+    group_term = (dispersion - 1.0) * mean_in**2
 
     def waiting(rate: FloatArray, load: FloatArray) -> FloatArray:
         # Pollaczek-Khinchine; arrivals in groups (index of dispersion D = E[X^2]/E[X] for group sizes X) add,
@@ -362,7 +366,7 @@ def latency_under_load(
     # therefore not independent draws: its mean averages only about gaps / run independent ones.
     # Grouped arrivals (dispersion D: groups of about m = (D + 1) / 2) put a group's prompts one after another,
     # and every member but the last starts decoding inside that run.
-    group = min(max((arrival_dispersion + 1.0) / 2.0, 1.0), 32.0)
+    group = np.minimum((dispersion + 1.0) / 2.0, 32.0)
     run = np.maximum(group * mix.chunks_per_prompt / np.maximum(1.0 - np.minimum(mix.rho, 0.95), 0.05), 1.0)
     independent = np.maximum(gaps / run[:, None], 1.0)
     t_dec = mix.t_decode
@@ -496,7 +500,7 @@ def _step_mixture(
     prev_gap: FloatArray,
     occupied: FloatArray,
     gap_rate: FloatArray,
-    arrival_dispersion: float = 1.0,
+    arrival_dispersion: FloatArray,
 ) -> _Mixture:
     """The kinds of steps a loaded replica runs, their durations and how often each comes (see module doc)."""
     fn = step  # callable (batch, prompt) -> seconds
@@ -507,7 +511,7 @@ def _step_mixture(
     nodes = np.asarray(_CHUNK_NODES)[None, :] * chunk[:, None]
     # The decoding batch itself varies (occupancy: variance ~ D x mean), and a step at a larger batch gives more
     # token gaps: decode-only steps at three batch points (Gauss-Hermite), weighted by probability x batch.
-    spread = np.sqrt(max(arrival_dispersion, 1.0) / np.maximum(b, 1.0))
+    spread = np.sqrt(np.maximum(arrival_dispersion, 1.0) / np.maximum(b, 1.0))
     dec_b = [np.clip(b * (1.0 + z * spread), 1.0, None) for z, _ in _BATCH_POINTS]
     others_b = [bj for (z, _), bj in zip(_BATCH_POINTS, dec_b, strict=True) if z != 0.0]
     inner = nodes[:, 1:-1]

@@ -709,7 +709,7 @@ class Evaluator:
         rate_levels: Sequence[tuple[float, float]] = ((1.0, 1.0),),
         request_quantiles: bool = True,
         thresholds: tuple[float | FloatArray, float | FloatArray] | None = None,
-        arrival_dispersion: float = 1.0,
+        arrival_dispersion: float | FloatArray = 1.0,
         steady: dict[str, FloatArray] | None = None,
     ) -> dict[str, FloatArray]:
         """`under_load` with latencies from the prefill-queue and step-mixture model (energy/latency.py).

@@ -288,6 +288,15 @@ def rate_levels(
     return out if shrink > 0 else ((1.0, 1.0),)
 
 
+def thinned_dispersion(dispersion: float, share: npt.ArrayLike) -> FloatArray:
+    """The index of dispersion of a random `share` of a clustered stream of index `dispersion`: each member of a
+    group of X goes there on its own with probability p, so the share sees groups of Binomial(X, p), whose
+    E[Y^2]/E[Y] is 1 + p (D - 1). A replica's part of a service's stream where the router picks per request
+    (a Kubernetes Service's random pick; least-outstanding routing, as the benchmark's and vLLM's router do,
+    splits a group more evenly still, so this is the cautious side): share 1 / replicas."""
+    return 1.0 + np.asarray(share, dtype=float) * (max(dispersion, 1.0) - 1.0)
+
+
 def arrival_dispersion(
     counts: npt.ArrayLike,
     resolution_s: float,

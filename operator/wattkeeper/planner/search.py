@@ -25,7 +25,7 @@ from ..energy.catalog import get_accelerator, get_precision
 from ..energy.latency import CHUNK_BUDGET_OPTIONS, TokenDistribution
 from ..energy.model import EnergyModel, Features, ProfilePointLike, build_features
 from ..energy.types import ModelShape, ReplicaPrediction, ServingConfig, Workload
-from .load import ArrivalSample, LoadEstimate
+from .load import ArrivalSample, LoadEstimate, thinned_dispersion
 
 if TYPE_CHECKING:
     from .verify import LatencyMargin
@@ -82,6 +82,11 @@ class PlanRequest:
     rate_levels: tuple[tuple[float, float], ...] = ((1.0, 1.0),)
     # Clustering of arrivals within those levels (LoadEstimate.arrival_dispersion; 1 = Poisson).
     arrival_dispersion: float = 1.0
+    # How requests reach the replicas. True: routed one by one (an endpoint picker such as vLLM's router or the
+    # Gateway API inference extension), so a cluster of arrivals spreads over them and each replica is planned for
+    # its random share (planner/load.py `thinned_dispersion`). False: balanced per connection (a Kubernetes
+    # Service; a client's burst rides one keep-alive connection), so each replica may see a whole cluster.
+    per_request_routing: bool = False
     # "p95": TTFT p95 and ITL p95 (every token gap) against the SLOs. "requests" (queued model): at least
     # `request_share` of requests within both thresholds, TTFT and the request's mean ITL (what is scored).
     slo_basis: SloBasis = "p95"
@@ -313,7 +318,7 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel, lazy: bool = Fals
             thresholds = (np.array([g.slo_ttft_p95_seconds / g.ttft_margin for g in groups])[row_group],
                           np.array([g.slo_itl_p95_seconds / g.itl_margin for g in groups])[row_group])
         queued = _QueuedFigures(evaluator, g, rate, inp[expand], out[expand], tokens, peak, request,
-                                base_index[expand], thresholds)
+                                base_index[expand], thresholds, replicas)
         result = queued.full
         # Measured profile points replace figures of some candidates after the model: those need every figure.
         if request.frontier or request.profile or not lazy:
@@ -379,8 +384,14 @@ class _QueuedFigures:
         request: PlanRequest,
         base_index: npt.NDArray[np.int64],
         thresholds: tuple[FloatArray, FloatArray] | None = None,
+        replicas: FloatArray | None = None,
     ) -> None:
         steady = evaluator.under_load(g, rate, inp, out)
+        # Routed per request, each replica sees its random share of the service's clustered arrivals
+        # (`thinned_dispersion`); else each is planned for the service's clustering (`per_request_routing`).
+        self._dispersion = (thinned_dispersion(request.arrival_dispersion, 1.0 / np.maximum(replicas, 1.0))
+                            if replicas is not None and request.per_request_routing
+                            else np.full(len(g), max(request.arrival_dispersion, 1.0)))
         self._thresholds = thresholds  # per candidate (TTFT s, mean ITL s); None: the request's
         alive = np.flatnonzero((steady["utilisation"] * peak < 1.0) & (steady["max_batch"] >= 1.0))
         n = len(g)
@@ -460,7 +471,7 @@ class _QueuedFigures:
             quantile=request.request_share,
             rate_levels=request.rate_levels,
             request_quantiles=False,
-            arrival_dispersion=request.arrival_dispersion,
+            arrival_dispersion=self._dispersion[solve],
             # Predicted x margin <= SLO  <=>  predicted <= SLO / margin.
             thresholds=(
                 (self._thresholds[0][solve], self._thresholds[1][solve]) if self._thresholds is not None else
