@@ -94,3 +94,16 @@ def test_latency_model_matches_the_engine_on_a_small_set() -> None:
             assert abs(row[metric]["logError"]) <= math.log(2.0), (row["case"], metric, row[metric])
     for metric in ("ttftP95", "itlP95"):
         assert result["summary"][metric]["medianAbsLogError"] <= 0.15, result["summary"]
+
+
+def test_a_burst_spreads_over_a_fleet_routed_per_request() -> None:
+    """Two replicas behind the least-outstanding router (bench/latency.py `fleet_cases`): a cluster of arrivals
+    splits over them. Each replica's random share (per-request routing) predicts the fleet's TTFT p95 within 2x;
+    the service's whole clustering at each replica (the default) stays above what the fleet measures."""
+    row = bench_latency.run([bench_latency.Case("bursty", LLAMA_70B, ServingConfig("bf16", 4, 512, 8192), 0.6, 300.0,
+                                                replicas=2)])["cases"][0]
+    simulated = row["ttftP95"]["simulated"]
+    assert row["replicas"] == 2 and row["arrivalDispersion"] > 3.0
+    assert abs(math.log(row["perRequestRouting"]["ttftP95"] / simulated)) <= math.log(2.0), row
+    assert row["ttftP95"]["predicted"] >= simulated, row
+    assert row["ttftP95"]["predicted"] > row["perRequestRouting"]["ttftP95"], row
