@@ -46,6 +46,7 @@ from wattkeeper.telemetry.base import pod_name_pattern
 from wattkeeper.telemetry.batch import service_of_pod
 
 from tests.support.canary import fake_canary
+from tests.support.run_flags import settings_from_run_flags
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 FLEET = Plan(ServingConfig("bf16", 2, 256, 8192), 2)
@@ -266,20 +267,7 @@ def test_settings_switch_canaries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_run_flag_switches_canaries_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    from wattkeeper.controller import cli
-
-    seen: list[OperatorSettings] = []
-    def build(conf: OperatorSettings, _client: Any) -> Any:
-        seen.append(conf)
-        return SimpleNamespace()
-    monkeypatch.setattr(cli, "build_dependencies", build)
-    monkeypatch.setattr(cli, "kubernetes_client", lambda *_: None)
-    monkeypatch.setattr(cli, "run_operator", lambda *_, **__: None)
-    parser = __import__("argparse").ArgumentParser()
-    cli.register(parser.add_subparsers())
-    args = parser.parse_args(["run", "--canaries", "--metrics-port", "0", "--health-port", "0"])
-    args.func(args)
-    assert seen and seen[0].canaries is True
+    assert settings_from_run_flags(monkeypatch, "--canaries").canaries is True
 
 
 # --- decide: status, events ------------------------------------------------------------------------------------

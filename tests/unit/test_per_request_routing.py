@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +16,8 @@ from wattkeeper.energy.model import EnergyModel
 from wattkeeper.energy.types import Workload
 from wattkeeper.planner import PlanRequest, plan
 from wattkeeper.planner.load import thinned_dispersion
+
+from tests.support.run_flags import settings_from_run_flags
 
 LLAMA_70B = model_from_name("meta-llama/Llama-3.1-70B-Instruct", 70.0)
 
@@ -71,24 +72,9 @@ def test_the_tick_asks_with_the_operators_routing() -> None:
 
 
 def test_settings_and_the_run_flag_switch_per_request_routing(monkeypatch: pytest.MonkeyPatch) -> None:
-    from wattkeeper.controller import cli
-
     monkeypatch.delenv("WATTKEEPER_PER_REQUEST_ROUTING", raising=False)
     assert OperatorSettings().per_request_routing is False  # off: the rendered Service balances connections
     monkeypatch.setenv("WATTKEEPER_PER_REQUEST_ROUTING", "true")
     assert OperatorSettings().per_request_routing is True
     monkeypatch.delenv("WATTKEEPER_PER_REQUEST_ROUTING")
-    seen: list[OperatorSettings] = []
-
-    def build(conf: OperatorSettings, _client: Any) -> Any:
-        seen.append(conf)
-        return SimpleNamespace()
-
-    monkeypatch.setattr(cli, "build_dependencies", build)
-    monkeypatch.setattr(cli, "kubernetes_client", lambda *_: None)
-    monkeypatch.setattr(cli, "run_operator", lambda *_, **__: None)
-    parser = __import__("argparse").ArgumentParser()
-    cli.register(parser.add_subparsers())
-    args = parser.parse_args(["run", "--per-request-routing", "--metrics-port", "0", "--health-port", "0"])
-    args.func(args)
-    assert seen and seen[0].per_request_routing is True
+    assert settings_from_run_flags(monkeypatch, "--per-request-routing").per_request_routing is True
