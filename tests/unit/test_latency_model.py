@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 from wattkeeper.bench import latency as bench_latency
+from wattkeeper.bench.groundtruth import GroundTruth
 from wattkeeper.energy.catalog import get_accelerator, model_from_name
-from wattkeeper.energy.latency import TokenDistribution
+from wattkeeper.energy.latency import LEVEL_WINDOW_SECONDS, TokenDistribution, slot_peak
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.energy.types import ServingConfig
 
@@ -107,3 +108,34 @@ def test_a_burst_spreads_over_a_fleet_routed_per_request() -> None:
     assert abs(math.log(row["perRequestRouting"]["ttftP95"] / simulated)) <= math.log(2.0), row
     assert row["ttftP95"]["predicted"] >= simulated, row
     assert row["ttftP95"]["predicted"] > row["perRequestRouting"]["ttftP95"], row
+
+
+def test_a_short_burst_barely_fills_a_batch_of_long_outputs() -> None:
+    """A 10-s rate level fills the prefill stream by its whole factor, but a decode slot is held for a request's
+    whole output: with ~1,100-token outputs (a minute and more per request) the batch follows the rate averaged over
+    that hold (`slot_peak`). At 85% of a replica's capacity with 10-s windows swinging +-25% the busiest level asks
+    106% of it taken whole; the replica, simulated, keeps every request within both SLOs, and the model says so."""
+    em = EnergyModel.default()
+    config = ServingConfig("bf16", 4, 512, 8192)
+    rng = np.random.default_rng(5)
+    sample_in, sample_out = bench_latency.token_pairs("decode-heavy", 4000, rng)
+    tokens = TokenDistribution.from_sample(sample_in, sample_out)
+    capacity = bench_latency.capacity_rps(em, LLAMA_70B, config, tokens)
+    rate, swing = 0.85 * capacity, 0.25
+    levels = ((1.0 - swing, 0.5), (1.0 + swing, 0.5))
+    smooth = _queued(config, rate, tokens)
+    bursty = _queued(config, rate, tokens, rate_levels=levels, thresholds=(2.0, 0.1))
+    assert smooth["utilisation"][0] * (1.0 + swing) > 1.0
+    assert bursty["utilisation"][0] < 1.0 and math.isfinite(bursty["ttft_p95"][0])
+    assert bursty["ttft_miss_share"][0] <= 0.01 and bursty["itl_miss_share"][0] <= 0.01
+    starts = np.arange(0.0, 600.0, 10.0)
+    counts = rng.poisson(rate * 10.0 * (1.0 + swing * rng.choice([-1.0, 1.0], starts.size)))
+    arrival_s = np.sort(np.concatenate([s + rng.uniform(0.0, 10.0, n) for s, n in zip(starts, counts, strict=True)]))
+    prompts, outputs = bench_latency.token_pairs("decode-heavy", arrival_s.size, rng)
+    truth = GroundTruth(LLAMA_70B, get_accelerator("H100"), em, ())
+    ttft, _, mean_itl = bench_latency.simulate(truth.timing(config), config, arrival_s, prompts, outputs, 60.0)
+    assert np.mean((ttft > 2.0) | (mean_itl > 0.1)) <= 0.01
+    # A slot held about as long as a level lasts takes half its excess; one held a moment, the whole factor.
+    assert slot_peak(1.25, np.array([0.0]))[0] == pytest.approx(1.25)
+    assert slot_peak(1.25, np.array([LEVEL_WINDOW_SECONDS]))[0] == pytest.approx(1.125)
+    assert slot_peak(0.8, np.array([0.0]))[0] == 1.0

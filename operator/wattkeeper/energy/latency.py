@@ -50,6 +50,9 @@ FloatArray = npt.NDArray[np.float64]
 DISTRIBUTION_EDGES = (0.0, 0.2, 0.4, 0.6, 0.75, 0.875, 0.95, 0.99, 1.0)
 # Chunk budgets the planner may choose from (vLLM needs >= max_model_len without chunked prefill; with it any).
 CHUNK_BUDGET_OPTIONS = (512, 1024, 2048, 4096, 8192, 16384)
+# How long a rate level lasts at a time: the window of the counts the levels come from (planner/load.py
+# BURST_WINDOW_SECONDS).
+LEVEL_WINDOW_SECONDS = 10.0
 _BISECTION_ROUNDS = 14  # hi / 2**14: about a millisecond for a 10-s bound
 
 
@@ -169,6 +172,22 @@ class LoadedLatency:
     request_itl_miss_share: FloatArray | None = None  # share of requests whose mean ITL is over its threshold
 
 
+def level_persistence(residence_seconds: FloatArray, level_window_s: float = LEVEL_WINDOW_SECONDS) -> FloatArray:
+    """How much of a rate level's own steady batch its decoders reach: a level lasts `level_window_s`, a request
+    holds its batch slot `residence_seconds`, and the decoders of a burst are partly those of the calm before it."""
+    residence = np.maximum(np.asarray(residence_seconds, dtype=float), 0.0)
+    return level_window_s / (level_window_s + residence)
+
+
+def slot_peak(peak: float, residence_seconds: FloatArray,
+              level_window_s: float = LEVEL_WINDOW_SECONDS) -> FloatArray:
+    """The factor on the mean rate that the busiest rate level `peak` puts on the decode batch, by the blend of
+    `level_persistence`. Where requests hold their slot for a minute (long outputs) a 10-s burst barely fills the
+    batch more than the mean does; where they hold it for a second it fills it by the whole factor. (The prefill
+    stream serves each prompt in a few steps: its load takes the whole factor.)"""
+    return 1.0 + (max(peak, 1.0) - 1.0) * level_persistence(residence_seconds, level_window_s)
+
+
 def latency_under_load(
     ev: Evaluator,
     f: Features,
@@ -179,7 +198,7 @@ def latency_under_load(
     slot_wait_probability: FloatArray,
     quantile: float = 0.99,
     rate_levels: Sequence[tuple[float, float]] = ((1.0, 1.0),),
-    level_window_s: float = 10.0,
+    level_window_s: float = LEVEL_WINDOW_SECONDS,
     request_quantiles: bool = True,
     thresholds: tuple[float | FloatArray, float | FloatArray] | None = None,
     iterations: int = 3,
@@ -309,7 +328,7 @@ def latency_under_load(
     share_rows = np.tile(shares, n0)
     mean_batch = np.repeat(np.sum(batch.reshape(n0, n_levels) * shares[None, :], axis=1), n_levels)
     residence = mean_out * mix.mean_gap
-    persist = level_window_s / (level_window_s + residence)
+    persist = level_persistence(residence, level_window_s)
     decoders = persist * batch + (1.0 - persist) * mean_batch if n_levels > 1 else batch
     gap_w = mix.gap_fraction * (decoders / np.maximum(mix.mean_gap, 1e-12) * share_rows)[:, None]
     durations = by_row(t)

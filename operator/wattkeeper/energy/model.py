@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .catalog import Accelerator, get_precision, resolve_shape
-from .latency import TokenDistribution, latency_under_load
+from .latency import TokenDistribution, latency_under_load, slot_peak
 from .network import AllReduceModel
 from .powerlimit import POWER_CAP_EXPONENT
 from .types import ModelShape, ReplicaPrediction, ServingConfig, Workload
@@ -744,7 +744,9 @@ class Evaluator:
             arrival_dispersion=arrival_dispersion,
         )
         peak = max((a for a, w in rate_levels if w > 0), default=1.0)
-        utilisation = np.maximum(r["utilisation"] * peak, lat.prefill_utilisation)
+        # The decode batch's load at the busiest level, as long as a request holds its slot at a full batch.
+        utilisation = np.maximum(r["utilisation"] * slot_peak(peak, slot_residence_seconds(r)),
+                                 lat.prefill_utilisation)
         over = utilisation >= 1.0
         capacity = np.where(utilisation > 0, rate / np.maximum(utilisation, 1e-12), r["capacity_rps"])
         served = np.minimum(rate, capacity) * out
@@ -774,6 +776,12 @@ class Evaluator:
             "tokens_per_second": tokens_per_second,
             "joules_per_token": r["watts"] / tokens_per_second,
         }
+
+
+def slot_residence_seconds(steady: dict[str, FloatArray]) -> FloatArray:
+    """How long a request holds its decode slot in a full batch (`Evaluator.under_load`'s figures): its output
+    at the full batch's step."""
+    return np.maximum(steady["max_batch"], 1.0) / np.maximum(steady["capacity_rps"], 1e-12)
 
 
 def _power(x: FloatArray, exponent: float) -> FloatArray:

@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..energy.catalog import get_accelerator, get_precision
-from ..energy.latency import CHUNK_BUDGET_OPTIONS, TokenDistribution
-from ..energy.model import EnergyModel, Features, ProfilePointLike, build_features
+from ..energy.latency import CHUNK_BUDGET_OPTIONS, TokenDistribution, slot_peak
+from ..energy.model import EnergyModel, Features, ProfilePointLike, build_features, slot_residence_seconds
 from ..energy.types import ModelShape, ReplicaPrediction, ServingConfig, Workload
 from .load import ArrivalSample, LoadEstimate, thinned_dispersion
 
@@ -297,8 +297,10 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel, lazy: bool = Fals
         chunk = np.maximum(f.max_num_batched_tokens - b, 16.0)
         full = evaluator.step_seconds(f, b, np.full(n, tokens.decode_context_tokens), chunk, chunk)
         prefill_rps = chunk / (full * tokens.mean_prompt_tokens)
-        capacity_rps = np.minimum(capacity_rps, prefill_rps)
         peak = max((a for a, w in request.rate_levels if w > 0), default=1.0)
+        # The busiest level fills the prefill stream by its whole factor, the decode batch by `slot_peak`'s.
+        decode_peak = slot_peak(peak, sat["batch"] / np.maximum(capacity_rps, 1e-12))
+        capacity_rps = np.minimum(capacity_rps * peak / decode_peak, prefill_rps)
     # The queued model judges queueing itself, so its smallest fleet only needs room for the busiest level; the
     # steady model keeps target_utilisation as headroom for the bursts it does not see.
     target = 1.0 if tokens is not None else request.target_utilisation
@@ -393,10 +395,11 @@ class _QueuedFigures:
                             if replicas is not None and request.per_request_routing
                             else np.full(len(g), max(request.arrival_dispersion, 1.0)))
         self._thresholds = thresholds  # per candidate (TTFT s, mean ITL s); None: the request's
-        alive = np.flatnonzero((steady["utilisation"] * peak < 1.0) & (steady["max_batch"] >= 1.0))
+        busiest = steady["utilisation"] * slot_peak(peak, slot_residence_seconds(steady))
+        alive = np.flatnonzero((busiest < 1.0) & (steady["max_batch"] >= 1.0))
         n = len(g)
         full: dict[str, FloatArray] = {k: np.array(v, dtype=float, copy=True) for k, v in steady.items()}
-        full["utilisation"] = np.maximum(full["utilisation"] * peak, 1.0)
+        full["utilisation"] = np.maximum(busiest, 1.0)
         for key, default in (("ttft_p95", np.inf), ("itl_p95", np.inf), ("ttft_q", np.inf),
                              ("request_mean_itl_q", np.inf), ("chunk_step_seconds", np.inf),
                              ("ttft_miss_share", 1.0), ("itl_miss_share", 1.0), ("prefill_utilisation", np.inf)):
