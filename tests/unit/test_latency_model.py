@@ -11,7 +11,8 @@ from wattkeeper.bench.groundtruth import GroundTruth
 from wattkeeper.energy.catalog import get_accelerator, model_from_name
 from wattkeeper.energy.latency import LEVEL_WINDOW_SECONDS, TokenDistribution, slot_peak
 from wattkeeper.energy.model import EnergyModel
-from wattkeeper.energy.types import ServingConfig
+from wattkeeper.energy.types import ServingConfig, Workload
+from wattkeeper.planner import PlanRequest, plan
 
 LLAMA_8B = model_from_name("meta-llama/Llama-3.1-8B-Instruct", 8.0)
 LLAMA_70B = model_from_name("meta-llama/Llama-3.1-70B-Instruct", 70.0)
@@ -139,3 +140,22 @@ def test_a_short_burst_barely_fills_a_batch_of_long_outputs() -> None:
     assert slot_peak(1.25, np.array([0.0]))[0] == pytest.approx(1.25)
     assert slot_peak(1.25, np.array([LEVEL_WINDOW_SECONDS]))[0] == pytest.approx(1.125)
     assert slot_peak(0.8, np.array([0.0]))[0] == 1.0
+
+
+def test_the_planner_keeps_one_replica_of_long_outputs_through_a_short_burst_level() -> None:
+    """The search (planner/search.py) sizes fleets with `slot_peak` too: decode-heavy s2's bf16 tp4 x1 at 490 W,
+    which served 2.96 req/s with no late request, is planned as x1 where a 1.17x 10-s level taken whole on the
+    decode batch asked for x2 (a restart at 390 s before)."""
+    rng = np.random.default_rng(5)
+    sample_in, sample_out = bench_latency.token_pairs("decode-heavy", 4000, rng)
+    tokens = TokenDistribution.from_sample(sample_in, sample_out)
+    config = ServingConfig("bf16", 4, 512, 8192, gpu_power_limit_watts=490.0)
+    capacity = bench_latency.capacity_rps(EnergyModel.default(), LLAMA_70B, config, tokens)
+    levels = ((0.85, 0.35), (1.0, 0.33), (1.17, 0.32))
+    request = PlanRequest(model=LLAMA_70B, accelerator="H100", workload=Workload(0.9 * capacity, 416, 1129),
+                          tensor_parallel_options=(4,), max_num_seqs_options=(512,),
+                          max_num_batched_tokens_options=(8192,), gpu_power_limits_watts=(490.0,),
+                          latency_model="queued", slo_basis="requests", tokens=tokens, rate_levels=levels)
+    assert 0.9 * 1.17 > 1.0  # the busiest level taken whole would not fit one replica
+    chosen = plan(request).chosen
+    assert chosen is not None and chosen.meets_slo and chosen.replicas == 1

@@ -300,13 +300,20 @@ def _evaluate(request: PlanRequest, energy_model: EnergyModel, lazy: bool = Fals
         peak = max((a for a, w in request.rate_levels if w > 0), default=1.0)
         # The busiest level fills the prefill stream by its whole factor, the decode batch by `slot_peak`'s.
         decode_peak = slot_peak(peak, sat["batch"] / np.maximum(capacity_rps, 1e-12))
+        whole = np.minimum(capacity_rps, prefill_rps)
         capacity_rps = np.minimum(capacity_rps * peak / decode_peak, prefill_rps)
+    else:
+        whole = capacity_rps
     # The queued model judges queueing itself, so its smallest fleet only needs room for the busiest level; the
     # steady model keeps target_utilisation as headroom for the bursts it does not see.
     target = 1.0 if tokens is not None else request.target_utilisation
     needed = np.ceil(wl.requests_per_second * peak / np.maximum(capacity_rps * target, 1e-12))
     needed = np.clip(needed, request.min_replicas, request.max_replicas)
-    options = [needed, needed + 1, needed + 2, np.ceil(needed * 1.5), needed * 2, needed * 4]
+    # The steps above the bound with the busiest level taken whole on the decode batch too: where the ITL SLO
+    # binds, fleets that size are what meets it (conv-x4 s8: tp4 x10 at 490 W).
+    coarse = np.ceil(wl.requests_per_second * peak / np.maximum(whole * target, 1e-12))
+    coarse = np.clip(coarse, request.min_replicas, request.max_replicas)
+    options = [needed, coarse, coarse + 1, coarse + 2, np.ceil(coarse * 1.5), coarse * 2, coarse * 4]
     replicas = np.clip(np.concatenate(options), request.min_replicas, request.max_replicas)
     expand = np.tile(np.arange(n), len(options))
     g = f.take(expand)
