@@ -103,6 +103,9 @@ class SwitchFacts:
     # Measured, the running plan has room to spare (tick.py `has_slack`): a request or two waiting now and then
     # is then no shortfall.
     has_slack: bool = False
+    # Measured, the running plan kept what is scored with room (tick.py `keeps_scored`): under one request waiting
+    # and all but a few requests within both SLOs; a request or two waiting is then no shortfall either.
+    keeps_scored: bool = False
     settled: bool = True  # the roll is done, old pods drained, a telemetry window has passed since the change
     outage: bool = False  # the move restarts the only replica in place (no surge): nothing serves while it loads
     cooldown_until_s: float | None = None
@@ -212,7 +215,7 @@ def switching_rule(f: SwitchFacts) -> Verdict:
     predicted_miss = f.running_meets_slo is False and bool(f.proposed_meets_slo) and not f.carries_load \
         and not (f.load_fell and f.has_slack)
     # A request or two waiting now and then is no shortfall where both p95s have room to spare (`carries_load`).
-    pressure = f.under_pressure and not f.has_slack
+    pressure = f.under_pressure and not (f.has_slack or f.keeps_scored)
     capacity = _capacity_target(f, alt, restart=not f.load_fell) if (pressure or predicted_miss) else None
     # Replicas of the running configuration added on a predicted miss alone (nothing measured short) after the load
     # rose a capacity step above the one the running plan was applied at are not held for settling: the estimate
