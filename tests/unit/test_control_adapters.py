@@ -55,6 +55,10 @@ def test_status_round_trip_of_the_core_memory() -> None:
     assert memory.planned_load == Workload(4.2, 512.0, 200.0)  # a token count status lacks: the spec's
     assert memory.peak_load_at_s == datetime(2026, 1, 1, 12, 0, tzinfo=UTC).timestamp()
     assert memory.peak_forecast_rps == 0.8  # the part of the peak a trend forecast (control/load.py)
+    # The most the running plan carried with room (control/tick.py carried_rps): none until measured.
+    assert memory.carried_rps is None
+    carried = memory_from_status({**status, "observed": {**status["observed"], "carriedRps": 22.4}}, Workload(1.0))
+    assert carried.carried_rps == 22.4
     assert (memory.power_correction, memory.ttft_correction) == (1.1, 1.0)
     assert memory_from_status({}, Workload(1.0)).running is None
     # Applied and not seen rolled out since: awaited (a status from before rollouts were tracked, too).

@@ -33,7 +33,7 @@ from wattkeeper.control.restart_free import (
     short_key,
 )
 from wattkeeper.control.switching import configuration_key, restarts
-from wattkeeper.control.tick import carries_load, has_slack, keeps_scored
+from wattkeeper.control.tick import carried_rps, carries_load, has_slack, keeps_scored, remember_applied
 from wattkeeper.control.types import ConfigMargin, LoadEstimate
 from wattkeeper.energy.model import EnergyModel
 from wattkeeper.energy.types import ServingConfig, Workload
@@ -463,6 +463,33 @@ def test_a_plan_that_kept_what_is_scored_at_this_load_contradicts_a_predicted_mi
     assert not kept(ttft_misses=None, itl_misses=None)
     assert not kept(ttft_observed=100.0, itl_observed=100.0)  # too few requests to tell
     assert not keeps_scored(replace(inputs, now_s=30.0), memory)  # not settled
+
+
+def test_a_held_peak_the_running_plan_carried_with_room_is_no_rise_for_it() -> None:
+    """conv-x4 s1 at 900 s: tp8 x2 at 490 W carried 22.0-22.4 req/s with no request late at 840-870 s; the window
+    at 900 s served 18.9 req/s (arrivals fell), still with none late, and the 22.3 req/s peak held from 870 s was
+    judged a rise it had not served: x3. What it carried with room is remembered (`Memory.carried_rps`, status
+    `observed.carriedRps`) until the plan changes."""
+    running = Plan(ServingConfig("bf16", 8, 512, 8192, gpu_power_limit_watts=490.0), 2)
+    memory = Memory(running=running, last_applied_s=0.0)
+    busy = Signals(window_seconds=60.0, watts=7000.0, finished_requests_per_second=22.4, waiting_requests=0.25,
+                   ttft_p95_seconds=0.30, itl_p95_seconds=0.069, ttft_misses=0.0, ttft_observed=1344.0,
+                   itl_misses=0.0, itl_observed=1344.0)
+    fleet = FleetState(True, True, 2, 2)
+    remembered = carried_rps(TickInputs(INTENT, memory, busy, fleet, now_s=840.0), memory)
+    assert remembered == pytest.approx(22.4)
+    quiet = replace(busy, finished_requests_per_second=18.9, waiting_requests=1.1, ttft_observed=1134.0,
+                    itl_observed=1134.0)
+    held = LoadEstimate(Workload(22.3, 1243.0, 217.0), "measured", 22.3, 870.0)
+    inputs = TickInputs(INTENT, memory, quiet, fleet, now_s=900.0)
+    assert keeps_scored(inputs, memory) and not carries_load(inputs, held, memory)
+    with_carried = replace(memory, carried_rps=remembered)
+    assert carries_load(replace(inputs, memory=with_carried), held, with_carried)
+    # A quieter window keeps the most carried; a window without room teaches nothing; a change forgets it.
+    assert carried_rps(replace(inputs, memory=with_carried), with_carried) == remembered
+    late = replace(busy, finished_requests_per_second=25.0, itl_misses=30.0)
+    assert carried_rps(TickInputs(INTENT, with_carried, late, fleet, now_s=930.0), with_carried) == remembered
+    assert remember_applied(with_carried, Plan(running.config, 3), held, 930.0).carried_rps is None
 
 
 def test_a_saving_is_judged_against_the_running_plan_as_measured() -> None:

@@ -504,6 +504,12 @@ class ObservedFigures(StatusModel):
         description="The part of peakLoadRps a trend forecast one model load ahead rather than measured; dropped "
         "once that time has come and the measured rate has not risen.",
     )
+    carried_rps: float | None = Field(
+        default=None, ge=0,
+        description="The most request rate the running plan was measured to carry, settled and with room (both p95s "
+        "at most 60% of their SLOs, or nearly every request within both with a short queue): a prediction that it "
+        "misses at a load it carried adds no capacity. Cleared at every change of plan.",
+    )
     slo_misses_measured: float | None = Field(
         default=None, ge=0,
         description="Requests measured over an SLO in the recent windows, each window counting 0.9x the one after "

@@ -296,16 +296,37 @@ def carries_load(inputs: TickInputs, load: LoadEstimate, memory: Memory) -> bool
     slack = has_slack(inputs, memory)
     if not slack and not keeps_scored(inputs, memory):
         return False
-    rates = arrival_rates(s)
-    carried = [rates[0]] if rates is not None else []
-    if s.finished_requests_per_second is not None:
-        carried.append(s.finished_requests_per_second)
+    carried = window_carried(s)
+    if memory.carried_rps is not None:
+        # What it carried earlier with room, settled: a held peak it served is no rise for it.
+        carried.append(memory.carried_rps)
     if not carried:
         return False
     # With room only by what is scored: the load planned for itself, within two standard errors of the window's
     # count (Poisson: 1,320 requests in 60 s read 22 req/s within 5.5%).
     step = CAPACITY_STEP if slack else 1.0 + 2.0 / math.sqrt(max(max(carried) * s.window_seconds, 1.0))
     return max(carried) * step >= load.workload.requests_per_second
+
+
+def window_carried(s: Signals) -> list[float]:
+    """The rates the window shows served: its arrivals (where counted) and its finished requests."""
+    rates = arrival_rates(s)
+    carried = [rates[0]] if rates is not None else []
+    if s.finished_requests_per_second is not None:
+        carried.append(s.finished_requests_per_second)
+    return carried
+
+
+def carried_rps(inputs: TickInputs, memory: Memory) -> float | None:
+    """`Memory.carried_rps` after this window: the most the running plan served in a window where it was settled
+    and had room (`has_slack` or `keeps_scored`)."""
+    s = inputs.signals
+    if s is None or memory.running is None or not (has_slack(inputs, memory) or keeps_scored(inputs, memory)):
+        return memory.carried_rps
+    carried = window_carried(s)
+    if not carried:
+        return memory.carried_rps
+    return significant(max(max(carried), memory.carried_rps or 0.0))
 
 
 def slo_missed(inputs: TickInputs) -> bool:
@@ -852,7 +873,8 @@ def remember_applied(memory: Memory, applied: Plan, load: LoadEstimate, now_s: f
     planned = replace(w, requests_per_second=significant(w.requests_per_second) or 0.0,
                       input_tokens=significant(w.input_tokens) or w.input_tokens,
                       output_tokens=significant(w.output_tokens) or w.output_tokens)
-    return replace(memory, running=applied, last_applied_s=now_s, planned_load=planned, awaiting_rollout=True)
+    return replace(memory, running=applied, last_applied_s=now_s, planned_load=planned, awaiting_rollout=True,
+                   carried_rps=None)
 
 
 # A scale-up is bridged where the replicas it adds bring at least this share of the new fleet's capacity (1 -> 2,
@@ -989,7 +1011,7 @@ def decide_tick(inputs: TickInputs, energy_model: EnergyModel) -> TickDecision:
     load = estimate_load(inputs.intent, inputs.memory,
                          canaries.with_canary_load(inputs.signals, inputs.canary_signals), inputs.now_s)
     memory = corrections(inputs, load, energy_model)
-    memory = replace(memory, missed_since_s=missed_since(inputs, memory))
+    memory = replace(memory, missed_since_s=missed_since(inputs, memory), carried_rps=carried_rps(inputs, memory))
     memory, canary_reason = canaries.learn(inputs, memory, load, energy_model)
     if inputs.spec_changed:
         memory = replace(memory, recent_configurations=())  # a new spec: nothing left before counts

@@ -203,6 +203,9 @@ class Memory:
     tail_predicted_misses: float = 0.0
     # Fleets measured short lately (`ShortFleet`), most recent last.
     measured_short: tuple[ShortFleet, ...] = ()
+    # The most rate the running plan was measured to carry, settled, with room (`control/tick.py carried_rps`);
+    # None until it was, and again after every change.
+    carried_rps: float | None = None
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,7 @@ def memory_from_status(status: dict[str, Any], default_workload: Workload) -> Me
         peak_load_rps=float(peak) if peak is not None else None,
         peak_load_at_s=_seconds(observed.get("peakLoadAt")),
         peak_forecast_rps=float(observed.get("peakForecastRps") or 0.0),
+        carried_rps=float(observed["carriedRps"]) if observed.get("carriedRps") is not None else None,
         power_correction=float(observed.get("powerCorrection") or 1.0),
         ttft_correction=float(observed.get("ttftCorrection") or 1.0),
         itl_correction=float(observed.get("itlCorrection") or 1.0),
@@ -542,6 +543,8 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
                                                                                  tz=now.tzinfo))})
             if memory.peak_forecast_rps > 0:
                 status["observed"]["peakForecastRps"] = memory.peak_forecast_rps
+        if memory.carried_rps is not None:
+            status["observed"]["carriedRps"] = memory.carried_rps
         status["observed"] = _steady(status["observed"], old.get("observed") or {}, MEASURED_KEYS)
     elif any(v != 1.0 for v in remembered.values()):  # (a list of margins is never 1.0)
         status.setdefault("observed", {}).update(remembered)
