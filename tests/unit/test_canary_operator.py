@@ -312,6 +312,19 @@ def test_decide_never_runs_a_canary_that_may_not_run(monkeypatch: pytest.MonkeyP
     assert not any(c["type"] == "NameConflict" for c in clear.status["conditions"])
 
 
+def test_a_change_without_telemetry_forgets_what_the_plan_before_carried() -> None:
+    """status.observed.carriedRps belongs to the running plan (control/tick.py carried_rps): a plan applied in a
+    tick without telemetry must not inherit it, and the status read stays as read (the patch is diffed against
+    it)."""
+    old = {"observed": {"carriedRps": 22.4, "powerCorrection": 1.0}}
+    read = json.loads(json.dumps(old))
+    decision = decide(ServiceInputs(service(), read, Allocation(), None, None, DeploymentState(), NOW), EM,
+                      settings())
+    assert decision.apply is not None  # the initial plan
+    assert "carriedRps" not in (decision.status.get("observed") or {})
+    assert read == old
+
+
 def test_canary_events() -> None:
     other = Plan(ServingConfig("bf16", 4, 256, 8192), 1)
     assert canary_events(None, None, "") == [] and canary_events(CANARY, CANARY, "x") == []

@@ -548,6 +548,10 @@ def decide(inputs: ServiceInputs, energy_model: EnergyModel, settings: OperatorS
         status["observed"] = _steady(status["observed"], old.get("observed") or {}, MEASURED_KEYS)
     elif any(v != 1.0 for v in remembered.values()):  # (a list of margins is never 1.0)
         status.setdefault("observed", {}).update(remembered)
+    if obs is None and memory.carried_rps is None and "carriedRps" in (status.get("observed") or {}):
+        # A change made without telemetry: what the plan before it carried is not this plan's (a new dict: the
+        # old status is what the patch is diffed against).
+        status["observed"] = {k: v for k, v in status["observed"].items() if k != "carriedRps"}
     _write_allocation(status, alloc)
 
     # Conditions.
