@@ -103,8 +103,9 @@ class SwitchFacts:
     # Measured, the running plan has room to spare (tick.py `has_slack`): a request or two waiting now and then
     # is then no shortfall.
     has_slack: bool = False
-    # Measured, the running plan kept what is scored with room (tick.py `keeps_scored`): under one request waiting
-    # and all but a few requests within both SLOs; a request or two waiting is then no shortfall either.
+    # Measured, the running plan kept what is scored with room (tick.py `keeps_scored`): both p95s within their
+    # SLOs, all but a few requests within both, a queue that neither builds nor waits long; at the load planned
+    # for (`carries_load`), a request or two waiting is then no shortfall either.
     keeps_scored: bool = False
     settled: bool = True  # the roll is done, old pods drained, a telemetry window has passed since the change
     outage: bool = False  # the move restarts the only replica in place (no surge): nothing serves while it loads

@@ -260,11 +260,10 @@ SCORED_WAIT_SHARE = 0.1
 
 def keeps_scored(inputs: TickInputs, memory: Memory) -> bool:
     """Measured, the running plan (settled) kept what is scored with room: no queue building (it grew by at most a
-    request over the window), the queue's mean wait
-    at most `SCORED_WAIT_SHARE` of the TTFT SLO, both p95s within their SLOs (`slo_missed`: a token-gap p95 over
-    it is a fleet at its edge, even with few requests late yet: conv-x4 s8 at 1,200 s, 183 ms), and the requests
-    counted over either SLO (vLLM's histograms) at most `SCORED_SLACK_SHARE` of the share the target
-    allows."""
+    request over the window), the queue's mean wait at most `SCORED_WAIT_SHARE` of the TTFT SLO, both p95s within
+    their SLOs (`slo_missed`: a token-gap p95 over it is a fleet at its edge, even with few requests late yet:
+    conv-x4 s8 at 1,200 s, 183 ms), and the requests counted over either SLO (vLLM's histograms) at most
+    `SCORED_SLACK_SHARE` of the share the target allows."""
     s = inputs.signals
     if s is None or memory.running is None or slo_missed(inputs):
         return False
@@ -287,9 +286,10 @@ def carries_load(inputs: TickInputs, load: LoadEstimate, memory: Memory) -> bool
     plan misses the SLO at that load is then contradicted by the measurement of it (decode-heavy: tp4 x1 measured
     at 46 ms ITL p95 and 0.16 s TTFT p95 serving 2.95 req/s, predicted to miss at the 3.03 req/s held peak, was
     doubled to x2). Where the p95s have less room but the requests scored were all but all within both SLOs
-    (`keeps_scored`), only at the load planned for itself (within the count's noise), not a step below it (conv-x4 s1: tp8 x2 at 490 W serving
-    22 req/s, no request of 1,326 late, ITL p95 74 ms, predicted to miss at 21.7 req/s and grown to x3; replayed
-    on the ground truth, x2 keeps every request of 600-1,200 s)."""
+    (`keeps_scored`), only at the load planned for itself (within the count's noise), not a step below it
+    (conv-x4 s1: tp8 x2 at 490 W serving 22 req/s, no request of 1,326 late, ITL p95 74 ms, predicted to miss at
+    21.7 req/s and grown to x3; replayed on the ground truth, x2 keeps every request of 600-1,200 s). What it
+    carried with room since the last change (`Memory.carried_rps`) counts as this window's."""
     s = inputs.signals
     if s is None:
         return False
