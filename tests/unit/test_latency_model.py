@@ -113,6 +113,8 @@ def test_latency_model_matches_the_engine_on_a_small_set() -> None:
             assert abs(row[metric]["logError"]) <= math.log(2.0), (row["case"], metric, row[metric])
     for metric in ("ttftP95", "itlP95"):
         assert result["summary"][metric]["medianAbsLogError"] <= 0.15, result["summary"]
+    # What the planner decides on: every case on the same side of the 99% planned for as the engine.
+    assert result["summary"]["withinBothSlos"]["agree"] == len(SMALL_SET), result["summary"]["withinBothSlos"]
 
 
 def test_a_burst_spreads_over_a_fleet_routed_per_request() -> None:
