@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from wattkeeper_runtime.engine import BatchingEngine, EngineRequest
 
+from ..control import Tuning
 from ..energy.catalog import get_accelerator, model_from_name
 from ..energy.latency import TokenDistribution
 from ..energy.model import EnergyModel
@@ -44,9 +45,9 @@ WARMUP_SHARE = 0.1
 # The standard benchmark's SLOs (bench/cli.py): the share of requests within both, predicted against simulated, is
 # what the planner's feasibility rests on.
 SCORED_THRESHOLDS = (STANDARD_SLO_TTFT_S, STANDARD_SLO_ITL_S)
-# The share planned for (control/types.py Tuning.request_share): a case predicted on the other side of it than it
-# was simulated is a plan the planner would wrongly reject or accept.
-PLANNED_SHARE = 0.99
+# The share planned for: a case predicted on the other side of it than it was simulated is a plan the planner would
+# wrongly reject or accept.
+PLANNED_SHARE = Tuning().request_share
 
 
 @dataclass(frozen=True)
