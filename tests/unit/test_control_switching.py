@@ -107,6 +107,8 @@ CASES: list[tuple[str, SwitchFacts, str, str, Plan | None]] = [
     ("cooldown", facts(cooldown_until_s=1200.0), "Held", "cooldown", None),
     ("cooldown, room to spare, a scale-down without restart: the held peak is the stabilisation, no wait",
      facts(proposed=SMALLER, has_slack=True, cooldown_until_s=1200.0), "Applied", "saving", SMALLER),
+    ("cooldown, what is scored kept with room, a scale-down without restart: no wait either",
+     facts(proposed=SMALLER, keeps_scored=True, cooldown_until_s=1200.0), "Applied", "saving", SMALLER),
     ("cooldown, a scale-down without restart but no room to spare: wait",
      facts(proposed=SMALLER, cooldown_until_s=1200.0), "Held", "cooldown", None),
     ("cooldown, room to spare, a restart proposed: only its rescale may move",
