@@ -27,9 +27,10 @@ Unchanged, names the branch (`cause`) and says why:
                   request now and then is no shortfall, and a predicted miss is not acted on where the running
                   plan was measured carrying about that load, or where the arrivals fell below the held peak.
  8. cooldown      an optional move inside the cooldown               -> hold; but with room to spare measured (by the
-                  p95s, or by what is scored: `keeps_scored`), giving up replicas without a restart is not held: the load planned for is already the peak held over the
-                  stabilisation window (as the HPA's scale-down stabilisation), and a second wait kept 16 replicas
-                  where 5 carried the load (conv-x4)
+                  p95s, or by what is scored: `keeps_scored`), giving up replicas without a restart is not
+                  held: the load planned for is already the peak held over the stabilisation window (as the
+                  HPA's scale-down stabilisation), and a second wait kept 16 replicas where 5 carried the load
+                  (conv-x4)
  9. pinned        Pinned mode serves the spec's plan                 -> apply
 10. saving / not-worth / recently-left  the saving over the horizon against the cost of moving
                   (planner.should_switch), the proposal's and the rescale's, the larger net saving wins; a
