@@ -245,7 +245,8 @@ class ReconfigurationSpec(ApiModel):
         default=300, ge=0, le=86400,
         description="Least time between two optional changes of the configuration, in seconds. Not held: a budget "
         "cut, a measured overshoot or SLO miss, and giving up replicas without a restart while the service has "
-        "room to spare (the load is already held at its recent peak).",
+        "room to spare, by its p95s or by its requests within both SLOs (the load is already held at its recent "
+        "peak).",
     )
     allow_disruptive: bool = Field(
         default=True,
