@@ -778,6 +778,11 @@ def _plan_once(request: PlanRequest, em: EnergyModel, alternatives: bool = True)
             return result
 
 
+def within_both_share(ttft_miss_share: npt.ArrayLike, itl_miss_share: npt.ArrayLike) -> FloatArray:
+    """The share of requests within both thresholds as the planner judges it: the two misses add (a union bound)."""
+    return np.asarray(1.0 - np.minimum(np.asarray(ttft_miss_share) + np.asarray(itl_miss_share), 1.0), dtype=float)
+
+
 def _select(request: PlanRequest, em: EnergyModel, grid: _Grid, keys: list[tuple[str, int, float | None]],
             unsolved_watts: float, with_alternatives: bool = True,
             rows: npt.NDArray[np.bool_] | None = None) -> tuple[PlanResult, bool]:
@@ -807,7 +812,7 @@ def _select(request: PlanRequest, em: EnergyModel, grid: _Grid, keys: list[tuple
             # A fleet that cannot carry the load misses all its requests, whatever the tail.
             ttft_miss = np.minimum(ttft_miss * np.where(has_capacity, request.miss_scale, 1.0), 1.0)
             itl_miss = np.minimum(itl_miss * request.miss_scale, 1.0)
-        within_share = 1.0 - np.minimum(ttft_miss + itl_miss, 1.0)
+        within_share = within_both_share(ttft_miss, itl_miss)
         meets_ttft = (ttft_miss <= allowed) & (ttft_miss + itl_miss <= allowed) & has_capacity
         meets_itl = itl_miss <= allowed
     else:
