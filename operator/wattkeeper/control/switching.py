@@ -26,6 +26,8 @@ Unchanged, names the branch (`cause`) and says why:
                   (both p95s within 60% of their SLO, under one request waiting) outweighs the model: a queue of a
                   request now and then is no shortfall, and a predicted miss is not acted on where the running
                   plan was measured carrying about that load, or where the arrivals fell below the held peak.
+                  A restart whose roll surges, ahead of a predicted miss, is taken over
+                  the rescale where the rescale would draw a capacity step more watts (`_cheaper_by_surge`).
  8. cooldown      an optional move inside the cooldown               -> hold; but with room to spare measured (by the
                   p95s, or by what is scored: `keeps_scored`), giving up replicas without a restart is not
                   held: the load planned for is already the peak held over the stabilisation window (as the
@@ -110,6 +112,7 @@ class SwitchFacts:
     keeps_scored: bool = False
     settled: bool = True  # the roll is done, old pods drained, a telemetry window has passed since the change
     outage: bool = False  # the move restarts the only replica in place (no surge): nothing serves while it loads
+    surges: bool = False  # the proposal's roll surges: its replicas load beside the running ones (tick.rolls_with_surge)
     cooldown_until_s: float | None = None
     pinned: bool = False
     worth_it: Callable[[], SwitchDecision] | None = None  # saving vs cost; only called when it is the question
@@ -119,6 +122,7 @@ class SwitchFacts:
     in_place_suffices: bool = False  # it does what the proposal's restart would (restart_free.scale_only_suffices)
     in_place_more_capacity: bool = False  # it carries more load than the running plan
     in_place_worth_it: Callable[[], SwitchDecision] | None = None
+    in_place_predicted_watts: float | None = None  # the rescale at this load, by the same model as the proposal
     recently_left: bool = False  # the proposal's configuration was left < 30 min ago under the same allocation
     # ... and so it was whatever the load did since (the load lift of the ban is for a return that meets the SLO at
     # the new load, not for a cap's fallback: `_capacity_target`).
@@ -286,6 +290,24 @@ def _forced_target(f: SwitchFacts, alt: Plan | None) -> tuple[Plan, str]:
     return f.proposed, f.plan_reason
 
 
+def _cheaper_by_surge(f: SwitchFacts) -> bool:
+    """Whether a restart ahead of a predicted miss costs no capacity and saves a capacity step of watts against the
+    rescale: the running plan is predicted to miss at this load and the proposal to meet it (an SLO measured missed
+    restarts into such a proposal anyway, `_capacity_target`), the proposal's roll surges (its replicas load beside
+    the running ones: nothing serves less meanwhile), it is neither a return to a configuration just left nor a
+    third restart within the hour, and the rescale would draw at least CAPACITY_STEP x its watts. Restart-free first
+    is for a miss, where a roll's lost replica deepens it; a surge loses none. The capacity order does not see this
+    one: a smaller chunk budget keeps the ITL tail at a load where the larger one misses it at about the same
+    throughput (prefill-heavy s2 at 450 s: bf16 tp8 tok8192 x1 -> x2 for 300 s, where tok2048 x1 draws 3448 W)."""
+    if f.running_meets_slo is not False or not f.proposed_meets_slo:
+        return False
+    if not (f.proposed_restarts and f.surges) or f.outage or f.recently_left or f.restarted_recently:
+        return False
+    if f.in_place_predicted_watts is None or f.proposed_predicted_watts is None:
+        return False
+    return f.in_place_predicted_watts >= f.proposed_predicted_watts * CAPACITY_STEP
+
+
 def _capacity_target(f: SwitchFacts, alt: Plan | None, restart: bool = True) -> tuple[Plan, str] | None:
     """Where more capacity comes from, restart-free first; a restart only while the load is there (`restart`: it
     did not fall), into a plan predicted to meet the SLO, not taking the only replica down, and not back to a
@@ -323,6 +345,8 @@ def _capacity_target(f: SwitchFacts, alt: Plan | None, restart: bool = True) -> 
     # are not "more capacity" (with a longer settling wait, tried, conv-x4 s1 went x6 -> x4 here at 690 s, as
     # "capacity").
     if f.slo_missed and f.proposed_meets_slo and f.proposed_restarts and not f.outage and spaced:
+        return f.proposed, f.plan_reason
+    if _cheaper_by_surge(f):
         return f.proposed, f.plan_reason
     if alt is not None and f.in_place_more_capacity:
         return alt, _no_restart(f, alt)

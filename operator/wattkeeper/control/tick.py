@@ -756,6 +756,7 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
                    >= memory.planned_load.requests_per_second * CAPACITY_STEP),
         settled=running_settled(inputs, memory),
         outage=outage,
+        surges=surge,
         cooldown_until_s=last + intent.cooldown_seconds if last is not None else None,
         pinned=intent.pinned is not None,
         worth_it=worth_it if (candidate is not None and result is not None) else None,
@@ -764,6 +765,7 @@ def facts(inputs: TickInputs, memory: Memory, load: LoadEstimate, proposed: Plan
         in_place_more_capacity=(running is not None and alt is not None
                                 and more_capacity(running, alt, run_c, alt_c)),
         in_place_worth_it=in_place_worth_it if in_place is not None else None,
+        in_place_predicted_watts=in_place.total_watts if in_place is not None else None,
         recently_left=recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts,
                                     load.workload.requests_per_second),
         left_at_any_load=recently_left(memory, proposed, inputs.now_s, inputs.allocation_watts),
