@@ -14,6 +14,7 @@ RUNNING = Plan(ServingConfig("bf16", 1, 256, 8192), 2)
 BIGGER = Plan(ServingConfig("bf16", 1, 256, 8192), 3)
 FP8 = Plan(ServingConfig("fp8", 1, 256, 8192), 1)
 SMALLER = Plan(ServingConfig("bf16", 1, 256, 8192), 1)
+SMALL_CHUNK = Plan(ServingConfig("bf16", 1, 256, 2048), 1)
 SAVES = SwitchDecision(True, "saves 0.5 kWh", 2e6, 1e6)
 NOT_WORTH = SwitchDecision(False, "saving does not beat the cost", 1e5, 1e6)
 
@@ -100,23 +101,28 @@ CASES: list[tuple[str, SwitchFacts, str, str, Plan | None]] = [
     ("the same, but the load planned for is a rise it has not served (conv-x4 s7's cold start): capacity",
      facts(proposed=BIGGER, more_capacity=True, under_pressure=True, keeps_scored=True, cooldown_until_s=5000.0),
      "Applied", "capacity", BIGGER),
-    ("a queue, the running plan predicted to miss; a restart that surges draws a capacity step less than the "
-     "rescale: the restart (nothing serves less while it loads)",
+    ("a queue, the running plan predicted to miss; a restart into other batch limits that surges draws a "
+     "capacity step less than the rescale: the restart (nothing serves less while it loads)",
      facts(under_pressure=True, running_meets_slo=False, proposed_meets_slo=True, in_place=BIGGER,
-           in_place_more_capacity=True, surges=True, proposed_predicted_watts=1000.0,
-           in_place_predicted_watts=1250.0, cooldown_until_s=5000.0), "Applied", "capacity", FP8),
+           in_place_more_capacity=True, surges=True, proposed=SMALL_CHUNK, proposed_predicted_watts=1000.0,
+           in_place_predicted_watts=1250.0, cooldown_until_s=5000.0), "Applied", "capacity", SMALL_CHUNK),
+    ("the same, but into another TP or precision (untried): restart-free first",
+     facts(under_pressure=True, running_meets_slo=False, proposed_meets_slo=True, in_place=BIGGER,
+           in_place_more_capacity=True, surges=True, proposed=FP8, proposed_predicted_watts=1000.0,
+           in_place_predicted_watts=1250.0, cooldown_until_s=5000.0), "Applied", "capacity", BIGGER),
     ("the same, but the roll does not surge: restart-free first",
      facts(under_pressure=True, running_meets_slo=False, proposed_meets_slo=True, in_place=BIGGER,
-           in_place_more_capacity=True, proposed_predicted_watts=1000.0, in_place_predicted_watts=1250.0,
-           cooldown_until_s=5000.0), "Applied", "capacity", BIGGER),
+           in_place_more_capacity=True, proposed=SMALL_CHUNK, proposed_predicted_watts=1000.0,
+           in_place_predicted_watts=1250.0, cooldown_until_s=5000.0), "Applied", "capacity", BIGGER),
     ("the same, surging, the rescale under a capacity step more watts: restart-free first",
      facts(under_pressure=True, running_meets_slo=False, proposed_meets_slo=True, in_place=BIGGER,
-           in_place_more_capacity=True, surges=True, proposed_predicted_watts=1000.0,
+           in_place_more_capacity=True, surges=True, proposed=SMALL_CHUNK, proposed_predicted_watts=1000.0,
            in_place_predicted_watts=1240.0, cooldown_until_s=5000.0), "Applied", "capacity", BIGGER),
     ("the same, surging, a restart within 30 minutes of the last: restart-free first",
      facts(under_pressure=True, running_meets_slo=False, proposed_meets_slo=True, in_place=BIGGER,
-           in_place_more_capacity=True, surges=True, restarted_recently=True, proposed_predicted_watts=1000.0,
-           in_place_predicted_watts=1250.0, cooldown_until_s=5000.0), "Applied", "capacity", BIGGER),
+           in_place_more_capacity=True, surges=True, restarted_recently=True, proposed=SMALL_CHUNK,
+           proposed_predicted_watts=1000.0, in_place_predicted_watts=1250.0, cooldown_until_s=5000.0),
+     "Applied", "capacity", BIGGER),
     ("more capacity without pressure is optional", facts(proposed=BIGGER, more_capacity=True,
                                                          cooldown_until_s=5000.0), "Held", "cooldown", None),
     ("capacity by restarting the only replica in place: not forced",

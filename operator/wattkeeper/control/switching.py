@@ -298,7 +298,13 @@ def _cheaper_by_surge(f: SwitchFacts) -> bool:
     third restart within the hour, and the rescale would draw at least CAPACITY_STEP x its watts. Restart-free first
     is for a miss, where a roll's lost replica deepens it; a surge loses none. The capacity order does not see this
     one: a smaller chunk budget keeps the ITL tail at a load where the larger one misses it at about the same
-    throughput (prefill-heavy s2 at 450 s: bf16 tp8 tok8192 x1 -> x2 for 300 s, where tok2048 x1 draws 3448 W)."""
+    throughput (prefill-heavy s2 at 450 s: bf16 tp8 tok8192 x1 -> x2 for 300 s, where tok2048 x1 draws 3448 W).
+    Only batch limits may change (`configuration_key`: precision, TP, KV dtype kept): the weights as measured,
+    with their learned margin. Another TP or precision carries the untried prior, and a miss there costs a second
+    move (bursty s3: tp4 x2 -> tp8 x1 at 180 s learned an ITL margin of 1.6-2.6 and ran tp8 x2, 16 GPUs, from
+    900 s, where tp4 x2-x3 kept 99.5%)."""
+    if f.running is None or configuration_key(f.running.config) != configuration_key(f.proposed.config):
+        return False
     if f.running_meets_slo is not False or not f.proposed_meets_slo:
         return False
     if not (f.proposed_restarts and f.surges) or f.outage or f.recently_left or f.restarted_recently:
