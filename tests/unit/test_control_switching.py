@@ -25,6 +25,12 @@ def facts(**overrides: Any) -> SwitchFacts:
     return replace(base, **overrides)
 
 
+# A queue, the running plan predicted to miss, and a restart into other batch limits that surges, against a rescale
+# predicted to draw a capacity step (1.25x) more watts (switching._cheaper_by_surge).
+SURGING = facts(under_pressure=True, running_meets_slo=False, proposed_meets_slo=True, in_place=BIGGER,
+                in_place_more_capacity=True, surges=True, proposed=SMALL_CHUNK, proposed_predicted_watts=1000.0,
+                in_place_predicted_watts=1250.0, cooldown_until_s=5000.0)
+
 # (case, facts, action, cause, what is applied)
 CASES: list[tuple[str, SwitchFacts, str, str, Plan | None]] = [
     ("nothing runs yet", facts(running=None), "Applied", "initial", FP8),
@@ -103,26 +109,15 @@ CASES: list[tuple[str, SwitchFacts, str, str, Plan | None]] = [
      "Applied", "capacity", BIGGER),
     ("a queue, the running plan predicted to miss; a restart into other batch limits that surges draws a "
      "capacity step less than the rescale: the restart (nothing serves less while it loads)",
-     facts(under_pressure=True, running_meets_slo=False, proposed_meets_slo=True, in_place=BIGGER,
-           in_place_more_capacity=True, surges=True, proposed=SMALL_CHUNK, proposed_predicted_watts=1000.0,
-           in_place_predicted_watts=1250.0, cooldown_until_s=5000.0), "Applied", "capacity", SMALL_CHUNK),
+     SURGING, "Applied", "capacity", SMALL_CHUNK),
     ("the same, but into another TP or precision (untried): restart-free first",
-     facts(under_pressure=True, running_meets_slo=False, proposed_meets_slo=True, in_place=BIGGER,
-           in_place_more_capacity=True, surges=True, proposed=FP8, proposed_predicted_watts=1000.0,
-           in_place_predicted_watts=1250.0, cooldown_until_s=5000.0), "Applied", "capacity", BIGGER),
+     replace(SURGING, proposed=FP8), "Applied", "capacity", BIGGER),
     ("the same, but the roll does not surge: restart-free first",
-     facts(under_pressure=True, running_meets_slo=False, proposed_meets_slo=True, in_place=BIGGER,
-           in_place_more_capacity=True, proposed=SMALL_CHUNK, proposed_predicted_watts=1000.0,
-           in_place_predicted_watts=1250.0, cooldown_until_s=5000.0), "Applied", "capacity", BIGGER),
+     replace(SURGING, surges=False), "Applied", "capacity", BIGGER),
     ("the same, surging, the rescale under a capacity step more watts: restart-free first",
-     facts(under_pressure=True, running_meets_slo=False, proposed_meets_slo=True, in_place=BIGGER,
-           in_place_more_capacity=True, surges=True, proposed=SMALL_CHUNK, proposed_predicted_watts=1000.0,
-           in_place_predicted_watts=1240.0, cooldown_until_s=5000.0), "Applied", "capacity", BIGGER),
+     replace(SURGING, in_place_predicted_watts=1240.0), "Applied", "capacity", BIGGER),
     ("the same, surging, a restart within 30 minutes of the last: restart-free first",
-     facts(under_pressure=True, running_meets_slo=False, proposed_meets_slo=True, in_place=BIGGER,
-           in_place_more_capacity=True, surges=True, restarted_recently=True, proposed=SMALL_CHUNK,
-           proposed_predicted_watts=1000.0, in_place_predicted_watts=1250.0, cooldown_until_s=5000.0),
-     "Applied", "capacity", BIGGER),
+     replace(SURGING, restarted_recently=True), "Applied", "capacity", BIGGER),
     ("more capacity without pressure is optional", facts(proposed=BIGGER, more_capacity=True,
                                                          cooldown_until_s=5000.0), "Held", "cooldown", None),
     ("capacity by restarting the only replica in place: not forced",

@@ -26,8 +26,8 @@ Unchanged, names the branch (`cause`) and says why:
                   (both p95s within 60% of their SLO, under one request waiting) outweighs the model: a queue of a
                   request now and then is no shortfall, and a predicted miss is not acted on where the running
                   plan was measured carrying about that load, or where the arrivals fell below the held peak.
-                  A restart whose roll surges, ahead of a predicted miss, is taken over
-                  the rescale where the rescale would draw a capacity step more watts (`_cheaper_by_surge`).
+                  A restart into other batch limits whose roll surges, ahead of a predicted miss, is taken over
+                  a rescale that would draw a capacity step more watts (`_cheaper_by_surge`).
  8. cooldown      an optional move inside the cooldown               -> hold; but with room to spare measured (by the
                   p95s, or by what is scored: `keeps_scored`), giving up replicas without a restart is not
                   held: the load planned for is already the peak held over the stabilisation window (as the
